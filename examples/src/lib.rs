@@ -1,0 +1,1 @@
+//! Runnable programs built on the seeds cases; see `examples/shop`.

@@ -1,0 +1,94 @@
+//! Shared support for the integration tests: server URLs, "server missing" policy, unique
+//! table names so parallel tests never share tables.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+
+/// PostgreSQL URL for tests (`TX_TEST_PG_URL`).
+pub fn pg_url() -> String {
+    std::env::var("TX_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// MySQL/MariaDB URL for tests (`TX_TEST_MYSQL_URL`).
+pub fn mysql_url() -> String {
+    std::env::var("TX_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+fn servers_required() -> bool {
+    std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// What to do when a server cannot be reached: fail under `TX_TEST_REQUIRE_SERVERS=1`, else
+/// say so loudly and let the caller skip.
+fn server_missing(what: &str, err: &dyn std::fmt::Display) -> Option<std::convert::Infallible> {
+    if servers_required() {
+        panic!("{what} is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {err}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: {what} unreachable ({err}); set TX_TEST_REQUIRE_SERVERS=1 to make this a failure !!!!!\n"
+    );
+    None
+}
+
+/// A pool on the test PostgreSQL server, or `None` (test skipped) when it is down.
+pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
+    let opts = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10));
+    match opts.connect(&pg_url()).await {
+        Ok(pool) => Some(PgTxPool::new(pool)),
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            None
+        }
+    }
+}
+
+/// A pool on the test MariaDB/MySQL server, or `None` (test skipped) when it is down.
+pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
+    let opts = MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10));
+    match opts.connect(&mysql_url()).await {
+        Ok(pool) => Some(MySqlTxPool::new(pool)),
+        Err(e) => {
+            server_missing("MariaDB/MySQL", &e);
+            None
+        }
+    }
+}
+
+/// A pool on a fresh SQLite file database (WAL) in a temp dir; keep the returned dir alive.
+pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = SqliteConnectOptions::new()
+        .filename(dir.path().join("test.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .expect("open SQLite");
+    (SqliteTxPool::new(pool), dir)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A table name unique to this process and call (`t_<prefix>_<pid>_<n>`).
+pub fn unique_table(prefix: &str) -> String {
+    format!(
+        "t_{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,70 @@
+//! What `#[transactional]` expands to: thin entry points into the engine. Not a public API;
+//! anything here may change without notice.
+
+use std::future::Future;
+
+pub use crate::definition::TransactionDefinition;
+pub use crate::propagation::ManagerRef;
+pub use crate::{Isolation, Propagation, TxError};
+pub use std::time::Duration;
+
+use crate::manager::ShareManager;
+use crate::propagation;
+use crate::retry::Retry;
+
+/// `manager = EXPR`.
+pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
+    ManagerRef::Borrowed(m)
+}
+
+/// Runs `body` in the scope `def` describes; `rollback_on(&err)` decides whether an `Err`
+/// rolls back.
+pub async fn transactional<T, E, Fut>(
+    manager: ManagerRef<'_>,
+    def: &'static TransactionDefinition,
+    rollback_on: fn(&E) -> bool,
+    body: Fut,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    Fut: Future<Output = Result<T, E>>,
+{
+    propagation::execute(manager, def, rollback_on, |_| body).await.0
+}
+
+/// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to
+/// `retries` times when the transaction it began fails with a retryable error.
+pub async fn transactional_retry<T, E, F, Fut>(
+    manager: ManagerRef<'_>,
+    def: &'static TransactionDefinition,
+    retries: u32,
+    rollback_on: fn(&E) -> bool,
+    mut make_body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut retry = Retry::new(retries, def.get_name());
+    loop {
+        let (result, info) =
+            propagation::execute(manager.reborrow(), def, rollback_on, |_| make_body()).await;
+        if !retry.again(&result, info).await {
+            return result;
+        }
+    }
+}
+
+/// The error type of a `#[transactional]` function must take in the engine's errors.
+#[diagnostic::on_unimplemented(
+    message = "the error type `{Self}` of a #[transactional] function must implement `From<TxError>`",
+    label = "this error type cannot carry a TxError (timeout, unexpected rollback, ...)",
+    note = "add a variant such as `Tx(#[from] tx_sqlx::TxError)` (thiserror) or implement `From<TxError> for {Self}`"
+)]
+pub trait TransactionalError: From<TxError> {}
+
+impl<E: From<TxError>> TransactionalError for E {}
+
+/// Compile-time check that `E` is a [`TransactionalError`].
+pub const fn assert_transactional_error<E: TransactionalError>() {}

@@ -1,0 +1,172 @@
+//! The task-local transaction context: which transaction each manager is bound to in the
+//! current task, the innermost scope's status, and where hooks register.
+//!
+//! Each scope runs its body under a new context value (`task_local!` scope); leaving the scope
+//! restores the previous value, which is how a suspended transaction is resumed, also when the
+//! body panics or is cancelled. The value is a few `Arc`s stored inline in the scope's future,
+//! so entering a joined scope allocates nothing.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::TxError;
+use crate::manager::ManagerKey;
+use crate::status::{Scope, TransactionStatus};
+use crate::synchronization::SyncScope;
+use crate::transaction::Transaction;
+
+tokio::task_local! {
+    static CONTEXT: Context;
+}
+
+/// One task's view of its transactions.
+#[derive(Clone, Default)]
+pub(crate) struct Context {
+    /// The innermost scope.
+    status: Option<TransactionStatus>,
+    /// Per manager, the scope whose transaction statements run in (`None`: suspended).
+    bindings: Option<Arc<Binding>>,
+    /// The hook list of the scope that owns synchronization here.
+    sync: Option<Arc<SyncScope>>,
+}
+
+/// A link of the per-manager binding chain, innermost first.
+pub(crate) struct Binding {
+    key: ManagerKey,
+    /// The scope (new transaction or savepoint) statements of this manager run in; `None`
+    /// while a `NotSupported` scope suspends the transaction.
+    scope: Option<Arc<Scope>>,
+    parent: Option<Arc<Binding>>,
+}
+
+impl Context {
+    /// The current task's context (empty outside every scope).
+    pub(crate) fn current() -> Context {
+        CONTEXT.try_with(Context::clone).unwrap_or_default()
+    }
+
+    /// The scope that manager `key`'s statements run in, if it has a transaction here.
+    pub(crate) fn bound_scope(&self, key: ManagerKey) -> Option<&Arc<Scope>> {
+        let mut link = self.bindings.as_deref();
+        while let Some(b) = link {
+            if b.key == key {
+                return b.scope.as_ref();
+            }
+            link = b.parent.as_deref();
+        }
+        None
+    }
+
+    pub(crate) fn sync(&self) -> Option<&Arc<SyncScope>> {
+        self.sync.as_ref()
+    }
+
+    /// This context, with `status` as the innermost scope (a participant).
+    pub(crate) fn with_status(mut self, status: TransactionStatus) -> Context {
+        self.status = Some(status);
+        self
+    }
+
+    /// This context with `status` innermost and hooks going to `sync`.
+    pub(crate) fn with_scope(mut self, status: TransactionStatus, sync: Arc<SyncScope>) -> Context {
+        self.status = Some(status);
+        self.sync = Some(sync);
+        self
+    }
+
+    /// This context with manager `key` bound to `scope` (`None`: suspended).
+    pub(crate) fn bind(mut self, key: ManagerKey, scope: Option<Arc<Scope>>) -> Context {
+        self.bindings = Some(Arc::new(Binding {
+            key,
+            scope,
+            parent: self.bindings.take(),
+        }));
+        self
+    }
+
+    /// Runs `fut` with this context as the task's.
+    pub(crate) fn run<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+        CONTEXT.scope(self, fut)
+    }
+}
+
+/// The transaction manager `key`'s statements run in for the current task.
+pub(crate) fn bound(key: ManagerKey) -> Option<Arc<Transaction>> {
+    CONTEXT
+        .try_with(|c| c.bound_scope(key).and_then(|s| s.tx.clone()))
+        .ok()
+        .flatten()
+}
+
+/// See [`crate::connection::suspended_holds_connection`].
+pub(crate) fn suspended_holds_connection(key: ManagerKey) -> bool {
+    CONTEXT
+        .try_with(|c| {
+            let mut link = c.bindings.as_deref();
+            let mut suspended = false;
+            while let Some(b) = link {
+                if b.key == key {
+                    match &b.scope {
+                        None => suspended = true,
+                        Some(scope) if suspended => {
+                            return scope.tx.as_ref().is_some_and(|t| t.holds_write_connection());
+                        }
+                        Some(_) => return false,
+                    }
+                }
+                link = b.parent.as_deref();
+            }
+            false
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `f` on the innermost scope's status, if any.
+fn with_current<R>(f: impl FnOnce(&TransactionStatus) -> R) -> Option<R> {
+    CONTEXT
+        .try_with(|c| c.status.as_ref().map(f))
+        .ok()
+        .flatten()
+}
+
+/// The hook list of the current task's synchronization owner.
+pub(crate) fn current_sync() -> Result<Arc<SyncScope>, TxError> {
+    CONTEXT
+        .try_with(|c| c.sync.clone())
+        .ok()
+        .flatten()
+        .ok_or(TxError::NoTransaction)
+}
+
+/// The status of the innermost transactional scope of the current task, if any.
+///
+/// ```
+/// assert!(tx_core::current_status().is_none());
+/// ```
+#[must_use]
+pub fn current_status() -> Option<TransactionStatus> {
+    with_current(TransactionStatus::clone)
+}
+
+/// Marks the innermost transactional scope rollback-only
+/// (see [`TransactionStatus::set_rollback_only`]).
+///
+/// ```
+/// use tx_core::TxError;
+/// // Outside every scope there is nothing to mark.
+/// assert!(matches!(tx_core::set_rollback_only(), Err(TxError::NoTransaction)));
+/// ```
+pub fn set_rollback_only() -> Result<(), TxError> {
+    with_current(TransactionStatus::set_rollback_only).ok_or(TxError::NoTransaction)
+}
+
+/// Whether the innermost scope of the current task runs in an actual transaction (false
+/// outside every scope and in `Supports`/`NotSupported`/`Never` scopes without one).
+///
+/// ```
+/// assert!(!tx_core::is_actual_transaction_active());
+/// ```
+#[must_use]
+pub fn is_actual_transaction_active() -> bool {
+    with_current(TransactionStatus::is_transaction_active).unwrap_or(false)
+}

@@ -1,0 +1,218 @@
+//! The one error type of the engine.
+
+use std::borrow::Cow;
+
+/// A boxed error, as returned by synchronization hooks and backends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which step of a transaction a backend failure happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Acquiring a connection and sending `BEGIN`.
+    Begin,
+    /// `COMMIT`.
+    Commit,
+    /// `ROLLBACK`.
+    Rollback,
+    /// `SAVEPOINT`, `ROLLBACK TO SAVEPOINT` or `RELEASE SAVEPOINT`.
+    Savepoint,
+    /// A statement run by user code through a transaction-aware executor.
+    Statement,
+    /// Acquiring a connection outside of a transaction.
+    Acquire,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::Begin => "begin",
+            Operation::Commit => "commit",
+            Operation::Rollback => "rollback",
+            Operation::Savepoint => "savepoint",
+            Operation::Statement => "statement",
+            Operation::Acquire => "acquire",
+        })
+    }
+}
+
+/// Everything that can go wrong in transaction management.
+///
+/// User error types take it in through `From<TxError>`, so that a transactional function can
+/// report what the engine decided (a timeout, an unexpected rollback, ...) in its own error type.
+///
+/// ```
+/// use tx_core::TxError;
+///
+/// let e = TxError::NoTransaction;
+/// assert!(e.to_string().contains("Mandatory"));
+/// assert!(!e.is_retryable());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxError {
+    /// Propagation `Mandatory` found no transaction, or a hook / rollback-only mark was
+    /// requested outside every transactional scope.
+    #[error(
+        "no existing transaction: propagation Mandatory (and hook registration or set_rollback_only) \
+         needs an enclosing transactional scope; call it from a #[transactional] function or \
+         TransactionTemplate, or use propagation Required"
+    )]
+    NoTransaction,
+
+    /// Propagation `Never` was called inside a transaction.
+    #[error(
+        "existing transaction found for a scope with propagation Never; call it outside any \
+         transaction, or wrap the call in propagation NotSupported"
+    )]
+    ExistingTransaction,
+
+    /// The transaction was marked rollback-only by a participant, so the owner's commit rolled
+    /// it back instead.
+    #[error(
+        "transaction rolled back because it has been marked as rollback-only (a participating \
+         scope failed or called set_rollback_only()); nothing was committed"
+    )]
+    UnexpectedRollback,
+
+    /// The transaction's deadline passed; it was rolled back.
+    #[error("transaction timed out: its deadline passed and it was rolled back")]
+    Timeout,
+
+    /// Propagation `Nested` on a backend or in a state without savepoints.
+    #[error(
+        "propagation Nested needs savepoints, which this transaction manager does not support; \
+         use Required or RequiresNew"
+    )]
+    NestedNotSupported,
+
+    /// No manager was given and no default manager is set.
+    #[error(
+        "no transaction manager: call tx::set_default_manager(pool) at start-up, or name one \
+         with manager = ... / TransactionTemplate::new(pool)"
+    )]
+    NoManager,
+
+    /// `manager = "name"` names no registered manager.
+    #[error(
+        "no transaction manager registered under the name {name:?}: call \
+         tx::register_manager({name:?}, pool) at start-up"
+    )]
+    UnknownManager {
+        /// The name that was asked for.
+        name: Cow<'static, str>,
+    },
+
+    /// A `before_commit` hook failed; the transaction was rolled back.
+    #[error("before_commit synchronization failed, the transaction was rolled back: {0}")]
+    BeforeCommit(#[source] BoxError),
+
+    /// The connection was lost while `COMMIT` was in flight: the transaction may or may not
+    /// have committed. Check the data before retrying.
+    #[error(
+        "commit outcome unknown: the connection failed while COMMIT was in flight; the \
+         transaction may or may not have been committed, check before retrying"
+    )]
+    CommitOutcomeUnknown(#[source] BoxError),
+
+    /// A request would wait forever (or for the whole busy/acquire timeout) on a resource the
+    /// current task itself holds, e.g. SQLite's single write lock held by the suspended
+    /// transaction. The message says what to do instead.
+    #[error("{message}")]
+    WouldBlock {
+        /// What happened and how to avoid it.
+        message: Cow<'static, str>,
+    },
+
+    /// The transaction manager's pool is closed.
+    #[error("the transaction manager's connection pool is closed")]
+    PoolClosed,
+
+    /// The database or driver failed.
+    #[error("database error during {operation}: {source}")]
+    Database {
+        /// What the engine was doing.
+        operation: Operation,
+        /// Whether re-running the whole transaction may succeed (serialization failure,
+        /// deadlock, lock-wait timeout, busy database).
+        retryable: bool,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl TxError {
+    /// True for failures that re-running the whole transaction may cure: serialization
+    /// failures and deadlocks (PostgreSQL `40001`, `40P01`; MySQL 1213, 1205; SQLite busy).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TxError::Database {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    /// Wraps a backend failure.
+    pub fn database(
+        operation: Operation,
+        retryable: bool,
+        source: impl Into<BoxError>,
+    ) -> TxError {
+        TxError::Database {
+            operation,
+            retryable,
+            source: source.into(),
+        }
+    }
+}
+
+#[cfg(feature = "sqlx")]
+mod sqlx_conv {
+    use super::{Operation, TxError};
+
+    /// True for the database errors that re-running the transaction may cure.
+    pub fn sqlx_is_retryable(err: &sqlx_core::Error) -> bool {
+        let sqlx_core::Error::Database(db) = err else {
+            return false;
+        };
+        let code = db.code();
+        match code.as_deref() {
+            // PostgreSQL serialization_failure / deadlock_detected; MySQL 1213 maps to 40001.
+            Some("40001") | Some("40P01") => true,
+            // SQLite: SQLITE_BUSY (5) and its extended codes (e.g. 517 BUSY_SNAPSHOT), LOCKED (6).
+            Some(c) if c.parse::<u32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
+                !is_mysql_number(c)
+            }
+            // MySQL 1205 (lock wait timeout) has SQLSTATE HY000; its message carries the
+            // server's own advice.
+            _ => db.message().contains("try restarting transaction"),
+        }
+    }
+
+    fn is_mysql_number(code: &str) -> bool {
+        // MySQL reports SQLSTATEs (5 alphanumerics), SQLite numeric result codes: a
+        // five-digit numeric SQLSTATE such as "23505" is not a SQLite code.
+        code.len() == 5
+    }
+
+    impl From<sqlx_core::Error> for TxError {
+        fn from(err: sqlx_core::Error) -> Self {
+            match err {
+                sqlx_core::Error::PoolClosed => TxError::PoolClosed,
+                err => TxError::Database {
+                    operation: Operation::Statement,
+                    retryable: sqlx_is_retryable(&err),
+                    source: Box::new(err),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use sqlx_conv::sqlx_is_retryable;

@@ -1,0 +1,79 @@
+//! # tx-core: Spring-style declarative transactions for async Rust
+//!
+//! The database-agnostic engine behind `#[transactional]` and [`TransactionTemplate`]: Spring's
+//! propagation behaviours, isolation, timeouts, read-only transactions, rollback-only marking
+//! and transaction synchronization hooks, bound to the current tokio task.
+//!
+//! Most users depend on `tx-sqlx`, which re-exports everything here and adds the sqlx backends.
+//!
+//! ```
+//! use tx_core::{Propagation, TransactionTemplate, TxError};
+//! # use tx_core::manager::*; use std::sync::Arc;
+//! # #[derive(Clone, Default)] struct Noop(Arc<()>);
+//! # struct NoopTx;
+//! # impl PhysicalTransaction for NoopTx {
+//! #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+//! #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+//! #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
+//! # }
+//! # impl TransactionManager for Noop {
+//! #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+//! #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+//! #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+//! #     }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let manager = Noop::default(); // a TxPool in real code
+//! let template = TransactionTemplate::new(manager.clone());
+//! let n = template
+//!     .execute(|status| async move {
+//!         assert!(status.is_new_transaction());
+//!         tx_core::after_commit(async { println!("committed") })?;
+//!         Ok::<_, TxError>(42)
+//!     })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(n, 42);
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod completion;
+pub mod connection;
+mod context;
+mod definition;
+mod error;
+mod events;
+pub mod manager;
+mod propagation;
+mod registry;
+mod retry;
+mod status;
+mod synchronization;
+mod template;
+mod transaction;
+
+pub use completion::Completion;
+pub use context::{current_status, is_actual_transaction_active, set_rollback_only};
+pub use definition::{Isolation, Propagation, TransactionDefinition};
+pub use error::{BoxError, Operation, TxError};
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use error::sqlx_is_retryable;
+pub use events::{EventBus, ListenerHandle, TransactionPhase};
+pub use manager::TransactionManager;
+pub use registry::{register_manager, set_default_manager};
+pub use status::TransactionStatus;
+pub use synchronization::{
+    TransactionSynchronization, after_commit, after_completion, after_rollback,
+    register_synchronization,
+};
+pub use template::TransactionTemplate;
+
+#[cfg(feature = "macros")]
+pub use tx_macros::transactional;
+
+/// What `#[transactional]` expands to calls; not a public API.
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,630 @@
+//! The propagation engine (Spring's `AbstractPlatformTransactionManager`), written once for
+//! every backend: decides per scope whether to join, begin, suspend, savepoint or refuse, runs
+//! the body, and completes what the scope owns.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, resume_unwind};
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use crate::completion::Completion;
+use crate::context::Context;
+use crate::definition::{Propagation, TransactionDefinition};
+use crate::error::TxError;
+use crate::manager::{ManagerKey, ShareManager, SharedManager};
+use crate::registry;
+use crate::status::{Scope, ScopeKind, TransactionStatus};
+use crate::synchronization::SyncScope;
+use crate::transaction::Transaction;
+
+/// Which manager a scope uses.
+pub enum ManagerRef<'a> {
+    /// The default manager ([`crate::set_default_manager`]).
+    Default,
+    /// A manager registered by name ([`crate::register_manager`]).
+    Named(&'a str),
+    /// A manager the engine already shares.
+    Shared(&'a SharedManager),
+    /// A manager given by reference (`manager = self.db`).
+    Borrowed(&'a dyn ShareManager),
+}
+
+/// The resolved manager: its key (enough to join) and, when a transaction must begin, the
+/// manager itself.
+enum Resolved<'a> {
+    Shared(SharedManager),
+    Borrowed(&'a dyn ShareManager),
+}
+
+impl Resolved<'_> {
+    fn key(&self) -> ManagerKey {
+        match self {
+            Resolved::Shared(m) => m.key(),
+            Resolved::Borrowed(m) => m.key(),
+        }
+    }
+
+    fn share(&self) -> SharedManager {
+        match self {
+            Resolved::Shared(m) => m.clone(),
+            Resolved::Borrowed(m) => m.share(),
+        }
+    }
+}
+
+impl<'a> ManagerRef<'a> {
+    /// A copy of this reference (for re-running a call).
+    pub(crate) fn reborrow(&self) -> ManagerRef<'a> {
+        match *self {
+            ManagerRef::Default => ManagerRef::Default,
+            ManagerRef::Named(n) => ManagerRef::Named(n),
+            ManagerRef::Shared(m) => ManagerRef::Shared(m),
+            ManagerRef::Borrowed(m) => ManagerRef::Borrowed(m),
+        }
+    }
+
+    fn resolve(&self) -> Result<Resolved<'a>, TxError> {
+        match *self {
+            ManagerRef::Default => registry::default_manager().map(Resolved::Shared),
+            ManagerRef::Named(name) => registry::named_manager(name).map(Resolved::Shared),
+            ManagerRef::Shared(m) => Ok(Resolved::Shared(m.clone())),
+            ManagerRef::Borrowed(m) => Ok(Resolved::Borrowed(m)),
+        }
+    }
+}
+
+/// What the retry loop needs to know about one run.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RunInfo {
+    /// The run began (and completed) its own transaction.
+    pub(crate) owned_transaction: bool,
+    /// A statement, `BEGIN` or `COMMIT` failed with a serialization failure or deadlock.
+    pub(crate) retryable_failure: bool,
+}
+
+/// How a scope's body ended.
+enum BodyEnd<T, E> {
+    Returned(Result<T, E>),
+    Panicked(Box<dyn std::any::Any + Send>),
+    TimedOut,
+}
+
+impl<T, E> BodyEnd<T, E> {
+    fn from_caught(r: std::thread::Result<Result<T, E>>) -> Self {
+        match r {
+            Ok(r) => BodyEnd::Returned(r),
+            Err(panic) => BodyEnd::Panicked(panic),
+        }
+    }
+}
+
+/// Runs `body` in a scope with `definition`'s propagation on `manager`.
+///
+/// `rollback_on(&err)` says whether an `Err` of the body rolls the scope back (the rollback
+/// rules); `Ok` commits unless something marked the scope rollback-only.
+pub(crate) async fn execute<T, E, F, Fut, R>(
+    manager: ManagerRef<'_>,
+    definition: &TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> (Result<T, E>, RunInfo)
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let manager = match manager.resolve() {
+        Ok(m) => m,
+        Err(e) => return (Err(e.into()), RunInfo::default()),
+    };
+    let key = manager.key();
+    let ctx = Context::current();
+    let existing = ctx.bound_scope(key).cloned();
+
+    // The propagation table (SPEC "Semantics"), in one place.
+    match (definition.get_propagation(), existing) {
+        (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => {
+            (participate(ctx, owner, rollback_on, body).await, RunInfo::default())
+        }
+        (Propagation::Nested, Some(owner)) => (
+            savepoint(ctx, key, owner, definition, rollback_on, body).await,
+            RunInfo::default(),
+        ),
+        (Propagation::RequiresNew, Some(suspended)) => {
+            tracing::debug!(
+                target: "tx",
+                "Suspending current transaction [{}], creating new transaction with name [{}]",
+                suspended.name(),
+                definition.get_name()
+            );
+            new_transaction(ctx, key, manager.share(), Some(suspended), definition, rollback_on, body)
+                .await
+        }
+        (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
+            new_transaction(ctx, key, manager.share(), None, definition, rollback_on, body).await
+        }
+        (Propagation::NotSupported, Some(suspended)) => {
+            tracing::debug!(
+                target: "tx",
+                "Suspending current transaction [{}] for non-transactional scope [{}]",
+                suspended.name(),
+                definition.get_name()
+            );
+            (
+                without_transaction(ctx, Some(key), definition, rollback_on, body).await,
+                RunInfo::default(),
+            )
+        }
+        (Propagation::Supports | Propagation::NotSupported | Propagation::Never, None) => (
+            without_transaction(ctx, None, definition, rollback_on, body).await,
+            RunInfo::default(),
+        ),
+        (Propagation::Mandatory, None) => (Err(TxError::NoTransaction.into()), RunInfo::default()),
+        (Propagation::Never, Some(_)) => {
+            (Err(TxError::ExistingTransaction.into()), RunInfo::default())
+        }
+    }
+}
+
+/// Marks the transaction rollback-only if a participant is dropped before it finished (its
+/// writes may be half done).
+struct ParticipantGuard<'a>(Option<&'a Transaction>);
+
+impl Drop for ParticipantGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0 {
+            tx.set_global_rollback_only();
+        }
+    }
+}
+
+/// Required/Supports/Mandatory inside a transaction: run in it; a failure marks it
+/// rollback-only for its owner.
+async fn participate<T, E, F, Fut, R>(ctx: Context, owner: Arc<Scope>, rollback_on: R, body: F) -> Result<T, E>
+where
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
+    let tx = owner.tx.as_deref().expect("a bound scope has a transaction");
+    let status = TransactionStatus::participant(owner.clone());
+    let mut guard = ParticipantGuard(Some(tx));
+    let end = ctx
+        .with_status(status.clone())
+        .run(AssertUnwindSafe(body(status)).catch_unwind())
+        .await;
+    guard.0 = None;
+    match end {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if rollback_on(&e) {
+                tracing::debug!(
+                    target: "tx",
+                    "Participating transaction failed - marking existing transaction [{}] as rollback-only",
+                    owner.name()
+                );
+                tx.set_global_rollback_only();
+            }
+            Err(e)
+        }
+        Err(panic) => {
+            tx.set_global_rollback_only();
+            resume_unwind(panic)
+        }
+    }
+}
+
+/// Completes a cancelled new transaction: rolls back and runs its hooks as rolled back,
+/// in a spawned task because a destructor cannot wait.
+struct CancelGuard {
+    armed: Option<(Arc<Transaction>, Arc<SyncScope>)>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some((tx, sync)) = self.armed.take() else {
+            return;
+        };
+        tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
+        let physical = tx.try_take_physical();
+        let hooks = sync.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(hooks.rollback_detached(async move {
+                    if let Some(p) = physical {
+                        if let Err(e) = p.rollback().await {
+                            tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
+                        }
+                    }
+                }));
+            }
+            // No runtime left: dropping the physical transaction rolls it back.
+            Err(_) => drop(physical),
+        }
+    }
+}
+
+fn log_new(definition: &TransactionDefinition) {
+    tracing::debug!(
+        target: "tx",
+        "Creating new transaction with name [{}]: {},{}{}{}",
+        definition.get_name(),
+        definition.get_propagation().spring_name(),
+        definition.get_isolation().spring_name(),
+        if definition.is_read_only() { ",readOnly" } else { "" },
+        definition
+            .get_timeout()
+            .map(|t| format!(",timeout_{}ms", t.as_millis()))
+            .unwrap_or_default(),
+    );
+}
+
+/// Begins a transaction (lazily: BEGIN goes out with the first statement), runs the body in
+/// it and commits or rolls back. `suspended` is the transaction it suspends, if any.
+async fn new_transaction<T, E, F, Fut, R>(
+    ctx: Context,
+    key: ManagerKey,
+    manager: SharedManager,
+    suspended: Option<Arc<Scope>>,
+    definition: &TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> (Result<T, E>, RunInfo)
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    log_new(definition);
+    let tx = Arc::new(Transaction::new(
+        manager,
+        definition.clone(),
+        suspended.and_then(|s| s.tx.clone()),
+    ));
+    let scope = Arc::new(Scope::new(
+        ScopeKind::NewTransaction,
+        Some(tx.clone()),
+        name_of(definition),
+    ));
+    let sync = Arc::new(SyncScope::default());
+    let status = TransactionStatus::owner(scope.clone());
+    let tx_ctx = ctx.bind(key, Some(scope.clone())).with_scope(status.clone(), sync.clone());
+
+    let mut cancel = CancelGuard {
+        armed: Some((tx.clone(), sync.clone())),
+    };
+    let run = tx_ctx.clone().run(AssertUnwindSafe(body(status)).catch_unwind());
+    let end = match tx.deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => BodyEnd::from_caught(r),
+            Err(_) => BodyEnd::TimedOut,
+        },
+        None => BodyEnd::from_caught(run.await),
+    };
+
+    let result = complete_transaction(&tx, &scope, &sync, &tx_ctx, end, &rollback_on).await;
+    cancel.armed = None;
+    scope.set_completed();
+    tracing::debug!(target: "tx", "Completed transaction [{}]", tx.name());
+    let info = RunInfo {
+        owned_transaction: true,
+        retryable_failure: tx.saw_retryable(),
+    };
+    match result {
+        Ok(r) => (r, info),
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+/// Commits or rolls back a transaction this scope began, per how its body ended.
+/// `Err` carries a panic to resume once everything is cleaned up.
+async fn complete_transaction<T, E, R>(
+    tx: &Arc<Transaction>,
+    scope: &Scope,
+    sync: &SyncScope,
+    tx_ctx: &Context,
+    end: BodyEnd<T, E>,
+    rollback_on: &R,
+) -> Result<Result<T, E>, Box<dyn std::any::Any + Send>>
+where
+    E: From<TxError>,
+    R: Fn(&E) -> bool,
+{
+    let rollback = || async {
+        tracing::debug!(target: "tx", "Initiating transaction rollback [{}]", tx.name());
+        if let Some(p) = tx.take_physical().await {
+            if let Err(e) = p.rollback().await {
+                tracing::warn!(target: "tx", "rollback of [{}] failed: {e}", tx.name());
+            }
+        }
+    };
+    // Returned value or error, and whether to try to commit.
+    let (outcome, commit) = match end {
+        BodyEnd::Panicked(panic) => {
+            tracing::debug!(target: "tx", "Transactional body of [{}] panicked", tx.name());
+            sync.take().rollback(tx_ctx, rollback()).await;
+            return Err(panic);
+        }
+        BodyEnd::TimedOut => {
+            tracing::debug!(target: "tx", "Transaction [{}] timed out", tx.name());
+            sync.take().rollback(tx_ctx, rollback()).await;
+            return Ok(Err(TxError::Timeout.into()));
+        }
+        BodyEnd::Returned(Ok(v)) => {
+            let commit = !scope.is_local_rollback_only();
+            if !commit {
+                tracing::debug!(
+                    target: "tx",
+                    "Transactional code has requested rollback of [{}]",
+                    tx.name()
+                );
+            }
+            (Ok(v), commit)
+        }
+        BodyEnd::Returned(Err(e)) => {
+            let commit = !rollback_on(&e) && !scope.is_local_rollback_only();
+            (Err(e), commit)
+        }
+    };
+    if !commit {
+        sync.take().rollback(tx_ctx, rollback()).await;
+        return Ok(outcome);
+    }
+    if tx.is_global_rollback_only() {
+        tracing::debug!(
+            target: "tx",
+            "Global transaction [{}] is marked as rollback-only but transactional code requested commit",
+            tx.name()
+        );
+        sync.take().rollback(tx_ctx, rollback()).await;
+        return Ok(Err(TxError::UnexpectedRollback.into()));
+    }
+    let commit_physical = async {
+        tracing::debug!(target: "tx", "Initiating transaction commit [{}]", tx.name());
+        match tx.take_physical_for_commit().await {
+            Ok(Some(p)) => p.commit().await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    let (completion, r) = sync
+        .take()
+        .commit(
+            sync,
+            tx_ctx,
+            tx.definition.is_read_only(),
+            commit_physical,
+            rollback(),
+        )
+        .await;
+    match r {
+        Ok(()) => Ok(outcome),
+        Err(e) => {
+            if e.is_retryable() {
+                tx.note_retryable();
+            }
+            if completion == Completion::RolledBack {
+                tracing::debug!(target: "tx", "Commit of [{}] failed: {e}", tx.name());
+            }
+            Ok(Err(e.into()))
+        }
+    }
+}
+
+/// Rolls the savepoint back if a `Nested` scope is dropped before it finished; its hooks
+/// complete as rolled back.
+struct SavepointGuard {
+    armed: Option<(Arc<Transaction>, u64, Arc<SyncScope>)>,
+}
+
+impl Drop for SavepointGuard {
+    fn drop(&mut self) {
+        let Some((tx, id, sync)) = self.armed.take() else {
+            return;
+        };
+        tx.abandon_savepoint(id);
+        let hooks = sync.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(hooks.rollback_detached(async {}));
+        }
+    }
+}
+
+/// Nested inside a transaction: a savepoint; failure rolls back to it and the outer
+/// transaction goes on.
+async fn savepoint<T, E, F, Fut, R>(
+    ctx: Context,
+    key: ManagerKey,
+    owner: Arc<Scope>,
+    definition: &TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let tx = owner.tx.clone().expect("a bound scope has a transaction");
+    if !tx.manager.supports_savepoints() {
+        return Err(TxError::NestedNotSupported.into());
+    }
+    let Some(parent_sync) = ctx.sync().cloned() else {
+        unreachable!("a scope with a transaction owns or joins a hook list")
+    };
+    tracing::debug!(
+        target: "tx",
+        "Creating nested transaction with name [{}] in [{}]",
+        definition.get_name(),
+        tx.name()
+    );
+    let id = match tx.push_savepoint().await {
+        Ok(id) => id,
+        Err(e) => return Err(e.into()),
+    };
+    let global_before = tx.is_global_rollback_only();
+    let scope = Arc::new(Scope::new(
+        ScopeKind::Savepoint,
+        Some(tx.clone()),
+        name_of(definition),
+    ));
+    let sync = Arc::new(SyncScope::default());
+    let status = TransactionStatus::owner(scope.clone());
+    let sp_ctx = ctx.bind(key, Some(scope.clone())).with_scope(status.clone(), sync.clone());
+
+    let mut guard = SavepointGuard {
+        armed: Some((tx.clone(), id, sync.clone())),
+    };
+    let end = BodyEnd::from_caught(
+        sp_ctx
+            .clone()
+            .run(AssertUnwindSafe(body(status)).catch_unwind())
+            .await,
+    );
+    guard.armed = None;
+
+    // A participant inside that failed marked the transaction; that mark belongs to the
+    // savepoint and is undone with it (Spring resets it on rollback to savepoint).
+    let marked_inside = tx.is_global_rollback_only() && !global_before;
+    let rollback = match &end {
+        BodyEnd::Panicked(_) | BodyEnd::TimedOut => true,
+        BodyEnd::Returned(Err(e)) => rollback_on(e) || scope.is_local_rollback_only() || marked_inside,
+        BodyEnd::Returned(Ok(_)) => scope.is_local_rollback_only() || marked_inside,
+    };
+    let result = if rollback {
+        let mut failure = None;
+        sync.take()
+            .rollback(&sp_ctx, async {
+                if let Err(e) = tx.pop_savepoint(id, true).await {
+                    failure = Some(e);
+                }
+            })
+            .await;
+        tx.restore_global_rollback_only(global_before);
+        if let Some(e) = failure {
+            // The savepoint's work could not be undone: the whole transaction must go.
+            tx.set_global_rollback_only();
+            Err(e.into())
+        } else {
+            match end {
+                BodyEnd::Returned(Ok(_)) if marked_inside && !scope.is_local_rollback_only() => {
+                    Err(TxError::UnexpectedRollback.into())
+                }
+                BodyEnd::Returned(r) => r,
+                BodyEnd::TimedOut => Err(TxError::Timeout.into()),
+                BodyEnd::Panicked(panic) => {
+                    scope.set_completed();
+                    resume_unwind(panic)
+                }
+            }
+        }
+    } else {
+        match tx.pop_savepoint(id, false).await {
+            Ok(()) => {
+                parent_sync.append(sync.take());
+                match end {
+                    BodyEnd::Returned(r) => r,
+                    _ => unreachable!("panics and timeouts roll back"),
+                }
+            }
+            Err(e) => {
+                tx.set_global_rollback_only();
+                sync.take().rollback(&sp_ctx, async {}).await;
+                Err(e.into())
+            }
+        }
+    };
+    scope.set_completed();
+    result
+}
+
+/// Completes the hooks of a cancelled scope without a transaction.
+struct NoTxCancelGuard(Option<Arc<SyncScope>>);
+
+impl Drop for NoTxCancelGuard {
+    fn drop(&mut self) {
+        if let (Some(sync), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(sync.take().rollback_detached(async {}));
+        }
+    }
+}
+
+/// Supports/NotSupported/Never without a transaction: statements run in autocommit. Such a
+/// scope still collects hooks and, when it owns them, runs them at its end: as committed if it
+/// ended `Ok` and unmarked, else as rolled back. `suspend` is the manager whose transaction
+/// NotSupported suspends.
+async fn without_transaction<T, E, F, Fut, R>(
+    ctx: Context,
+    suspend: Option<ManagerKey>,
+    definition: &TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let scope = Arc::new(Scope::new(ScopeKind::NoTransaction, None, name_of(definition)));
+    let status = TransactionStatus::owner(scope.clone());
+    // A scope without a transaction inside another such scope registers into that one's list.
+    let (sync, owns_sync) = match (suspend, ctx.sync()) {
+        (None, Some(outer)) => (outer.clone(), false),
+        _ => (Arc::new(SyncScope::default()), true),
+    };
+    let ctx = match suspend {
+        Some(key) => ctx.bind(key, None),
+        None => ctx,
+    }
+    .with_scope(status.clone(), sync.clone());
+
+    let mut guard = NoTxCancelGuard(owns_sync.then(|| sync.clone()));
+    let end = ctx
+        .clone()
+        .run(AssertUnwindSafe(body(status)).catch_unwind())
+        .await;
+    guard.0 = None;
+    scope.set_completed();
+    if !owns_sync {
+        return match end {
+            Ok(r) => r,
+            Err(panic) => resume_unwind(panic),
+        };
+    }
+    match end {
+        Err(panic) => {
+            sync.take().rollback(&ctx, async {}).await;
+            resume_unwind(panic)
+        }
+        Ok(r) => {
+            let failed = match &r {
+                Ok(_) => scope.is_local_rollback_only(),
+                Err(e) => rollback_on(e) || scope.is_local_rollback_only(),
+            };
+            if failed {
+                sync.take().rollback(&ctx, async {}).await;
+                r
+            } else {
+                let (_, hooks) = sync
+                    .take()
+                    .commit(&sync, &ctx, definition.is_read_only(), async { Ok(()) }, async {})
+                    .await;
+                match hooks {
+                    Ok(()) => r,
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+fn name_of(definition: &TransactionDefinition) -> Cow<'static, str> {
+    definition.name_cow().clone()
+}

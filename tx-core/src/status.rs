@@ -1,0 +1,188 @@
+//! The handle a transactional body gets on its scope (Spring's `TransactionStatus`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::transaction::Transaction;
+
+/// What kind of scope a [`Scope`] is.
+pub(crate) enum ScopeKind {
+    /// Began a new transaction (it owns the commit).
+    NewTransaction,
+    /// A savepoint inside an existing transaction (`Nested`).
+    Savepoint,
+    /// Runs without a transaction (`Supports`/`NotSupported`/`Never` without one).
+    NoTransaction,
+}
+
+/// One scope that decides an outcome: a new transaction, a savepoint, or a scope without a
+/// transaction. Participants share their owner's.
+pub(crate) struct Scope {
+    pub(crate) kind: ScopeKind,
+    pub(crate) tx: Option<Arc<Transaction>>,
+    name: Cow<'static, str>,
+    rollback_only: AtomicBool,
+    completed: AtomicBool,
+}
+
+impl Scope {
+    pub(crate) fn new(
+        kind: ScopeKind,
+        tx: Option<Arc<Transaction>>,
+        name: Cow<'static, str>,
+    ) -> Scope {
+        Scope {
+            kind,
+            tx,
+            name,
+            rollback_only: AtomicBool::new(false),
+            completed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn is_local_rollback_only(&self) -> bool {
+        self.rollback_only.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_completed(&self) {
+        self.completed.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The body of the scope itself.
+    Owner,
+    /// A joined Required/Supports/Mandatory call inside it.
+    Participant,
+}
+
+/// The state of the transactional scope a body runs in: query it, or mark it rollback-only.
+///
+/// Cheap to clone. A body gets its own as the closure argument of
+/// [`TransactionTemplate::execute`](crate::TransactionTemplate::execute); anywhere inside a
+/// scope, [`current_status`](crate::current_status) returns the innermost one.
+///
+/// ```
+/// # use tx_core::{TransactionTemplate, TxError};
+/// # use tx_core::manager::*; use std::sync::Arc;
+/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+/// # struct NoopTx;
+/// # impl PhysicalTransaction for NoopTx {
+/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
+/// # }
+/// # impl TransactionManager for Noop {
+/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let template = TransactionTemplate::new(Noop::default()).name("report");
+/// let r: Result<(), TxError> = template
+///     .execute(|status| async move {
+///         assert!(status.is_new_transaction());
+///         assert_eq!(status.name(), "report");
+///         status.set_rollback_only(); // rolled back, but returns Ok: the owner decided
+///         assert!(status.is_rollback_only());
+///         Ok(())
+///     })
+///     .await;
+/// assert!(r.is_ok());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TransactionStatus {
+    scope: Arc<Scope>,
+    role: Role,
+}
+
+impl std::fmt::Debug for TransactionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionStatus")
+            .field("name", &self.name())
+            .field("new_transaction", &self.is_new_transaction())
+            .field("savepoint", &self.has_savepoint())
+            .field("rollback_only", &self.is_rollback_only())
+            .field("completed", &self.is_completed())
+            .finish()
+    }
+}
+
+impl TransactionStatus {
+    pub(crate) fn owner(scope: Arc<Scope>) -> TransactionStatus {
+        TransactionStatus {
+            scope,
+            role: Role::Owner,
+        }
+    }
+
+    pub(crate) fn participant(scope: Arc<Scope>) -> TransactionStatus {
+        TransactionStatus {
+            scope,
+            role: Role::Participant,
+        }
+    }
+
+    /// Marks the scope so that it rolls back instead of committing.
+    ///
+    /// In a scope that began the transaction (or a `Nested` savepoint, or a scope without a
+    /// transaction) this decides the outcome of that scope only, and the call still returns
+    /// its own result. In a participant it marks the whole transaction: its owner will roll
+    /// back and return [`TxError::UnexpectedRollback`](crate::TxError::UnexpectedRollback).
+    pub fn set_rollback_only(&self) {
+        match (self.role, &self.scope.tx) {
+            (Role::Participant, Some(tx)) => tx.set_global_rollback_only(),
+            _ => self.scope.rollback_only.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the scope, or for a transaction any participant of it, asked for a rollback.
+    #[must_use]
+    pub fn is_rollback_only(&self) -> bool {
+        let global = self
+            .scope
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.is_global_rollback_only());
+        global || (self.role == Role::Owner && self.scope.is_local_rollback_only())
+    }
+
+    /// True in the scope that began the transaction (not in a participant, a savepoint, or a
+    /// scope without a transaction).
+    #[must_use]
+    pub fn is_new_transaction(&self) -> bool {
+        self.role == Role::Owner && matches!(self.scope.kind, ScopeKind::NewTransaction)
+    }
+
+    /// True in a `Nested` scope that runs on a savepoint of an enclosing transaction.
+    #[must_use]
+    pub fn has_savepoint(&self) -> bool {
+        self.role == Role::Owner && matches!(self.scope.kind, ScopeKind::Savepoint)
+    }
+
+    /// True once the scope's transaction (or savepoint) has committed or rolled back.
+    #[must_use]
+    pub fn is_completed(&self) -> bool {
+        self.scope.completed.load(Ordering::Relaxed)
+    }
+
+    /// The scope's name: the transaction's name, or for `#[transactional]` the function's
+    /// path by default.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.scope.name()
+    }
+
+    /// Whether the scope runs in an actual transaction.
+    pub(crate) fn is_transaction_active(&self) -> bool {
+        self.scope.tx.is_some()
+    }
+}

@@ -1,0 +1,345 @@
+//! Transaction synchronization: the hooks, where they register, and the one place that says
+//! in which order their phases run around COMMIT and ROLLBACK.
+//!
+//! Commit: every `before_commit`, every `before_completion`, COMMIT, every `after_commit`,
+//! every `after_completion(Committed)`. Rollback: every `before_completion`, ROLLBACK, every
+//! `after_completion(RolledBack)`. Each phase runs over all hooks in registration order.
+//! `before_commit` may veto the commit; later phases cannot undo anything, so their failures
+//! and panics are logged and the next hook still runs.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+
+use futures_util::FutureExt;
+
+use crate::completion::Completion;
+use crate::context::{self, Context};
+use crate::error::{BoxError, TxError};
+use crate::manager::BoxFuture;
+
+/// Callbacks around the completion of the current transaction (Spring's
+/// `TransactionSynchronization`). Every method is optional; write them as `async fn`.
+///
+/// Registered with [`register_synchronization`] inside a transactional scope, a hook runs when
+/// the transaction that owns the physical work completes (for a `Nested` savepoint that rolls
+/// back: right then, as rolled back).
+///
+/// ```
+/// use tx_core::{BoxError, Completion, TransactionSynchronization};
+///
+/// struct Outbox;
+///
+/// impl TransactionSynchronization for Outbox {
+///     async fn before_commit(&self, read_only: bool) -> Result<(), BoxError> {
+///         // e.g. flush pending writes; an Err here rolls the transaction back
+///         let _ = read_only;
+///         Ok(())
+///     }
+///     async fn after_commit(&self) {
+///         // e.g. publish the message, now that the order is really there
+///     }
+///     async fn after_completion(&self, completion: Completion) {
+///         let _ = completion;
+///     }
+/// }
+/// ```
+pub trait TransactionSynchronization: Send + Sync + 'static {
+    /// Before COMMIT, inside the transaction (statements still run in it). An error rolls
+    /// the transaction back and is returned to the caller as [`TxError::BeforeCommit`].
+    fn before_commit(&self, read_only: bool) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = read_only;
+        async { Ok(()) }
+    }
+
+    /// Before COMMIT or ROLLBACK, after every `before_commit`.
+    fn before_completion(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// After a successful COMMIT, outside the transaction.
+    fn after_commit(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// After COMMIT or ROLLBACK, with the outcome.
+    fn after_completion(&self, completion: Completion) -> impl Future<Output = ()> + Send {
+        let _ = completion;
+        async {}
+    }
+}
+
+/// Object-safe view of a [`TransactionSynchronization`].
+pub(crate) trait DynSynchronization: Send + Sync {
+    fn before_commit(&self, read_only: bool) -> BoxFuture<'_, Result<(), BoxError>>;
+    fn before_completion(&self) -> BoxFuture<'_, ()>;
+    fn after_commit(&self) -> BoxFuture<'_, ()>;
+    fn after_completion(&self, completion: Completion) -> BoxFuture<'_, ()>;
+}
+
+impl<S: TransactionSynchronization> DynSynchronization for S {
+    fn before_commit(&self, read_only: bool) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(TransactionSynchronization::before_commit(self, read_only))
+    }
+    fn before_completion(&self) -> BoxFuture<'_, ()> {
+        Box::pin(TransactionSynchronization::before_completion(self))
+    }
+    fn after_commit(&self) -> BoxFuture<'_, ()> {
+        Box::pin(TransactionSynchronization::after_commit(self))
+    }
+    fn after_completion(&self, completion: Completion) -> BoxFuture<'_, ()> {
+        Box::pin(TransactionSynchronization::after_completion(self, completion))
+    }
+}
+
+type Hook = Box<dyn DynSynchronization>;
+
+/// The hooks registered with one synchronization owner.
+#[derive(Default)]
+pub(crate) struct SyncScope {
+    hooks: Mutex<Vec<Hook>>,
+}
+
+impl SyncScope {
+    fn push(&self, hook: Hook) {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+    }
+
+    /// Takes every hook registered so far.
+    pub(crate) fn take(&self) -> Hooks {
+        Hooks(std::mem::take(
+            &mut *self.hooks.lock().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+
+    /// Hands hooks of a released savepoint to the enclosing owner, in order.
+    pub(crate) fn append(&self, hooks: Hooks) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(hooks.0);
+    }
+}
+
+/// Hooks taken out for completion.
+#[derive(Default)]
+pub(crate) struct Hooks(Vec<Hook>);
+
+impl Hooks {
+    /// Runs `before_commit` of every hook, stopping at the first failure. Hooks registered
+    /// by a `before_commit` hook (still in `scope`) join the list and run too.
+    async fn before_commit(&mut self, scope: &SyncScope, read_only: bool) -> Result<(), TxError> {
+        let mut done = 0;
+        loop {
+            while done < self.0.len() {
+                let hook = &self.0[done];
+                match AssertUnwindSafe(hook.before_commit(read_only)).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(TxError::BeforeCommit(e)),
+                    Err(panic) => return Err(TxError::BeforeCommit(panic_message(&panic).into())),
+                }
+                done += 1;
+            }
+            let late = scope.take();
+            if late.0.is_empty() {
+                return Ok(());
+            }
+            self.0.extend(late.0);
+        }
+    }
+
+    async fn before_completion(&self) {
+        for hook in &self.0 {
+            if let Err(panic) = AssertUnwindSafe(hook.before_completion()).catch_unwind().await {
+                log_panic("before_completion", &panic);
+            }
+        }
+    }
+
+    async fn after_commit(&self) {
+        for hook in &self.0 {
+            if let Err(panic) = AssertUnwindSafe(hook.after_commit()).catch_unwind().await {
+                log_panic("after_commit", &panic);
+            }
+        }
+    }
+
+    async fn after_completion(&self, completion: Completion) {
+        for hook in &self.0 {
+            if let Err(panic) = AssertUnwindSafe(hook.after_completion(completion))
+                .catch_unwind()
+                .await
+            {
+                log_panic("after_completion", &panic);
+            }
+        }
+    }
+
+    /// The commit sequence around `commit` (the physical COMMIT, or nothing for a scope
+    /// without a transaction). The phases before COMMIT run in `tx_ctx` (statements still go
+    /// into the transaction); those after it run outside every transaction.
+    ///
+    /// Returns how it ended, and the error when it did not commit.
+    pub(crate) async fn commit<F, R>(
+        mut self,
+        scope: &SyncScope,
+        tx_ctx: &Context,
+        read_only: bool,
+        commit: F,
+        rollback: R,
+    ) -> (Completion, Result<(), TxError>)
+    where
+        F: Future<Output = Result<(), TxError>>,
+        R: Future<Output = ()>,
+    {
+        if let Err(e) = tx_ctx.clone().run(self.before_commit(scope, read_only)).await {
+            tracing::debug!(target: "tx", "before_commit synchronization failed, rolling back: {e}");
+            self.rollback(tx_ctx, rollback).await;
+            return (Completion::RolledBack, Err(e));
+        }
+        tx_ctx.clone().run(self.before_completion()).await;
+        match commit.await {
+            Ok(()) => {
+                Context::default()
+                    .run(async {
+                        self.after_commit().await;
+                        self.after_completion(Completion::Committed).await;
+                    })
+                    .await;
+                (Completion::Committed, Ok(()))
+            }
+            Err(e) => {
+                let completion = match e {
+                    TxError::CommitOutcomeUnknown(_) => Completion::Unknown,
+                    _ => Completion::RolledBack,
+                };
+                Context::default().run(self.after_completion(completion)).await;
+                (completion, Err(e))
+            }
+        }
+    }
+
+    /// The rollback sequence around `rollback` (the physical ROLLBACK or ROLLBACK TO).
+    pub(crate) async fn rollback(self, tx_ctx: &Context, rollback: impl Future<Output = ()>) {
+        tx_ctx.clone().run(self.before_completion()).await;
+        rollback.await;
+        Context::default()
+            .run(self.after_completion(Completion::RolledBack))
+            .await;
+    }
+
+    /// The rollback sequence for a cancelled scope (no context to run in any more).
+    pub(crate) async fn rollback_detached(self, rollback: impl Future<Output = ()>) {
+        self.rollback(&Context::default(), rollback).await;
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_owned()
+    }
+}
+
+fn log_panic(phase: &str, panic: &Box<dyn std::any::Any + Send>) {
+    tracing::error!(
+        target: "tx",
+        "{phase} synchronization {}; ignored, the transaction outcome stands",
+        panic_message(panic)
+    );
+}
+
+/// Registers `sync` with the current transactional scope.
+///
+/// Fails with [`TxError::NoTransaction`] outside every transactional scope.
+///
+/// ```
+/// use tx_core::{TransactionSynchronization, TxError};
+/// struct Nothing;
+/// impl TransactionSynchronization for Nothing {}
+/// assert!(matches!(tx_core::register_synchronization(Nothing), Err(TxError::NoTransaction)));
+/// ```
+pub fn register_synchronization(sync: impl TransactionSynchronization) -> Result<(), TxError> {
+    context::current_sync()?.push(Box::new(sync));
+    Ok(())
+}
+
+struct OnCompletion<F>(Mutex<Option<F>>);
+
+impl<F> OnCompletion<F> {
+    fn take(&self) -> Option<F> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+struct AfterCommit(OnCompletion<BoxFuture<'static, ()>>);
+
+impl TransactionSynchronization for AfterCommit {
+    async fn after_commit(&self) {
+        if let Some(fut) = self.0.take() {
+            fut.await;
+        }
+    }
+}
+
+struct AfterRollback(OnCompletion<BoxFuture<'static, ()>>);
+
+impl TransactionSynchronization for AfterRollback {
+    async fn after_completion(&self, completion: Completion) {
+        if completion == Completion::RolledBack {
+            if let Some(fut) = self.0.take() {
+                fut.await;
+            }
+        }
+    }
+}
+
+type CompletionFn = Box<dyn FnOnce(Completion) -> BoxFuture<'static, ()> + Send>;
+
+struct AfterCompletion(OnCompletion<CompletionFn>);
+
+impl TransactionSynchronization for AfterCompletion {
+    async fn after_completion(&self, completion: Completion) {
+        if let Some(f) = self.0.take() {
+            f(completion).await;
+        }
+    }
+}
+
+/// Runs `fut` after the current transaction commits (never if it rolls back).
+///
+/// ```
+/// use tx_core::TxError;
+/// // Outside every transactional scope the registration fails.
+/// assert!(matches!(tx_core::after_commit(async {}), Err(TxError::NoTransaction)));
+/// ```
+pub fn after_commit(fut: impl Future<Output = ()> + Send + 'static) -> Result<(), TxError> {
+    register_synchronization(AfterCommit(OnCompletion(Mutex::new(Some(Box::pin(fut))))))
+}
+
+/// Runs `fut` after the current transaction rolls back (never if it commits).
+///
+/// ```
+/// assert!(tx_core::after_rollback(async {}).is_err());
+/// ```
+pub fn after_rollback(fut: impl Future<Output = ()> + Send + 'static) -> Result<(), TxError> {
+    register_synchronization(AfterRollback(OnCompletion(Mutex::new(Some(Box::pin(fut))))))
+}
+
+/// Runs `f(completion)` after the current transaction completes, either way.
+///
+/// ```
+/// use tx_core::Completion;
+/// assert!(tx_core::after_completion(|c: Completion| async move { let _ = c; }).is_err());
+/// ```
+pub fn after_completion<F, Fut>(f: F) -> Result<(), TxError>
+where
+    F: FnOnce(Completion) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let f: CompletionFn = Box::new(move |c| Box::pin(f(c)));
+    register_synchronization(AfterCompletion(OnCompletion(Mutex::new(Some(f)))))
+}

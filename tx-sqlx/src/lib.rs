@@ -1,0 +1,2 @@
+//! tx-sqlx (work in progress).
+pub use tx_core::*;
