@@ -1,0 +1,371 @@
+//! Engine tests without a database: a recording manager logs every physical operation, so
+//! the tests see exactly what the engine sends (deferred BEGIN, savepoints, completion order).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tx_core::connection::bound_transaction;
+use tx_core::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager};
+use tx_core::{Completion, Propagation, TransactionTemplate, TxError};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+#[derive(Clone, Default)]
+struct Recorder {
+    id: Arc<()>,
+    log: Log,
+}
+
+struct RecTx {
+    log: Log,
+    done: bool,
+}
+
+impl Drop for RecTx {
+    fn drop(&mut self) {
+        if !self.done {
+            self.log.lock().unwrap().push("DROPPED".into());
+        }
+    }
+}
+
+impl PhysicalTransaction for RecTx {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+        self.done = true;
+        self.log.lock().unwrap().push("COMMIT".into());
+        Box::pin(async { Ok(()) })
+    }
+    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+        self.done = true;
+        self.log.lock().unwrap().push("ROLLBACK".into());
+        Box::pin(async { Ok(()) })
+    }
+    fn create_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+        self.log.lock().unwrap().push(format!("SAVEPOINT {name}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+        self.log.lock().unwrap().push(format!("ROLLBACK TO {name}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+        self.log.lock().unwrap().push(format!("RELEASE {name}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl TransactionManager for Recorder {
+    fn key(&self) -> ManagerKey {
+        ManagerKey::of(&self.id)
+    }
+    fn begin(&self, o: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+        let log = self.log.clone();
+        log.lock().unwrap().push(format!(
+            "BEGIN {:?}{}",
+            o.isolation,
+            if o.read_only { " READ ONLY" } else { "" }
+        ));
+        Box::pin(async move { Ok(Box::new(RecTx { log, done: false }) as Box<dyn PhysicalTransaction>) })
+    }
+}
+
+impl Recorder {
+    /// A statement: in the bound transaction, or in autocommit.
+    async fn stmt(&self, sql: &str) -> Result<(), TxError> {
+        match bound_transaction(self.key()) {
+            Some(bt) => {
+                let _g = bt.lock().await?;
+                self.log.lock().unwrap().push(format!("STMT {sql}"));
+            }
+            None => self.log.lock().unwrap().push(format!("AUTO {sql}")),
+        }
+        Ok(())
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+fn t(m: &Recorder) -> TransactionTemplate {
+    TransactionTemplate::new(m.clone())
+}
+
+#[tokio::test]
+async fn empty_call_sends_nothing() {
+    let m = Recorder::default();
+    let r: Result<u8, TxError> = t(&m).execute(|_| async { Ok(1) }).await;
+    assert_eq!(r.unwrap(), 1);
+    assert!(m.take().is_empty());
+}
+
+#[tokio::test]
+async fn begin_is_deferred_to_first_statement_and_commit_follows() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.log.lock().unwrap().push("body".into());
+                m.stmt("a").await?;
+                m.stmt("b").await
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(m.take(), ["body", "BEGIN Default", "STMT a", "STMT b", "COMMIT"]);
+}
+
+#[tokio::test]
+async fn nested_failure_rolls_back_to_its_savepoint_only() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("outer").await?;
+                let inner: Result<(), TxError> = t(&m)
+                    .propagation(Propagation::Nested)
+                    .execute(|s| {
+                        let m = m.clone();
+                        async move {
+                            assert!(s.has_savepoint());
+                            m.stmt("inner").await?;
+                            Err(TxError::Timeout)
+                        }
+                    })
+                    .await;
+                assert!(inner.is_err());
+                // A Nested scope that runs no statement sends no SAVEPOINT.
+                t(&m).propagation(Propagation::Nested).execute(|_| async { Ok::<_, TxError>(()) }).await?;
+                m.stmt("after").await
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "STMT outer",
+            "SAVEPOINT tx_sp_1",
+            "STMT inner",
+            "ROLLBACK TO tx_sp_1",
+            "RELEASE tx_sp_1",
+            "STMT after",
+            "COMMIT"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommit() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("outer").await?;
+                t(&m)
+                    .propagation(Propagation::RequiresNew)
+                    .read_only(true)
+                    .execute(|s| {
+                        let m = m.clone();
+                        async move {
+                            assert!(s.is_new_transaction());
+                            m.stmt("inner").await
+                        }
+                    })
+                    .await?;
+                t(&m)
+                    .propagation(Propagation::NotSupported)
+                    .execute(|_| {
+                        let m = m.clone();
+                        async move {
+                            assert!(!tx_core::is_actual_transaction_active());
+                            m.stmt("plain").await
+                        }
+                    })
+                    .await?;
+                m.stmt("resumed").await
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "STMT outer",
+            "BEGIN Default READ ONLY",
+            "STMT inner",
+            "COMMIT",
+            "AUTO plain",
+            "STMT resumed",
+            "COMMIT"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn participant_failure_makes_owner_commit_an_unexpected_rollback() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("outer").await?;
+                let _ = t(&m)
+                    .execute(|s| async move {
+                        assert!(!s.is_new_transaction());
+                        Err::<(), _>(TxError::Timeout)
+                    })
+                    .await;
+                Ok(())
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT outer", "ROLLBACK"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_rolls_back_a_body_still_waiting() {
+    let m = Recorder::default();
+    let started = tokio::time::Instant::now();
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(300))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                m.stmt("never").await
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+#[tokio::test]
+async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
+    let m = Recorder::default();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let template = t(&m);
+    let fut = template.execute(|_| {
+        let m = m.clone();
+        let tx = tx.clone();
+        async move {
+            m.stmt("a").await?;
+            tx_core::after_completion(move |c: Completion| async move {
+                let _ = tx.lock().unwrap().take().unwrap().send(c);
+            })?;
+            std::future::pending::<()>().await;
+            Ok::<_, TxError>(())
+        }
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(50), fut).await.is_err());
+    let c = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+    assert_eq!(c, Completion::RolledBack);
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+#[tokio::test]
+async fn panic_rolls_back_and_continues() {
+    let m = Recorder::default();
+    let m2 = m.clone();
+    let join = tokio::spawn(async move {
+        t(&m2)
+            .execute(|_| {
+                let m = m2.clone();
+                async move {
+                    m.stmt("a").await?;
+                    if m.key() == m.key() {
+                        panic!("boom");
+                    }
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await
+    })
+    .await;
+    assert!(join.unwrap_err().is_panic());
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+#[tokio::test]
+async fn hooks_run_in_phase_order_around_commit() {
+    let m = Recorder::default();
+    let log = m.log.clone();
+    struct H(&'static str, Log);
+    impl tx_core::TransactionSynchronization for H {
+        async fn before_commit(&self, _: bool) -> Result<(), tx_core::BoxError> {
+            self.1.lock().unwrap().push(format!("{}:before_commit", self.0));
+            Ok(())
+        }
+        async fn before_completion(&self) {
+            self.1.lock().unwrap().push(format!("{}:before_completion", self.0));
+        }
+        async fn after_commit(&self) {
+            self.1.lock().unwrap().push(format!("{}:after_commit", self.0));
+        }
+        async fn after_completion(&self, c: Completion) {
+            self.1.lock().unwrap().push(format!("{}:after_completion({c:?})", self.0));
+        }
+    }
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            let log = log.clone();
+            async move {
+                m.stmt("a").await?;
+                tx_core::register_synchronization(H("outer", log.clone()))?;
+                t(&m)
+                    .execute(|_| {
+                        let log = log.clone();
+                        async move { tx_core::register_synchronization(H("inner", log)) }
+                    })
+                    .await
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "STMT a",
+            "outer:before_commit",
+            "inner:before_commit",
+            "outer:before_completion",
+            "inner:before_completion",
+            "COMMIT",
+            "outer:after_commit",
+            "inner:after_commit",
+            "outer:after_completion(Committed)",
+            "inner:after_completion(Committed)"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn misuse_gives_typed_errors() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m).propagation(Propagation::Mandatory).execute(|_| async { Ok(()) }).await;
+    assert!(matches!(r, Err(TxError::NoTransaction)));
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move { t(&m).propagation(Propagation::Never).execute(|_| async { Ok(()) }).await }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::ExistingTransaction)));
+    assert!(matches!(tx_core::after_commit(async {}), Err(TxError::NoTransaction)));
+    assert!(m.take().is_empty());
+}
