@@ -31,25 +31,20 @@ pub enum ManagerRef<'a> {
     Borrowed(&'a dyn ShareManager),
 }
 
-/// The resolved manager: its key (enough to join) and, when a transaction must begin, the
-/// manager itself.
-enum Resolved<'a> {
-    Shared(SharedManager),
-    Borrowed(&'a dyn ShareManager),
+/// The resolved manager: its key (enough to join) and, only when a transaction must begin,
+/// the manager itself.
+struct Resolved<'r, 'a> {
+    key: ManagerKey,
+    by: &'r ManagerRef<'a>,
 }
 
-impl Resolved<'_> {
-    fn key(&self) -> ManagerKey {
-        match self {
-            Resolved::Shared(m) => m.key(),
-            Resolved::Borrowed(m) => m.key(),
-        }
-    }
-
-    fn share(&self) -> SharedManager {
-        match self {
-            Resolved::Shared(m) => m.clone(),
-            Resolved::Borrowed(m) => m.share(),
+impl Resolved<'_, '_> {
+    fn share(&self) -> Result<SharedManager, TxError> {
+        match *self.by {
+            ManagerRef::Default => registry::default_manager(),
+            ManagerRef::Named(name) => registry::named_manager(name),
+            ManagerRef::Shared(m) => Ok(m.clone()),
+            ManagerRef::Borrowed(m) => Ok(m.share()),
         }
     }
 }
@@ -65,13 +60,14 @@ impl<'a> ManagerRef<'a> {
         }
     }
 
-    fn resolve(&self) -> Result<Resolved<'a>, TxError> {
-        match *self {
-            ManagerRef::Default => registry::default_manager().map(Resolved::Shared),
-            ManagerRef::Named(name) => registry::named_manager(name).map(Resolved::Shared),
-            ManagerRef::Shared(m) => Ok(Resolved::Shared(m.clone())),
-            ManagerRef::Borrowed(m) => Ok(Resolved::Borrowed(m)),
-        }
+    fn resolve(&self) -> Result<Resolved<'_, 'a>, TxError> {
+        let key = match *self {
+            ManagerRef::Default => registry::default_key()?,
+            ManagerRef::Named(name) => registry::named_key(name)?,
+            ManagerRef::Shared(m) => m.key(),
+            ManagerRef::Borrowed(m) => m.key(),
+        };
+        Ok(Resolved { key, by: self })
     }
 }
 
@@ -120,7 +116,7 @@ where
         Ok(m) => m,
         Err(e) => return (Err(e.into()), RunInfo::default()),
     };
-    let key = manager.key();
+    let key = manager.key;
     let ctx = Context::current();
     let existing = ctx.bound_scope(key).cloned();
 
@@ -140,11 +136,16 @@ where
                 suspended.name(),
                 definition.get_name()
             );
-            new_transaction(ctx, key, manager.share(), Some(suspended), definition, rollback_on, body)
-                .await
+            match manager.share() {
+                Ok(m) => new_transaction(ctx, key, m, Some(suspended), definition, rollback_on, body).await,
+                Err(e) => (Err(e.into()), RunInfo::default()),
+            }
         }
         (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
-            new_transaction(ctx, key, manager.share(), None, definition, rollback_on, body).await
+            match manager.share() {
+                Ok(m) => new_transaction(ctx, key, m, None, definition, rollback_on, body).await,
+                Err(e) => (Err(e.into()), RunInfo::default()),
+            }
         }
         (Propagation::NotSupported, Some(suspended)) => {
             tracing::debug!(

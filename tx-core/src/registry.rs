@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::error::TxError;
-use crate::manager::{ShareManager, SharedManager};
+use crate::manager::{ManagerKey, ShareManager, SharedManager};
 
 static DEFAULT: ArcSwapOption<SharedManager> = ArcSwapOption::const_empty();
 
@@ -53,6 +53,27 @@ pub fn register_manager(name: impl Into<Cow<'static, str>>, manager: impl ShareM
         map.insert(name.clone(), shared.clone());
         map
     });
+}
+
+/// The default manager's key, without taking a reference on it (every call that joins reads
+/// this; cloning the `Arc` would make all cores write one cache line).
+pub(crate) fn default_key() -> Result<ManagerKey, TxError> {
+    DEFAULT
+        .load()
+        .as_deref()
+        .map(|m| m.key())
+        .ok_or(TxError::NoManager)
+}
+
+/// The key of the manager registered under `name`.
+pub(crate) fn named_key(name: &str) -> Result<ManagerKey, TxError> {
+    NAMED
+        .load()
+        .get(name)
+        .map(|m| m.key())
+        .ok_or_else(|| TxError::UnknownManager {
+            name: Cow::Owned(name.to_owned()),
+        })
 }
 
 /// The default manager.
