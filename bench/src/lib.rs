@@ -1,0 +1,1 @@
+//! See `benches/place_order.rs`.
