@@ -107,6 +107,11 @@ pub enum TxError {
     #[error("before_commit synchronization failed, the transaction was rolled back: {0}")]
     BeforeCommit(#[source] BoxError),
 
+    /// A plain event listener (or a fallback-executed `BeforeCommit` listener) failed; see
+    /// [`EventBus::publish`](crate::EventBus::publish).
+    #[error("event listener failed: {0}")]
+    Listener(#[source] BoxError),
+
     /// The connection was lost while `COMMIT` was in flight: the transaction may or may not
     /// have committed. Check the data before retrying.
     #[error(

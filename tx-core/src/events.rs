@@ -1,6 +1,1391 @@
-//! Transactional events (placeholder, being written).
-#![allow(missing_docs)]
-pub enum TransactionPhase { BeforeCommit, AfterCommit, AfterRollback, AfterCompletion }
-#[derive(Clone, Default)]
-pub struct EventBus;
-pub struct ListenerHandle;
+//! Transactional events: [`EventBus`] and [`TransactionPhase`], Spring's
+//! `ApplicationEventPublisher` with `@EventListener` and `@TransactionalEventListener`.
+//!
+//! Built on the synchronization mechanism: publishing inside a transaction registers one
+//! [`TransactionSynchronization`] per event with the current scope, so an event follows
+//! exactly the transaction a hook registered there would (RequiresNew, Nested, participants),
+//! and its listeners run in the hook phases. The user guide (the order-created example, the
+//! rules, failures, events vs hooks) is on [`EventBus`], the item rustdoc shows: this module
+//! is private and its items are re-exported at the crate root.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+
+use crate::completion::Completion;
+use crate::context::is_actual_transaction_active;
+use crate::error::{BoxError, TxError};
+use crate::manager::BoxFuture;
+use crate::synchronization::{TransactionSynchronization, register_synchronization};
+
+/// When a transactional listener ([`EventBus::listen`]) runs, relative to the transaction the
+/// event was published in (Spring's `TransactionPhase`).
+///
+/// ```
+/// use tx_core::TransactionPhase;
+/// assert_eq!(TransactionPhase::default(), TransactionPhase::AfterCommit);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TransactionPhase {
+    /// Just before COMMIT, inside the transaction (statements still go into it), after the
+    /// body returned `Ok`. An `Err` (or panic) rolls the transaction back and the committing
+    /// call returns [`TxError::BeforeCommit`].
+    BeforeCommit,
+    /// After a successful COMMIT, outside the transaction. Failures are logged.
+    #[default]
+    AfterCommit,
+    /// After ROLLBACK (also of a `Nested` savepoint the event was published in), outside the
+    /// transaction. Failures are logged.
+    AfterRollback,
+    /// After COMMIT or ROLLBACK (or a commit whose outcome is unknown), after the
+    /// `AfterCommit`/`AfterRollback` listeners of the same event. Failures are logged.
+    AfterCompletion,
+}
+
+impl TransactionPhase {
+    const ALL: [TransactionPhase; 4] = [
+        TransactionPhase::BeforeCommit,
+        TransactionPhase::AfterCommit,
+        TransactionPhase::AfterRollback,
+        TransactionPhase::AfterCompletion,
+    ];
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An event as listeners of every type receive it before the downcast.
+type AnyEvent = Arc<dyn Any + Send + Sync>;
+
+/// A listener with its event type erased.
+type ErasedListener = dyn Fn(AnyEvent) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
+
+/// Which list of its event type a listener is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Phase(TransactionPhase),
+}
+
+#[derive(Clone)]
+struct Entry {
+    /// Registration sequence number (unique per bus; the tie-breaker among equal orders).
+    id: u64,
+    order: i32,
+    fallback: bool,
+    listener: Arc<ErasedListener>,
+}
+
+impl Entry {
+    fn call(&self, event: &AnyEvent) -> BoxFuture<'static, Result<(), BoxError>> {
+        (self.listener)(event.clone())
+    }
+}
+
+/// Every listener of one event type, each list sorted by `(order, id)`. Immutable once
+/// published in the registry: a change builds a new one.
+#[derive(Clone)]
+struct TypeListeners {
+    event_type: &'static str,
+    plain: Vec<Entry>,
+    phased: [Vec<Entry>; 4],
+}
+
+impl TypeListeners {
+    fn new(event_type: &'static str) -> TypeListeners {
+        TypeListeners {
+            event_type,
+            plain: Vec::new(),
+            phased: Default::default(),
+        }
+    }
+
+    fn list(&self, phase: TransactionPhase) -> &[Entry] {
+        &self.phased[phase.index()]
+    }
+
+    fn list_mut(&mut self, kind: Kind) -> &mut Vec<Entry> {
+        match kind {
+            Kind::Plain => &mut self.plain,
+            Kind::Phase(p) => &mut self.phased[p.index()],
+        }
+    }
+
+    fn has_transactional(&self) -> bool {
+        self.phased.iter().any(|l| !l.is_empty())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && !self.has_transactional()
+    }
+
+    fn sort(&mut self) {
+        for list in std::iter::once(&mut self.plain).chain(self.phased.iter_mut()) {
+            list.sort_by_key(|e| (e.order, e.id));
+        }
+    }
+}
+
+type Registry = HashMap<TypeId, Arc<TypeListeners>>;
+
+struct Shared {
+    /// Read lock-free by `publish`; replaced whole by writers.
+    registry: ArcSwap<Registry>,
+    /// Serializes writers (registration and handle adjustments are rare).
+    write: Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Applies `change` to the listeners of `type_id` (creating them when `event_type` is
+    /// given) and publishes the result.
+    fn modify(
+        &self,
+        type_id: TypeId,
+        event_type: Option<&'static str>,
+        change: impl FnOnce(&mut TypeListeners),
+    ) {
+        let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.registry.load_full();
+        let mut listeners = match (current.get(&type_id), event_type) {
+            (Some(l), _) => TypeListeners::clone(l),
+            (None, Some(name)) => TypeListeners::new(name),
+            (None, None) => return,
+        };
+        change(&mut listeners);
+        listeners.sort();
+        let mut registry = Registry::clone(&current);
+        if listeners.is_empty() {
+            registry.remove(&type_id);
+        } else {
+            registry.insert(type_id, Arc::new(listeners));
+        }
+        self.registry.store(Arc::new(registry));
+    }
+
+    fn snapshot(&self, type_id: TypeId) -> Option<Arc<TypeListeners>> {
+        self.registry.load().get(&type_id).cloned()
+    }
+}
+
+/// Publishes typed events to plain and transactional listeners (Spring's
+/// `ApplicationEventPublisher` with `@EventListener` / `@TransactionalEventListener`).
+///
+/// Cheap to clone: clones share their listeners. Events are any `Send + Sync + 'static`
+/// type, dispatched by type; `publish` takes no lock (one atomic load and a hash lookup), so
+/// one bus can serve a whole application. A service publishes a typed event
+/// ([`publish`](EventBus::publish)) and knows none of the code that reacts to it.
+/// Listeners subscribe by event type:
+///
+/// - [`on`](EventBus::on): a *plain* listener, run at once by `publish` (awaited there, inside
+///   the publisher's transaction if there is one);
+/// - [`listen`](EventBus::listen): a *transactional* listener, run when the transaction the
+///   event was published in reaches its [`TransactionPhase`]: just before COMMIT, after
+///   COMMIT, after ROLLBACK, or after either.
+///
+/// # Example: the order-created event
+///
+/// Creating an order must send the delayed "cancel if unpaid" message, write the business log
+/// and notify the user, but only once the order is really committed: a message sent from
+/// inside the transaction would survive its rollback, and its consumer would look for an order
+/// that does not exist. The order service publishes `OrderCreated`; the three side effects are
+/// `AfterCommit` listeners it does not know about, and a fourth listener records orders that
+/// were rolled back.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tx_core::{BoxError, EventBus, TransactionPhase, TransactionTemplate, TxError};
+/// # use tx_core::manager::*;
+/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+/// # struct NoopTx;
+/// # impl PhysicalTransaction for NoopTx {
+/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
+/// # }
+/// # impl TransactionManager for Noop {
+/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+/// #     }
+/// # }
+/// # static JOURNAL: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// # fn journal(s: String) { JOURNAL.lock().unwrap().push(s) }
+/// # fn take_journal() -> Vec<String> { std::mem::take(&mut *JOURNAL.lock().unwrap()) }
+/// # mod mq { pub async fn send_delayed(topic: &str, key: &str, _d: std::time::Duration) -> Result<(), tx_core::BoxError> { super::journal(format!("mq {topic} {key}")); Ok(()) } }
+/// # mod business_log { pub async fn write(line: String) -> Result<(), tx_core::BoxError> { super::journal(format!("log {line}")); Ok(()) } }
+/// # mod notify { pub async fn member(id: u64, text: &str) -> Result<(), tx_core::BoxError> { super::journal(format!("notify {id}: {text}")); Ok(()) } }
+/// # async fn insert_order(_sn: &str) -> Result<(), TxError> { journal("INSERT order".into()); Ok(()) }
+///
+/// /// The event: any `Send + Sync + 'static` type.
+/// #[derive(Debug)]
+/// struct OrderCreated {
+///     order_sn: String,
+///     member_id: u64,
+/// }
+///
+/// /// Wiring, at start-up: who reacts to an order, and when.
+/// fn order_listeners(bus: &EventBus) {
+///     // The message that cancels the order if it is still unpaid in 30 minutes.
+///     bus.listen(TransactionPhase::AfterCommit, |e: Arc<OrderCreated>| async move {
+///         mq::send_delayed("order.cancel.delay", &e.order_sn, Duration::from_secs(30 * 60)).await
+///     });
+///     bus.listen(TransactionPhase::AfterCommit, |e: Arc<OrderCreated>| async move {
+///         business_log::write(format!("order {} created", e.order_sn)).await
+///     });
+///     bus.listen(TransactionPhase::AfterCommit, |e: Arc<OrderCreated>| async move {
+///         notify::member(e.member_id, "your order has been placed").await
+///     });
+///     bus.listen(TransactionPhase::AfterRollback, |e: Arc<OrderCreated>| async move {
+///         business_log::write(format!("order {} rolled back", e.order_sn)).await
+///     });
+/// }
+///
+/// /// The order service: writes the order and publishes the event, nothing more.
+/// async fn create_order(
+///     template: &TransactionTemplate,
+///     bus: &EventBus,
+///     order_sn: &str,
+///     member_id: u64,
+///     pay_ok: bool,
+/// ) -> Result<(), TxError> {
+///     template
+///         .execute(|_status| async move {
+///             insert_order(order_sn).await?;
+///             bus.publish(OrderCreated { order_sn: order_sn.to_owned(), member_id }).await?;
+///             // Nothing has been sent yet: the listeners wait for the commit.
+///             if !pay_ok {
+///                 return Err(TxError::UnexpectedRollback); // any error rolls back
+///             }
+///             Ok(())
+///         })
+///         .await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let template = TransactionTemplate::new(Noop::default()); // a TxPool in real code
+/// let bus = EventBus::new();
+/// order_listeners(&bus);
+///
+/// create_order(&template, &bus, "20260127001", 7, true).await.unwrap();
+/// assert_eq!(take_journal(), [
+///     "INSERT order",
+///     // COMMIT, then:
+///     "mq order.cancel.delay 20260127001",
+///     "log order 20260127001 created",
+///     "notify 7: your order has been placed",
+/// ]);
+///
+/// assert!(create_order(&template, &bus, "20260127002", 8, false).await.is_err());
+/// assert_eq!(take_journal(), ["INSERT order", "log order 20260127002 rolled back"]);
+/// # }
+/// ```
+///
+/// # Rules
+///
+/// - **Which transaction.** An event follows the transaction of the innermost scope it is
+///   published in, like a hook registered there: inside a `RequiresNew` scope it follows that
+///   new transaction, not the suspended outer one; inside a joined participant, the
+///   transaction it joined; inside a `Nested` scope, the savepoint: if the savepoint is
+///   released the event follows the enclosing transaction, if it is rolled back the event's
+///   `AfterRollback` and `AfterCompletion` listeners run right then and its `AfterCommit`
+///   listeners never do (Spring would still run them on the outer commit, although the
+///   savepoint's writes were undone).
+/// - **No transaction.** Transactional listeners need an actual transaction
+///   ([`is_actual_transaction_active`](crate::is_actual_transaction_active)), exactly as
+///   Spring's `TransactionalApplicationListenerSynchronization.register` requires both an
+///   active synchronization and an actual transaction. So outside every scope, and also in a
+///   `Supports`/`NotSupported`/`Never` scope running without a transaction (which does collect
+///   plain hooks), a transactional listener is skipped (debug log on target `"tx"`) unless it
+///   was given [`fallback_execution(true)`](ListenerHandle::fallback_execution); then it runs
+///   at once, inside `publish`. There is no commit to wait for: the statements before
+///   `publish` already ran in autocommit.
+/// - **Order.** Listeners of one phase run one after the other, lowest
+///   [`order`](ListenerHandle::order) first, in registration order among equal orders
+///   (default order 0). Events run in the order they were published. Within `publish`: the
+///   transactional listeners are attached to the transaction (or, without one, the fallback
+///   listeners run, phase by phase), then the plain listeners run.
+/// - **Snapshot.** `publish` takes the listeners registered for the event's type at that
+///   moment; listeners added, removed or re-ordered later do not change what an event already
+///   published will run.
+/// - **Where listeners run.** Plain and `BeforeCommit` listeners run inside the transaction:
+///   statements they send through a transaction-aware executor (`&TxPool`) are part of it.
+///   `AfterCommit`, `AfterRollback` and `AfterCompletion` listeners run outside every
+///   transaction (statements autocommit; open a new scope to write transactionally).
+///
+/// # Listener results and failures
+///
+/// Every listener, plain or transactional, is an `async` closure taking `Arc<Event>` and
+/// returning `Result<(), BoxError>` (one type for all, so a listener can move between
+/// phases unchanged; `?` works on any error that converts into [`BoxError`]).
+///
+/// | listener | an `Err` | a panic |
+/// |---|---|---|
+/// | plain ([`on`](EventBus::on)) | stops there; `publish` returns it as [`TxError::Listener`] | propagates out of `publish` |
+/// | `BeforeCommit` in a transaction | rolls the transaction back; the committing call returns [`TxError::BeforeCommit`] carrying it | the same, with the panic message |
+/// | `BeforeCommit`, fallback execution | `publish` returns it as [`TxError::Listener`] | propagates out of `publish` |
+/// | `AfterCommit`, `AfterRollback`, `AfterCompletion` | logged with `tracing` (target `"tx"`, level error); the next listener runs | the same |
+///
+/// Only what runs before the commit can fail it. A plain listener runs inside the
+/// transaction, before its commit: when the publisher propagates its error with `?`, the
+/// transaction rolls back (and the event's `AfterRollback` listeners see it, since the
+/// transactional listeners were attached first). After COMMIT nothing can be undone, so
+/// after-phase failures never turn a committed call into an `Err`, whether the listener ran
+/// after a real commit or as a fallback.
+///
+/// `AfterCompletion` listeners run on commit, on rollback, and when the commit outcome is
+/// unknown (a connection lost during COMMIT), where neither `AfterCommit` nor `AfterRollback`
+/// runs.
+///
+/// # Events or plain hooks?
+///
+/// [`after_commit`](crate::after_commit), [`after_rollback`](crate::after_rollback) and
+/// [`register_synchronization`](crate::register_synchronization) do the same job from inside
+/// the function that does the work. Seed 003's rule of thumb holds:
+///
+/// | | hooks (`after_commit(..)`) | events (`EventBus`) |
+/// |---|---|---|
+/// | coupling | the transactional function names every side effect | the function publishes a fact; listeners are wired elsewhere |
+/// | adding a reaction | edit the function | add a listener |
+/// | state | captures whatever the function has at hand, no type to declare | what the event type carries |
+/// | fits | one or two side effects that belong to this function | several, growing or cross-module reactions; the same event published from several places |
+///
+/// Events add what hooks lack: listeners for `BeforeCommit` validation shared by every
+/// publisher, ordering across independently written listeners, `fallback_execution` for code
+/// that is called both with and without a transaction, and plain listeners for what must
+/// happen synchronously. A hook, on the other hand, registered outside every scope fails with
+/// [`TxError::NoTransaction`] rather than being skipped, which is what you want when running
+/// without a transaction is a bug.
+///
+/// # Without a transaction
+///
+/// Plain listeners run; transactional ones only with `fallback_execution(true)`:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tx_core::{EventBus, TransactionPhase};
+///
+/// struct UserRegistered(&'static str);
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::new();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let s = seen.clone();
+/// bus.on(move |e: Arc<UserRegistered>| {
+///     let s = s.clone();
+///     async move {
+///         s.lock().unwrap().push(format!("plain {}", e.0));
+///         Ok(())
+///     }
+/// });
+/// let s = seen.clone();
+/// bus.listen(TransactionPhase::AfterCommit, move |e: Arc<UserRegistered>| {
+///     let s = s.clone();
+///     async move {
+///         s.lock().unwrap().push(format!("after commit {}", e.0));
+///         Ok(())
+///     }
+/// });
+///
+/// let s = seen.clone();
+/// bus.listen(TransactionPhase::AfterCommit, move |e: Arc<UserRegistered>| {
+///     let s = s.clone();
+///     async move {
+///         s.lock().unwrap().push(format!("fallback {}", e.0));
+///         Ok(())
+///     }
+/// })
+/// .fallback_execution(true);
+///
+/// // Outside every transaction: the fallback listener runs at once, then the plain one; the
+/// // other AfterCommit listener is skipped.
+/// bus.publish(UserRegistered("ada")).await.unwrap();
+/// assert_eq!(*seen.lock().unwrap(), ["fallback ada", "plain ada"]);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    shared: Arc<Shared>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new()
+    }
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let registry = self.shared.registry.load();
+        let mut map = f.debug_map();
+        for l in registry.values() {
+            let phases: Vec<usize> = l.phased.iter().map(Vec::len).collect();
+            map.entry(
+                &l.event_type,
+                &format_args!("plain: {}, by phase: {phases:?}", l.plain.len()),
+            );
+        }
+        map.finish()
+    }
+}
+
+fn erase<E, F, Fut>(listener: F) -> Arc<ErasedListener>
+where
+    E: Send + Sync + 'static,
+    F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    Arc::new(
+        move |event: AnyEvent| -> BoxFuture<'static, Result<(), BoxError>> {
+            match event.downcast::<E>() {
+                Ok(event) => Box::pin(listener(event)),
+                // Unreachable: listeners are looked up by the event's TypeId.
+                Err(_) => Box::pin(async { Ok(()) }),
+            }
+        },
+    )
+}
+
+impl EventBus {
+    /// A bus without listeners.
+    #[must_use]
+    pub fn new() -> EventBus {
+        EventBus {
+            shared: Arc::new(Shared {
+                registry: ArcSwap::from_pointee(Registry::new()),
+                write: Mutex::new(()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn register<E: 'static>(&self, kind: Kind, listener: Arc<ErasedListener>) -> ListenerHandle {
+        let type_id = TypeId::of::<E>();
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .modify(type_id, Some(std::any::type_name::<E>()), |l| {
+                l.list_mut(kind).push(Entry {
+                    id,
+                    order: 0,
+                    fallback: false,
+                    listener,
+                });
+            });
+        ListenerHandle {
+            bus: self.clone(),
+            type_id,
+            kind,
+            id,
+        }
+    }
+
+    /// Registers a transactional listener for events of type `E` (inferred from the
+    /// closure's argument), run in `phase` of the transaction the event is published in
+    /// (Spring's `@TransactionalEventListener(phase = ..)`).
+    ///
+    /// Published outside an actual transaction, the event skips this listener unless the
+    /// returned handle sets [`fallback_execution(true)`](ListenerHandle::fallback_execution).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tx_core::{EventBus, TransactionPhase, TransactionTemplate, TxError};
+    /// # use tx_core::manager::*;
+    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+    /// # struct NoopTx;
+    /// # impl PhysicalTransaction for NoopTx {
+    /// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+    /// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+    /// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
+    /// # }
+    /// # impl TransactionManager for Noop {
+    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    /// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+    /// #     }
+    /// # }
+    /// struct Transfer { amount: i64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = EventBus::new();
+    /// // A validation every publisher of Transfer gets: its Err vetoes the commit.
+    /// bus.listen(TransactionPhase::BeforeCommit, |t: Arc<Transfer>| async move {
+    ///     if t.amount <= 0 {
+    ///         return Err("a transfer moves a positive amount".into());
+    ///     }
+    ///     Ok(())
+    /// });
+    ///
+    /// let template = TransactionTemplate::new(Noop::default());
+    /// let r = template
+    ///     .execute(|_| {
+    ///         let bus = bus.clone();
+    ///         async move { bus.publish(Transfer { amount: -5 }).await }
+    ///     })
+    ///     .await;
+    /// assert!(matches!(r, Err(TxError::BeforeCommit(_))));
+    /// # }
+    /// ```
+    pub fn listen<E, F, Fut>(&self, phase: TransactionPhase, listener: F) -> ListenerHandle
+    where
+        E: Send + Sync + 'static,
+        F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.register::<E>(Kind::Phase(phase), erase(listener))
+    }
+
+    /// Registers a plain listener for events of type `E` (Spring's `@EventListener`): `publish`
+    /// runs it at once and awaits it, inside the publisher's transaction if there is one.
+    /// Its `Err` is returned by `publish` (as [`TxError::Listener`]); its panic propagates.
+    ///
+    /// The handle's [`order`](ListenerHandle::order) applies among plain listeners;
+    /// `fallback_execution` has no effect on them (they always run).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tx_core::{EventBus, TxError};
+    ///
+    /// struct Ping;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = EventBus::new();
+    /// bus.on(|_: Arc<Ping>| async { Err("nobody home".into()) });
+    /// let r = bus.publish(Ping).await;
+    /// assert!(matches!(r, Err(TxError::Listener(e)) if e.to_string() == "nobody home"));
+    /// # }
+    /// ```
+    pub fn on<E, F, Fut>(&self, listener: F) -> ListenerHandle
+    where
+        E: Send + Sync + 'static,
+        F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.register::<E>(Kind::Plain, erase(listener))
+    }
+
+    /// Publishes `event` to the listeners of its type (see [`EventBus`] for when each runs).
+    ///
+    /// Inside an actual transaction, the transactional listeners are attached to it (one
+    /// [`TransactionSynchronization`] per event); outside one, those with
+    /// `fallback_execution(true)` run now and the others are skipped. Then the plain
+    /// listeners run, in order.
+    ///
+    /// # Errors
+    ///
+    /// The first `Err` of a plain listener, or of a `BeforeCommit` listener run as a fallback,
+    /// as [`TxError::Listener`] carrying the listener's error; the listeners after it do
+    /// not run. Panics of those listeners propagate.
+    pub async fn publish<E: Send + Sync + 'static>(&self, event: E) -> Result<(), TxError> {
+        let Some(listeners) = self.shared.snapshot(TypeId::of::<E>()) else {
+            return Ok(());
+        };
+        let event: AnyEvent = Arc::new(event);
+        if listeners.has_transactional() {
+            let attached = is_actual_transaction_active()
+                && register_synchronization(EventSynchronization {
+                    event: event.clone(),
+                    listeners: listeners.clone(),
+                })
+                .is_ok();
+            if !attached {
+                run_fallback(&listeners, &event).await?;
+            }
+        }
+        for entry in &listeners.plain {
+            entry.call(&event).await.map_err(TxError::Listener)?;
+        }
+        Ok(())
+    }
+}
+
+/// Without a transaction: runs the listeners that asked for it, phase by phase.
+async fn run_fallback(listeners: &TypeListeners, event: &AnyEvent) -> Result<(), TxError> {
+    let mut skipped = 0usize;
+    for phase in TransactionPhase::ALL {
+        for entry in listeners.list(phase) {
+            if !entry.fallback {
+                skipped += 1;
+                continue;
+            }
+            if phase == TransactionPhase::BeforeCommit {
+                entry.call(event).await.map_err(TxError::Listener)?;
+            } else {
+                run_logged(entry, phase, listeners.event_type, event).await;
+            }
+        }
+    }
+    if skipped > 0 {
+        tracing::debug!(
+            target: "tx",
+            "No transaction is active - skipping {skipped} transactional listener(s) of {}",
+            listeners.event_type
+        );
+    }
+    Ok(())
+}
+
+/// Runs an after-phase listener; its failure or panic is logged, never returned.
+async fn run_logged(entry: &Entry, phase: TransactionPhase, event_type: &str, event: &AnyEvent) {
+    match AssertUnwindSafe(async { entry.call(event).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(
+            target: "tx",
+            "{phase:?} listener of {event_type} failed: {e}; ignored, the transaction outcome stands"
+        ),
+        Err(panic) => tracing::error!(
+            target: "tx",
+            "{phase:?} listener of {event_type} panicked: {}; ignored, the transaction outcome stands",
+            panic_message(&*panic)
+        ),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
+}
+
+/// One published event, waiting for its transaction to complete.
+struct EventSynchronization {
+    event: AnyEvent,
+    listeners: Arc<TypeListeners>,
+}
+
+impl EventSynchronization {
+    async fn run_phase(&self, phase: TransactionPhase) {
+        for entry in self.listeners.list(phase) {
+            run_logged(entry, phase, self.listeners.event_type, &self.event).await;
+        }
+    }
+}
+
+impl TransactionSynchronization for EventSynchronization {
+    async fn before_commit(&self, _read_only: bool) -> Result<(), BoxError> {
+        for entry in self.listeners.list(TransactionPhase::BeforeCommit) {
+            if let Err(e) = entry.call(&self.event).await {
+                tracing::debug!(
+                    target: "tx",
+                    "BeforeCommit listener of {} failed: {e}",
+                    self.listeners.event_type
+                );
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn after_commit(&self) {
+        self.run_phase(TransactionPhase::AfterCommit).await;
+    }
+
+    async fn after_completion(&self, completion: Completion) {
+        if completion == Completion::RolledBack {
+            self.run_phase(TransactionPhase::AfterRollback).await;
+        }
+        self.run_phase(TransactionPhase::AfterCompletion).await;
+    }
+}
+
+/// A registered listener: adjust it ([`order`](Self::order),
+/// [`fallback_execution`](Self::fallback_execution)) or [`remove`](Self::remove) it.
+///
+/// Returned by [`EventBus::listen`] and [`EventBus::on`]. The settings live in the bus, so a
+/// handle adjusts the listener wherever the bus is shared; dropping the handle leaves the
+/// listener registered. Changes apply to events published afterwards.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tx_core::{EventBus, TransactionPhase};
+///
+/// struct Tick;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::new();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// for name in ["a", "b", "c"] {
+///     let s = seen.clone();
+///     let handle = bus.listen(TransactionPhase::AfterCommit, move |_: Arc<Tick>| {
+///         let s = s.clone();
+///         async move { s.lock().unwrap().push(name); Ok(()) }
+///     });
+///     // Outside a transaction only fallback listeners run; "c" goes first.
+///     let handle = handle.fallback_execution(true);
+///     if name == "c" {
+///         handle.order(-1);
+///     }
+/// }
+/// bus.publish(Tick).await.unwrap();
+/// assert_eq!(*seen.lock().unwrap(), ["c", "a", "b"]);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ListenerHandle {
+    bus: EventBus,
+    type_id: TypeId,
+    kind: Kind,
+    id: u64,
+}
+
+impl std::fmt::Debug for ListenerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerHandle")
+            .field("phase", &self.phase())
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerHandle {
+    fn adjust(&self, change: impl FnOnce(&mut Entry)) {
+        let (kind, id) = (self.kind, self.id);
+        self.bus.shared.modify(self.type_id, None, |l| {
+            if let Some(entry) = l.list_mut(kind).iter_mut().find(|e| e.id == id) {
+                change(entry);
+            }
+        });
+    }
+
+    /// Sets the listener's order among the listeners of its phase (or among plain listeners):
+    /// lower runs first; equal orders run in registration order. Default 0.
+    pub fn order(self, order: i32) -> Self {
+        self.adjust(|e| e.order = order);
+        self
+    }
+
+    /// Whether a transactional listener runs, at once, for events published outside an
+    /// actual transaction (Spring's `fallbackExecution`). Default `false`: it is skipped.
+    /// No effect on a plain listener, which always runs.
+    pub fn fallback_execution(self, fallback: bool) -> Self {
+        self.adjust(|e| e.fallback = fallback);
+        self
+    }
+
+    /// The phase of a transactional listener; `None` for a plain one.
+    #[must_use]
+    pub fn phase(&self) -> Option<TransactionPhase> {
+        match self.kind {
+            Kind::Plain => None,
+            Kind::Phase(p) => Some(p),
+        }
+    }
+
+    /// Unregisters the listener; events published afterwards no longer reach it. Returns
+    /// whether it was still registered.
+    pub fn remove(self) -> bool {
+        let (kind, id) = (self.kind, self.id);
+        let mut removed = false;
+        self.bus.shared.modify(self.type_id, None, |l| {
+            let list = l.list_mut(kind);
+            let before = list.len();
+            list.retain(|e| e.id != id);
+            removed = list.len() != before;
+        });
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::manager::{BeginOptions, ManagerKey, PhysicalTransaction, TransactionManager};
+    use crate::{Propagation, TransactionTemplate};
+
+    #[derive(Clone, Default)]
+    struct Noop(Arc<()>);
+
+    struct NoopTx;
+
+    impl PhysicalTransaction for NoopTx {
+        fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    impl TransactionManager for Noop {
+        fn key(&self) -> ManagerKey {
+            ManagerKey::of(&self.0)
+        }
+        fn begin(
+            &self,
+            _: BeginOptions,
+        ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+            Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+        }
+    }
+
+    #[derive(Debug)]
+    struct Ev(u32);
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<String>>>);
+
+    impl Log {
+        fn push(&self, s: impl Into<String>) {
+            self.0.lock().unwrap().push(s.into());
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// Registers a listener of `phase` that logs `"{name} {event}"`.
+    fn listen(
+        bus: &EventBus,
+        log: &Log,
+        phase: TransactionPhase,
+        name: &'static str,
+    ) -> ListenerHandle {
+        let log = log.clone();
+        bus.listen(phase, move |e: Arc<Ev>| {
+            let log = log.clone();
+            async move {
+                log.push(format!("{name} {}", e.0));
+                Ok(())
+            }
+        })
+    }
+
+    fn all_phases(bus: &EventBus, log: &Log) {
+        listen(bus, log, TransactionPhase::BeforeCommit, "before_commit");
+        listen(bus, log, TransactionPhase::AfterCommit, "after_commit");
+        listen(bus, log, TransactionPhase::AfterRollback, "after_rollback");
+        listen(
+            bus,
+            log,
+            TransactionPhase::AfterCompletion,
+            "after_completion",
+        );
+    }
+
+    fn template() -> TransactionTemplate {
+        TransactionTemplate::new(Noop::default())
+    }
+
+    #[tokio::test]
+    async fn phases_on_commit() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        let r = template()
+            .execute(|_| {
+                let (bus, log) = (bus.clone(), log.clone());
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    log.push("body end");
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await;
+        r.unwrap();
+        assert_eq!(
+            log.take(),
+            [
+                "body end",
+                "before_commit 1",
+                "after_commit 1",
+                "after_completion 1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn phases_on_rollback_and_rollback_only() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        let r = template()
+            .execute(|_| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    Err::<(), _>(TxError::UnexpectedRollback)
+                }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(log.take(), ["after_rollback 1", "after_completion 1"]);
+
+        let r = template()
+            .execute(|status| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Ev(2)).await?;
+                    status.set_rollback_only();
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(log.take(), ["after_rollback 2", "after_completion 2"]);
+    }
+
+    #[tokio::test]
+    async fn before_commit_error_rolls_back_and_is_returned() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        bus.listen(TransactionPhase::BeforeCommit, |e: Arc<Ev>| async move {
+            Err(format!("veto {}", e.0).into())
+        });
+        let r = template()
+            .execute(|_| {
+                let bus = bus.clone();
+                async move { bus.publish(Ev(3)).await }
+            })
+            .await;
+        match r {
+            Err(TxError::BeforeCommit(e)) => assert_eq!(e.to_string(), "veto 3"),
+            other => panic!("expected BeforeCommit, got {other:?}"),
+        }
+        assert_eq!(
+            log.take(),
+            ["before_commit 3", "after_rollback 3", "after_completion 3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_after_listeners_are_isolated() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        bus.listen(TransactionPhase::AfterCommit, |_: Arc<Ev>| async {
+            Err("mq down".into())
+        });
+        bus.listen(TransactionPhase::AfterCommit, |_: Arc<Ev>| async {
+            panic!("listener bug")
+        });
+        // Panics before returning its future.
+        bus.listen(
+            TransactionPhase::AfterCommit,
+            |_: Arc<Ev>| -> BoxFuture<'static, Result<(), BoxError>> {
+                panic!("eager listener bug")
+            },
+        );
+        listen(&bus, &log, TransactionPhase::AfterCommit, "after_commit");
+        bus.listen(TransactionPhase::AfterCompletion, |_: Arc<Ev>| async {
+            panic!("completion bug")
+        });
+        listen(
+            &bus,
+            &log,
+            TransactionPhase::AfterCompletion,
+            "after_completion",
+        );
+        let r = template()
+            .execute(|_| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Ev(4)).await?;
+                    Ok::<_, TxError>(44)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 44);
+        assert_eq!(log.take(), ["after_commit 4", "after_completion 4"]);
+    }
+
+    #[tokio::test]
+    async fn order_then_registration_order_and_late_adjustment() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        let a = listen(&bus, &log, TransactionPhase::AfterCommit, "a");
+        listen(&bus, &log, TransactionPhase::AfterCommit, "b").order(5);
+        listen(&bus, &log, TransactionPhase::AfterCommit, "c");
+        listen(&bus, &log, TransactionPhase::AfterCommit, "d").order(-5);
+        let run = |n| {
+            let bus = bus.clone();
+            async move {
+                template()
+                    .execute(|_| {
+                        let bus = bus.clone();
+                        async move { bus.publish(Ev(n)).await }
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        run(1).await;
+        assert_eq!(log.take(), ["d 1", "a 1", "c 1", "b 1"]);
+        // Adjusting a registered listener re-sorts it.
+        let a = a.order(10);
+        run(2).await;
+        assert_eq!(log.take(), ["d 2", "c 2", "b 2", "a 2"]);
+        assert!(a.clone().remove());
+        assert!(!a.remove());
+        run(3).await;
+        assert_eq!(log.take(), ["d 3", "c 3", "b 3"]);
+    }
+
+    #[tokio::test]
+    async fn events_run_in_publish_order_and_by_type() {
+        struct Other;
+        let (bus, log) = (EventBus::new(), Log::default());
+        listen(&bus, &log, TransactionPhase::AfterCommit, "x");
+        listen(&bus, &log, TransactionPhase::AfterCommit, "y");
+        let l = log.clone();
+        bus.listen(TransactionPhase::AfterCommit, move |_: Arc<Other>| {
+            let l = l.clone();
+            async move {
+                l.push("other");
+                Ok(())
+            }
+        });
+        template()
+            .execute(|_| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    bus.publish(Other).await?;
+                    bus.publish(Ev(2)).await?;
+                    bus.publish("no listener for &str").await
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.take(), ["x 1", "y 1", "other", "x 2", "y 2"]);
+    }
+
+    #[tokio::test]
+    async fn without_transaction_only_fallback_listeners_run_at_once() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        listen(&bus, &log, TransactionPhase::AfterCommit, "fallback_commit")
+            .fallback_execution(true);
+        listen(
+            &bus,
+            &log,
+            TransactionPhase::AfterRollback,
+            "fallback_rollback",
+        )
+        .fallback_execution(true);
+        let l = log.clone();
+        bus.on(move |e: Arc<Ev>| {
+            let l = l.clone();
+            async move {
+                l.push(format!("plain {}", e.0));
+                Ok(())
+            }
+        });
+
+        bus.publish(Ev(1)).await.unwrap();
+        assert_eq!(
+            log.take(),
+            ["fallback_commit 1", "fallback_rollback 1", "plain 1"]
+        );
+
+        // A scope without an actual transaction counts as none (Spring's rule).
+        for p in [
+            Propagation::Supports,
+            Propagation::NotSupported,
+            Propagation::Never,
+        ] {
+            template()
+                .propagation(p)
+                .execute(|_| {
+                    let (bus, log) = (bus.clone(), log.clone());
+                    async move {
+                        bus.publish(Ev(2)).await?;
+                        log.push("body end");
+                        Ok::<_, TxError>(())
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                log.take(),
+                [
+                    "fallback_commit 2",
+                    "fallback_rollback 2",
+                    "plain 2",
+                    "body end"
+                ],
+                "{p:?}"
+            );
+        }
+
+        // NotSupported inside a transaction suspends it: no transaction to follow.
+        let t = template();
+        t.execute(|_| {
+            let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
+            async move {
+                t.clone()
+                    .propagation(Propagation::NotSupported)
+                    .execute(|_| {
+                        let bus = bus.clone();
+                        async move { bus.publish(Ev(3)).await }
+                    })
+                    .await?;
+                log.push("outer end");
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            log.take(),
+            [
+                "fallback_commit 3",
+                "fallback_rollback 3",
+                "plain 3",
+                "outer end"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn fallback_listeners_in_a_transaction_wait_for_it() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        listen(&bus, &log, TransactionPhase::AfterCommit, "after_commit").fallback_execution(true);
+        template()
+            .execute(|_| {
+                let (bus, log) = (bus.clone(), log.clone());
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    log.push("body end");
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.take(), ["body end", "after_commit 1"]);
+    }
+
+    #[tokio::test]
+    async fn fallback_before_commit_error_is_returned() {
+        let bus = EventBus::new();
+        bus.listen(TransactionPhase::BeforeCommit, |_: Arc<Ev>| async {
+            Err("invalid".into())
+        })
+        .fallback_execution(true);
+        let r = bus.publish(Ev(1)).await;
+        assert!(matches!(r, Err(TxError::Listener(e)) if e.to_string() == "invalid"));
+    }
+
+    #[tokio::test]
+    async fn plain_listeners_run_at_publish_in_order_and_fail_publish() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        for (name, order) in [("p1", 0), ("p0", -1), ("p2", 0)] {
+            let l = log.clone();
+            bus.on(move |e: Arc<Ev>| {
+                let l = l.clone();
+                async move {
+                    l.push(format!("{name} {}", e.0));
+                    if e.0 == 2 && name == "p1" {
+                        return Err("plain failed".into());
+                    }
+                    Ok(())
+                }
+            })
+            .order(order);
+        }
+        template()
+            .execute(|_| {
+                let (bus, log) = (bus.clone(), log.clone());
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    log.push("published");
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            log.take(),
+            [
+                "p0 1",
+                "p1 1",
+                "p2 1",
+                "published",
+                "before_commit 1",
+                "after_commit 1",
+                "after_completion 1"
+            ]
+        );
+
+        // A failing plain listener stops the others; propagated, it rolls the transaction
+        // back and the event's AfterRollback listeners see it.
+        let r = template()
+            .execute(|_| {
+                let bus = bus.clone();
+                async move { bus.publish(Ev(2)).await }
+            })
+            .await;
+        assert!(matches!(r, Err(TxError::Listener(e)) if e.to_string() == "plain failed"));
+        assert_eq!(
+            log.take(),
+            ["p0 2", "p1 2", "after_rollback 2", "after_completion 2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn requires_new_event_follows_the_inner_transaction() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        let t = template();
+        let r = t
+            .execute(|_| {
+                let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    t.clone()
+                        .propagation(Propagation::RequiresNew)
+                        .execute(|_| {
+                            let bus = bus.clone();
+                            async move { bus.publish(Ev(2)).await }
+                        })
+                        .await?;
+                    log.push("inner done");
+                    Err::<(), _>(TxError::UnexpectedRollback)
+                }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            log.take(),
+            [
+                "before_commit 2",
+                "after_commit 2",
+                "after_completion 2",
+                "inner done",
+                "after_rollback 1",
+                "after_completion 1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn nested_rollback_completes_its_events_then() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        let t = template();
+        t.execute(|_| {
+            let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
+            async move {
+                bus.publish(Ev(1)).await?;
+                let nested = t.clone().propagation(Propagation::Nested);
+                let r = nested
+                    .execute(|_| {
+                        let bus = bus.clone();
+                        async move {
+                            bus.publish(Ev(2)).await?;
+                            Err::<(), _>(TxError::UnexpectedRollback)
+                        }
+                    })
+                    .await;
+                assert!(r.is_err());
+                log.push("savepoint rolled back");
+                nested
+                    .execute(|_| {
+                        let bus = bus.clone();
+                        async move { bus.publish(Ev(3)).await }
+                    })
+                    .await?;
+                log.push("savepoint released");
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            log.take(),
+            [
+                "after_rollback 2",
+                "after_completion 2",
+                "savepoint rolled back",
+                "savepoint released",
+                "before_commit 1",
+                "before_commit 3",
+                "after_commit 1",
+                "after_commit 3",
+                "after_completion 1",
+                "after_completion 3"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_and_cancellation_roll_back() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        all_phases(&bus, &log);
+        let r = template()
+            .timeout(Duration::from_millis(50))
+            .execute(|_| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Ev(1)).await?;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok::<_, TxError>(())
+                }
+            })
+            .await;
+        assert!(matches!(r, Err(TxError::Timeout)));
+        assert_eq!(log.take(), ["after_rollback 1", "after_completion 1"]);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = Mutex::new(Some(tx));
+        bus.listen(TransactionPhase::AfterCompletion, move |_: Arc<Ev>| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            async { Ok(()) }
+        });
+        let t = template();
+        let call = t.execute(|_| {
+            let bus = bus.clone();
+            async move {
+                bus.publish(Ev(2)).await?;
+                std::future::pending::<()>().await;
+                Ok::<_, TxError>(())
+            }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), call)
+                .await
+                .is_err()
+        );
+        rx.await.unwrap();
+        assert_eq!(log.take(), ["after_rollback 2", "after_completion 2"]);
+    }
+
+    #[tokio::test]
+    async fn publish_is_send_and_bus_is_shared() {
+        fn assert_send<T: Send>(_: &T) {}
+        let bus = EventBus::new();
+        let fut = bus.publish(Ev(0));
+        assert_send(&fut);
+        fut.await.unwrap();
+
+        let log = Log::default();
+        let clone = bus.clone();
+        listen(&clone, &log, TransactionPhase::AfterCommit, "via clone").fallback_execution(true);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let bus = bus.clone();
+                tokio::spawn(async move { bus.publish(Ev(i)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(log.take().len(), 8);
+        assert!(format!("{bus:?}").contains("Ev"));
+    }
+}

@@ -236,10 +236,10 @@ impl Drop for CancelGuard {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(hooks.rollback_detached(async move {
-                    if let Some(p) = physical {
-                        if let Err(e) = p.rollback().await {
-                            tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
-                        }
+                    if let Some(p) = physical
+                        && let Err(e) = p.rollback().await
+                    {
+                        tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
                     }
                 }));
             }
@@ -338,10 +338,10 @@ where
 {
     let rollback = || async {
         tracing::debug!(target: "tx", "Initiating transaction rollback [{}]", tx.name());
-        if let Some(p) = tx.take_physical().await {
-            if let Err(e) = p.rollback().await {
-                tracing::warn!(target: "tx", "rollback of [{}] failed: {e}", tx.name());
-            }
+        if let Some(p) = tx.take_physical().await
+            && let Err(e) = p.rollback().await
+        {
+            tracing::warn!(target: "tx", "rollback of [{}] failed: {e}", tx.name());
         }
     };
     // Returned value or error, and whether to try to commit.

@@ -289,10 +289,10 @@ struct AfterRollback(OnCompletion<BoxFuture<'static, ()>>);
 
 impl TransactionSynchronization for AfterRollback {
     async fn after_completion(&self, completion: Completion) {
-        if completion == Completion::RolledBack {
-            if let Some(fut) = self.0.take() {
-                fut.await;
-            }
+        if completion == Completion::RolledBack
+            && let Some(fut) = self.0.take()
+        {
+            fut.await;
         }
     }
 }
