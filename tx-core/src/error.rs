@@ -188,26 +188,27 @@ mod sqlx_conv {
         match code.as_deref() {
             // PostgreSQL serialization_failure / deadlock_detected; MySQL 1213 maps to 40001.
             Some("40001") | Some("40P01") => true,
-            // SQLite: SQLITE_BUSY (5) and its extended codes (e.g. 517 BUSY_SNAPSHOT), LOCKED (6).
-            Some(c) if c.parse::<u32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
-                !is_mysql_number(c)
-            }
+            // SQLite reports numeric result codes (never five characters, unlike SQLSTATEs):
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes (517 BUSY_SNAPSHOT..).
+            Some(c) if c.len() < 5 => c.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
             // MySQL 1205 (lock wait timeout) has SQLSTATE HY000; its message carries the
             // server's own advice.
             _ => db.message().contains("try restarting transaction"),
         }
     }
 
-    fn is_mysql_number(code: &str) -> bool {
-        // MySQL reports SQLSTATEs (5 alphanumerics), SQLite numeric result codes: a
-        // five-digit numeric SQLSTATE such as "23505" is not a SQLite code.
-        code.len() == 5
-    }
-
     impl From<sqlx_core::Error> for TxError {
         fn from(err: sqlx_core::Error) -> Self {
             match err {
                 sqlx_core::Error::PoolClosed => TxError::PoolClosed,
+                // An engine error that a transaction-aware executor had to pass through
+                // sqlx's error type (a timeout, a single-writer refusal, ...): hand it back.
+                sqlx_core::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<TxError>()) => {
+                    match io.into_inner().map(|e| e.downcast::<TxError>()) {
+                        Some(Ok(tx)) => *tx,
+                        _ => unreachable!("checked to hold a TxError"),
+                    }
+                }
                 err => TxError::Database {
                     operation: Operation::Statement,
                     retryable: sqlx_is_retryable(&err),

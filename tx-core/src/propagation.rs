@@ -374,6 +374,11 @@ where
     };
     if !commit {
         sync.take().rollback(tx_ctx, rollback()).await;
+        // A body that failed after the deadline failed because of it (a statement cut by the
+        // server's statement timeout, or refused by the engine): report the timeout.
+        if outcome.is_err() && tx.past_deadline() {
+            return Ok(Err(TxError::Timeout.into()));
+        }
         return Ok(outcome);
     }
     if tx.is_global_rollback_only() {
