@@ -1,1 +1,8 @@
-//! Runnable programs built on the seeds cases; see `examples/shop`.
+//! Runnable programs built on the seeds' cases (Spring `@Transactional` articles), as a
+//! library so that the test suite runs exactly what the examples print.
+//!
+//! * [`shop`]: the shop demo behind `cargo run --example shop`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod shop;

@@ -51,15 +51,15 @@ fn all_err(_: &TxError) -> bool {
 
 /// What `#[transactional(manager = self.db)] async fn joined(&self) -> Result<u64, TxError>` is.
 async fn joined(m: &Noop, i: u64) -> Result<u64, TxError> {
-    transactional(by_expr(m), &JOINED, all_err, async move { Ok(black_box(i)) }).await
+    transactional(by_expr(m), &JOINED, all_err, move || async move { Ok(black_box(i)) }).await
 }
 
 async fn new_tx(m: &Noop, i: u64) -> Result<u64, TxError> {
-    transactional(by_expr(m), &OUTER, all_err, async move { Ok(black_box(i)) }).await
+    transactional(by_expr(m), &OUTER, all_err, move || async move { Ok(black_box(i)) }).await
 }
 
 async fn with_hook(m: &Noop, n: u64) -> Result<u64, TxError> {
-    transactional(by_expr(m), &OUTER, all_err, async move {
+    transactional(by_expr(m), &OUTER, all_err, move || async move {
         for _ in 0..n {
             tx_core::after_commit(async {})?;
         }
@@ -85,7 +85,7 @@ fn main() {
     let want = |case: &str| only.as_deref().is_none_or(|o| o == case);
 
     if want("joined") {
-        rt.block_on(transactional(ManagerRef::Borrowed(&m), &OUTER, all_err, async {
+        rt.block_on(transactional(ManagerRef::Borrowed(&m), &OUTER, all_err, || async {
             for i in 0..iters / 10 {
                 joined(&m, i).await?;
             }

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 
+use futures_util::FutureExt;
+
 pub use crate::definition::TransactionDefinition;
 pub use crate::propagation::ManagerRef;
 pub use crate::{Isolation, Propagation, TxError};
@@ -17,19 +19,25 @@ pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
     ManagerRef::Borrowed(m)
 }
 
-/// Runs `body` in the scope `def` describes; `rollback_on(&err)` decides whether an `Err`
-/// rolls back.
-pub async fn transactional<T, E, Fut>(
-    manager: ManagerRef<'_>,
+/// Runs the future `make_body()` returns in the scope `def` describes; `rollback_on(&err)`
+/// decides whether an `Err` rolls back.
+///
+/// Takes a closure rather than the body future so that the body future exists once, inside
+/// the innermost engine future: every layer that held it by value would add a copy, and
+/// nested `#[transactional]` calls would multiply those copies level by level.
+pub fn transactional<'a, T, E, F, Fut>(
+    manager: ManagerRef<'a>,
     def: &'static TransactionDefinition,
     rollback_on: fn(&E) -> bool,
-    body: Fut,
-) -> Result<T, E>
+    make_body: F,
+) -> impl Future<Output = Result<T, E>> + 'a
 where
-    E: From<TxError>,
-    Fut: Future<Output = Result<T, E>>,
+    E: From<TxError> + 'a,
+    T: 'a,
+    F: FnOnce() -> Fut + 'a,
+    Fut: Future<Output = Result<T, E>> + 'a,
 {
-    propagation::execute(manager, def, rollback_on, |_| body).await.0
+    propagation::execute(manager, def, rollback_on, move |_| make_body()).map(|(r, _)| r)
 }
 
 /// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to

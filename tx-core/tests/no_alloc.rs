@@ -35,14 +35,14 @@ fn all(_: &TxError) -> bool {
 fn joined_required_call_does_not_allocate() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let m = Noop::default();
-    let allocations = rt.block_on(transactional(by_expr(&m), &DEF, all, async {
+    let allocations = rt.block_on(transactional(by_expr(&m), &DEF, all, || async {
         // Warm up (tracing's callsite registration allocates once).
         for i in 0..10u32 {
-            transactional(by_expr(&m), &DEF, all, async move { Ok::<_, TxError>(i) }).await?;
+            transactional(by_expr(&m), &DEF, all, move || async move { Ok::<_, TxError>(i) }).await?;
         }
         let region = Region::new(GLOBAL);
         for i in 0..1000u32 {
-            let v = transactional(by_expr(&m), &DEF, all, async move { Ok::<_, TxError>(i) }).await?;
+            let v = transactional(by_expr(&m), &DEF, all, move || async move { Ok::<_, TxError>(i) }).await?;
             assert_eq!(v, i);
         }
         Ok::<_, TxError>(region.change().allocations)

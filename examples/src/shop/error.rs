@@ -1,0 +1,62 @@
+//! The shop's one error type: business failures, and the engine's errors through `From<TxError>`.
+
+use tx_sqlx::TxError;
+
+/// Everything a shop service can fail with.
+///
+/// Business failures are variants of their own, so rollback rules can name them
+/// (`no_rollback_for = ShopError::RiskRejected { .. }`); the engine's and the database's
+/// errors arrive as [`ShopError::Tx`].
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    /// Not enough stock for the quantity asked.
+    #[error("insufficient stock for product {product}: {requested} requested")]
+    OutOfStock {
+        /// The product.
+        product: i64,
+        /// The quantity asked for.
+        requested: i64,
+    },
+    /// The account cannot pay the amount.
+    #[error("insufficient balance in account {account}: {needed} needed")]
+    InsufficientBalance {
+        /// The account.
+        account: i64,
+        /// The amount it had to pay.
+        needed: i64,
+    },
+    /// No such account.
+    #[error("account {0} not found")]
+    AccountNotFound(i64),
+    /// The gift product has no stock left.
+    #[error("gift product {0} is out of stock")]
+    GiftOutOfStock(i64),
+    /// The risk service refused the order: it is kept for manual review.
+    #[error("risk check rejected order {order_id}: {reason}")]
+    RiskRejected {
+        /// The order, kept in state `WAIT_AUDIT`.
+        order_id: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The risk service could not be reached: a system failure, nothing may stay.
+    #[error("risk service unavailable")]
+    RiskServiceDown,
+    /// The coupon does not exist, is used or expired.
+    #[error("coupon {0} is not valid")]
+    CouponInvalid(String),
+    /// The order has no delivery address.
+    #[error("order {0} has no delivery address")]
+    MissingAddress(i64),
+    /// The transaction engine or the database failed (timeout, unexpected rollback, SQL error).
+    #[error(transparent)]
+    Tx(#[from] TxError),
+}
+
+impl ShopError {
+    /// True for [`TxError::UnexpectedRollback`].
+    #[must_use]
+    pub fn is_unexpected_rollback(&self) -> bool {
+        matches!(self, ShopError::Tx(TxError::UnexpectedRollback))
+    }
+}

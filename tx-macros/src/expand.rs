@@ -1,0 +1,682 @@
+//! Code generation: turns an annotated `async fn` (or every `async fn` of an annotated `impl`
+//! block) into a thin call of `__private::transactional` / `__private::transactional_retry`.
+//!
+//! No transaction logic lives here: the expansion builds a `static` definition, picks the
+//! manager, writes the rollback rule as a `fn(&E) -> bool` and hands the body future over.
+
+use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{
+    AttrStyle, Attribute, Block, FnArg, GenericArgument, ImplItem, Item, Pat, PathArguments,
+    ReturnType, Signature, Type,
+};
+
+use crate::args::{Args, Manager};
+
+/// Entry point shared by the proc-macro and the unit tests. `private` is the path of the
+/// runtime module (`::tx_sqlx::__private` or `::tx_core::__private`).
+pub(crate) fn expand(args: TokenStream, item: TokenStream, private: &TokenStream) -> TokenStream {
+    let args = match syn::parse2::<Args>(args) {
+        Ok(args) => args,
+        Err(e) => return with_item(e, item),
+    };
+    let parsed = match syn::parse2::<Item>(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let msg = if looks_like_bodyless_fn(&item) {
+                BODYLESS.to_owned()
+            } else {
+                format!("#[transactional] could not parse this item: {e}")
+            };
+            return with_item(syn::Error::new(e.span(), msg), item);
+        }
+    };
+    let result = match parsed {
+        Item::Fn(f) => expand_fn(&args, &f.attrs, &f.sig, &f.block, private, None).map(
+            |(attrs, sig, block)| {
+                let vis = &f.vis;
+                quote!(#(#attrs)* #vis #sig #block)
+            },
+        ),
+        Item::Impl(imp) => expand_impl(&args, imp, private),
+        other => Err(not_a_fn(&other)),
+    };
+    match result {
+        Ok(tokens) => tokens,
+        Err(e) => with_item(e, item),
+    }
+}
+
+/// The error, plus the item unchanged so that the rest of the crate reports nothing else.
+fn with_item(err: syn::Error, item: TokenStream) -> TokenStream {
+    let mut out = err.to_compile_error();
+    out.extend(item);
+    out
+}
+
+fn looks_like_bodyless_fn(item: &TokenStream) -> bool {
+    let tokens: Vec<TokenTree> = item.clone().into_iter().collect();
+    let has_fn = tokens
+        .iter()
+        .any(|t| matches!(t, TokenTree::Ident(i) if i == "fn"));
+    let ends_semi = matches!(tokens.last(), Some(TokenTree::Punct(p)) if p.as_char() == ';');
+    has_fn && ends_semi
+}
+
+const BODYLESS: &str = "#[transactional] needs a function with a body: put it on the `async fn` of an impl (or on a trait method's default body), not on a declaration";
+
+const WHERE_IT_GOES: &str = "it goes on an `async fn` returning `Result<T, E>` (with `E: From<TxError>`), or on an `impl` block to make it the default for the block's `async fn`s returning `Result`";
+
+fn not_a_fn(item: &Item) -> syn::Error {
+    let (what, span): (&str, Span) = match item {
+        Item::Struct(s) => ("a struct", s.struct_token.span),
+        Item::Enum(e) => ("an enum", e.enum_token.span),
+        Item::Union(u) => ("a union", u.union_token.span),
+        Item::Const(c) => ("a const", c.const_token.span),
+        Item::Static(s) => ("a static", s.static_token.span),
+        Item::Trait(t) => (
+            "a trait definition (annotate the `async fn`s of its impls, or a method's default body)",
+            t.trait_token.span,
+        ),
+        Item::Mod(m) => ("a module", m.mod_token.span),
+        Item::Type(t) => ("a type alias", t.type_token.span),
+        Item::Use(u) => ("a `use` declaration", u.use_token.span),
+        Item::ExternCrate(e) => ("an `extern crate`", e.extern_token.span),
+        Item::ForeignMod(f) => ("an `extern` block", f.abi.extern_token.span),
+        Item::Macro(m) => ("a macro", m.mac.path.span()),
+        Item::TraitAlias(t) => ("a trait alias", t.trait_token.span),
+        Item::Verbatim(tokens) if looks_like_bodyless_fn(tokens) => {
+            let span = tokens
+                .clone()
+                .into_iter()
+                .find(|t| matches!(t, TokenTree::Ident(i) if i == "fn"))
+                .map_or_else(|| item.span(), |t| t.span());
+            return syn::Error::new(span, BODYLESS);
+        }
+        other => ("this item", other.span()),
+    };
+    syn::Error::new(
+        span,
+        format!("#[transactional] cannot be applied to {what}: {WHERE_IT_GOES}"),
+    )
+}
+
+fn is_transactional_attr(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "transactional")
+}
+
+/// `#[transactional(...)] impl ... { ... }`: the default for every `async fn` returning
+/// `Result` in the block that has no `#[transactional]` of its own.
+fn expand_impl(args: &Args, mut imp: syn::ItemImpl, private: &TokenStream) -> syn::Result<TokenStream> {
+    let mut errors: Option<syn::Error> = None;
+    for item in &mut imp.items {
+        let ImplItem::Fn(f) = item else { continue };
+        if f.attrs.iter().any(is_transactional_attr) {
+            continue; // the method's own attribute replaces the block's entirely
+        }
+        if f.sig.asyncness.is_none() || result_parts(&f.sig.output).is_none() {
+            continue; // Spring's class-level annotation also only concerns transactional methods
+        }
+        let has_receiver = matches!(f.sig.inputs.first(), Some(FnArg::Receiver(_)));
+        let res = if !has_receiver && args.manager_uses_self() {
+            Err(syn::Error::new(
+                f.sig.ident.span(),
+                format!(
+                    "the impl block's #[transactional] takes its manager from `self`, but `{}` has no `self` receiver; give `{}` its own #[transactional(manager = ...)] or move it to another impl block",
+                    f.sig.ident.unraw(),
+                    f.sig.ident.unraw()
+                ),
+            ))
+        } else {
+            expand_fn(args, &f.attrs, &f.sig, &f.block, private, Some(()))
+        };
+        match res {
+            Ok((attrs, sig, block)) => {
+                f.attrs = attrs;
+                f.sig = sig;
+                f.block = block;
+            }
+            Err(e) => match &mut errors {
+                Some(all) => all.combine(e),
+                None => errors = Some(e),
+            },
+        }
+    }
+    match errors {
+        Some(e) => Err(e),
+        None => Ok(imp.into_token_stream()),
+    }
+}
+
+/// How a method receives `self`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    None,
+    Ref,
+    RefMut,
+    Value,
+}
+
+fn unwrap_type(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => unwrap_type(&g.elem),
+        Type::Paren(p) => unwrap_type(&p.elem),
+        other => other,
+    }
+}
+
+/// For `Result<T, E>` (any path ending in `Result`): `Some(Some(E))`; for an alias with one
+/// parameter (`io::Result<T>`): `Some(None)`; otherwise `None`.
+fn result_parts(output: &ReturnType) -> Option<Option<&Type>> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::Path(tp) = unwrap_type(ty) else {
+        return None;
+    };
+    let last = tp.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    match &last.arguments {
+        PathArguments::AngleBracketed(ab) => {
+            let tys: Vec<&Type> = ab
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    GenericArgument::Type(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            Some(if tys.len() == 2 { Some(tys[1]) } else { None })
+        }
+        _ => Some(None),
+    }
+}
+
+/// Whether a token stream mentions an identifier satisfying `pred` (also inside macro calls).
+pub(crate) fn tokens_mention(tokens: TokenStream, pred: &mut dyn FnMut(&Ident) -> bool) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(i) => pred(&i),
+        TokenTree::Group(g) => tokens_mention(g.stream(), pred),
+        _ => false,
+    })
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    tokens_mention(ty.to_token_stream(), &mut |i| i == "impl")
+}
+
+/// One identifier bound by a parameter pattern.
+struct Binding {
+    ident: Ident,
+    mutable: bool,
+}
+
+fn collect_bindings(pat: &Pat, out: &mut Vec<Binding>) {
+    match pat {
+        Pat::Ident(pi) => {
+            out.push(Binding {
+                ident: pi.ident.clone(),
+                mutable: pi.mutability.is_some(),
+            });
+            if let Some((_, sub)) = &pi.subpat {
+                collect_bindings(sub, out);
+            }
+        }
+        Pat::Tuple(t) => t.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::TupleStruct(t) => t.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::Struct(s) => s.fields.iter().for_each(|f| collect_bindings(&f.pat, out)),
+        Pat::Reference(r) => collect_bindings(&r.pat, out),
+        Pat::Slice(s) => s.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::Paren(p) => collect_bindings(&p.pat, out),
+        Pat::Type(t) => collect_bindings(&t.pat, out),
+        Pat::Or(o) => {
+            if let Some(first) = o.cases.first() {
+                collect_bindings(first, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Drops `mut` from the bindings of a parameter pattern whose names are in `names` (retry:
+/// the per-attempt clone is the mutable one).
+struct StripMut<'a>(&'a [Ident]);
+impl VisitMut for StripMut<'_> {
+    fn visit_pat_ident_mut(&mut self, pi: &mut syn::PatIdent) {
+        if pi.by_ref.is_none() && self.0.contains(&pi.ident) {
+            pi.mutability = None;
+        }
+        syn::visit_mut::visit_pat_ident_mut(self, pi);
+    }
+}
+
+/// Renames `self` (the value, not `self::` paths) to `__tx_self` in a body, not descending into
+/// nested items, which have their own `self`.
+struct ReplaceSelf;
+impl VisitMut for ReplaceSelf {
+    fn visit_expr_path_mut(&mut self, e: &mut syn::ExprPath) {
+        if e.qself.is_none() && e.path.leading_colon.is_none() && e.path.segments.len() == 1 {
+            let seg = &mut e.path.segments[0];
+            if seg.ident == "self" {
+                seg.ident = Ident::new("__tx_self", seg.ident.span());
+            }
+        }
+    }
+    fn visit_item_mut(&mut self, _: &mut Item) {}
+    fn visit_macro_mut(&mut self, m: &mut syn::Macro) {
+        m.tokens = replace_self_tokens(std::mem::take(&mut m.tokens));
+    }
+}
+
+fn replace_self_tokens(tokens: TokenStream) -> TokenStream {
+    let tts: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut out = Vec::with_capacity(tts.len());
+    for (i, tt) in tts.iter().enumerate() {
+        match tt {
+            TokenTree::Ident(id) if id == "self" => {
+                let path_follows = matches!(tts.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+                if path_follows {
+                    out.push(tt.clone());
+                } else {
+                    out.push(TokenTree::Ident(Ident::new("__tx_self", id.span())));
+                }
+            }
+            TokenTree::Group(g) => {
+                let mut ng = Group::new(g.delimiter(), replace_self_tokens(g.stream()));
+                ng.set_span(g.span());
+                out.push(TokenTree::Group(ng));
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Expands one function. Returns its outer attributes, its signature (unchanged except that
+/// `retry` drops `mut` from parameters it clones per attempt) and the new body.
+fn expand_fn(
+    args: &Args,
+    attrs: &[Attribute],
+    sig: &Signature,
+    block: &Block,
+    private: &TokenStream,
+    from_impl: Option<()>,
+) -> syn::Result<(Vec<Attribute>, Signature, Block)> {
+    let p = private;
+    if from_impl.is_none()
+        && let Some(dup) = attrs.iter().find(|a| is_transactional_attr(a))
+    {
+        return Err(syn::Error::new(
+            dup.span(),
+            "#[transactional] is given twice on this function; merge the two attributes into one",
+        ));
+    }
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(
+            sig.fn_token.span,
+            format!(
+                "#[transactional] needs an `async fn`: the transaction is bound to the call's future; make `{}` async",
+                sig.ident.unraw()
+            ),
+        ));
+    }
+    let Some(err_ty) = result_parts(&sig.output) else {
+        let (span, found) = match &sig.output {
+            ReturnType::Default => (sig.ident.span(), "returns `()`".to_owned()),
+            ReturnType::Type(_, ty) => (ty.span(), format!("returns `{}`", ty.to_token_stream())),
+        };
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "#[transactional] needs a function returning `Result<T, E>` with `E: From<TxError>` (an `Err` is what rolls the transaction back); `{}` {found}",
+                sig.ident.unraw()
+            ),
+        ));
+    };
+    let ReturnType::Type(_, ret_ty) = &sig.output else {
+        unreachable!("result_parts checked the return type")
+    };
+
+    let receiver = match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) => match unwrap_type(&r.ty) {
+            Type::Reference(tr) if tr.mutability.is_some() => Receiver::RefMut,
+            Type::Reference(_) => Receiver::Ref,
+            _ => Receiver::Value,
+        },
+        _ => Receiver::None,
+    };
+    let retry = args.retry.filter(|(n, _)| *n > 0);
+
+    // ---- the static definition --------------------------------------------------------
+    let def = Ident::new("__tx_definition", Span::mixed_site());
+    let propagation = format_ident!("{}", args.propagation.map_or("Required", |p| p.0));
+    let isolation = format_ident!("{}", args.isolation.map_or("Default", |p| p.0));
+    let timeout = match args.timeout_ms {
+        Some((ms, _)) => {
+            quote!(::core::option::Option::Some(#p::Duration::from_millis(#ms)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let read_only = args.read_only.unwrap_or(false);
+    let name = match &args.name {
+        Some(lit) => lit.to_token_stream(),
+        None => {
+            let fn_name = sig.ident.unraw().to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        }
+    };
+    let def_stmt = quote! {
+        let #def: &'static #p::TransactionDefinition = {
+            static __TX_DEFINITION: #p::TransactionDefinition = #p::TransactionDefinition::__const(
+                #p::Propagation::#propagation,
+                #p::Isolation::#isolation,
+                #timeout,
+                #read_only,
+                #name,
+            );
+            &__TX_DEFINITION
+        };
+    };
+
+    // ---- the manager ------------------------------------------------------------------
+    let manager = Ident::new("__tx_manager", Span::mixed_site());
+    let handle = Ident::new("__tx_manager_handle", Span::mixed_site());
+    let manager_stmts = match &args.manager {
+        None => quote!(let #manager = #p::ManagerRef::Default;),
+        Some(Manager::Named(lit)) => quote!(let #manager = #p::ManagerRef::Named(#lit);),
+        Some(Manager::Expr(expr)) => {
+            // Evaluated once, before the body; cloning the handle (an `Arc` increment for a
+            // `TxPool`) ends the borrow of `self`, so `&mut self` and by-value `self` work, and
+            // `db()` may return the manager or a reference to it.
+            let span = expr.span();
+            let grouped = Group::new(Delimiter::Parenthesis, expr.to_token_stream());
+            quote_spanned! {span=>
+                #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
+                let #handle = #grouped.clone();
+                let #manager = #p::by_expr(&#handle);
+            }
+        }
+    };
+
+    // ---- the rollback rule ------------------------------------------------------------
+    let err = Ident::new("__tx_err", Span::mixed_site());
+    let rollback_on = match (&args.rollback_for, &args.no_rollback_for) {
+        (None, None) => quote!(|_| true),
+        (Some(r), None) => quote!(|#err| ::core::matches!(#err, #r)),
+        (None, Some(n)) => quote!(|#err| !::core::matches!(#err, #n)),
+        (Some(r), Some(n)) => {
+            quote!(|#err| ::core::matches!(#err, #r) && !::core::matches!(#err, #n))
+        }
+    };
+
+    // ---- the body ---------------------------------------------------------------------
+    // The fake return fixes the async block's output type, so `?` and `return` inside the body
+    // convert into the declared error type exactly as in the original function. The check that
+    // `E: From<TxError>` sits in the same dead branch, spanned at the error type.
+    let fake = Ident::new("__tx_fake_return", Span::mixed_site());
+    let error_check = match err_ty {
+        Some(e) if !contains_impl_trait(e) => {
+            let span = e.span();
+            quote_spanned! {span=>
+                #p::assert_transactional_error::<#e>();
+            }
+        }
+        _ => {
+            let span = ret_ty.span();
+            quote_spanned! {span=>
+                fn __tx_assert_error<__TxT, __TxE: #p::TransactionalError>(
+                    _: &::core::result::Result<__TxT, __TxE>,
+                ) {
+                }
+                __tx_assert_error(&#fake);
+            }
+        }
+    };
+    let fake_return = if contains_impl_trait(ret_ty) {
+        quote!()
+    } else {
+        quote! {
+            #[allow(
+                unknown_lints,
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::empty_loop,
+                clippy::let_unit_value,
+                clippy::let_with_type_underscore,
+                clippy::needless_return,
+                clippy::unreachable
+            )]
+            if false {
+                let #fake: #ret_ty = loop {};
+                #error_check
+                return #fake;
+            }
+        }
+    };
+
+    let (outer_attrs, inner_attrs): (Vec<Attribute>, Vec<Attribute>) = attrs
+        .iter()
+        .cloned()
+        .partition(|a| matches!(a.style, AttrStyle::Outer));
+    let mut new_sig = sig.clone();
+
+    let call = match retry {
+        None => {
+            let body = Ident::new("__tx_body", Span::mixed_site());
+            quote! {
+                let #body = move || async move {
+                    #fake_return
+                    #block
+                };
+                #p::transactional(#manager, #def, #rollback_on, #body).await
+            }
+        }
+        Some((n, retry_span)) => {
+            let make = Ident::new("__tx_make_body", Span::mixed_site());
+            let mut clones = TokenStream::new();
+            let mut body_block = block.clone();
+            let body_tokens = block.to_token_stream();
+            let mut stripped: Vec<Ident> = Vec::new();
+            match receiver {
+                Receiver::RefMut => {
+                    let span = match sig.inputs.first() {
+                        Some(FnArg::Receiver(r)) => r.span(),
+                        _ => sig.ident.span(),
+                    };
+                    let mut e = syn::Error::new(
+                        span,
+                        "`retry` cannot be used with `&mut self`: each attempt runs a fresh body future, and an exclusive borrow cannot be handed to more than one; take `&self` (with interior mutability for state), or drop `retry`",
+                    );
+                    e.combine(syn::Error::new(retry_span, "`retry` is requested here"));
+                    return Err(e);
+                }
+                Receiver::Value => {
+                    let mutable = match sig.inputs.first() {
+                        Some(FnArg::Receiver(r)) => r.mutability.is_some() && r.reference.is_none(),
+                        _ => false,
+                    };
+                    if tokens_mention(body_tokens.clone(), &mut |i| i == "self") {
+                        ReplaceSelf.visit_block_mut(&mut body_block);
+                        let self_ident = Ident::new("__tx_self", Span::call_site());
+                        let span = match sig.inputs.first() {
+                            Some(FnArg::Receiver(r)) => r.ty.span(),
+                            _ => Span::call_site(),
+                        };
+                        let m = mutable.then(|| quote!(mut));
+                        clones.extend(quote_spanned! {span=>
+                            let #m #self_ident = ::core::clone::Clone::clone(&self);
+                        });
+                        if mutable
+                            && let Some(FnArg::Receiver(r)) = new_sig.inputs.first_mut()
+                        {
+                            r.mutability = None;
+                        }
+                    }
+                }
+                Receiver::Ref | Receiver::None => {}
+            }
+            for (idx, input) in sig.inputs.iter().enumerate() {
+                let FnArg::Typed(pt) = input else { continue };
+                let ty = unwrap_type(&pt.ty);
+                if let Type::Reference(tr) = ty {
+                    if tr.mutability.is_some() {
+                        let mut e = syn::Error::new(
+                            pt.ty.span(),
+                            "`retry` cannot be used with a `&mut` parameter: each attempt runs a fresh body future, and an exclusive borrow cannot be handed to more than one; pass it by value (it is cloned per attempt) or drop `retry`",
+                        );
+                        e.combine(syn::Error::new(retry_span, "`retry` is requested here"));
+                        return Err(e);
+                    }
+                    if matches!(&*pt.pat, Pat::Ident(_)) {
+                        continue; // a shared reference is `Copy`: every attempt gets it
+                    }
+                }
+                let mut bindings = Vec::new();
+                collect_bindings(&pt.pat, &mut bindings);
+                let span = pt.ty.span();
+                let mut strip_here = Vec::new();
+                for b in bindings {
+                    if !tokens_mention(body_tokens.clone(), &mut |i| *i == b.ident) {
+                        continue;
+                    }
+                    let ident = &b.ident;
+                    let use_ident = Ident::new(&ident.to_string(), span);
+                    let m = b.mutable.then(|| quote!(mut));
+                    // by-value parameters are cloned for each attempt (`retry` needs them `Clone`)
+                    clones.extend(quote_spanned! {span=>
+                        let #m #ident = ::core::clone::Clone::clone(&#use_ident);
+                    });
+                    if b.mutable {
+                        strip_here.push(ident.clone());
+                    }
+                }
+                if !strip_here.is_empty() {
+                    if let Some(FnArg::Typed(npt)) = new_sig.inputs.iter_mut().nth(idx) {
+                        StripMut(&strip_here).visit_pat_mut(&mut npt.pat);
+                    }
+                    stripped.extend(strip_here);
+                }
+            }
+            quote! {
+                let #make = move || {
+                    #clones
+                    async move {
+                        #fake_return
+                        #body_block
+                    }
+                };
+                #p::transactional_retry(#manager, #def, #n, #rollback_on, #make).await
+            }
+        }
+    };
+
+    let new_block: Block = syn::parse2(quote! {
+        {
+            #(#inner_attrs)*
+            #def_stmt
+            #manager_stmts
+            #call
+        }
+    })?;
+    Ok((outer_attrs, new_sig, new_block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &str, item: &str) -> String {
+        let out = expand(
+            args.parse().unwrap(),
+            item.parse().unwrap(),
+            &quote!(::tx_core::__private),
+        );
+        out.to_string()
+    }
+
+    #[test]
+    fn free_fn_defaults() {
+        let out = run("", "pub async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }");
+        assert!(out.contains("pub async fn f (x : u32) -> Result < u32 , AppError >"), "{out}");
+        assert!(out.contains("Propagation :: Required"), "{out}");
+        assert!(out.contains("Isolation :: Default"), "{out}");
+        assert!(out.contains(":: core :: option :: Option :: None , false"), "{out}");
+        assert!(out.contains("ManagerRef :: Default"), "{out}");
+        assert!(out.contains("\"f\""), "{out}");
+        assert!(out.contains(":: tx_core :: __private :: transactional ("), "{out}");
+        assert!(out.contains("assert_transactional_error :: < AppError >"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn keys_reach_the_definition() {
+        let out = run(
+            "propagation = REQUIRES_NEW, isolation = SERIALIZABLE, timeout = \"1m30s\", read_only, name = \"n\", manager = \"orders\", no_rollback_for = AppError::A | AppError::B(_)",
+            "async fn f() -> Result<(), AppError> { Ok(()) }",
+        );
+        assert!(out.contains("Propagation :: RequiresNew"), "{out}");
+        assert!(out.contains("Isolation :: Serializable"), "{out}");
+        assert!(out.contains("from_millis (90000u64)"), "{out}");
+        assert!(out.contains(", true , \"n\""), "{out}");
+        assert!(out.contains("ManagerRef :: Named (\"orders\")"), "{out}");
+        assert!(out.contains("! :: core :: matches ! (__tx_err , AppError :: A | AppError :: B (_))"), "{out}");
+    }
+
+    #[test]
+    fn retry_clones_by_value_args_and_renames_self() {
+        let out = run(
+            "retry = 3, manager = self.db",
+            "async fn f(self: Arc<Self>, mut a: String, b: &str, unused: Vec<u8>) -> Result<(), E> { a.push_str(b); self.g(a).await }",
+        );
+        assert!(out.contains("transactional_retry"), "{out}");
+        assert!(out.contains("let __tx_self = :: core :: clone :: Clone :: clone (& self)"), "{out}");
+        assert!(out.contains("let mut a = :: core :: clone :: Clone :: clone (& a)"), "{out}");
+        assert!(!out.contains("clone (& b)"), "{out}");
+        assert!(!out.contains("clone (& unused)"), "{out}");
+        assert!(out.contains("__tx_self . g (a)"), "{out}");
+        // the outer parameter loses `mut` (the per-attempt clone is the mutable one)
+        assert!(out.contains("a : String"), "{out}");
+        assert!(!out.contains("mut a : String"), "{out}");
+    }
+
+    #[test]
+    fn retry_with_mut_self_is_an_error() {
+        let out = run("retry = 2", "async fn f(&mut self) -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("`&mut self`"), "{out}");
+    }
+
+    #[test]
+    fn impl_block_default_and_override() {
+        let out = run(
+            "read_only",
+            "impl S { async fn a(&self) -> Result<(), E> { Ok(()) } #[transactional(propagation = Never)] async fn b(&self) -> Result<(), E> { Ok(()) } fn c(&self) -> u8 { 1 } async fn d(&self) -> u8 { 1 } }",
+        );
+        assert_eq!(out.matches("TransactionDefinition :: __const").count(), 1, "{out}");
+        assert!(out.contains("# [transactional (propagation = Never)]"), "{out}");
+    }
+
+    #[test]
+    fn misuse() {
+        let e = run("", "fn f() -> Result<(), E> { Ok(()) }");
+        assert!(e.contains("needs an `async fn`"), "{e}");
+        let e = run("", "async fn f() -> u32 { 1 }");
+        assert!(e.contains("returning `Result<T, E>`"), "{e}");
+        let e = run("", "struct S;");
+        assert!(e.contains("cannot be applied to a struct"), "{e}");
+        let e = run("", "const C: u8 = 1;");
+        assert!(e.contains("cannot be applied to a const"), "{e}");
+        let e = run("", "async fn f(&self) -> Result<(), E>;");
+        assert!(e.contains("needs a function with a body"), "{e}");
+        let e = run("manager = self.db", "impl S { async fn new() -> Result<Self, E> { todo!() } }");
+        assert!(e.contains("has no `self` receiver"), "{e}");
+    }
+}
