@@ -74,6 +74,11 @@ impl Context {
         self
     }
 
+    /// The binding chain (enclosing scopes' transactions per manager).
+    pub(crate) fn bindings(&self) -> Option<Arc<Binding>> {
+        self.bindings.clone()
+    }
+
     /// This context with manager `key` bound to `scope` (`None`: suspended).
     pub(crate) fn bind(mut self, key: ManagerKey, scope: Option<Arc<Scope>>) -> Context {
         self.bindings = Some(Arc::new(Binding {
@@ -98,26 +103,27 @@ pub(crate) fn bound(key: ManagerKey) -> Option<Arc<Transaction>> {
         .flatten()
 }
 
+/// Whether a transaction of manager `key` anywhere in `chain` (the bindings of enclosing,
+/// suspended scopes) has begun as a writer: a single-writer database would make a second
+/// writer of this task wait for a lock this task itself holds.
+pub(crate) fn chain_holds_writer(chain: Option<&Binding>, key: ManagerKey) -> bool {
+    let mut link = chain;
+    while let Some(b) = link {
+        if b.key == key
+            && let Some(tx) = b.scope.as_ref().and_then(|s| s.tx.as_ref())
+            && tx.holds_write_connection()
+        {
+            return true;
+        }
+        link = b.parent.as_deref();
+    }
+    false
+}
+
 /// See [`crate::connection::suspended_holds_connection`].
 pub(crate) fn suspended_holds_connection(key: ManagerKey) -> bool {
     CONTEXT
-        .try_with(|c| {
-            let mut link = c.bindings.as_deref();
-            let mut suspended = false;
-            while let Some(b) = link {
-                if b.key == key {
-                    match &b.scope {
-                        None => suspended = true,
-                        Some(scope) if suspended => {
-                            return scope.tx.as_ref().is_some_and(|t| t.holds_write_connection());
-                        }
-                        Some(_) => return false,
-                    }
-                }
-                link = b.parent.as_deref();
-            }
-            false
-        })
+        .try_with(|c| c.bound_scope(key).is_none() && chain_holds_writer(c.bindings.as_deref(), key))
         .unwrap_or(false)
 }
 

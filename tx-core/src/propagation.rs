@@ -137,13 +137,13 @@ where
                 definition.get_name()
             );
             match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, Some(suspended), definition, rollback_on, body).await,
+                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body).await,
                 Err(e) => (Err(e.into()), RunInfo::default()),
             }
         }
         (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
             match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, None, definition, rollback_on, body).await,
+                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body).await,
                 Err(e) => (Err(e.into()), RunInfo::default()),
             }
         }
@@ -265,12 +265,11 @@ fn log_new(definition: &TransactionDefinition) {
 }
 
 /// Begins a transaction (lazily: BEGIN goes out with the first statement), runs the body in
-/// it and commits or rolls back. `suspended` is the transaction it suspends, if any.
+/// it and commits or rolls back. Transactions of the same manager in `ctx` are suspended.
 async fn new_transaction<T, E, F, Fut, R>(
     ctx: Context,
     key: ManagerKey,
     manager: SharedManager,
-    suspended: Option<Arc<Scope>>,
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
@@ -285,7 +284,8 @@ where
     let tx = Arc::new(Transaction::new(
         manager,
         definition.clone(),
-        suspended.and_then(|s| s.tx.clone()),
+        key,
+        ctx.bindings(),
     ));
     let scope = Arc::new(Scope::new(
         ScopeKind::NewTransaction,

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use crate::definition::TransactionDefinition;
 use crate::error::{Operation, TxError};
-use crate::manager::{BeginOptions, PhysicalTransaction, SharedManager};
+use crate::context::{Binding, chain_holds_writer};
+use crate::manager::{BeginOptions, ManagerKey, PhysicalTransaction, SharedManager};
 
 /// The physical side of a transaction, behind the transaction's async mutex.
 pub(crate) struct Slot {
@@ -57,8 +58,9 @@ pub(crate) struct Transaction {
     saw_retryable: AtomicBool,
     /// Whether `BEGIN` has been sent (read without the lock by RequiresNew on the same manager).
     begun: AtomicBool,
-    /// A suspended transaction on the same manager (RequiresNew/NotSupported inside it).
-    pub(crate) suspended: Option<Arc<Transaction>>,
+    pub(crate) key: ManagerKey,
+    /// The enclosing scopes' bindings when it was created: the transactions it suspends.
+    enclosing: Option<Arc<Binding>>,
     next_savepoint: AtomicU64,
 }
 
@@ -66,7 +68,8 @@ impl Transaction {
     pub(crate) fn new(
         manager: SharedManager,
         definition: TransactionDefinition,
-        suspended: Option<Arc<Transaction>>,
+        key: ManagerKey,
+        enclosing: Option<Arc<Binding>>,
     ) -> Transaction {
         let deadline = definition.get_timeout().map(|t| Instant::now() + t);
         Transaction {
@@ -80,7 +83,8 @@ impl Transaction {
             global_rollback_only: AtomicBool::new(false),
             saw_retryable: AtomicBool::new(false),
             begun: AtomicBool::new(false),
-            suspended,
+            key,
+            enclosing,
             next_savepoint: AtomicU64::new(1),
         }
     }
@@ -143,10 +147,10 @@ impl Transaction {
                     remaining: self
                         .deadline
                         .map(|d| d.saturating_duration_since(Instant::now())),
-                    suspended_holds_connection: self
-                        .suspended
-                        .as_ref()
-                        .is_some_and(|s| s.holds_write_connection()),
+                    suspended_holds_connection: chain_holds_writer(
+                        self.enclosing.as_deref(),
+                        self.key,
+                    ),
                     name: self.name().to_owned(),
                 };
                 tracing::debug!(

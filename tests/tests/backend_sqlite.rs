@@ -1,0 +1,592 @@
+//! tx-sqlx on SQLite (file database, WAL): read-only and the write lock really applied, the
+//! deadline (also interrupting a running statement), savepoints, cancellation, panics, and
+//! the single writer failing fast with an explanatory error.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, SqliteConnection};
+use tx_sqlx::SqliteTxPool;
+use tx_sqlx::prelude::*;
+
+/// The SQLite result code behind `e`, if any.
+fn sqlite_code(e: &TxError) -> Option<u32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(sqlx::Error::Database(db)) = s.downcast_ref::<sqlx::Error>() {
+            return db.code().and_then(|c| c.parse().ok());
+        }
+        source = s.source();
+    }
+    None
+}
+
+async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
+    let (db, dir) = tx_tests::sqlite_pool(max).await;
+    let table = tx_tests::unique_table("sq");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note TEXT)"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    (db, dir, table)
+}
+
+async fn ids(db: &SqliteTxPool, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {table} ORDER BY id"
+    )))
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+}
+
+async fn insert(db: &SqliteTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (id) VALUES (?)"
+    )))
+    .bind(id)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+async fn settle(db: &SqliteTxPool) -> (u32, usize) {
+    let start = Instant::now();
+    loop {
+        let (size, idle) = (db.pool().size(), db.pool().num_idle());
+        if size as usize == idle || start.elapsed() > Duration::from_secs(5) {
+            return (size, idle);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection outside the pool, with the given busy timeout.
+async fn outsider(dir: &Path, busy: Duration) -> SqliteConnection {
+    SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(dir.join("test.db"))
+            .busy_timeout(busy),
+    )
+    .await
+    .unwrap()
+}
+
+/// Whether another connection can take the write lock right now (or within `busy`).
+async fn write_lock_free(dir: &Path, busy: Duration) -> bool {
+    let mut conn = outsider(dir, busy).await;
+    match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
+        Ok(_) => {
+            sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+            true
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => false,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_is_enforced_and_restored() {
+    // One connection: the statements after the transaction run on the same one.
+    let (db, _dir, table) = setup(1).await;
+    let r = TransactionTemplate::new(db.clone())
+        .read_only(true)
+        .isolation(Isolation::ReadCommitted)
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+                    .fetch_one(&db)
+                    .await?;
+                assert_eq!(query_only, 1);
+                insert(&db, &table, 1).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await;
+    let e = r.unwrap_err();
+    assert_eq!(
+        sqlite_code(&e).map(|c| c & 0xff),
+        Some(8),
+        "SQLITE_READONLY expected: {e}"
+    );
+    assert!(ids(&db, &table).await.is_empty());
+    // The connection is writable again, in autocommit and in a writer transaction.
+    let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(query_only, 0);
+    insert(&db, &table, 2).await.unwrap();
+    TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+                    .fetch_one(&db)
+                    .await?;
+                assert_eq!(query_only, 0);
+                Ok::<_, TxError>(insert(&db, &table, 3).await?)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&db, &table).await, vec![2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_take_the_write_lock_at_begin_readers_do_not() {
+    let (db, dir, table) = setup(2).await;
+    let path = dir.path().to_owned();
+    for read_only in [false, true] {
+        let free = TransactionTemplate::new(db.clone())
+            .read_only(read_only)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                let path = path.clone();
+                async move {
+                    // Only a read so far.
+                    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                        .fetch_one(&db)
+                        .await?;
+                    Ok::<_, TxError>(write_lock_free(&path, Duration::ZERO).await)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(free, read_only, "read_only={read_only}");
+    }
+    assert!(write_lock_free(&path, Duration::ZERO).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_rolls_back_while_body_awaits() {
+    let (db, dir, table) = setup(2).await;
+    let start = Instant::now();
+    let r = TransactionTemplate::new(db.clone())
+        .timeout(Duration::from_millis(300))
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                insert(&db, &table, 1).await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                insert(&db, &table, 2).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(ids(&db, &table).await.is_empty());
+    assert!(write_lock_free(dir.path(), Duration::from_secs(2)).await);
+    let (size, idle) = settle(&db).await;
+    assert_eq!(size as usize, idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_interrupts_a_running_statement() {
+    let (db, dir, table) = setup(2).await;
+    let start = Instant::now();
+    let r = TransactionTemplate::new(db.clone())
+        .timeout(Duration::from_millis(400))
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                insert(&db, &table, 1).await?;
+                // Minutes of work if nothing stops it.
+                let n: i64 = sqlx::query_scalar(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000000) \
+                     SELECT COUNT(*) FROM c",
+                )
+                .fetch_one(&db)
+                .await?;
+                Ok::<_, TxError>(n)
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // The statement was stopped: the write lock of the transaction is released promptly.
+    assert!(
+        write_lock_free(dir.path(), Duration::from_secs(3)).await,
+        "the transaction still holds the write lock"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(ids(&db, &table).await.is_empty());
+    let (size, idle) = settle(&db).await;
+    assert_eq!(size as usize, idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_savepoint_rollback_keeps_outer_work() {
+    let (db, _dir, table) = setup(2).await;
+    TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                insert(&db, &table, 1).await?;
+                let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                    .propagation(Propagation::Nested)
+                    .execute(|status| {
+                        let db = db.clone();
+                        let table = table.clone();
+                        async move {
+                            assert!(status.has_savepoint());
+                            insert(&db, &table, 2).await?;
+                            insert(&db, &table, 1).await?; // duplicate key
+                            Ok(())
+                        }
+                    })
+                    .await;
+                // SQLITE_CONSTRAINT_PRIMARYKEY
+                assert_eq!(sqlite_code(&inner.unwrap_err()), Some(1555));
+                TransactionTemplate::new(db.clone())
+                    .propagation(Propagation::Nested)
+                    .execute(|_| {
+                        let db = db.clone();
+                        let table = table.clone();
+                        async move { Ok::<_, TxError>(insert(&db, &table, 3).await?) }
+                    })
+                    .await?;
+                insert(&db, &table, 4).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&db, &table).await, vec![1, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_call_rolls_back_and_returns_connections() {
+    let (db, dir, table) = setup(3).await;
+    let completion = Arc::new(Mutex::new(None));
+    let fut = {
+        let db = db.clone();
+        let table = table.clone();
+        let completion = completion.clone();
+        async move {
+            TransactionTemplate::new(db.clone())
+                .execute(|_| {
+                    let db = db.clone();
+                    let table = table.clone();
+                    let completion = completion.clone();
+                    async move {
+                        tx_sqlx::after_completion(move |c| async move {
+                            *completion.lock().unwrap() = Some(c);
+                        })?;
+                        insert(&db, &table, 1).await?;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Ok::<_, TxError>(())
+                    }
+                })
+                .await
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fut)
+            .await
+            .is_err()
+    );
+    // No transaction left open: the write lock is free, nothing was written.
+    assert!(write_lock_free(dir.path(), Duration::from_secs(3)).await);
+    assert!(ids(&db, &table).await.is_empty());
+    let (size, idle) = settle(&db).await;
+    assert_eq!(size as usize, idle);
+    let start = Instant::now();
+    while completion.lock().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        completion.lock().unwrap().take(),
+        Some(Completion::RolledBack)
+    );
+    // Every pooled connection is out of any transaction and usable.
+    TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move { Ok::<_, TxError>(insert(&db, &table, 5).await?) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&db, &table).await, vec![5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_body_rolls_back() {
+    let (db, dir, table) = setup(2).await;
+    let handle = {
+        let db = db.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            TransactionTemplate::new(db.clone())
+                .execute(|_| {
+                    let db = db.clone();
+                    let table = table.clone();
+                    async move {
+                        insert(&db, &table, 1).await?;
+                        if table.len() > 1 {
+                            panic!("boom");
+                        }
+                        Ok::<_, TxError>(())
+                    }
+                })
+                .await
+        })
+    };
+    assert!(handle.await.unwrap_err().is_panic());
+    assert!(ids(&db, &table).await.is_empty());
+    assert!(write_lock_free(dir.path(), Duration::from_secs(3)).await);
+    let (size, idle) = settle(&db).await;
+    assert_eq!(size as usize, idle);
+}
+
+/// What a scope inside a writer transaction that already holds the write lock gets.
+async fn inside_writer<T, F, Fut>(
+    db: &SqliteTxPool,
+    table: &str,
+    base: i64,
+    inner: F,
+) -> (Result<T, TxError>, Duration)
+where
+    F: FnOnce(SqliteTxPool, String) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, TxError>> + Send,
+    T: Send,
+{
+    let mut inner = Some(inner);
+    let r = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.to_owned();
+            let inner = inner.take().unwrap();
+            async move {
+                insert(&db, &table, base).await?; // the outer transaction holds the write lock
+                let start = Instant::now();
+                let r = inner(db.clone(), table.clone()).await;
+                let elapsed = start.elapsed();
+                insert(&db, &table, base + 1).await?;
+                Ok::<_, TxError>((r, elapsed))
+            }
+        })
+        .await;
+    r.unwrap()
+}
+
+fn assert_would_block(r: &Result<(), TxError>, elapsed: Duration) {
+    let e = r.as_ref().unwrap_err();
+    assert!(
+        matches!(e, TxError::WouldBlock { .. }),
+        "expected WouldBlock, got {e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("write lock"), "the cause is named: {msg}");
+    assert!(
+        msg.contains("Nested") && msg.contains("second pool"),
+        "the remedy is named: {msg}"
+    );
+    // The busy timeout is 5 s: failing fast means not waiting for it.
+    assert!(elapsed < Duration::from_secs(1), "waited {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_requires_new_writer_fails_fast() {
+    let (db, _dir, table) = setup(3).await;
+    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::RequiresNew)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
+            })
+            .await
+    })
+    .await;
+    assert_would_block(&r, elapsed);
+    // The outer transaction went on and committed; nothing of the inner one was written.
+    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+
+    // When the outer scope propagates the error, nothing at all is written.
+    let r = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                insert(&db, &table, 3).await?;
+                TransactionTemplate::new(db.clone())
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| {
+                        let db = db.clone();
+                        let table = table.clone();
+                        async move { Ok::<_, TxError>(insert(&db, &table, 4).await?) }
+                    })
+                    .await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::WouldBlock { .. })), "{r:?}");
+    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+}
+
+/// The writer holding the lock may be suspended further out: writer, then a read-only
+/// RequiresNew (which holds no write lock), then a RequiresNew writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
+    let (db, _dir, table) = setup(3).await;
+    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::RequiresNew)
+            .read_only(true)
+            .execute(|_| {
+                let (db, table) = (db.clone(), table.clone());
+                async move {
+                    ids(&db, &table).await; // the read-only transaction has begun
+                    let start = Instant::now();
+                    let r = TransactionTemplate::new(db.clone())
+                        .propagation(Propagation::RequiresNew)
+                        .execute(|_| {
+                            let (db, table) = (db.clone(), table.clone());
+                            async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
+                        })
+                        .await;
+                    Ok::<_, TxError>((r, start.elapsed()))
+                }
+            })
+            .await
+    })
+    .await;
+    let (r, elapsed_inner) = r.unwrap();
+    assert_would_block(&r, elapsed_inner);
+    assert!(elapsed < Duration::from_secs(1), "waited {elapsed:?}");
+    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_not_supported_write_fails_fast_reads_work() {
+    let (db, _dir, table) = setup(3).await;
+    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::NotSupported)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
+            })
+            .await
+    })
+    .await;
+    assert_would_block(&r, elapsed);
+    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+
+    // Reads outside the transaction work (and see only committed data).
+    let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::NotSupported)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                async move {
+                    Ok::<i64, TxError>(
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                            "SELECT COUNT(*) FROM {table}"
+                        )))
+                        .fetch_one(&db)
+                        .await?,
+                    )
+                }
+            })
+            .await
+    })
+    .await;
+    assert_eq!(r.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_read_only_requires_new_and_nested_work() {
+    let (db, _dir, table) = setup(3).await;
+    let (r, _) = inside_writer(&db, &table, 1, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::RequiresNew)
+            .read_only(true)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                async move {
+                    Ok::<i64, TxError>(
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                            "SELECT COUNT(*) FROM {table}"
+                        )))
+                        .fetch_one(&db)
+                        .await?,
+                    )
+                }
+            })
+            .await
+    })
+    .await;
+    // The independent transaction does not see the outer one's uncommitted row.
+    assert_eq!(r.unwrap(), 0);
+    let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::Nested)
+            .execute(|_| {
+                let db = db.clone();
+                let table = table.clone();
+                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
+            })
+            .await
+    })
+    .await;
+    r.unwrap();
+    assert_eq!(ids(&db, &table).await, vec![1, 2, 10, 20, 21]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requires_new_writer_inside_an_unbegun_writer_works() {
+    // The outer transaction has run no statement yet, so it holds no lock.
+    let (db, _dir, table) = setup(3).await;
+    TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            let table = table.clone();
+            async move {
+                TransactionTemplate::new(db.clone())
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| {
+                        let db = db.clone();
+                        let table = table.clone();
+                        async move { Ok::<_, TxError>(insert(&db, &table, 1).await?) }
+                    })
+                    .await?;
+                insert(&db, &table, 2).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+}

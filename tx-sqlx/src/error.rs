@@ -1,0 +1,157 @@
+//! Error mapping between the engine ([`TxError`]) and sqlx ([`sqlx::Error`]).
+
+use std::borrow::Cow;
+use std::io;
+
+use tx_core::{Operation, TxError};
+
+/// A [`TxError`] raised while a `&TxPool` executor prepares a statement (the deadline passed,
+/// the deferred `BEGIN` failed, SQLite's write lock is held by this task, ...), as the
+/// `sqlx::Error` an executor must return.
+///
+/// * A driver failure (`TxError::Database` whose source is a `sqlx::Error`, e.g. `BEGIN`
+///   rejected, pool timed out) is returned as that original `sqlx::Error`.
+/// * [`TxError::PoolClosed`] becomes [`sqlx::Error::PoolClosed`].
+/// * Anything else becomes [`sqlx::Error::Io`] wrapping the `TxError` itself, with kind
+///   [`io::ErrorKind::TimedOut`] for [`TxError::Timeout`], [`io::ErrorKind::WouldBlock`] for
+///   [`TxError::WouldBlock`], [`io::ErrorKind::Other`] otherwise. Its message is the
+///   `TxError`'s, and `io_error.get_ref()` downcasts to `TxError`.
+pub(crate) fn tx_to_sqlx(err: TxError) -> sqlx::Error {
+    match err {
+        TxError::PoolClosed => sqlx::Error::PoolClosed,
+        TxError::Database { source, .. } if source.is::<sqlx::Error>() => {
+            match source.downcast::<sqlx::Error>() {
+                Ok(e) => *e,
+                Err(_) => unreachable!("checked with is::<sqlx::Error>()"),
+            }
+        }
+        other => {
+            let kind = match &other {
+                TxError::Timeout => io::ErrorKind::TimedOut,
+                TxError::WouldBlock { .. } => io::ErrorKind::WouldBlock,
+                _ => io::ErrorKind::Other,
+            };
+            sqlx::Error::Io(io::Error::new(kind, other))
+        }
+    }
+}
+
+/// The `TxError` that [`tx_to_sqlx`] wrapped, if `err` is one.
+pub(crate) fn wrapped_tx_error(err: &sqlx::Error) -> Option<&TxError> {
+    match err {
+        sqlx::Error::Io(e) => e.get_ref()?.downcast_ref::<TxError>(),
+        _ => None,
+    }
+}
+
+/// A failure of `operation` (begin, savepoint, rollback, ...) as a `TxError`.
+pub(crate) fn db_error(operation: Operation, err: sqlx::Error) -> TxError {
+    match err {
+        sqlx::Error::PoolClosed => TxError::PoolClosed,
+        err => TxError::database(operation, tx_core::sqlx_is_retryable(&err), err),
+    }
+}
+
+/// Acquiring a connection outside a transaction failed.
+pub(crate) fn acquire_error(err: sqlx::Error) -> TxError {
+    db_error(Operation::Acquire, err)
+}
+
+/// Whether `err` says the connection itself is broken or out of sync (as opposed to the
+/// server rejecting a statement or a client-side encode/decode failure).
+pub(crate) fn is_connection_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::PoolTimedOut
+    )
+}
+
+/// The transaction was aborted by the server after a failed statement (PostgreSQL aborts the
+/// whole transaction on any error; MySQL rolls it back on a deadlock), so it could not be
+/// committed.
+#[derive(Debug)]
+pub(crate) struct TransactionAborted {
+    pub(crate) backend: &'static str,
+    pub(crate) cause: String,
+}
+
+impl std::fmt::Display for TransactionAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} transaction was aborted by an earlier failed statement ({}); it was rolled \
+             back instead of committed (to keep the other work after a failed statement, run it \
+             in a Nested scope)",
+            self.backend, self.cause
+        )
+    }
+}
+
+impl std::error::Error for TransactionAborted {}
+
+/// The message of SQLite's single-writer fail-fast error.
+pub(crate) fn sqlite_would_block(what: &str) -> TxError {
+    TxError::WouldBlock {
+        message: Cow::Owned(format!(
+            "{what} would wait for SQLite's write lock, which the suspended transaction of this \
+             same task holds (SQLite allows one writer per database, and the outer transaction \
+             cannot finish while this scope waits): it would only fail after the busy timeout. \
+             Use Propagation::Nested (a savepoint in the outer transaction) instead of \
+             RequiresNew/NotSupported for this work, or give it a second pool on another \
+             database file"
+        )),
+    }
+}
+
+/// True for SQLite `SQLITE_BUSY`/`SQLITE_LOCKED` (and their extended codes).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    db.code()
+        .and_then(|c| c.parse::<u32>().ok())
+        .is_some_and(|n| n & 0xff == 5 || n & 0xff == 6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_round_trips_through_io() {
+        let e = tx_to_sqlx(TxError::Timeout);
+        assert!(matches!(&e, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut));
+        assert!(matches!(wrapped_tx_error(&e), Some(TxError::Timeout)));
+        assert!(e.to_string().contains("timed out"));
+    }
+
+    #[test]
+    fn driver_errors_are_unwrapped() {
+        let e = tx_to_sqlx(TxError::database(
+            Operation::Begin,
+            false,
+            sqlx::Error::PoolTimedOut,
+        ));
+        assert!(matches!(e, sqlx::Error::PoolTimedOut));
+        assert!(matches!(
+            tx_to_sqlx(TxError::PoolClosed),
+            sqlx::Error::PoolClosed
+        ));
+    }
+
+    #[test]
+    fn would_block_names_cause_and_remedy() {
+        let e = sqlite_would_block("a RequiresNew transaction");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("write lock") && msg.contains("Nested") && msg.contains("second pool")
+        );
+        let s = tx_to_sqlx(e);
+        assert!(matches!(&s, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock));
+    }
+}

@@ -1,0 +1,188 @@
+//! MySQL / MariaDB: `SET TRANSACTION ISOLATION LEVEL ..; START TRANSACTION READ ONLY|READ WRITE`
+//! in one round trip, with the deadline bounding server statements (`max_statement_time` on
+//! MariaDB, `max_execution_time` for SELECTs on MySQL) until the transaction ends.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use sqlx::MySql;
+use sqlx::mysql::MySqlDatabaseError;
+use tx_core::manager::{
+    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
+use tx_core::{Isolation, Operation, TxError};
+
+use crate::error::db_error;
+use crate::executor::{Backend, exec_raw, impl_executor};
+use crate::physical::{Flavor, SqlxTransaction};
+use crate::pool::TxPool;
+
+/// ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+static FLAVOR: Flavor = Flavor {
+    name: "MySQL/MariaDB",
+    aborts: |e| {
+        e.as_database_error()
+            .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+            .is_some_and(|db| db.number() == ER_LOCK_DEADLOCK)
+    },
+    // After a deadlock the session is no longer in a transaction: further statements would
+    // autocommit one by one, so refuse them.
+    refuse_after_abort: true,
+    // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time), ER_QUERY_TIMEOUT (MySQL
+    // max_execution_time).
+    deadline_kill: |e| {
+        e.as_database_error()
+            .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+            .is_some_and(|db| matches!(db.number(), 1969 | 3024))
+    },
+    close_on_failed_begin: true,
+};
+
+impl Backend for MySql {}
+
+impl_executor!(MySql);
+
+/// Which statement bounds server statements, and how it is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatementBound {
+    /// MariaDB `max_statement_time` (seconds, every statement).
+    MariaDb,
+    /// MySQL `max_execution_time` (milliseconds, read-only SELECTs only).
+    MySql,
+}
+
+impl StatementBound {
+    fn reset(self) -> &'static str {
+        match self {
+            StatementBound::MariaDb => "SET SESSION max_statement_time = DEFAULT",
+            StatementBound::MySql => "SET SESSION max_execution_time = DEFAULT",
+        }
+    }
+}
+
+/// The statements that begin a transaction (one multi-statement round trip).
+pub(crate) fn begin_sql(
+    isolation: Isolation,
+    read_only: bool,
+    remaining: Option<Duration>,
+    bound: StatementBound,
+) -> String {
+    let mut sql = String::new();
+    if let Some(remaining) = remaining {
+        let ms = remaining.as_millis().clamp(1, u32::MAX as u128);
+        let _ = match bound {
+            StatementBound::MariaDb => write!(
+                sql,
+                "SET SESSION max_statement_time = {:.3}; ",
+                ms as f64 / 1000.0
+            ),
+            StatementBound::MySql => write!(sql, "SET SESSION max_execution_time = {ms}; "),
+        };
+    }
+    if let Some(level) = isolation.sql() {
+        // Without SESSION/GLOBAL: applies to the next transaction only.
+        let _ = write!(sql, "SET TRANSACTION ISOLATION LEVEL {level}; ");
+    }
+    sql.push_str(if read_only {
+        "START TRANSACTION READ ONLY"
+    } else {
+        "START TRANSACTION READ WRITE"
+    });
+    sql
+}
+
+async fn begin(
+    db: TxPool<MySql>,
+    options: BeginOptions,
+) -> Result<SqlxTransaction<MySql>, TxError> {
+    let conn = db
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| db_error(Operation::Begin, e))?;
+    let mut tx = SqlxTransaction::new(conn, exec_raw::<MySql>, &FLAVOR);
+    let mut bound = StatementBound::MariaDb;
+    if options.remaining.is_some() {
+        let mariadb = match db.inner.mariadb.get() {
+            Some(m) => *m,
+            None => {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut **tx.raw_connection())
+                    .await
+                    .map_err(|e| db_error(Operation::Begin, e))?;
+                let m = version.contains("MariaDB");
+                let _ = db.inner.mariadb.set(m);
+                m
+            }
+        };
+        if !mariadb {
+            bound = StatementBound::MySql;
+        }
+        tx.set_reset(bound.reset());
+    }
+    let sql = begin_sql(
+        options.isolation,
+        options.read_only,
+        options.remaining,
+        bound,
+    );
+    tx.begin(sql)
+        .await
+        .map_err(|e| db_error(Operation::Begin, e))?;
+    Ok(tx)
+}
+
+/// The transaction manager of a MySQL/MariaDB pool.
+impl TransactionManager for TxPool<MySql> {
+    fn key(&self) -> ManagerKey {
+        self.manager_key()
+    }
+
+    fn begin(
+        &self,
+        options: BeginOptions,
+    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+        let db = self.clone();
+        Box::pin(
+            async move { Ok(Box::new(begin(db, options).await?) as Box<dyn PhysicalTransaction>) },
+        )
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "mysql"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements() {
+        assert_eq!(
+            begin_sql(Isolation::Default, false, None, StatementBound::MariaDb),
+            "START TRANSACTION READ WRITE"
+        );
+        assert_eq!(
+            begin_sql(
+                Isolation::ReadCommitted,
+                true,
+                Some(Duration::from_millis(1500)),
+                StatementBound::MariaDb
+            ),
+            "SET SESSION max_statement_time = 1.500; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+             START TRANSACTION READ ONLY"
+        );
+        assert_eq!(
+            begin_sql(
+                Isolation::Default,
+                false,
+                Some(Duration::from_millis(20)),
+                StatementBound::MySql
+            ),
+            "SET SESSION max_execution_time = 20; START TRANSACTION READ WRITE"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! One physical transaction on one pooled connection (Spring's `DataSourceTransactionObject`).
+//!
+//! The transaction is begun through sqlx's own transaction manager
+//! (`<DB as Database>::TransactionManager::begin` with a custom statement), so sqlx tracks the
+//! transaction depth of the connection exactly as for `pool.begin_with(..)`. We keep the
+//! `PoolConnection` itself rather than a `sqlx::Transaction` so that a connection whose state
+//! is in doubt (a statement interrupted mid-flight, a failed reset) can be *closed* instead of
+//! going back to the pool.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture as SqlxBoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Database, SqlSafeStr, SqlStr};
+use sqlx_core::transaction::TransactionManager as SqlxTransactionManager;
+use tx_core::connection::TransactionGuard;
+use tx_core::manager::{BoxFuture, PhysicalTransaction};
+use tx_core::{Operation, TxError};
+
+use crate::error::{TransactionAborted, db_error, is_connection_error, tx_to_sqlx};
+
+/// How long an explicit `ROLLBACK` (or a session reset) may take before the connection is
+/// closed instead (closing it rolls the transaction back on the server too).
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one SQL text (simple protocol, not prepared) on a connection. A function pointer
+/// instantiated where `&mut DB::Connection: Executor`, so that the transaction type itself
+/// needs no such bound.
+pub(crate) type ExecRaw<DB> = for<'c> fn(
+    &'c mut <DB as Database>::Connection,
+    SqlStr,
+) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
+
+/// What differs between backends once a transaction is open.
+pub(crate) struct Flavor {
+    /// For messages ("PostgreSQL").
+    pub(crate) name: &'static str,
+    /// Whether a statement failing with this error leaves the whole transaction aborted on
+    /// the server (PostgreSQL: any error; MySQL: a deadlock; SQLite: busy, I/O, full, ...).
+    pub(crate) aborts: fn(&sqlx::Error) -> bool,
+    /// Whether to refuse further statements once aborted, because the server would run them
+    /// in autocommit (MySQL after a deadlock, SQLite after an automatic rollback) instead of
+    /// rejecting them (PostgreSQL rejects them itself until `ROLLBACK TO SAVEPOINT`).
+    pub(crate) refuse_after_abort: bool,
+    /// Whether this error is the server-side statement bound set from the deadline firing
+    /// (statement timeout, interrupt), so that it is reported as the deadline.
+    pub(crate) deadline_kill: fn(&sqlx::Error) -> bool,
+    /// Whether a failed `BEGIN` statement may leave session state behind (multi-statement
+    /// begins), so the connection must be closed rather than reused.
+    pub(crate) close_on_failed_begin: bool,
+}
+
+/// Watchdog state: interrupt statements once past the deadline.
+pub(crate) const WATCHDOG_ACTIVE: u8 = 0;
+/// Watchdog state: the transaction ended; never interrupt.
+pub(crate) const WATCHDOG_OFF: u8 = 1;
+/// Watchdog state: the transaction was abandoned with a statement running; interrupt it now.
+pub(crate) const WATCHDOG_INTERRUPT: u8 = 2;
+
+/// How a statement in a transaction ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StatementEnd {
+    /// It failed with a retryable error (serialization failure, deadlock, busy).
+    pub(crate) retryable: bool,
+    /// It was stopped by the server-side bound derived from the deadline.
+    pub(crate) deadline_kill: bool,
+}
+
+/// An open physical transaction of a [`TxPool`](crate::TxPool).
+pub(crate) struct SqlxTransaction<DB: Database> {
+    conn: Option<PoolConnection<DB>>,
+    /// `BEGIN` succeeded and neither `COMMIT` nor `ROLLBACK` has yet.
+    open: bool,
+    /// A statement (or begin/commit/rollback) was started and has not completed: if it was
+    /// dropped mid-flight the connection is out of sync and must be closed, not reused.
+    in_flight: bool,
+    /// The server aborted the transaction after this failure; (message, retryable).
+    aborted: Option<(String, bool)>,
+    /// SQL restoring session state changed at begin (run after COMMIT/ROLLBACK).
+    reset: Option<&'static str>,
+    /// SQLite: the state of the deadline watchdog (progress handler) installed at begin.
+    watchdog: Option<Arc<AtomicU8>>,
+    exec: ExecRaw<DB>,
+    flavor: &'static Flavor,
+}
+
+impl<DB: Database> SqlxTransaction<DB> {
+    /// Wraps a freshly acquired connection (nothing sent yet).
+    pub(crate) fn new(
+        conn: PoolConnection<DB>,
+        exec: ExecRaw<DB>,
+        flavor: &'static Flavor,
+    ) -> Self {
+        SqlxTransaction {
+            conn: Some(conn),
+            open: false,
+            in_flight: false,
+            aborted: None,
+            reset: None,
+            watchdog: None,
+            exec,
+            flavor,
+        }
+    }
+
+    /// Registers SQL to run after the transaction ends, restoring a session setting.
+    pub(crate) fn set_reset(&mut self, sql: &'static str) {
+        self.reset = Some(sql);
+    }
+
+    /// Registers the state of a deadline watchdog: [`WATCHDOG_ACTIVE`] until the transaction
+    /// ends, then [`WATCHDOG_OFF`], or [`WATCHDOG_INTERRUPT`] to stop a statement left running.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>) {
+        self.watchdog = Some(state);
+    }
+
+    /// The connection, for backend code running during begin.
+    pub(crate) fn raw_connection(&mut self) -> &mut PoolConnection<DB> {
+        self.conn.as_mut().expect("connection present while begun")
+    }
+
+    /// Sends `statement` (which must begin a transaction) through sqlx's transaction manager.
+    pub(crate) async fn begin(&mut self, statement: String) -> Result<(), sqlx::Error> {
+        let conn = self.conn.as_mut().expect("connection present before begin");
+        self.in_flight = true;
+        let result = <DB::TransactionManager as SqlxTransactionManager>::begin(
+            conn,
+            Some(AssertSqlSafe(statement).into_sql_str()),
+        )
+        .await;
+        match &result {
+            Ok(()) => {
+                self.open = true;
+                self.in_flight = false;
+            }
+            Err(e) => {
+                // A failed multi-statement begin may leave session state (or even an aborted
+                // transaction) behind: keep `in_flight` so the connection gets closed.
+                if !self.flavor.close_on_failed_begin
+                    && !is_connection_error(e)
+                    && self.reset.is_none()
+                {
+                    self.in_flight = false;
+                }
+            }
+        }
+        result
+    }
+
+    /// The transaction of `DB` behind a locked [`TransactionGuard`].
+    pub(crate) fn from_guard(guard: &mut TransactionGuard) -> Result<&mut Self, TxError> {
+        guard
+            .physical()
+            .as_any_mut()
+            .downcast_mut::<Self>()
+            .ok_or_else(|| {
+                TxError::database(
+                    Operation::Statement,
+                    false,
+                    "the transaction bound to this TxPool is not a tx-sqlx transaction of the same \
+                     database type",
+                )
+            })
+    }
+
+    /// Takes the connection out for a [`TxConnection`](crate::TxConnection) guard.
+    pub(crate) fn take_connection(&mut self) -> Result<PoolConnection<DB>, TxError> {
+        self.conn.take().ok_or_else(lost_connection)
+    }
+
+    /// Puts back a connection taken with [`take_connection`](Self::take_connection).
+    pub(crate) fn put_connection(&mut self, conn: PoolConnection<DB>) {
+        self.conn = Some(conn);
+    }
+
+    /// Starts a statement: the connection to run it on.
+    pub(crate) fn start_statement(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        if self.flavor.refuse_after_abort
+            && let Some((cause, retryable)) = &self.aborted
+        {
+            return Err(tx_to_sqlx(TxError::database(
+                Operation::Statement,
+                *retryable,
+                TransactionAborted {
+                    backend: self.flavor.name,
+                    cause: cause.clone(),
+                },
+            )));
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| tx_to_sqlx(lost_connection()))?;
+        self.in_flight = true;
+        Ok(&mut **conn)
+    }
+
+    /// Ends a statement started with [`start_statement`](Self::start_statement).
+    pub(crate) fn end_statement<T>(&mut self, result: &Result<T, sqlx::Error>) -> StatementEnd {
+        match result {
+            Ok(_) => {
+                self.in_flight = false;
+                StatementEnd::default()
+            }
+            Err(e) => {
+                if !is_connection_error(e) {
+                    self.in_flight = false;
+                }
+                let retryable = tx_core::sqlx_is_retryable(e);
+                if self.aborted.is_none() && (self.flavor.aborts)(e) {
+                    self.aborted = Some((e.to_string(), retryable));
+                }
+                StatementEnd {
+                    retryable,
+                    deadline_kill: (self.flavor.deadline_kill)(e),
+                }
+            }
+        }
+    }
+
+    /// Ends the watchdog: off, or interrupting the statement still running (`interrupt`).
+    fn end_watchdog(&mut self, interrupt: bool) {
+        if let Some(state) = self.watchdog.take() {
+            let value = if interrupt {
+                WATCHDOG_INTERRUPT
+            } else {
+                WATCHDOG_OFF
+            };
+            state.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the connection instead of returning it: the server rolls back whatever is
+    /// open on it. Never blocks (sqlx closes it in a background task).
+    fn close(&mut self) {
+        self.end_watchdog(self.in_flight);
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+        self.open = false;
+    }
+
+    /// After COMMIT/ROLLBACK: restores session settings, then returns the connection.
+    async fn finish(&mut self) {
+        if let Some(sql) = self.reset.take()
+            && let Some(conn) = self.conn.as_mut()
+        {
+            self.in_flight = true;
+            let ok = matches!(
+                tokio::time::timeout(
+                    ROLLBACK_TIMEOUT,
+                    (self.exec)(&mut **conn, sql.into_sql_str())
+                )
+                .await,
+                Ok(Ok(()))
+            );
+            if ok {
+                self.in_flight = false;
+            } else {
+                tracing::warn!(target: "tx", "failed to reset the session after a transaction ({sql}); closing the connection");
+                self.close();
+            }
+        }
+        // Dropping the PoolConnection returns it to the pool.
+        self.conn = None;
+    }
+
+    async fn rollback_inner(&mut self) -> Result<(), TxError> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        if !self.open {
+            self.finish().await;
+            return Ok(());
+        }
+        if self.in_flight {
+            // A statement was interrupted (e.g. by the deadline): the connection may still be
+            // busy with it. Do not wait: closing the connection rolls the transaction back.
+            tracing::debug!(target: "tx", "rolling back by closing the connection: a statement was interrupted mid-flight");
+            self.close();
+            return Ok(());
+        }
+        self.end_watchdog(false);
+        let conn = self.conn.as_mut().expect("checked above");
+        self.in_flight = true;
+        let result = tokio::time::timeout(
+            ROLLBACK_TIMEOUT,
+            <DB::TransactionManager as SqlxTransactionManager>::rollback(conn),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                self.open = false;
+                self.in_flight = false;
+                self.finish().await;
+            }
+            Ok(Err(e)) => {
+                // The connection is closed, which rolls the transaction back on the server.
+                tracing::warn!(target: "tx", error = %e, "ROLLBACK failed; closing the connection instead (the server discards the transaction)");
+                self.close();
+            }
+            Err(_) => {
+                tracing::warn!(target: "tx", "ROLLBACK did not complete in {ROLLBACK_TIMEOUT:?}; closing the connection instead");
+                self.close();
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_inner(&mut self) -> Result<(), TxError> {
+        self.end_watchdog(self.in_flight);
+        if let Some((cause, retryable)) = self.aborted.take() {
+            self.rollback_inner().await?;
+            return Err(TxError::database(
+                Operation::Commit,
+                retryable,
+                TransactionAborted {
+                    backend: self.flavor.name,
+                    cause,
+                },
+            ));
+        }
+        let conn = self.conn.as_mut().ok_or_else(lost_connection)?;
+        self.in_flight = true;
+        match <DB::TransactionManager as SqlxTransactionManager>::commit(conn).await {
+            Ok(()) => {
+                self.open = false;
+                self.in_flight = false;
+                self.finish().await;
+                Ok(())
+            }
+            Err(e) if is_connection_error(&e) => {
+                self.close();
+                Err(TxError::CommitOutcomeUnknown(Box::new(e)))
+            }
+            Err(e) => {
+                // The server answered: the transaction did not commit (serialization failure,
+                // deferred constraint, SQLite busy, ...). Make sure it is rolled back.
+                self.in_flight = false;
+                let retryable = tx_core::sqlx_is_retryable(&e);
+                self.rollback_inner().await?;
+                Err(TxError::database(Operation::Commit, retryable, e))
+            }
+        }
+    }
+
+    async fn savepoint(&mut self, verb: &str, name: &str) -> Result<(), TxError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(TxError::database(
+                Operation::Savepoint,
+                false,
+                format!("invalid savepoint name {name:?}"),
+            ));
+        }
+        let exec = self.exec;
+        let sql = AssertSqlSafe(format!("{verb} {name}")).into_sql_str();
+        let conn = self
+            .start_statement()
+            .map_err(|e| db_error(Operation::Savepoint, e))?;
+        let result = exec(conn, sql).await;
+        self.end_statement(&result);
+        result.map_err(|e| db_error(Operation::Savepoint, e))
+    }
+}
+
+fn lost_connection() -> TxError {
+    TxError::database(
+        Operation::Statement,
+        false,
+        "the transaction's connection is gone (a TxConnection guard was leaked, or the \
+         transaction already ended)",
+    )
+}
+
+impl<DB: Database> PhysicalTransaction for SqlxTransaction<DB> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+        Box::pin(async move { self.commit_inner().await })
+    }
+
+    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+        Box::pin(async move { self.rollback_inner().await })
+    }
+
+    fn create_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+        Box::pin(self.savepoint("SAVEPOINT", name))
+    }
+
+    fn rollback_to_savepoint<'a>(
+        &'a mut self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), TxError>> {
+        Box::pin(async move {
+            self.savepoint("ROLLBACK TO SAVEPOINT", name).await?;
+            // Rolling back to a savepoint that exists undoes the failure that aborted the
+            // transaction (any such failure happened after the savepoint was created).
+            self.aborted = None;
+            Ok(())
+        })
+    }
+
+    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+        Box::pin(self.savepoint("RELEASE SAVEPOINT", name))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl<DB: Database> Drop for SqlxTransaction<DB> {
+    /// Dropped without `commit`/`rollback` (a cancelled call): roll back without blocking.
+    fn drop(&mut self) {
+        self.end_watchdog(self.in_flight);
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.open {
+            // Queues ROLLBACK; sqlx flushes it when the connection is released to the pool
+            // (the release pings the connection) and decrements its transaction depth now.
+            <DB::TransactionManager as SqlxTransactionManager>::start_rollback(&mut conn);
+        }
+        let runtime = tokio::runtime::Handle::try_current();
+        if self.in_flight || (self.reset.is_some() && runtime.is_err()) {
+            // Out of sync (or no way to reset the session): close instead of reusing.
+            conn.close_on_drop();
+            return;
+        }
+        if let (Some(sql), Ok(runtime)) = (self.reset.take(), runtime) {
+            let exec = self.exec;
+            runtime.spawn(async move {
+                let mut conn = conn;
+                let ok = matches!(
+                    tokio::time::timeout(ROLLBACK_TIMEOUT, exec(&mut *conn, sql.into_sql_str()))
+                        .await,
+                    Ok(Ok(()))
+                );
+                if !ok {
+                    conn.close_on_drop();
+                }
+            });
+        }
+        // Otherwise `conn` drops here and goes back to the pool.
+    }
+}

@@ -1,0 +1,287 @@
+//! [`TxPool`]: a sqlx pool that is also a transaction manager, and its connection guard.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, OnceLock};
+
+use sqlx::Database;
+use sqlx::pool::PoolConnection;
+use tx_core::TxError;
+use tx_core::connection::TransactionGuard;
+use tx_core::manager::ManagerKey;
+
+use crate::error::acquire_error;
+use crate::physical::SqlxTransaction;
+
+/// A sqlx connection pool that is also the transaction manager for it.
+///
+/// * As a **transaction manager** it is what you give to
+///   [`TransactionTemplate::new`](crate::TransactionTemplate::new),
+///   [`set_default_manager`](crate::set_default_manager) or `#[transactional(manager = ..)]`:
+///   it begins, commits and rolls back physical transactions on its pool's connections.
+/// * As an **executor** (`&TxPool`) it runs each query on the transaction bound to this pool
+///   in the current task, or on a pooled connection in autocommit when there is none, so
+///   queries are written exactly as with a plain `&Pool`:
+///   `sqlx::query("..").execute(&db).await?`.
+///
+/// Cloning is cheap (an `Arc`), and every clone is the same manager: a scope on one clone
+/// joins a transaction begun on another.
+///
+/// Inside a transaction, statements of one task on the same `TxPool` take turns on the
+/// transaction's single connection (concurrent futures, e.g. `join!`, are serialized). A
+/// stream (`fetch`) holds the connection until it ends or is dropped: finish it before running
+/// the next statement on `&db`, as you would with `&mut *conn` in plain sqlx.
+///
+/// ```no_run
+/// use tx_sqlx::{PgTxPool, Propagation, TransactionTemplate, TxError};
+///
+/// # async fn run() -> Result<(), TxError> {
+/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+/// let db = PgTxPool::new(pool);
+///
+/// let id: i64 = TransactionTemplate::new(db.clone())
+///     .propagation(Propagation::Required)
+///     .execute(|_status| {
+///         let db = db.clone();
+///         async move {
+///             let (id,): (i64,) = sqlx::query_as("insert into orders(total) values (10) returning id")
+///                 .fetch_one(&db)
+///                 .await?;
+///             sqlx::query("insert into audit(order_id) values ($1)").bind(id).execute(&db).await?;
+///             Ok::<_, TxError>(id)
+///         }
+///     })
+///     .await?;
+/// # let _ = id; Ok(()) }
+/// ```
+pub struct TxPool<DB: Database> {
+    pub(crate) inner: Arc<Inner<DB>>,
+}
+
+pub(crate) struct Inner<DB: Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    /// MySQL only: whether the server is MariaDB (`max_statement_time`) rather than MySQL
+    /// (`max_execution_time`); probed once, the first time a deadline needs it.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) mariadb: OnceLock<bool>,
+}
+
+impl<DB: Database> TxPool<DB> {
+    /// Wraps `pool`; the pool keeps all its own settings (size, timeouts, connect options).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let db = tx_sqlx::SqliteTxPool::new(sqlx::SqlitePool::connect("sqlite://app.db").await?);
+    /// # let _ = db; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        TxPool {
+            inner: Arc::new(Inner {
+                pool,
+                mariadb: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The underlying sqlx pool. Queries run directly on it never take part in a transaction
+    /// (use `&TxPool` for that).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tx_sqlx::PgTxPool) {
+    /// println!("{} connections, {} idle", db.pool().size(), db.pool().num_idle());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.inner.pool
+    }
+
+    /// The identity of this manager: the same for every clone.
+    pub(crate) fn manager_key(&self) -> ManagerKey {
+        ManagerKey::of(&self.inner)
+    }
+
+    /// A connection for connection-level work (streaming, `COPY`, `LISTEN`, advisory locks):
+    /// the connection of the transaction bound to this pool in the current task (after
+    /// sending its deferred `BEGIN`), or a pooled connection in autocommit when there is none.
+    ///
+    /// While the guard lives it has exclusive use of the transaction's connection: run
+    /// statements on it (`&mut *conn`), not on `&db`, which would wait for the guard to be
+    /// dropped. Statements run on the guard are not watched by the engine (retryable errors
+    /// are only recognised through the error you return).
+    ///
+    /// ```no_run
+    /// use tx_sqlx::{PgTxPool, TxError};
+    ///
+    /// # async fn run(db: PgTxPool) -> Result<(), TxError> {
+    /// let mut conn = db.acquire().await?;
+    /// let n: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&mut *conn).await?;
+    /// # let _ = n; Ok(()) }
+    /// ```
+    pub async fn acquire(&self) -> Result<TxConnection<DB>, TxError> {
+        if let Some(bound) = tx_core::connection::bound_transaction(self.manager_key()) {
+            let mut guard = bound.lock().await?;
+            let conn = SqlxTransaction::<DB>::from_guard(&mut guard)?.take_connection()?;
+            return Ok(TxConnection {
+                inner: ConnInner::Bound {
+                    guard,
+                    conn: Some(conn),
+                },
+            });
+        }
+        let conn = self.inner.pool.acquire().await.map_err(acquire_error)?;
+        Ok(TxConnection {
+            inner: ConnInner::Pooled(conn),
+        })
+    }
+}
+
+impl<DB: Database> Clone for TxPool<DB> {
+    fn clone(&self) -> Self {
+        TxPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for TxPool<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxPool")
+            .field("db", &DB::NAME)
+            .field("pool", &self.inner.pool)
+            .finish()
+    }
+}
+
+impl<DB: Database> From<sqlx::Pool<DB>> for TxPool<DB> {
+    fn from(pool: sqlx::Pool<DB>) -> Self {
+        TxPool::new(pool)
+    }
+}
+
+/// A [`TxPool`] on PostgreSQL.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// let db = tx_sqlx::PgTxPool::new(sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?);
+/// # let _ = db; Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub type PgTxPool = TxPool<sqlx::Postgres>;
+
+/// A [`TxPool`] on MySQL or MariaDB.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// let db = tx_sqlx::MySqlTxPool::new(sqlx::MySqlPool::connect("mysql://root@127.0.0.1/test").await?);
+/// # let _ = db; Ok(()) }
+/// ```
+#[cfg(feature = "mysql")]
+pub type MySqlTxPool = TxPool<sqlx::MySql>;
+
+/// A [`TxPool`] on SQLite.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// let db = tx_sqlx::SqliteTxPool::new(sqlx::SqlitePool::connect("sqlite://app.db").await?);
+/// # let _ = db; Ok(()) }
+/// ```
+#[cfg(feature = "sqlite")]
+pub type SqliteTxPool = TxPool<sqlx::Sqlite>;
+
+/// A connection handed out by [`TxPool::acquire`]: the bound transaction's connection, or a
+/// pooled one in autocommit. Derefs (mutably) to the driver's connection, so `&mut *conn` is
+/// a sqlx executor.
+///
+/// Dropping it gives the transaction's connection back to the transaction (or the pooled
+/// connection back to the pool).
+///
+/// ```no_run
+/// # async fn run(db: tx_sqlx::PgTxPool) -> Result<(), tx_sqlx::TxError> {
+/// let mut conn = db.acquire().await?;
+/// sqlx::query("select pg_advisory_xact_lock(42)").execute(&mut *conn).await?;
+/// # Ok(()) }
+/// ```
+pub struct TxConnection<DB: Database> {
+    inner: ConnInner<DB>,
+}
+
+enum ConnInner<DB: Database> {
+    Bound {
+        guard: TransactionGuard,
+        conn: Option<PoolConnection<DB>>,
+    },
+    Pooled(PoolConnection<DB>),
+}
+
+impl<DB: Database> TxConnection<DB> {
+    /// True when this is the connection of a transaction bound to the current task.
+    ///
+    /// ```no_run
+    /// # async fn run(db: tx_sqlx::PgTxPool) -> Result<(), tx_sqlx::TxError> {
+    /// let conn = db.acquire().await?;
+    /// assert!(!conn.in_transaction()); // outside every transactional scope
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.inner, ConnInner::Bound { .. })
+    }
+
+    fn conn(&self) -> &PoolConnection<DB> {
+        match &self.inner {
+            ConnInner::Bound { conn, .. } => conn.as_ref().expect("connection present until drop"),
+            ConnInner::Pooled(conn) => conn,
+        }
+    }
+
+    fn conn_mut(&mut self) -> &mut PoolConnection<DB> {
+        match &mut self.inner {
+            ConnInner::Bound { conn, .. } => conn.as_mut().expect("connection present until drop"),
+            ConnInner::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl<DB: Database> Deref for TxConnection<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        self.conn()
+    }
+}
+
+impl<DB: Database> DerefMut for TxConnection<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        self.conn_mut()
+    }
+}
+
+impl<DB: Database> AsMut<DB::Connection> for TxConnection<DB> {
+    fn as_mut(&mut self) -> &mut DB::Connection {
+        self.conn_mut()
+    }
+}
+
+impl<DB: Database> fmt::Debug for TxConnection<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxConnection")
+            .field("in_transaction", &self.in_transaction())
+            .finish()
+    }
+}
+
+impl<DB: Database> Drop for TxConnection<DB> {
+    fn drop(&mut self) {
+        if let ConnInner::Bound { guard, conn } = &mut self.inner
+            && let Some(conn) = conn.take()
+        {
+            match SqlxTransaction::<DB>::from_guard(guard) {
+                Ok(tx) => tx.put_connection(conn),
+                // Unreachable: the guard was downcast in `acquire`.
+                Err(_) => drop(conn),
+            }
+        }
+    }
+}
