@@ -1,6 +1,9 @@
 //! Shared support for the integration tests: server URLs, "server missing" policy, unique
 //! table names so parallel tests never share tables.
 
+pub mod proxy;
+pub mod reliability;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -32,7 +32,7 @@ pub fn transactional<'a, T, E, F, Fut>(
     make_body: F,
 ) -> impl Future<Output = Result<T, E>> + 'a
 where
-    E: From<TxError> + 'a,
+    E: TransactionalError + 'a,
     T: 'a,
     F: FnOnce() -> Fut + 'a,
     Fut: Future<Output = Result<T, E>> + 'a,
@@ -50,7 +50,7 @@ pub async fn transactional_retry<T, E, F, Fut>(
     mut make_body: F,
 ) -> Result<T, E>
 where
-    E: From<TxError>,
+    E: TransactionalError,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -73,6 +73,3 @@ where
 pub trait TransactionalError: From<TxError> {}
 
 impl<E: From<TxError>> TransactionalError for E {}
-
-/// Compile-time check that `E` is a [`TransactionalError`].
-pub const fn assert_transactional_error<E: TransactionalError>() {}

@@ -154,6 +154,11 @@ pub type SharedManager = Arc<dyn TransactionManager>;
 
 /// A manager that can be turned into a [`SharedManager`] when a transaction begins
 /// (blanket-implemented for every `Clone` manager; `TxPool` is one).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a transaction manager",
+    label = "`manager = ...` must name a `TxPool` (or another `Clone` type implementing `TransactionManager`), or a reference to one",
+    note = "use `manager = self.db` where `db: PgTxPool`, or a registered name: `manager = \"orders\"`"
+)]
 pub trait ShareManager: TransactionManager {
     /// An owned handle on the same resource.
     fn share(&self) -> SharedManager;

@@ -219,8 +219,8 @@ where
     }
 }
 
-/// Completes a cancelled new transaction: rolls back and runs its hooks as rolled back,
-/// in a spawned task because a destructor cannot wait.
+/// Completes a cancelled new transaction: rolls back (unless COMMIT was already sent) and
+/// finishes its hooks from where they stopped, in a spawned task (a destructor cannot wait).
 struct CancelGuard {
     armed: Option<(Arc<Transaction>, Arc<SyncScope>)>,
 }
@@ -232,20 +232,13 @@ impl Drop for CancelGuard {
         };
         tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
         let physical = tx.try_take_physical();
-        let hooks = sync.take();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(hooks.rollback_detached(async move {
-                    if let Some(p) = physical
-                        && let Err(e) = p.rollback().await
-                    {
-                        tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
-                    }
-                }));
+        sync.spawn_finish_cancelled(async move {
+            if let Some(p) = physical
+                && let Err(e) = p.rollback().await
+            {
+                tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
             }
-            // No runtime left: dropping the physical transaction rolls it back.
-            Err(_) => drop(physical),
-        }
+        });
     }
 }
 
@@ -348,12 +341,12 @@ where
     let (outcome, commit) = match end {
         BodyEnd::Panicked(panic) => {
             tracing::debug!(target: "tx", "Transactional body of [{}] panicked", tx.name());
-            sync.take().rollback(tx_ctx, rollback()).await;
+            sync.rollback(tx_ctx, rollback()).await;
             return Err(panic);
         }
         BodyEnd::TimedOut => {
             tracing::debug!(target: "tx", "Transaction [{}] timed out", tx.name());
-            sync.take().rollback(tx_ctx, rollback()).await;
+            sync.rollback(tx_ctx, rollback()).await;
             return Ok(Err(TxError::Timeout.into()));
         }
         BodyEnd::Returned(Ok(v)) => {
@@ -373,7 +366,7 @@ where
         }
     };
     if !commit {
-        sync.take().rollback(tx_ctx, rollback()).await;
+        sync.rollback(tx_ctx, rollback()).await;
         // A body that failed after the deadline failed because of it (a statement cut by the
         // server's statement timeout, or refused by the engine): report the timeout.
         if outcome.is_err() && tx.past_deadline() {
@@ -387,7 +380,7 @@ where
             "Global transaction [{}] is marked as rollback-only but transactional code requested commit",
             tx.name()
         );
-        sync.take().rollback(tx_ctx, rollback()).await;
+        sync.rollback(tx_ctx, rollback()).await;
         return Ok(Err(TxError::UnexpectedRollback.into()));
     }
     let commit_physical = async {
@@ -399,9 +392,7 @@ where
         }
     };
     let (completion, r) = sync
-        .take()
         .commit(
-            sync,
             tx_ctx,
             tx.definition.is_read_only(),
             commit_physical,
@@ -423,20 +414,20 @@ where
 }
 
 /// Rolls the savepoint back if a `Nested` scope is dropped before it finished; its hooks
-/// complete as rolled back.
+/// finish as rolled back.
 struct SavepointGuard {
     armed: Option<(Arc<Transaction>, u64, Arc<SyncScope>)>,
+    /// Whether the savepoint is still open (its ROLLBACK TO / RELEASE has not returned).
+    open: bool,
 }
 
 impl Drop for SavepointGuard {
     fn drop(&mut self) {
-        let Some((tx, id, sync)) = self.armed.take() else {
-            return;
-        };
-        tx.abandon_savepoint(id);
-        let hooks = sync.take();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(hooks.rollback_detached(async {}));
+        if let Some((tx, id, sync)) = self.armed.take() {
+            if self.open {
+                tx.abandon_savepoint(id);
+            }
+            sync.spawn_finish_cancelled(async {});
         }
     }
 }
@@ -486,6 +477,7 @@ where
 
     let mut guard = SavepointGuard {
         armed: Some((tx.clone(), id, sync.clone())),
+        open: true,
     };
     let end = BodyEnd::from_caught(
         sp_ctx
@@ -493,7 +485,6 @@ where
             .run(AssertUnwindSafe(body(status)).catch_unwind())
             .await,
     );
-    guard.armed = None;
 
     // A participant inside that failed marked the transaction; that mark belongs to the
     // savepoint and is undone with it (Spring resets it on rollback to savepoint).
@@ -503,51 +494,48 @@ where
         BodyEnd::Returned(Err(e)) => rollback_on(e) || scope.is_local_rollback_only() || marked_inside,
         BodyEnd::Returned(Ok(_)) => scope.is_local_rollback_only() || marked_inside,
     };
-    let result = if rollback {
+    // The guard stays armed until the savepoint is resolved: a call cancelled during
+    // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
+    let failure = if rollback {
         let mut failure = None;
-        sync.take()
-            .rollback(&sp_ctx, async {
-                if let Err(e) = tx.pop_savepoint(id, true).await {
-                    failure = Some(e);
-                }
-            })
-            .await;
-        tx.restore_global_rollback_only(global_before);
-        if let Some(e) = failure {
-            // The savepoint's work could not be undone: the whole transaction must go.
-            tx.set_global_rollback_only();
-            Err(e.into())
-        } else {
-            match end {
-                BodyEnd::Returned(Ok(_)) if marked_inside && !scope.is_local_rollback_only() => {
-                    Err(TxError::UnexpectedRollback.into())
-                }
-                BodyEnd::Returned(r) => r,
-                BodyEnd::TimedOut => Err(TxError::Timeout.into()),
-                BodyEnd::Panicked(panic) => {
-                    scope.set_completed();
-                    resume_unwind(panic)
-                }
+        sync.rollback(&sp_ctx, async {
+            if let Err(e) = tx.pop_savepoint(id, true).await {
+                failure = Some(e);
             }
-        }
+            guard.open = false;
+        })
+        .await;
+        tx.restore_global_rollback_only(global_before);
+        failure
     } else {
-        match tx.pop_savepoint(id, false).await {
+        let popped = tx.pop_savepoint(id, false).await;
+        guard.open = false;
+        match popped {
             Ok(()) => {
-                parent_sync.append(sync.take());
-                match end {
-                    BodyEnd::Returned(r) => r,
-                    _ => unreachable!("panics and timeouts roll back"),
-                }
+                sync.hand_over_to(&parent_sync);
+                None
             }
             Err(e) => {
-                tx.set_global_rollback_only();
-                sync.take().rollback(&sp_ctx, async {}).await;
-                Err(e.into())
+                sync.rollback(&sp_ctx, async {}).await;
+                Some(e)
             }
         }
     };
+    guard.armed = None;
     scope.set_completed();
-    result
+    if let Some(e) = failure {
+        // The savepoint's work could not be undone or kept: the whole transaction must go.
+        tx.set_global_rollback_only();
+        return Err(e.into());
+    }
+    match end {
+        BodyEnd::Returned(Ok(_)) if marked_inside && !scope.is_local_rollback_only() => {
+            Err(TxError::UnexpectedRollback.into())
+        }
+        BodyEnd::Returned(r) => r,
+        BodyEnd::TimedOut => Err(TxError::Timeout.into()),
+        BodyEnd::Panicked(panic) => resume_unwind(panic),
+    }
 }
 
 /// Completes the hooks of a cancelled scope without a transaction.
@@ -555,8 +543,8 @@ struct NoTxCancelGuard(Option<Arc<SyncScope>>);
 
 impl Drop for NoTxCancelGuard {
     fn drop(&mut self) {
-        if let (Some(sync), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(sync.take().rollback_detached(async {}));
+        if let Some(sync) = self.0.take() {
+            sync.spawn_finish_cancelled(async {});
         }
     }
 }
@@ -606,7 +594,7 @@ where
     }
     match end {
         Err(panic) => {
-            sync.take().rollback(&ctx, async {}).await;
+            sync.rollback(&ctx, async {}).await;
             resume_unwind(panic)
         }
         Ok(r) => {
@@ -615,12 +603,11 @@ where
                 Err(e) => rollback_on(e) || scope.is_local_rollback_only(),
             };
             if failed {
-                sync.take().rollback(&ctx, async {}).await;
+                sync.rollback(&ctx, async {}).await;
                 r
             } else {
                 let (_, hooks) = sync
-                    .take()
-                    .commit(&sync, &ctx, definition.is_read_only(), async { Ok(()) }, async {})
+                    .commit(&ctx, definition.is_read_only(), async { Ok(()) }, async {})
                     .await;
                 match hooks {
                     Ok(()) => r,

@@ -9,7 +9,8 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 
@@ -92,86 +93,119 @@ impl<S: TransactionSynchronization> DynSynchronization for S {
     }
 }
 
-type Hook = Box<dyn DynSynchronization>;
+type Hook = Arc<dyn DynSynchronization>;
 
-/// The hooks registered with one synchronization owner.
-#[derive(Default)]
+/// How far a scope's completion sequence got; a scope dropped mid-way (a cancelled call)
+/// finishes from there, so every hook still sees exactly one `after_completion`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Stage {
+    Open,
+    BeforeCommit,
+    BeforeCompletion,
+    RollbackSent,
+    CommitSent,
+    Committed,
+    Finished,
+}
+
+/// The hooks registered with one synchronization owner, and how far its completion got.
 pub(crate) struct SyncScope {
     hooks: Mutex<Vec<Hook>>,
+    stage: AtomicU8,
+}
+
+impl Default for SyncScope {
+    fn default() -> Self {
+        SyncScope {
+            hooks: Mutex::default(),
+            stage: AtomicU8::new(Stage::Open as u8),
+        }
+    }
 }
 
 impl SyncScope {
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<Hook>> {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, hook: Hook) {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+        self.hooks().push(hook);
     }
 
-    /// Takes every hook registered so far.
-    pub(crate) fn take(&self) -> Hooks {
-        Hooks(std::mem::take(
-            &mut *self.hooks.lock().unwrap_or_else(|p| p.into_inner()),
-        ))
+    /// The `i`-th hook; the list may grow while a phase runs (a `before_commit` hook may
+    /// register another).
+    fn get(&self, i: usize) -> Option<Hook> {
+        self.hooks().get(i).cloned()
     }
 
-    /// Hands hooks of a released savepoint to the enclosing owner, in order.
-    pub(crate) fn append(&self, hooks: Hooks) {
-        self.hooks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(hooks.0);
-    }
-}
-
-/// Hooks taken out for completion.
-#[derive(Default)]
-pub(crate) struct Hooks(Vec<Hook>);
-
-impl Hooks {
-    /// Runs `before_commit` of every hook, stopping at the first failure. Hooks registered
-    /// by a `before_commit` hook (still in `scope`) join the list and run too.
-    async fn before_commit(&mut self, scope: &SyncScope, read_only: bool) -> Result<(), TxError> {
-        let mut done = 0;
-        loop {
-            while done < self.0.len() {
-                let hook = &self.0[done];
-                match AssertUnwindSafe(hook.before_commit(read_only)).catch_unwind().await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(TxError::BeforeCommit(e)),
-                    Err(panic) => return Err(TxError::BeforeCommit(panic_message(&panic).into())),
-                }
-                done += 1;
-            }
-            let late = scope.take();
-            if late.0.is_empty() {
-                return Ok(());
-            }
-            self.0.extend(late.0);
+    fn stage(&self) -> Stage {
+        match self.stage.load(Ordering::Relaxed) {
+            0 => Stage::Open,
+            1 => Stage::BeforeCommit,
+            2 => Stage::BeforeCompletion,
+            3 => Stage::RollbackSent,
+            4 => Stage::CommitSent,
+            5 => Stage::Committed,
+            _ => Stage::Finished,
         }
     }
 
-    async fn before_completion(&self) {
-        for hook in &self.0 {
-            if let Err(panic) = AssertUnwindSafe(hook.before_completion()).catch_unwind().await {
-                log_panic("before_completion", &panic);
+    fn set_stage(&self, stage: Stage) {
+        self.stage.store(stage as u8, Ordering::Relaxed);
+    }
+
+    /// Hands the hooks of a released savepoint to the enclosing owner, in order.
+    pub(crate) fn hand_over_to(&self, parent: &SyncScope) {
+        let hooks = std::mem::take(&mut *self.hooks());
+        parent.hooks().extend(hooks);
+        self.set_stage(Stage::Finished);
+    }
+
+    /// Runs `before_commit` of every hook, stopping at the first failure.
+    async fn before_commit(&self, read_only: bool) -> Result<(), TxError> {
+        let mut i = 0;
+        while let Some(hook) = self.get(i) {
+            match AssertUnwindSafe(hook.before_commit(read_only)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(TxError::BeforeCommit(e)),
+                Err(panic) => return Err(TxError::BeforeCommit(panic_message(&*panic).into())),
             }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    async fn before_completion(&self) {
+        let mut i = 0;
+        while let Some(hook) = self.get(i) {
+            if let Err(panic) = AssertUnwindSafe(hook.before_completion()).catch_unwind().await {
+                log_panic("before_completion", &*panic);
+            }
+            i += 1;
         }
     }
 
     async fn after_commit(&self) {
-        for hook in &self.0 {
+        let mut i = 0;
+        while let Some(hook) = self.get(i) {
             if let Err(panic) = AssertUnwindSafe(hook.after_commit()).catch_unwind().await {
-                log_panic("after_commit", &panic);
+                log_panic("after_commit", &*panic);
             }
+            i += 1;
         }
     }
 
     async fn after_completion(&self, completion: Completion) {
-        for hook in &self.0 {
+        let mut i = 0;
+        while let Some(hook) = self.get(i) {
             if let Err(panic) = AssertUnwindSafe(hook.after_completion(completion))
                 .catch_unwind()
                 .await
             {
-                log_panic("after_completion", &panic);
+                log_panic("after_completion", &*panic);
             }
+            i += 1;
         }
     }
 
@@ -181,8 +215,7 @@ impl Hooks {
     ///
     /// Returns how it ended, and the error when it did not commit.
     pub(crate) async fn commit<F, R>(
-        mut self,
-        scope: &SyncScope,
+        &self,
         tx_ctx: &Context,
         read_only: bool,
         commit: F,
@@ -192,49 +225,80 @@ impl Hooks {
         F: Future<Output = Result<(), TxError>>,
         R: Future<Output = ()>,
     {
-        if let Err(e) = tx_ctx.clone().run(self.before_commit(scope, read_only)).await {
+        self.set_stage(Stage::BeforeCommit);
+        if let Err(e) = tx_ctx.clone().run(self.before_commit(read_only)).await {
             tracing::debug!(target: "tx", "before_commit synchronization failed, rolling back: {e}");
             self.rollback(tx_ctx, rollback).await;
             return (Completion::RolledBack, Err(e));
         }
+        self.set_stage(Stage::BeforeCompletion);
         tx_ctx.clone().run(self.before_completion()).await;
-        match commit.await {
+        self.set_stage(Stage::CommitSent);
+        let (completion, result) = match commit.await {
             Ok(()) => {
-                Context::default()
-                    .run(async {
-                        self.after_commit().await;
-                        self.after_completion(Completion::Committed).await;
-                    })
-                    .await;
+                self.set_stage(Stage::Committed);
+                Context::default().run(self.after_commit()).await;
                 (Completion::Committed, Ok(()))
             }
-            Err(e) => {
-                let completion = match e {
-                    TxError::CommitOutcomeUnknown(_) => Completion::Unknown,
-                    _ => Completion::RolledBack,
-                };
-                Context::default().run(self.after_completion(completion)).await;
-                (completion, Err(e))
-            }
-        }
+            Err(e @ TxError::CommitOutcomeUnknown(_)) => (Completion::Unknown, Err(e)),
+            Err(e) => (Completion::RolledBack, Err(e)),
+        };
+        self.set_stage(Stage::Finished);
+        Context::default().run(self.after_completion(completion)).await;
+        (completion, result)
     }
 
     /// The rollback sequence around `rollback` (the physical ROLLBACK or ROLLBACK TO).
-    pub(crate) async fn rollback(self, tx_ctx: &Context, rollback: impl Future<Output = ()>) {
-        tx_ctx.clone().run(self.before_completion()).await;
+    pub(crate) async fn rollback(&self, tx_ctx: &Context, rollback: impl Future<Output = ()>) {
+        if self.stage() < Stage::BeforeCompletion {
+            self.set_stage(Stage::BeforeCompletion);
+            tx_ctx.clone().run(self.before_completion()).await;
+        }
+        self.set_stage(Stage::RollbackSent);
         rollback.await;
+        self.set_stage(Stage::Finished);
         Context::default()
             .run(self.after_completion(Completion::RolledBack))
             .await;
     }
 
-    /// The rollback sequence for a cancelled scope (no context to run in any more).
-    pub(crate) async fn rollback_detached(self, rollback: impl Future<Output = ()>) {
-        self.rollback(&Context::default(), rollback).await;
+    /// Finishes the sequence of a scope dropped before it completed (a cancelled call), from
+    /// where it stopped: before COMMIT was sent it rolls back (`rollback`); with COMMIT in
+    /// flight the outcome is unknown; after it, committed.
+    pub(crate) async fn finish_cancelled(&self, rollback: impl Future<Output = ()>) {
+        let completion = match self.stage() {
+            Stage::Open | Stage::BeforeCommit | Stage::BeforeCompletion => {
+                self.rollback(&Context::default(), rollback).await;
+                return;
+            }
+            Stage::RollbackSent => Completion::RolledBack,
+            Stage::CommitSent => Completion::Unknown,
+            Stage::Committed => Completion::Committed,
+            Stage::Finished => return,
+        };
+        self.set_stage(Stage::Finished);
+        Context::default().run(self.after_completion(completion)).await;
+    }
+
+    /// Spawns [`finish_cancelled`](Self::finish_cancelled) (a destructor cannot wait); without
+    /// a runtime, `rollback` is dropped, which drops the physical transaction and so rolls it back.
+    pub(crate) fn spawn_finish_cancelled(
+        self: Arc<Self>,
+        rollback: impl Future<Output = ()> + Send + 'static,
+    ) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { self.finish_cancelled(rollback).await });
+            }
+            Err(_) => tracing::warn!(
+                target: "tx",
+                "transactional scope dropped outside a tokio runtime: rolled back, hooks not run"
+            ),
+        }
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         format!("panicked: {s}")
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -244,7 +308,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn log_panic(phase: &str, panic: &Box<dyn std::any::Any + Send>) {
+fn log_panic(phase: &str, panic: &(dyn std::any::Any + Send)) {
     tracing::error!(
         target: "tx",
         "{phase} synchronization {}; ignored, the transaction outcome stands",
@@ -263,7 +327,7 @@ fn log_panic(phase: &str, panic: &Box<dyn std::any::Any + Send>) {
 /// assert!(matches!(tx_core::register_synchronization(Nothing), Err(TxError::NoTransaction)));
 /// ```
 pub fn register_synchronization(sync: impl TransactionSynchronization) -> Result<(), TxError> {
-    context::current_sync()?.push(Box::new(sync));
+    context::current_sync()?.push(Arc::new(sync));
     Ok(())
 }
 

@@ -214,15 +214,18 @@ impl Transaction {
 
     /// Marks the savepoint of a dropped `Nested` scope for rollback (a destructor cannot
     /// wait for the lock; the statement that held it was dropped first, so it is free).
+    /// When the savepoint cannot be reached, or was being resolved when the scope was
+    /// dropped, its work may or may not be undone: the whole transaction must roll back.
     pub(crate) fn abandon_savepoint(&self, id: u64) {
-        match self.slot.try_lock() {
-            Ok(mut slot) => {
-                if let Some(sp) = slot.savepoints.iter_mut().find(|sp| sp.id == id) {
-                    sp.abandoned = true;
-                }
-            }
-            // Cannot reach the savepoint: its work must not commit.
-            Err(_) => self.set_global_rollback_only(),
+        let marked = self.slot.try_lock().is_ok_and(|mut slot| {
+            slot.savepoints
+                .iter_mut()
+                .find(|sp| sp.id == id)
+                .map(|sp| sp.abandoned = true)
+                .is_some()
+        });
+        if !marked {
+            self.set_global_rollback_only();
         }
     }
 

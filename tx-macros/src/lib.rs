@@ -1,6 +1,317 @@
-//! stub
+//! The `#[transactional]` attribute of [tx](https://github.com/tx-rs/tx): Spring's
+//! `@Transactional` for async Rust.
+//!
+//! Use it through `tx-sqlx` (`use tx_sqlx::prelude::*;`) or `tx-core`, which re-export it; see
+//! [`macro@transactional`] for every key. The expansion is a thin call into tx-core's engine
+//! (`tx_core::__private`): all transaction logic lives there.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
-/// stub
+
+mod args;
+mod expand;
+mod krate;
+
+/// Runs an `async fn` in a transaction, the way Spring's `@Transactional` does.
+///
+/// ```no_run
+/// use tx_sqlx::PgTxPool;
+/// use tx_sqlx::prelude::*;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum AppError {
+///     #[error(transparent)]
+///     Tx(#[from] TxError),
+///     #[error(transparent)]
+///     Db(#[from] sqlx::Error),
+///     #[error("risk check rejected the order: {reason}")]
+///     RiskRejected { reason: String },
+/// }
+///
+/// struct OrderService {
+///     db: PgTxPool,
+/// }
+///
+/// impl OrderService {
+///     /// Both inserts commit together, or neither does.
+///     #[transactional(manager = self.db)]
+///     async fn place(&self, id: i64) -> Result<(), AppError> {
+///         sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind(id).execute(&self.db).await?;
+///         sqlx::query("INSERT INTO order_items (order_id) VALUES ($1)").bind(id).execute(&self.db).await?;
+///         Ok(())
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # Where it goes
+///
+/// On an `async fn` returning `Result<T, E>` where `E: From<TxError>` (so the engine can report
+/// its own failures, such as [`TxError::Timeout`] or [`TxError::UnexpectedRollback`], through
+/// your error type):
+///
+/// - free functions, generic functions;
+/// - inherent methods taking `&self`, `&mut self`, `self`, or `self: Arc<Self>`;
+/// - methods of a trait `impl` (and default bodies of trait methods);
+/// - an `impl` block (inherent or trait): the attribute becomes the default for every `async fn`
+///   in the block returning a `Result` (Spring's class-level annotation). A method with its own
+///   `#[transactional(...)]` uses that one **instead** (the two are not merged); plain `fn`s and
+///   `async fn`s not returning a `Result` are left alone.
+///
+/// The signature, visibility, attributes and doc comments are kept as written. The returned
+/// future is `Send` whenever the body's is, so a call can be moved into `tokio::spawn`.
+///
+/// `Result` means a path ending in `Result`: `Result<T, E>`, `std::result::Result<T, E>`, or a
+/// one-parameter alias such as `AppResult<T>` (its error type is then checked through the alias).
+///
+/// # Keys
+///
+/// `#[transactional]` alone means `#[transactional(propagation = Required, isolation = Default)]`
+/// on the default manager. Each key may be given once, separated by commas:
+///
+/// | key | values | default |
+/// |---|---|---|
+/// | `propagation` | `Required`, `RequiresNew`, `Nested`, `Supports`, `NotSupported`, `Mandatory`, `Never` (or Spring's `REQUIRED`, `REQUIRES_NEW`, `NESTED`, `SUPPORTS`, `NOT_SUPPORTED`, `MANDATORY`, `NEVER`; `Propagation::RequiresNew` also works) | `Required` |
+/// | `isolation` | `Default`, `ReadUncommitted`, `ReadCommitted`, `RepeatableRead`, `Serializable` (or `DEFAULT`, `READ_UNCOMMITTED`, `READ_COMMITTED`, `REPEATABLE_READ`, `SERIALIZABLE`) | `Default` (the database's) |
+/// | `timeout` | whole seconds `5`, or a string of `<n><unit>` parts with units `ms`, `s`, `m`, `h`: `"250ms"`, `"2s"`, `"1m30s"`; must be greater than zero | none |
+/// | `read_only` | `read_only` alone (= `true`), `read_only = true`, `read_only = false` | `false` |
+/// | `rollback_for` | a pattern over the error type, `\|` allowed | every `Err` rolls back |
+/// | `no_rollback_for` | a pattern over the error type, `\|` allowed | (none) |
+/// | `manager` | a registered name `"orders"`, or an expression `self.db`, `db()`, `POOL.clone()` | the default manager |
+/// | `name` | a string literal | `concat!(module_path!(), "::", <fn name>)` |
+/// | `retry` | a non-negative integer: how many times to re-run the call | `0` |
+///
+/// ## `propagation`
+///
+/// How the call relates to a transaction already running in this task:
+///
+/// | behaviour | a transaction exists | none exists |
+/// |---|---|---|
+/// | `Required` | join it | begin one |
+/// | `RequiresNew` | suspend it, begin an independent one on another connection | begin one |
+/// | `Nested` | savepoint in it | begin one |
+/// | `Supports` | join it | run without one |
+/// | `NotSupported` | suspend it, run without one | run without one |
+/// | `Mandatory` | join it | `Err(TxError::NoTransaction)` |
+/// | `Never` | `Err(TxError::ExistingTransaction)` | run without one |
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// # struct AuditService { db: PgTxPool }
+/// impl AuditService {
+///     /// Kept even when the caller's transaction rolls back.
+///     #[transactional(propagation = REQUIRES_NEW, manager = self.db)]
+///     async fn record(&self, note: &str) -> Result<(), TxError> {
+///         sqlx::query("INSERT INTO audit (note) VALUES ($1)").bind(note).execute(&self.db).await?;
+///         Ok(())
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ## `isolation`, `read_only`, `timeout`
+///
+/// Applied when the call begins a transaction (a participant runs with its owner's settings).
+/// Past the timeout, counted from the transaction's start, the transaction is rolled back and
+/// the call returns `TxError::Timeout` (through `E`), even while the body is still awaiting.
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// #[transactional(isolation = Serializable, read_only, timeout = "250ms")]
+/// async fn report() -> Result<i64, TxError> {
+///     Ok(0)
+/// }
+///
+/// #[transactional(isolation = REPEATABLE_READ, read_only = false, timeout = 30)]
+/// async fn rebuild() -> Result<(), TxError> {
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ## `rollback_for`, `no_rollback_for`
+///
+/// By default every `Err` rolls back and every `Ok` commits (a panic always rolls back). The
+/// patterns are matched against `&E` (so `AppError::RiskRejected { .. }` matches by reference):
+///
+/// | given | an `Err(e)` rolls back when |
+/// |---|---|
+/// | neither | always |
+/// | `no_rollback_for = N` | `!matches!(e, N)`: matching errors commit the work done so far |
+/// | `rollback_for = R` | `matches!(e, R)`: other errors commit |
+/// | both | `matches!(e, R) && !matches!(e, N)` |
+///
+/// The call still returns the `Err` either way. A pattern that cannot match the error type is a
+/// compile error at the pattern.
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// # #[derive(Debug)] enum AppError { Tx(TxError), RiskRejected { reason: String }, OutOfStock(u32), Db(String) }
+/// # impl From<TxError> for AppError { fn from(e: TxError) -> Self { AppError::Tx(e) } }
+/// /// The order is kept (waiting for audit) when the risk check says no.
+/// #[transactional(no_rollback_for = AppError::RiskRejected { .. } | AppError::OutOfStock(_))]
+/// async fn place_order() -> Result<(), AppError> {
+///     Err(AppError::RiskRejected { reason: "amount".into() })
+/// }
+///
+/// /// Only database errors roll back; anything else commits.
+/// #[transactional(rollback_for = AppError::Db(_) | AppError::Tx(_))]
+/// async fn import() -> Result<(), AppError> {
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ## `manager`
+///
+/// Which transaction manager (for tx-sqlx, which `TxPool`) the scope uses:
+///
+/// - omitted: the default manager, set once with `set_default_manager(pool)`;
+/// - `manager = "orders"`: the manager registered with `register_manager("orders", pool)`;
+/// - `manager = EXPR`: any expression giving the manager or a reference to it, such as
+///   `self.db` or `db()`. It is evaluated once per call, before the body runs, and its handle is
+///   cloned (an `Arc` increment for a `TxPool`), so it may borrow `self` even in a `&mut self`
+///   or `self: Arc<Self>` method.
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// # static POOL: std::sync::OnceLock<PgTxPool> = std::sync::OnceLock::new();
+/// fn db() -> &'static PgTxPool {
+///     POOL.get().expect("pool initialised at start-up")
+/// }
+///
+/// #[transactional(manager = db())]
+/// async fn by_expression() -> Result<(), TxError> { Ok(()) }
+///
+/// #[transactional(manager = "audit")] // tx_sqlx::register_manager("audit", pool)
+/// async fn by_name() -> Result<(), TxError> { Ok(()) }
+/// # fn main() {}
+/// ```
+///
+/// ## `name`
+///
+/// The transaction's name, seen in logs and `TransactionStatus::name()`. Default: the module
+/// path and the function's name, e.g. `"shop::orders::place"`.
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// #[transactional(name = "orders.place")]
+/// async fn place() -> Result<(), TxError> { Ok(()) }
+/// # fn main() {}
+/// ```
+///
+/// ## `retry`
+///
+/// `retry = N` re-runs the whole call, up to `N` more times with jittered exponential backoff,
+/// when the transaction it began fails with a retryable error (`TxError::is_retryable()`:
+/// serialization failures, deadlocks). A call that joins an existing transaction never retries
+/// on its own: the owner of the transaction decides.
+///
+/// Each attempt runs a fresh body, so the parameters the body uses are cloned per attempt:
+/// with `retry`, by-value parameters (and a by-value `self`, such as `self: Arc<Self>`) must be
+/// `Clone`; shared references (`&self`, `&str`) are simply reused. `&mut self` and `&mut`
+/// parameters are a compile error with `retry`: one exclusive borrow cannot be handed to
+/// several attempts.
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// # struct Counter { db: PgTxPool }
+/// impl Counter {
+///     #[transactional(isolation = Serializable, retry = 5, manager = self.db)]
+///     async fn increment(&self, key: String) -> Result<(), TxError> {
+///         sqlx::query("UPDATE counters SET n = n + 1 WHERE key = $1")
+///             .bind(&key)
+///             .execute(&self.db)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # On an `impl` block
+///
+/// ```no_run
+/// # use tx_sqlx::prelude::*;
+/// # use tx_sqlx::PgTxPool;
+/// # struct UserQueries { db: PgTxPool }
+/// #[transactional(read_only, manager = self.db)]
+/// impl UserQueries {
+///     /// read-only, from the block
+///     async fn count(&self) -> Result<i64, TxError> { Ok(0) }
+///
+///     /// its own attribute replaces the block's entirely (so it names the manager again)
+///     #[transactional(manager = self.db)]
+///     async fn rename(&self, id: i64, name: &str) -> Result<(), TxError> { Ok(()) }
+///
+///     /// not async: left alone
+///     fn table(&self) -> &'static str { "users" }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # What it expands to
+///
+/// A thin call into the engine: the definition is a `static` built at compile time (a call
+/// allocates nothing for it), the body becomes a closure returning an `async move` block, and
+/// the rollback rule a `fn(&E) -> bool`. Roughly (helper names shortened):
+///
+/// ```ignore
+/// #[transactional(propagation = RequiresNew, timeout = "2s", no_rollback_for = AppError::Warn, manager = self.db)]
+/// async fn add(&self, user: User) -> Result<u64, AppError> { BODY }
+///
+/// // becomes, with `__private` being `::tx_sqlx::__private` or `::tx_core::__private`:
+/// async fn add(&self, user: User) -> Result<u64, AppError> {
+///     // passes straight through to `__private::transactional`; its bound
+///     // `E: TransactionalError` is what reports a missing `From<TxError>` at `AppError`
+///     fn run<'a, T, E: __private::TransactionalError, F, Fut>(..) -> impl Future<..> + 'a { .. }
+///
+///     let def: &'static TransactionDefinition = {
+///         static DEF: TransactionDefinition = TransactionDefinition::__const(
+///             Propagation::RequiresNew, Isolation::Default,
+///             Some(Duration::from_millis(2000)), false,
+///             concat!(module_path!(), "::", "add"),
+///         );
+///         &DEF
+///     };
+///     let handle = (self.db).clone();              // `manager = EXPR`, once per call
+///     let manager = __private::by_expr(&handle);    // (`ManagerRef::Default` / `Named("..")`)
+///     let make_body = move || async move {
+///         // dead code fixing the block's output type to `Result<u64, AppError>`, so `?` and
+///         // `return` inside BODY convert exactly as in the original function
+///         BODY
+///     };
+///     run::<_, AppError, _, _>(manager, def, |e: &AppError| !matches!(e, AppError::Warn), make_body).await
+/// }
+/// ```
+///
+/// With `retry = N` the closure clones what the body uses by value,
+/// `move || { let user = user.clone(); async move { BODY } }`, and is given to
+/// `__private::transactional_retry(manager, def, N, rollback_on, make_body)`.
+///
+/// The runtime path is found with `proc-macro-crate`: `tx_sqlx` when the crate depends on
+/// `tx-sqlx` (also when it depends on both), else `tx_core`, following renames in `Cargo.toml`.
+///
+/// # Compile-time errors
+///
+/// Misuse is reported at the offending token, saying what is allowed: a function that is not
+/// `async`; one not returning a `Result`; an error type without `From<TxError>`; an unknown key
+/// (the valid keys are listed, with a "did you mean" for Spring spellings such as `readOnly`);
+/// a duplicate key; an unknown propagation or isolation (the valid ones are listed); a zero,
+/// negative or unparseable timeout; `read_only = "yes"`; a pattern that does not match the
+/// error type; a negative `retry`; `retry` with `&mut self`; the attribute on a struct, const,
+/// or anything else that is not a function or an `impl` block.
+///
+/// [`TxError::Timeout`]: https://docs.rs/tx-core/latest/tx_core/enum.TxError.html
+/// [`TxError::UnexpectedRollback`]: https://docs.rs/tx-core/latest/tx_core/enum.TxError.html
 #[proc_macro_attribute]
-pub fn transactional(_args: TokenStream, item: TokenStream) -> TokenStream { item }
+pub fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(args.into(), item.into(), &krate::private_path()).into()
+}

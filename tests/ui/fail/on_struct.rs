@@ -1,0 +1,8 @@
+use tx_sqlx::prelude::*;
+
+#[transactional]
+struct UserService {
+    name: String,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use tx_sqlx::prelude::*;
+
+trait Repo {
+    #[transactional]
+    async fn save(&self) -> Result<(), TxError>;
+}
+
+fn main() {}

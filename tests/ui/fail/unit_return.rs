@@ -1,0 +1,6 @@
+use tx_sqlx::prelude::*;
+
+#[transactional]
+async fn save() {}
+
+fn main() {}

@@ -1,0 +1,284 @@
+//! Every key of #[transactional] in every accepted spelling, on free functions, run against a
+//! logging manager so the definition the macro builds is observed.
+use std::sync::LazyLock;
+use tx_sqlx::prelude::*;
+
+include!("../support/noop.rs");
+use noop::Noop;
+
+#[derive(Debug)]
+pub enum AppError {
+    Tx(TxError),
+    RiskRejected { reason: String },
+    OutOfStock(u32),
+    Db(String),
+}
+
+impl From<TxError> for AppError {
+    fn from(e: TxError) -> Self {
+        AppError::Tx(e)
+    }
+}
+
+/// The default manager.
+static DB: LazyLock<Noop> = LazyLock::new(Noop::default);
+
+// ---- defaults -------------------------------------------------------------------------------
+#[transactional]
+async fn bare() -> Result<u32, TxError> {
+    DB.statement().await;
+    Ok(1)
+}
+
+#[transactional()]
+async fn empty_parens() -> Result<u32, TxError> {
+    DB.statement().await;
+    Ok(2)
+}
+
+// ---- propagation: CamelCase, Spring's SCREAMING_CASE, and the enum path ------------------------
+#[transactional(propagation = Required)]
+async fn p_required() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = REQUIRED)]
+async fn p_required_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = RequiresNew)]
+async fn p_requires_new() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = REQUIRES_NEW)]
+async fn p_requires_new_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = Propagation::RequiresNew)]
+async fn p_requires_new_path() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = Nested)]
+async fn p_nested() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = NESTED)]
+async fn p_nested_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = Supports)]
+async fn p_supports() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = SUPPORTS)]
+async fn p_supports_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = NotSupported)]
+async fn p_not_supported() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = NOT_SUPPORTED)]
+async fn p_not_supported_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = Mandatory)]
+async fn p_mandatory() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = MANDATORY)]
+async fn p_mandatory_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = Never)]
+async fn p_never() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(propagation = NEVER)]
+async fn p_never_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+
+// ---- isolation -------------------------------------------------------------------------------
+#[transactional(isolation = Default)]
+async fn i_default() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = DEFAULT)]
+async fn i_default_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = ReadUncommitted)]
+async fn i_ru() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = READ_UNCOMMITTED)]
+async fn i_ru_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = ReadCommitted)]
+async fn i_rc() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = READ_COMMITTED)]
+async fn i_rc_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = RepeatableRead)]
+async fn i_rr() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = REPEATABLE_READ)]
+async fn i_rr_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = Serializable)]
+async fn i_ser() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = SERIALIZABLE)]
+async fn i_ser_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(isolation = Isolation::Serializable)]
+async fn i_ser_path() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+
+// ---- timeout ---------------------------------------------------------------------------------
+#[transactional(timeout = 5)]
+async fn t_secs() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(timeout = "250ms")]
+async fn t_ms() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(timeout = "2s")]
+async fn t_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(timeout = "1m")]
+async fn t_m() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(timeout = "1m30s")]
+async fn t_compound() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(timeout = "1h")]
+async fn t_h() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+
+// ---- read_only -------------------------------------------------------------------------------
+#[transactional(read_only)]
+async fn ro_bare() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(read_only = true)]
+async fn ro_true() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(read_only = false)]
+async fn ro_false() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+
+// ---- rollback rules --------------------------------------------------------------------------
+#[transactional(no_rollback_for = AppError::RiskRejected { .. })]
+async fn nrf_one(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
+#[transactional(no_rollback_for = AppError::RiskRejected { .. } | AppError::OutOfStock(_))]
+async fn nrf_or(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
+#[transactional(rollback_for = AppError::Db(_))]
+async fn rf_one(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
+#[transactional(rollback_for = | AppError::Db(_) | AppError::Tx(_))]
+async fn rf_leading_vert(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
+#[transactional(rollback_for = AppError::Db(_) | AppError::OutOfStock(_), no_rollback_for = AppError::OutOfStock(0))]
+async fn both(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
+
+// ---- manager ---------------------------------------------------------------------------------
+static OTHER: LazyLock<Noop> = LazyLock::new(Noop::default);
+fn other_ref() -> &'static Noop {
+    &OTHER
+}
+fn other_owned() -> Noop {
+    OTHER.clone()
+}
+
+#[transactional(manager = "audit")]
+async fn m_named() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+#[transactional(manager = other_ref())]
+async fn m_fn_ref() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
+#[transactional(manager = other_owned())]
+async fn m_fn_owned() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
+#[transactional(manager = *OTHER)]
+async fn m_static() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
+#[transactional(manager = pool)]
+async fn m_param(pool: Noop, n: u32) -> Result<u32, TxError> {
+    pool.statement().await;
+    drop(pool); // the manager handle was taken before the body ran
+    Ok(n)
+}
+#[transactional(manager = pool)]
+async fn m_param_ref(pool: &Noop) -> Result<(), TxError> {
+    pool.statement().await;
+    Ok(())
+}
+
+// ---- name, retry -----------------------------------------------------------------------------
+#[transactional(name = "custom.name")]
+async fn named() -> Result<Option<String>, TxError> {
+    Ok(tx_sqlx::current_status().map(|s| s.name().to_owned()))
+}
+#[transactional]
+async fn default_name() -> Result<Option<String>, TxError> {
+    Ok(tx_sqlx::current_status().map(|s| s.name().to_owned()))
+}
+#[transactional(retry = 3)]
+async fn retried(s: String, n: u32) -> Result<usize, TxError> {
+    DB.statement().await;
+    Ok(s.len() + n as usize)
+}
+#[transactional(retry = 0)]
+async fn retry_zero() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+
+// ---- everything at once, trailing comma ------------------------------------------------------
+#[transactional(
+    propagation = REQUIRES_NEW,
+    isolation = RepeatableRead,
+    timeout = "2s",
+    read_only = false,
+    rollback_for = AppError::Db(_),
+    no_rollback_for = AppError::OutOfStock(_),
+    manager = other_ref(),
+    name = "all.keys",
+    retry = 2,
+)]
+async fn all_keys(n: u32) -> Result<u32, AppError> {
+    OTHER.statement().await;
+    Ok(n)
+}
+
+// ---- generic functions -----------------------------------------------------------------------
+#[transactional(propagation = Supports)]
+async fn generic<T: Clone + Send + 'static, E>(value: T) -> Result<T, E>
+where
+    E: From<TxError> + Send,
+{
+    Ok(value.clone())
+}
+
+#[transactional(retry = 2)]
+async fn generic_retry<T: Clone + std::fmt::Debug>(value: T) -> Result<String, TxError> {
+    Ok(format!("{value:?}"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let db = &*DB;
+    tx_sqlx::set_default_manager(db.clone());
+    tx_sqlx::register_manager("audit", db.clone());
+
+    assert_eq!(bare().await.unwrap(), 1);
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(empty_parens().await.unwrap(), 2);
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+
+    // each function is its own future type, so a macro instead of a loop over them
+    macro_rules! expect_log {
+        ([$($f:ident),*], $expect:expr) => {$(
+            $f().await.unwrap();
+            assert_eq!(db.take(), $expect, "{}", stringify!($f));
+        )*};
+    }
+    let none = Vec::<String>::new();
+    expect_log!([p_required, p_required_s, p_requires_new, p_requires_new_s, p_requires_new_path, p_nested, p_nested_s], ["begin Default", "commit"]);
+    expect_log!([p_supports, p_supports_s, p_not_supported, p_not_supported_s, p_never, p_never_s], none);
+    assert!(matches!(p_mandatory().await, Err(TxError::NoTransaction)));
+    assert!(matches!(p_mandatory_s().await, Err(TxError::NoTransaction)));
+
+    expect_log!([i_default, i_default_s], ["begin Default", "commit"]);
+    expect_log!([i_ru, i_ru_s], ["begin ReadUncommitted", "commit"]);
+    expect_log!([i_rc, i_rc_s], ["begin ReadCommitted", "commit"]);
+    expect_log!([i_rr, i_rr_s], ["begin RepeatableRead", "commit"]);
+    expect_log!([i_ser, i_ser_s, i_ser_path], ["begin Serializable", "commit"]);
+
+    expect_log!([t_secs, t_ms, t_s, t_m, t_compound, t_h], ["begin Default", "commit"]);
+
+    expect_log!([ro_bare, ro_true], ["begin Default read only", "commit"]);
+    expect_log!([ro_false], ["begin Default", "commit"]);
+
+    // no_rollback_for: a matching error commits, any other rolls back
+    let risk = || AppError::RiskRejected { reason: "amount".into() };
+    assert!(matches!(nrf_one(risk()).await, Err(AppError::RiskRejected { .. })));
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert!(nrf_one(AppError::Db("x".into())).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert!(nrf_or(AppError::OutOfStock(3)).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    // rollback_for: only matching errors roll back
+    assert!(rf_one(AppError::Db("x".into())).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert!(rf_one(risk()).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert!(rf_leading_vert(AppError::Tx(TxError::Timeout)).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    // both: matches!(e, R) && !matches!(e, N)
+    assert!(both(AppError::OutOfStock(1)).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert!(both(AppError::OutOfStock(0)).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert!(both(risk()).await.is_err());
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+
+    m_named().await.unwrap();
+    assert_eq!(db.take(), ["begin Default", "commit"]);
+    // the other manager was used, not the default one
+    expect_log!([m_fn_ref, m_fn_owned, m_static], none);
+    assert_eq!(OTHER.take(), ["begin Default", "commit", "begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(m_param(OTHER.clone(), 7).await.unwrap(), 7);
+    assert_eq!(OTHER.take(), ["begin Default", "commit"]);
+    m_param_ref(&OTHER).await.unwrap();
+    assert_eq!(OTHER.take(), ["begin Default", "commit"]);
+
+    assert_eq!(named().await.unwrap().as_deref(), Some("custom.name"));
+    assert_eq!(default_name().await.unwrap().as_deref(), Some(concat!(module_path!(), "::default_name")));
+    assert_eq!(retried("abc".into(), 2).await.unwrap(), 5);
+    retry_zero().await.unwrap();
+    assert_eq!(all_keys(4).await.unwrap(), 4);
+    assert_eq!(OTHER.take(), ["begin RepeatableRead", "commit"]);
+    db.take();
+
+    assert_eq!(generic::<_, TxError>(5u8).await.unwrap(), 5);
+    assert_eq!(generic_retry(vec![1, 2]).await.unwrap(), "[1, 2]");
+}
