@@ -75,13 +75,18 @@ impl Hand {
         if n != 1 {
             return Err(BenchError::NoRow);
         }
-        let id: i64 = sqlx::query("INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id")
-            .bind(u)
-            .bind(p)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-        let charge = sqlx::query("UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100").bind(u);
+        let id: i64 = sqlx::query(
+            "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
+        )
+        .bind(u)
+        .bind(p)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let charge = sqlx::query(
+            "UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100",
+        )
+        .bind(u);
         let n = if variant == Variant::Nested {
             let mut sp = tx.begin().await?;
             let n = charge.execute(&mut *sp).await?.rows_affected();
@@ -145,20 +150,23 @@ impl Shop {
             self.charge(u).await?;
             id
         } else {
-            let n = sqlx::query("UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1")
-                .bind(p)
-                .execute(&self.db)
-                .await?
-                .rows_affected();
+            let n =
+                sqlx::query("UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1")
+                    .bind(p)
+                    .execute(&self.db)
+                    .await?
+                    .rows_affected();
             if n != 1 {
                 return Err(BenchError::NoRow);
             }
-            let id: i64 = sqlx::query("INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id")
-                .bind(u)
-                .bind(p)
-                .fetch_one(&self.db)
-                .await?
-                .get(0);
+            let id: i64 = sqlx::query(
+                "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
+            )
+            .bind(u)
+            .bind(p)
+            .fetch_one(&self.db)
+            .await?
+            .get(0);
             if variant == Variant::Nested {
                 self.charge_nested(u).await?;
             } else {
@@ -175,11 +183,13 @@ impl Shop {
     }
 
     async fn charge_inline(&self, u: i32) -> Result<(), BenchError> {
-        let n = sqlx::query("UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100")
-            .bind(u)
-            .execute(&self.db)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100",
+        )
+        .bind(u)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if n != 1 {
             return Err(BenchError::NoRow);
         }
@@ -206,12 +216,14 @@ impl Shop {
 
     #[transactional(manager = self.db)]
     async fn create(&self, u: i32, p: i32) -> Result<i64, BenchError> {
-        Ok(sqlx::query("INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id")
-            .bind(u)
-            .bind(p)
-            .fetch_one(&self.db)
-            .await?
-            .get(0))
+        Ok(sqlx::query(
+            "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
+        )
+        .bind(u)
+        .bind(p)
+        .fetch_one(&self.db)
+        .await?
+        .get(0))
     }
 
     #[transactional(manager = self.db)]
@@ -278,7 +290,14 @@ struct RunResult {
 }
 
 /// Runs `units` units on `WORKERS` workers; `unit` is one unit of work.
-async fn run<F, Fut>(peer: &str, variant: Variant, units: u64, pool: &PgPool, counter: &AtomicU64, unit: F) -> RunResult
+async fn run<F, Fut>(
+    peer: &str,
+    variant: Variant,
+    units: u64,
+    pool: &PgPool,
+    counter: &AtomicU64,
+    unit: F,
+) -> RunResult
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), BenchError>> + Send,
@@ -310,8 +329,15 @@ where
     let counted = counter.load(Ordering::Relaxed) - counter0;
     let orders = (count(pool, "orders").await - orders0) as u64;
     let audits = (count(pool, "audit").await - audit0) as u64;
-    let expect_rows = if variant == Variant::Empty { 0 } else { committed };
-    let ok = counted == committed && orders == expect_rows && audits == expect_rows && committed == units;
+    let expect_rows = if variant == Variant::Empty {
+        0
+    } else {
+        committed
+    };
+    let ok = counted == committed
+        && orders == expect_rows
+        && audits == expect_rows
+        && committed == units;
     let tps = units as f64 / secs;
     println!(
         "peer={peer} variant={} workers={WORKERS} units={units} secs={secs:.2} tps={tps:.0} check={}",
@@ -331,12 +357,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let url = std::env::var("TX_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = std::env::var("TX_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let units: u64 = arg("--units").map_or(20_000, |s| s.parse().expect("--units N"));
     let rounds: usize = arg("--rounds").map_or(3, |s| s.parse().expect("--rounds N"));
     let variants: Vec<Variant> = arg("--variants")
@@ -366,9 +395,24 @@ async fn main() {
     // Warm-up: 1000 units of each peer.
     for v in [Variant::PlaceOrder] {
         let h = hand.clone();
-        run("hand-warmup", v, 1000, &hand.pool, &hand.counter, move || { let h = h.clone(); async move { h.unit(v).await } }).await;
+        run(
+            "hand-warmup",
+            v,
+            1000,
+            &hand.pool,
+            &hand.counter,
+            move || {
+                let h = h.clone();
+                async move { h.unit(v).await }
+            },
+        )
+        .await;
         let s = shop.clone();
-        run("tx-warmup", v, 1000, &tx_pool, &shop.counter, move || { let s = s.clone(); async move { s.unit(v).await } }).await;
+        run("tx-warmup", v, 1000, &tx_pool, &shop.counter, move || {
+            let s = s.clone();
+            async move { s.unit(v).await }
+        })
+        .await;
     }
 
     let mut all_ok = true;
@@ -380,12 +424,20 @@ async fn main() {
             for first_hand in [round % 2 == 0, round % 2 != 0] {
                 if first_hand {
                     let h = hand.clone();
-                    let r = run("sqlx", v, units, &hand.pool, &hand.counter, move || { let h = h.clone(); async move { h.unit(v).await } }).await;
+                    let r = run("sqlx", v, units, &hand.pool, &hand.counter, move || {
+                        let h = h.clone();
+                        async move { h.unit(v).await }
+                    })
+                    .await;
                     all_ok &= r.ok;
                     hand_tps.push(r.tps);
                 } else {
                     let s = shop.clone();
-                    let r = run("tx", v, units, &tx_pool, &shop.counter, move || { let s = s.clone(); async move { s.unit(v).await } }).await;
+                    let r = run("tx", v, units, &tx_pool, &shop.counter, move || {
+                        let s = s.clone();
+                        async move { s.unit(v).await }
+                    })
+                    .await;
                     all_ok &= r.ok;
                     tx_tps.push(r.tps);
                 }

@@ -7,8 +7,8 @@ pub mod reliability;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
 use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
 

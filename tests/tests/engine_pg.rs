@@ -93,19 +93,23 @@ async fn drop_table(table: &str) {
 /// The table's tags in insertion order, read from a fresh connection.
 async fn tags(table: &str) -> Vec<String> {
     let mut conn = fresh().await;
-    sqlx::query_scalar(AssertSqlSafe(format!("SELECT tag FROM {table} ORDER BY id")))
-        .fetch_all(&mut conn)
-        .await
-        .expect("read table")
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT tag FROM {table} ORDER BY id"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .expect("read table")
 }
 
 /// `INSERT INTO table (tag) VALUES ($1)` through the transaction-aware executor.
 async fn insert(db: &PgTxPool, table: &str, tag: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} (tag) VALUES ($1)")))
-        .bind(tag.to_owned())
-        .execute(db)
-        .await
-        .map(|_| ())
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (tag) VALUES ($1)"
+    )))
+    .bind(tag.to_owned())
+    .execute(db)
+    .await
+    .map(|_| ())
 }
 
 async fn scalar_string(db: &PgTxPool, sql: &'static str) -> Result<String, sqlx::Error> {
@@ -246,7 +250,9 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
     let seen = &seen;
     let db = &db;
     let template = |p: Propagation, i: Isolation| {
-        TransactionTemplate::new(db.clone()).propagation(p).isolation(i)
+        TransactionTemplate::new(db.clone())
+            .propagation(p)
+            .isolation(i)
     };
 
     let r: Result<(), AppError> = template(Propagation::Required, Isolation::Serializable)
@@ -361,7 +367,9 @@ async fn read_only_write_fails_with_database_error_nothing_written() {
         .await;
     match &r {
         Err(AppError::Tx(e)) => assert_eq!(sqlstate(e).as_deref(), Some("25006"), "{e:?}"),
-        other => panic!("a participant's write in a read-only transaction must fail, got {other:?}"),
+        other => {
+            panic!("a participant's write in a read-only transaction must fail, got {other:?}")
+        }
     }
 
     assert_eq!(tags(t).await, Vec::<String>::new(), "nothing written");
@@ -393,18 +401,17 @@ async fn read_only_outer_requires_new_writer_commits() {
                 .propagation(Propagation::RequiresNew)
                 .execute(|s| async move {
                     assert!(s.is_new_transaction());
-                    let ro =
-                        scalar_string(db, "SELECT current_setting('transaction_read_only')").await?;
+                    let ro = scalar_string(db, "SELECT current_setting('transaction_read_only')")
+                        .await?;
                     insert(db, t, "written-by-requires-new").await?;
                     Ok::<_, AppError>(ro)
                 })
                 .await?;
             assert_eq!(inner_ro, "off");
             // Back in the read-only transaction: it sees the committed row.
-            let n: i64 =
-                sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-                    .fetch_one(db)
-                    .await?;
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(db)
+                .await?;
             assert_eq!(n, 1);
             Ok(())
         })
@@ -460,7 +467,11 @@ async fn deadline_interrupts_awaiting_body_and_rolls_back() {
         "must return at the deadline ({timeout:?}), not when the body wakes (5 s): took {elapsed:?}"
     );
     assert!(!woke.load(Ordering::SeqCst));
-    assert_eq!(tags(t).await, Vec::<String>::new(), "the writes were rolled back");
+    assert_eq!(
+        tags(t).await,
+        Vec::<String>::new(),
+        "the writes were rolled back"
+    );
     assert_eq!(
         log_of(&log),
         strings(&["h:before_completion", "h:after_completion(rolled_back)"])
@@ -514,7 +525,9 @@ async fn deadline_cancels_long_server_statement() {
     let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(300))
         .execute(|_| async move {
-            sqlx::query(AssertSqlSafe(sql_ref.clone())).execute(db).await?;
+            sqlx::query(AssertSqlSafe(sql_ref.clone()))
+                .execute(db)
+                .await?;
             Ok(())
         })
         .await;
@@ -562,7 +575,8 @@ async fn deadline_cancels_long_server_statement() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(
-        running, 0,
+        running,
+        0,
         "pg_sleep(5) still running on the server {:?} after the call started",
         started.elapsed()
     );
@@ -606,7 +620,9 @@ async fn panic_in_body_rolls_back_and_continues() {
                 .await
         }
     });
-    let err = handle.await.expect_err("the panic must continue out of execute");
+    let err = handle
+        .await
+        .expect_err("the panic must continue out of execute");
     assert!(err.is_panic(), "{err:?}");
     let payload = err.into_panic();
     let msg = payload
@@ -1011,7 +1027,9 @@ async fn concurrent_tasks_never_share_context() {
         .map(|i| tokio::spawn(task_work(db.clone(), table.clone(), i)))
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
-        let r = h.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let r = h
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         match r {
             Ok(()) => assert!(i % 4 != 3, "task-{i} must fail"),
             Err(AppError::Boom) => assert!(i % 4 == 3, "task-{i} must succeed"),
@@ -1059,10 +1077,19 @@ async fn concurrent_tasks_never_share_context() {
         };
         let new = find("new").unwrap();
         if let Some(outer) = find("outer") {
-            assert_ne!(outer.0, new.0, "task-{i}: RequiresNew is another transaction");
-            assert_ne!(outer.1, new.1, "task-{i}: RequiresNew is another connection");
+            assert_ne!(
+                outer.0, new.0,
+                "task-{i}: RequiresNew is another transaction"
+            );
+            assert_ne!(
+                outer.1, new.1,
+                "task-{i}: RequiresNew is another connection"
+            );
             if let Some(nested) = find("nested") {
-                assert_eq!(nested, outer, "task-{i}: Nested runs in the outer transaction");
+                assert_eq!(
+                    nested, outer,
+                    "task-{i}: Nested runs in the outer transaction"
+                );
             }
             assert!(outer_txids.insert(outer.0), "task-{i} shares a transaction");
         }
@@ -1189,7 +1216,9 @@ async fn deferred_begin_sends_nothing_without_a_statement() {
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("the empty transactional call failed: {e:?}"),
-        Err(_) => panic!("the empty transactional call waited for a connection: BEGIN was not deferred"),
+        Err(_) => {
+            panic!("the empty transactional call waited for a connection: BEGIN was not deferred")
+        }
     }
     assert_eq!(
         log_of(&log),
@@ -1210,7 +1239,10 @@ async fn deferred_begin_sends_nothing_without_a_statement() {
         }),
     )
     .await;
-    assert!(r.is_err(), "a call with a statement must wait for the held connection: {r:?}");
+    assert!(
+        r.is_err(),
+        "a call with a statement must wait for the held connection: {r:?}"
+    );
 
     drop(held);
     let r = TransactionTemplate::new(db.clone())

@@ -48,7 +48,11 @@ async fn rows(db: &PgTxPool, table: &str) -> Vec<String> {
 /// A table `(id serial, name text unique)`.
 async fn name_table(db: &PgTxPool, prefix: &str) -> String {
     let t = tx_tests::unique_table(prefix);
-    exec(db, format!("CREATE TABLE {t} (id serial PRIMARY KEY, name text NOT NULL UNIQUE)")).await;
+    exec(
+        db,
+        format!("CREATE TABLE {t} (id serial PRIMARY KEY, name text NOT NULL UNIQUE)"),
+    )
+    .await;
     t
 }
 
@@ -76,10 +80,13 @@ struct LogService {
 
 impl LogService {
     async fn insert(&self, message: &str) -> Result<u64, AppError> {
-        let done = sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.table)))
-            .bind(message)
-            .execute(&self.db)
-            .await?;
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(message)
+        .execute(&self.db)
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -116,11 +123,14 @@ struct UserService {
 impl UserService {
     #[transactional(propagation = REQUIRED, manager = self.db)]
     async fn add(&self, username: &str, mode: LogMode) -> Result<u64, AppError> {
-        let added = sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.table)))
-            .bind(username)
-            .execute(&self.db)
-            .await?
-            .rows_affected();
+        let added = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(username)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         let message = format!("added {username}");
         let logged = match mode {
             LogMode::Required => self.log.add_required(&message).await?,
@@ -133,11 +143,18 @@ impl UserService {
     /// Seed 004, "the exception was swallowed by your catch": the failure is caught, so only
     /// `set_rollback_only()` keeps the user from being committed.
     #[transactional(manager = self.db)]
-    async fn add_swallowing(&self, username: &str, mark_rollback_only: bool) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.table)))
-            .bind(username)
-            .execute(&self.db)
-            .await?;
+    async fn add_swallowing(
+        &self,
+        username: &str,
+        mark_rollback_only: bool,
+    ) -> Result<(), AppError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(username)
+        .execute(&self.db)
+        .await?;
         if let Err(e) = validate(username) {
             // catch (Exception e) { e.printStackTrace(); }
             eprintln!("swallowed: {e}");
@@ -162,13 +179,18 @@ async fn user_service(db: &PgTxPool) -> UserService {
     UserService {
         db: db.clone(),
         table: users,
-        log: LogService { db: db.clone(), table: logs },
+        log: LogService {
+            db: db.clone(),
+            table: logs,
+        },
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = user_service(&db).await;
 
     let result = svc.add("alice", LogMode::Required).await;
@@ -177,50 +199,83 @@ async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
         matches!(result, Err(AppError::Tx(TxError::UnexpectedRollback))),
         "the owner's commit must turn into UnexpectedRollback, got {result:?}"
     );
-    assert_eq!(rows(&db, &svc.table).await, Vec::<String>::new(), "user rolled back");
-    assert_eq!(rows(&db, &svc.log.table).await, Vec::<String>::new(), "log rolled back");
+    assert_eq!(
+        rows(&db, &svc.table).await,
+        Vec::<String>::new(),
+        "user rolled back"
+    );
+    assert_eq!(
+        rows(&db, &svc.log.table).await,
+        Vec::<String>::new(),
+        "log rolled back"
+    );
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed004_requires_new_log_rolled_back_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = user_service(&db).await;
 
     let result = svc.add("bob", LogMode::RequiresNew).await;
 
     assert_eq!(result.unwrap(), 2, "both inserts reported one row");
     assert_eq!(rows(&db, &svc.table).await, ["bob"], "user committed");
-    assert_eq!(rows(&db, &svc.log.table).await, Vec::<String>::new(), "log's own transaction rolled back");
+    assert_eq!(
+        rows(&db, &svc.log.table).await,
+        Vec::<String>::new(),
+        "log's own transaction rolled back"
+    );
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed004_nested_log_rolled_back_to_savepoint_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = user_service(&db).await;
 
     let result = svc.add("carol", LogMode::Nested).await;
 
     assert_eq!(result.unwrap(), 2);
     assert_eq!(rows(&db, &svc.table).await, ["carol"], "user committed");
-    assert_eq!(rows(&db, &svc.log.table).await, Vec::<String>::new(), "log rolled back to its savepoint");
+    assert_eq!(
+        rows(&db, &svc.log.table).await,
+        Vec::<String>::new(),
+        "log rolled back to its savepoint"
+    );
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed004_swallowed_error_with_set_rollback_only_rolls_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = user_service(&db).await;
 
     // The trap: the error is swallowed and nothing marks the transaction, so it commits.
     svc.add_swallowing("bad-dave", false).await.unwrap();
-    assert_eq!(rows(&db, &svc.table).await, ["bad-dave"], "swallowed error alone commits");
+    assert_eq!(
+        rows(&db, &svc.table).await,
+        ["bad-dave"],
+        "swallowed error alone commits"
+    );
 
     // The fix: set_rollback_only() in the catch. The owner rolls back and returns its own Ok.
     let result = svc.add_swallowing("bad-erin", true).await;
-    assert!(result.is_ok(), "the owner that marks itself gets its own result: {result:?}");
-    assert_eq!(rows(&db, &svc.table).await, ["bad-dave"], "bad-erin rolled back");
+    assert!(
+        result.is_ok(),
+        "the owner that marks itself gets its own result: {result:?}"
+    );
+    assert_eq!(
+        rows(&db, &svc.table).await,
+        ["bad-dave"],
+        "bad-erin rolled back"
+    );
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
@@ -235,20 +290,26 @@ struct FacadeService {
 impl FacadeService {
     #[transactional(manager = self.db)]
     async fn deposit(&self, owner: &str, amount: i64) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name, balance) VALUES ($1, $2)", self.accounts)))
-            .bind(owner)
-            .bind(amount)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name, balance) VALUES ($1, $2)",
+            self.accounts
+        )))
+        .bind(owner)
+        .bind(amount)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
     #[transactional(propagation = REQUIRES_NEW, manager = self.db)]
     async fn write_audit(&self, owner: &str, note: &str) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.audit)))
-            .bind(format!("audit-{owner}-{note}"))
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.audit
+        )))
+        .bind(format!("audit-{owner}-{note}"))
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -265,17 +326,31 @@ impl FacadeService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed002_audit_in_requires_new_survives_outer_failure() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let accounts = tx_tests::unique_table("seed002_account");
     exec(&db, format!("CREATE TABLE {accounts} (id serial PRIMARY KEY, name text NOT NULL, balance bigint NOT NULL)")).await;
     let audit = name_table(&db, "seed002_audit").await;
-    let svc = FacadeService { db: db.clone(), accounts: accounts.clone(), audit: audit.clone() };
+    let svc = FacadeService {
+        db: db.clone(),
+        accounts: accounts.clone(),
+        audit: audit.clone(),
+    };
 
     let result = svc.business_with_audit("owner").await;
 
     assert!(matches!(result, Err(AppError::Business(_))), "{result:?}");
-    assert_eq!(rows(&db, &accounts).await, Vec::<String>::new(), "the deposit rolled back with the outer transaction");
-    assert_eq!(rows(&db, &audit).await, ["audit-owner-deposit-start"], "the REQUIRES_NEW audit stayed committed");
+    assert_eq!(
+        rows(&db, &accounts).await,
+        Vec::<String>::new(),
+        "the deposit rolled back with the outer transaction"
+    );
+    assert_eq!(
+        rows(&db, &audit).await,
+        ["audit-owner-deposit-start"],
+        "the REQUIRES_NEW audit stayed committed"
+    );
 
     // and the happy path commits both
     svc.deposit("other", 5).await.unwrap();
@@ -296,7 +371,9 @@ impl RiskService {
             return Err(AppError::RiskServiceDown);
         }
         if amount > 10_000 {
-            return Err(AppError::RiskRejected { reason: "amount too high".into() });
+            return Err(AppError::RiskRejected {
+                reason: "amount too high".into(),
+            });
         }
         Ok(())
     }
@@ -322,10 +399,13 @@ impl OrderService {
         .bind(amount)
         .execute(&self.db)
         .await?;
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.items)))
-            .bind(format!("{order_no}-item-1"))
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.items
+        )))
+        .bind(format!("{order_no}-item-1"))
+        .execute(&self.db)
+        .await?;
         match self.risk.check(amount).await {
             Ok(()) => Ok(order_no.to_owned()),
             Err(AppError::RiskRejected { reason }) => {
@@ -351,19 +431,28 @@ async fn order_service(db: &PgTxPool, down: bool) -> OrderService {
     ))
     .await;
     let items = name_table(db, "seed003_item").await;
-    OrderService { db: db.clone(), orders, items, risk: RiskService { down } }
+    OrderService {
+        db: db.clone(),
+        orders,
+        items,
+        risk: RiskService { down },
+    }
 }
 
 async fn order_statuses(db: &PgTxPool, orders: &str) -> Vec<(String, String, Option<String>)> {
-    sqlx::query_as(AssertSqlSafe(format!("SELECT name, status, note FROM {orders} ORDER BY id")))
-        .fetch_all(db.pool())
-        .await
-        .expect("read orders")
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT name, status, note FROM {orders} ORDER BY id"
+    )))
+    .fetch_all(db.pool())
+    .await
+    .expect("read orders")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = order_service(&db, false).await;
 
     let ok = svc.create_order("NO-1", 100).await;
@@ -378,7 +467,11 @@ async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
         order_statuses(&db, &svc.orders).await,
         [
             ("NO-1".to_owned(), "CREATED".to_owned(), None),
-            ("NO-2".to_owned(), "WAIT_AUDIT".to_owned(), Some("risk check failed: amount too high".to_owned())),
+            (
+                "NO-2".to_owned(),
+                "WAIT_AUDIT".to_owned(),
+                Some("risk check failed: amount too high".to_owned())
+            ),
         ],
         "the rejected order was committed, waiting for audit"
     );
@@ -388,14 +481,26 @@ async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed003_risk_service_failure_rolls_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let svc = order_service(&db, true).await;
 
     let result = svc.create_order("NO-3", 100).await;
 
-    assert!(matches!(result, Err(AppError::RiskServiceDown)), "{result:?}");
-    assert!(order_statuses(&db, &svc.orders).await.is_empty(), "no order left behind");
-    assert_eq!(rows(&db, &svc.items).await, Vec::<String>::new(), "no item left behind");
+    assert!(
+        matches!(result, Err(AppError::RiskServiceDown)),
+        "{result:?}"
+    );
+    assert!(
+        order_statuses(&db, &svc.orders).await.is_empty(),
+        "no order left behind"
+    );
+    assert_eq!(
+        rows(&db, &svc.items).await,
+        Vec::<String>::new(),
+        "no item left behind"
+    );
     drop_tables(&db, &[&svc.orders, &svc.items]).await;
 }
 
@@ -409,10 +514,13 @@ struct SlowService {
 impl SlowService {
     #[transactional(manager = self.db, timeout = "300ms")]
     async fn slow_write(&self, name: &str, work: Duration) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.table)))
-            .bind(name)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(name)
+        .execute(&self.db)
+        .await?;
         tokio::time::sleep(work).await;
         Ok(())
     }
@@ -420,23 +528,37 @@ impl SlowService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_300ms_rolls_back_at_the_deadline() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let table = name_table(&db, "macro_timeout").await;
-    let svc = SlowService { db: db.clone(), table: table.clone() };
+    let svc = SlowService {
+        db: db.clone(),
+        table: table.clone(),
+    };
 
     let started = Instant::now();
     let result = svc.slow_write("late", Duration::from_secs(3)).await;
     let elapsed = started.elapsed();
 
-    assert!(matches!(result, Err(AppError::Tx(TxError::Timeout))), "{result:?}");
+    assert!(
+        matches!(result, Err(AppError::Tx(TxError::Timeout))),
+        "{result:?}"
+    );
     assert!(
         elapsed < Duration::from_secs(2),
         "the call ended at the deadline, not after the body's 3 s: {elapsed:?}"
     );
-    assert_eq!(rows(&db, &table).await, Vec::<String>::new(), "the write was rolled back");
+    assert_eq!(
+        rows(&db, &table).await,
+        Vec::<String>::new(),
+        "the write was rolled back"
+    );
 
     // within the deadline it commits
-    svc.slow_write("quick", Duration::from_millis(10)).await.unwrap();
+    svc.slow_write("quick", Duration::from_millis(10))
+        .await
+        .unwrap();
     assert_eq!(rows(&db, &table).await, ["quick"]);
     drop_tables(&db, &[&table]).await;
 }
@@ -455,17 +577,23 @@ impl CounterService {
     #[transactional(manager = self.db, isolation = Serializable, retry = 5)]
     async fn increment(self: Arc<Self>, key: String) -> Result<i64, AppError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT n FROM {} WHERE name = $1", self.table)))
-            .bind(&key)
-            .fetch_one(&self.db)
-            .await?;
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT n FROM {} WHERE name = $1",
+            self.table
+        )))
+        .bind(&key)
+        .fetch_one(&self.db)
+        .await?;
         // let the other calls read the same value before anyone writes
         tokio::time::sleep(Duration::from_millis(100)).await;
-        sqlx::query(AssertSqlSafe(format!("UPDATE {} SET n = $2 WHERE name = $1", self.table)))
-            .bind(&key)
-            .bind(n + 1)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET n = $2 WHERE name = $1",
+            self.table
+        )))
+        .bind(&key)
+        .bind(n + 1)
+        .execute(&self.db)
+        .await?;
         Ok(n + 1)
     }
 }
@@ -473,27 +601,51 @@ impl CounterService {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_5_converges_under_serializable_conflicts() {
     const CALLS: u32 = 4;
-    let Some(db) = tx_tests::pg_pool(CALLS + 2).await else { return };
+    let Some(db) = tx_tests::pg_pool(CALLS + 2).await else {
+        return;
+    };
     let table = tx_tests::unique_table("macro_retry");
-    exec(&db, format!("CREATE TABLE {table} (name text PRIMARY KEY, n bigint NOT NULL)")).await;
-    exec(&db, format!("INSERT INTO {table} (name, n) VALUES ('hits', 0)")).await;
-    let svc = Arc::new(CounterService { db: db.clone(), table: table.clone(), attempts: AtomicU32::new(0) });
+    exec(
+        &db,
+        format!("CREATE TABLE {table} (name text PRIMARY KEY, n bigint NOT NULL)"),
+    )
+    .await;
+    exec(
+        &db,
+        format!("INSERT INTO {table} (name, n) VALUES ('hits', 0)"),
+    )
+    .await;
+    let svc = Arc::new(CounterService {
+        db: db.clone(),
+        table: table.clone(),
+        attempts: AtomicU32::new(0),
+    });
 
     let calls: Vec<_> = (0..CALLS)
         .map(|_| tokio::spawn(svc.clone().increment("hits".to_owned())))
         .collect();
     let mut seen = Vec::new();
     for call in calls {
-        seen.push(call.await.expect("task").expect("every increment commits within 5 retries"));
+        seen.push(
+            call.await
+                .expect("task")
+                .expect("every increment commits within 5 retries"),
+        );
     }
     seen.sort_unstable();
 
-    let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT n FROM {table} WHERE name = 'hits'")))
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT n FROM {table} WHERE name = 'hits'"
+    )))
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
     assert_eq!(n, i64::from(CALLS), "no lost update");
-    assert_eq!(seen, (1..=i64::from(CALLS)).collect::<Vec<_>>(), "each call saw its own increment");
+    assert_eq!(
+        seen,
+        (1..=i64::from(CALLS)).collect::<Vec<_>>(),
+        "each call saw its own increment"
+    );
     assert!(
         svc.attempts.load(Ordering::SeqCst) > CALLS,
         "the calls conflicted and were re-run ({} attempts)",
@@ -512,10 +664,13 @@ struct Registrations {
 impl Registrations {
     #[transactional(manager = self.db)]
     async fn register(self: Arc<Self>, name: String, fail: bool) -> Result<bool, AppError> {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} (name) VALUES ($1)", self.table)))
-            .bind(&name)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(&name)
+        .execute(&self.db)
+        .await?;
         // a task spawned from inside starts outside the transaction (like Spring's @Async)
         let inside = tx_sqlx::is_actual_transaction_active();
         let in_spawned = tokio::spawn(async { tx_sqlx::is_actual_transaction_active() })
@@ -535,15 +690,27 @@ fn assert_send<T: Send + 'static>(t: T) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_future_moved_into_tokio_spawn() {
-    let Some(db) = tx_tests::pg_pool(4).await else { return };
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
     let table = name_table(&db, "macro_spawn").await;
-    let svc = Arc::new(Registrations { db: db.clone(), table: table.clone() });
+    let svc = Arc::new(Registrations {
+        db: db.clone(),
+        table: table.clone(),
+    });
 
     let ok = tokio::spawn(assert_send(svc.clone().register("kept".into(), false)));
     let failed = tokio::spawn(assert_send(svc.clone().register("refused".into(), true)));
 
     assert!(ok.await.expect("task").expect("committed"));
-    assert!(matches!(failed.await.expect("task"), Err(AppError::Business(_))));
-    assert_eq!(rows(&db, &table).await, ["kept"], "the failed call rolled back in its task");
+    assert!(matches!(
+        failed.await.expect("task"),
+        Err(AppError::Business(_))
+    ));
+    assert_eq!(
+        rows(&db, &table).await,
+        ["kept"],
+        "the failed call rolled back in its task"
+    );
     drop_tables(&db, &[&table]).await;
 }

@@ -29,10 +29,12 @@ impl From<sqlx::Error> for AppError {
 
 async fn tags(table: &str) -> Vec<String> {
     let mut conn = PgConnection::connect(&tx_tests::pg_url()).await.unwrap();
-    sqlx::query_scalar(AssertSqlSafe(format!("SELECT tag FROM {table} ORDER BY id")))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT tag FROM {table} ORDER BY id"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

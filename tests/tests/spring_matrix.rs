@@ -483,8 +483,10 @@ fn sqlite_would_block(sc: &Scenario) -> bool {
         sc.outer,
         Some(Propagation::Required | Propagation::RequiresNew | Propagation::Nested)
     );
-    let inner_writes_elsewhere =
-        matches!(sc.inner, Propagation::RequiresNew | Propagation::NotSupported);
+    let inner_writes_elsewhere = matches!(
+        sc.inner,
+        Propagation::RequiresNew | Propagation::NotSupported
+    );
     outer_is_transaction && inner_writes_elsewhere
 }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tx_core::__private::{ManagerRef, TransactionDefinition, by_expr, transactional};
-use tx_core::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager};
+use tx_core::manager::{
+    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
 use tx_core::{Isolation, Propagation, TxError};
 
 #[derive(Clone, Default)]
@@ -35,15 +37,28 @@ impl TransactionManager for Noop {
     fn key(&self) -> ManagerKey {
         ManagerKey::of(&self.0)
     }
-    fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    fn begin(
+        &self,
+        _: BeginOptions,
+    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
     }
 }
 
-static OUTER: TransactionDefinition =
-    TransactionDefinition::__const(Propagation::Required, Isolation::Default, None, false, "bench::outer");
-static JOINED: TransactionDefinition =
-    TransactionDefinition::__const(Propagation::Required, Isolation::Default, None, false, "bench::joined");
+static OUTER: TransactionDefinition = TransactionDefinition::__const(
+    Propagation::Required,
+    Isolation::Default,
+    None,
+    false,
+    "bench::outer",
+);
+static JOINED: TransactionDefinition = TransactionDefinition::__const(
+    Propagation::Required,
+    Isolation::Default,
+    None,
+    false,
+    "bench::joined",
+);
 
 fn all_err(_: &TxError) -> bool {
     true
@@ -51,11 +66,17 @@ fn all_err(_: &TxError) -> bool {
 
 /// What `#[transactional(manager = self.db)] async fn joined(&self) -> Result<u64, TxError>` is.
 async fn joined(m: &Noop, i: u64) -> Result<u64, TxError> {
-    transactional(by_expr(m), &JOINED, all_err, move || async move { Ok(black_box(i)) }).await
+    transactional(by_expr(m), &JOINED, all_err, move || async move {
+        Ok(black_box(i))
+    })
+    .await
 }
 
 async fn new_tx(m: &Noop, i: u64) -> Result<u64, TxError> {
-    transactional(by_expr(m), &OUTER, all_err, move || async move { Ok(black_box(i)) }).await
+    transactional(by_expr(m), &OUTER, all_err, move || async move {
+        Ok(black_box(i))
+    })
+    .await
 }
 
 async fn with_hook(m: &Noop, n: u64) -> Result<u64, TxError> {
@@ -77,25 +98,36 @@ fn report(what: &str, iters: u64, elapsed: std::time::Duration) {
 
 fn main() {
     let iters: u64 = std::env::args()
-        .find_map(|a| a.strip_prefix("--iters=").map(|n| n.parse().expect("--iters=N")))
+        .find_map(|a| {
+            a.strip_prefix("--iters=")
+                .map(|n| n.parse().expect("--iters=N"))
+        })
         .unwrap_or(2_000_000);
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let m = Noop::default();
     let want = |case: &str| only.as_deref().is_none_or(|o| o == case);
 
     if want("joined") {
-        rt.block_on(transactional(ManagerRef::Borrowed(&m), &OUTER, all_err, || async {
-            for i in 0..iters / 10 {
-                joined(&m, i).await?;
-            }
-            let start = Instant::now();
-            for i in 0..iters {
-                black_box(joined(&m, i).await?);
-            }
-            report("joined_required", iters, start.elapsed());
-            Ok::<_, TxError>(())
-        }))
+        rt.block_on(transactional(
+            ManagerRef::Borrowed(&m),
+            &OUTER,
+            all_err,
+            || async {
+                for i in 0..iters / 10 {
+                    joined(&m, i).await?;
+                }
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(joined(&m, i).await?);
+                }
+                report("joined_required", iters, start.elapsed());
+                Ok::<_, TxError>(())
+            },
+        ))
         .unwrap();
     }
     if want("new") {
@@ -121,7 +153,11 @@ fn main() {
                 black_box(with_hook(&m, 0).await.unwrap());
             }
             let without = start.elapsed();
-            report("register_and_run_after_commit_hook", txs * per, with.saturating_sub(without));
+            report(
+                "register_and_run_after_commit_hook",
+                txs * per,
+                with.saturating_sub(without),
+            );
         });
     }
 }

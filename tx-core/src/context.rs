@@ -90,7 +90,10 @@ impl Context {
     }
 
     /// Runs `fut` with this context as the task's.
-    pub(crate) fn run<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+    pub(crate) fn run<F: Future>(
+        self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
         CONTEXT.scope(self, fut)
     }
 }
@@ -123,7 +126,9 @@ pub(crate) fn chain_holds_writer(chain: Option<&Binding>, key: ManagerKey) -> bo
 /// See [`crate::connection::suspended_holds_connection`].
 pub(crate) fn suspended_holds_connection(key: ManagerKey) -> bool {
     CONTEXT
-        .try_with(|c| c.bound_scope(key).is_none() && chain_holds_writer(c.bindings.as_deref(), key))
+        .try_with(|c| {
+            c.bound_scope(key).is_none() && chain_holds_writer(c.bindings.as_deref(), key)
+        })
         .unwrap_or(false)
 }
 

@@ -162,11 +162,7 @@ impl TxError {
     }
 
     /// Wraps a backend failure.
-    pub fn database(
-        operation: Operation,
-        retryable: bool,
-        source: impl Into<BoxError>,
-    ) -> TxError {
+    pub fn database(operation: Operation, retryable: bool, source: impl Into<BoxError>) -> TxError {
         TxError::Database {
             operation,
             retryable,

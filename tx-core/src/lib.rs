@@ -57,10 +57,10 @@ mod transaction;
 pub use completion::Completion;
 pub use context::{current_status, is_actual_transaction_active, set_rollback_only};
 pub use definition::{Isolation, Propagation, TransactionDefinition};
-pub use error::{BoxError, Operation, TxError};
 #[cfg(feature = "sqlx")]
 #[doc(hidden)]
 pub use error::sqlx_is_retryable;
+pub use error::{BoxError, Operation, TxError};
 pub use events::{EventBus, ListenerHandle, TransactionPhase};
 pub use manager::TransactionManager;
 pub use registry::{register_manager, set_default_manager};

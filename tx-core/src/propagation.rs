@@ -122,9 +122,10 @@ where
 
     // The propagation table (SPEC "Semantics"), in one place.
     match (definition.get_propagation(), existing) {
-        (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => {
-            (participate(ctx, owner, rollback_on, body).await, RunInfo::default())
-        }
+        (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
+            participate(ctx, owner, rollback_on, body).await,
+            RunInfo::default(),
+        ),
         (Propagation::Nested, Some(owner)) => (
             savepoint(ctx, key, owner, definition, rollback_on, body).await,
             RunInfo::default(),
@@ -184,14 +185,22 @@ impl Drop for ParticipantGuard<'_> {
 
 /// Required/Supports/Mandatory inside a transaction: run in it; a failure marks it
 /// rollback-only for its owner.
-async fn participate<T, E, F, Fut, R>(ctx: Context, owner: Arc<Scope>, rollback_on: R, body: F) -> Result<T, E>
+async fn participate<T, E, F, Fut, R>(
+    ctx: Context,
+    owner: Arc<Scope>,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
 where
     F: FnOnce(TransactionStatus) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
     tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
-    let tx = owner.tx.as_deref().expect("a bound scope has a transaction");
+    let tx = owner
+        .tx
+        .as_deref()
+        .expect("a bound scope has a transaction");
     let status = TransactionStatus::participant(owner.clone());
     let mut guard = ParticipantGuard(Some(tx));
     let end = ctx
@@ -287,12 +296,16 @@ where
     ));
     let sync = Arc::new(SyncScope::default());
     let status = TransactionStatus::owner(scope.clone());
-    let tx_ctx = ctx.bind(key, Some(scope.clone())).with_scope(status.clone(), sync.clone());
+    let tx_ctx = ctx
+        .bind(key, Some(scope.clone()))
+        .with_scope(status.clone(), sync.clone());
 
     let mut cancel = CancelGuard {
         armed: Some((tx.clone(), sync.clone())),
     };
-    let run = tx_ctx.clone().run(AssertUnwindSafe(body(status)).catch_unwind());
+    let run = tx_ctx
+        .clone()
+        .run(AssertUnwindSafe(body(status)).catch_unwind());
     let end = match tx.deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
             Ok(r) => BodyEnd::from_caught(r),
@@ -473,7 +486,9 @@ where
     ));
     let sync = Arc::new(SyncScope::default());
     let status = TransactionStatus::owner(scope.clone());
-    let sp_ctx = ctx.bind(key, Some(scope.clone())).with_scope(status.clone(), sync.clone());
+    let sp_ctx = ctx
+        .bind(key, Some(scope.clone()))
+        .with_scope(status.clone(), sync.clone());
 
     let mut guard = SavepointGuard {
         armed: Some((tx.clone(), id, sync.clone())),
@@ -491,7 +506,9 @@ where
     let marked_inside = tx.is_global_rollback_only() && !global_before;
     let rollback = match &end {
         BodyEnd::Panicked(_) | BodyEnd::TimedOut => true,
-        BodyEnd::Returned(Err(e)) => rollback_on(e) || scope.is_local_rollback_only() || marked_inside,
+        BodyEnd::Returned(Err(e)) => {
+            rollback_on(e) || scope.is_local_rollback_only() || marked_inside
+        }
         BodyEnd::Returned(Ok(_)) => scope.is_local_rollback_only() || marked_inside,
     };
     // The guard stays armed until the savepoint is resolved: a call cancelled during
@@ -566,7 +583,11 @@ where
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
-    let scope = Arc::new(Scope::new(ScopeKind::NoTransaction, None, name_of(definition)));
+    let scope = Arc::new(Scope::new(
+        ScopeKind::NoTransaction,
+        None,
+        name_of(definition),
+    ));
     let status = TransactionStatus::owner(scope.clone());
     // A scope without a transaction inside another such scope registers into that one's list.
     let (sync, owns_sync) = match (suspend, ctx.sync()) {

@@ -78,11 +78,7 @@ pub(crate) fn named_key(name: &str) -> Result<ManagerKey, TxError> {
 
 /// The default manager.
 pub(crate) fn default_manager() -> Result<SharedManager, TxError> {
-    DEFAULT
-        .load()
-        .as_deref()
-        .cloned()
-        .ok_or(TxError::NoManager)
+    DEFAULT.load().as_deref().cloned().ok_or(TxError::NoManager)
 }
 
 /// The manager registered under `name`.

@@ -89,7 +89,9 @@ impl<S: TransactionSynchronization> DynSynchronization for S {
         Box::pin(TransactionSynchronization::after_commit(self))
     }
     fn after_completion(&self, completion: Completion) -> BoxFuture<'_, ()> {
-        Box::pin(TransactionSynchronization::after_completion(self, completion))
+        Box::pin(TransactionSynchronization::after_completion(
+            self, completion,
+        ))
     }
 }
 
@@ -166,7 +168,10 @@ impl SyncScope {
     async fn before_commit(&self, read_only: bool) -> Result<(), TxError> {
         let mut i = 0;
         while let Some(hook) = self.get(i) {
-            match AssertUnwindSafe(hook.before_commit(read_only)).catch_unwind().await {
+            match AssertUnwindSafe(hook.before_commit(read_only))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(TxError::BeforeCommit(e)),
                 Err(panic) => return Err(TxError::BeforeCommit(panic_message(&*panic).into())),
@@ -179,7 +184,10 @@ impl SyncScope {
     async fn before_completion(&self) {
         let mut i = 0;
         while let Some(hook) = self.get(i) {
-            if let Err(panic) = AssertUnwindSafe(hook.before_completion()).catch_unwind().await {
+            if let Err(panic) = AssertUnwindSafe(hook.before_completion())
+                .catch_unwind()
+                .await
+            {
                 log_panic("before_completion", &*panic);
             }
             i += 1;
@@ -244,7 +252,9 @@ impl SyncScope {
             Err(e) => (Completion::RolledBack, Err(e)),
         };
         self.set_stage(Stage::Finished);
-        Context::default().run(self.after_completion(completion)).await;
+        Context::default()
+            .run(self.after_completion(completion))
+            .await;
         (completion, result)
     }
 
@@ -277,7 +287,9 @@ impl SyncScope {
             Stage::Finished => return,
         };
         self.set_stage(Stage::Finished);
-        Context::default().run(self.after_completion(completion)).await;
+        Context::default()
+            .run(self.after_completion(completion))
+            .await;
     }
 
     /// Spawns [`finish_cancelled`](Self::finish_cancelled) (a destructor cannot wait); without

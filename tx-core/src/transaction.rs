@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::context::{Binding, chain_holds_writer};
 use crate::definition::TransactionDefinition;
 use crate::error::{Operation, TxError};
-use crate::context::{Binding, chain_holds_writer};
 use crate::manager::{BeginOptions, ManagerKey, PhysicalTransaction, SharedManager};
 
 /// The physical side of a transaction, behind the transaction's async mutex.
@@ -236,10 +236,12 @@ impl Transaction {
         let mut slot = self.slot.lock().await;
         self.undo_abandoned(&mut slot).await?;
         slot.savepoints.clear();
-        Ok(match std::mem::replace(&mut slot.physical, Physical::Finished) {
-            Physical::Active(p) => Some(p),
-            _ => None,
-        })
+        Ok(
+            match std::mem::replace(&mut slot.physical, Physical::Finished) {
+                Physical::Active(p) => Some(p),
+                _ => None,
+            },
+        )
     }
 
     /// Closes the savepoint scope `id`: `RELEASE` it (when `rollback` is false) or

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tx_core::connection::bound_transaction;
-use tx_core::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager};
+use tx_core::manager::{
+    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
 use tx_core::{Completion, Propagation, TransactionTemplate, TxError};
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -44,7 +46,10 @@ impl PhysicalTransaction for RecTx {
         self.log.lock().unwrap().push(format!("SAVEPOINT {name}"));
         Box::pin(async { Ok(()) })
     }
-    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
+    fn rollback_to_savepoint<'a>(
+        &'a mut self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), TxError>> {
         self.log.lock().unwrap().push(format!("ROLLBACK TO {name}"));
         Box::pin(async { Ok(()) })
     }
@@ -61,14 +66,19 @@ impl TransactionManager for Recorder {
     fn key(&self) -> ManagerKey {
         ManagerKey::of(&self.id)
     }
-    fn begin(&self, o: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    fn begin(
+        &self,
+        o: BeginOptions,
+    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
         let log = self.log.clone();
         log.lock().unwrap().push(format!(
             "BEGIN {:?}{}",
             o.isolation,
             if o.read_only { " READ ONLY" } else { "" }
         ));
-        Box::pin(async move { Ok(Box::new(RecTx { log, done: false }) as Box<dyn PhysicalTransaction>) })
+        Box::pin(
+            async move { Ok(Box::new(RecTx { log, done: false }) as Box<dyn PhysicalTransaction>) },
+        )
     }
 }
 
@@ -116,7 +126,10 @@ async fn begin_is_deferred_to_first_statement_and_commit_follows() {
         })
         .await;
     r.unwrap();
-    assert_eq!(m.take(), ["body", "BEGIN Default", "STMT a", "STMT b", "COMMIT"]);
+    assert_eq!(
+        m.take(),
+        ["body", "BEGIN Default", "STMT a", "STMT b", "COMMIT"]
+    );
 }
 
 #[tokio::test]
@@ -140,7 +153,10 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
                     .await;
                 assert!(inner.is_err());
                 // A Nested scope that runs no statement sends no SAVEPOINT.
-                t(&m).propagation(Propagation::Nested).execute(|_| async { Ok::<_, TxError>(()) }).await?;
+                t(&m)
+                    .propagation(Propagation::Nested)
+                    .execute(|_| async { Ok::<_, TxError>(()) })
+                    .await?;
                 m.stmt("after").await
             }
         })
@@ -270,8 +286,15 @@ async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
             Ok::<_, TxError>(())
         }
     });
-    assert!(tokio::time::timeout(Duration::from_millis(50), fut).await.is_err());
-    let c = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), fut)
+            .await
+            .is_err()
+    );
+    let c = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c, Completion::RolledBack);
     assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
 }
@@ -306,17 +329,29 @@ async fn hooks_run_in_phase_order_around_commit() {
     struct H(&'static str, Log);
     impl tx_core::TransactionSynchronization for H {
         async fn before_commit(&self, _: bool) -> Result<(), tx_core::BoxError> {
-            self.1.lock().unwrap().push(format!("{}:before_commit", self.0));
+            self.1
+                .lock()
+                .unwrap()
+                .push(format!("{}:before_commit", self.0));
             Ok(())
         }
         async fn before_completion(&self) {
-            self.1.lock().unwrap().push(format!("{}:before_completion", self.0));
+            self.1
+                .lock()
+                .unwrap()
+                .push(format!("{}:before_completion", self.0));
         }
         async fn after_commit(&self) {
-            self.1.lock().unwrap().push(format!("{}:after_commit", self.0));
+            self.1
+                .lock()
+                .unwrap()
+                .push(format!("{}:after_commit", self.0));
         }
         async fn after_completion(&self, c: Completion) {
-            self.1.lock().unwrap().push(format!("{}:after_completion({c:?})", self.0));
+            self.1
+                .lock()
+                .unwrap()
+                .push(format!("{}:after_completion({c:?})", self.0));
         }
     }
     let r: Result<(), TxError> = t(&m)
@@ -357,15 +392,26 @@ async fn hooks_run_in_phase_order_around_commit() {
 #[tokio::test]
 async fn misuse_gives_typed_errors() {
     let m = Recorder::default();
-    let r: Result<(), TxError> = t(&m).propagation(Propagation::Mandatory).execute(|_| async { Ok(()) }).await;
+    let r: Result<(), TxError> = t(&m)
+        .propagation(Propagation::Mandatory)
+        .execute(|_| async { Ok(()) })
+        .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {
             let m = m.clone();
-            async move { t(&m).propagation(Propagation::Never).execute(|_| async { Ok(()) }).await }
+            async move {
+                t(&m)
+                    .propagation(Propagation::Never)
+                    .execute(|_| async { Ok(()) })
+                    .await
+            }
         })
         .await;
     assert!(matches!(r, Err(TxError::ExistingTransaction)));
-    assert!(matches!(tx_core::after_commit(async {}), Err(TxError::NoTransaction)));
+    assert!(matches!(
+        tx_core::after_commit(async {}),
+        Err(TxError::NoTransaction)
+    ));
     assert!(m.take().is_empty());
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use tx_core::__private::{TransactionDefinition, by_expr, transactional};
-use tx_core::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager};
+use tx_core::manager::{
+    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
 use tx_core::{Isolation, Propagation, TxError};
 
 #[derive(Clone, Default)]
@@ -16,13 +18,21 @@ impl TransactionManager for Noop {
     fn key(&self) -> ManagerKey {
         ManagerKey::of(&self.0)
     }
-    fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    fn begin(
+        &self,
+        _: BeginOptions,
+    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
         Box::pin(async { Err(TxError::NoManager) })
     }
 }
 
-static DEF: TransactionDefinition =
-    TransactionDefinition::__const(Propagation::Required, Isolation::Default, None, false, "size");
+static DEF: TransactionDefinition = TransactionDefinition::__const(
+    Propagation::Required,
+    Isolation::Default,
+    None,
+    false,
+    "size",
+);
 
 fn all(_: &TxError) -> bool {
     true
@@ -39,11 +49,23 @@ async fn level1(m: &Noop) -> Result<u8, TxError> {
 }
 
 async fn level2(m: &Noop) -> Result<u8, TxError> {
-    transactional(by_expr(m), &DEF, all, move || async move { level1(m).await }).await
+    transactional(
+        by_expr(m),
+        &DEF,
+        all,
+        move || async move { level1(m).await },
+    )
+    .await
 }
 
 async fn level3(m: &Noop) -> Result<u8, TxError> {
-    transactional(by_expr(m), &DEF, all, move || async move { level2(m).await }).await
+    transactional(
+        by_expr(m),
+        &DEF,
+        all,
+        move || async move { level2(m).await },
+    )
+    .await
 }
 
 #[test]
@@ -57,6 +79,9 @@ fn nested_calls_grow_the_future_additively() {
     let step = s2 - s1;
     println!("future sizes: {s1} {s2} {s3}");
     assert!(s1 < 4096, "one level: {s1} bytes");
-    assert!(s3 - s2 <= step + 64, "levels must add a constant: {s1} {s2} {s3}");
+    assert!(
+        s3 - s2 <= step + 64,
+        "levels must add a constant: {s1} {s2} {s3}"
+    );
     assert!(s3 < 3 * s1, "three levels: {s1} {s2} {s3}");
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tx_core::__private::{TransactionDefinition, by_expr, transactional};
-use tx_core::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager};
+use tx_core::manager::{
+    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
 use tx_core::{Isolation, Propagation, TxError};
 
 #[global_allocator]
@@ -19,13 +21,21 @@ impl TransactionManager for Noop {
     fn key(&self) -> ManagerKey {
         ManagerKey::of(&self.0)
     }
-    fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    fn begin(
+        &self,
+        _: BeginOptions,
+    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
         Box::pin(async { Err(TxError::NoManager) })
     }
 }
 
-static DEF: TransactionDefinition =
-    TransactionDefinition::__const(Propagation::Required, Isolation::Default, None, false, "joined");
+static DEF: TransactionDefinition = TransactionDefinition::__const(
+    Propagation::Required,
+    Isolation::Default,
+    None,
+    false,
+    "joined",
+);
 
 fn all(_: &TxError) -> bool {
     true
@@ -33,16 +43,24 @@ fn all(_: &TxError) -> bool {
 
 #[test]
 fn joined_required_call_does_not_allocate() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let m = Noop::default();
     let allocations = rt.block_on(transactional(by_expr(&m), &DEF, all, || async {
         // Warm up (tracing's callsite registration allocates once).
         for i in 0..10u32 {
-            transactional(by_expr(&m), &DEF, all, move || async move { Ok::<_, TxError>(i) }).await?;
+            transactional(by_expr(&m), &DEF, all, move || async move {
+                Ok::<_, TxError>(i)
+            })
+            .await?;
         }
         let region = Region::new(GLOBAL);
         for i in 0..1000u32 {
-            let v = transactional(by_expr(&m), &DEF, all, move || async move { Ok::<_, TxError>(i) }).await?;
+            let v = transactional(by_expr(&m), &DEF, all, move || async move {
+                Ok::<_, TxError>(i)
+            })
+            .await?;
             assert_eq!(v, i);
         }
         Ok::<_, TxError>(region.change().allocations)
