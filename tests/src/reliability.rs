@@ -1234,7 +1234,7 @@ pub struct SweepReport {
     pub violations: Vec<String>,
 }
 
-/// The cancellation sweep: the transaction of [`sweep_call`] is cut after 1, 2, 3, ... polls
+/// The cancellation sweep: the transaction of `sweep_call` is cut after 1, 2, 3, ... polls
 /// until it completes. After every cut: the outer work is all or nothing, the audit committed
 /// before the outer work, the failed Nested step never visible, no session of the pool inside
 /// a transaction, every connection back in the pool and clean, every registered

@@ -1,8 +1,8 @@
 //! The Spring matrix differential test.
 //!
-//! Drives every line of `../shared/spring-matrix/matrix.jsonl` (Spring's observed behaviour for
-//! outer scope x inner propagation x inner outcome x outer outcome, see that directory's
-//! README) through `TransactionTemplate` and the transaction-aware executor `&TxPool`, and
+//! Drives every line of `spring-matrix/matrix.jsonl`, a copy of the product's
+//! `shared/spring-matrix/` (Spring's observed behaviour for outer scope x inner propagation x
+//! inner outcome x outer outcome, see that directory's README), through `TransactionTemplate` and the transaction-aware executor `&TxPool`, and
 //! compares the four observed fields (`outcome`, `rows`, `hooks`, `inner_saw`) line by line.
 //! Every mismatch is collected; the test fails at the end listing, per scenario id, each field
 //! that differs (expected vs actual).
@@ -25,8 +25,13 @@ use tx_sqlx::{
     TransactionSynchronization, TransactionTemplate, TxError,
 };
 
-/// Where the matrix lives: `/work/shared/spring-matrix/matrix.jsonl` seen from `tests/`.
-const MATRIX: &str = concat!(
+/// The matrix, vendored from the product's `shared/spring-matrix/` so that a clone of this
+/// repository alone runs it.
+const MATRIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/spring-matrix/matrix.jsonl");
+
+/// The product's copy, next to the repository's checkout when there is one: the vendored
+/// file must not drift from it.
+const SHARED_MATRIX: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/spring-matrix/matrix.jsonl"
 );
@@ -57,6 +62,12 @@ fn load_matrix() -> Vec<Line> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad matrix line {l}: {e}")))
         .collect();
     assert_eq!(lines.len(), 224, "the matrix has 224 scenarios");
+    if let Ok(shared) = std::fs::read_to_string(SHARED_MATRIX) {
+        assert!(
+            shared == text,
+            "tests/spring-matrix/matrix.jsonl differs from {SHARED_MATRIX}: copy the shared one over"
+        );
+    }
     lines
 }
 
