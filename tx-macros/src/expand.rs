@@ -781,16 +781,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "prints an expansion: cargo test -p tx-macros print_expansion -- --ignored --nocapture"]
-    fn print_expansion() {
-        let out = run(
-            "propagation = RequiresNew, timeout = \"2s\", no_rollback_for = AppError::Warn, manager = self.db, retry = 2",
-            "async fn add(&self, user: User) -> Result<u64, AppError> { self.insert(user).await }",
-        );
-        println!("{out}");
-    }
-
-    #[test]
     fn keys_reach_the_definition() {
         let out = run(
             "propagation = REQUIRES_NEW, isolation = SERIALIZABLE, timeout = \"1m30s\", read_only, name = \"n\", manager = \"orders\", no_rollback_for = AppError::A | AppError::B(_)",

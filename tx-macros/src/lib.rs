@@ -263,7 +263,7 @@ mod krate;
 /// allocates nothing for it), the body becomes a closure returning an `async move` block, and
 /// the rollback rule a `fn(&E) -> bool`. Roughly (helper names shortened):
 ///
-/// ```ignore
+/// ```text
 /// #[transactional(propagation = RequiresNew, timeout = "2s", no_rollback_for = AppError::Warn, manager = self.db)]
 /// async fn add(&self, user: User) -> Result<u64, AppError> { BODY }
 ///

@@ -167,3 +167,8 @@ pub mod prelude {
         transactional,
     };
 }
+
+/// The README's example compiles (its code blocks run as doctests of this crate).
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
