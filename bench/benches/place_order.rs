@@ -286,7 +286,25 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
 
 struct RunResult {
     tps: f64,
+    /// This process's CPU time (user + system) per unit, in microseconds.
+    cpu_us: f64,
     ok: bool,
+}
+
+/// CPU time of this process so far (utime + stime from /proc/self/stat, clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 11th and 12th after the name.
+    match (f.get(10), f.get(11)) {
+        (Some(u), Some(s)) => Duration::from_millis((u + s) * 10),
+        _ => Duration::ZERO,
+    }
 }
 
 /// Runs `units` units on `WORKERS` workers; `unit` is one unit of work.
@@ -307,6 +325,7 @@ where
     let counter0 = counter.load(Ordering::Relaxed);
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = process_cpu();
     let start = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
@@ -325,6 +344,7 @@ where
         w.await.expect("worker");
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_us = (process_cpu() - cpu0).as_secs_f64() * 1e6 / units as f64;
     let committed = units - failed.load(Ordering::Relaxed);
     let counted = counter.load(Ordering::Relaxed) - counter0;
     let orders = (count(pool, "orders").await - orders0) as u64;
@@ -340,14 +360,14 @@ where
         && committed == units;
     let tps = units as f64 / secs;
     println!(
-        "peer={peer} variant={} workers={WORKERS} units={units} secs={secs:.2} tps={tps:.0} check={}",
+        "peer={peer} variant={} workers={WORKERS} units={units} secs={secs:.2} tps={tps:.0} client_cpu_us_per_unit={cpu_us:.1} check={}",
         variant.name(),
         if ok { "ok" } else { "FAIL" }
     );
     if !ok {
         println!("  counter={counted} committed={committed} orders={orders} audit={audits}");
     }
-    RunResult { tps, ok }
+    RunResult { tps, cpu_us, ok }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -419,6 +439,7 @@ async fn main() {
     let mut summary = Vec::new();
     for &v in &variants {
         let (mut hand_tps, mut tx_tps) = (Vec::new(), Vec::new());
+        let (mut hand_cpu, mut tx_cpu) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             // Alternate which peer goes first, so drift in the machine favours neither.
             for first_hand in [round % 2 == 0, round % 2 != 0] {
@@ -431,6 +452,7 @@ async fn main() {
                     .await;
                     all_ok &= r.ok;
                     hand_tps.push(r.tps);
+                    hand_cpu.push(r.cpu_us);
                 } else {
                     let s = shop.clone();
                     let r = run("tx", v, units, &tx_pool, &shop.counter, move || {
@@ -440,14 +462,17 @@ async fn main() {
                     .await;
                     all_ok &= r.ok;
                     tx_tps.push(r.tps);
+                    tx_cpu.push(r.cpu_us);
                 }
             }
         }
         let (h, t) = (median(hand_tps), median(tx_tps));
         summary.push(format!(
-            "variant={:<12} sqlx_tps={h:>8.0} tx_tps={t:>8.0} ratio_tx_over_sqlx={:.3}",
+            "variant={:<12} sqlx_tps={h:>8.0} tx_tps={t:>8.0} ratio_tx_over_sqlx={:.3}  client_cpu_us_per_unit: sqlx={:.1} tx={:.1}",
             v.name(),
             t / h,
+            median(hand_cpu),
+            median(tx_cpu),
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
