@@ -2,7 +2,8 @@
 //! one process, interleaved run by run: hand-written sqlx and tx.
 //!
 //! Run: `cargo bench -p tx-bench` (options after `--`: `--units N` per run, default 20000;
-//! `--rounds N`, default 3; `--variants place_order,nested,empty,joined`).
+//! `--rounds N`, default 3; `--variants place_order,nested,empty,joined`; `--workers N`,
+//! default 8).
 //! `TX_BENCH_PG_URL` overrides `postgres://postgres@127.0.0.1:5432/test`.
 
 use std::sync::Arc;
@@ -13,7 +14,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tx_sqlx::{PgTxPool, TxError, transactional};
 
-const WORKERS: usize = 8;
+/// Concurrent workers (WORKLOAD.md: 8); `--workers N` changes it for diagnosis.
+static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn workers() -> usize {
+    *WORKERS.get().unwrap_or(&8)
+}
 const POOL: u32 = 16;
 const ROWS: i32 = 1000;
 
@@ -307,7 +313,7 @@ fn process_cpu() -> Duration {
     }
 }
 
-/// Runs `units` units on `WORKERS` workers; `unit` is one unit of work.
+/// Runs `units` units on [`workers()`] workers; `unit` is one unit of work.
 async fn run<F, Fut>(
     peer: &str,
     variant: Variant,
@@ -327,7 +333,7 @@ where
     let failed = Arc::new(AtomicU64::new(0));
     let cpu0 = process_cpu();
     let start = Instant::now();
-    let workers: Vec<_> = (0..WORKERS)
+    let tasks: Vec<_> = (0..workers())
         .map(|_| {
             let (unit, next, failed) = (unit.clone(), next.clone(), failed.clone());
             tokio::spawn(async move {
@@ -340,7 +346,7 @@ where
             })
         })
         .collect();
-    for w in workers {
+    for w in tasks {
         w.await.expect("worker");
     }
     let secs = start.elapsed().as_secs_f64();
@@ -360,8 +366,9 @@ where
         && committed == units;
     let tps = units as f64 / secs;
     println!(
-        "peer={peer} variant={} workers={WORKERS} units={units} secs={secs:.2} tps={tps:.0} client_cpu_us_per_unit={cpu_us:.1} check={}",
+        "peer={peer} variant={} workers={} units={units} secs={secs:.2} tps={tps:.0} client_cpu_us_per_unit={cpu_us:.1} check={}",
         variant.name(),
+        workers(),
         if ok { "ok" } else { "FAIL" }
     );
     if !ok {
@@ -388,6 +395,14 @@ async fn main() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let units: u64 = arg("--units").map_or(20_000, |s| s.parse().expect("--units N"));
     let rounds: usize = arg("--rounds").map_or(3, |s| s.parse().expect("--rounds N"));
+    // `--only sqlx|tx`: one peer alone (for profiling; no ratio is printed).
+    let only = arg("--only");
+    let only = only.as_deref();
+    if let Some(n) = arg("--workers") {
+        WORKERS
+            .set(n.parse().expect("--workers N"))
+            .expect("set once");
+    }
     let variants: Vec<Variant> = arg("--variants")
         .unwrap_or_else(|| "place_order,nested,empty,joined".into())
         .split(',')
@@ -443,6 +458,9 @@ async fn main() {
         for round in 0..rounds {
             // Alternate which peer goes first, so drift in the machine favours neither.
             for first_hand in [round % 2 == 0, round % 2 != 0] {
+                if only.is_some_and(|o| o != if first_hand { "sqlx" } else { "tx" }) {
+                    continue;
+                }
                 if first_hand {
                     let h = hand.clone();
                     let r = run("sqlx", v, units, &hand.pool, &hand.counter, move || {
@@ -466,6 +484,9 @@ async fn main() {
                 }
             }
         }
+        if only.is_some() {
+            continue;
+        }
         let (h, t) = (median(hand_tps), median(tx_tps));
         summary.push(format!(
             "variant={:<12} sqlx_tps={h:>8.0} tx_tps={t:>8.0} ratio_tx_over_sqlx={:.3}  client_cpu_us_per_unit: sqlx={:.1} tx={:.1}",
@@ -476,7 +497,10 @@ async fn main() {
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("\nmedians over {rounds} rounds, {units} units each, {WORKERS} workers, pool {POOL}:");
+    println!(
+        "\nmedians over {rounds} rounds, {units} units each, {} workers, pool {POOL}:",
+        workers()
+    );
     for line in summary {
         println!("{line}");
     }

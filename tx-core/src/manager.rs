@@ -2,6 +2,7 @@
 //! back, savepoints. Everything about propagation stays in the engine.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub struct BeginOptions {
     /// lock its own task holds.
     pub suspended_holds_connection: bool,
     /// The transaction's name, for logs.
-    pub name: String,
+    pub name: Cow<'static, str>,
 }
 
 /// A transaction manager: hands out physical transactions on its connections.

@@ -151,7 +151,7 @@ impl Transaction {
                         self.enclosing.as_deref(),
                         self.key,
                     ),
-                    name: self.name().to_owned(),
+                    name: self.definition.name_cow().clone(),
                 };
                 tracing::debug!(
                     target: "tx",
