@@ -415,3 +415,48 @@ async fn misuse_gives_typed_errors() {
     ));
     assert!(m.take().is_empty());
 }
+
+/// `#[transactional]` in a crate that depends on tx-core alone (no tx-sqlx): the attribute
+/// resolves its runtime through `tx_core`, and the manager comes from an expression.
+mod macro_on_tx_core_alone {
+    use super::*;
+
+    struct Service {
+        db: Recorder,
+    }
+
+    impl Service {
+        #[tx_core::transactional(manager = self.db, propagation = RequiresNew, read_only)]
+        async fn report(&self) -> Result<usize, TxError> {
+            assert!(tx_core::current_status().unwrap().is_new_transaction());
+            self.db.stmt("SELECT").await?;
+            Ok(1)
+        }
+
+        #[tx_core::transactional(manager = self.db)]
+        async fn fail(&self) -> Result<(), TxError> {
+            self.db.stmt("INSERT").await?;
+            Err(TxError::NoTransaction)
+        }
+    }
+
+    #[tokio::test]
+    async fn attribute_works_with_tx_core_only() {
+        let s = Service {
+            db: Recorder::default(),
+        };
+        assert_eq!(s.report().await.unwrap(), 1);
+        assert!(s.fail().await.is_err());
+        assert_eq!(
+            s.db.take(),
+            [
+                "BEGIN Default READ ONLY",
+                "STMT SELECT",
+                "COMMIT",
+                "BEGIN Default",
+                "STMT INSERT",
+                "ROLLBACK"
+            ]
+        );
+    }
+}
