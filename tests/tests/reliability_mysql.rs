@@ -8,8 +8,8 @@
 //! connection ids the pool opened). Skips loudly when MariaDB is down, unless
 //! `TX_TEST_REQUIRE_SERVERS=1`.
 //!
-//! Not covered: a server restart during a run. The MariaDB server is shared with every other
-//! test binary running concurrently; restarting it would fail their tests.
+//! A server restart during a run is covered by `reliability_restart.rs`, a binary of its own
+//! (it restarts the shared servers, which cargo never does while another test binary runs).
 
 use std::time::Duration;
 
