@@ -97,11 +97,7 @@ async fn begin(
     db: TxPool<MySql>,
     options: BeginOptions,
 ) -> Result<SqlxTransaction<MySql>, TxError> {
-    let conn = db
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| db_error(Operation::Begin, e))?;
+    let conn = db.connection_for_begin().await?;
     let mut tx = SqlxTransaction::new(conn, exec_raw::<MySql>, &FLAVOR);
     let mut bound = StatementBound::MariaDb;
     if options.remaining.is_some() {

@@ -6,11 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use sqlx::Database;
 use sqlx::pool::PoolConnection;
-use tx_core::TxError;
 use tx_core::connection::TransactionGuard;
 use tx_core::manager::ManagerKey;
+use tx_core::{Operation, TxError};
 
-use crate::error::acquire_error;
+use crate::error::{acquire_error, db_error};
 use crate::physical::SqlxTransaction;
 
 /// A sqlx connection pool that is also the transaction manager for it.
@@ -98,6 +98,18 @@ impl<DB: Database> TxPool<DB> {
     }
 
     /// The identity of this manager: the same for every clone.
+    /// A connection for a new transaction: an idle one at once when there is one, else
+    /// waiting for one. The waiting future (large: it can open a connection) is boxed only on
+    /// that slow path, so the future of every `BEGIN` stays small and cheap to move.
+    pub(crate) async fn connection_for_begin(&self) -> Result<PoolConnection<DB>, TxError> {
+        match self.inner.pool.try_acquire() {
+            Some(conn) => Ok(conn),
+            None => Box::pin(self.inner.pool.acquire())
+                .await
+                .map_err(|e| db_error(Operation::Begin, e)),
+        }
+    }
+
     pub(crate) fn manager_key(&self) -> ManagerKey {
         ManagerKey::of(&self.inner)
     }

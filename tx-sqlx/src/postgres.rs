@@ -59,11 +59,7 @@ async fn begin(
     options: BeginOptions,
 ) -> Result<SqlxTransaction<Postgres>, TxError> {
     let sql = begin_sql(options.isolation, options.read_only, options.remaining);
-    let conn = db
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| db_error(Operation::Begin, e))?;
+    let conn = db.connection_for_begin().await?;
     let mut tx = SqlxTransaction::new(conn, exec_raw::<Postgres>, &FLAVOR);
     // A simple query: several statements, one round trip.
     tx.begin(sql)

@@ -106,11 +106,7 @@ async fn begin(
     if options.isolation.sql().is_some() {
         tracing::trace!(target: "tx", "SQLite transactions are always serializable; isolation {:?} needs nothing", options.isolation);
     }
-    let conn = db
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| db_error(Operation::Begin, e))?;
+    let conn = db.connection_for_begin().await?;
     let mut tx = SqlxTransaction::new(conn, exec_raw::<Sqlite>, &FLAVOR);
     let sql = if options.read_only {
         // query_only is a connection setting: restored after COMMIT/ROLLBACK (the connection
