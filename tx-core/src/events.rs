@@ -22,7 +22,7 @@ use crate::completion::Completion;
 use crate::context::is_actual_transaction_active;
 use crate::error::{BoxError, TxError};
 use crate::manager::BoxFuture;
-use crate::synchronization::{TransactionSynchronization, register_synchronization};
+use crate::synchronization::{TransactionSynchronization, panic_message, register_synchronization};
 
 /// When a transactional listener ([`EventBus::listen`]) runs, relative to the transaction the
 /// event was published in (Spring's `TransactionPhase`).
@@ -644,19 +644,9 @@ async fn run_logged(entry: &Entry, phase: TransactionPhase, event_type: &str, ev
         ),
         Err(panic) => tracing::error!(
             target: "tx",
-            "{phase:?} listener of {event_type} panicked: {}; ignored, the transaction outcome stands",
+            "{phase:?} listener of {event_type} {}; ignored, the transaction outcome stands",
             panic_message(&*panic)
         ),
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
     }
 }
 
