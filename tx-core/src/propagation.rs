@@ -137,10 +137,12 @@ where
                 suspended.name(),
                 definition.get_name()
             );
-            match manager.share() {
+            let run = match manager.share() {
                 Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body).await,
                 Err(e) => (Err(e.into()), RunInfo::default()),
-            }
+            };
+            log_resume(&suspended);
+            run
         }
         (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
             match manager.share() {
@@ -155,10 +157,9 @@ where
                 suspended.name(),
                 definition.get_name()
             );
-            (
-                without_transaction(ctx, Some(key), definition, rollback_on, body).await,
-                RunInfo::default(),
-            )
+            let result = without_transaction(ctx, Some(key), definition, rollback_on, body).await;
+            log_resume(&suspended);
+            (result, RunInfo::default())
         }
         (Propagation::Supports | Propagation::NotSupported | Propagation::Never, None) => (
             without_transaction(ctx, None, definition, rollback_on, body).await,
@@ -249,6 +250,14 @@ impl Drop for CancelGuard {
             }
         });
     }
+}
+
+fn log_resume(suspended: &Scope) {
+    tracing::debug!(
+        target: "tx",
+        "Resuming suspended transaction [{}] after completion of inner scope",
+        suspended.name()
+    );
 }
 
 fn log_new(definition: &TransactionDefinition) {
