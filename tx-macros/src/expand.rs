@@ -167,6 +167,19 @@ enum Receiver {
     Value,
 }
 
+/// `self.a.b...`: a field path of `self`, which a `&self` method can borrow for the whole call.
+fn is_self_field(expr: &syn::Expr) -> bool {
+    match expr {
+        syn::Expr::Field(f) => is_self_field(&f.base) || is_self(&f.base),
+        syn::Expr::Paren(p) => is_self_field(&p.expr),
+        _ => false,
+    }
+}
+
+fn is_self(expr: &syn::Expr) -> bool {
+    matches!(expr, syn::Expr::Path(p) if p.qself.is_none() && p.path.is_ident("self"))
+}
+
 fn unwrap_type(ty: &Type) -> &Type {
     match ty {
         Type::Group(g) => unwrap_type(&g.elem),
@@ -433,10 +446,20 @@ fn expand_fn(
     let manager_stmts = match &args.manager {
         None => quote!(let #manager = #p::ManagerRef::Default;),
         Some(Manager::Named(lit)) => quote!(let #manager = #p::ManagerRef::Named(#lit);),
+        // `manager = self.a.b` on a `&self` method: borrowed, not cloned. This is every call's
+        // hot path, and cloning a pool handle writes its reference count, one cache line
+        // shared by every core.
+        Some(Manager::Expr(expr)) if receiver == Receiver::Ref && is_self_field(expr) => {
+            let span = expr.span();
+            quote_spanned! {span=>
+                let #manager = #p::by_expr(&#expr);
+            }
+        }
         Some(Manager::Expr(expr)) => {
             // Evaluated once, before the body; cloning the handle (an `Arc` increment for a
-            // `TxPool`) ends the borrow of `self`, so `&mut self` and by-value `self` work, and
-            // `db()` may return the manager or a reference to it.
+            // `TxPool`) ends the borrow of `self` or of a parameter the body moves, so
+            // `&mut self`, by-value `self` and `manager = db` work, and `db()` may return the
+            // manager or a reference to it.
             let span = expr.span();
             let handle = Ident::new("__tx_manager_handle", span.resolved_at(Span::mixed_site()));
             let grouped = Group::new(Delimiter::Parenthesis, expr.to_token_stream());
@@ -778,6 +801,26 @@ mod tests {
         );
         assert!(out.contains("| _ : & AppError | true"), "{out}");
         assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn self_field_manager_is_borrowed_on_shared_self_and_cloned_otherwise() {
+        let shared = run(
+            "manager = self.db",
+            "async fn f(&self) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(shared.contains("by_expr (& self . db)"), "{shared}");
+        assert!(!shared.contains(". clone ()"), "{shared}");
+        let exclusive = run(
+            "manager = self.db",
+            "async fn f(&mut self) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(exclusive.contains("(self . db) . clone ()"), "{exclusive}");
+        let param = run(
+            "manager = db",
+            "async fn f(db: Pool) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(param.contains("(db) . clone ()"), "{param}");
     }
 
     #[test]

@@ -281,8 +281,9 @@ mod krate;
 ///         );
 ///         &DEF
 ///     };
-///     let handle = (self.db).clone();              // `manager = EXPR`, once per call
-///     let manager = __private::by_expr(&handle);    // (`ManagerRef::Default` / `Named("..")`)
+///     // `manager = self.field` on `&self` is borrowed; any other expression is evaluated once
+///     // per call and cloned (`(EXPR).clone()`), so `&mut self`, `self` and parameters work
+///     let manager = __private::by_expr(&self.db);   // (`ManagerRef::Default` / `Named("..")`)
 ///     let make_body = move || async move {
 ///         // dead code fixing the block's output type to `Result<u64, AppError>`, so `?` and
 ///         // `return` inside BODY convert exactly as in the original function
