@@ -56,8 +56,7 @@ where
 {
     let mut retry = Retry::new(retries, def.get_name());
     loop {
-        let (result, info) =
-            propagation::execute(manager.reborrow(), def, rollback_on, |_| make_body()).await;
+        let (result, info) = propagation::execute(manager, def, rollback_on, |_| make_body()).await;
         if !retry.again(&result, info).await {
             return result;
         }

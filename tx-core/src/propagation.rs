@@ -20,6 +20,7 @@ use crate::synchronization::SyncScope;
 use crate::transaction::Transaction;
 
 /// Which manager a scope uses.
+#[derive(Clone, Copy)]
 pub enum ManagerRef<'a> {
     /// The default manager ([`crate::set_default_manager`]).
     Default,
@@ -50,16 +51,6 @@ impl Resolved<'_, '_> {
 }
 
 impl<'a> ManagerRef<'a> {
-    /// A copy of this reference (for re-running a call).
-    pub(crate) fn reborrow(&self) -> ManagerRef<'a> {
-        match *self {
-            ManagerRef::Default => ManagerRef::Default,
-            ManagerRef::Named(n) => ManagerRef::Named(n),
-            ManagerRef::Shared(m) => ManagerRef::Shared(m),
-            ManagerRef::Borrowed(m) => ManagerRef::Borrowed(m),
-        }
-    }
-
     fn resolve(&self) -> Result<Resolved<'_, 'a>, TxError> {
         let key = match *self {
             ManagerRef::Default => registry::default_key()?,

@@ -136,8 +136,7 @@ impl TransactionTemplate {
         let mut retry = Retry::new(self.retries, self.definition.get_name());
         loop {
             let (result, info) =
-                propagation::execute(manager.reborrow(), &self.definition, |_: &E| true, &mut f)
-                    .await;
+                propagation::execute(manager, &self.definition, |_: &E| true, &mut f).await;
             if !retry.again(&result, info).await {
                 return result;
             }
