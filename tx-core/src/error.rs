@@ -88,15 +88,17 @@ pub enum TxError {
 
     /// No manager was given and no default manager is set.
     #[error(
-        "no transaction manager: call tx::set_default_manager(pool) at start-up, or name one \
-         with manager = ... / TransactionTemplate::new(pool)"
+        "no transaction manager: call tx_sqlx::set_default_manager(pool) at start-up \
+         (tx_core::set_default_manager when you depend on tx-core alone), or name one with \
+         #[transactional(manager = ...)] / TransactionTemplate::new(pool)"
     )]
     NoManager,
 
     /// `manager = "name"` names no registered manager.
     #[error(
         "no transaction manager registered under the name {name:?}: call \
-         tx::register_manager({name:?}, pool) at start-up"
+         tx_sqlx::register_manager({name:?}, pool) at start-up (tx_core::register_manager \
+         when you depend on tx-core alone)"
     )]
     UnknownManager {
         /// The name that was asked for.
@@ -161,6 +163,36 @@ impl TxError {
         )
     }
 
+    /// The database's own code for the failure behind this error: the SQLSTATE on
+    /// PostgreSQL (`"40001"` serialization failure, `"23505"` unique violation, ...) and
+    /// MySQL/MariaDB (`"40001"` for a deadlock, `"23000"` for a duplicate key, ...), found
+    /// anywhere in the error's [`source`](std::error::Error::source) chain. `None` when the
+    /// database did not fail (a timeout, an unexpected rollback, ...), and on SQLite, which
+    /// has no SQLSTATE (its numeric result code is in the driver error).
+    ///
+    /// ```
+    /// use tx_core::TxError;
+    /// assert_eq!(TxError::Timeout.sqlstate(), None);
+    /// ```
+    #[must_use]
+    pub fn sqlstate(&self) -> Option<&str> {
+        #[cfg(feature = "sqlx")]
+        {
+            let mut next: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(self);
+            while let Some(err) = next {
+                if let Some(code) = err
+                    .downcast_ref::<sqlx_core::Error>()
+                    .and_then(sqlx_conv::sqlx_sqlstate)
+                {
+                    return Some(code);
+                }
+                next = err.source();
+            }
+        }
+        None
+    }
+
     /// Wraps a backend failure.
     pub fn database(operation: Operation, retryable: bool, source: impl Into<BoxError>) -> TxError {
         TxError::Database {
@@ -174,6 +206,18 @@ impl TxError {
 #[cfg(feature = "sqlx")]
 mod sqlx_conv {
     use super::{Operation, TxError};
+
+    /// The SQLSTATE of a database error, when the driver reports one as text it holds
+    /// (PostgreSQL, MySQL; SQLite's numeric codes are not SQLSTATEs).
+    pub fn sqlx_sqlstate(err: &sqlx_core::Error) -> Option<&str> {
+        let sqlx_core::Error::Database(db) = err else {
+            return None;
+        };
+        match db.code()? {
+            std::borrow::Cow::Borrowed(code) => Some(code),
+            std::borrow::Cow::Owned(_) => None,
+        }
+    }
 
     /// True for the database errors that re-running the transaction may cure.
     pub fn sqlx_is_retryable(err: &sqlx_core::Error) -> bool {
@@ -217,4 +261,4 @@ mod sqlx_conv {
 
 #[cfg(feature = "sqlx")]
 #[doc(hidden)]
-pub use sqlx_conv::sqlx_is_retryable;
+pub use sqlx_conv::{sqlx_is_retryable, sqlx_sqlstate};

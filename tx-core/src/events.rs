@@ -323,9 +323,38 @@ impl Shared {
 ///
 /// # Listener results and failures
 ///
-/// Every listener, plain or transactional, is an `async` closure taking `Arc<Event>` and
-/// returning `Result<(), BoxError>` (one type for all, so a listener can move between
-/// phases unchanged; `?` works on any error that converts into [`BoxError`]).
+/// Every listener, plain or transactional, is an `async` closure taking `Arc<Event>` whose
+/// body returns either `()` (it cannot fail) or `Result<(), E>` for any error `E` that
+/// converts into [`BoxError`]: your own error type, a driver's, `Box<dyn Error>`, a message
+/// (see [`ListenerResult`]). A listener can move between phases unchanged.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tx_core::{BoxError, EventBus, TransactionPhase};
+///
+/// struct OrderPaid { order_id: u64 }
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("mail server down")]
+/// struct MailError;
+/// async fn send_receipt(_order: u64) -> Result<(), MailError> { Ok(()) }
+///
+/// let bus = EventBus::new();
+/// // Cannot fail: the body is `()`.
+/// bus.listen(TransactionPhase::AfterCommit, |e: Arc<OrderPaid>| async move {
+///     println!("order {} paid", e.order_id);
+/// });
+/// // Fails with its own error type.
+/// bus.listen(TransactionPhase::AfterCommit, |e: Arc<OrderPaid>| async move {
+///     send_receipt(e.order_id).await
+/// });
+/// // A message is an error too (`Ok(())` alone names no error type: say which, once).
+/// bus.listen(TransactionPhase::BeforeCommit, |e: Arc<OrderPaid>| async move {
+///     if e.order_id == 0 {
+///         return Err(BoxError::from("order 0 does not exist"));
+///     }
+///     Ok(())
+/// });
+/// ```
 ///
 /// | listener | an `Err` | a panic |
 /// |---|---|---|
@@ -379,29 +408,21 @@ impl Shared {
 /// let bus = EventBus::new();
 /// let seen = Arc::new(Mutex::new(Vec::new()));
 /// let s = seen.clone();
+/// // A listener is called once per event, so each call takes its own handle on `seen`.
 /// bus.on(move |e: Arc<UserRegistered>| {
 ///     let s = s.clone();
-///     async move {
-///         s.lock().unwrap().push(format!("plain {}", e.0));
-///         Ok(())
-///     }
+///     async move { s.lock().unwrap().push(format!("plain {}", e.0)) }
 /// });
 /// let s = seen.clone();
 /// bus.listen(TransactionPhase::AfterCommit, move |e: Arc<UserRegistered>| {
 ///     let s = s.clone();
-///     async move {
-///         s.lock().unwrap().push(format!("after commit {}", e.0));
-///         Ok(())
-///     }
+///     async move { s.lock().unwrap().push(format!("after commit {}", e.0)) }
 /// });
 ///
 /// let s = seen.clone();
 /// bus.listen(TransactionPhase::AfterCommit, move |e: Arc<UserRegistered>| {
 ///     let s = s.clone();
-///     async move {
-///         s.lock().unwrap().push(format!("fallback {}", e.0));
-///         Ok(())
-///     }
+///     async move { s.lock().unwrap().push(format!("fallback {}", e.0)) }
 /// })
 /// .fallback_execution(true);
 ///
@@ -437,16 +458,55 @@ impl std::fmt::Debug for EventBus {
     }
 }
 
+/// What a listener's future may return: `()` for a listener that cannot fail, or
+/// `Result<(), E>` with any error that converts into [`BoxError`] (`Box<dyn Error>`, a
+/// `&str` or `String` message, your own error type, ...).
+///
+/// Implemented for those two and nothing else (the trait is sealed); it only shows up in the
+/// bounds of [`EventBus::listen`] and [`EventBus::on`].
+///
+/// A body that returns `Ok(())` on every path names no error type, which Rust cannot infer:
+/// return `()` instead, or spell the type once (`Ok::<_, BoxError>(())`).
+pub trait ListenerResult: sealed::Sealed {
+    /// The result as the bus handles it.
+    #[doc(hidden)]
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<E> Sealed for Result<(), E> {}
+}
+
+impl ListenerResult for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> ListenerResult for Result<(), E> {
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
 fn erase<E, F, Fut>(listener: F) -> Arc<ErasedListener>
 where
     E: Send + Sync + 'static,
     F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: ListenerResult,
 {
     Arc::new(
         move |event: AnyEvent| -> BoxFuture<'static, Result<(), BoxError>> {
             match event.downcast::<E>() {
-                Ok(event) => Box::pin(listener(event)),
+                Ok(event) => {
+                    // Called here, not inside the future: a listener that panics before
+                    // returning its future panics in the phase that called it.
+                    let fut = listener(event);
+                    Box::pin(async move { fut.await.into_result() })
+                }
                 // Unreachable: listeners are looked up by the event's TypeId.
                 Err(_) => Box::pin(async { Ok(()) }),
             }
@@ -496,7 +556,7 @@ impl EventBus {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use tx_core::{EventBus, TransactionPhase, TransactionTemplate, TxError};
+    /// use tx_core::{BoxError, EventBus, TransactionPhase, TransactionTemplate, TxError};
     /// # use tx_core::manager::*;
     /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
     /// # struct NoopTx;
@@ -518,17 +578,14 @@ impl EventBus {
     /// // A validation every publisher of Transfer gets: its Err vetoes the commit.
     /// bus.listen(TransactionPhase::BeforeCommit, |t: Arc<Transfer>| async move {
     ///     if t.amount <= 0 {
-    ///         return Err("a transfer moves a positive amount".into());
+    ///         return Err(BoxError::from("a transfer moves a positive amount"));
     ///     }
     ///     Ok(())
     /// });
     ///
     /// let template = TransactionTemplate::new(Noop::default());
     /// let r = template
-    ///     .execute(|_| {
-    ///         let bus = bus.clone();
-    ///         async move { bus.publish(Transfer { amount: -5 }).await }
-    ///     })
+    ///     .execute(|_| async { bus.publish(Transfer { amount: -5 }).await })
     ///     .await;
     /// assert!(matches!(r, Err(TxError::BeforeCommit(_))));
     /// # }
@@ -537,7 +594,8 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
         F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: ListenerResult,
     {
         self.register::<E>(Kind::Phase(phase), erase(listener))
     }
@@ -556,7 +614,7 @@ impl EventBus {
     /// struct Ping;
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let bus = EventBus::new();
-    /// bus.on(|_: Arc<Ping>| async { Err("nobody home".into()) });
+    /// bus.on(|_: Arc<Ping>| async { Err::<(), _>("nobody home") });
     /// let r = bus.publish(Ping).await;
     /// assert!(matches!(r, Err(TxError::Listener(e)) if e.to_string() == "nobody home"));
     /// # }
@@ -565,7 +623,8 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
         F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: ListenerResult,
     {
         self.register::<E>(Kind::Plain, erase(listener))
     }
@@ -710,7 +769,7 @@ impl TransactionSynchronization for EventSynchronization {
 ///     let s = seen.clone();
 ///     let handle = bus.listen(TransactionPhase::AfterCommit, move |_: Arc<Tick>| {
 ///         let s = s.clone();
-///         async move { s.lock().unwrap().push(name); Ok(()) }
+///         async move { s.lock().unwrap().push(name) }
 ///     });
 ///     // Outside a transaction only fallback listeners run; "c" goes first.
 ///     let handle = handle.fallback_execution(true);
@@ -851,10 +910,7 @@ mod tests {
         let log = log.clone();
         bus.listen(phase, move |e: Arc<Ev>| {
             let log = log.clone();
-            async move {
-                log.push(format!("{name} {}", e.0));
-                Ok(())
-            }
+            async move { log.push(format!("{name} {}", e.0)) }
         })
     }
 
@@ -870,6 +926,11 @@ mod tests {
         );
     }
 
+    /// A listener body that panics (typed `()`, as a `panic!` alone would be `!`).
+    fn explode(message: &str) {
+        panic!("{message}")
+    }
+
     fn template() -> TransactionTemplate {
         TransactionTemplate::new(Noop::default())
     }
@@ -879,13 +940,10 @@ mod tests {
         let (bus, log) = (EventBus::new(), Log::default());
         all_phases(&bus, &log);
         let r = template()
-            .execute(|_| {
-                let (bus, log) = (bus.clone(), log.clone());
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    log.push("body end");
-                    Ok::<_, TxError>(())
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                log.push("body end");
+                Ok::<_, TxError>(())
             })
             .await;
         r.unwrap();
@@ -905,29 +963,84 @@ mod tests {
         let (bus, log) = (EventBus::new(), Log::default());
         all_phases(&bus, &log);
         let r = template()
-            .execute(|_| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    Err::<(), _>(TxError::UnexpectedRollback)
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                Err::<(), _>(TxError::UnexpectedRollback)
             })
             .await;
         assert!(r.is_err());
         assert_eq!(log.take(), ["after_rollback 1", "after_completion 1"]);
 
         let r = template()
-            .execute(|status| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish(Ev(2)).await?;
-                    status.set_rollback_only();
-                    Ok::<_, TxError>(())
-                }
+            .execute(|status| async move {
+                bus.publish(Ev(2)).await?;
+                status.set_rollback_only();
+                Ok::<_, TxError>(())
             })
             .await;
         assert!(r.is_ok());
         assert_eq!(log.take(), ["after_rollback 2", "after_completion 2"]);
+    }
+
+    #[derive(Debug)]
+    struct MailDown(u32);
+
+    impl std::fmt::Display for MailDown {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "mail server down for event {}", self.0)
+        }
+    }
+
+    impl std::error::Error for MailDown {}
+
+    #[tokio::test]
+    async fn listeners_return_unit_or_any_error_type() {
+        let (bus, log) = (EventBus::new(), Log::default());
+        // `()` bodies, transactional and plain.
+        let l = log.clone();
+        bus.listen(TransactionPhase::AfterCommit, move |e: Arc<Ev>| {
+            let l = l.clone();
+            async move { l.push(format!("unit after_commit {}", e.0)) }
+        });
+        let l = log.clone();
+        bus.on(move |e: Arc<Ev>| {
+            let l = l.clone();
+            async move { l.push(format!("unit plain {}", e.0)) }
+        });
+        // A listener's own error type, converted into the BoxError the bus reports.
+        bus.listen(TransactionPhase::BeforeCommit, |e: Arc<Ev>| async move {
+            if e.0 == 2 {
+                return Err(MailDown(e.0));
+            }
+            Ok(())
+        });
+
+        template()
+            .execute(|_| async { bus.publish(Ev(1)).await })
+            .await
+            .unwrap();
+        assert_eq!(log.take(), ["unit plain 1", "unit after_commit 1"]);
+
+        let r = template()
+            .execute(|_| async { bus.publish(Ev(2)).await })
+            .await;
+        match r {
+            Err(TxError::BeforeCommit(e)) => {
+                assert_eq!(e.to_string(), "mail server down for event 2");
+                assert!(e.downcast_ref::<MailDown>().is_some_and(|m| m.0 == 2));
+            }
+            other => panic!("expected BeforeCommit, got {other:?}"),
+        }
+        // The veto rolled back: the AfterCommit listener did not run.
+        assert_eq!(log.take(), ["unit plain 2"]);
+
+        // A plain listener failing with a typed error fails publish with it.
+        let plain = EventBus::new();
+        plain.on(|e: Arc<Ev>| async move { Err::<(), _>(MailDown(e.0)) });
+        match plain.publish(Ev(3)).await {
+            Err(TxError::Listener(e)) => assert!(e.downcast_ref::<MailDown>().is_some()),
+            other => panic!("expected Listener, got {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -935,13 +1048,10 @@ mod tests {
         let (bus, log) = (EventBus::new(), Log::default());
         all_phases(&bus, &log);
         bus.listen(TransactionPhase::BeforeCommit, |e: Arc<Ev>| async move {
-            Err(format!("veto {}", e.0).into())
+            Err::<(), _>(format!("veto {}", e.0))
         });
         let r = template()
-            .execute(|_| {
-                let bus = bus.clone();
-                async move { bus.publish(Ev(3)).await }
-            })
+            .execute(|_| async { bus.publish(Ev(3)).await })
             .await;
         match r {
             Err(TxError::BeforeCommit(e)) => assert_eq!(e.to_string(), "veto 3"),
@@ -957,10 +1067,10 @@ mod tests {
     async fn failing_after_listeners_are_isolated() {
         let (bus, log) = (EventBus::new(), Log::default());
         bus.listen(TransactionPhase::AfterCommit, |_: Arc<Ev>| async {
-            Err("mq down".into())
+            Err::<(), _>("mq down")
         });
         bus.listen(TransactionPhase::AfterCommit, |_: Arc<Ev>| async {
-            panic!("listener bug")
+            explode("listener bug")
         });
         // Panics before returning its future.
         bus.listen(
@@ -971,7 +1081,7 @@ mod tests {
         );
         listen(&bus, &log, TransactionPhase::AfterCommit, "after_commit");
         bus.listen(TransactionPhase::AfterCompletion, |_: Arc<Ev>| async {
-            panic!("completion bug")
+            explode("completion bug")
         });
         listen(
             &bus,
@@ -980,12 +1090,9 @@ mod tests {
             "after_completion",
         );
         let r = template()
-            .execute(|_| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish(Ev(4)).await?;
-                    Ok::<_, TxError>(44)
-                }
+            .execute(|_| async {
+                bus.publish(Ev(4)).await?;
+                Ok::<_, TxError>(44)
             })
             .await;
         assert_eq!(r.unwrap(), 44);
@@ -1003,10 +1110,7 @@ mod tests {
             let bus = bus.clone();
             async move {
                 template()
-                    .execute(|_| {
-                        let bus = bus.clone();
-                        async move { bus.publish(Ev(n)).await }
-                    })
+                    .execute(|_| async { bus.publish(Ev(n)).await })
                     .await
                     .unwrap();
             }
@@ -1032,20 +1136,14 @@ mod tests {
         let l = log.clone();
         bus.listen(TransactionPhase::AfterCommit, move |_: Arc<Other>| {
             let l = l.clone();
-            async move {
-                l.push("other");
-                Ok(())
-            }
+            async move { l.push("other") }
         });
         template()
-            .execute(|_| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    bus.publish(Other).await?;
-                    bus.publish(Ev(2)).await?;
-                    bus.publish("no listener for &str").await
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                bus.publish(Other).await?;
+                bus.publish(Ev(2)).await?;
+                bus.publish("no listener for &str").await
             })
             .await
             .unwrap();
@@ -1068,10 +1166,7 @@ mod tests {
         let l = log.clone();
         bus.on(move |e: Arc<Ev>| {
             let l = l.clone();
-            async move {
-                l.push(format!("plain {}", e.0));
-                Ok(())
-            }
+            async move { l.push(format!("plain {}", e.0)) }
         });
 
         bus.publish(Ev(1)).await.unwrap();
@@ -1088,13 +1183,10 @@ mod tests {
         ] {
             template()
                 .propagation(p)
-                .execute(|_| {
-                    let (bus, log) = (bus.clone(), log.clone());
-                    async move {
-                        bus.publish(Ev(2)).await?;
-                        log.push("body end");
-                        Ok::<_, TxError>(())
-                    }
+                .execute(|_| async {
+                    bus.publish(Ev(2)).await?;
+                    log.push("body end");
+                    Ok::<_, TxError>(())
                 })
                 .await
                 .unwrap();
@@ -1112,19 +1204,16 @@ mod tests {
 
         // NotSupported inside a transaction suspends it: no transaction to follow.
         let t = template();
-        t.execute(|_| {
-            let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
-            async move {
-                t.clone()
-                    .propagation(Propagation::NotSupported)
-                    .execute(|_| {
-                        let bus = bus.clone();
-                        async move { bus.publish(Ev(3)).await }
-                    })
-                    .await?;
-                log.push("outer end");
-                Ok::<_, TxError>(())
-            }
+        t.execute(|_| async {
+            t.clone()
+                .propagation(Propagation::NotSupported)
+                .execute(|_| {
+                    let bus = bus.clone();
+                    async move { bus.publish(Ev(3)).await }
+                })
+                .await?;
+            log.push("outer end");
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -1144,13 +1233,10 @@ mod tests {
         let (bus, log) = (EventBus::new(), Log::default());
         listen(&bus, &log, TransactionPhase::AfterCommit, "after_commit").fallback_execution(true);
         template()
-            .execute(|_| {
-                let (bus, log) = (bus.clone(), log.clone());
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    log.push("body end");
-                    Ok::<_, TxError>(())
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                log.push("body end");
+                Ok::<_, TxError>(())
             })
             .await
             .unwrap();
@@ -1161,7 +1247,7 @@ mod tests {
     async fn fallback_before_commit_error_is_returned() {
         let bus = EventBus::new();
         bus.listen(TransactionPhase::BeforeCommit, |_: Arc<Ev>| async {
-            Err("invalid".into())
+            Err::<(), _>("invalid")
         })
         .fallback_execution(true);
         let r = bus.publish(Ev(1)).await;
@@ -1179,7 +1265,7 @@ mod tests {
                 async move {
                     l.push(format!("{name} {}", e.0));
                     if e.0 == 2 && name == "p1" {
-                        return Err("plain failed".into());
+                        return Err(BoxError::from("plain failed"));
                     }
                     Ok(())
                 }
@@ -1187,13 +1273,10 @@ mod tests {
             .order(order);
         }
         template()
-            .execute(|_| {
-                let (bus, log) = (bus.clone(), log.clone());
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    log.push("published");
-                    Ok::<_, TxError>(())
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                log.push("published");
+                Ok::<_, TxError>(())
             })
             .await
             .unwrap();
@@ -1213,10 +1296,7 @@ mod tests {
         // A failing plain listener stops the others; propagated, it rolls the transaction
         // back and the event's AfterRollback listeners see it.
         let r = template()
-            .execute(|_| {
-                let bus = bus.clone();
-                async move { bus.publish(Ev(2)).await }
-            })
+            .execute(|_| async { bus.publish(Ev(2)).await })
             .await;
         assert!(matches!(r, Err(TxError::Listener(e)) if e.to_string() == "plain failed"));
         assert_eq!(
@@ -1231,20 +1311,17 @@ mod tests {
         all_phases(&bus, &log);
         let t = template();
         let r = t
-            .execute(|_| {
-                let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    t.clone()
-                        .propagation(Propagation::RequiresNew)
-                        .execute(|_| {
-                            let bus = bus.clone();
-                            async move { bus.publish(Ev(2)).await }
-                        })
-                        .await?;
-                    log.push("inner done");
-                    Err::<(), _>(TxError::UnexpectedRollback)
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                t.clone()
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| {
+                        let bus = bus.clone();
+                        async move { bus.publish(Ev(2)).await }
+                    })
+                    .await?;
+                log.push("inner done");
+                Err::<(), _>(TxError::UnexpectedRollback)
             })
             .await;
         assert!(r.is_err());
@@ -1266,31 +1343,28 @@ mod tests {
         let (bus, log) = (EventBus::new(), Log::default());
         all_phases(&bus, &log);
         let t = template();
-        t.execute(|_| {
-            let (bus, log, t) = (bus.clone(), log.clone(), t.clone());
-            async move {
-                bus.publish(Ev(1)).await?;
-                let nested = t.clone().propagation(Propagation::Nested);
-                let r = nested
-                    .execute(|_| {
-                        let bus = bus.clone();
-                        async move {
-                            bus.publish(Ev(2)).await?;
-                            Err::<(), _>(TxError::UnexpectedRollback)
-                        }
-                    })
-                    .await;
-                assert!(r.is_err());
-                log.push("savepoint rolled back");
-                nested
-                    .execute(|_| {
-                        let bus = bus.clone();
-                        async move { bus.publish(Ev(3)).await }
-                    })
-                    .await?;
-                log.push("savepoint released");
-                Ok::<_, TxError>(())
-            }
+        t.execute(|_| async {
+            bus.publish(Ev(1)).await?;
+            let nested = t.clone().propagation(Propagation::Nested);
+            let r = nested
+                .execute(|_| {
+                    let bus = bus.clone();
+                    async move {
+                        bus.publish(Ev(2)).await?;
+                        Err::<(), _>(TxError::UnexpectedRollback)
+                    }
+                })
+                .await;
+            assert!(r.is_err());
+            log.push("savepoint rolled back");
+            nested
+                .execute(|_| {
+                    let bus = bus.clone();
+                    async move { bus.publish(Ev(3)).await }
+                })
+                .await?;
+            log.push("savepoint released");
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -1317,13 +1391,10 @@ mod tests {
         all_phases(&bus, &log);
         let r = template()
             .timeout(Duration::from_millis(50))
-            .execute(|_| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish(Ev(1)).await?;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    Ok::<_, TxError>(())
-                }
+            .execute(|_| async {
+                bus.publish(Ev(1)).await?;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, TxError>(())
             })
             .await;
         assert!(matches!(r, Err(TxError::Timeout)));
@@ -1335,16 +1406,13 @@ mod tests {
             if let Some(tx) = tx.lock().unwrap().take() {
                 let _ = tx.send(());
             }
-            async { Ok(()) }
+            async {}
         });
         let t = template();
-        let call = t.execute(|_| {
-            let bus = bus.clone();
-            async move {
-                bus.publish(Ev(2)).await?;
-                std::future::pending::<()>().await;
-                Ok::<_, TxError>(())
-            }
+        let call = t.execute(|_| async {
+            bus.publish(Ev(2)).await?;
+            std::future::pending::<()>().await;
+            Ok::<_, TxError>(())
         });
         assert!(
             tokio::time::timeout(Duration::from_millis(10), call)

@@ -57,11 +57,11 @@ mod transaction;
 pub use completion::Completion;
 pub use context::{current_status, is_actual_transaction_active, set_rollback_only};
 pub use definition::{Isolation, Propagation, TransactionDefinition};
+pub use error::{BoxError, Operation, TxError};
 #[cfg(feature = "sqlx")]
 #[doc(hidden)]
-pub use error::sqlx_is_retryable;
-pub use error::{BoxError, Operation, TxError};
-pub use events::{EventBus, ListenerHandle, TransactionPhase};
+pub use error::{sqlx_is_retryable, sqlx_sqlstate};
+pub use events::{EventBus, ListenerHandle, ListenerResult, TransactionPhase};
 pub use manager::TransactionManager;
 pub use registry::{register_manager, set_default_manager};
 pub use status::TransactionStatus;
@@ -69,7 +69,7 @@ pub use synchronization::{
     TransactionSynchronization, after_commit, after_completion, after_rollback,
     register_synchronization,
 };
-pub use template::TransactionTemplate;
+pub use template::{RetryingTemplate, TransactionTemplate};
 
 #[cfg(feature = "macros")]
 pub use tx_macros::transactional;

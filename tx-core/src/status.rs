@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::definition::Isolation;
 use crate::transaction::Transaction;
 
 /// What kind of scope a [`Scope`] is.
@@ -69,7 +70,7 @@ enum Role {
 /// scope, [`current_status`](crate::current_status) returns the innermost one.
 ///
 /// ```
-/// # use tx_core::{TransactionTemplate, TxError};
+/// # use tx_core::{Isolation, TransactionTemplate, TxError};
 /// # use tx_core::manager::*; use std::sync::Arc;
 /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
 /// # struct NoopTx;
@@ -85,11 +86,16 @@ enum Role {
 /// #     }
 /// # }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let template = TransactionTemplate::new(Noop::default()).name("report");
+/// let template = TransactionTemplate::new(Noop::default())
+///     .name("report")
+///     .isolation(Isolation::RepeatableRead)
+///     .read_only(true);
 /// let r: Result<(), TxError> = template
 ///     .execute(|status| async move {
 ///         assert!(status.is_new_transaction());
 ///         assert_eq!(status.name(), "report");
+///         assert!(status.is_read_only());
+///         assert_eq!(status.isolation(), Isolation::RepeatableRead);
 ///         status.set_rollback_only(); // rolled back, but returns Ok: the owner decided
 ///         assert!(status.is_rollback_only());
 ///         Ok(())
@@ -110,6 +116,8 @@ impl std::fmt::Debug for TransactionStatus {
             .field("name", &self.name())
             .field("new_transaction", &self.is_new_transaction())
             .field("savepoint", &self.has_savepoint())
+            .field("read_only", &self.is_read_only())
+            .field("isolation", &self.isolation())
             .field("rollback_only", &self.is_rollback_only())
             .field("completed", &self.is_completed())
             .finish()
@@ -179,6 +187,29 @@ impl TransactionStatus {
     #[must_use]
     pub fn name(&self) -> &str {
         self.scope.name()
+    }
+
+    /// Whether the transaction this scope runs in is read-only: the setting of the scope that
+    /// began it (a participant or a `Nested` savepoint runs with its owner's). `false` in a
+    /// scope without a transaction.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.scope
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.definition.is_read_only())
+    }
+
+    /// The isolation level the transaction this scope runs in was begun with, as asked for
+    /// by the scope that began it (a participant or a `Nested` savepoint runs with its
+    /// owner's; see the backend's documentation for the level each database really applies).
+    /// [`Isolation::Default`] in a scope without a transaction.
+    #[must_use]
+    pub fn isolation(&self) -> Isolation {
+        self.scope
+            .tx
+            .as_ref()
+            .map_or(Isolation::Default, |tx| tx.definition.get_isolation())
     }
 
     /// Whether the scope runs in an actual transaction.

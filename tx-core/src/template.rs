@@ -15,6 +15,11 @@ use crate::status::TransactionStatus;
 /// Runs closures in transactional scopes, for when an attribute is too coarse: part of a
 /// function in a transaction, a loop with one transaction per item, a decision taken at run time.
 ///
+/// [`execute`](TransactionTemplate::execute) calls its closure exactly once (an `FnOnce`, as
+/// Spring calls a `TransactionCallback`), so captured values move into the `async move` body
+/// with no cloning. [`retry(n)`](TransactionTemplate::retry) turns the template into a
+/// [`RetryingTemplate`], whose closure may run again after a serialization failure or deadlock.
+///
 /// ```
 /// use std::time::Duration;
 /// use tx_core::{Propagation, TransactionTemplate, TxError};
@@ -36,16 +41,16 @@ use crate::status::TransactionStatus;
 /// # let pool = Noop::default();
 /// let audit = TransactionTemplate::new(pool.clone())
 ///     .propagation(Propagation::RequiresNew)
-///     .timeout(Duration::from_secs(2))
-///     .retry(3);
-/// let id = audit
+///     .timeout(Duration::from_secs(2));
+/// let note = String::from("order 7 placed"); // moved into the body, no clone
+/// let len = audit
 ///     .execute(|status| async move {
 ///         assert!(status.is_new_transaction());
-///         Ok::<_, TxError>(7)
+///         Ok::<_, TxError>(note.len())
 ///     })
 ///     .await
 ///     .unwrap();
-/// assert_eq!(id, 7);
+/// assert_eq!(len, 14);
 /// # }
 /// ```
 #[derive(Clone, Default)]
@@ -54,14 +59,12 @@ pub struct TransactionTemplate {
     /// `None`: the default manager, looked up per call.
     manager: Option<SharedManager>,
     definition: TransactionDefinition,
-    retries: u32,
 }
 
 impl std::fmt::Debug for TransactionTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionTemplate")
             .field("definition", &self.definition)
-            .field("retries", &self.retries)
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +74,7 @@ impl TransactionTemplate {
     pub fn new(manager: impl TransactionManager) -> Self {
         TransactionTemplate {
             manager: Some(Arc::new(manager)),
-            ..TransactionTemplate::default()
+            definition: TransactionDefinition::default(),
         }
     }
 
@@ -111,35 +114,316 @@ impl TransactionTemplate {
         self
     }
 
-    /// Re-runs the whole closure, up to `retries` more times, when the transaction it began
-    /// fails with a retryable error (serialization failure, deadlock), with jittered
-    /// exponential backoff. Ignored when the call joins an existing transaction.
+    /// The attributes calls of this template run with.
+    #[must_use]
+    pub fn get_definition(&self) -> &TransactionDefinition {
+        &self.definition
+    }
+
+    /// A template that re-runs the whole closure, up to `retries` more times, when the
+    /// transaction it began fails with a retryable error (serialization failure, deadlock),
+    /// with jittered exponential backoff. A call that joins an existing transaction is never
+    /// retried alone (its owner decides).
+    ///
+    /// The closure of [`RetryingTemplate::execute`] may run several times, so it is an
+    /// `FnMut`: what a run consumes must be cloned inside it.
+    pub fn retry(self, retries: u32) -> RetryingTemplate {
+        RetryingTemplate {
+            template: self,
+            retries,
+        }
+    }
+
+    fn manager(&self) -> ManagerRef<'_> {
+        match &self.manager {
+            Some(m) => ManagerRef::Shared(m),
+            None => ManagerRef::Default,
+        }
+    }
+
+    /// Runs `f` once, in a scope with this template's attributes: `Ok` commits (unless the
+    /// scope was marked rollback-only), `Err` rolls back, a panic rolls back and continues.
+    ///
+    /// `f` gets the scope's [`TransactionStatus`] and is called exactly once, so the body may
+    /// move captured values: `template.execute(|_| async move { .. })`. The returned future
+    /// is `Send` whenever the body's future is.
+    ///
+    /// # Errors
+    ///
+    /// The body's own `Err`, or a [`TxError`] converted into `E`: no manager
+    /// ([`TxError::NoManager`]), the propagation refusing to run
+    /// ([`TxError::NoTransaction`] for `Mandatory`, [`TxError::ExistingTransaction`] for
+    /// `Never`), the deadline ([`TxError::Timeout`]), a participant's rollback-only mark
+    /// ([`TxError::UnexpectedRollback`]), a failing `before_commit` hook
+    /// ([`TxError::BeforeCommit`]) or the database failing to begin, commit or roll back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes rolls back the transaction it began (never
+    /// commits it) and returns its connection to the pool clean; `after_completion` hooks see
+    /// `RolledBack`. A scope that joined an outer transaction leaves the outer one to its
+    /// owner. The body, dropped with it, may have run part of its statements.
+    pub async fn execute<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        E: From<TxError>,
+        F: FnOnce(TransactionStatus) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let (result, _) =
+            propagation::execute(self.manager(), &self.definition, |_: &E| true, f).await;
+        result
+    }
+}
+
+/// A [`TransactionTemplate`] that re-runs its closure after a retryable failure: made by
+/// [`TransactionTemplate::retry`].
+///
+/// A run is retried when the transaction it began failed with a serialization failure or a
+/// deadlock ([`TxError::is_retryable`]); a run that joined an existing transaction is never
+/// retried alone. When the retries are exhausted the last run's result is returned, so a
+/// caller can still tell that the failure was retryable.
+///
+/// ```
+/// use tx_core::{Isolation, TransactionTemplate, TxError};
+/// # use tx_core::manager::*; use std::sync::Arc;
+/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+/// # struct NoopTx;
+/// # impl PhysicalTransaction for NoopTx {
+/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
+/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
+/// # }
+/// # impl TransactionManager for Noop {
+/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let pool = Noop::default();
+/// let transfer = TransactionTemplate::new(pool.clone())
+///     .isolation(Isolation::Serializable)
+///     .retry(3);
+/// let to = String::from("bob");
+/// let done = transfer
+///     .execute(|_status| {
+///         let to = to.clone(); // the closure may run again: each run takes its own copy
+///         async move { Ok::<_, TxError>(format!("paid {to}")) }
+///     })
+///     .await
+///     .unwrap();
+/// assert_eq!(done, "paid bob");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a RetryingTemplate does nothing until execute is awaited"]
+pub struct RetryingTemplate {
+    template: TransactionTemplate,
+    retries: u32,
+}
+
+impl RetryingTemplate {
+    /// Sets the propagation behaviour (default `Required`).
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.template = self.template.propagation(propagation);
+        self
+    }
+
+    /// Sets the isolation level of a new transaction.
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.template = self.template.isolation(isolation);
+        self
+    }
+
+    /// Sets the deadline of each new transaction (each run has its own), from its start.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.template = self.template.timeout(timeout);
+        self
+    }
+
+    /// Makes a new transaction read-only.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.template = self.template.read_only(read_only);
+        self
+    }
+
+    /// Names the transaction (for logs and [`TransactionStatus::name`]).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.template = self.template.name(name);
+        self
+    }
+
+    /// Replaces every attribute with `definition`'s.
+    pub fn definition(mut self, definition: TransactionDefinition) -> Self {
+        self.template = self.template.definition(definition);
+        self
+    }
+
+    /// Changes how many times a failed run is re-run.
     pub fn retry(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
-    /// Runs `f` in a scope with this template's attributes: `Ok` commits (unless the scope
-    /// was marked rollback-only), `Err` rolls back, a panic rolls back and continues.
+    /// How many times a failed run is re-run at most.
+    #[must_use]
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// The attributes calls of this template run with.
+    #[must_use]
+    pub fn get_definition(&self) -> &TransactionDefinition {
+        &self.template.definition
+    }
+
+    /// Runs `f` in a scope with this template's attributes, as
+    /// [`TransactionTemplate::execute`] does, and calls it again (in a new transaction) after
+    /// a run whose transaction failed with a retryable error, up to `retries` more times.
     ///
-    /// `f` is called again for each retry, so it is `FnMut`.
+    /// `f` is called once per run, so it is `FnMut`. The returned future is `Send` whenever
+    /// the body's future is.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`TransactionTemplate::execute`]. When every run failed with a retryable
+    /// error, the last run's error is returned (its [`TxError::is_retryable`] is still true).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`TransactionTemplate::execute`]: dropping the future rolls back the run in
+    /// progress; no further run starts. Dropped during the backoff between two runs, it has
+    /// nothing left to roll back.
     pub async fn execute<T, E, F, Fut>(&self, mut f: F) -> Result<T, E>
     where
         E: From<TxError>,
         F: FnMut(TransactionStatus) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let manager = match &self.manager {
-            Some(m) => ManagerRef::Shared(m),
-            None => ManagerRef::Default,
-        };
-        let mut retry = Retry::new(self.retries, self.definition.get_name());
+        let template = &self.template;
+        let mut retry = Retry::new(self.retries, template.definition.get_name());
         loop {
-            let (result, info) =
-                propagation::execute(manager, &self.definition, |_: &E| true, &mut f).await;
-            if !retry.again(&result, info).await {
+            let (result, info) = propagation::execute(
+                template.manager(),
+                &template.definition,
+                |_: &E| true,
+                &mut f,
+            )
+            .await;
+            // The decision only needs whether the run failed: a `&Result<T, E>` held across
+            // the backoff would make this future `Send` only for `Sync` `T` and `E`.
+            let outcome = result.as_ref().map(drop).map_err(drop);
+            if result.is_ok() || !retry.again(&outcome, info).await {
                 return result;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction};
+
+    #[derive(Clone, Default)]
+    struct Noop(Arc<()>);
+
+    struct NoopTx;
+
+    impl PhysicalTransaction for NoopTx {
+        fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+
+    impl TransactionManager for Noop {
+        fn key(&self) -> ManagerKey {
+            ManagerKey::of(&self.0)
+        }
+        fn begin(
+            &self,
+            _: BeginOptions,
+        ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+            Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
+        }
+    }
+
+    /// `Send` but not `Sync`, as a value and as an error.
+    #[derive(Debug)]
+    struct NotSync(Cell<u32>);
+
+    impl From<TxError> for NotSync {
+        fn from(_: TxError) -> Self {
+            NotSync(Cell::new(0))
+        }
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn execute_moves_captures_into_the_body_once() {
+        let template = TransactionTemplate::new(Noop::default());
+        let owned = String::from("moved, not cloned");
+        let r = template
+            .execute(|status| async move {
+                assert!(status.is_new_transaction());
+                Ok::<_, TxError>(owned) // the String itself comes back out
+            })
+            .await;
+        assert_eq!(r.unwrap(), "moved, not cloned");
+    }
+
+    #[tokio::test]
+    async fn futures_are_send_whatever_t_and_e() {
+        let template = TransactionTemplate::new(Noop::default());
+        let fut = template.execute(|_| async { Ok::<_, NotSync>(NotSync(Cell::new(1))) });
+        assert_send(&fut);
+        assert_eq!(fut.await.unwrap().0.get(), 1);
+
+        let retrying = template.clone().retry(2);
+        let fut = retrying.execute(|_| async { Err::<NotSync, _>(NotSync(Cell::new(2))) });
+        assert_send(&fut);
+        assert_eq!(fut.await.unwrap_err().0.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn retrying_template_keeps_the_attributes_and_runs_once_on_success() {
+        let runs = AtomicU32::new(0);
+        let retrying = TransactionTemplate::new(Noop::default())
+            .name("transfer")
+            .retry(3)
+            .isolation(Isolation::Serializable)
+            .read_only(true);
+        assert_eq!(retrying.retries(), 3);
+        assert_eq!(retrying.get_definition().get_name(), "transfer");
+        let r = retrying
+            .execute(|status| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    assert_eq!(status.isolation(), Isolation::Serializable);
+                    assert!(status.is_read_only());
+                    Ok::<_, TxError>(status.name().to_owned())
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), "transfer");
+        // Not retryable: an error ends the call after one run.
+        let r = retrying
+            .execute(|_| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(TxError::UnexpectedRollback) }
+            })
+            .await;
+        assert!(matches!(r, Err(TxError::UnexpectedRollback)));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

@@ -44,6 +44,88 @@ pub(crate) fn wrapped_tx_error(err: &sqlx::Error) -> Option<&TxError> {
     }
 }
 
+/// What tx knows about a [`sqlx::Error`]: the engine's own error inside it, whether re-running
+/// the transaction may cure it, whether it is the transaction's deadline, and the database's
+/// SQLSTATE.
+///
+/// A statement run through `&TxPool` must return `sqlx::Error`, so when the engine refuses
+/// or cuts it (the deadline passed, SQLite's write lock is held by this task, ...) the
+/// [`TxError`] travels inside a `sqlx::Error`. These methods find it, and read a driver error
+/// the same way, so code that holds a `sqlx::Error` (a function returning
+/// `Result<T, sqlx::Error>`, or an error type with a `Db(sqlx::Error)` variant) loses nothing.
+///
+/// Converting with `TxError::from(sqlx_error)` gives the same answers as a [`TxError`]: that
+/// is the pattern the crate documentation teaches (an application error whose
+/// `From<sqlx::Error>` goes through `TxError`).
+///
+/// ```
+/// use tx_sqlx::{SqlxErrorExt, TxError};
+///
+/// fn describe(e: &sqlx::Error) -> &'static str {
+///     if e.is_timeout() {
+///         "the transaction ran out of time: it was rolled back"
+///     } else if e.is_retryable() {
+///         "a serialization failure or deadlock: try the whole transaction again"
+///     } else if e.sqlstate() == Some("23505") {
+///         "a duplicate key"
+///     } else {
+///         "something else"
+///     }
+/// }
+///
+/// assert_eq!(describe(&sqlx::Error::RowNotFound), "something else");
+/// assert!(sqlx::Error::RowNotFound.tx_error().is_none());
+/// ```
+pub trait SqlxErrorExt: sealed::Sealed {
+    /// The engine's error this `sqlx::Error` carries, if it carries one: the deadline
+    /// ([`TxError::Timeout`]), a refused wait ([`TxError::WouldBlock`]), a missing
+    /// transaction, ... `None` for a driver error (a rejected statement, a lost connection).
+    fn tx_error(&self) -> Option<&TxError>;
+
+    /// True when re-running the whole transaction may succeed: a serialization failure or
+    /// deadlock (PostgreSQL 40001, 40P01; MySQL 1213, 1205; SQLite busy), whether the driver
+    /// reported it or the engine did ([`TxError::is_retryable`]).
+    fn is_retryable(&self) -> bool;
+
+    /// True when the transaction's deadline ended the statement or refused to run it
+    /// ([`TxError::Timeout`]): the transaction is rolled back.
+    fn is_timeout(&self) -> bool;
+
+    /// The database's SQLSTATE for the failure (PostgreSQL, MySQL/MariaDB), also when it is
+    /// inside the engine's error ([`TxError::sqlstate`]). `None` for errors that are not the
+    /// database's, and on SQLite (which has numeric result codes instead).
+    fn sqlstate(&self) -> Option<&str>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for sqlx::Error {}
+}
+
+impl SqlxErrorExt for sqlx::Error {
+    fn tx_error(&self) -> Option<&TxError> {
+        wrapped_tx_error(self)
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self.tx_error() {
+            Some(tx) => tx.is_retryable(),
+            None => tx_core::sqlx_is_retryable(self),
+        }
+    }
+
+    fn is_timeout(&self) -> bool {
+        matches!(self.tx_error(), Some(TxError::Timeout))
+    }
+
+    fn sqlstate(&self) -> Option<&str> {
+        match self.tx_error() {
+            Some(tx) => tx.sqlstate(),
+            None => tx_core::sqlx_sqlstate(self),
+        }
+    }
+}
+
 /// A failure of `operation` (begin, savepoint, rollback, ...) as a `TxError`.
 pub(crate) fn db_error(operation: Operation, err: sqlx::Error) -> TxError {
     match err {
@@ -142,6 +224,26 @@ mod tests {
             tx_to_sqlx(TxError::PoolClosed),
             sqlx::Error::PoolClosed
         ));
+    }
+
+    #[test]
+    fn ext_trait_finds_the_engine_error_inside() {
+        let timeout = tx_to_sqlx(TxError::Timeout);
+        assert!(timeout.is_timeout());
+        assert!(!timeout.is_retryable());
+        assert!(matches!(timeout.tx_error(), Some(TxError::Timeout)));
+        assert_eq!(timeout.sqlstate(), None);
+        // Converting through TxError keeps the meaning.
+        assert!(matches!(TxError::from(timeout), TxError::Timeout));
+
+        let busy = tx_to_sqlx(TxError::database(Operation::Commit, true, "busy"));
+        assert!(busy.is_retryable() && !busy.is_timeout());
+        assert!(busy.tx_error().is_some_and(TxError::is_retryable));
+
+        let driver = sqlx::Error::RowNotFound;
+        assert!(driver.tx_error().is_none());
+        assert!(!driver.is_retryable() && !driver.is_timeout());
+        assert_eq!(driver.sqlstate(), None);
     }
 
     #[test]

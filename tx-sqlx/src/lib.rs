@@ -10,49 +10,109 @@
 //!   none. Queries are written exactly as with a plain `&Pool`.
 //!
 //! Everything of `tx-core` is re-exported at this crate's root, and [`prelude`] brings the
-//! usual names in, so a service depends on `tx-sqlx` alone.
+//! usual names in, so a service depends on `tx-sqlx` alone, with the driver it uses:
+//!
+//! ```toml
+//! [dependencies]
+//! tx-sqlx = { version = "0.1", default-features = false, features = ["postgres"] }
+//! sqlx = { version = "0.9", default-features = false, features = ["runtime-tokio", "postgres"] }
+//! ```
 //!
 //! ```no_run
-//! use std::time::Duration;
 //! use tx_sqlx::prelude::*;
+//! use tx_sqlx::PgTxPool;
 //!
-//! #[derive(Debug)]
-//! enum AppError {
-//!     Tx(TxError),
-//!     OutOfStock,
+//! #[derive(Debug, thiserror::Error)]
+//! pub enum AppError {
+//!     #[error("item {0} is out of stock")]
+//!     OutOfStock(i64),
+//!     /// Every database and transaction failure: a timeout, a serialization failure, a
+//!     /// constraint violation, an unexpected rollback, ...
+//!     #[error(transparent)]
+//!     Tx(#[from] TxError),
 //! }
-//! impl From<TxError> for AppError {
-//!     fn from(e: TxError) -> Self { AppError::Tx(e) }
-//! }
+//!
+//! // `?` on a sqlx call goes through TxError: a deadline hit inside a statement arrives as
+//! // TxError::Timeout, a serialization failure stays is_retryable().
 //! impl From<sqlx::Error> for AppError {
-//!     fn from(e: sqlx::Error) -> Self { AppError::Tx(e.into()) }
+//!     fn from(e: sqlx::Error) -> Self {
+//!         AppError::Tx(e.into())
+//!     }
 //! }
 //!
-//! # async fn run() -> Result<(), AppError> {
-//! let db = TxPool::new(sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?);
+//! pub struct OrderService {
+//!     db: PgTxPool,
+//! }
 //!
-//! let order_id: i64 = TransactionTemplate::new(db.clone())
-//!     .isolation(Isolation::RepeatableRead)
-//!     .timeout(Duration::from_secs(5))
-//!     .execute(|_status: TransactionStatus| {
-//!         let db = db.clone();
-//!         async move {
-//!             let stock: i64 = sqlx::query_scalar("select stock from items where id = 1 for update")
-//!                 .fetch_one(&db)
-//!                 .await?;
-//!             if stock == 0 {
-//!                 return Err(AppError::OutOfStock); // rolled back
-//!             }
-//!             sqlx::query("update items set stock = stock - 1 where id = 1").execute(&db).await?;
-//!             let id = sqlx::query_scalar("insert into orders(item) values (1) returning id")
-//!                 .fetch_one(&db)
-//!                 .await?;
-//!             Ok(id) // committed
+//! impl OrderService {
+//!     #[transactional(manager = self.db, timeout = 5)]
+//!     pub async fn place_order(&self, item: i64) -> Result<i64, AppError> {
+//!         let stock: i64 = sqlx::query_scalar("SELECT stock FROM items WHERE id = $1 FOR UPDATE")
+//!             .bind(item)
+//!             .fetch_one(&self.db)
+//!             .await?;
+//!         if stock == 0 {
+//!             return Err(AppError::OutOfStock(item)); // rolled back
 //!         }
-//!     })
-//!     .await?;
-//! # let _ = order_id; Ok(()) }
+//!         sqlx::query("UPDATE items SET stock = stock - 1 WHERE id = $1")
+//!             .bind(item)
+//!             .execute(&self.db)
+//!             .await?;
+//!         let id = sqlx::query_scalar("INSERT INTO orders (item) VALUES ($1) RETURNING id")
+//!             .bind(item)
+//!             .fetch_one(&self.db)
+//!             .await?;
+//!         Ok(id) // committed
+//!     }
+//!
+//!     /// The programmatic form: the closure runs in the transaction; `retry(3)` runs it
+//!     /// again after a serialization failure.
+//!     pub async fn restock(&self, item: i64, units: i64) -> Result<(), AppError> {
+//!         TransactionTemplate::new(self.db.clone())
+//!             .isolation(Isolation::Serializable)
+//!             .retry(3)
+//!             .execute(|_status| async move {
+//!                 sqlx::query("UPDATE items SET stock = stock + $1 WHERE id = $2")
+//!                     .bind(units)
+//!                     .bind(item)
+//!                     .execute(&self.db)
+//!                     .await?;
+//!                 Ok(())
+//!             })
+//!             .await
+//!     }
+//! }
+//!
+//! /// What a caller can tell from the error.
+//! async fn place(service: &OrderService) -> &'static str {
+//!     match service.place_order(1).await {
+//!         Ok(_) => "201 created",
+//!         Err(AppError::OutOfStock(_)) => "409 out of stock",
+//!         Err(AppError::Tx(TxError::Timeout)) => "503 timed out, nothing was written",
+//!         Err(AppError::Tx(e)) if e.is_retryable() => "503 conflict, try again",
+//!         Err(AppError::Tx(e)) if e.sqlstate() == Some("23505") => "409 duplicate",
+//!         Err(AppError::Tx(_)) => "500",
+//!     }
+//! }
 //! ```
+//!
+//! ## Errors
+//!
+//! One story, the one above: the application's error type has a `Tx(TxError)` variant for
+//! everything the database and the engine report, and its `From<sqlx::Error>` goes through
+//! [`TxError`]'s. Then nothing is lost on the way out of a statement:
+//!
+//! * a deadline that cut a statement, or refused to start one, is [`TxError::Timeout`],
+//!   exactly as when the engine itself rolls back at the deadline;
+//! * a serialization failure or deadlock is a [`TxError::Database`] whose
+//!   [`is_retryable`](TxError::is_retryable) is true, also when `retry(n)` ran out of
+//!   attempts (the last attempt's error is returned);
+//! * the database's own code is [`TxError::sqlstate`] (`"23505"` unique violation, ...), and
+//!   the driver's `sqlx::Error` is the `source()` of [`TxError::Database`].
+//!
+//! Code that keeps a `sqlx::Error` (an error type with a `Db(sqlx::Error)` variant, a helper
+//! returning `Result<T, sqlx::Error>`) asks it the same questions through [`SqlxErrorExt`]:
+//! `e.tx_error()`, `e.is_timeout()`, `e.is_retryable()`, `e.sqlstate()`.
 //!
 //! ## Backends
 //!
@@ -110,8 +170,8 @@
 //! * [`TxError::PoolClosed`] becomes `sqlx::Error::PoolClosed`;
 //! * anything else becomes `sqlx::Error::Io` wrapping the `TxError` itself (`io::ErrorKind`
 //!   `TimedOut` for [`TxError::Timeout`], `WouldBlock` for [`TxError::WouldBlock`], `Other`
-//!   otherwise): its message is the `TxError`'s, and `io_error.get_ref()` downcasts to
-//!   `TxError`.
+//!   otherwise): its message is the `TxError`'s, and [`SqlxErrorExt::tx_error`] finds it
+//!   (as does `TxError::from`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Backend-specific helpers are unused when only some backends are enabled.
@@ -134,6 +194,7 @@ mod sqlite;
 
 pub use tx_core::*;
 
+pub use error::SqlxErrorExt;
 pub use pool::{TxConnection, TxPool};
 
 #[cfg(feature = "mysql")]
@@ -143,7 +204,8 @@ pub use pool::PgTxPool;
 #[cfg(feature = "sqlite")]
 pub use pool::SqliteTxPool;
 
-/// The names a transactional service usually needs: `use tx_sqlx::prelude::*;`.
+/// The names a transactional service usually needs: `use tx_sqlx::prelude::*;` (with
+/// [`SqlxErrorExt`](crate::SqlxErrorExt), so its methods work on any `sqlx::Error`).
 ///
 /// ```
 /// use tx_sqlx::prelude::*;
@@ -161,10 +223,10 @@ pub use pool::SqliteTxPool;
 /// # fn pools(_: Option<TxPool<sqlx::Postgres>>) {}
 /// ```
 pub mod prelude {
-    pub use crate::TxPool;
+    pub use crate::{SqlxErrorExt, TxPool};
     pub use tx_core::{
-        Completion, Isolation, Propagation, TransactionStatus, TransactionTemplate, TxError,
-        transactional,
+        Completion, Isolation, Propagation, RetryingTemplate, TransactionStatus,
+        TransactionTemplate, TxError, transactional,
     };
 }
 

@@ -41,15 +41,12 @@ use crate::physical::SqlxTransaction;
 ///
 /// let id: i64 = TransactionTemplate::new(db.clone())
 ///     .propagation(Propagation::Required)
-///     .execute(|_status| {
-///         let db = db.clone();
-///         async move {
-///             let (id,): (i64,) = sqlx::query_as("insert into orders(total) values (10) returning id")
-///                 .fetch_one(&db)
-///                 .await?;
-///             sqlx::query("insert into audit(order_id) values ($1)").bind(id).execute(&db).await?;
-///             Ok::<_, TxError>(id)
-///         }
+///     .execute(|_status| async {
+///         let (id,): (i64,) = sqlx::query_as("insert into orders(total) values (10) returning id")
+///             .fetch_one(&db)
+///             .await?;
+///         sqlx::query("insert into audit(order_id) values ($1)").bind(id).execute(&db).await?;
+///         Ok::<_, TxError>(id)
 ///     })
 ///     .await?;
 /// # let _ = id; Ok(()) }
