@@ -1146,69 +1146,57 @@ async fn sweep_call<B: Backend>(
 ) -> Result<(), AppError> {
     b.template()
         .name("sweep.outer")
-        .execute(|_| {
-            let (b, work, audit, p) = (b.clone(), work.to_owned(), audit.to_owned(), p.clone());
-            async move {
-                record_completion(&p.outer)?;
-                p.outer_registered.store(true, Ordering::SeqCst);
-                tx_sqlx::register_synchronization(InsertBeforeCommit {
-                    b: b.clone(),
-                    table: work.clone(),
-                    tag: "bc",
-                })?;
-                b.insert(&work, "o1").await?;
-                p.mark("o1 inserted");
-                b.template()
-                    .name("sweep.audit")
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let (b, audit, p) = (b.clone(), audit.clone(), p.clone());
-                        async move {
-                            record_completion(&p.audit)?;
-                            p.audit_registered.store(true, Ordering::SeqCst);
-                            b.insert(&audit, "a1").await?;
-                            p.mark("a1 inserted");
-                            Ok::<_, AppError>(())
-                        }
-                    })
-                    .await?;
-                p.mark("audit committed");
-                b.template()
-                    .name("sweep.nested")
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let (b, work, p) = (b.clone(), work.clone(), p.clone());
-                        async move {
-                            record_completion(&p.nested)?;
-                            p.nested_registered.store(true, Ordering::SeqCst);
-                            b.insert(&work, "n1").await?;
-                            p.mark("n1 inserted");
-                            Ok::<_, AppError>(())
-                        }
-                    })
-                    .await?;
-                p.mark("nested released");
-                let failing = b
-                    .template()
-                    .name("sweep.nested_failing")
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let (b, work) = (b.clone(), work.clone());
-                        async move {
-                            b.insert(&work, "n2").await?;
-                            Err::<(), _>(AppError::Injected("nested step fails"))
-                        }
-                    })
-                    .await;
-                p.failing_nested_ok.store(
-                    matches!(failing, Err(AppError::Injected(_))),
-                    Ordering::SeqCst,
-                );
-                p.mark("failing nested rolled back");
-                b.insert(&work, "o2").await?;
-                p.mark("o2 inserted");
-                Ok(())
-            }
+        .execute(|_| async {
+            record_completion(&p.outer)?;
+            p.outer_registered.store(true, Ordering::SeqCst);
+            tx_sqlx::register_synchronization(InsertBeforeCommit {
+                b: b.clone(),
+                table: work.to_owned(),
+                tag: "bc",
+            })?;
+            b.insert(&work, "o1").await?;
+            p.mark("o1 inserted");
+            b.template()
+                .name("sweep.audit")
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async {
+                    record_completion(&p.audit)?;
+                    p.audit_registered.store(true, Ordering::SeqCst);
+                    b.insert(&audit, "a1").await?;
+                    p.mark("a1 inserted");
+                    Ok::<_, AppError>(())
+                })
+                .await?;
+            p.mark("audit committed");
+            b.template()
+                .name("sweep.nested")
+                .propagation(Propagation::Nested)
+                .execute(|_| async {
+                    record_completion(&p.nested)?;
+                    p.nested_registered.store(true, Ordering::SeqCst);
+                    b.insert(&work, "n1").await?;
+                    p.mark("n1 inserted");
+                    Ok::<_, AppError>(())
+                })
+                .await?;
+            p.mark("nested released");
+            let failing = b
+                .template()
+                .name("sweep.nested_failing")
+                .propagation(Propagation::Nested)
+                .execute(|_| async {
+                    b.insert(&work, "n2").await?;
+                    Err::<(), _>(AppError::Injected("nested step fails"))
+                })
+                .await;
+            p.failing_nested_ok.store(
+                matches!(failing, Err(AppError::Injected(_))),
+                Ordering::SeqCst,
+            );
+            p.mark("failing nested rolled back");
+            b.insert(&work, "o2").await?;
+            p.mark("o2 inserted");
+            Ok(())
         })
         .await
 }
@@ -1520,53 +1508,42 @@ pub async fn panic_case<B: Server>(
     let hook_completion: Completions = Arc::default();
     let inner_end: Arc<Mutex<Option<Ended>>> = Arc::default();
     let template = b.template().name("panic.outer");
-    let call = template.execute(|_| {
-        let (b, t) = (b.clone(), table.to_owned());
-        let (oc, hc, ie) = (
-            outer_completion.clone(),
-            hook_completion.clone(),
-            inner_end.clone(),
-        );
-        async move {
-            record_completion(&oc)?;
-            b.insert(&t, "outer").await?;
-            let inject = move |hc: &Completions| -> Result<(), AppError> {
-                match at {
-                    PanicAt::Body => panic!("{INJECTED_PANIC} in the body"),
-                    _ => tx_sqlx::register_synchronization(PanicHook {
-                        at,
-                        completions: hc.clone(),
-                    })?,
-                }
-                Ok(())
-            };
-            if level == Level::Outer {
-                inject(&hc)?;
-                return Ok(());
+    let call = template.execute(|_| async {
+        record_completion(&outer_completion)?;
+        b.insert(&table, "outer").await?;
+        let inject = move |hc: &Completions| -> Result<(), AppError> {
+            match at {
+                PanicAt::Body => panic!("{INJECTED_PANIC} in the body"),
+                _ => tx_sqlx::register_synchronization(PanicHook {
+                    at,
+                    completions: hc.clone(),
+                })?,
             }
-            let propagation = match level {
-                Level::RequiresNew => Propagation::RequiresNew,
-                Level::Nested => Propagation::Nested,
-                _ => Propagation::Required,
-            };
-            let template = b.template().name("panic.inner").propagation(propagation);
-            let inner = template.execute(|_| {
-                let (b, t, hc) = (b.clone(), t.clone(), hc.clone());
-                async move {
-                    b.insert(&t, "inner").await?;
-                    inject(&hc)?;
-                    Ok::<_, AppError>(())
-                }
-            });
-            if catch {
-                let r = AssertUnwindSafe(inner).catch_unwind().await;
-                *ie.lock().unwrap() = Some(ended(r));
-            } else {
-                let r = inner.await;
-                *ie.lock().unwrap() = Some(ended(Ok(r)));
-            }
-            Ok::<_, AppError>(())
+            Ok(())
+        };
+        if level == Level::Outer {
+            inject(&hook_completion)?;
+            return Ok(());
         }
+        let propagation = match level {
+            Level::RequiresNew => Propagation::RequiresNew,
+            Level::Nested => Propagation::Nested,
+            _ => Propagation::Required,
+        };
+        let template = b.template().name("panic.inner").propagation(propagation);
+        let inner = template.execute(|_| async {
+            b.insert(&table, "inner").await?;
+            inject(&hook_completion)?;
+            Ok::<_, AppError>(())
+        });
+        if catch {
+            let r = AssertUnwindSafe(inner).catch_unwind().await;
+            *inner_end.lock().unwrap() = Some(ended(r));
+        } else {
+            let r = inner.await;
+            *inner_end.lock().unwrap() = Some(ended(Ok(r)));
+        }
+        Ok::<_, AppError>(())
     });
     let outer = ended(
         tokio::time::timeout(
@@ -1731,42 +1708,38 @@ pub async fn kill_mid_transaction<B: Server>(b: &B, when: KillWhen) -> Vec<Strin
     let victim: Arc<Mutex<Option<i64>>> = Arc::default();
 
     let template = b.template().name("kill.victim");
-    let call = template.execute(|_| {
-        let (b, t, c) = (b.clone(), table.clone(), completions.clone());
-        let (killed_at, victim) = (killed_at.clone(), victim.clone());
-        async move {
-            record_completion(&c)?;
-            b.insert(&t, "doomed").await?;
-            let id = b.session_id().await?;
-            *victim.lock().unwrap() = Some(id);
-            match when {
-                KillWhen::DuringStatement => {
-                    let killer = b.clone();
-                    let killed_at = killed_at.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        *killed_at.lock().unwrap() = Some(Instant::now());
-                        killer.kill(id).await;
-                    });
-                    b.sleep(30.0).await?;
-                    b.insert(&t, "after-sleep").await?;
-                }
-                KillWhen::BetweenStatements | KillWhen::BeforeCommit => {
-                    b.kill(id).await;
+    let call = template.execute(|_| async {
+        record_completion(&completions)?;
+        b.insert(&table, "doomed").await?;
+        let id = b.session_id().await?;
+        *victim.lock().unwrap() = Some(id);
+        match when {
+            KillWhen::DuringStatement => {
+                let killer = b.clone();
+                let killed_at = killed_at.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     *killed_at.lock().unwrap() = Some(Instant::now());
-                    // Let the server finish tearing the session down.
-                    let gone = eventually(Duration::from_secs(5), || async {
-                        !b.session_alive(id).await
-                    })
-                    .await;
-                    assert!(gone, "session {id} survived the kill");
-                    if when == KillWhen::BetweenStatements {
-                        b.insert(&t, "after-kill").await?;
-                    }
+                    killer.kill(id).await;
+                });
+                b.sleep(30.0).await?;
+                b.insert(&table, "after-sleep").await?;
+            }
+            KillWhen::BetweenStatements | KillWhen::BeforeCommit => {
+                b.kill(id).await;
+                *killed_at.lock().unwrap() = Some(Instant::now());
+                // Let the server finish tearing the session down.
+                let gone = eventually(Duration::from_secs(5), || async {
+                    !b.session_alive(id).await
+                })
+                .await;
+                assert!(gone, "session {id} survived the kill");
+                if when == KillWhen::BetweenStatements {
+                    b.insert(&table, "after-kill").await?;
                 }
             }
-            Ok::<_, AppError>(())
         }
+        Ok::<_, AppError>(())
     });
     let r = tokio::time::timeout(Duration::from_secs(40), call)
         .await
@@ -1821,12 +1794,9 @@ pub async fn kill_mid_transaction<B: Server>(b: &B, when: KillWhen) -> Vec<Strin
     for i in 0..3 {
         let r = b
             .template()
-            .execute(|_| {
-                let (b, t) = (b.clone(), table.clone());
-                async move {
-                    b.insert(&t, "later").await?;
-                    Ok::<_, AppError>(())
-                }
+            .execute(|_| async {
+                b.insert(&table, "later").await?;
+                Ok::<_, AppError>(())
             })
             .await;
         if let Err(e) = r {
@@ -1874,13 +1844,10 @@ pub async fn commit_outcome_unknown<B: Server>(
     proxy.arm(mode);
     let r = tokio::time::timeout(
         Duration::from_secs(30),
-        b.template().name("unknown.victim").execute(|_| {
-            let (b, t, c) = (b.clone(), table.clone(), completions.clone());
-            async move {
-                record_completion(&c)?;
-                b.insert(&t, "in-doubt").await?;
-                Ok::<_, AppError>(())
-            }
+        b.template().name("unknown.victim").execute(|_| async {
+            record_completion(&completions)?;
+            b.insert(&table, "in-doubt").await?;
+            Ok::<_, AppError>(())
         }),
     )
     .await
@@ -1938,12 +1905,9 @@ pub async fn commit_outcome_unknown<B: Server>(
     b.clear(&table).await;
     let r = b
         .template()
-        .execute(|_| {
-            let (b, t) = (b.clone(), table.clone());
-            async move {
-                b.insert(&t, "later").await?;
-                Ok::<_, AppError>(())
-            }
+        .execute(|_| async {
+            b.insert(&table, "later").await?;
+            Ok::<_, AppError>(())
         })
         .await;
     if let Err(e) = r {
@@ -1983,39 +1947,33 @@ pub async fn requires_new_pool_exhausted<B: Server>(
     let started = Instant::now();
     let r = tokio::time::timeout(
         acquire_timeout * 4 + Duration::from_secs(10),
-        b.template().name("exhaust.outer").execute(|_| {
-            let (b, t, ir) = (b.clone(), table.clone(), inner_result.clone());
-            async move {
-                b.insert(&t, "outer").await?;
-                let t0 = Instant::now();
-                let inner = b
-                    .template()
-                    .name("exhaust.inner")
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let (b, t) = (b.clone(), t.clone());
-                        async move {
-                            b.insert(&t, "inner").await?;
-                            Ok::<_, AppError>(())
-                        }
-                    })
-                    .await;
-                let took = t0.elapsed();
-                let timed_out = match &inner {
-                    Err(AppError::Tx(e)) => {
-                        has_sqlx_source(e, |s| matches!(s, sqlx::Error::PoolTimedOut))
-                    }
-                    _ => false,
-                };
-                let text = match &inner {
-                    Ok(()) => "Ok".to_owned(),
-                    Err(e) => error_chain(e),
-                };
-                *ir.lock().unwrap() = Some((took, text, timed_out));
-                match inner {
-                    Err(e) if !catch => Err(e),
-                    _ => Ok(()),
+        b.template().name("exhaust.outer").execute(|_| async {
+            b.insert(&table, "outer").await?;
+            let t0 = Instant::now();
+            let inner = b
+                .template()
+                .name("exhaust.inner")
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async {
+                    b.insert(&table, "inner").await?;
+                    Ok::<_, AppError>(())
+                })
+                .await;
+            let took = t0.elapsed();
+            let timed_out = match &inner {
+                Err(AppError::Tx(e)) => {
+                    has_sqlx_source(e, |s| matches!(s, sqlx::Error::PoolTimedOut))
                 }
+                _ => false,
+            };
+            let text = match &inner {
+                Ok(()) => "Ok".to_owned(),
+                Err(e) => error_chain(e),
+            };
+            *inner_result.lock().unwrap() = Some((took, text, timed_out));
+            match inner {
+                Err(e) if !catch => Err(e),
+                _ => Ok(()),
             }
         }),
     )
@@ -2063,22 +2021,16 @@ pub async fn requires_new_pool_exhausted<B: Server>(
     b.clear(&table).await;
     let r = b
         .template()
-        .execute(|_| {
-            let (b, t) = (b.clone(), table.clone());
-            async move {
-                b.template()
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let (b, t) = (b.clone(), t.clone());
-                        async move {
-                            b.insert(&t, "inner").await?;
-                            Ok::<_, AppError>(())
-                        }
-                    })
-                    .await?;
-                b.insert(&t, "outer").await?;
-                Ok::<_, AppError>(())
-            }
+        .execute(|_| async {
+            b.template()
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async {
+                    b.insert(&table, "inner").await?;
+                    Ok::<_, AppError>(())
+                })
+                .await?;
+            b.insert(&table, "outer").await?;
+            Ok::<_, AppError>(())
         })
         .await;
     if let Err(e) = r {

@@ -105,34 +105,30 @@ async fn isolation_levels_are_applied() {
             let (level, ro): (String, i64) = TransactionTemplate::new(db.clone())
                 .isolation(isolation)
                 .read_only(read_only)
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    async move {
-                        // Touch InnoDB so the transaction is registered, then read back what
-                        // the server runs it with.
-                        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                            .fetch_one(&db)
-                            .await?;
-                        // information_schema.innodb_trx is a cache refreshed at most every
-                        // 100 ms: poll until it shows this transaction.
-                        let mut tries = 0;
-                        let row = loop {
-                            sqlx::query("DO SLEEP(0.12)").execute(&db).await?;
-                            let row = sqlx::query(
-                                "SELECT trx_isolation_level, CAST(trx_is_read_only AS SIGNED) \
-                                 FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()",
-                            )
-                            .fetch_optional(&db)
-                            .await?;
-                            tries += 1;
-                            match row {
-                                Some(row) => break row,
-                                None => assert!(tries < 20, "transaction never shown in innodb_trx"),
-                            }
-                        };
-                        Ok::<_, TxError>((row.get(0), row.get(1)))
-                    }
+                .execute(|_| async {
+                    // Touch InnoDB so the transaction is registered, then read back what
+                    // the server runs it with.
+                    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                        .fetch_one(&db)
+                        .await?;
+                    // information_schema.innodb_trx is a cache refreshed at most every
+                    // 100 ms: poll until it shows this transaction.
+                    let mut tries = 0;
+                    let row = loop {
+                        sqlx::query("DO SLEEP(0.12)").execute(&db).await?;
+                        let row = sqlx::query(
+                            "SELECT trx_isolation_level, CAST(trx_is_read_only AS SIGNED) \
+                             FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()",
+                        )
+                        .fetch_optional(&db)
+                        .await?;
+                        tries += 1;
+                        match row {
+                            Some(row) => break row,
+                            None => assert!(tries < 20, "transaction never shown in innodb_trx"),
+                        }
+                    };
+                    Ok::<_, TxError>((row.get(0), row.get(1)))
                 })
                 .await
                 .unwrap();
@@ -154,31 +150,27 @@ async fn isolation_changes_what_the_transaction_sees() {
     ] {
         let counts = TransactionTemplate::new(db.clone())
             .isolation(isolation)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move {
-                    let q = format!("SELECT COUNT(*) FROM {table}");
-                    let before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.clone()))
-                        .fetch_one(&db)
-                        .await?;
-                    // Another connection commits a row meanwhile.
-                    let next: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT MAX(id) + 1 FROM {table}"
-                    )))
-                    .fetch_one(db.pool())
+            .execute(|_| async {
+                let q = format!("SELECT COUNT(*) FROM {table}");
+                let before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.clone()))
+                    .fetch_one(&db)
                     .await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO {table} (id) VALUES (?)"
-                    )))
-                    .bind(next)
-                    .execute(db.pool())
+                // Another connection commits a row meanwhile.
+                let next: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT MAX(id) + 1 FROM {table}"
+                )))
+                .fetch_one(db.pool())
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (id) VALUES (?)"
+                )))
+                .bind(next)
+                .execute(db.pool())
+                .await?;
+                let after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                    .fetch_one(&db)
                     .await?;
-                    let after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
-                        .fetch_one(&db)
-                        .await?;
-                    Ok::<_, TxError>((before, after))
-                }
+                Ok::<_, TxError>((before, after))
             })
             .await
             .unwrap();
@@ -197,13 +189,9 @@ async fn read_only_write_is_rejected_and_nothing_written() {
     };
     let r = TransactionTemplate::new(db.clone())
         .read_only(true)
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     let e = r.unwrap_err();
@@ -220,15 +208,11 @@ async fn deadline_rolls_back_while_body_awaits() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                insert(&db, &table, 2).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            insert(&db, &table, 2).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -260,15 +244,12 @@ async fn deadline_bounds_server_statements_and_is_reset() {
     };
     let inside: i64 = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_secs(20))
-        .execute(|_| {
-            let db = db.clone();
-            async move {
-                Ok::<i64, TxError>(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {var}")))
-                        .fetch_one(&db)
-                        .await?,
-                )
-            }
+        .execute(|_| async {
+            Ok::<i64, TxError>(
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {var}")))
+                    .fetch_one(&db)
+                    .await?,
+            )
         })
         .await
         .unwrap();
@@ -290,19 +271,14 @@ async fn deadline_bounds_server_statements_and_is_reset() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(500))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            let marker = marker.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT SLEEP(30) /* {marker} */ FROM {table}"
-                )))
-                .execute(&db)
-                .await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT SLEEP(30) /* {marker} */ FROM {table}"
+            )))
+            .execute(&db)
+            .await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -350,37 +326,26 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
     let Some((db, table)) = setup(2, "my_nested").await else {
         return;
     };
+    let (db, table) = (&db, &table);
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|status| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move {
-                            assert!(status.has_savepoint());
-                            insert(&db, &table, 2).await?;
-                            insert(&db, &table, 1).await?; // duplicate key
-                            Ok(())
-                        }
-                    })
-                    .await;
-                assert_eq!(mysql_number(&inner.unwrap_err()), Some(1062));
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 3).await?) }
-                    })
-                    .await?;
-                insert(&db, &table, 4).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|status| async move {
+                    assert!(status.has_savepoint());
+                    insert(&db, &table, 2).await?;
+                    insert(&db, &table, 1).await?; // duplicate key
+                    Ok(())
+                })
+                .await;
+            assert_eq!(mysql_number(&inner.unwrap_err()), Some(1062));
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 3).await?) })
+                .await?;
+            insert(&db, &table, 4).await?;
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -402,27 +367,21 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
             let completion = completion.clone();
             async move {
                 TransactionTemplate::new(db.clone())
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        let ids_seen = ids_seen.clone();
-                        let completion = completion.clone();
-                        async move {
-                            tx_sqlx::after_completion(move |c| async move {
-                                *completion.lock().unwrap() = Some(c);
-                            })?;
-                            insert(&db, &table, 1 + in_statement as i64).await?;
-                            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                                .fetch_one(&db)
-                                .await?;
-                            ids_seen.lock().unwrap().push(id);
-                            if in_statement {
-                                sqlx::query("DO SLEEP(2)").execute(&db).await?;
-                            } else {
-                                tokio::time::sleep(Duration::from_secs(10)).await;
-                            }
-                            Ok::<_, TxError>(())
+                    .execute(|_| async {
+                        tx_sqlx::after_completion(move |c| async move {
+                            *completion.lock().unwrap() = Some(c);
+                        })?;
+                        insert(&db, &table, 1 + in_statement as i64).await?;
+                        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                            .fetch_one(&db)
+                            .await?;
+                        ids_seen.lock().unwrap().push(id);
+                        if in_statement {
+                            sqlx::query("DO SLEEP(2)").execute(&db).await?;
+                        } else {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
                         }
+                        Ok::<_, TxError>(())
                     })
                     .await
             }
@@ -452,11 +411,7 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
     assert!(ids(&db, &table).await.is_empty());
     // The pool still works.
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move { Ok::<_, TxError>(insert(&db, &table, 9).await?) }
-        })
+        .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 9).await?) })
         .await
         .unwrap();
     assert_eq!(ids(&db, &table).await, vec![9]);
@@ -474,20 +429,15 @@ async fn panic_in_body_rolls_back() {
         let conn_id = conn_id.clone();
         tokio::spawn(async move {
             TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    let conn_id = conn_id.clone();
-                    async move {
-                        insert(&db, &table, 1).await?;
-                        *conn_id.lock().unwrap() = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                            .fetch_one(&db)
-                            .await?;
-                        if table.len() > 1 {
-                            panic!("boom");
-                        }
-                        Ok::<_, TxError>(())
+                .execute(|_| async {
+                    insert(&db, &table, 1).await?;
+                    *conn_id.lock().unwrap() = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                        .fetch_one(&db)
+                        .await?;
+                    if table.len() > 1 {
+                        panic!("boom");
                     }
+                    Ok::<_, TxError>(())
                 })
                 .await
         })
@@ -517,32 +467,26 @@ async fn deadlock_is_retryable_and_never_half_committed() {
             let insert_after_failure = Arc::new(Mutex::new(None));
             let seen = insert_after_failure.clone();
             let r = TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    let barrier = barrier.clone();
-                    let seen = seen.clone();
-                    async move {
-                        let update = format!("UPDATE {table} SET note = 'x' WHERE id = ?");
-                        sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-                            .bind(first)
-                            .execute(&db)
-                            .await?;
-                        barrier.wait().await;
-                        let second_update = sqlx::query(sqlx::AssertSqlSafe(update))
-                            .bind(second)
-                            .execute(&db)
-                            .await;
-                        if let Err(e) = second_update {
-                            // Swallowed on purpose: the transaction must still not commit.
-                            let e = TxError::from(e);
-                            assert!(e.is_retryable(), "{e}");
-                            assert_eq!(mysql_number(&e), Some(1213));
-                            let after = insert(&db, &table, marker).await;
-                            *seen.lock().unwrap() = Some(after.is_err());
-                        }
-                        Ok::<_, TxError>(())
+                .execute(|_| async {
+                    let update = format!("UPDATE {table} SET note = 'x' WHERE id = ?");
+                    sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+                        .bind(first)
+                        .execute(&db)
+                        .await?;
+                    barrier.wait().await;
+                    let second_update = sqlx::query(sqlx::AssertSqlSafe(update))
+                        .bind(second)
+                        .execute(&db)
+                        .await;
+                    if let Err(e) = second_update {
+                        // Swallowed on purpose: the transaction must still not commit.
+                        let e = TxError::from(e);
+                        assert!(e.is_retryable(), "{e}");
+                        assert_eq!(mysql_number(&e), Some(1213));
+                        let after = insert(&db, &table, marker).await;
+                        *seen.lock().unwrap() = Some(after.is_err());
                     }
+                    Ok::<_, TxError>(())
                 })
                 .await;
             (r, insert_after_failure.lock().unwrap().take())

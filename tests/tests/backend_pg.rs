@@ -109,16 +109,13 @@ async fn isolation_levels_are_applied() {
                 .isolation(isolation)
                 .read_only(read_only);
             let (level, ro): (String, String) = t
-                .execute(|_| {
-                    let db = db.clone();
-                    async move {
-                        let row = sqlx::query(
-                            "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')",
-                        )
-                        .fetch_one(&db)
-                        .await?;
-                        Ok::<_, TxError>((row.get(0), row.get(1)))
-                    }
+                .execute(|_| async {
+                    let row = sqlx::query(
+                        "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')",
+                    )
+                    .fetch_one(&db)
+                    .await?;
+                    Ok::<_, TxError>((row.get(0), row.get(1)))
                 })
                 .await
                 .unwrap();
@@ -144,37 +141,27 @@ async fn participant_runs_with_owner_level_and_requires_new_gets_its_own() {
         return;
     };
     let outer = TransactionTemplate::new(db.clone()).isolation(Isolation::Serializable);
-    let levels =
-        outer
-            .execute(|_| {
-                let db = db.clone();
-                async move {
-                    let q = "SELECT current_setting('transaction_isolation')";
-                    let own: String = sqlx::query_scalar(q).fetch_one(&db).await?;
-                    let joined: String = TransactionTemplate::new(db.clone())
-                        .isolation(Isolation::ReadCommitted)
-                        .execute(|_| {
-                            let db = db.clone();
-                            async move {
-                                Ok::<String, TxError>(sqlx::query_scalar(q).fetch_one(&db).await?)
-                            }
-                        })
-                        .await?;
-                    let new: String = TransactionTemplate::new(db.clone())
-                        .propagation(Propagation::RequiresNew)
-                        .isolation(Isolation::RepeatableRead)
-                        .execute(|_| {
-                            let db = db.clone();
-                            async move {
-                                Ok::<String, TxError>(sqlx::query_scalar(q).fetch_one(&db).await?)
-                            }
-                        })
-                        .await?;
-                    Ok::<_, TxError>((own, joined, new))
-                }
-            })
-            .await
-            .unwrap();
+    let levels = outer
+        .execute(|_| async {
+            let q = "SELECT current_setting('transaction_isolation')";
+            let own: String = sqlx::query_scalar(q).fetch_one(&db).await?;
+            let joined: String = TransactionTemplate::new(db.clone())
+                .isolation(Isolation::ReadCommitted)
+                .execute(|_| async {
+                    Ok::<String, TxError>(sqlx::query_scalar(q).fetch_one(&db).await?)
+                })
+                .await?;
+            let new: String = TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .isolation(Isolation::RepeatableRead)
+                .execute(|_| async {
+                    Ok::<String, TxError>(sqlx::query_scalar(q).fetch_one(&db).await?)
+                })
+                .await?;
+            Ok::<_, TxError>((own, joined, new))
+        })
+        .await
+        .unwrap();
     assert_eq!(
         levels,
         (
@@ -192,13 +179,9 @@ async fn read_only_write_is_rejected_and_nothing_written() {
     };
     let r = TransactionTemplate::new(db.clone())
         .read_only(true)
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     let e = r.unwrap_err();
@@ -213,23 +196,15 @@ async fn read_only_write_is_rejected_and_nothing_written() {
     // A RequiresNew writer inside a read-only transaction commits.
     TransactionTemplate::new(db.clone())
         .read_only(true)
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 2).await?) }
-                    })
-                    .await?;
-                let n: i64 = sqlx::query_scalar("SELECT 1::bigint")
-                    .fetch_one(&db)
-                    .await?;
-                Ok::<_, TxError>(n)
-            }
+        .execute(|_| async {
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 2).await?) })
+                .await?;
+            let n: i64 = sqlx::query_scalar("SELECT 1::bigint")
+                .fetch_one(&db)
+                .await?;
+            Ok::<_, TxError>(n)
         })
         .await
         .unwrap();
@@ -244,15 +219,11 @@ async fn deadline_rolls_back_while_body_awaits() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                insert(&db, &table, 2).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            insert(&db, &table, 2).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     let elapsed = start.elapsed();
@@ -274,15 +245,12 @@ async fn deadline_bounds_server_statements() {
     // The remaining time is set as the statement timeout in the BEGIN round trip.
     let ms: String = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_secs(20))
-        .execute(|_| {
-            let db = db.clone();
-            async move {
-                Ok::<String, TxError>(
-                    sqlx::query_scalar("SELECT current_setting('statement_timeout')")
-                        .fetch_one(&db)
-                        .await?,
-                )
-            }
+        .execute(|_| async {
+            Ok::<String, TxError>(
+                sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+                    .fetch_one(&db)
+                    .await?,
+            )
         })
         .await
         .unwrap();
@@ -300,23 +268,17 @@ async fn deadline_bounds_server_statements() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(500))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            let marker = marker.clone();
-            let pid = pid.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&db)
-                    .await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT pg_sleep(30) /* {marker} */"
-                )))
-                .execute(&db)
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&db)
                 .await?;
-                Ok::<_, TxError>(())
-            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_sleep(30) /* {marker} */"
+            )))
+            .execute(&db)
+            .await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -355,53 +317,38 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
     let Some((db, table)) = setup(2, "pg_nested").await else {
         return;
     };
+    let (db, table) = (&db, &table);
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                // Fails by returning an error.
-                let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|status| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move {
-                            assert!(status.has_savepoint());
-                            insert(&db, &table, 2).await?;
-                            Err(TxError::UnexpectedRollback)
-                        }
-                    })
-                    .await;
-                assert!(inner.is_err());
-                // Fails in the database (duplicate key aborts the PostgreSQL transaction
-                // until the savepoint is rolled back).
-                let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move {
-                            insert(&db, &table, 3).await?;
-                            insert(&db, &table, 1).await?;
-                            Ok(())
-                        }
-                    })
-                    .await;
-                assert_eq!(sqlstate(&inner.unwrap_err()).as_deref(), Some("23505"));
-                // A nested scope that succeeds is kept.
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 4).await?) }
-                    })
-                    .await?;
-                insert(&db, &table, 5).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            // Fails by returning an error.
+            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|status| async move {
+                    assert!(status.has_savepoint());
+                    insert(&db, &table, 2).await?;
+                    Err(TxError::UnexpectedRollback)
+                })
+                .await;
+            assert!(inner.is_err());
+            // Fails in the database (duplicate key aborts the PostgreSQL transaction
+            // until the savepoint is rolled back).
+            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|_| async {
+                    insert(&db, &table, 3).await?;
+                    insert(&db, &table, 1).await?;
+                    Ok(())
+                })
+                .await;
+            assert_eq!(sqlstate(&inner.unwrap_err()).as_deref(), Some("23505"));
+            // A nested scope that succeeds is kept.
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 4).await?) })
+                .await?;
+            insert(&db, &table, 5).await?;
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -414,16 +361,12 @@ async fn swallowed_statement_failure_does_not_report_a_commit() {
         return;
     };
     let r = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                // The failure is ignored, but PostgreSQL has aborted the transaction.
-                let dup = insert(&db, &table, 1).await;
-                assert!(dup.is_err());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            // The failure is ignored, but PostgreSQL has aborted the transaction.
+            let dup = insert(&db, &table, 1).await;
+            assert!(dup.is_err());
+            Ok::<_, TxError>(())
         })
         .await;
     let e = r.unwrap_err();
@@ -460,27 +403,21 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
             let pids = pids.clone();
             async move {
                 TransactionTemplate::new(db.clone())
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        let completion = completion.clone();
-                        let pids = pids.clone();
-                        async move {
-                            tx_sqlx::after_completion(move |c| async move {
-                                *completion.lock().unwrap() = Some(c);
-                            })?;
-                            insert(&db, &table, 1 + in_statement as i64).await?;
-                            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                                .fetch_one(&db)
-                                .await?;
-                            pids.lock().unwrap().push(pid);
-                            if in_statement {
-                                sqlx::query("SELECT pg_sleep(3)").execute(&db).await?;
-                            } else {
-                                tokio::time::sleep(Duration::from_secs(10)).await;
-                            }
-                            Ok::<_, TxError>(())
+                    .execute(|_| async {
+                        tx_sqlx::after_completion(move |c| async move {
+                            *completion.lock().unwrap() = Some(c);
+                        })?;
+                        insert(&db, &table, 1 + in_statement as i64).await?;
+                        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                            .fetch_one(&db)
+                            .await?;
+                        pids.lock().unwrap().push(pid);
+                        if in_statement {
+                            sqlx::query("SELECT pg_sleep(3)").execute(&db).await?;
+                        } else {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
                         }
+                        Ok::<_, TxError>(())
                     })
                     .await
             }
@@ -526,11 +463,7 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
     assert_eq!(open, 0);
     // The pool still works.
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move { Ok::<_, TxError>(insert(&db, &table, 7).await?) }
-        })
+        .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 7).await?) })
         .await
         .unwrap();
     assert_eq!(ids(&db, &table).await, vec![7]);
@@ -548,20 +481,15 @@ async fn panic_in_body_rolls_back_and_connection_comes_back_clean() {
         let pid = pid.clone();
         tokio::spawn(async move {
             TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    let pid = pid.clone();
-                    async move {
-                        insert(&db, &table, 1).await?;
-                        *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
-                            .fetch_one(&db)
-                            .await?;
-                        if table.len() > 1 {
-                            panic!("boom");
-                        }
-                        Ok::<_, TxError>(())
+                .execute(|_| async {
+                    insert(&db, &table, 1).await?;
+                    *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&db)
+                        .await?;
+                    if table.len() > 1 {
+                        panic!("boom");
                     }
+                    Ok::<_, TxError>(())
                 })
                 .await
         })
@@ -587,44 +515,39 @@ async fn acquire_and_streams_use_the_bound_transaction() {
         assert!(!conn.in_transaction());
     }
     let r = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                let via_db: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&db)
-                    .await?;
-                let via_conn: i32 = {
-                    let mut conn = db.acquire().await?;
-                    assert!(conn.in_transaction());
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO {table} (id) VALUES (2)"
-                    )))
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(&mut *conn)
-                        .await?
-                };
-                assert_eq!(via_db, via_conn);
-                // A stream sees the uncommitted rows of the transaction.
-                let streamed: Vec<i64> = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(
-                    format!("SELECT id FROM {table} ORDER BY id"),
-                ))
-                .fetch(&db)
-                .try_collect()
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            let via_db: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&db)
                 .await?;
-                assert_eq!(streamed, vec![1, 2]);
-                // Other connections do not see them yet.
-                let outside: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT count(*) FROM {table}"
+            let via_conn: i32 = {
+                let mut conn = db.acquire().await?;
+                assert!(conn.in_transaction());
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (id) VALUES (2)"
                 )))
-                .fetch_one(db.pool())
+                .execute(&mut *conn)
                 .await?;
-                assert_eq!(outside, 0);
-                Err::<(), _>(TxError::UnexpectedRollback)
-            }
+                sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *conn)
+                    .await?
+            };
+            assert_eq!(via_db, via_conn);
+            // A stream sees the uncommitted rows of the transaction.
+            let streamed: Vec<i64> = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM {table} ORDER BY id"
+            )))
+            .fetch(&db)
+            .try_collect()
+            .await?;
+            assert_eq!(streamed, vec![1, 2]);
+            // Other connections do not see them yet.
+            let outside: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(db.pool())
+                    .await?;
+            assert_eq!(outside, 0);
+            Err::<(), _>(TxError::UnexpectedRollback)
         })
         .await;
     assert!(r.is_err());

@@ -96,17 +96,13 @@ async fn read_only_is_enforced_and_restored() {
     let r = TransactionTemplate::new(db.clone())
         .read_only(true)
         .isolation(Isolation::ReadCommitted)
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
-                    .fetch_one(&db)
-                    .await?;
-                assert_eq!(query_only, 1);
-                insert(&db, &table, 1).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+                .fetch_one(&db)
+                .await?;
+            assert_eq!(query_only, 1);
+            insert(&db, &table, 1).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     let e = r.unwrap_err();
@@ -124,16 +120,12 @@ async fn read_only_is_enforced_and_restored() {
     assert_eq!(query_only, 0);
     insert(&db, &table, 2).await.unwrap();
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
-                    .fetch_one(&db)
-                    .await?;
-                assert_eq!(query_only, 0);
-                Ok::<_, TxError>(insert(&db, &table, 3).await?)
-            }
+        .execute(|_| async {
+            let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+                .fetch_one(&db)
+                .await?;
+            assert_eq!(query_only, 0);
+            Ok::<_, TxError>(insert(&db, &table, 3).await?)
         })
         .await
         .unwrap();
@@ -147,17 +139,12 @@ async fn writers_take_the_write_lock_at_begin_readers_do_not() {
     for read_only in [false, true] {
         let free = TransactionTemplate::new(db.clone())
             .read_only(read_only)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                let path = path.clone();
-                async move {
-                    // Only a read so far.
-                    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                        .fetch_one(&db)
-                        .await?;
-                    Ok::<_, TxError>(write_lock_free(&path, Duration::ZERO).await)
-                }
+            .execute(|_| async {
+                // Only a read so far.
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&db)
+                    .await?;
+                Ok::<_, TxError>(write_lock_free(&path, Duration::ZERO).await)
             })
             .await
             .unwrap();
@@ -172,15 +159,11 @@ async fn deadline_rolls_back_while_body_awaits() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                insert(&db, &table, 2).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            insert(&db, &table, 2).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -201,20 +184,16 @@ async fn deadline_interrupts_a_running_statement() {
     let start = Instant::now();
     let r = TransactionTemplate::new(db.clone())
         .timeout(Duration::from_millis(400))
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                // Minutes of work if nothing stops it.
-                let n: i64 = sqlx::query_scalar(
-                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000000) \
-                     SELECT COUNT(*) FROM c",
-                )
-                .fetch_one(&db)
-                .await?;
-                Ok::<_, TxError>(n)
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            // Minutes of work if nothing stops it.
+            let n: i64 = sqlx::query_scalar(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000000) \
+                 SELECT COUNT(*) FROM c",
+            )
+            .fetch_one(&db)
+            .await?;
+            Ok::<_, TxError>(n)
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -241,38 +220,27 @@ async fn deadline_interrupts_a_running_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_savepoint_rollback_keeps_outer_work() {
     let (db, _dir, table) = setup(2).await;
+    let (db, table) = (&db, &table);
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 1).await?;
-                let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|status| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move {
-                            assert!(status.has_savepoint());
-                            insert(&db, &table, 2).await?;
-                            insert(&db, &table, 1).await?; // duplicate key
-                            Ok(())
-                        }
-                    })
-                    .await;
-                // SQLITE_CONSTRAINT_PRIMARYKEY
-                assert_eq!(sqlite_code(&inner.unwrap_err()), Some(1555));
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::Nested)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 3).await?) }
-                    })
-                    .await?;
-                insert(&db, &table, 4).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 1).await?;
+            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|status| async move {
+                    assert!(status.has_savepoint());
+                    insert(&db, &table, 2).await?;
+                    insert(&db, &table, 1).await?; // duplicate key
+                    Ok(())
+                })
+                .await;
+            // SQLITE_CONSTRAINT_PRIMARYKEY
+            assert_eq!(sqlite_code(&inner.unwrap_err()), Some(1555));
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::Nested)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 3).await?) })
+                .await?;
+            insert(&db, &table, 4).await?;
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -289,18 +257,13 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
         let completion = completion.clone();
         async move {
             TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    let completion = completion.clone();
-                    async move {
-                        tx_sqlx::after_completion(move |c| async move {
-                            *completion.lock().unwrap() = Some(c);
-                        })?;
-                        insert(&db, &table, 1).await?;
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                        Ok::<_, TxError>(())
-                    }
+                .execute(|_| async {
+                    tx_sqlx::after_completion(move |c| async move {
+                        *completion.lock().unwrap() = Some(c);
+                    })?;
+                    insert(&db, &table, 1).await?;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok::<_, TxError>(())
                 })
                 .await
         }
@@ -325,11 +288,7 @@ async fn cancelled_call_rolls_back_and_returns_connections() {
     );
     // Every pooled connection is out of any transaction and usable.
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move { Ok::<_, TxError>(insert(&db, &table, 5).await?) }
-        })
+        .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 5).await?) })
         .await
         .unwrap();
     assert_eq!(ids(&db, &table).await, vec![5]);
@@ -343,16 +302,12 @@ async fn panic_in_body_rolls_back() {
         let table = table.clone();
         tokio::spawn(async move {
             TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let db = db.clone();
-                    let table = table.clone();
-                    async move {
-                        insert(&db, &table, 1).await?;
-                        if table.len() > 1 {
-                            panic!("boom");
-                        }
-                        Ok::<_, TxError>(())
+                .execute(|_| async {
+                    insert(&db, &table, 1).await?;
+                    if table.len() > 1 {
+                        panic!("boom");
                     }
+                    Ok::<_, TxError>(())
                 })
                 .await
         })
@@ -376,20 +331,14 @@ where
     Fut: std::future::Future<Output = Result<T, TxError>> + Send,
     T: Send,
 {
-    let mut inner = Some(inner);
     let r = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.to_owned();
-            let inner = inner.take().unwrap();
-            async move {
-                insert(&db, &table, base).await?; // the outer transaction holds the write lock
-                let start = Instant::now();
-                let r = inner(db.clone(), table.clone()).await;
-                let elapsed = start.elapsed();
-                insert(&db, &table, base + 1).await?;
-                Ok::<_, TxError>((r, elapsed))
-            }
+        .execute(|_| async move {
+            insert(db, table, base).await?; // the outer transaction holds the write lock
+            let start = Instant::now();
+            let r = inner(db.clone(), table.to_owned()).await;
+            let elapsed = start.elapsed();
+            insert(db, table, base + 1).await?;
+            Ok::<_, TxError>((r, elapsed))
         })
         .await;
     r.unwrap()
@@ -417,11 +366,7 @@ async fn single_writer_requires_new_writer_fails_fast() {
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::RequiresNew)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
-            })
+            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
             .await
     })
     .await;
@@ -431,21 +376,13 @@ async fn single_writer_requires_new_writer_fails_fast() {
 
     // When the outer scope propagates the error, nothing at all is written.
     let r = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                insert(&db, &table, 3).await?;
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 4).await?) }
-                    })
-                    .await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            insert(&db, &table, 3).await?;
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 4).await?) })
+                .await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::WouldBlock { .. })), "{r:?}");
@@ -461,20 +398,14 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::RequiresNew)
             .read_only(true)
-            .execute(|_| {
-                let (db, table) = (db.clone(), table.clone());
-                async move {
-                    ids(&db, &table).await; // the read-only transaction has begun
-                    let start = Instant::now();
-                    let r = TransactionTemplate::new(db.clone())
-                        .propagation(Propagation::RequiresNew)
-                        .execute(|_| {
-                            let (db, table) = (db.clone(), table.clone());
-                            async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
-                        })
-                        .await;
-                    Ok::<_, TxError>((r, start.elapsed()))
-                }
+            .execute(|_| async {
+                ids(&db, &table).await; // the read-only transaction has begun
+                let start = Instant::now();
+                let r = TransactionTemplate::new(db.clone())
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
+                    .await;
+                Ok::<_, TxError>((r, start.elapsed()))
             })
             .await
     })
@@ -491,11 +422,7 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::NotSupported)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
-            })
+            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
             .await
     })
     .await;
@@ -506,18 +433,14 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::NotSupported)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move {
-                    Ok::<i64, TxError>(
-                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                            "SELECT COUNT(*) FROM {table}"
-                        )))
-                        .fetch_one(&db)
-                        .await?,
-                    )
-                }
+            .execute(|_| async {
+                Ok::<i64, TxError>(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {table}"
+                    )))
+                    .fetch_one(&db)
+                    .await?,
+                )
             })
             .await
     })
@@ -532,18 +455,14 @@ async fn single_writer_read_only_requires_new_and_nested_work() {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::RequiresNew)
             .read_only(true)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move {
-                    Ok::<i64, TxError>(
-                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                            "SELECT COUNT(*) FROM {table}"
-                        )))
-                        .fetch_one(&db)
-                        .await?,
-                    )
-                }
+            .execute(|_| async {
+                Ok::<i64, TxError>(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {table}"
+                    )))
+                    .fetch_one(&db)
+                    .await?,
+                )
             })
             .await
     })
@@ -553,11 +472,7 @@ async fn single_writer_read_only_requires_new_and_nested_work() {
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
         TransactionTemplate::new(db.clone())
             .propagation(Propagation::Nested)
-            .execute(|_| {
-                let db = db.clone();
-                let table = table.clone();
-                async move { Ok::<_, TxError>(insert(&db, &table, 10).await?) }
-            })
+            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
             .await
     })
     .await;
@@ -570,21 +485,13 @@ async fn requires_new_writer_inside_an_unbegun_writer_works() {
     // The outer transaction has run no statement yet, so it holds no lock.
     let (db, _dir, table) = setup(3).await;
     TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let db = db.clone();
-            let table = table.clone();
-            async move {
-                TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let db = db.clone();
-                        let table = table.clone();
-                        async move { Ok::<_, TxError>(insert(&db, &table, 1).await?) }
-                    })
-                    .await?;
-                insert(&db, &table, 2).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 1).await?) })
+                .await?;
+            insert(&db, &table, 2).await?;
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();

@@ -606,16 +606,13 @@ async fn panic_in_body_rolls_back_and_continues() {
         let (db, t, log) = (db.clone(), table.clone(), log.clone());
         async move {
             TransactionTemplate::new(db.clone())
-                .execute(|_| {
-                    let (db, t, log) = (db.clone(), t.clone(), log.clone());
-                    async move {
-                        insert(&db, &t, "panicked").await?;
-                        tx_sqlx::register_synchronization(Recorder::new("h", &log))?;
-                        if !t.is_empty() {
-                            panic!("boom in the body");
-                        }
-                        Ok::<_, AppError>(())
+                .execute(|_| async {
+                    insert(&db, &t, "panicked").await?;
+                    tx_sqlx::register_synchronization(Recorder::new("h", &log))?;
+                    if !t.is_empty() {
+                        panic!("boom in the body");
                     }
+                    Ok::<_, AppError>(())
                 })
                 .await
         }
@@ -660,25 +657,20 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
     let table = create_table("cancel").await;
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Completion>();
-    let mut inserted_tx = Some(inserted_tx);
-    let mut done_tx = Some(done_tx);
     let log: Log = Arc::default();
 
     let template = TransactionTemplate::new(db.clone());
-    let mut fut = Box::pin(template.execute(|_| {
-        let (db, t, log) = (db.clone(), table.clone(), log.clone());
-        let inserted_tx = inserted_tx.take().expect("called once");
-        let done_tx = done_tx.take().expect("called once");
-        async move {
-            tx_sqlx::after_completion(move |c: Completion| async move {
-                let _ = done_tx.send(c);
-            })?;
-            tx_sqlx::register_synchronization(Recorder::new("h", &log))?;
-            insert(&db, &t, "cancelled").await?;
-            let _ = inserted_tx.send(());
-            std::future::pending::<()>().await;
-            Ok::<_, AppError>(())
-        }
+    let (db, table, log) = (&db, &table, &log);
+    // The body runs once: the senders move into it.
+    let mut fut = Box::pin(template.execute(|_| async move {
+        tx_sqlx::after_completion(move |c: Completion| async move {
+            let _ = done_tx.send(c);
+        })?;
+        tx_sqlx::register_synchronization(Recorder::new("h", log))?;
+        insert(db, table, "cancelled").await?;
+        let _ = inserted_tx.send(());
+        std::future::pending::<()>().await;
+        Ok::<_, AppError>(())
     }));
     tokio::select! {
         r = fut.as_mut() => panic!("the body never finishes, got {r:?}"),

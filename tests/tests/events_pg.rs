@@ -1,5 +1,4 @@
-//! Transactional events on PostgreSQL (issue 8, seed 003's order-created example): each
-//! phase runs exactly when it should for commit, rollback, rollback-only, timeout and
+//! Transactional events on PostgreSQL (the order-created example): each phase runs exactly when it should for commit, rollback, rollback-only, timeout and
 //! cancellation, with the database state observed by the listener itself at the moment it
 //! runs (through a fresh connection from the pool); RequiresNew, Nested and no-transaction
 //! rules; ordering; fallback execution; failing listeners.
@@ -8,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tx_sqlx::prelude::*;
-use tx_sqlx::{EventBus, ListenerHandle, PgTxPool, TransactionPhase};
+use tx_sqlx::{BoxError, EventBus, ListenerHandle, PgTxPool, TransactionPhase};
 
 /// The event of seed 003.
 #[derive(Debug)]
@@ -167,7 +166,6 @@ impl Db {
                     _ => {}
                 }
                 d.log.push(line);
-                Ok(())
             }
         })
     }
@@ -198,6 +196,11 @@ impl Db {
     }
 }
 
+/// A listener body that panics (typed `()`, as a `panic!` alone would be `!`).
+fn explode(message: &str) {
+    panic!("{message}")
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -219,7 +222,7 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
         TransactionPhase::BeforeCommit,
         move |e: Arc<OrderCreated>| {
             let d = d2.clone();
-            async move { Ok(d.insert(e.id + 1000, "outbox").await?) }
+            async move { d.insert(e.id + 1000, "outbox").await }
         },
     );
     // An AfterCommit listener writing the business log through `&TxPool` runs outside the
@@ -236,7 +239,7 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
                     e.id,
                     d.committed(e.id + 2000).await
                 ));
-                Ok(())
+                Ok::<_, TxError>(())
             }
         },
     );
@@ -253,7 +256,6 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
                     "probe before commit row={}",
                     d.row_state(e.id).await
                 ));
-                Ok(())
             }
         },
     );
@@ -267,21 +269,17 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
                     "probe after commit row={}",
                     d.row_state(e.id).await
                 ));
-                Ok(())
             }
         },
     );
 
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                d.log
-                    .push(format!("body end committed={}", d.committed(1).await));
-                Ok::<_, TxError>(1)
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            d.log
+                .push(format!("body end committed={}", d.committed(1).await));
+            Ok::<_, TxError>(1)
         })
         .await;
     assert_eq!(r.unwrap(), 1);
@@ -310,12 +308,9 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
     d.observe_all(&bus);
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                Err::<(), _>(TxError::UnexpectedRollback)
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            Err::<(), _>(TxError::UnexpectedRollback)
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
@@ -333,13 +328,10 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
     // A failing statement rolls back the same way.
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 2).await?;
-                sqlx::query("SELECT 1/0").execute(&d.db).await?;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 2).await?;
+            sqlx::query("SELECT 1/0").execute(&d.db).await?;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(r.is_err());
@@ -363,15 +355,13 @@ async fn rollback_only_runs_after_rollback() {
     d.observe_all(&bus);
 
     // The owner marks its own transaction: rolled back, the call returns Ok.
+    let (d, bus) = (&d, &bus);
     let r = d
         .template()
-        .execute(|status| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                status.set_rollback_only();
-                Ok::<_, TxError>(())
-            }
+        .execute(|status| async move {
+            d.create_order(&bus, 1).await?;
+            status.set_rollback_only();
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(r.is_ok());
@@ -387,20 +377,14 @@ async fn rollback_only_runs_after_rollback() {
     // transaction, which rolls back with UnexpectedRollback.
     let t = d.template();
     let r = t
-        .execute(|_| {
-            let (d, bus, t) = (d.clone(), bus.clone(), t.clone());
-            async move {
-                t.execute(|_| {
-                    let (d, bus) = (d.clone(), bus.clone());
-                    async move {
-                        d.create_order(&bus, 2).await?;
-                        tx_sqlx::set_rollback_only()
-                    }
-                })
-                .await?;
-                d.log.push("owner end".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            t.execute(|_| async {
+                d.create_order(&bus, 2).await?;
+                tx_sqlx::set_rollback_only()
+            })
+            .await?;
+            d.log.push("owner end".into());
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
@@ -427,13 +411,10 @@ async fn timeout_runs_after_rollback() {
     let r = d
         .template()
         .timeout(Duration::from_millis(500))
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, TxError>(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -457,19 +438,14 @@ async fn cancellation_runs_after_rollback() {
     let bus = EventBus::new();
     d.observe_all(&bus);
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
-    let inserted_tx = Mutex::new(Some(inserted_tx));
     let t = d.template();
-    let call = t.execute(|_| {
-        let (d, bus) = (d.clone(), bus.clone());
-        let signal = inserted_tx.lock().unwrap().take();
-        async move {
-            d.create_order(&bus, 1).await?;
-            if let Some(s) = signal {
-                let _ = s.send(());
-            }
-            std::future::pending::<()>().await;
-            Ok::<_, TxError>(())
-        }
+    let (d, bus) = (&d, &bus);
+    // The body runs once: it takes the sender itself.
+    let call = t.execute(|_| async move {
+        d.create_order(bus, 1).await?;
+        let _ = inserted_tx.send(());
+        std::future::pending::<()>().await;
+        Ok::<_, TxError>(())
     });
     // Drop the call once the order is written and the event published.
     tokio::select! {
@@ -499,20 +475,17 @@ async fn before_commit_listener_error_rolls_back_everything_and_is_returned() {
         TransactionPhase::BeforeCommit,
         move |e: Arc<OrderCreated>| {
             let d = d2.clone();
-            async move { Ok(d.insert(e.id + 1000, "outbox").await?) }
+            async move { d.insert(e.id + 1000, "outbox").await }
         },
     );
     bus.listen(TransactionPhase::BeforeCommit, |e: Arc<OrderCreated>| async move {
-        Err(format!("order {} failed validation", e.id).into())
+        Err::<(), _>(format!("order {} failed validation", e.id))
     });
     d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
     d.observe(&bus, TransactionPhase::AfterRollback, "after_rollback");
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move { d.create_order(&bus, 1).await }
-        })
+        .execute(|_| async { d.create_order(&bus, 1).await })
         .await;
     match r {
         Err(TxError::BeforeCommit(e)) => assert_eq!(e.to_string(), "order 1 failed validation"),
@@ -568,32 +541,29 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
     let bus = EventBus::new();
     bus.listen(
         TransactionPhase::AfterCommit,
-        |_: Arc<OrderCreated>| async { Err("message broker down".into()) },
+        |_: Arc<OrderCreated>| async { Err::<(), _>("message broker down") },
     );
     bus.listen(
         TransactionPhase::AfterCommit,
-        |_: Arc<OrderCreated>| async { panic!("bug in a listener") },
+        |_: Arc<OrderCreated>| async { explode("bug in a listener") },
     );
     d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
     bus.listen(
         TransactionPhase::AfterRollback,
-        |_: Arc<OrderCreated>| async { panic!("bug in a rollback listener") },
+        |_: Arc<OrderCreated>| async { explode("bug in a rollback listener") },
     );
     d.observe(&bus, TransactionPhase::AfterRollback, "after_rollback");
     bus.listen(
         TransactionPhase::AfterCompletion,
-        |_: Arc<OrderCreated>| async { Err("completion listener failed".into()) },
+        |_: Arc<OrderCreated>| async { Err::<(), _>("completion listener failed") },
     );
     d.observe(&bus, TransactionPhase::AfterCompletion, "after_completion");
 
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                Ok::<_, TxError>("committed")
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            Ok::<_, TxError>("committed")
         })
         .await;
     assert_eq!(r.unwrap(), "committed");
@@ -616,12 +586,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
 
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 2).await?;
-                Err::<(), _>(TxError::UnexpectedRollback)
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 2).await?;
+            Err::<(), _>(TxError::UnexpectedRollback)
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
@@ -660,22 +627,16 @@ async fn requires_new_event_follows_the_inner_transaction() {
     // Inner commits, outer rolls back: the inner event's AfterCommit runs when the inner
     // transaction commits, before the outer one ends; the outer event rolls back.
     let r = t
-        .execute(|_| {
-            let (d, bus, inner) = (d.clone(), bus.clone(), inner.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                inner
-                    .execute(|_| {
-                        let (d, bus) = (d.clone(), bus.clone());
-                        async move { d.create_order(&bus, 2).await }
-                    })
-                    .await?;
-                d.log.push(format!(
-                    "inner returned, outer order committed={}",
-                    d.committed(1).await
-                ));
-                Err::<(), _>(TxError::UnexpectedRollback)
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            inner
+                .execute(|_| async { d.create_order(&bus, 2).await })
+                .await?;
+            d.log.push(format!(
+                "inner returned, outer order committed={}",
+                d.committed(1).await
+            ));
+            Err::<(), _>(TxError::UnexpectedRollback)
         })
         .await;
     assert!(r.is_err());
@@ -694,23 +655,17 @@ async fn requires_new_event_follows_the_inner_transaction() {
 
     // Inner rolls back, outer commits.
     let r = t
-        .execute(|_| {
-            let (d, bus, inner) = (d.clone(), bus.clone(), inner.clone());
-            async move {
-                d.create_order(&bus, 3).await?;
-                let r = inner
-                    .execute(|_| {
-                        let (d, bus) = (d.clone(), bus.clone());
-                        async move {
-                            d.create_order(&bus, 4).await?;
-                            Err::<(), _>(TxError::UnexpectedRollback)
-                        }
-                    })
-                    .await;
-                assert!(r.is_err());
-                d.log.push("inner failed".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 3).await?;
+            let r = inner
+                .execute(|_| async {
+                    d.create_order(&bus, 4).await?;
+                    Err::<(), _>(TxError::UnexpectedRollback)
+                })
+                .await;
+            assert!(r.is_err());
+            d.log.push("inner failed".into());
+            Ok::<_, TxError>(())
         })
         .await;
     r.unwrap();
@@ -749,39 +704,29 @@ async fn nested_savepoint_rollback_never_runs_after_commit_for_its_events() {
                     e.id,
                     d.committed(e.id).await
                 ));
-                Ok(())
             }
         },
     );
     let nested = d.template().propagation(Propagation::Nested);
     d.template()
-        .execute(|_| {
-            let (d, bus, nested) = (d.clone(), bus.clone(), nested.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                let r = nested
-                    .execute(|_| {
-                        let (d, bus) = (d.clone(), bus.clone());
-                        async move {
-                            d.create_order(&bus, 2).await?;
-                            Err::<(), _>(TxError::UnexpectedRollback)
-                        }
-                    })
-                    .await;
-                assert!(r.is_err());
-                d.log.push(format!(
-                    "savepoint rolled back, order 2 here={}",
-                    d.visible_here(2).await
-                ));
-                nested
-                    .execute(|_| {
-                        let (d, bus) = (d.clone(), bus.clone());
-                        async move { d.create_order(&bus, 3).await }
-                    })
-                    .await?;
-                d.log.push("savepoint released".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            let r = nested
+                .execute(|_| async {
+                    d.create_order(&bus, 2).await?;
+                    Err::<(), _>(TxError::UnexpectedRollback)
+                })
+                .await;
+            assert!(r.is_err());
+            d.log.push(format!(
+                "savepoint rolled back, order 2 here={}",
+                d.visible_here(2).await
+            ));
+            nested
+                .execute(|_| async { d.create_order(&bus, 3).await })
+                .await?;
+            d.log.push("savepoint released".into());
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -839,13 +784,10 @@ async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
     ] {
         d.template()
             .propagation(p)
-            .execute(|_| {
-                let (d, bus) = (d.clone(), bus.clone());
-                async move {
-                    d.create_order(&bus, id).await?;
-                    d.log.push("published".into());
-                    Ok::<_, TxError>(())
-                }
+            .execute(|_| async {
+                d.create_order(&bus, id).await?;
+                d.log.push("published".into());
+                Ok::<_, TxError>(())
             })
             .await
             .unwrap();
@@ -859,19 +801,13 @@ async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
 
     // NotSupported inside a transaction suspends it: nothing to follow either.
     d.template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.template()
-                    .propagation(Propagation::NotSupported)
-                    .execute(|_| {
-                        let (d, bus) = (d.clone(), bus.clone());
-                        async move { d.create_order(&bus, 5).await }
-                    })
-                    .await?;
-                d.log.push("outer end".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.template()
+                .propagation(Propagation::NotSupported)
+                .execute(|_| async { d.create_order(&bus, 5).await })
+                .await?;
+            d.log.push("outer end".into());
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -902,13 +838,10 @@ async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
 
     // In a transaction, fallback listeners wait for it like the others.
     d.template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 8).await?;
-                d.log.push("body end".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 8).await?;
+            d.log.push("body end".into());
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -952,14 +885,11 @@ async fn listeners_run_by_order_then_registration_and_events_in_publish_order() 
         let (d, bus) = (d.clone(), bus.clone());
         async move {
             d.template()
-                .execute(|_| {
-                    let (d, bus, ids) = (d.clone(), bus.clone(), ids.clone());
-                    async move {
-                        for id in ids {
-                            d.create_order(&bus, id).await?;
-                        }
-                        Ok::<_, TxError>(())
+                .execute(|_| async {
+                    for id in ids {
+                        d.create_order(&bus, id).await?;
                     }
+                    Ok::<_, TxError>(())
                 })
                 .await
                 .unwrap();
@@ -1034,19 +964,16 @@ async fn plain_listeners_run_at_publish_inside_the_transaction() {
                 d.visible_here(e.id).await
             ));
             if e.id == 2 {
-                return Err("plain listener refused".into());
+                return Err(BoxError::from("plain listener refused"));
             }
             Ok(d.insert(e.id + 100, "audit").await?)
         }
     });
     d.template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move {
-                d.create_order(&bus, 1).await?;
-                d.log.push("published".into());
-                Ok::<_, TxError>(())
-            }
+        .execute(|_| async {
+            d.create_order(&bus, 1).await?;
+            d.log.push("published".into());
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
@@ -1064,10 +991,7 @@ async fn plain_listeners_run_at_publish_inside_the_transaction() {
     // event's AfterRollback listener sees it.
     let r = d
         .template()
-        .execute(|_| {
-            let (d, bus) = (d.clone(), bus.clone());
-            async move { d.create_order(&bus, 2).await }
-        })
+        .execute(|_| async { d.create_order(&bus, 2).await })
         .await;
     assert!(
         matches!(&r, Err(TxError::Listener(e)) if e.to_string() == "plain listener refused"),

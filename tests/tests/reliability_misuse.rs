@@ -89,18 +89,15 @@ where
     let r = svc
         .b
         .template()
-        .execute(|_| {
-            let (inner_result, inner) = (&inner_result, &inner);
-            async move {
-                svc.b.insert(&svc.table, "outer").await?;
-                let r = inner().await;
-                let failed = r.is_err();
-                *inner_result.lock().unwrap() = Some(r);
-                if failed && propagate {
-                    return Err(AppError::Injected("propagated the inner error"));
-                }
-                Ok(())
+        .execute(|_| async {
+            svc.b.insert(&svc.table, "outer").await?;
+            let r = inner().await;
+            let failed = r.is_err();
+            *inner_result.lock().unwrap() = Some(r);
+            if failed && propagate {
+                return Err(AppError::Injected("propagated the inner error"));
             }
+            Ok(())
         })
         .await;
     (r, inner_result.into_inner().unwrap())
@@ -233,18 +230,15 @@ async fn nested_without_savepoints<B: Backend>(b: &B) {
         b.clear(&svc.table).await;
         let inner_result = Mutex::new(None);
         let r = TransactionTemplate::new(manager.clone())
-            .execute(|_| {
-                let (inner_result, nested) = (&inner_result, &nested);
-                async move {
-                    svc.b.insert(&svc.table, "outer").await?;
-                    let r = nested().await;
-                    let failed = r.is_err();
-                    *inner_result.lock().unwrap() = Some(r);
-                    if failed && propagate {
-                        return Err(AppError::Injected("propagated"));
-                    }
-                    Ok(())
+            .execute(|_| async {
+                svc.b.insert(&svc.table, "outer").await?;
+                let r = nested().await;
+                let failed = r.is_err();
+                *inner_result.lock().unwrap() = Some(r);
+                if failed && propagate {
+                    return Err(AppError::Injected("propagated"));
                 }
+                Ok(())
             })
             .await;
         let inner_result = inner_result.into_inner().unwrap();

@@ -328,13 +328,10 @@ async fn load<B: Server>(
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let template = b.template().name("restart.load");
-        let call = template.execute(|_| {
-            let (b, t) = (b.clone(), table.clone());
-            async move {
-                b.insert(&t, &format!("L{i}a")).await?;
-                b.insert(&t, &format!("L{i}b")).await?;
-                Ok::<_, AppError>(())
-            }
+        let call = template.execute(|_| async {
+            b.insert(&table, &format!("L{i}a")).await?;
+            b.insert(&table, &format!("L{i}b")).await?;
+            Ok::<_, AppError>(())
         });
         let end = match tokio::time::timeout(Duration::from_secs(10), call).await {
             Err(_) => panic!("{}: load transaction {i} hangs", b.name()),
@@ -372,13 +369,10 @@ where
         let (b, barrier) = (b.clone(), barrier.clone());
         async move {
             b.template()
-                .execute(|_| {
-                    let (b, barrier) = (b.clone(), barrier.clone());
-                    async move {
-                        b.session_id().await?;
-                        barrier.wait().await;
-                        Ok::<_, AppError>(())
-                    }
+                .execute(|_| async {
+                    b.session_id().await?;
+                    barrier.wait().await;
+                    Ok::<_, AppError>(())
                 })
                 .await
         }
@@ -552,12 +546,9 @@ where
         let (b, t) = (b.clone(), table.clone());
         async move {
             let template = b.template().name("restart.later");
-            let call = template.execute(|_| {
-                let (b, t) = (b.clone(), t.clone());
-                async move {
-                    b.insert(&t, "later").await?;
-                    Ok::<_, AppError>(())
-                }
+            let call = template.execute(|_| async {
+                b.insert(&t, "later").await?;
+                Ok::<_, AppError>(())
             });
             match tokio::time::timeout(Duration::from_secs(10), call).await {
                 Err(_) => Some(format!("later transaction {k} hangs")),

@@ -262,3 +262,34 @@ mod sqlx_conv {
 #[cfg(feature = "sqlx")]
 #[doc(hidden)]
 pub use sqlx_conv::{sqlx_is_retryable, sqlx_sqlstate};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_messages_name_functions_that_exist() {
+        let msg = TxError::NoManager.to_string();
+        assert!(msg.contains("tx_sqlx::set_default_manager(pool)"), "{msg}");
+        assert!(msg.contains("tx_core::set_default_manager"), "{msg}");
+        assert!(!msg.contains(" tx::"), "{msg}");
+        let msg = TxError::UnknownManager {
+            name: Cow::Borrowed("audit"),
+        }
+        .to_string();
+        assert!(
+            msg.contains("tx_sqlx::register_manager(\"audit\", pool)"),
+            "{msg}"
+        );
+        assert!(!msg.contains(" tx::"), "{msg}");
+    }
+
+    #[test]
+    fn sqlstate_is_none_without_a_database_failure() {
+        assert_eq!(TxError::Timeout.sqlstate(), None);
+        assert_eq!(
+            TxError::database(Operation::Commit, false, "not a driver error").sqlstate(),
+            None
+        );
+    }
+}

@@ -1207,10 +1207,7 @@ mod tests {
         t.execute(|_| async {
             t.clone()
                 .propagation(Propagation::NotSupported)
-                .execute(|_| {
-                    let bus = bus.clone();
-                    async move { bus.publish(Ev(3)).await }
-                })
+                .execute(|_| async { bus.publish(Ev(3)).await })
                 .await?;
             log.push("outer end");
             Ok::<_, TxError>(())
@@ -1315,10 +1312,7 @@ mod tests {
                 bus.publish(Ev(1)).await?;
                 t.clone()
                     .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let bus = bus.clone();
-                        async move { bus.publish(Ev(2)).await }
-                    })
+                    .execute(|_| async { bus.publish(Ev(2)).await })
                     .await?;
                 log.push("inner done");
                 Err::<(), _>(TxError::UnexpectedRollback)
@@ -1347,21 +1341,15 @@ mod tests {
             bus.publish(Ev(1)).await?;
             let nested = t.clone().propagation(Propagation::Nested);
             let r = nested
-                .execute(|_| {
-                    let bus = bus.clone();
-                    async move {
-                        bus.publish(Ev(2)).await?;
-                        Err::<(), _>(TxError::UnexpectedRollback)
-                    }
+                .execute(|_| async {
+                    bus.publish(Ev(2)).await?;
+                    Err::<(), _>(TxError::UnexpectedRollback)
                 })
                 .await;
             assert!(r.is_err());
             log.push("savepoint rolled back");
             nested
-                .execute(|_| {
-                    let bus = bus.clone();
-                    async move { bus.publish(Ev(3)).await }
-                })
+                .execute(|_| async { bus.publish(Ev(3)).await })
                 .await?;
             log.push("savepoint released");
             Ok::<_, TxError>(())

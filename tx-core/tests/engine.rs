@@ -116,13 +116,10 @@ async fn empty_call_sends_nothing() {
 async fn begin_is_deferred_to_first_statement_and_commit_follows() {
     let m = Recorder::default();
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.log.lock().unwrap().push("body".into());
-                m.stmt("a").await?;
-                m.stmt("b").await
-            }
+        .execute(|_| async {
+            m.log.lock().unwrap().push("body".into());
+            m.stmt("a").await?;
+            m.stmt("b").await
         })
         .await;
     r.unwrap();
@@ -134,31 +131,25 @@ async fn begin_is_deferred_to_first_statement_and_commit_follows() {
 
 #[tokio::test]
 async fn nested_failure_rolls_back_to_its_savepoint_only() {
-    let m = Recorder::default();
+    let m = &Recorder::default();
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("outer").await?;
-                let inner: Result<(), TxError> = t(&m)
-                    .propagation(Propagation::Nested)
-                    .execute(|s| {
-                        let m = m.clone();
-                        async move {
-                            assert!(s.has_savepoint());
-                            m.stmt("inner").await?;
-                            Err(TxError::Timeout)
-                        }
-                    })
-                    .await;
-                assert!(inner.is_err());
-                // A Nested scope that runs no statement sends no SAVEPOINT.
-                t(&m)
-                    .propagation(Propagation::Nested)
-                    .execute(|_| async { Ok::<_, TxError>(()) })
-                    .await?;
-                m.stmt("after").await
-            }
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            let inner: Result<(), TxError> = t(&m)
+                .propagation(Propagation::Nested)
+                .execute(|s| async move {
+                    assert!(s.has_savepoint());
+                    m.stmt("inner").await?;
+                    Err(TxError::Timeout)
+                })
+                .await;
+            assert!(inner.is_err());
+            // A Nested scope that runs no statement sends no SAVEPOINT.
+            t(&m)
+                .propagation(Propagation::Nested)
+                .execute(|_| async { Ok::<_, TxError>(()) })
+                .await?;
+            m.stmt("after").await
         })
         .await;
     r.unwrap();
@@ -179,35 +170,26 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
 
 #[tokio::test]
 async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommit() {
-    let m = Recorder::default();
+    let m = &Recorder::default();
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("outer").await?;
-                t(&m)
-                    .propagation(Propagation::RequiresNew)
-                    .read_only(true)
-                    .execute(|s| {
-                        let m = m.clone();
-                        async move {
-                            assert!(s.is_new_transaction());
-                            m.stmt("inner").await
-                        }
-                    })
-                    .await?;
-                t(&m)
-                    .propagation(Propagation::NotSupported)
-                    .execute(|_| {
-                        let m = m.clone();
-                        async move {
-                            assert!(!tx_core::is_actual_transaction_active());
-                            m.stmt("plain").await
-                        }
-                    })
-                    .await?;
-                m.stmt("resumed").await
-            }
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            t(&m)
+                .propagation(Propagation::RequiresNew)
+                .read_only(true)
+                .execute(|s| async move {
+                    assert!(s.is_new_transaction());
+                    m.stmt("inner").await
+                })
+                .await?;
+            t(&m)
+                .propagation(Propagation::NotSupported)
+                .execute(|_| async {
+                    assert!(!tx_core::is_actual_transaction_active());
+                    m.stmt("plain").await
+                })
+                .await?;
+            m.stmt("resumed").await
         })
         .await;
     r.unwrap();
@@ -230,18 +212,15 @@ async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommi
 async fn participant_failure_makes_owner_commit_an_unexpected_rollback() {
     let m = Recorder::default();
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("outer").await?;
-                let _ = t(&m)
-                    .execute(|s| async move {
-                        assert!(!s.is_new_transaction());
-                        Err::<(), _>(TxError::Timeout)
-                    })
-                    .await;
-                Ok(())
-            }
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            let _ = t(&m)
+                .execute(|s| async move {
+                    assert!(!s.is_new_transaction());
+                    Err::<(), _>(TxError::Timeout)
+                })
+                .await;
+            Ok(())
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
@@ -254,13 +233,10 @@ async fn deadline_rolls_back_a_body_still_waiting() {
     let started = tokio::time::Instant::now();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("a").await?;
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                m.stmt("never").await
-            }
+        .execute(|_| async {
+            m.stmt("a").await?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            m.stmt("never").await
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -274,17 +250,13 @@ async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Arc::new(Mutex::new(Some(tx)));
     let template = t(&m);
-    let fut = template.execute(|_| {
-        let m = m.clone();
-        let tx = tx.clone();
-        async move {
-            m.stmt("a").await?;
-            tx_core::after_completion(move |c: Completion| async move {
-                let _ = tx.lock().unwrap().take().unwrap().send(c);
-            })?;
-            std::future::pending::<()>().await;
-            Ok::<_, TxError>(())
-        }
+    let fut = template.execute(|_| async {
+        m.stmt("a").await?;
+        tx_core::after_completion(move |c: Completion| async move {
+            let _ = tx.lock().unwrap().take().unwrap().send(c);
+        })?;
+        std::future::pending::<()>().await;
+        Ok::<_, TxError>(())
     });
     assert!(
         tokio::time::timeout(Duration::from_millis(50), fut)
@@ -305,15 +277,12 @@ async fn panic_rolls_back_and_continues() {
     let m2 = m.clone();
     let join = tokio::spawn(async move {
         t(&m2)
-            .execute(|_| {
-                let m = m2.clone();
-                async move {
-                    m.stmt("a").await?;
-                    if m.key() == m.key() {
-                        panic!("boom");
-                    }
-                    Ok::<_, TxError>(())
+            .execute(|_| async {
+                m2.stmt("a").await?;
+                if m2.key() == m2.key() {
+                    panic!("boom");
                 }
+                Ok::<_, TxError>(())
             })
             .await
     })
@@ -355,19 +324,12 @@ async fn hooks_run_in_phase_order_around_commit() {
         }
     }
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            let log = log.clone();
-            async move {
-                m.stmt("a").await?;
-                tx_core::register_synchronization(H("outer", log.clone()))?;
-                t(&m)
-                    .execute(|_| {
-                        let log = log.clone();
-                        async move { tx_core::register_synchronization(H("inner", log)) }
-                    })
-                    .await
-            }
+        .execute(|_| async {
+            m.stmt("a").await?;
+            tx_core::register_synchronization(H("outer", log.clone()))?;
+            t(&m)
+                .execute(|_| async { tx_core::register_synchronization(H("inner", log)) })
+                .await
         })
         .await;
     r.unwrap();
@@ -398,14 +360,11 @@ async fn misuse_gives_typed_errors() {
         .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                t(&m)
-                    .propagation(Propagation::Never)
-                    .execute(|_| async { Ok(()) })
-                    .await
-            }
+        .execute(|_| async {
+            t(&m)
+                .propagation(Propagation::Never)
+                .execute(|_| async { Ok(()) })
+                .await
         })
         .await;
     assert!(matches!(r, Err(TxError::ExistingTransaction)));
