@@ -44,7 +44,20 @@ pub fn suspended_holds_connection(key: ManagerKey) -> bool {
 
 impl BoundTransaction {
     /// Locks the transaction's connection for one statement or stream, first sending `BEGIN`
-    /// and pending `SAVEPOINT`s. Fails with [`TxError::Timeout`] past the deadline.
+    /// and pending `SAVEPOINT`s.
+    ///
+    /// # Errors
+    ///
+    /// [`TxError::Timeout`] past the deadline; the backend's failure to begin the transaction
+    /// or create a savepoint; an error once the transaction is finished.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while it waits for the lock, nothing happened. Dropped while the deferred
+    /// `BEGIN` is in flight, the transaction stays not begun (the backend gives up the
+    /// connection it was beginning on) and the next statement begins it. Dropped while a
+    /// `SAVEPOINT` is in flight, the physical transaction stays with its scope, which rolls
+    /// it back if it cannot finish cleanly.
     pub async fn lock(&self) -> Result<TransactionGuard, TxError> {
         let mut slot = self.0.slot.clone().lock_owned().await;
         self.0.materialize(&mut slot).await?;

@@ -641,6 +641,13 @@ impl EventBus {
     /// The first `Err` of a plain listener, or of a `BeforeCommit` listener run as a fallback,
     /// as [`TxError::Listener`] carrying the listener's error; the listeners after it do
     /// not run. Panics of those listeners propagate.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it completes, the transactional listeners may already be attached to
+    /// the transaction (they then run with it), and the plain listeners after the one in
+    /// progress do not run. In a transaction the publisher's scope usually goes with it, so
+    /// the transaction rolls back and the event's `AfterRollback` listeners see that.
     pub async fn publish<E: Send + Sync + 'static>(&self, event: E) -> Result<(), TxError> {
         let Some(listeners) = self.shared.snapshot(TypeId::of::<E>()) else {
             return Ok(());

@@ -115,7 +115,6 @@ impl TransactionTemplate {
     }
 
     /// The attributes calls of this template run with.
-    #[must_use]
     pub fn get_definition(&self) -> &TransactionDefinition {
         &self.definition
     }
@@ -272,7 +271,6 @@ impl RetryingTemplate {
     }
 
     /// The attributes calls of this template run with.
-    #[must_use]
     pub fn get_definition(&self) -> &TransactionDefinition {
         &self.template.definition
     }

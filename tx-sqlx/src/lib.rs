@@ -205,7 +205,7 @@ pub use pool::PgTxPool;
 pub use pool::SqliteTxPool;
 
 /// The names a transactional service usually needs: `use tx_sqlx::prelude::*;` (with
-/// [`SqlxErrorExt`](crate::SqlxErrorExt), so its methods work on any `sqlx::Error`).
+/// [`SqlxErrorExt`], so its methods work on any `sqlx::Error`).
 ///
 /// ```
 /// use tx_sqlx::prelude::*;

@@ -120,6 +120,19 @@ impl<DB: Database> TxPool<DB> {
     /// dropped. Statements run on the guard are not watched by the engine (retryable errors
     /// are only recognised through the error you return).
     ///
+    /// # Errors
+    ///
+    /// In a transaction: [`TxError::Timeout`] past its deadline, or the failure of its
+    /// deferred `BEGIN`. Outside one: the pool's failure to hand out a connection
+    /// (`TxError::Database` with `sqlx::Error::PoolTimedOut` as its source, or
+    /// [`TxError::PoolClosed`]), or [`TxError::WouldBlock`] where waiting could only end at
+    /// a timeout (SQLite's write lock held by this task's suspended transaction).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it returns, no connection is taken: a pooled one goes back to the
+    /// pool, the transaction's stays with the transaction.
+    ///
     /// ```no_run
     /// use tx_sqlx::{PgTxPool, TxError};
     ///
