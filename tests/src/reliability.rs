@@ -1154,7 +1154,7 @@ async fn sweep_call<B: Backend>(
                 table: work.to_owned(),
                 tag: "bc",
             })?;
-            b.insert(&work, "o1").await?;
+            b.insert(work, "o1").await?;
             p.mark("o1 inserted");
             b.template()
                 .name("sweep.audit")
@@ -1162,7 +1162,7 @@ async fn sweep_call<B: Backend>(
                 .execute(|_| async {
                     record_completion(&p.audit)?;
                     p.audit_registered.store(true, Ordering::SeqCst);
-                    b.insert(&audit, "a1").await?;
+                    b.insert(audit, "a1").await?;
                     p.mark("a1 inserted");
                     Ok::<_, AppError>(())
                 })
@@ -1174,7 +1174,7 @@ async fn sweep_call<B: Backend>(
                 .execute(|_| async {
                     record_completion(&p.nested)?;
                     p.nested_registered.store(true, Ordering::SeqCst);
-                    b.insert(&work, "n1").await?;
+                    b.insert(work, "n1").await?;
                     p.mark("n1 inserted");
                     Ok::<_, AppError>(())
                 })
@@ -1185,7 +1185,7 @@ async fn sweep_call<B: Backend>(
                 .name("sweep.nested_failing")
                 .propagation(Propagation::Nested)
                 .execute(|_| async {
-                    b.insert(&work, "n2").await?;
+                    b.insert(work, "n2").await?;
                     Err::<(), _>(AppError::Injected("nested step fails"))
                 })
                 .await;
@@ -1194,7 +1194,7 @@ async fn sweep_call<B: Backend>(
                 Ordering::SeqCst,
             );
             p.mark("failing nested rolled back");
-            b.insert(&work, "o2").await?;
+            b.insert(work, "o2").await?;
             p.mark("o2 inserted");
             Ok(())
         })
@@ -1510,7 +1510,7 @@ pub async fn panic_case<B: Server>(
     let template = b.template().name("panic.outer");
     let call = template.execute(|_| async {
         record_completion(&outer_completion)?;
-        b.insert(&table, "outer").await?;
+        b.insert(table, "outer").await?;
         let inject = move |hc: &Completions| -> Result<(), AppError> {
             match at {
                 PanicAt::Body => panic!("{INJECTED_PANIC} in the body"),
@@ -1532,7 +1532,7 @@ pub async fn panic_case<B: Server>(
         };
         let template = b.template().name("panic.inner").propagation(propagation);
         let inner = template.execute(|_| async {
-            b.insert(&table, "inner").await?;
+            b.insert(table, "inner").await?;
             inject(&hook_completion)?;
             Ok::<_, AppError>(())
         });

@@ -320,13 +320,13 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
     let (db, table) = (&db, &table);
     TransactionTemplate::new(db.clone())
         .execute(|_| async {
-            insert(&db, &table, 1).await?;
+            insert(db, table, 1).await?;
             // Fails by returning an error.
             let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
                 .propagation(Propagation::Nested)
                 .execute(|status| async move {
                     assert!(status.has_savepoint());
-                    insert(&db, &table, 2).await?;
+                    insert(db, table, 2).await?;
                     Err(TxError::UnexpectedRollback)
                 })
                 .await;
@@ -336,8 +336,8 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
             let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
                 .propagation(Propagation::Nested)
                 .execute(|_| async {
-                    insert(&db, &table, 3).await?;
-                    insert(&db, &table, 1).await?;
+                    insert(db, table, 3).await?;
+                    insert(db, table, 1).await?;
                     Ok(())
                 })
                 .await;
@@ -345,14 +345,14 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
             // A nested scope that succeeds is kept.
             TransactionTemplate::new(db.clone())
                 .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 4).await?) })
+                .execute(|_| async { Ok::<_, TxError>(insert(db, table, 4).await?) })
                 .await?;
-            insert(&db, &table, 5).await?;
+            insert(db, table, 5).await?;
             Ok::<_, TxError>(())
         })
         .await
         .unwrap();
-    assert_eq!(ids(&db, &table).await, vec![1, 4, 5]);
+    assert_eq!(ids(db, table).await, vec![1, 4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

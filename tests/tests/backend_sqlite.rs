@@ -223,13 +223,13 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
     let (db, table) = (&db, &table);
     TransactionTemplate::new(db.clone())
         .execute(|_| async {
-            insert(&db, &table, 1).await?;
+            insert(db, table, 1).await?;
             let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
                 .propagation(Propagation::Nested)
                 .execute(|status| async move {
                     assert!(status.has_savepoint());
-                    insert(&db, &table, 2).await?;
-                    insert(&db, &table, 1).await?; // duplicate key
+                    insert(db, table, 2).await?;
+                    insert(db, table, 1).await?; // duplicate key
                     Ok(())
                 })
                 .await;
@@ -237,14 +237,14 @@ async fn nested_savepoint_rollback_keeps_outer_work() {
             assert_eq!(sqlite_code(&inner.unwrap_err()), Some(1555));
             TransactionTemplate::new(db.clone())
                 .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 3).await?) })
+                .execute(|_| async { Ok::<_, TxError>(insert(db, table, 3).await?) })
                 .await?;
-            insert(&db, &table, 4).await?;
+            insert(db, table, 4).await?;
             Ok::<_, TxError>(())
         })
         .await
         .unwrap();
-    assert_eq!(ids(&db, &table).await, vec![1, 3, 4]);
+    assert_eq!(ids(db, table).await, vec![1, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -693,18 +693,18 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
         left = idle_in_transaction(&app).await;
     }
     assert_eq!(left, 0, "an `idle in transaction` session was left behind");
-    let (size, idle) = wait_all_idle(&db).await;
+    let (size, idle) = wait_all_idle(db).await;
     assert_eq!(size as usize, idle, "every pool connection back");
-    assert_eq!(tags(&table).await, Vec::<String>::new(), "never committed");
+    assert_eq!(tags(table).await, Vec::<String>::new(), "never committed");
     assert_eq!(
-        log_of(&log),
+        log_of(log),
         strings(&["h:before_completion", "h:after_completion(rolled_back)"])
     );
 
     // The pool still works and its connections are clean (autocommit visible at once).
-    insert(&db, &table, "after-cancel").await.unwrap();
-    assert_eq!(tags(&table).await, strings(&["after-cancel"]));
-    drop_table(&table).await;
+    insert(db, table, "after-cancel").await.unwrap();
+    assert_eq!(tags(table).await, strings(&["after-cancel"]));
+    drop_table(table).await;
 }
 
 // ---------------------------------------------------------------------------------------------

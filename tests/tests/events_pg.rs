@@ -359,7 +359,7 @@ async fn rollback_only_runs_after_rollback() {
     let r = d
         .template()
         .execute(|status| async move {
-            d.create_order(&bus, 1).await?;
+            d.create_order(bus, 1).await?;
             status.set_rollback_only();
             Ok::<_, TxError>(())
         })
@@ -379,7 +379,7 @@ async fn rollback_only_runs_after_rollback() {
     let r = t
         .execute(|_| async {
             t.execute(|_| async {
-                d.create_order(&bus, 2).await?;
+                d.create_order(bus, 2).await?;
                 tx_sqlx::set_rollback_only()
             })
             .await?;

@@ -132,10 +132,10 @@ async fn begin_is_deferred_to_first_statement_and_commit_follows() {
 #[tokio::test]
 async fn nested_failure_rolls_back_to_its_savepoint_only() {
     let m = &Recorder::default();
-    let r: Result<(), TxError> = t(&m)
+    let r: Result<(), TxError> = t(m)
         .execute(|_| async {
             m.stmt("outer").await?;
-            let inner: Result<(), TxError> = t(&m)
+            let inner: Result<(), TxError> = t(m)
                 .propagation(Propagation::Nested)
                 .execute(|s| async move {
                     assert!(s.has_savepoint());
@@ -145,8 +145,7 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
                 .await;
             assert!(inner.is_err());
             // A Nested scope that runs no statement sends no SAVEPOINT.
-            t(&m)
-                .propagation(Propagation::Nested)
+            t(m).propagation(Propagation::Nested)
                 .execute(|_| async { Ok::<_, TxError>(()) })
                 .await?;
             m.stmt("after").await
@@ -171,19 +170,17 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
 #[tokio::test]
 async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommit() {
     let m = &Recorder::default();
-    let r: Result<(), TxError> = t(&m)
+    let r: Result<(), TxError> = t(m)
         .execute(|_| async {
             m.stmt("outer").await?;
-            t(&m)
-                .propagation(Propagation::RequiresNew)
+            t(m).propagation(Propagation::RequiresNew)
                 .read_only(true)
                 .execute(|s| async move {
                     assert!(s.is_new_transaction());
                     m.stmt("inner").await
                 })
                 .await?;
-            t(&m)
-                .propagation(Propagation::NotSupported)
+            t(m).propagation(Propagation::NotSupported)
                 .execute(|_| async {
                     assert!(!tx_core::is_actual_transaction_active());
                     m.stmt("plain").await
