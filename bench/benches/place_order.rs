@@ -1,5 +1,5 @@
-//! The place-order workload of `../shared/WORKLOAD.md` on PostgreSQL, two implementations in
-//! one process, interleaved run by run: hand-written sqlx and tx.
+//! The place-order workload (described in `BENCHMARKS.md`, "The workload") on PostgreSQL, two
+//! implementations in one process, interleaved run by run: hand-written sqlx and tx.
 //!
 //! Run: `cargo bench -p tx-bench` (options after `--`: `--units N` per run, default 20000;
 //! `--rounds N`, default 3; `--variants place_order,nested,empty,joined`; `--workers N`,
@@ -14,7 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tx_sqlx::{PgTxPool, TxError, transactional};
 
-/// Concurrent workers (WORKLOAD.md: 8); `--workers N` changes it for diagnosis.
+/// Concurrent workers (the workload's 8); `--workers N` changes it for diagnosis.
 static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn workers() -> usize {
