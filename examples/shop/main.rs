@@ -1,4 +1,4 @@
-//! The shop demo: the seeds' transaction cases, printed with the rows that prove them.
+//! The shop demo: the classic `@Transactional` cases, printed with the rows that prove them.
 //!
 //! ```text
 //! cargo run --example shop                                   # embedded SQLite, no set-up

@@ -1,12 +1,15 @@
-//! The shop's one error type: business failures, and the engine's errors through `From<TxError>`.
+//! The shop's one error type: business failures, and every database and engine failure as a
+//! `TxError` (the pattern the README teaches).
 
 use tx_sqlx::TxError;
 
 /// Everything a shop service can fail with.
 ///
 /// Business failures are variants of their own, so rollback rules can name them
-/// (`no_rollback_for = ShopError::RiskRejected { .. }`); the engine's and the database's
-/// errors arrive as [`ShopError::Tx`].
+/// (`no_rollback_for = ShopError::RiskRejected { .. }`). The engine's and the database's
+/// errors arrive as [`ShopError::Tx`], also when `?` is used on a sqlx call: the
+/// `From<sqlx::Error>` below goes through `TxError`, so a statement cut by the deadline is
+/// `TxError::Timeout` and a serialization failure stays `is_retryable()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     /// Not enough stock for the quantity asked.
@@ -48,9 +51,19 @@ pub enum ShopError {
     /// The order has no delivery address.
     #[error("order {0} has no delivery address")]
     MissingAddress(i64),
-    /// The transaction engine or the database failed (timeout, unexpected rollback, SQL error).
+    /// A schema or database name for the demo that is not a plain identifier.
+    #[error("invalid schema/database name {0:?}: use letters, digits and '_' (not first)")]
+    InvalidNamespace(String),
+    /// The database or the transaction engine failed (a timeout, an unexpected rollback, a
+    /// serialization failure, a rejected statement, ...).
     #[error(transparent)]
     Tx(#[from] TxError),
+}
+
+impl From<sqlx::Error> for ShopError {
+    fn from(e: sqlx::Error) -> Self {
+        ShopError::Tx(e.into())
+    }
 }
 
 impl ShopError {

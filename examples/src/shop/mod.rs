@@ -1,44 +1,53 @@
-//! The shop demo: the seeds' transaction cases on one small e-commerce schema, on SQLite,
-//! PostgreSQL or MariaDB.
+//! The shop demo: Spring `@Transactional` cases on one small e-commerce schema (a bank
+//! transfer, an order with stock and balance checks, an audit log in its own transaction, a
+//! NESTED gift, a risk check that keeps the order for review, a message sent only after commit,
+//! a batch with one transaction per order, a retried serialization conflict, the rollback-only
+//! trap), on SQLite, PostgreSQL or MariaDB.
 //!
-//! * [`services`]: the services, structs with `#[transactional(manager = self.db, ...)]`
-//!   methods, as a Spring user writes `@Service` classes.
-//! * [`Shop`]: the services wired together, one method per case, each returning a report
-//!   (every call's result and the rows that prove it) that prints itself.
-//! * [`Store`]: the services' SQL runs on a `TxPool` through `&TxPool` (the sqlx executor that
-//!   joins the current task's transaction); [`ShopDb`] holds the little that differs between
-//!   the databases, so the service code exists once.
-//! * [`sqlite`], [`postgres`], [`mysql`]: set-up on a fresh namespace.
+//! What to read:
+//!
+//! * `app/services.rs`: the services, structs holding their `TxPool` with
+//!   `#[transactional(manager = self.db, ...)]` methods whose statements are plain
+//!   `sqlx::query(..).bind(..).execute(&self.db)`: the code an application writes.
+//! * `app/shop.rs`: [`sqlite::Shop`] (and its twins), the services wired together, one method
+//!   per case, each returning a report (every call's result and the rows that prove it).
+//! * [`ShopError`]: the error type, with the `From<sqlx::Error>` that keeps a timeout a
+//!   timeout.
+//!
+//! The services are written once and compiled once per backend, in [`sqlite`], [`postgres`]
+//! and [`mysql`]: each of those modules sets the pool type `Db` and the only SQL the three
+//! disagree on (MariaDB/MySQL wants `?` placeholders where PostgreSQL and SQLite take `$1`,
+//! and each spells an auto-increment key its own way), then includes the shared files.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tx_examples::shop::ShopError> {
 //! let dir = std::env::temp_dir().join("tx-shop");
 //! std::fs::create_dir_all(&dir).unwrap();
-//! let shop = tx_examples::shop::sqlite(&dir).await?;
+//! let shop = tx_examples::shop::sqlite::connect(&dir).await?;
 //! let report = shop.bank_transfer().await?;
 //! println!("{report}");
 //! assert_eq!(report.total_before, report.total_after);
 //! # Ok(()) }
 //! ```
 
-mod cases;
+mod collaborators;
 mod connect;
 mod error;
 mod model;
-pub mod services;
-mod store;
+mod reports;
 
-pub use cases::{
-    AuditReport, BATCH_SIZE, BATCH_WITHOUT_ADDRESS, BatchReport, DemoReport, GiftReport,
-    HooksReport, OrderReport, RISK_LIMIT, RetryReport, RiskReport, RollbackOnlyReport, Shop, Step,
-    TransferReport,
-};
-pub use connect::{
-    DEMO_NAMESPACE, Target, drop_mysql_database, drop_postgres_schema, mysql, postgres, run_demo,
-    sqlite,
-};
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+pub use collaborators::{ADDRESS, MessageQueue, PhaseLogger, RiskClient, RiskVerdict, Timeline};
+pub use connect::{Backend, DEMO_NAMESPACE, Target, run_demo};
 pub use error::ShopError;
 pub use model::{
-    Account, AuditEntry, DeliveryFailure, Gift, Order, Product, Queries, create_schema, ids,
+    ACCOUNTS, Account, AuditEntry, BATCH_SIZE, BATCH_WITHOUT_ADDRESS, BatchResult, DeliveryFailure,
+    Gift, Order, PRODUCTS, Product, RISK_LIMIT, USED_COUPON, ids,
 };
-pub use store::{Arg, Dialect, Row, ShopDb, Sql, Store, Value, sql};
+pub use reports::{
+    AuditReport, BatchReport, DemoReport, GiftReport, HooksReport, OrderReport, RetryReport,
+    RiskReport, RollbackOnlyReport, Step, TransferReport,
+};

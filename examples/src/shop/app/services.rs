@@ -1,111 +1,37 @@
-//! The shop's services, written the way a Spring user writes `@Service` classes: structs
-//! holding their transaction manager (a [`Store`], i.e. a `TxPool`) and collaborators, with
-//! `#[transactional(manager = self.db, ...)]` methods.
-//!
-//! Private helpers such as `OrderService::take_stock` carry no attribute: they run their
-//! statements on `&self.db`, which joins whatever transaction the calling method began.
+// The shop's services, written the way a Spring user writes `@Service` classes: structs
+// holding their transaction manager (`db`, a `TxPool`) and their collaborators, with
+// `#[transactional(manager = self.db, ...)]` methods whose statements are plain sqlx on
+// `&self.db`, which joins the transaction the method runs in.
+//
+// This file is compiled once per backend (see `sqlite.rs`, `postgres.rs`, `mysql.rs`): there
+// `Db` is `SqliteTxPool`, `PgTxPool` or `MySqlTxPool`, and `sql(..)` returns the statement as
+// written (`$1` placeholders, which PostgreSQL and SQLite take) or, on MariaDB/MySQL, with `?`
+// placeholders. An application on one database writes the string itself.
+//
+// Private helpers such as `OrderService::take_stock` carry no attribute: they run their
+// statements on `&self.db`, which joins whatever transaction the calling method began.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::Barrier;
 use tx_sqlx::prelude::*;
-use tx_sqlx::{BoxError, TransactionSynchronization, after_commit, register_synchronization};
+use tx_sqlx::{after_commit, register_synchronization};
 
-use super::error::ShopError;
-use super::model::DeliveryFailure;
-use super::store::{Store, sql};
+use crate::shop::collaborators::{
+    ADDRESS, MessageQueue, PhaseLogger, RiskClient, RiskVerdict, Timeline,
+};
+use crate::shop::error::ShopError;
+use crate::shop::model::{BatchResult, DeliveryFailure};
 
-/// Where every order ships to, unless a test leaves it out.
-pub const ADDRESS: &str = "1 Nanjing Road, Shanghai";
-
-/// An ordered log of what happened around a transaction (hook phases, messages sent), shared
-/// by the services and read by the demo.
-#[derive(Debug, Clone, Default)]
-pub struct Timeline(Arc<Mutex<Vec<String>>>);
-
-impl Timeline {
-    /// Appends an entry.
-    pub fn push(&self, entry: impl Into<String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(entry.into());
-    }
-
-    /// Takes every entry so far, leaving the timeline empty.
-    #[must_use]
-    pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// A stand-in for RabbitMQ: records the messages it "sends" (and logs them in the timeline).
-#[derive(Debug, Clone, Default)]
-pub struct MessageQueue {
-    sent: Arc<Mutex<Vec<String>>>,
-    timeline: Timeline,
-}
-
-impl MessageQueue {
-    /// A queue that also logs into `timeline`.
-    #[must_use]
-    pub fn new(timeline: Timeline) -> Self {
-        MessageQueue {
-            sent: Arc::default(),
-            timeline,
-        }
-    }
-
-    /// Sends a message: once sent, it cannot be taken back.
-    pub fn send(&self, topic: &str, payload: impl std::fmt::Display) {
-        let message = format!("{topic} {payload}");
-        self.timeline.push(format!("MQ sent: {message}"));
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(message);
-    }
-
-    /// Every message sent so far.
-    #[must_use]
-    pub fn sent(&self) -> Vec<String> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// A [`TransactionSynchronization`] that logs each phase it sees (seed 003's four hooks).
+/// Accounts: transfers, and the debit every payment goes through.
 #[derive(Debug, Clone)]
-pub struct PhaseLogger(pub Timeline);
-
-impl TransactionSynchronization for PhaseLogger {
-    async fn before_commit(&self, read_only: bool) -> Result<(), BoxError> {
-        self.0.push(format!("before_commit(read_only={read_only})"));
-        Ok(())
-    }
-
-    async fn before_completion(&self) {
-        self.0.push("before_completion");
-    }
-
-    async fn after_commit(&self) {
-        self.0.push("after_commit");
-    }
-
-    async fn after_completion(&self, completion: Completion) {
-        self.0.push(format!("after_completion({completion:?})"));
-    }
+pub struct AccountService {
+    db: Db,
 }
 
-/// Accounts: transfers (seed 000), and the debit every payment goes through.
-#[derive(Debug, Clone)]
-pub struct AccountService<S> {
-    db: S,
-}
-
-impl<S: Store> AccountService<S> {
+impl AccountService {
     /// The service on `db`.
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         AccountService { db }
     }
 
@@ -122,15 +48,15 @@ impl<S: Store> AccountService<S> {
     /// transaction (a transfer, a payment).
     #[transactional(manager = self.db, propagation = Mandatory)]
     pub async fn debit(&self, account: i64, amount: i64) -> Result<(), ShopError> {
-        let changed = self
-            .db
-            .execute(
-                sql("UPDATE account SET balance = balance - ? WHERE id = ? AND balance >= ?")
-                    .bind(amount)
-                    .bind(account)
-                    .bind(amount),
-            )
-            .await?;
+        let changed = sqlx::query(sql(
+            "UPDATE account SET balance = balance - $1 WHERE id = $2 AND balance >= $3",
+        ))
+        .bind(amount)
+        .bind(account)
+        .bind(amount)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(if self.exists(account).await? {
                 ShopError::InsufficientBalance {
@@ -147,14 +73,14 @@ impl<S: Store> AccountService<S> {
     /// Adds `amount` to an account, inside the caller's transaction.
     #[transactional(manager = self.db, propagation = Mandatory)]
     pub async fn credit(&self, account: i64, amount: i64) -> Result<(), ShopError> {
-        let changed = self
-            .db
-            .execute(
-                sql("UPDATE account SET balance = balance + ? WHERE id = ?")
-                    .bind(amount)
-                    .bind(account),
-            )
-            .await?;
+        let changed = sqlx::query(sql(
+            "UPDATE account SET balance = balance + $1 WHERE id = $2",
+        ))
+        .bind(amount)
+        .bind(account)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(ShopError::AccountNotFound(account));
         }
@@ -162,52 +88,52 @@ impl<S: Store> AccountService<S> {
     }
 
     async fn exists(&self, account: i64) -> Result<bool, ShopError> {
-        let n = self
-            .db
-            .fetch_int(sql("SELECT COUNT(*) FROM account WHERE id = ?").bind(account))
+        let n: i64 = sqlx::query_scalar(sql("SELECT COUNT(*) FROM account WHERE id = $1"))
+            .bind(account)
+            .fetch_one(&self.db)
             .await?;
         Ok(n > 0)
     }
 }
 
-/// The audit log (seed 002): each entry in its own transaction, so it survives the failure of
-/// the business transaction that wrote it. On SQLite it lives in a second database with its
-/// own `TxPool` (a second transaction manager).
+/// The audit log: each entry in its own transaction, so it survives the failure of the
+/// business transaction that wrote it. On SQLite it lives in a second database with its own
+/// `TxPool` (a second transaction manager).
 #[derive(Debug, Clone)]
-pub struct AuditService<S> {
-    db: S,
+pub struct AuditService {
+    db: Db,
 }
 
-impl<S: Store> AuditService<S> {
+impl AuditService {
     /// The service on `db` (the audit database).
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         AuditService { db }
     }
 
     /// Writes one entry and commits it at once, whatever the caller's transaction does later.
     #[transactional(manager = self.db, propagation = RequiresNew)]
     pub async fn record(&self, action: &str, detail: String) -> Result<(), ShopError> {
-        self.db
-            .execute(
-                sql("INSERT INTO audit_log (action, detail) VALUES (?, ?)")
-                    .bind(action)
-                    .bind(detail),
-            )
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO audit_log (action, detail) VALUES ($1, $2)",
+        ))
+        .bind(action)
+        .bind(detail)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 }
 
-/// Gifts (seed 003): optional extras attached in a `Nested` scope, so that a failing gift
-/// rolls back to its savepoint and the order goes on.
+/// Gifts: optional extras attached in a `Nested` scope, so that a failing gift rolls back to
+/// its savepoint and the order goes on.
 #[derive(Debug, Clone)]
-pub struct GiftService<S> {
-    db: S,
+pub struct GiftService {
+    db: Db,
 }
 
-impl<S: Store> GiftService<S> {
+impl GiftService {
     /// The service on `db`.
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         GiftService { db }
     }
 
@@ -215,19 +141,20 @@ impl<S: Store> GiftService<S> {
     #[transactional(manager = self.db, propagation = Nested)]
     pub async fn add_gift(&self, order_id: i64, gift: i64) -> Result<(), ShopError> {
         // Written first, undone by ROLLBACK TO SAVEPOINT when the stock is missing.
-        self.db
-            .execute(
-                sql("INSERT INTO gift (order_id, product_id) VALUES (?, ?)")
-                    .bind(order_id)
-                    .bind(gift),
-            )
-            .await?;
-        let changed = self
-            .db
-            .execute(
-                sql("UPDATE product SET stock = stock - 1 WHERE id = ? AND stock >= 1").bind(gift),
-            )
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO gift (order_id, product_id) VALUES ($1, $2)",
+        ))
+        .bind(order_id)
+        .bind(gift)
+        .execute(&self.db)
+        .await?;
+        let changed = sqlx::query(sql(
+            "UPDATE product SET stock = stock - 1 WHERE id = $1 AND stock >= 1",
+        ))
+        .bind(gift)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(ShopError::GiftOutOfStock(gift));
         }
@@ -235,15 +162,15 @@ impl<S: Store> GiftService<S> {
     }
 }
 
-/// Coupons (seed 004).
+/// Coupons.
 #[derive(Debug, Clone)]
-pub struct CouponService<S> {
-    db: S,
+pub struct CouponService {
+    db: Db,
 }
 
-impl<S: Store> CouponService<S> {
+impl CouponService {
     /// The service on `db`.
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         CouponService { db }
     }
 
@@ -251,10 +178,13 @@ impl<S: Store> CouponService<S> {
     /// checkout it joins the checkout's transaction, so its failure dooms that transaction.
     #[transactional(manager = self.db)]
     pub async fn redeem(&self, code: &str) -> Result<(), ShopError> {
-        let changed = self
-            .db
-            .execute(sql("UPDATE coupon SET used = 1 WHERE code = ? AND used = 0").bind(code))
-            .await?;
+        let changed = sqlx::query(sql(
+            "UPDATE coupon SET used = 1 WHERE code = $1 AND used = 0",
+        ))
+        .bind(code)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(ShopError::CouponInvalid(code.to_owned()));
         }
@@ -262,60 +192,14 @@ impl<S: Store> CouponService<S> {
     }
 }
 
-/// What the risk service says about an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RiskVerdict {
-    /// Go ahead.
-    Pass,
-    /// Keep the order for manual review, for this reason.
-    Reject(String),
-}
-
-/// A stand-in for the remote risk service of seed 003: rejects large amounts, and can be
-/// switched off to play an outage.
+/// Orders: the placement (stock, order, payment) and its variations.
 #[derive(Debug, Clone)]
-pub struct RiskClient {
-    up: Arc<AtomicBool>,
-    limit: i64,
-}
-
-impl RiskClient {
-    /// A risk service that rejects amounts above `limit`.
-    #[must_use]
-    pub fn new(limit: i64) -> Self {
-        RiskClient {
-            up: Arc::new(AtomicBool::new(true)),
-            limit,
-        }
-    }
-
-    /// Brings the service up or down.
-    pub fn set_available(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
-
-    /// Checks an order amount.
-    pub async fn check(&self, amount: i64) -> Result<RiskVerdict, ShopError> {
-        tokio::task::yield_now().await; // a remote call
-        if !self.up.load(Ordering::SeqCst) {
-            return Err(ShopError::RiskServiceDown);
-        }
-        Ok(if amount > self.limit {
-            RiskVerdict::Reject(format!("amount {amount} over {}", self.limit))
-        } else {
-            RiskVerdict::Pass
-        })
-    }
-}
-
-/// Orders: seed 000 §5's placement and seed 003's variations on it.
-#[derive(Debug, Clone)]
-pub struct OrderService<S> {
-    db: S,
-    accounts: AccountService<S>,
-    audit: AuditService<S>,
-    gifts: GiftService<S>,
-    coupons: CouponService<S>,
+pub struct OrderService {
+    db: Db,
+    accounts: AccountService,
+    audit: AuditService,
+    gifts: GiftService,
+    coupons: CouponService,
     risk: RiskClient,
     mq: MessageQueue,
     timeline: Timeline,
@@ -323,15 +207,15 @@ pub struct OrderService<S> {
 
 /// The collaborators of an [`OrderService`].
 #[derive(Debug, Clone)]
-pub struct OrderDeps<S> {
+pub struct OrderDeps {
     /// Payments.
-    pub accounts: AccountService<S>,
+    pub accounts: AccountService,
     /// The audit log.
-    pub audit: AuditService<S>,
+    pub audit: AuditService,
     /// Gifts.
-    pub gifts: GiftService<S>,
+    pub gifts: GiftService,
     /// Coupons.
-    pub coupons: CouponService<S>,
+    pub coupons: CouponService,
     /// The risk service.
     pub risk: RiskClient,
     /// The message queue.
@@ -340,9 +224,9 @@ pub struct OrderDeps<S> {
     pub timeline: Timeline,
 }
 
-impl<S: Store> OrderService<S> {
+impl OrderService {
     /// The service on `db`, with its collaborators.
-    pub fn new(db: S, deps: OrderDeps<S>) -> Self {
+    pub fn new(db: Db, deps: OrderDeps) -> Self {
         OrderService {
             db,
             accounts: deps.accounts,
@@ -355,13 +239,13 @@ impl<S: Store> OrderService<S> {
         }
     }
 
-    /// Seed 000 §5: take the stock, create the order, charge the buyer; all or nothing.
-    /// Every attempt is audited first, in its own transaction (seed 002).
+    /// Takes the stock, creates the order, charges the buyer: all or nothing. Every attempt
+    /// is audited first, in its own transaction.
     #[transactional(manager = self.db)]
     pub async fn place_order(&self, user: i64, product: i64, qty: i64) -> Result<i64, ShopError> {
         let detail = format!("user={user} product={product} qty={qty}");
         if let Err(e) = self.audit.record("ORDER_ATTEMPT", detail).await {
-            // An audit failure must not fail the order (seed 002).
+            // An audit failure must not fail the order.
             tracing::warn!("audit failed: {e}");
         }
         let price = self.take_stock(product, qty).await?;
@@ -372,8 +256,8 @@ impl<S: Store> OrderService<S> {
         Ok(order_id)
     }
 
-    /// Seed 003: an order with a free gift. The gift is added in a `Nested` scope: when it
-    /// fails, only its savepoint is rolled back and the order commits without it.
+    /// An order with a free gift. The gift is added in a `Nested` scope: when it fails, only
+    /// its savepoint is rolled back and the order commits without it.
     ///
     /// Returns the order id and why the gift was dropped, if it was.
     #[transactional(manager = self.db)]
@@ -395,10 +279,10 @@ impl<S: Store> OrderService<S> {
         }
     }
 
-    /// Seed 003: create the order, then ask the risk service. A rejection is a business
-    /// outcome: the order is kept in state `WAIT_AUDIT` for a human, so
-    /// `ShopError::RiskRejected` commits (`no_rollback_for`). The risk service being down is
-    /// a system failure: everything rolls back.
+    /// Creates the order, then asks the risk service. A rejection is a business outcome: the
+    /// order is kept in state `WAIT_AUDIT` for a human, so `ShopError::RiskRejected` commits
+    /// (`no_rollback_for`). The risk service being down is a system failure: everything
+    /// rolls back.
     #[transactional(manager = self.db, no_rollback_for = ShopError::RiskRejected { .. })]
     pub async fn place_order_with_risk_check(
         &self,
@@ -413,21 +297,19 @@ impl<S: Store> OrderService<S> {
         match self.risk.check(price * qty).await? {
             RiskVerdict::Pass => Ok(order_id),
             RiskVerdict::Reject(reason) => {
-                self.db
-                    .execute(
-                        sql("UPDATE orders SET state = ?, note = ? WHERE id = ?")
-                            .bind("WAIT_AUDIT")
-                            .bind(format!("risk check failed: {reason}"))
-                            .bind(order_id),
-                    )
+                sqlx::query(sql("UPDATE orders SET state = $1, note = $2 WHERE id = $3"))
+                    .bind("WAIT_AUDIT")
+                    .bind(format!("risk check failed: {reason}"))
+                    .bind(order_id)
+                    .execute(&self.db)
                     .await?;
                 Err(ShopError::RiskRejected { order_id, reason })
             }
         }
     }
 
-    /// Seed 003: the "cancel unpaid order in 30 minutes" message goes to the MQ only after
-    /// the order has committed (`after_commit`), never for an order that rolled back. A
+    /// The "cancel the unpaid order in 30 minutes" message goes to the MQ only after the
+    /// order has committed (`after_commit`), never for an order that rolled back. A
     /// [`PhaseLogger`] shows the order of the synchronization phases.
     #[transactional(manager = self.db)]
     pub async fn place_order_with_mq(
@@ -450,9 +332,9 @@ impl<S: Store> OrderService<S> {
         Ok(order_id)
     }
 
-    /// Seed 004's trap: the coupon service joins this transaction (`Required`), fails, and
-    /// so marks the whole transaction rollback-only. Catching its error and going on does not
-    /// save the order: the commit turns into a rollback and the caller gets
+    /// The rollback-only trap: the coupon service joins this transaction (`Required`), fails,
+    /// and so marks the whole transaction rollback-only. Catching its error and going on does
+    /// not save the order: the commit turns into a rollback and the caller gets
     /// `TxError::UnexpectedRollback` (use `Nested` for an optional step, as the gift does).
     #[transactional(manager = self.db)]
     pub async fn checkout_ignoring_coupon_failure(
@@ -469,8 +351,8 @@ impl<S: Store> OrderService<S> {
         Ok(order_id)
     }
 
-    /// Seed 004's programmatic pattern with [`TransactionTemplate`]: on a failed coupon,
-    /// mark the transaction rollback-only and return a friendly `Ok(None)`; the owner of the
+    /// The programmatic pattern with [`TransactionTemplate`]: on a failed coupon, mark the
+    /// transaction rollback-only and return a friendly `Ok(None)`; the owner of the
     /// transaction gets it rolled back quietly.
     pub async fn checkout_or_roll_back(
         &self,
@@ -481,13 +363,13 @@ impl<S: Store> OrderService<S> {
     ) -> Result<Option<i64>, ShopError> {
         TransactionTemplate::new(self.db.clone())
             .name("shop::checkout_or_roll_back")
-            .execute(|status: TransactionStatus| async move {
+            .execute(|status| async move {
                 let order_id = self.place_order(user, product, qty).await?;
                 if self.coupons.redeem(coupon).await.is_err() {
                     status.set_rollback_only();
                     return Ok(None);
                 }
-                Ok::<_, ShopError>(Some(order_id))
+                Ok(Some(order_id))
             })
             .await
     }
@@ -513,25 +395,26 @@ impl<S: Store> OrderService<S> {
     /// Takes `qty` units of `product` from stock; returns the unit price. Joins the caller's
     /// transaction through `&self.db`.
     async fn take_stock(&self, product: i64, qty: i64) -> Result<i64, ShopError> {
-        let changed = self
-            .db
-            .execute(
-                sql("UPDATE product SET stock = stock - ? WHERE id = ? AND stock >= ?")
-                    .bind(qty)
-                    .bind(product)
-                    .bind(qty),
-            )
-            .await?;
+        let changed = sqlx::query(sql(
+            "UPDATE product SET stock = stock - $1 WHERE id = $2 AND stock >= $3",
+        ))
+        .bind(qty)
+        .bind(product)
+        .bind(qty)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(ShopError::OutOfStock {
                 product,
                 requested: qty,
             });
         }
-        Ok(self
-            .db
-            .fetch_int(sql("SELECT price FROM product WHERE id = ?").bind(product))
-            .await?)
+        let price = sqlx::query_scalar(sql("SELECT price FROM product WHERE id = $1"))
+            .bind(product)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(price)
     }
 
     async fn insert_order(
@@ -542,52 +425,39 @@ impl<S: Store> OrderService<S> {
         state: &str,
         address: Option<&str>,
     ) -> Result<i64, ShopError> {
-        Ok(self
-            .db
-            .fetch_int(
-                sql(
-                    "INSERT INTO orders (user_id, product_id, quantity, state, address) \
-                     VALUES (?, ?, ?, ?, ?) RETURNING id",
-                )
-                .bind(user)
-                .bind(product)
-                .bind(qty)
-                .bind(state)
-                .bind(address),
-            )
-            .await?)
+        let id = sqlx::query_scalar(sql(
+            "INSERT INTO orders (user_id, product_id, quantity, state, address) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        ))
+        .bind(user)
+        .bind(product)
+        .bind(qty)
+        .bind(state)
+        .bind(address)
+        .fetch_one(&self.db)
+        .await?;
+        Ok(id)
     }
 
     async fn set_note(&self, order_id: i64, note: &str) -> Result<(), ShopError> {
-        self.db
-            .execute(
-                sql("UPDATE orders SET note = ? WHERE id = ?")
-                    .bind(note)
-                    .bind(order_id),
-            )
+        sqlx::query(sql("UPDATE orders SET note = $1 WHERE id = $2"))
+            .bind(note)
+            .bind(order_id)
+            .execute(&self.db)
             .await?;
         Ok(())
     }
 }
 
-/// What a batch delivery did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchResult {
-    /// Orders delivered (committed).
-    pub delivered: Vec<i64>,
-    /// Orders that failed (rolled back), and why.
-    pub failed: Vec<DeliveryFailure>,
-}
-
-/// Delivery (seed 003): a batch where each order gets its own transaction.
+/// Delivery: a batch where each order gets its own transaction.
 #[derive(Debug, Clone)]
-pub struct DeliveryService<S> {
-    db: S,
+pub struct DeliveryService {
+    db: Db,
 }
 
-impl<S: Store> DeliveryService<S> {
+impl DeliveryService {
     /// The service on `db`.
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         DeliveryService { db }
     }
 
@@ -610,8 +480,8 @@ impl<S: Store> DeliveryService<S> {
         Ok(result)
     }
 
-    /// Ships one order: marks it `DELIVERED` and creates its shipment. Seed 003's batch
-    /// settings: always a new transaction, READ COMMITTED, 10 s timeout.
+    /// Ships one order: marks it `DELIVERED` and creates its shipment. The batch settings:
+    /// always a new transaction, READ COMMITTED, 10 s timeout.
     #[transactional(
         manager = self.db,
         propagation = RequiresNew,
@@ -619,42 +489,43 @@ impl<S: Store> DeliveryService<S> {
         timeout = 10
     )]
     pub async fn deliver(&self, order_id: i64) -> Result<(), ShopError> {
-        self.db
-            .execute(
-                sql("UPDATE orders SET state = ? WHERE id = ? AND state = ?")
-                    .bind("DELIVERED")
-                    .bind(order_id)
-                    .bind("PAID"),
-            )
-            .await?;
-        let row = self
-            .db
-            .fetch_optional(sql("SELECT address FROM orders WHERE id = ?").bind(order_id))
-            .await?;
-        let Some(address) = row.and_then(|r| r.opt_text(0)) else {
+        sqlx::query(sql(
+            "UPDATE orders SET state = $1 WHERE id = $2 AND state = $3",
+        ))
+        .bind("DELIVERED")
+        .bind(order_id)
+        .bind("PAID")
+        .execute(&self.db)
+        .await?;
+        let address: Option<String> =
+            sqlx::query_scalar(sql("SELECT address FROM orders WHERE id = $1"))
+                .bind(order_id)
+                .fetch_one(&self.db)
+                .await?;
+        let Some(address) = address else {
             // The state change above is rolled back with this transaction.
             return Err(ShopError::MissingAddress(order_id));
         };
-        self.db
-            .execute(
-                sql("INSERT INTO shipment (order_id, address) VALUES (?, ?)")
-                    .bind(order_id)
-                    .bind(address),
-            )
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO shipment (order_id, address) VALUES ($1, $2)",
+        ))
+        .bind(order_id)
+        .bind(address)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
     /// Records a failed delivery, in a transaction of its own.
     #[transactional(manager = self.db)]
     pub async fn record_failure(&self, order_id: i64, reason: &str) -> Result<(), ShopError> {
-        self.db
-            .execute(
-                sql("INSERT INTO delivery_failure (order_id, reason) VALUES (?, ?)")
-                    .bind(order_id)
-                    .bind(reason),
-            )
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO delivery_failure (order_id, reason) VALUES ($1, $2)",
+        ))
+        .bind(order_id)
+        .bind(reason)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 }
@@ -662,13 +533,13 @@ impl<S: Store> DeliveryService<S> {
 /// Inventory under contention: a read-modify-write of the stock, made safe by SERIALIZABLE
 /// isolation and retried when the database aborts it with a serialization failure.
 #[derive(Debug, Clone)]
-pub struct InventoryService<S> {
-    db: S,
+pub struct InventoryService {
+    db: Db,
 }
 
-impl<S: Store> InventoryService<S> {
+impl InventoryService {
     /// The service on `db`.
-    pub fn new(db: S) -> Self {
+    pub fn new(db: Db) -> Self {
         InventoryService { db }
     }
 
@@ -687,9 +558,9 @@ impl<S: Store> InventoryService<S> {
         attempts: &AtomicU32,
     ) -> Result<i64, ShopError> {
         let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
-        let stock = self
-            .db
-            .fetch_int(sql("SELECT stock FROM product WHERE id = ?").bind(product))
+        let stock: i64 = sqlx::query_scalar(sql("SELECT stock FROM product WHERE id = $1"))
+            .bind(product)
+            .fetch_one(&self.db)
             .await?;
         if attempt == 1 {
             both_read.wait().await;
@@ -700,12 +571,10 @@ impl<S: Store> InventoryService<S> {
                 requested: qty,
             });
         }
-        self.db
-            .execute(
-                sql("UPDATE product SET stock = ? WHERE id = ?")
-                    .bind(stock - qty)
-                    .bind(product),
-            )
+        sqlx::query(sql("UPDATE product SET stock = $1 WHERE id = $2"))
+            .bind(stock - qty)
+            .bind(product)
+            .execute(&self.db)
             .await?;
         Ok(stock - qty)
     }

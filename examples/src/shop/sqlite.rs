@@ -1,0 +1,72 @@
+//! The shop on SQLite: two database files, `shop.db` and `audit.db` for the audit log.
+//!
+//! A RequiresNew writer on the database whose write lock the order's transaction holds would
+//! wait for itself, and fails fast with `TxError::WouldBlock`; the audit log therefore lives
+//! in a second database with its own `TxPool`, a second transaction manager.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tx_sqlx::{SqliteTxPool, TxError};
+
+use super::connect::{Backend, POOL_SIZE};
+use super::error::ShopError;
+
+/// The pool (and transaction manager) every service of this module runs on.
+pub type Db = SqliteTxPool;
+
+const BACKEND: Backend = Backend::Sqlite;
+
+/// The column definition of an auto-increment key named `id`.
+const ID_COLUMN: &str = "id INTEGER PRIMARY KEY AUTOINCREMENT";
+
+/// A statement as written: SQLite takes PostgreSQL's `$1` placeholders.
+fn sql(statement: &'static str) -> &'static str {
+    statement
+}
+
+mod services {
+    use super::*;
+    include!("app/services.rs");
+}
+
+mod queries {
+    use super::*;
+    include!("app/queries.rs");
+}
+
+mod cases {
+    use super::*;
+    include!("app/shop.rs");
+}
+
+pub use cases::Shop;
+pub use queries::{Queries, create_schema};
+pub use services::*;
+
+/// Opens (creating) the SQLite database `file` in WAL mode.
+async fn pool(file: &Path) -> Result<Db, ShopError> {
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect_with(options)
+        .await?;
+    Ok(SqliteTxPool::new(pool))
+}
+
+/// The shop on two new SQLite databases in `dir`.
+///
+/// # Errors
+///
+/// The database's: the files cannot be created, or the tables exist already.
+pub async fn connect(dir: &Path) -> Result<Shop, ShopError> {
+    let db = pool(&dir.join("shop.db")).await?;
+    let audit_db = pool(&dir.join("audit.db")).await?;
+    create_schema(&db, &audit_db).await?;
+    Ok(Shop::new(db, audit_db, true))
+}
