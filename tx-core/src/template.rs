@@ -424,4 +424,54 @@ mod tests {
         assert!(matches!(r, Err(TxError::UnexpectedRollback)));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
+
+    #[tokio::test]
+    async fn status_reports_the_transaction_it_runs_in() {
+        let outer = TransactionTemplate::new(Noop::default())
+            .isolation(Isolation::RepeatableRead)
+            .read_only(true);
+        let outer = &outer;
+        outer
+            .execute(|status| async move {
+                assert!(status.is_read_only());
+                assert_eq!(status.isolation(), Isolation::RepeatableRead);
+                // A participant runs with its owner's settings, whatever it asked for.
+                outer
+                    .clone()
+                    .isolation(Isolation::Serializable)
+                    .read_only(false)
+                    .execute(|joined| async move {
+                        assert!(!joined.is_new_transaction());
+                        assert!(joined.is_read_only());
+                        assert_eq!(joined.isolation(), Isolation::RepeatableRead);
+                        Ok::<_, TxError>(())
+                    })
+                    .await?;
+                // A new transaction has its own.
+                outer
+                    .clone()
+                    .propagation(Propagation::RequiresNew)
+                    .isolation(Isolation::Serializable)
+                    .read_only(false)
+                    .execute(|inner| async move {
+                        assert!(inner.is_new_transaction());
+                        assert!(!inner.is_read_only());
+                        assert_eq!(inner.isolation(), Isolation::Serializable);
+                        Ok::<_, TxError>(())
+                    })
+                    .await?;
+                // Without a transaction there is nothing to report.
+                outer
+                    .clone()
+                    .propagation(Propagation::NotSupported)
+                    .execute(|none| async move {
+                        assert!(!none.is_read_only());
+                        assert_eq!(none.isolation(), Isolation::Default);
+                        Ok::<_, TxError>(())
+                    })
+                    .await
+            })
+            .await
+            .unwrap();
+    }
 }
