@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tx_sqlx::prelude::*;
 use tx_sqlx::{BoxError, EventBus, ListenerHandle, PgTxPool, TransactionPhase};
 
-/// The event of seed 003.
+/// The event: an order was created.
 #[derive(Debug)]
 struct OrderCreated {
     id: i64,

@@ -378,7 +378,7 @@ impl Shared {
 ///
 /// [`after_commit`](crate::after_commit), [`after_rollback`](crate::after_rollback) and
 /// [`register_synchronization`](crate::register_synchronization) do the same job from inside
-/// the function that does the work. Seed 003's rule of thumb holds:
+/// the function that does the work. The rule of thumb:
 ///
 /// | | hooks (`after_commit(..)`) | events (`EventBus`) |
 /// |---|---|---|
