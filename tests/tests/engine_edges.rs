@@ -12,7 +12,7 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::{Notify, oneshot};
 use tx_sqlx::{BoxError, Propagation, TransactionSynchronization, TransactionTemplate, TxError};
 use tx_tests::reliability::{
-    AppError, Backend, BoxFut, MySqlBackend, PgBackend, SqliteBackend, eventually, settle,
+    AppError, Backend, BoxFut, MySqlBackend, PgBackend, SqliteBackend, settle,
 };
 
 async fn pg() -> Option<PgBackend> {
@@ -32,6 +32,9 @@ fn once<A, R>(f: impl FnOnce(A) -> R) -> impl FnMut(A) -> R {
     let mut f = Some(f);
     move |a| f.take().expect("called once")(a)
 }
+
+/// The results of two concurrent scopes.
+type Pair = (Result<(), AppError>, Result<(), AppError>);
 
 /// A one-shot signal between two concurrent scopes.
 #[derive(Clone, Default)]
@@ -70,7 +73,7 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
     let table = b.create_table("edge_join").await;
     let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
     let nested = b.template().propagation(Propagation::Nested);
-    let r: Result<(Result<(), AppError>, Result<(), AppError>), AppError> = b
+    let r: Result<Pair, AppError> = b
         .template()
         .execute(once(|_| async {
             b.insert(&table, "outer").await?;
@@ -107,7 +110,10 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
         b.name()
     );
     assert!(
-        matches!(rb.as_ref().err().and_then(tx_error), Some(TxError::ConcurrentScopes { .. })),
+        matches!(
+            rb.as_ref().err().and_then(tx_error),
+            Some(TxError::ConcurrentScopes { .. })
+        ),
         "{}: {rb:?}",
         b.name()
     );
@@ -153,12 +159,18 @@ async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
         );
     }
     assert!(
-        matches!(rp.as_ref().err().and_then(tx_error), Some(TxError::ConcurrentScopes { .. })),
+        matches!(
+            rp.as_ref().err().and_then(tx_error),
+            Some(TxError::ConcurrentScopes { .. })
+        ),
         "{}: {rp:?}",
         b.name()
     );
     assert!(
-        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::UnexpectedRollback)),
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
         "{}: {r:?}",
         b.name()
     );
@@ -213,7 +225,10 @@ async fn marked_in_before_commit<B: Backend>(b: &B) {
         })
         .await;
     assert!(
-        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::UnexpectedRollback)),
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
         "{}: participant failing in before_commit: {r:?}",
         b.name()
     );
@@ -228,7 +243,10 @@ async fn marked_in_before_commit<B: Backend>(b: &B) {
         })
         .await;
     assert!(
-        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::UnexpectedRollback)),
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
         "{}: set_rollback_only in before_commit: {r:?}",
         b.name()
     );
@@ -346,7 +364,11 @@ async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_
         runs: Mutex::new(0),
     };
     let r = svc.commits_with_error().await;
-    assert!(matches!(r, Err(AppError::Injected(_))), "{}: {r:?}", b.name());
+    assert!(
+        matches!(r, Err(AppError::Injected(_))),
+        "{}: {r:?}",
+        b.name()
+    );
     assert_eq!(svc.ran(), 1, "{}: a committed call was re-run", b.name());
     assert_eq!(b.tags(&svc.table).await, ["kept"], "{}", b.name());
 
@@ -364,8 +386,17 @@ async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_
             Err(AppError::Injected("not retryable"))
         })
         .await;
-    assert!(matches!(r, Err(AppError::Injected(_))), "{}: {r:?}", b.name());
-    assert_eq!(svc.ran(), 1, "{}: re-run after a non-retryable error", b.name());
+    assert!(
+        matches!(r, Err(AppError::Injected(_))),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert_eq!(
+        svc.ran(),
+        1,
+        "{}: re-run after a non-retryable error",
+        b.name()
+    );
     assert_eq!(b.tags(&svc.audit).await, ["audit"], "{}", b.name());
 
     // The call's own transaction rolled back because of it: re-run.
@@ -387,7 +418,12 @@ async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_
         .await;
     r.unwrap();
     assert_eq!(svc.ran(), 2, "{}", b.name());
-    assert_eq!(b.tags(&svc.table).await, ["kept", "retried"], "{}", b.name());
+    assert_eq!(
+        b.tags(&svc.table).await,
+        ["kept", "retried"],
+        "{}",
+        b.name()
+    );
     b.drop_table(&svc.table).await;
     b.drop_table(&svc.audit).await;
 }
@@ -395,25 +431,32 @@ async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_
 // ---------------------------------------------------------------------------------------------
 // Requests that would wait for the task itself, per backend (concrete sqlx types).
 
-macro_rules! self_wait_cases {
+/// A table with two rows, for the cases below.
+macro_rules! two_rows {
+    ($b:expr, $prefix:literal) => {{
+        let table = $b.create_table($prefix).await;
+        for tag in ["one", "two"] {
+            $b.insert(&table, tag).await.unwrap();
+        }
+        table
+    }};
+}
+
+/// A statement on `&db` inside a `fetch` loop on `&db`.
+macro_rules! statement_inside_fetch_loop {
     ($b:expr) => {{
         let b = $b;
         let db = b.db.clone();
-        let table = b.create_table("edge_wait").await;
-        for tag in ["one", "two"] {
-            b.insert(&table, tag).await.unwrap();
-        }
+        let table = two_rows!(b, "edge_stream");
         let select = format!("SELECT tag FROM {table}");
-        let insert = || AssertSqlSafe(format!("INSERT INTO {table} (tag) VALUES ('inner')"));
-
-        // A statement on &db inside a fetch loop on &db.
+        let insert = format!("INSERT INTO {table} (tag) VALUES ('inner')");
         let inner = Mutex::new(None);
         let r = tokio::time::timeout(
             HANG,
             b.template().execute(once(|_| async {
-                let mut rows = sqlx::query(AssertSqlSafe(select.clone())).fetch(&db);
+                let mut rows = sqlx::query(AssertSqlSafe(select)).fetch(&db);
                 if let Some(_row) = rows.try_next().await? {
-                    let r = sqlx::query(insert()).execute(&db).await;
+                    let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
                     *inner.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
                 }
                 drop(rows);
@@ -424,9 +467,21 @@ macro_rules! self_wait_cases {
         .expect("a statement inside a fetch loop must not hang");
         r.unwrap();
         let inner = inner.into_inner().unwrap().unwrap();
-        assert!(would_block(&inner, "fetch stream"), "{}: {inner:?}", b.name());
+        assert!(
+            would_block(&inner, "fetch stream"),
+            "{}: {inner:?}",
+            b.name()
+        );
+        assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
+        b.drop_table(&table).await;
+    }};
+}
 
-        // A TxConnection guard held while a Nested scope begins.
+/// A `TxConnection` guard held while a Nested scope begins.
+macro_rules! nested_scope_beside_a_guard {
+    ($b:expr) => {{
+        let b = $b;
+        let db = b.db.clone();
         let nested = Mutex::new(None);
         let r = tokio::time::timeout(
             HANG,
@@ -451,9 +506,16 @@ macro_rules! self_wait_cases {
             "{}: {nested:?}",
             b.name()
         );
+    }};
+}
 
-        // A TxConnection returned out of the body: the commit fails at once, nothing
-        // commits, and the connection goes back to the pool.
+/// A `TxConnection` returned out of the body: the commit fails at once (not at the
+/// deadline, not never), nothing commits, and the connection goes back to the pool.
+macro_rules! guard_returned_out_of_the_body {
+    ($b:expr) => {{
+        let b = $b;
+        let db = b.db.clone();
+        let table = two_rows!(b, "edge_leak");
         let r = tokio::time::timeout(
             HANG,
             b.template()
@@ -466,10 +528,19 @@ macro_rules! self_wait_cases {
         .await
         .expect("a commit behind a leaked guard must not hang");
         let r = r.map(|_| ());
-        assert!(would_block(&r, "after its body returned"), "{}: {r:?}", b.name());
+        assert!(
+            would_block(&r, "after its body returned"),
+            "{}: {r:?}",
+            b.name()
+        );
         assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
         let (size, idle) = settle(&b).await;
-        assert_eq!(size as usize, idle, "{}: the connection went back", b.name());
+        assert_eq!(
+            size as usize,
+            idle,
+            "{}: the connection went back",
+            b.name()
+        );
         b.drop_table(&table).await;
     }};
 }
@@ -510,7 +581,12 @@ where
     drop(call);
     rt.block_on(async {
         let (size, idle) = settle(&b).await;
-        assert_eq!(size as usize, idle, "{}: the connection went back", b.name());
+        assert_eq!(
+            size as usize,
+            idle,
+            "{}: the connection went back",
+            b.name()
+        );
         assert!(b.tags(&table).await.is_empty(), "{}", b.name());
         b.drop_table(&table).await;
     });
@@ -554,9 +630,21 @@ async fn pg_retry_only_after_a_retryable_rollback() {
 }
 
 #[tokio::test]
-async fn pg_self_waits_fail_at_once() {
+async fn pg_statement_inside_fetch_loop() {
     let Some(b) = pg().await else { return };
-    self_wait_cases!(b);
+    statement_inside_fetch_loop!(b);
+}
+
+#[tokio::test]
+async fn pg_nested_scope_beside_a_guard() {
+    let Some(b) = pg().await else { return };
+    nested_scope_beside_a_guard!(b);
+}
+
+#[tokio::test]
+async fn pg_guard_returned_out_of_the_body() {
+    let Some(b) = pg().await else { return };
+    guard_returned_out_of_the_body!(b);
 }
 
 #[test]
@@ -602,9 +690,21 @@ async fn mariadb_retry_only_after_a_retryable_rollback() {
 }
 
 #[tokio::test]
-async fn mariadb_self_waits_fail_at_once() {
+async fn mariadb_statement_inside_fetch_loop() {
     let Some(b) = mariadb().await else { return };
-    self_wait_cases!(b);
+    statement_inside_fetch_loop!(b);
+}
+
+#[tokio::test]
+async fn mariadb_nested_scope_beside_a_guard() {
+    let Some(b) = mariadb().await else { return };
+    nested_scope_beside_a_guard!(b);
+}
+
+#[tokio::test]
+async fn mariadb_guard_returned_out_of_the_body() {
+    let Some(b) = mariadb().await else { return };
+    guard_returned_out_of_the_body!(b);
 }
 
 #[test]
@@ -636,8 +736,18 @@ async fn sqlite_deadline_before_commit() {
 }
 
 #[tokio::test]
-async fn sqlite_self_waits_fail_at_once() {
-    self_wait_cases!(sqlite().await);
+async fn sqlite_statement_inside_fetch_loop() {
+    statement_inside_fetch_loop!(sqlite().await);
+}
+
+#[tokio::test]
+async fn sqlite_nested_scope_beside_a_guard() {
+    nested_scope_beside_a_guard!(sqlite().await);
+}
+
+#[tokio::test]
+async fn sqlite_guard_returned_out_of_the_body() {
+    guard_returned_out_of_the_body!(sqlite().await);
 }
 
 #[test]
@@ -645,19 +755,16 @@ fn sqlite_dropped_outside_a_runtime() {
     dropped_outside_a_runtime(|| Box::pin(async { Some(sqlite().await) }));
 }
 
-/// SQLite's single writer: outside the suspended writer transaction, a write would wait for
-/// the lock this same task holds. `&db` fails fast with WouldBlock; so must `acquire()` in a
-/// NotSupported scope and a write in an after-commit hook of a RequiresNew scope (after-phase
-/// hooks still know the suspended transaction).
+/// SQLite's single writer: outside the suspended writer transaction a write would wait for
+/// the lock this same task holds. `&db` fails fast with WouldBlock; so does `acquire()` in a
+/// NotSupported scope inside the writer.
 #[tokio::test]
-async fn sqlite_single_writer_fails_fast_outside_the_suspended_writer() {
+async fn sqlite_acquire_in_not_supported_scope_inside_a_writer_fails_fast() {
     let b = sqlite().await;
     let db = b.db.clone();
-    let table = b.create_table("edge_writer").await;
-    let insert = || AssertSqlSafe(format!("INSERT INTO {table} (tag) VALUES ('outside')"));
-
+    let table = b.create_table("edge_acquire").await;
+    let insert = format!("INSERT INTO {table} (tag) VALUES ('outside')");
     let acquired = Mutex::new(None);
-    let hook = Arc::new(Mutex::new(None));
     let r: Result<(), AppError> = b
         .template()
         .execute(once(|_| async {
@@ -665,40 +772,54 @@ async fn sqlite_single_writer_fails_fast_outside_the_suspended_writer() {
             let r: Result<(), AppError> = b
                 .template()
                 .propagation(Propagation::NotSupported)
-                .execute(|_| async {
+                .execute(once(|_| async {
                     let mut conn = db.acquire().await?;
-                    sqlx::query(insert()).execute(&mut *conn).await?;
-                    Ok(())
-                })
-                .await;
-            *acquired.lock().unwrap() = Some(r);
-
-            let (hook, db) = (hook.clone(), db.clone());
-            let sql = insert();
-            let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .read_only(true)
-                .execute(once(|_| async move {
-                    tx_sqlx::after_commit(async move {
-                        let r = sqlx::query(sql).execute(&db).await;
-                        *hook.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
-                    })?;
+                    sqlx::query(AssertSqlSafe(insert))
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 }))
                 .await;
-            r
+            *acquired.lock().unwrap() = Some(r);
+            Ok(())
         }))
         .await;
     r.unwrap();
     let acquired = acquired.into_inner().unwrap().unwrap();
-    assert!(would_block(&acquired, "write lock"), "acquire: {acquired:?}");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            hook.lock().unwrap().is_some()
-        })
-        .await
-    );
-    let hooked = hook.lock().unwrap().take().unwrap();
-    assert!(would_block(&hooked, "write lock"), "after_commit: {hooked:?}");
+    assert!(would_block(&acquired, "write lock"), "{acquired:?}");
+    assert_eq!(b.tags(&table).await, ["writer"]);
+}
+
+/// An after-commit hook of a RequiresNew scope inside a writer runs while the writer is
+/// still suspended: its write fails fast with WouldBlock, as `&db` does in a NotSupported
+/// scope, instead of waiting out the busy timeout.
+#[tokio::test]
+async fn sqlite_write_in_after_commit_hook_of_requires_new_inside_a_writer_fails_fast() {
+    let b = sqlite().await;
+    let db = b.db.clone();
+    let table = b.create_table("edge_hook").await;
+    let insert = format!("INSERT INTO {table} (tag) VALUES ('hook')");
+    let hook = Arc::new(Mutex::new(None));
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(once(|_| async {
+            b.insert(&table, "writer").await?;
+            let (hook, db) = (hook.clone(), db.clone());
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .read_only(true)
+                .execute(once(|_| async move {
+                    tx_sqlx::after_commit(async move {
+                        let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
+                        *hook.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
+                    })?;
+                    Ok::<_, AppError>(())
+                }))
+                .await
+        }))
+        .await;
+    r.unwrap();
+    let hooked = hook.lock().unwrap().take().expect("the hook ran");
+    assert!(would_block(&hooked, "write lock"), "{hooked:?}");
     assert_eq!(b.tags(&table).await, ["writer"]);
 }

@@ -45,9 +45,7 @@ impl<'a> Retry<'a> {
         if ok {
             return None;
         }
-        let Some(cause) = info.retryable.as_ref() else {
-            return None;
-        };
+        let cause = info.retryable.as_ref()?;
         if !info.owned_transaction {
             tracing::debug!(target: "tx", "[{}] joined an existing transaction: retry ignored", self.name);
             return None;

@@ -242,6 +242,10 @@ impl Transaction {
 
     pub(crate) fn set_holder(&self, holder: Holder) {
         self.holder.store(holder as u8, Ordering::Relaxed);
+        if holder != Holder::Statement {
+            // Waiters re-check: they must not wait for user code of their own task.
+            self.released.notify_waiters();
+        }
     }
 
     /// Locks the connection for `request` (see the module docs): waits for a statement of
@@ -493,7 +497,7 @@ impl Transaction {
     ) -> Result<u64, TxError> {
         let id = self.next_savepoint.fetch_add(1, Ordering::Relaxed);
         let mut slot = Guarded::new(self, self.lock(Request::BeginSavepoint).await?);
-        self.undo_abandoned(&mut *slot).await?;
+        self.undo_abandoned(&mut slot).await?;
         slot.savepoints.push(Savepoint {
             id,
             parent,

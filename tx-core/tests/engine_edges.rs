@@ -22,6 +22,9 @@ fn is_would_block(r: &Result<(), TxError>, what: &str) -> bool {
     matches!(r, Err(TxError::WouldBlock { message }) if message.contains(what))
 }
 
+/// The results of two concurrent scopes.
+type Pair = (Result<(), TxError>, Result<(), TxError>);
+
 /// A one-shot signal between two concurrent scopes.
 #[derive(Clone, Default)]
 struct Signal(Arc<Notify>);
@@ -45,7 +48,7 @@ impl Signal {
 async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_savepoint() {
     let m = Recorder::default();
     let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
-    let r: Result<(Result<(), TxError>, Result<(), TxError>), TxError> = t(&m)
+    let r: Result<Pair, TxError> = t(&m)
         .execute(once(|_| {
             let m = m.clone();
             async move {
@@ -101,7 +104,7 @@ async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_save
 async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_own() {
     let m = Recorder::default();
     let b_done = Signal::default();
-    let r: Result<(Result<(), TxError>, Result<(), TxError>), TxError> = t(&m)
+    let r: Result<Pair, TxError> = t(&m)
         .execute(once(|_| {
             let m = m.clone();
             async move {
@@ -619,11 +622,18 @@ mod macro_retry {
 // ---------------------------------------------------------------------------------------------
 // Hook phases finished after a cancelled caller.
 
+/// The phase a hook blocks in, whom it tells when it started, and what releases it.
+type Blocks = (
+    &'static str,
+    Mutex<Option<oneshot::Sender<()>>>,
+    Arc<Notify>,
+);
+
 struct Hook {
     name: &'static str,
     log: Log,
     /// Signals when this hook's phase call starts, then waits for `release`.
-    blocks_in: Option<(&'static str, Mutex<Option<oneshot::Sender<()>>>, Arc<Notify>)>,
+    blocks_in: Option<Blocks>,
 }
 
 impl Hook {
@@ -793,9 +803,9 @@ async fn after_commit_of_a_requires_new_scope_sees_the_suspended_writer() {
                         let (key, seen) = (m.key(), seen.clone());
                         async move {
                             tx_core::after_commit(async move {
-                                seen.lock().unwrap().push(
-                                    tx_core::connection::suspended_holds_connection(key),
-                                );
+                                seen.lock()
+                                    .unwrap()
+                                    .push(tx_core::connection::suspended_holds_connection(key));
                             })
                         }
                     })

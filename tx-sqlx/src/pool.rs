@@ -30,7 +30,9 @@ use crate::physical::SqlxTransaction;
 /// Inside a transaction, statements of one task on the same `TxPool` take turns on the
 /// transaction's single connection (concurrent futures, e.g. `join!`, are serialized). A
 /// stream (`fetch`) holds the connection until it ends or is dropped: finish it before running
-/// the next statement on `&db`, as you would with `&mut *conn` in plain sqlx.
+/// the next statement on `&db`, as you would with `&mut *conn` in plain sqlx (a statement on
+/// `&db` while the stream sits between two rows would wait for itself, so it fails at once with
+/// [`TxError::WouldBlock`]).
 ///
 /// ```no_run
 /// use tx_sqlx::{PgTxPool, Propagation, TransactionTemplate, TxError};
