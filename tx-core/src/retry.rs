@@ -45,14 +45,17 @@ impl<'a> Retry<'a> {
         if ok {
             return None;
         }
-        let cause = info.retryable.as_ref()?;
         if !info.owned_transaction {
-            tracing::debug!(target: "tx", "[{}] joined an existing transaction: retry ignored", self.name);
+            if self.retries > 0 {
+                tracing::debug!(target: "tx", "[{}] joined an existing transaction: retry ignored", self.name);
+            }
             return None;
         }
+        // Never after a commit (or an unknown outcome), and only for a retryable cause.
         if !info.rolled_back {
             return None;
         }
+        let cause = info.retryable.as_ref()?;
         let code = cause.sqlstate.as_deref().unwrap_or("unknown");
         if self.retried >= self.retries {
             if self.retries > 0 {

@@ -251,10 +251,14 @@ impl Transaction {
     /// Locks the connection for `request` (see the module docs): waits for a statement of
     /// this task (until the deadline), refuses at once when user code holds it.
     pub(crate) async fn lock(&self, request: Request) -> Result<OwnedMutexGuard<Slot>, TxError> {
+        if let Ok(slot) = self.slot.clone().try_lock_owned() {
+            self.set_holder(Holder::Statement);
+            return Ok(slot);
+        }
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
-            // Registered before trying, so a release in between is not missed.
+            // Registered before trying again, so a release in between is not missed.
             released.as_mut().enable();
             if let Ok(slot) = self.slot.clone().try_lock_owned() {
                 self.set_holder(Holder::Statement);

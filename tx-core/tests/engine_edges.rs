@@ -616,6 +616,14 @@ mod macro_retry {
         };
         let v = assert_send(s.not_sync()).await.unwrap();
         assert_eq!(v.get(), 1);
+        let template = t(&s.db).retry(2);
+        let v = assert_send(template.execute(|_| async {
+            s.db.stmt("y").await?;
+            Ok::<_, NotSyncError>(std::cell::Cell::new(2))
+        }))
+        .await
+        .unwrap();
+        assert_eq!(v.get(), 2);
     }
 }
 
