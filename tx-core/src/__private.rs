@@ -12,7 +12,7 @@ pub use std::time::Duration;
 
 use crate::manager::ShareManager;
 use crate::propagation;
-use crate::retry::Retry;
+use crate::retry;
 
 /// `manager = EXPR`.
 pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
@@ -41,26 +41,24 @@ where
 }
 
 /// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to
-/// `retries` times when the transaction it began fails with a retryable error.
-pub async fn transactional_retry<T, E, F, Fut>(
-    manager: ManagerRef<'_>,
+/// `retries` times when the transaction it began rolls back because of a retryable failure.
+///
+/// The future is `Send` whenever the body's is: no reference to the result is held across the
+/// backoff, so `T` and `E` need not be `Sync`.
+pub fn transactional_retry<'a, T, E, F, Fut>(
+    manager: ManagerRef<'a>,
     def: &'static TransactionDefinition,
     retries: u32,
     rollback_on: fn(&E) -> bool,
     mut make_body: F,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>> + 'a
 where
-    E: TransactionalError,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
+    E: TransactionalError + 'a,
+    T: 'a,
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = Result<T, E>> + 'a,
 {
-    let mut retry = Retry::new(retries, def.get_name());
-    loop {
-        let (result, info) = propagation::execute(manager, def, rollback_on, |_| make_body()).await;
-        if !retry.again(&result, info).await {
-            return result;
-        }
-    }
+    retry::run(manager, def, retries, rollback_on, move |_| make_body())
 }
 
 /// The error type of a `#[transactional]` function must take in the engine's errors.

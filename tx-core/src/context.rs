@@ -32,10 +32,14 @@ pub(crate) struct Context {
 
 /// A link of the per-manager binding chain, innermost first.
 pub(crate) struct Binding {
-    key: ManagerKey,
+    /// `None`: a barrier suspending every manager (hooks that run after their transaction
+    /// completed), which still lets the single-writer check see the transactions behind it.
+    key: Option<ManagerKey>,
     /// The scope (new transaction or savepoint) statements of this manager run in; `None`
     /// while a `NotSupported` scope suspends the transaction.
     scope: Option<Arc<Scope>>,
+    /// The savepoint of that scope, when it is a `Nested` one.
+    frame: Option<u64>,
     parent: Option<Arc<Binding>>,
 }
 
@@ -47,14 +51,43 @@ impl Context {
 
     /// The scope that manager `key`'s statements run in, if it has a transaction here.
     pub(crate) fn bound_scope(&self, key: ManagerKey) -> Option<&Arc<Scope>> {
+        self.binding(key).and_then(|b| b.scope.as_ref())
+    }
+
+    /// The savepoint scope that manager `key`'s statements run in (`None`: the transaction
+    /// itself, or no transaction).
+    pub(crate) fn bound_frame(&self, key: ManagerKey) -> Option<u64> {
+        self.binding(key).and_then(|b| b.frame)
+    }
+
+    fn binding(&self, key: ManagerKey) -> Option<&Binding> {
         let mut link = self.bindings.as_deref();
         while let Some(b) = link {
-            if b.key == key {
-                return b.scope.as_ref();
+            match b.key {
+                Some(k) if k == key => return Some(b),
+                Some(_) => {}
+                None => return None,
             }
             link = b.parent.as_deref();
         }
         None
+    }
+
+    /// A context outside every transaction of `bindings` (for hooks that run after their
+    /// scope completed), which still knows which transactions this task holds.
+    pub(crate) fn suspended(bindings: Option<&Arc<Binding>>) -> Context {
+        Context {
+            status: None,
+            sync: None,
+            bindings: bindings.map(|parent| {
+                Arc::new(Binding {
+                    key: None,
+                    scope: None,
+                    frame: None,
+                    parent: Some(parent.clone()),
+                })
+            }),
+        }
     }
 
     pub(crate) fn sync(&self) -> Option<&Arc<SyncScope>> {
@@ -79,11 +112,18 @@ impl Context {
         self.bindings.clone()
     }
 
-    /// This context with manager `key` bound to `scope` (`None`: suspended).
-    pub(crate) fn bind(mut self, key: ManagerKey, scope: Option<Arc<Scope>>) -> Context {
+    /// This context with manager `key` bound to `scope` (`None`: suspended), whose savepoint
+    /// is `frame` for a `Nested` scope.
+    pub(crate) fn bind(
+        mut self,
+        key: ManagerKey,
+        scope: Option<Arc<Scope>>,
+        frame: Option<u64>,
+    ) -> Context {
         self.bindings = Some(Arc::new(Binding {
-            key,
+            key: Some(key),
             scope,
+            frame,
             parent: self.bindings.take(),
         }));
         self
@@ -98,10 +138,14 @@ impl Context {
     }
 }
 
-/// The transaction manager `key`'s statements run in for the current task.
-pub(crate) fn bound(key: ManagerKey) -> Option<Arc<Transaction>> {
+/// The transaction manager `key`'s statements run in for the current task, and the savepoint
+/// scope they run in.
+pub(crate) fn bound(key: ManagerKey) -> Option<(Arc<Transaction>, Option<u64>)> {
     CONTEXT
-        .try_with(|c| c.bound_scope(key).and_then(|s| s.tx.clone()))
+        .try_with(|c| {
+            let b = c.binding(key)?;
+            Some((b.scope.as_ref()?.tx.clone()?, b.frame))
+        })
         .ok()
         .flatten()
 }
@@ -112,7 +156,7 @@ pub(crate) fn bound(key: ManagerKey) -> Option<Arc<Transaction>> {
 pub(crate) fn chain_holds_writer(chain: Option<&Binding>, key: ManagerKey) -> bool {
     let mut link = chain;
     while let Some(b) = link {
-        if b.key == key
+        if b.key == Some(key)
             && let Some(tx) = b.scope.as_ref().and_then(|s| s.tx.as_ref())
             && tx.holds_write_connection()
         {

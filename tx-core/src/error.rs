@@ -131,6 +131,15 @@ pub enum TxError {
         message: Cow<'static, str>,
     },
 
+    /// Two scopes of one transaction ran at once (e.g. `join!` of two `Nested` calls, or a
+    /// participant beside a `Nested` call) and a statement of one would have run inside the
+    /// other's open savepoint, so it was refused. The message names both scopes and what to do.
+    #[error("{message}")]
+    ConcurrentScopes {
+        /// What happened and how to avoid it.
+        message: Cow<'static, str>,
+    },
+
     /// The transaction manager's pool is closed.
     #[error("the transaction manager's connection pool is closed")]
     PoolClosed,

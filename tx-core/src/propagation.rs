@@ -17,7 +17,7 @@ use crate::manager::{ManagerKey, ShareManager, SharedManager};
 use crate::registry;
 use crate::status::{Scope, ScopeKind, TransactionStatus};
 use crate::synchronization::SyncScope;
-use crate::transaction::Transaction;
+use crate::transaction::{Retryable, Transaction};
 
 /// Which manager a scope uses.
 #[derive(Clone, Copy)]
@@ -63,12 +63,15 @@ impl<'a> ManagerRef<'a> {
 }
 
 /// What the retry loop needs to know about one run.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct RunInfo {
     /// The run began (and completed) its own transaction.
     pub(crate) owned_transaction: bool,
-    /// A statement, `BEGIN` or `COMMIT` failed with a serialization failure or deadlock.
-    pub(crate) retryable_failure: bool,
+    /// That transaction rolled back (not committed, not unknown).
+    pub(crate) rolled_back: bool,
+    /// A statement, `BEGIN` or `COMMIT` of it failed with a serialization failure or
+    /// deadlock that no `Nested` scope handled by rolling back to its savepoint.
+    pub(crate) retryable: Option<Retryable>,
 }
 
 /// How a scope's body ended.
@@ -91,11 +94,30 @@ impl<T, E> BodyEnd<T, E> {
 ///
 /// `rollback_on(&err)` says whether an `Err` of the body rolls the scope back (the rollback
 /// rules); `Ok` commits unless something marked the scope rollback-only.
-pub(crate) async fn execute<T, E, F, Fut, R>(
+#[allow(dead_code)] // the entry point of callers without retries
+pub(crate) fn execute<'a, T, E, F, Fut, R>(
+    manager: ManagerRef<'a>,
+    definition: &'a TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> impl Future<Output = (Result<T, E>, RunInfo)> + 'a
+where
+    E: From<TxError> + 'a,
+    T: 'a,
+    F: FnOnce(TransactionStatus) -> Fut + 'a,
+    Fut: Future<Output = Result<T, E>> + 'a,
+    R: Fn(&E) -> bool + 'a,
+{
+    execute_attempt(manager, definition, rollback_on, body, 1)
+}
+
+/// [`execute`], as run number `attempt` (from 1) of a retried call.
+pub(crate) async fn execute_attempt<T, E, F, Fut, R>(
     manager: ManagerRef<'_>,
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
+    attempt: u32,
 ) -> (Result<T, E>, RunInfo)
 where
     E: From<TxError>,
@@ -129,7 +151,7 @@ where
                 definition.get_name()
             );
             let run = match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body).await,
+                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body, attempt).await,
                 Err(e) => (Err(e.into()), RunInfo::default()),
             };
             log_resume(&suspended);
@@ -137,7 +159,7 @@ where
         }
         (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
             match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body).await,
+                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body, attempt).await,
                 Err(e) => (Err(e.into()), RunInfo::default()),
             }
         }
@@ -163,14 +185,14 @@ where
     }
 }
 
-/// Marks the transaction rollback-only if a participant is dropped before it finished (its
+/// Marks the owner scope rollback-only if a participant is dropped before it finished (its
 /// writes may be half done).
-struct ParticipantGuard<'a>(Option<&'a Transaction>);
+struct ParticipantGuard<'a>(Option<&'a Scope>);
 
 impl Drop for ParticipantGuard<'_> {
     fn drop(&mut self) {
-        if let Some(tx) = self.0 {
-            tx.set_global_rollback_only();
+        if let Some(owner) = self.0 {
+            owner.mark_joined_rollback_only();
         }
     }
 }
@@ -189,12 +211,8 @@ where
     R: Fn(&E) -> bool,
 {
     tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
-    let tx = owner
-        .tx
-        .as_deref()
-        .expect("a bound scope has a transaction");
     let status = TransactionStatus::participant(owner.clone());
-    let mut guard = ParticipantGuard(Some(tx));
+    let mut guard = ParticipantGuard(Some(&owner));
     let end = ctx
         .with_status(status.clone())
         .run(AssertUnwindSafe(body(status)).catch_unwind())
@@ -209,12 +227,12 @@ where
                     "Participating transaction failed - marking existing transaction [{}] as rollback-only",
                     owner.name()
                 );
-                tx.set_global_rollback_only();
+                owner.mark_joined_rollback_only();
             }
             Err(e)
         }
         Err(panic) => {
-            tx.set_global_rollback_only();
+            owner.mark_joined_rollback_only();
             resume_unwind(panic)
         }
     }
@@ -233,7 +251,7 @@ impl Drop for CancelGuard {
         };
         tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
         let physical = tx.try_take_physical();
-        sync.spawn_finish_cancelled(async move {
+        sync.spawn_finish_cancelled(tx.runtime(), async move {
             if let Some(p) = physical
                 && let Err(e) = p.rollback().await
             {
@@ -275,6 +293,7 @@ async fn new_transaction<T, E, F, Fut, R>(
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
+    attempt: u32,
 ) -> (Result<T, E>, RunInfo)
 where
     E: From<TxError>,
@@ -288,6 +307,7 @@ where
         definition.clone(),
         key,
         ctx.bindings(),
+        attempt,
     ));
     let scope = Arc::new(Scope::new(
         ScopeKind::NewTransaction,
@@ -297,30 +317,37 @@ where
     let sync = Arc::new(SyncScope::default());
     let status = TransactionStatus::owner(scope.clone());
     let tx_ctx = ctx
-        .bind(key, Some(scope.clone()))
+        .bind(key, Some(scope.clone()), None)
         .with_scope(status.clone(), sync.clone());
 
     let mut cancel = CancelGuard {
         armed: Some((tx.clone(), sync.clone())),
     };
-    let run = tx_ctx
-        .clone()
-        .run(AssertUnwindSafe(body(status)).catch_unwind());
-    let end = match tx.deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
-            Ok(r) => BodyEnd::from_caught(r),
-            Err(_) => BodyEnd::TimedOut,
-        },
-        None => BodyEnd::from_caught(run.await),
+    let end = {
+        let run = tx_ctx
+            .clone()
+            .run(AssertUnwindSafe(body(status)).catch_unwind());
+        match tx.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
+                Ok(r) => BodyEnd::from_caught(r),
+                Err(_) => BodyEnd::TimedOut,
+            },
+            None => BodyEnd::from_caught(run.await),
+        }
     };
+    // Decided when the body ended: a body that computed past the deadline without awaiting
+    // must not commit, while its own error returned in time stays its error.
+    let late = tx.past_deadline();
 
-    let result = complete_transaction(&tx, &scope, &sync, &tx_ctx, end, &rollback_on).await;
+    let (result, completion) =
+        complete_transaction(&tx, &scope, &sync, &tx_ctx, end, late, &rollback_on).await;
     cancel.armed = None;
     scope.set_completed();
     tracing::debug!(target: "tx", "Completed transaction [{}]", tx.name());
     let info = RunInfo {
         owned_transaction: true,
-        retryable_failure: tx.saw_retryable(),
+        rolled_back: completion == Completion::RolledBack,
+        retryable: tx.take_retryable(),
     };
     match result {
         Ok(r) => (r, info),
@@ -328,39 +355,57 @@ where
     }
 }
 
-/// Commits or rolls back a transaction this scope began, per how its body ended.
-/// `Err` carries a panic to resume once everything is cleaned up.
+/// Commits or rolls back a transaction this scope began, per how its body ended (`late`:
+/// past the deadline). `Err` carries a panic to resume once everything is cleaned up.
+#[allow(clippy::type_complexity)]
 async fn complete_transaction<T, E, R>(
     tx: &Arc<Transaction>,
     scope: &Scope,
     sync: &SyncScope,
     tx_ctx: &Context,
     end: BodyEnd<T, E>,
+    late: bool,
     rollback_on: &R,
-) -> Result<Result<T, E>, Box<dyn std::any::Any + Send>>
+) -> (
+    Result<Result<T, E>, Box<dyn std::any::Any + Send>>,
+    Completion,
+)
 where
     E: From<TxError>,
     R: Fn(&E) -> bool,
 {
+    let enclosing = tx.enclosing.as_ref();
     let rollback = || async {
         tracing::debug!(target: "tx", "Initiating transaction rollback [{}]", tx.name());
-        if let Some(p) = tx.take_physical().await
-            && let Err(e) = p.rollback().await
-        {
-            tracing::warn!(target: "tx", "rollback of [{}] failed: {e}", tx.name());
+        match tx.take_physical(false).await {
+            Ok(Some(p)) => {
+                if let Err(e) = p.rollback().await {
+                    tracing::warn!(target: "tx", "rollback of [{}] failed: {e}", tx.name());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(target: "tx", "{e}"),
         }
     };
+    let rolled_back = Completion::RolledBack;
     // Returned value or error, and whether to try to commit.
     let (outcome, commit) = match end {
         BodyEnd::Panicked(panic) => {
             tracing::debug!(target: "tx", "Transactional body of [{}] panicked", tx.name());
-            sync.rollback(tx_ctx, rollback()).await;
-            return Err(panic);
+            sync.rollback(tx_ctx, enclosing, rollback()).await;
+            return (Err(panic), rolled_back);
         }
         BodyEnd::TimedOut => {
             tracing::debug!(target: "tx", "Transaction [{}] timed out", tx.name());
-            sync.rollback(tx_ctx, rollback()).await;
-            return Ok(Err(TxError::Timeout.into()));
+            sync.rollback(tx_ctx, enclosing, rollback()).await;
+            return (Ok(Err(TxError::Timeout.into())), rolled_back);
+        }
+        BodyEnd::Returned(_) if late => {
+            // Also a body that failed after the deadline failed because of it (a statement
+            // cut by the server's statement timeout, or refused by the engine).
+            tracing::debug!(target: "tx", "Transaction [{}] ended past its deadline: rolling back", tx.name());
+            sync.rollback(tx_ctx, enclosing, rollback()).await;
+            return (Ok(Err(TxError::Timeout.into())), rolled_back);
         }
         BodyEnd::Returned(Ok(v)) => {
             let commit = !scope.is_local_rollback_only();
@@ -379,13 +424,8 @@ where
         }
     };
     if !commit {
-        sync.rollback(tx_ctx, rollback()).await;
-        // A body that failed after the deadline failed because of it (a statement cut by the
-        // server's statement timeout, or refused by the engine): report the timeout.
-        if outcome.is_err() && tx.past_deadline() {
-            return Ok(Err(TxError::Timeout.into()));
-        }
-        return Ok(outcome);
+        sync.rollback(tx_ctx, enclosing, rollback()).await;
+        return (Ok(outcome), rolled_back);
     }
     if tx.is_global_rollback_only() {
         tracing::debug!(
@@ -393,12 +433,30 @@ where
             "Global transaction [{}] is marked as rollback-only but transactional code requested commit",
             tx.name()
         );
-        sync.rollback(tx_ctx, rollback()).await;
-        return Ok(Err(TxError::UnexpectedRollback.into()));
+        sync.rollback(tx_ctx, enclosing, rollback()).await;
+        return (Ok(Err(TxError::UnexpectedRollback.into())), rolled_back);
     }
+    // Right before COMMIT, after every before_commit and before_completion hook: a hook may
+    // have run past the deadline, or marked the transaction (a participant it called failed,
+    // or it called set_rollback_only()).
+    let check = || {
+        if tx.past_deadline() {
+            tracing::debug!(target: "tx", "Transaction [{}] reached its deadline before COMMIT", tx.name());
+            Err(TxError::Timeout)
+        } else if tx.is_global_rollback_only() || scope.is_local_rollback_only() {
+            tracing::debug!(
+                target: "tx",
+                "Transaction [{}] was marked rollback-only by a synchronization before COMMIT",
+                tx.name()
+            );
+            Err(TxError::UnexpectedRollback)
+        } else {
+            Ok(())
+        }
+    };
     let commit_physical = async {
         tracing::debug!(target: "tx", "Initiating transaction commit [{}]", tx.name());
-        match tx.take_physical_for_commit().await {
+        match tx.take_physical(true).await {
             Ok(Some(p)) => p.commit().await,
             Ok(None) => Ok(()),
             Err(e) => Err(e),
@@ -407,21 +465,24 @@ where
     let (completion, r) = sync
         .commit(
             tx_ctx,
+            enclosing,
             tx.definition.is_read_only(),
+            tx.deadline,
+            check,
             commit_physical,
             rollback(),
         )
         .await;
     match r {
-        Ok(()) => Ok(outcome),
+        Ok(()) => (Ok(outcome), completion),
         Err(e) => {
             if e.is_retryable() {
-                tx.note_retryable();
+                tx.note_retryable(e.sqlstate());
             }
             if completion == Completion::RolledBack {
                 tracing::debug!(target: "tx", "Commit of [{}] failed: {e}", tx.name());
             }
-            Ok(Err(e.into()))
+            (Ok(Err(e.into())), completion)
         }
     }
 }
@@ -440,7 +501,7 @@ impl Drop for SavepointGuard {
             if self.open {
                 tx.abandon_savepoint(id);
             }
-            sync.spawn_finish_cancelled(async {});
+            sync.spawn_finish_cancelled(tx.runtime(), async {});
         }
     }
 }
@@ -474,11 +535,14 @@ where
         definition.get_name(),
         tx.name()
     );
-    let id = match tx.push_savepoint().await {
+    let id = match tx
+        .push_savepoint(ctx.bound_frame(key), name_of(definition))
+        .await
+    {
         Ok(id) => id,
         Err(e) => return Err(e.into()),
     };
-    let global_before = tx.is_global_rollback_only();
+    let enclosing = ctx.bindings();
     let scope = Arc::new(Scope::new(
         ScopeKind::Savepoint,
         Some(tx.clone()),
@@ -487,7 +551,7 @@ where
     let sync = Arc::new(SyncScope::default());
     let status = TransactionStatus::owner(scope.clone());
     let sp_ctx = ctx
-        .bind(key, Some(scope.clone()))
+        .bind(key, Some(scope.clone()), Some(id))
         .with_scope(status.clone(), sync.clone());
 
     let mut guard = SavepointGuard {
@@ -501,9 +565,9 @@ where
             .await,
     );
 
-    // A participant inside that failed marked the transaction; that mark belongs to the
-    // savepoint and is undone with it (Spring resets it on rollback to savepoint).
-    let marked_inside = tx.is_global_rollback_only() && !global_before;
+    // A participant inside that failed marked this scope; that mark belongs to the savepoint
+    // and is undone with it (Spring resets it on rollback to savepoint).
+    let marked_inside = scope.is_joined_rollback_only();
     let rollback = match &end {
         BodyEnd::Panicked(_) | BodyEnd::TimedOut => true,
         BodyEnd::Returned(Err(e)) => {
@@ -515,14 +579,13 @@ where
     // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
     let failure = if rollback {
         let mut failure = None;
-        sync.rollback(&sp_ctx, async {
+        sync.rollback(&sp_ctx, enclosing.as_ref(), async {
             if let Err(e) = tx.pop_savepoint(id, true).await {
                 failure = Some(e);
             }
             guard.open = false;
         })
         .await;
-        tx.restore_global_rollback_only(global_before);
         failure
     } else {
         let popped = tx.pop_savepoint(id, false).await;
@@ -533,7 +596,7 @@ where
                 None
             }
             Err(e) => {
-                sync.rollback(&sp_ctx, async {}).await;
+                sync.rollback(&sp_ctx, enclosing.as_ref(), async {}).await;
                 Some(e)
             }
         }
@@ -556,12 +619,12 @@ where
 }
 
 /// Completes the hooks of a cancelled scope without a transaction.
-struct NoTxCancelGuard(Option<Arc<SyncScope>>);
+struct NoTxCancelGuard(Option<(Arc<SyncScope>, Option<tokio::runtime::Handle>)>);
 
 impl Drop for NoTxCancelGuard {
     fn drop(&mut self) {
-        if let Some(sync) = self.0.take() {
-            sync.spawn_finish_cancelled(async {});
+        if let Some((sync, runtime)) = self.0.take() {
+            sync.spawn_finish_cancelled(runtime.as_ref(), async {});
         }
     }
 }
@@ -595,12 +658,14 @@ where
         _ => (Arc::new(SyncScope::default()), true),
     };
     let ctx = match suspend {
-        Some(key) => ctx.bind(key, None),
+        Some(key) => ctx.bind(key, None, None),
         None => ctx,
     }
     .with_scope(status.clone(), sync.clone());
 
-    let mut guard = NoTxCancelGuard(owns_sync.then(|| sync.clone()));
+    let mut guard = NoTxCancelGuard(
+        owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
+    );
     let end = ctx
         .clone()
         .run(AssertUnwindSafe(body(status)).catch_unwind())
@@ -613,9 +678,11 @@ where
             Err(panic) => resume_unwind(panic),
         };
     }
+    // Its hooks run after it, outside it, with the suspended transactions still known.
+    let enclosing = ctx.bindings();
     match end {
         Err(panic) => {
-            sync.rollback(&ctx, async {}).await;
+            sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
             resume_unwind(panic)
         }
         Ok(r) => {
@@ -624,11 +691,19 @@ where
                 Err(e) => rollback_on(e) || scope.is_local_rollback_only(),
             };
             if failed {
-                sync.rollback(&ctx, async {}).await;
+                sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
                 r
             } else {
                 let (_, hooks) = sync
-                    .commit(&ctx, definition.is_read_only(), async { Ok(()) }, async {})
+                    .commit(
+                        &ctx,
+                        enclosing.as_ref(),
+                        definition.is_read_only(),
+                        None,
+                        || Ok(()),
+                        async { Ok(()) },
+                        async {},
+                    )
                     .await;
                 match hooks {
                     Ok(()) => r,

@@ -24,6 +24,9 @@ pub(crate) struct Scope {
     pub(crate) tx: Option<Arc<Transaction>>,
     name: Cow<'static, str>,
     rollback_only: AtomicBool,
+    /// A savepoint scope's participant failed or asked for rollback (undone with the
+    /// savepoint; the transaction's own participants mark the transaction).
+    joined_rollback_only: AtomicBool,
     completed: AtomicBool,
 }
 
@@ -38,8 +41,24 @@ impl Scope {
             tx,
             name,
             rollback_only: AtomicBool::new(false),
+            joined_rollback_only: AtomicBool::new(false),
             completed: AtomicBool::new(false),
         }
+    }
+
+    /// A participant of this scope failed or asked for rollback: a savepoint scope rolls back
+    /// to its savepoint; a transaction is marked for its owner.
+    pub(crate) fn mark_joined_rollback_only(&self) {
+        match (&self.kind, &self.tx) {
+            (ScopeKind::Savepoint, _) => self.joined_rollback_only.store(true, Ordering::Relaxed),
+            (_, Some(tx)) => tx.set_global_rollback_only(),
+            (_, None) => self.rollback_only.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a participant of this savepoint scope marked it.
+    pub(crate) fn is_joined_rollback_only(&self) -> bool {
+        self.joined_rollback_only.load(Ordering::Relaxed)
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -147,7 +166,7 @@ impl TransactionStatus {
     /// back and return [`TxError::UnexpectedRollback`](crate::TxError::UnexpectedRollback).
     pub fn set_rollback_only(&self) {
         match (self.role, &self.scope.tx) {
-            (Role::Participant, Some(tx)) => tx.set_global_rollback_only(),
+            (Role::Participant, Some(_)) => self.scope.mark_joined_rollback_only(),
             _ => self.scope.rollback_only.store(true, Ordering::Relaxed),
         }
     }
@@ -160,7 +179,9 @@ impl TransactionStatus {
             .tx
             .as_ref()
             .is_some_and(|tx| tx.is_global_rollback_only());
-        global || (self.role == Role::Owner && self.scope.is_local_rollback_only())
+        global
+            || self.scope.is_joined_rollback_only()
+            || (self.role == Role::Owner && self.scope.is_local_rollback_only())
     }
 
     /// True in the scope that began the transaction (not in a participant, a savepoint, or a
@@ -210,6 +231,31 @@ impl TransactionStatus {
             .tx
             .as_ref()
             .map_or(Isolation::Default, |tx| tx.definition.get_isolation())
+    }
+
+    /// Which run of a retried call (`retry = n`) this scope belongs to, from 1: the attempt of
+    /// the transaction it runs in, 1 without a transaction.
+    ///
+    /// ```
+    /// # use tx_core::{TransactionTemplate, TxError};
+    /// # use tx_core::manager::*; use std::sync::Arc;
+    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+    /// # impl TransactionManager for Noop {
+    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    /// #         Box::pin(async { Err(TxError::NoManager) })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let r: Result<u32, TxError> = TransactionTemplate::new(Noop::default())
+    ///     .execute(|status| async move { Ok(status.attempt()) })
+    ///     .await;
+    /// assert_eq!(r.unwrap(), 1);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.scope.tx.as_ref().map_or(1, |tx| tx.attempt())
     }
 
     /// Whether the scope runs in an actual transaction.

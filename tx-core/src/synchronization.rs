@@ -9,13 +9,16 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
+use tokio::time::Instant;
 
 use crate::completion::Completion;
-use crate::context::{self, Context};
+use crate::context::{self, Binding, Context as TxContext};
 use crate::error::{BoxError, TxError};
 use crate::manager::BoxFuture;
 
@@ -113,35 +116,62 @@ pub trait TransactionSynchronization: Send + Sync + 'static {
     }
 }
 
+/// A phase that runs over every hook and that another task finishes when its caller goes
+/// away (see [`SyncScope::finish_cancelled`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Phase {
+    BeforeCompletion,
+    AfterCommit,
+    AfterCompletion(Completion),
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::BeforeCompletion => "before_completion",
+            Phase::AfterCommit => "after_commit",
+            Phase::AfterCompletion(_) => "after_completion",
+        }
+    }
+}
+
 /// Object-safe view of a [`TransactionSynchronization`].
 pub(crate) trait DynSynchronization: Send + Sync {
     fn before_commit(&self, read_only: bool) -> BoxFuture<'_, Result<(), BoxError>>;
-    fn before_completion(&self) -> BoxFuture<'_, ()>;
-    fn after_commit(&self) -> BoxFuture<'_, ()>;
-    fn after_completion(&self, completion: Completion) -> BoxFuture<'_, ()>;
+    /// The hook's call in `phase`, owning the hook (it may be finished by another task), its
+    /// panics caught and logged.
+    fn call(self: Arc<Self>, phase: Phase) -> BoxFuture<'static, ()>;
 }
 
 impl<S: TransactionSynchronization> DynSynchronization for S {
     fn before_commit(&self, read_only: bool) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(TransactionSynchronization::before_commit(self, read_only))
     }
-    fn before_completion(&self) -> BoxFuture<'_, ()> {
-        Box::pin(TransactionSynchronization::before_completion(self))
-    }
-    fn after_commit(&self) -> BoxFuture<'_, ()> {
-        Box::pin(TransactionSynchronization::after_commit(self))
-    }
-    fn after_completion(&self, completion: Completion) -> BoxFuture<'_, ()> {
-        Box::pin(TransactionSynchronization::after_completion(
-            self, completion,
-        ))
+    fn call(self: Arc<Self>, phase: Phase) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let run = async {
+                match phase {
+                    Phase::BeforeCompletion => {
+                        TransactionSynchronization::before_completion(&*self).await
+                    }
+                    Phase::AfterCommit => TransactionSynchronization::after_commit(&*self).await,
+                    Phase::AfterCompletion(c) => {
+                        TransactionSynchronization::after_completion(&*self, c).await
+                    }
+                }
+            };
+            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                log_panic(phase.name(), &*panic);
+            }
+        })
     }
 }
 
 type Hook = Arc<dyn DynSynchronization>;
 
 /// How far a scope's completion sequence got; a scope dropped mid-way (a cancelled call)
-/// finishes from there, so every hook still sees exactly one `after_completion`.
+/// finishes from there, so every hook still sees exactly one `after_commit` after a commit
+/// and exactly one `after_completion`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 enum Stage {
@@ -150,7 +180,8 @@ enum Stage {
     BeforeCompletion,
     RollbackSent,
     CommitSent,
-    Committed,
+    AfterCommit,
+    AfterCompletion,
     Finished,
 }
 
@@ -158,6 +189,14 @@ enum Stage {
 pub(crate) struct SyncScope {
     hooks: Mutex<Vec<Hook>>,
     stage: AtomicU8,
+    /// In a resumable phase: the index of the next hook to call.
+    next: AtomicUsize,
+    /// What `after_completion` reports.
+    completion: AtomicU8,
+    /// In a resumable phase: the hook call in progress. It lives here, not in the caller's
+    /// future, so that a caller dropped mid-call leaves it for the task that finishes the
+    /// sequence: the call completes once, neither cut short nor repeated.
+    running: Mutex<Option<BoxFuture<'static, ()>>>,
 }
 
 impl Default for SyncScope {
@@ -165,6 +204,27 @@ impl Default for SyncScope {
         SyncScope {
             hooks: Mutex::default(),
             stage: AtomicU8::new(Stage::Open as u8),
+            next: AtomicUsize::new(0),
+            completion: AtomicU8::new(Completion::RolledBack as u8),
+            running: Mutex::new(None),
+        }
+    }
+}
+
+/// Completes the hook call in progress of a [`SyncScope`], if any.
+struct InProgress<'a>(&'a SyncScope);
+
+impl Future for InProgress<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut running = self.0.running();
+        match running.as_mut().map(|call| call.as_mut().poll(cx)) {
+            None => Poll::Ready(()),
+            Some(Poll::Ready(())) => {
+                *running = None;
+                Poll::Ready(())
+            }
+            Some(Poll::Pending) => Poll::Pending,
         }
     }
 }
@@ -172,6 +232,10 @@ impl Default for SyncScope {
 impl SyncScope {
     fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<Hook>> {
         self.hooks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<BoxFuture<'static, ()>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn push(&self, hook: Hook) {
@@ -191,13 +255,22 @@ impl SyncScope {
             2 => Stage::BeforeCompletion,
             3 => Stage::RollbackSent,
             4 => Stage::CommitSent,
-            5 => Stage::Committed,
+            5 => Stage::AfterCommit,
+            6 => Stage::AfterCompletion,
             _ => Stage::Finished,
         }
     }
 
     fn set_stage(&self, stage: Stage) {
         self.stage.store(stage as u8, Ordering::Relaxed);
+    }
+
+    fn completion(&self) -> Completion {
+        match self.completion.load(Ordering::Relaxed) {
+            c if c == Completion::Committed as u8 => Completion::Committed,
+            c if c == Completion::Unknown as u8 => Completion::Unknown,
+            _ => Completion::RolledBack,
+        }
     }
 
     /// Hands the hooks of a released savepoint to the enclosing owner, in order.
@@ -224,131 +297,181 @@ impl SyncScope {
         Ok(())
     }
 
-    async fn before_completion(&self) {
-        let mut i = 0;
-        while let Some(hook) = self.get(i) {
-            if let Err(panic) = AssertUnwindSafe(hook.before_completion())
-                .catch_unwind()
-                .await
-            {
-                log_panic("before_completion", &*panic);
-            }
-            i += 1;
+    fn begin_phase(&self, stage: Stage) {
+        self.next.store(0, Ordering::Relaxed);
+        self.set_stage(stage);
+    }
+
+    /// Runs the current resumable phase over the hooks not yet called, first finishing a
+    /// call in progress. Later phases cannot undo anything: a hook's panic is logged and the
+    /// next hook still runs.
+    async fn drive(&self) {
+        let phase = match self.stage() {
+            Stage::BeforeCompletion => Phase::BeforeCompletion,
+            Stage::AfterCommit => Phase::AfterCommit,
+            Stage::AfterCompletion => Phase::AfterCompletion(self.completion()),
+            _ => return,
+        };
+        loop {
+            InProgress(self).await;
+            let i = self.next.load(Ordering::Relaxed);
+            let Some(hook) = self.get(i) else {
+                return;
+            };
+            self.next.store(i + 1, Ordering::Relaxed);
+            *self.running() = Some(hook.call(phase));
         }
     }
 
-    async fn after_commit(&self) {
-        let mut i = 0;
-        while let Some(hook) = self.get(i) {
-            if let Err(panic) = AssertUnwindSafe(hook.after_commit()).catch_unwind().await {
-                log_panic("after_commit", &*panic);
-            }
-            i += 1;
+    /// The context hooks run in once their scope completed: outside every transaction, still
+    /// knowing which transactions this task holds (a single-writer backend fails fast there).
+    fn after_context(&self, enclosing: Option<&Arc<Binding>>) -> TxContext {
+        if self.hooks().is_empty() {
+            TxContext::default()
+        } else {
+            TxContext::suspended(enclosing)
         }
     }
 
-    async fn after_completion(&self, completion: Completion) {
-        let mut i = 0;
-        while let Some(hook) = self.get(i) {
-            if let Err(panic) = AssertUnwindSafe(hook.after_completion(completion))
-                .catch_unwind()
-                .await
-            {
-                log_panic("after_completion", &*panic);
-            }
-            i += 1;
-        }
+    /// Every `after_completion(completion)`, then the sequence is finished.
+    async fn complete(&self, enclosing: Option<&Arc<Binding>>, completion: Completion) {
+        self.completion.store(completion as u8, Ordering::Relaxed);
+        self.begin_phase(Stage::AfterCompletion);
+        self.after_context(enclosing).run(self.drive()).await;
+        self.set_stage(Stage::Finished);
     }
 
     /// The commit sequence around `commit` (the physical COMMIT, or nothing for a scope
     /// without a transaction). The phases before COMMIT run in `tx_ctx` (statements still go
-    /// into the transaction); those after it run outside every transaction.
+    /// into the transaction), `before_commit` bounded by `deadline`; `check` then decides
+    /// whether COMMIT may still go out (a hook may have marked the transaction, or run past
+    /// its deadline). The phases after it run outside the transaction (`enclosing`: the
+    /// bindings of the scopes around it).
     ///
     /// Returns how it ended, and the error when it did not commit.
-    pub(crate) async fn commit<F, R>(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn commit<C, F, R>(
         &self,
-        tx_ctx: &Context,
+        tx_ctx: &TxContext,
+        enclosing: Option<&Arc<Binding>>,
         read_only: bool,
+        deadline: Option<Instant>,
+        check: C,
         commit: F,
         rollback: R,
     ) -> (Completion, Result<(), TxError>)
     where
+        C: FnOnce() -> Result<(), TxError>,
         F: Future<Output = Result<(), TxError>>,
         R: Future<Output = ()>,
     {
         self.set_stage(Stage::BeforeCommit);
-        if let Err(e) = tx_ctx.clone().run(self.before_commit(read_only)).await {
-            tracing::debug!(target: "tx", "before_commit synchronization failed, rolling back: {e}");
-            self.rollback(tx_ctx, rollback).await;
+        let before = tx_ctx.clone().run(self.before_commit(read_only));
+        let before = match deadline {
+            Some(d) => tokio::time::timeout_at(d, before)
+                .await
+                .unwrap_or(Err(TxError::Timeout)),
+            None => before.await,
+        };
+        let checked = match before {
+            // A hook that failed past the deadline failed because of it.
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Err(TxError::Timeout),
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.begin_phase(Stage::BeforeCompletion);
+                tx_ctx.clone().run(self.drive()).await;
+                check()
+            }
+        };
+        if let Err(e) = checked {
+            tracing::debug!(target: "tx", "not committing, rolling back: {e}");
+            self.rollback(tx_ctx, enclosing, rollback).await;
             return (Completion::RolledBack, Err(e));
         }
-        self.set_stage(Stage::BeforeCompletion);
-        tx_ctx.clone().run(self.before_completion()).await;
         self.set_stage(Stage::CommitSent);
         let (completion, result) = match commit.await {
             Ok(()) => {
-                self.set_stage(Stage::Committed);
-                Context::default().run(self.after_commit()).await;
+                self.begin_phase(Stage::AfterCommit);
+                self.after_context(enclosing).run(self.drive()).await;
                 (Completion::Committed, Ok(()))
             }
             Err(e @ TxError::CommitOutcomeUnknown(_)) => (Completion::Unknown, Err(e)),
             Err(e) => (Completion::RolledBack, Err(e)),
         };
-        self.set_stage(Stage::Finished);
-        Context::default()
-            .run(self.after_completion(completion))
-            .await;
+        self.complete(enclosing, completion).await;
         (completion, result)
     }
 
     /// The rollback sequence around `rollback` (the physical ROLLBACK or ROLLBACK TO).
-    pub(crate) async fn rollback(&self, tx_ctx: &Context, rollback: impl Future<Output = ()>) {
+    pub(crate) async fn rollback(
+        &self,
+        tx_ctx: &TxContext,
+        enclosing: Option<&Arc<Binding>>,
+        rollback: impl Future<Output = ()>,
+    ) {
         if self.stage() < Stage::BeforeCompletion {
-            self.set_stage(Stage::BeforeCompletion);
-            tx_ctx.clone().run(self.before_completion()).await;
+            self.begin_phase(Stage::BeforeCompletion);
+        }
+        if self.stage() == Stage::BeforeCompletion {
+            tx_ctx.clone().run(self.drive()).await;
         }
         self.set_stage(Stage::RollbackSent);
         rollback.await;
-        self.set_stage(Stage::Finished);
-        Context::default()
-            .run(self.after_completion(Completion::RolledBack))
-            .await;
+        self.complete(enclosing, Completion::RolledBack).await;
     }
 
     /// Finishes the sequence of a scope dropped before it completed (a cancelled call), from
-    /// where it stopped: before COMMIT was sent it rolls back (`rollback`); with COMMIT in
-    /// flight the outcome is unknown; after it, committed.
+    /// where it stopped, a hook call in progress included: before COMMIT was sent it rolls back
+    /// (`rollback`); with COMMIT in flight the outcome is unknown; after it, the remaining
+    /// `after_commit` calls run, then every `after_completion(Committed)`.
     pub(crate) async fn finish_cancelled(&self, rollback: impl Future<Output = ()>) {
-        let completion = match self.stage() {
+        let ctx = TxContext::default();
+        match self.stage() {
             Stage::Open | Stage::BeforeCommit | Stage::BeforeCompletion => {
-                self.rollback(&Context::default(), rollback).await;
-                return;
+                self.rollback(&ctx, None, rollback).await;
             }
-            Stage::RollbackSent => Completion::RolledBack,
-            Stage::CommitSent => Completion::Unknown,
-            Stage::Committed => Completion::Committed,
-            Stage::Finished => return,
-        };
-        self.set_stage(Stage::Finished);
-        Context::default()
-            .run(self.after_completion(completion))
-            .await;
+            Stage::RollbackSent => self.complete(None, Completion::RolledBack).await,
+            Stage::CommitSent => self.complete(None, Completion::Unknown).await,
+            Stage::AfterCommit => {
+                ctx.run(self.drive()).await;
+                self.complete(None, Completion::Committed).await;
+            }
+            Stage::AfterCompletion => {
+                ctx.run(self.drive()).await;
+                self.set_stage(Stage::Finished);
+            }
+            Stage::Finished => {}
+        }
     }
 
-    /// Spawns [`finish_cancelled`](Self::finish_cancelled) (a destructor cannot wait); without
-    /// a runtime, `rollback` is dropped, which drops the physical transaction and so rolls it back.
+    /// Spawns [`finish_cancelled`](Self::finish_cancelled) (a destructor cannot wait) on the
+    /// current runtime, or outside any on `runtime` (the one the scope began on). Without
+    /// either, `rollback` is dropped, which drops the physical transaction and so rolls it back.
     pub(crate) fn spawn_finish_cancelled(
         self: Arc<Self>,
+        runtime: Option<&tokio::runtime::Handle>,
         rollback: impl Future<Output = ()> + Send + 'static,
     ) {
+        let finish = async move { self.finish_cancelled(rollback).await };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { self.finish_cancelled(rollback).await });
+                rt.spawn(finish);
             }
-            Err(_) => tracing::warn!(
-                target: "tx",
-                "transactional scope dropped outside a tokio runtime: rolled back, hooks not run"
-            ),
+            Err(_) => match runtime {
+                Some(rt) => {
+                    rt.spawn(finish);
+                }
+                None => {
+                    tracing::warn!(
+                        target: "tx",
+                        "transactional scope dropped outside a tokio runtime: rolled back, hooks not run"
+                    );
+                    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(finish)));
+                    if dropped.is_err() {
+                        tracing::warn!(target: "tx", "dropping a cancelled scope outside a tokio runtime panicked");
+                    }
+                }
+            },
         }
     }
 }

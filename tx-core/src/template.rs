@@ -9,7 +9,7 @@ use crate::definition::{Isolation, Propagation, TransactionDefinition};
 use crate::error::TxError;
 use crate::manager::{SharedManager, TransactionManager};
 use crate::propagation::{self, ManagerRef};
-use crate::retry::Retry;
+use crate::retry;
 use crate::status::TransactionStatus;
 
 /// Runs closures in transactional scopes, for when an attribute is too coarse: part of a
@@ -299,22 +299,14 @@ impl RetryingTemplate {
         Fut: Future<Output = Result<T, E>>,
     {
         let template = &self.template;
-        let mut retry = Retry::new(self.retries, template.definition.get_name());
-        loop {
-            let (result, info) = propagation::execute(
-                template.manager(),
-                &template.definition,
-                |_: &E| true,
-                &mut f,
-            )
-            .await;
-            // The decision only needs whether the run failed: a `&Result<T, E>` held across
-            // the backoff would make this future `Send` only for `Sync` `T` and `E`.
-            let outcome = result.as_ref().map(drop).map_err(drop);
-            if result.is_ok() || !retry.again(&outcome, info).await {
-                return result;
-            }
-        }
+        retry::run(
+            template.manager(),
+            &template.definition,
+            self.retries,
+            |_: &E| true,
+            &mut f,
+        )
+        .await
     }
 }
 

@@ -1,108 +1,14 @@
 //! Engine tests without a database: a recording manager logs every physical operation, so
 //! the tests see exactly what the engine sends (deferred BEGIN, savepoints, completion order).
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tx_core::connection::bound_transaction;
-use tx_core::manager::{
-    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
-use tx_core::{Completion, Propagation, TransactionTemplate, TxError};
-
-type Log = Arc<Mutex<Vec<String>>>;
-
-#[derive(Clone, Default)]
-struct Recorder {
-    id: Arc<()>,
-    log: Log,
-}
-
-struct RecTx {
-    log: Log,
-    done: bool,
-}
-
-impl Drop for RecTx {
-    fn drop(&mut self) {
-        if !self.done {
-            self.log.lock().unwrap().push("DROPPED".into());
-        }
-    }
-}
-
-impl PhysicalTransaction for RecTx {
-    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-        self.done = true;
-        self.log.lock().unwrap().push("COMMIT".into());
-        Box::pin(async { Ok(()) })
-    }
-    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-        self.done = true;
-        self.log.lock().unwrap().push("ROLLBACK".into());
-        Box::pin(async { Ok(()) })
-    }
-    fn create_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
-        self.log.lock().unwrap().push(format!("SAVEPOINT {name}"));
-        Box::pin(async { Ok(()) })
-    }
-    fn rollback_to_savepoint<'a>(
-        &'a mut self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), TxError>> {
-        self.log.lock().unwrap().push(format!("ROLLBACK TO {name}"));
-        Box::pin(async { Ok(()) })
-    }
-    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
-        self.log.lock().unwrap().push(format!("RELEASE {name}"));
-        Box::pin(async { Ok(()) })
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl TransactionManager for Recorder {
-    fn key(&self) -> ManagerKey {
-        ManagerKey::of(&self.id)
-    }
-    fn begin(
-        &self,
-        o: BeginOptions,
-    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        let log = self.log.clone();
-        log.lock().unwrap().push(format!(
-            "BEGIN {:?}{}",
-            o.isolation,
-            if o.read_only { " READ ONLY" } else { "" }
-        ));
-        Box::pin(
-            async move { Ok(Box::new(RecTx { log, done: false }) as Box<dyn PhysicalTransaction>) },
-        )
-    }
-}
-
-impl Recorder {
-    /// A statement: in the bound transaction, or in autocommit.
-    async fn stmt(&self, sql: &str) -> Result<(), TxError> {
-        match bound_transaction(self.key()) {
-            Some(bt) => {
-                let _g = bt.lock().await?;
-                self.log.lock().unwrap().push(format!("STMT {sql}"));
-            }
-            None => self.log.lock().unwrap().push(format!("AUTO {sql}")),
-        }
-        Ok(())
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
-fn t(m: &Recorder) -> TransactionTemplate {
-    TransactionTemplate::new(m.clone())
-}
+use support::{Log, Recorder, t};
+use tx_core::manager::TransactionManager;
+use tx_core::{Completion, Propagation, TxError};
 
 #[tokio::test]
 async fn empty_call_sends_nothing() {

@@ -12,7 +12,7 @@ use tx_core::manager::ManagerKey;
 use std::time::Duration;
 
 use tx_core::TxError;
-use tx_core::connection::TransactionGuard;
+use tx_core::connection::{LockPurpose, TransactionGuard};
 
 use crate::error::{tx_to_sqlx, wrapped_tx_error};
 use crate::physical::{SqlxTransaction, StatementEnd};
@@ -70,7 +70,7 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 /// the deadline (a statement cancelled by the server-side bound, or interrupted) as
 /// [`TxError::Timeout`], which is what ended it.
 fn conclude<T>(
-    guard: &TransactionGuard,
+    guard: &mut TransactionGuard,
     end: StatementEnd,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
@@ -78,7 +78,8 @@ fn conclude<T>(
         return result;
     };
     if end.retryable {
-        guard.note_retryable_error();
+        let code = e.as_database_error().and_then(|db| db.code());
+        guard.note_retryable_error(code.as_deref());
     }
     let remaining = guard.remaining();
     // The server's timer may fire a hair before ours.
@@ -146,7 +147,7 @@ where
             let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
             let result = tx.start_statement()?.execute(query).await;
             let end = tx.end_statement(&result);
-            conclude(&guard, end, result)
+            conclude(&mut guard, end, result)
         }),
         None if DB::must_not_wait(key) => Box::pin(async move {
             let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
@@ -173,7 +174,7 @@ where
             let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
             let result = tx.start_statement()?.fetch_optional(query).await;
             let end = tx.end_statement(&result);
-            conclude(&guard, end, result)
+            conclude(&mut guard, end, result)
         }),
         None if DB::must_not_wait(key) => Box::pin(async move {
             let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
@@ -194,14 +195,21 @@ where
     match bound_transaction(key) {
         // The guard (the transaction's connection) is held until the stream ends or is dropped.
         Some(bound) => Box::pin(async_stream::try_stream! {
-            let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
+            let mut guard = bound.lock_for(LockPurpose::Stream).await.map_err(tx_to_sqlx)?;
+            // Between two rows the consumer's code runs while this stream holds the
+            // connection: a request of the same task then fails at once instead of waiting.
+            let state = guard.stream_state();
             let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
             let mut failed = None;
             {
                 let mut rows = tx.start_statement()?.fetch_many(query);
                 loop {
                     match rows.try_next().await {
-                        Ok(Some(item)) => yield item,
+                        Ok(Some(item)) => {
+                            state.set_parked(true);
+                            yield item;
+                            state.set_parked(false);
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             failed = Some(e);
@@ -215,7 +223,7 @@ where
                 None => Ok(()),
             };
             let end = tx.end_statement(&result);
-            conclude(&guard, end, result)?;
+            conclude(&mut guard, end, result)?;
         }),
         None if DB::must_not_wait(key) => Box::pin(async_stream::try_stream! {
             let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
@@ -258,7 +266,7 @@ where
             let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
             let result = tx.start_statement()?.prepare_with(sql, parameters).await;
             let end = tx.end_statement(&result);
-            conclude(&guard, end, result)
+            conclude(&mut guard, end, result)
         }),
         None => db.pool().prepare_with(sql, parameters),
     }
@@ -278,7 +286,7 @@ where
             let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
             let result = tx.start_statement()?.describe(sql).await;
             let end = tx.end_statement(&result);
-            conclude(&guard, end, result)
+            conclude(&mut guard, end, result)
         }),
         None => db.pool().describe(sql),
     }

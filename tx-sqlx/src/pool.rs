@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use sqlx::Database;
 use sqlx::pool::PoolConnection;
-use tx_core::connection::TransactionGuard;
+use tx_core::connection::{LockPurpose, TransactionGuard};
 use tx_core::manager::ManagerKey;
 use tx_core::{Operation, TxError};
 
@@ -30,7 +30,9 @@ use crate::physical::SqlxTransaction;
 /// Inside a transaction, statements of one task on the same `TxPool` take turns on the
 /// transaction's single connection (concurrent futures, e.g. `join!`, are serialized). A
 /// stream (`fetch`) holds the connection until it ends or is dropped: finish it before running
-/// the next statement on `&db`, as you would with `&mut *conn` in plain sqlx.
+/// the next statement on `&db`, as you would with `&mut *conn` in plain sqlx (a statement on
+/// `&db` while the stream sits between two rows would wait for itself, so it fails at once with
+/// [`TxError::WouldBlock`]).
 ///
 /// ```no_run
 /// use tx_sqlx::{PgTxPool, Propagation, TransactionTemplate, TxError};
@@ -116,9 +118,11 @@ impl<DB: Database> TxPool<DB> {
     /// sending its deferred `BEGIN`), or a pooled connection in autocommit when there is none.
     ///
     /// While the guard lives it has exclusive use of the transaction's connection: run
-    /// statements on it (`&mut *conn`), not on `&db`, which would wait for the guard to be
-    /// dropped. Statements run on the guard are not watched by the engine (retryable errors
-    /// are only recognised through the error you return).
+    /// statements on it (`&mut *conn`), not on `&db`, and drop it before beginning a `Nested`
+    /// scope and before the transactional body returns. Those requests would wait for the
+    /// guard forever, so they fail at once with [`TxError::WouldBlock`]. Statements run on the
+    /// guard are not watched by the engine (retryable errors are only recognised through the
+    /// error you return).
     ///
     /// # Errors
     ///
@@ -141,9 +145,23 @@ impl<DB: Database> TxPool<DB> {
     /// let n: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&mut *conn).await?;
     /// # let _ = n; Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    /// * [`TxError::WouldBlock`] at once when a stream or another guard of this transaction
+    ///   holds its connection; on SQLite also in a `NotSupported` scope (or an after-commit
+    ///   hook) while this task's suspended writer transaction holds the database's only write
+    ///   lock, where any write on the connection would wait for this task itself (read
+    ///   through `&db` there instead);
+    /// * [`TxError::Timeout`] past the transaction's deadline; the backend's error if the
+    ///   deferred `BEGIN` fails or no connection can be acquired.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes leaves the transaction usable and takes no
+    /// connection.
     pub async fn acquire(&self) -> Result<TxConnection<DB>, TxError> {
-        if let Some(bound) = tx_core::connection::bound_transaction(self.manager_key()) {
-            let mut guard = bound.lock().await?;
+        let key = self.manager_key();
+        if let Some(bound) = tx_core::connection::bound_transaction(key) {
+            let mut guard = bound.lock_for(LockPurpose::Connection).await?;
             let conn = SqlxTransaction::<DB>::from_guard(&mut guard)?.take_connection()?;
             return Ok(TxConnection {
                 inner: ConnInner::Bound {
@@ -152,10 +170,30 @@ impl<DB: Database> TxPool<DB> {
                 },
             });
         }
+        if single_writer::<DB>() && tx_core::connection::suspended_holds_connection(key) {
+            return Err(crate::error::sqlite_would_block(
+                "A connection from TxPool::acquire() outside the transaction (a NotSupported \
+                 scope, or a hook after a scope completed, inside a writer transaction) hands \
+                 out a connection whose first write",
+            ));
+        }
         let conn = self.inner.pool.acquire().await.map_err(acquire_error)?;
         Ok(TxConnection {
             inner: ConnInner::Pooled(conn),
         })
+    }
+}
+
+/// Whether `DB` allows one writer per database (SQLite): a connection outside the task's own
+/// writer transaction cannot write until that transaction ends.
+fn single_writer<DB: Database>() -> bool {
+    #[cfg(feature = "sqlite")]
+    {
+        DB::NAME == <sqlx::Sqlite as Database>::NAME
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        false
     }
 }
 

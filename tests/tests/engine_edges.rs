@@ -1,0 +1,825 @@
+//! The engine at its edges, against the real servers (PostgreSQL, MariaDB, SQLite): scopes of
+//! one transaction running at once, checks right before COMMIT, retries only after a retryable
+//! rollback, requests that would wait for the task itself, futures dropped outside any runtime,
+//! and SQLite's single writer seen from after-commit hooks. Rows are read from a fresh
+//! connection outside the pool under test.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::AssertSqlSafe;
+use tokio::sync::{Notify, oneshot};
+use tx_sqlx::{BoxError, Propagation, TransactionSynchronization, TransactionTemplate, TxError};
+use tx_tests::reliability::{
+    AppError, Backend, BoxFut, MySqlBackend, PgBackend, SqliteBackend, settle,
+};
+
+async fn pg() -> Option<PgBackend> {
+    PgBackend::connect(4, Duration::from_secs(10), "edges").await
+}
+
+async fn mariadb() -> Option<MySqlBackend> {
+    MySqlBackend::connect(4, Duration::from_secs(10)).await
+}
+
+async fn sqlite() -> SqliteBackend {
+    SqliteBackend::connect(4).await
+}
+
+/// An `FnOnce` body as the `FnMut` a template accepts (called once: no retries).
+fn once<A, R>(f: impl FnOnce(A) -> R) -> impl FnMut(A) -> R {
+    let mut f = Some(f);
+    move |a| f.take().expect("called once")(a)
+}
+
+/// The results of two concurrent scopes.
+type Pair = (Result<(), AppError>, Result<(), AppError>);
+
+/// A one-shot signal between two concurrent scopes.
+#[derive(Clone, Default)]
+struct Signal(Arc<Notify>);
+
+impl Signal {
+    fn fire(&self) {
+        self.0.notify_one();
+    }
+    async fn wait(&self) {
+        self.0.notified().await;
+    }
+}
+
+fn tx_error(e: &AppError) -> Option<&TxError> {
+    match e {
+        AppError::Tx(e) => Some(e),
+        _ => None,
+    }
+}
+
+fn would_block(r: &Result<(), AppError>, says: &str) -> bool {
+    matches!(r.as_ref().err().and_then(tx_error), Some(TxError::WouldBlock { message }) if message.contains(says))
+}
+
+/// A hang on today's code must fail the test, not the suite.
+const HANG: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent scopes inside one transaction.
+
+/// `join!` of two Nested calls: A succeeds, B fails after its insert while A's savepoint is
+/// still open. B's row must not survive (it is refused, as it would have run inside A's
+/// savepoint and been released with A).
+async fn join_of_two_nested_calls<B: Backend>(b: &B) {
+    let table = b.create_table("edge_join").await;
+    let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
+    let nested = b.template().propagation(Propagation::Nested);
+    let r: Result<Pair, AppError> = b
+        .template()
+        .execute(once(|_| async {
+            b.insert(&table, "outer").await?;
+            let first = async {
+                let r = nested
+                    .execute(|_| async {
+                        b.insert(&table, "a").await?;
+                        a_ran.fire();
+                        b_tried.wait().await;
+                        Ok(())
+                    })
+                    .await;
+                a_done.fire();
+                r
+            };
+            let second = nested.execute(|_| async {
+                a_ran.wait().await;
+                let insert = b.insert(&table, "b").await;
+                b_tried.fire();
+                a_done.wait().await;
+                insert?;
+                Err(AppError::Injected("B fails after its insert"))
+            });
+            Ok(tokio::join!(first, second))
+        }))
+        .await;
+    let (ra, rb) = r.unwrap();
+    ra.unwrap();
+    assert!(rb.is_err());
+    assert_eq!(
+        b.tags(&table).await,
+        ["outer", "a"],
+        "{}: the failed scope's row survived",
+        b.name()
+    );
+    assert!(
+        matches!(
+            rb.as_ref().err().and_then(tx_error),
+            Some(TxError::ConcurrentScopes { .. })
+        ),
+        "{}: {rb:?}",
+        b.name()
+    );
+    b.drop_table(&table).await;
+}
+
+/// A joined participant beside a failing Nested call: if it reports success and its owner
+/// commits, its row is there; here its statement would land in the Nested savepoint, so it is
+/// refused, the participant fails, and the owner rolls back as an unexpected rollback.
+async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
+    let table = b.create_table("edge_part").await;
+    let (a_ran, p_tried) = (Signal::default(), Signal::default());
+    let (nested, joined) = (b.template().propagation(Propagation::Nested), b.template());
+    let participant = Mutex::new(None);
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(once(|_| async {
+            b.insert(&table, "outer").await?;
+            let failing = nested.execute(|_| async {
+                b.insert(&table, "nested").await?;
+                a_ran.fire();
+                p_tried.wait().await;
+                Err::<(), _>(AppError::Injected("nested fails"))
+            });
+            let joins = joined.execute(|_| async {
+                a_ran.wait().await;
+                let r = b.insert(&table, "participant").await;
+                p_tried.fire();
+                Ok(r?)
+            });
+            let (_, rp) = tokio::join!(failing, joins);
+            *participant.lock().unwrap() = Some(rp);
+            Ok(())
+        }))
+        .await;
+    let rp = participant.into_inner().unwrap().unwrap();
+    let rows = b.tags(&table).await;
+    if rp.is_ok() && r.is_ok() {
+        assert!(
+            rows.contains(&"participant".to_owned()),
+            "{}: the participant reported success, the owner committed, its row is lost: {rows:?}",
+            b.name()
+        );
+    }
+    assert!(
+        matches!(
+            rp.as_ref().err().and_then(tx_error),
+            Some(TxError::ConcurrentScopes { .. })
+        ),
+        "{}: {rp:?}",
+        b.name()
+    );
+    assert!(
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert!(rows.is_empty(), "{}: {rows:?}", b.name());
+    b.drop_table(&table).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Right before COMMIT.
+
+/// An outbox-style flush in before_commit that calls a Required service which fails.
+struct FlushThroughFailingService<B: Backend> {
+    b: B,
+    table: String,
+}
+
+impl<B: Backend> TransactionSynchronization for FlushThroughFailingService<B> {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        let r: Result<(), AppError> = self
+            .b
+            .template()
+            .execute(|_| async {
+                self.b.insert(&self.table, "flush").await?;
+                Err(AppError::Injected("the flush service fails"))
+            })
+            .await;
+        assert!(r.is_err());
+        Ok(())
+    }
+}
+
+struct MarkRollbackOnly;
+
+impl TransactionSynchronization for MarkRollbackOnly {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        tx_sqlx::set_rollback_only()?;
+        Ok(())
+    }
+}
+
+async fn marked_in_before_commit<B: Backend>(b: &B) {
+    let table = b.create_table("edge_mark").await;
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(|_| async {
+            b.insert(&table, "body").await?;
+            tx_sqlx::register_synchronization(FlushThroughFailingService {
+                b: b.clone(),
+                table: table.clone(),
+            })?;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
+        "{}: participant failing in before_commit: {r:?}",
+        b.name()
+    );
+    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(|_| async {
+            b.insert(&table, "body").await?;
+            tx_sqlx::register_synchronization(MarkRollbackOnly)?;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
+        "{}: set_rollback_only in before_commit: {r:?}",
+        b.name()
+    );
+    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+    b.drop_table(&table).await;
+}
+
+struct SlowBeforeCommit;
+
+impl TransactionSynchronization for SlowBeforeCommit {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok(())
+    }
+}
+
+/// Past the deadline nothing commits: neither after a before_commit hook that outlasted it,
+/// nor after a body that computed past it without awaiting.
+async fn deadline_before_commit<B: Backend>(b: &B) {
+    let table = b.create_table("edge_deadline").await;
+    let timed = b.template().timeout(Duration::from_millis(300));
+    let r: Result<(), AppError> = timed
+        .execute(|_| async {
+            b.insert(&table, "slow hook").await?;
+            tx_sqlx::register_synchronization(SlowBeforeCommit)?;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::Timeout)),
+        "{}: {r:?}",
+        b.name()
+    );
+    let r: Result<(), AppError> = timed
+        .execute(|_| async {
+            b.insert(&table, "slow body").await?;
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::Timeout)),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+    b.drop_table(&table).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry only after a retryable rollback.
+
+type Failing = Arc<dyn Fn() -> BoxFut<'static, Result<(), sqlx::Error>> + Send + Sync>;
+
+/// `sql` on `db`, as a [`Failing`] statement.
+macro_rules! failing {
+    ($db:expr, $sql:expr) => {{
+        let db = $db.clone();
+        Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { sqlx::raw_sql($sql).execute(&db).await.map(|_| ()) })
+                as BoxFut<'static, Result<(), sqlx::Error>>
+        }) as Failing
+    }};
+}
+
+struct RetrySvc<B: Backend> {
+    b: B,
+    db: B::Pool,
+    table: String,
+    audit: String,
+    /// A statement failing with SQLSTATE 40001 (serialization failure), through `&db`.
+    serialization_failure: Failing,
+    runs: Mutex<u32>,
+}
+
+impl<B: Backend> RetrySvc<B> {
+    fn ran(&self) -> u32 {
+        std::mem::take(&mut *self.runs.lock().unwrap())
+    }
+
+    /// A retryable failure handled inside a Nested step (rolled back to its savepoint).
+    async fn handled_serialization_failure(&self) {
+        let step: Result<(), AppError> = self
+            .b
+            .template()
+            .propagation(Propagation::Nested)
+            .execute(|_| async { Ok((self.serialization_failure)().await?) })
+            .await;
+        let e = step.expect_err("the statement fails");
+        assert!(
+            tx_error(&e).is_some_and(TxError::is_retryable),
+            "{}: {e:?}",
+            self.b.name()
+        );
+    }
+
+    /// Commits although it returns an error (`no_rollback_for`): never re-run.
+    #[tx_sqlx::transactional(manager = self.db, retry = 3, no_rollback_for = AppError::Injected(_))]
+    async fn commits_with_error(&self) -> Result<(), AppError> {
+        *self.runs.lock().unwrap() += 1;
+        self.b.insert(&self.table, "kept").await?;
+        self.handled_serialization_failure().await;
+        Err(AppError::Injected("matches no_rollback_for"))
+    }
+}
+
+async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_failure: Failing) {
+    let svc = RetrySvc {
+        b: b.clone(),
+        db: b.manager().clone(),
+        table: b.create_table("edge_retry").await,
+        audit: b.create_table("edge_audit").await,
+        serialization_failure,
+        runs: Mutex::new(0),
+    };
+    let r = svc.commits_with_error().await;
+    assert!(
+        matches!(r, Err(AppError::Injected(_))),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert_eq!(svc.ran(), 1, "{}: a committed call was re-run", b.name());
+    assert_eq!(b.tags(&svc.table).await, ["kept"], "{}", b.name());
+
+    // A retryable failure handled in a Nested step, then a non-retryable final error.
+    let r: Result<(), AppError> = b
+        .template()
+        .retry(3)
+        .execute(|_| async {
+            *svc.runs.lock().unwrap() += 1;
+            svc.handled_serialization_failure().await;
+            b.template()
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async { Ok::<_, AppError>(b.insert(&svc.audit, "audit").await?) })
+                .await?;
+            Err(AppError::Injected("not retryable"))
+        })
+        .await;
+    assert!(
+        matches!(r, Err(AppError::Injected(_))),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert_eq!(
+        svc.ran(),
+        1,
+        "{}: re-run after a non-retryable error",
+        b.name()
+    );
+    assert_eq!(b.tags(&svc.audit).await, ["audit"], "{}", b.name());
+
+    // The call's own transaction rolled back because of it: re-run.
+    let r: Result<(), AppError> = b
+        .template()
+        .retry(3)
+        .execute(|_| async {
+            let run = {
+                let mut runs = svc.runs.lock().unwrap();
+                *runs += 1;
+                *runs
+            };
+            b.insert(&svc.table, "retried").await?;
+            if run == 1 {
+                (svc.serialization_failure)().await?;
+            }
+            Ok(())
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(svc.ran(), 2, "{}", b.name());
+    assert_eq!(
+        b.tags(&svc.table).await,
+        ["kept", "retried"],
+        "{}",
+        b.name()
+    );
+    b.drop_table(&svc.table).await;
+    b.drop_table(&svc.audit).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests that would wait for the task itself, per backend (concrete sqlx types).
+
+/// A table with two rows, for the cases below.
+macro_rules! two_rows {
+    ($b:expr, $prefix:literal) => {{
+        let table = $b.create_table($prefix).await;
+        for tag in ["one", "two"] {
+            $b.insert(&table, tag).await.unwrap();
+        }
+        table
+    }};
+}
+
+/// A statement on `&db` inside a `fetch` loop on `&db`.
+macro_rules! statement_inside_fetch_loop {
+    ($b:expr) => {{
+        let b = $b;
+        let db = b.db.clone();
+        let table = two_rows!(b, "edge_stream");
+        let select = format!("SELECT tag FROM {table}");
+        let insert = format!("INSERT INTO {table} (tag) VALUES ('inner')");
+        let inner = Mutex::new(None);
+        let r = tokio::time::timeout(
+            HANG,
+            b.template().execute(once(|_| async {
+                let mut rows = sqlx::query(AssertSqlSafe(select)).fetch(&db);
+                if let Some(_row) = rows.try_next().await? {
+                    let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
+                    *inner.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
+                }
+                drop(rows);
+                Ok::<_, AppError>(())
+            })),
+        )
+        .await
+        .expect("a statement inside a fetch loop must not hang");
+        r.unwrap();
+        let inner = inner.into_inner().unwrap().unwrap();
+        assert!(
+            would_block(&inner, "fetch stream"),
+            "{}: {inner:?}",
+            b.name()
+        );
+        assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
+        b.drop_table(&table).await;
+    }};
+}
+
+/// A `TxConnection` guard held while a Nested scope begins.
+macro_rules! nested_scope_beside_a_guard {
+    ($b:expr) => {{
+        let b = $b;
+        let db = b.db.clone();
+        let nested = Mutex::new(None);
+        let r = tokio::time::timeout(
+            HANG,
+            b.template().execute(once(|_| async {
+                let conn = db.acquire().await?;
+                let r: Result<(), AppError> = b
+                    .template()
+                    .propagation(Propagation::Nested)
+                    .execute(|_| async { Ok(()) })
+                    .await;
+                drop(conn);
+                *nested.lock().unwrap() = Some(r);
+                Ok::<_, AppError>(())
+            })),
+        )
+        .await
+        .expect("a Nested scope beginning beside a guard must not hang");
+        r.unwrap();
+        let nested = nested.into_inner().unwrap().unwrap();
+        assert!(
+            would_block(&nested, "Beginning a Nested scope"),
+            "{}: {nested:?}",
+            b.name()
+        );
+    }};
+}
+
+/// A `TxConnection` returned out of the body: the commit fails at once (not at the
+/// deadline, not never), nothing commits, and the connection goes back to the pool.
+macro_rules! guard_returned_out_of_the_body {
+    ($b:expr) => {{
+        let b = $b;
+        let db = b.db.clone();
+        let table = two_rows!(b, "edge_leak");
+        let r = tokio::time::timeout(
+            HANG,
+            b.template()
+                .timeout(Duration::from_secs(1))
+                .execute(once(|_| async {
+                    b.insert(&table, "leaked").await?;
+                    Ok::<_, AppError>(db.acquire().await?)
+                })),
+        )
+        .await
+        .expect("a commit behind a leaked guard must not hang");
+        let r = r.map(|_| ());
+        assert!(
+            would_block(&r, "after its body returned"),
+            "{}: {r:?}",
+            b.name()
+        );
+        assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
+        let (size, idle) = settle(&b).await;
+        assert_eq!(
+            size as usize,
+            idle,
+            "{}: the connection went back",
+            b.name()
+        );
+        b.drop_table(&table).await;
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// A transactional future dropped outside any runtime.
+
+fn dropped_outside_a_runtime<B, F>(connect: F)
+where
+    B: Backend,
+    F: FnOnce() -> BoxFut<'static, Option<B>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(b) = rt.block_on(connect()) else {
+        return;
+    };
+    let table = rt.block_on(b.create_table("edge_drop"));
+    let (started_tx, started_rx) = oneshot::channel();
+    let template = b.template();
+    let mut call = Box::pin(template.execute(once(|_| async {
+        b.insert(&table, "never committed").await?;
+        started_tx.send(()).unwrap();
+        std::future::pending::<()>().await;
+        Ok::<_, AppError>(())
+    })));
+    rt.block_on(async {
+        tokio::select! {
+            _ = &mut call => unreachable!(),
+            _ = started_rx => {}
+        }
+    });
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    // Dropped on this thread, outside the runtime: must not panic.
+    drop(call);
+    rt.block_on(async {
+        let (size, idle) = settle(&b).await;
+        assert_eq!(
+            size as usize,
+            idle,
+            "{}: the connection went back",
+            b.name()
+        );
+        assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+        b.drop_table(&table).await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+#[tokio::test]
+async fn pg_join_of_two_nested_calls() {
+    let Some(b) = pg().await else { return };
+    join_of_two_nested_calls(&b).await;
+}
+
+#[tokio::test]
+async fn pg_participant_beside_failing_nested_call() {
+    let Some(b) = pg().await else { return };
+    participant_beside_failing_nested_call(&b).await;
+}
+
+#[tokio::test]
+async fn pg_marked_in_before_commit() {
+    let Some(b) = pg().await else { return };
+    marked_in_before_commit(&b).await;
+}
+
+#[tokio::test]
+async fn pg_deadline_before_commit() {
+    let Some(b) = pg().await else { return };
+    deadline_before_commit(&b).await;
+}
+
+#[tokio::test]
+async fn pg_retry_only_after_a_retryable_rollback() {
+    let Some(b) = pg().await else { return };
+    let failing = failing!(
+        b.db,
+        "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$"
+    );
+    retry_only_after_a_retryable_rollback(&b, failing).await;
+}
+
+#[tokio::test]
+async fn pg_statement_inside_fetch_loop() {
+    let Some(b) = pg().await else { return };
+    statement_inside_fetch_loop!(b);
+}
+
+#[tokio::test]
+async fn pg_nested_scope_beside_a_guard() {
+    let Some(b) = pg().await else { return };
+    nested_scope_beside_a_guard!(b);
+}
+
+#[tokio::test]
+async fn pg_guard_returned_out_of_the_body() {
+    let Some(b) = pg().await else { return };
+    guard_returned_out_of_the_body!(b);
+}
+
+#[test]
+fn pg_dropped_outside_a_runtime() {
+    dropped_outside_a_runtime(|| Box::pin(pg()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MariaDB
+
+#[tokio::test]
+async fn mariadb_join_of_two_nested_calls() {
+    let Some(b) = mariadb().await else { return };
+    join_of_two_nested_calls(&b).await;
+}
+
+#[tokio::test]
+async fn mariadb_participant_beside_failing_nested_call() {
+    let Some(b) = mariadb().await else { return };
+    participant_beside_failing_nested_call(&b).await;
+}
+
+#[tokio::test]
+async fn mariadb_marked_in_before_commit() {
+    let Some(b) = mariadb().await else { return };
+    marked_in_before_commit(&b).await;
+}
+
+#[tokio::test]
+async fn mariadb_deadline_before_commit() {
+    let Some(b) = mariadb().await else { return };
+    deadline_before_commit(&b).await;
+}
+
+#[tokio::test]
+async fn mariadb_retry_only_after_a_retryable_rollback() {
+    let Some(b) = mariadb().await else { return };
+    let failing = failing!(
+        b.db,
+        "SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'injected serialization failure'"
+    );
+    retry_only_after_a_retryable_rollback(&b, failing).await;
+}
+
+#[tokio::test]
+async fn mariadb_statement_inside_fetch_loop() {
+    let Some(b) = mariadb().await else { return };
+    statement_inside_fetch_loop!(b);
+}
+
+#[tokio::test]
+async fn mariadb_nested_scope_beside_a_guard() {
+    let Some(b) = mariadb().await else { return };
+    nested_scope_beside_a_guard!(b);
+}
+
+#[tokio::test]
+async fn mariadb_guard_returned_out_of_the_body() {
+    let Some(b) = mariadb().await else { return };
+    guard_returned_out_of_the_body!(b);
+}
+
+#[test]
+fn mariadb_dropped_outside_a_runtime() {
+    dropped_outside_a_runtime(|| Box::pin(mariadb()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+#[tokio::test]
+async fn sqlite_join_of_two_nested_calls() {
+    join_of_two_nested_calls(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_participant_beside_failing_nested_call() {
+    participant_beside_failing_nested_call(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_marked_in_before_commit() {
+    marked_in_before_commit(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_deadline_before_commit() {
+    deadline_before_commit(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_statement_inside_fetch_loop() {
+    statement_inside_fetch_loop!(sqlite().await);
+}
+
+#[tokio::test]
+async fn sqlite_nested_scope_beside_a_guard() {
+    nested_scope_beside_a_guard!(sqlite().await);
+}
+
+#[tokio::test]
+async fn sqlite_guard_returned_out_of_the_body() {
+    guard_returned_out_of_the_body!(sqlite().await);
+}
+
+#[test]
+fn sqlite_dropped_outside_a_runtime() {
+    dropped_outside_a_runtime(|| Box::pin(async { Some(sqlite().await) }));
+}
+
+/// SQLite's single writer: outside the suspended writer transaction a write would wait for
+/// the lock this same task holds. `&db` fails fast with WouldBlock; so does `acquire()` in a
+/// NotSupported scope inside the writer.
+#[tokio::test]
+async fn sqlite_acquire_in_not_supported_scope_inside_a_writer_fails_fast() {
+    let b = sqlite().await;
+    let db = b.db.clone();
+    let table = b.create_table("edge_acquire").await;
+    let insert = format!("INSERT INTO {table} (tag) VALUES ('outside')");
+    let acquired = Mutex::new(None);
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(once(|_| async {
+            b.insert(&table, "writer").await?;
+            let r: Result<(), AppError> = b
+                .template()
+                .propagation(Propagation::NotSupported)
+                .execute(once(|_| async {
+                    let mut conn = db.acquire().await?;
+                    sqlx::query(AssertSqlSafe(insert))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+                .await;
+            *acquired.lock().unwrap() = Some(r);
+            Ok(())
+        }))
+        .await;
+    r.unwrap();
+    let acquired = acquired.into_inner().unwrap().unwrap();
+    assert!(would_block(&acquired, "write lock"), "{acquired:?}");
+    assert_eq!(b.tags(&table).await, ["writer"]);
+}
+
+/// An after-commit hook of a RequiresNew scope inside a writer runs while the writer is
+/// still suspended: its write fails fast with WouldBlock, as `&db` does in a NotSupported
+/// scope, instead of waiting out the busy timeout.
+#[tokio::test]
+async fn sqlite_write_in_after_commit_hook_of_requires_new_inside_a_writer_fails_fast() {
+    let b = sqlite().await;
+    let db = b.db.clone();
+    let table = b.create_table("edge_hook").await;
+    let insert = format!("INSERT INTO {table} (tag) VALUES ('hook')");
+    let hook = Arc::new(Mutex::new(None));
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(once(|_| async {
+            b.insert(&table, "writer").await?;
+            let (hook, db) = (hook.clone(), db.clone());
+            TransactionTemplate::new(db.clone())
+                .propagation(Propagation::RequiresNew)
+                .read_only(true)
+                .execute(once(|_| async move {
+                    tx_sqlx::after_commit(async move {
+                        let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
+                        *hook.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
+                    })?;
+                    Ok::<_, AppError>(())
+                }))
+                .await
+        }))
+        .await;
+    r.unwrap();
+    let hooked = hook.lock().unwrap().take().expect("the hook ran");
+    assert!(would_block(&hooked, "write lock"), "{hooked:?}");
+    assert_eq!(b.tags(&table).await, ["writer"]);
+}

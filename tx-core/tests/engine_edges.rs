@@ -1,0 +1,844 @@
+//! The engine at its edges, without a database: concurrent scopes of one transaction, lock
+//! waits that would wait for the task itself, checks right before COMMIT, retries only after
+//! a retryable rollback, hook phases finished after a cancelled caller, and futures dropped
+//! outside any runtime. A recording manager logs what the engine sends.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Log, Recorder, once, t};
+use tokio::sync::{Notify, oneshot};
+use tx_core::connection::{LockPurpose, bound_transaction};
+use tx_core::manager::TransactionManager;
+use tx_core::{BoxError, Completion, Propagation, TransactionSynchronization, TxError};
+
+fn is_concurrent(r: &Result<(), TxError>) -> bool {
+    matches!(r, Err(TxError::ConcurrentScopes { message }) if message.contains("Nested") && message.contains("one after another"))
+}
+
+fn is_would_block(r: &Result<(), TxError>, what: &str) -> bool {
+    matches!(r, Err(TxError::WouldBlock { message }) if message.contains(what))
+}
+
+/// The results of two concurrent scopes.
+type Pair = (Result<(), TxError>, Result<(), TxError>);
+
+/// A one-shot signal between two concurrent scopes.
+#[derive(Clone, Default)]
+struct Signal(Arc<Notify>);
+
+impl Signal {
+    fn fire(&self) {
+        self.0.notify_one();
+    }
+    async fn wait(&self) {
+        self.0.notified().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent scopes inside one transaction.
+
+/// `join!` of two Nested calls where A's savepoint is open when B runs a statement: B's
+/// statement would land inside A's savepoint (kept with A's release although B fails), so it
+/// is refused; A's work is released on its own.
+#[tokio::test]
+async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_savepoint() {
+    let m = Recorder::default();
+    let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
+    let r: Result<Pair, TxError> = t(&m)
+        .execute(once(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("outer").await?;
+                let nested = t(&m).propagation(Propagation::Nested);
+                let a = async {
+                    let r = nested
+                        .execute(|_| async {
+                            m.stmt("a").await?;
+                            a_ran.fire();
+                            b_tried.wait().await;
+                            Ok(())
+                        })
+                        .await;
+                    a_done.fire();
+                    r
+                };
+                let b = nested.execute(|_| async {
+                    a_ran.wait().await;
+                    let stmt = m.stmt("b").await;
+                    b_tried.fire();
+                    a_done.wait().await;
+                    stmt?;
+                    // B fails after its insert: its work must not survive.
+                    Err(TxError::NoTransaction)
+                });
+                let (ra, rb) = tokio::join!(a, b);
+                m.stmt("after").await?;
+                Ok((ra, rb))
+            }
+        }))
+        .await;
+    let (ra, rb) = r.unwrap();
+    ra.unwrap();
+    assert!(is_concurrent(&rb), "{rb:?}");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "STMT outer",
+            "SAVEPOINT tx_sp_1",
+            "STMT a",
+            "RELEASE tx_sp_1",
+            "STMT after",
+            "COMMIT"
+        ]
+    );
+}
+
+/// The sibling that began its savepoint second still has it resolved on its own: A (first)
+/// runs no statement until B's savepoint is resolved, and B's rollback undoes only B's work.
+#[tokio::test]
+async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_own() {
+    let m = Recorder::default();
+    let b_done = Signal::default();
+    let r: Result<Pair, TxError> = t(&m)
+        .execute(once(|_| {
+            let m = m.clone();
+            async move {
+                let nested = t(&m).propagation(Propagation::Nested);
+                let a = nested.execute(|_| async {
+                    b_done.wait().await;
+                    m.stmt("a").await
+                });
+                let b = async {
+                    let r = nested
+                        .execute(|_| async {
+                            m.stmt("b").await?;
+                            Err::<(), _>(TxError::NoTransaction)
+                        })
+                        .await;
+                    b_done.fire();
+                    r
+                };
+                Ok(tokio::join!(a, b))
+            }
+        }))
+        .await;
+    let (ra, rb) = r.unwrap();
+    ra.unwrap();
+    assert!(matches!(rb, Err(TxError::NoTransaction)), "{rb:?}");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_2",
+            "STMT b",
+            "ROLLBACK TO tx_sp_2",
+            "RELEASE tx_sp_2",
+            "SAVEPOINT tx_sp_1",
+            "STMT a",
+            "RELEASE tx_sp_1",
+            "COMMIT"
+        ]
+    );
+}
+
+/// A joined participant beside a failing Nested call: its statement would run inside the
+/// Nested savepoint and be rolled back with it while the participant reports success. It is
+/// refused instead, the participant fails, and the whole transaction rolls back.
+#[tokio::test]
+async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
+    let m = Recorder::default();
+    let (a_ran, p_tried) = (Signal::default(), Signal::default());
+    let p_result = Arc::new(Mutex::new(None));
+    let r: Result<(), TxError> = t(&m)
+        .execute(once(|_| {
+            let (m, p_result) = (m.clone(), p_result.clone());
+            async move {
+                let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
+                let nested = nested.execute(|_| async {
+                    m.stmt("a").await?;
+                    a_ran.fire();
+                    p_tried.wait().await;
+                    Err::<(), _>(TxError::NoTransaction)
+                });
+                let participant = joined.execute(|s| async {
+                    assert!(!tx_core::current_status().unwrap().is_new_transaction());
+                    drop(s);
+                    a_ran.wait().await;
+                    let r = m.stmt("p").await;
+                    p_tried.fire();
+                    r
+                });
+                let (_, rp) = tokio::join!(nested, participant);
+                *p_result.lock().unwrap() = Some(rp);
+                Ok(())
+            }
+        }))
+        .await;
+    let rp = p_result.lock().unwrap().take().unwrap();
+    assert!(is_concurrent(&rp), "{rp:?}");
+    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_1",
+            "STMT a",
+            "ROLLBACK TO tx_sp_1",
+            "RELEASE tx_sp_1",
+            "ROLLBACK"
+        ]
+    );
+}
+
+/// Plain statements of one scope under `join!` still take turns on the connection.
+#[tokio::test]
+async fn plain_statements_of_one_scope_under_join_take_turns() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_secs(30))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                let (x, y) = tokio::join!(m.slow_stmt("x", 20), m.stmt("y"));
+                x?;
+                y
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(m.take(), ["BEGIN Default", "STMT x", "STMT y", "COMMIT"]);
+}
+
+/// A wait for another statement of the task is bounded by the deadline.
+#[tokio::test(start_paused = true)]
+async fn waiting_for_the_connection_ends_at_the_deadline() {
+    let m = Recorder::default();
+    let waited = Arc::new(Mutex::new(None));
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(300))
+        .execute(|_| {
+            let (m, waited) = (m.clone(), waited.clone());
+            async move {
+                m.stmt("first").await?;
+                let bt = bound_transaction(m.key()).unwrap();
+                let held = bt.lock().await?;
+                // The body handles the refusal itself (and then outlives the deadline).
+                *waited.lock().unwrap() = Some(m.stmt("second").await);
+                drop(held);
+                Ok(())
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    let waited = waited.lock().unwrap().take().unwrap();
+    assert!(matches!(waited, Err(TxError::Timeout)), "{waited:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT first", "ROLLBACK"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests that would wait for the task itself.
+
+#[tokio::test]
+async fn statement_or_nested_scope_while_a_connection_guard_lives_fails_at_once() {
+    let m = Recorder::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let (m, seen) = (m.clone(), seen.clone());
+            async move {
+                let bt = bound_transaction(m.key()).unwrap();
+                let guard = bt.lock_for(LockPurpose::Connection).await?;
+                let stmt = m.stmt("x").await;
+                let nested = t(&m)
+                    .propagation(Propagation::Nested)
+                    .execute(|_| async { Ok::<_, TxError>(()) })
+                    .await;
+                seen.lock().unwrap().extend([stmt, nested]);
+                drop(guard);
+                m.stmt("y").await
+            }
+        })
+        .await;
+    r.unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        is_would_block(&seen[0], "TxConnection") && is_would_block(&seen[0], "A statement"),
+        "{:?}",
+        seen[0]
+    );
+    assert!(
+        is_would_block(&seen[1], "Beginning a Nested scope"),
+        "{:?}",
+        seen[1]
+    );
+    assert_eq!(m.take(), ["BEGIN Default", "STMT y", "COMMIT"]);
+}
+
+#[tokio::test]
+async fn statement_while_a_stream_of_the_task_is_parked_fails_at_once() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                let bt = bound_transaction(m.key()).unwrap();
+                let stream = bt.lock_for(LockPurpose::Stream).await?;
+                stream.stream_state().set_parked(true);
+                let inner = m.stmt("inside the loop").await;
+                assert!(is_would_block(&inner, "fetch stream"), "{inner:?}");
+                drop(stream);
+                m.stmt("after the loop").await
+            }
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(m.take(), ["BEGIN Default", "STMT after the loop", "COMMIT"]);
+}
+
+/// A connection guard returned out of the body: the commit cannot take the connection. It
+/// fails at once (not at the deadline, not never), nothing commits, and the transaction rolls
+/// back when the guard is dropped.
+#[tokio::test]
+async fn connection_guard_returned_out_of_the_body_fails_the_commit_at_once() {
+    let m = Recorder::default();
+    let (tx, rx) = oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let leaked = Arc::new(Mutex::new(None));
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_secs(3600))
+        .execute(once(|_| {
+            let (m, leaked) = (m.clone(), leaked.clone());
+            async move {
+                m.stmt("x").await?;
+                tx_core::after_completion(move |c| async move {
+                    let _ = tx.lock().unwrap().take().unwrap().send(c);
+                })?;
+                let bt = bound_transaction(m.key()).unwrap();
+                *leaked.lock().unwrap() = Some(bt.lock_for(LockPurpose::Connection).await?);
+                Ok(())
+            }
+        }))
+        .await;
+    assert!(
+        matches!(&r, Err(TxError::WouldBlock { message }) if message.contains("after its body returned") && message.contains("Nothing was committed")),
+        "{r:?}"
+    );
+    assert_eq!(rx.await.unwrap(), Completion::RolledBack);
+    assert_eq!(m.take(), ["BEGIN Default", "STMT x"]);
+    drop(leaked.lock().unwrap().take());
+    assert_eq!(m.take(), ["DROPPED"], "rolled back when the guard went");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks right before COMMIT.
+
+struct CallsFailingParticipant(Recorder);
+
+impl TransactionSynchronization for CallsFailingParticipant {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        let m = &self.0;
+        let r: Result<(), TxError> = t(m)
+            .execute(|s| async move {
+                assert!(!s.is_new_transaction(), "joins the committing transaction");
+                m.stmt("flush").await?;
+                Err(TxError::NoTransaction)
+            })
+            .await;
+        assert!(r.is_err());
+        Ok(())
+    }
+}
+
+struct MarksRollbackOnly;
+
+impl TransactionSynchronization for MarksRollbackOnly {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        tx_core::set_rollback_only()?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn participant_failing_in_before_commit_rolls_back_as_unexpected_rollback() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                tx_core::register_synchronization(CallsFailingParticipant(m.clone()))
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
+    assert_eq!(
+        m.take(),
+        ["BEGIN Default", "STMT a", "STMT flush", "ROLLBACK"]
+    );
+}
+
+#[tokio::test]
+async fn set_rollback_only_in_before_commit_rolls_back_as_unexpected_rollback() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                tx_core::register_synchronization(MarksRollbackOnly)
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+struct SlowBeforeCommit;
+
+impl TransactionSynchronization for SlowBeforeCommit {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_commit_past_the_deadline_times_out_and_rolls_back() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(300))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                tx_core::register_synchronization(SlowBeforeCommit)
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+#[tokio::test]
+async fn body_computing_past_the_deadline_without_awaiting_times_out() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(20))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                // CPU-bound work that never yields to the deadline timer.
+                std::thread::sleep(Duration::from_millis(60));
+                Ok(())
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+/// The body's own error, returned before the deadline, stays the caller's error even when
+/// the rollback ends after the deadline.
+#[tokio::test(start_paused = true)]
+async fn own_error_returned_in_time_is_not_turned_into_a_timeout() {
+    let m = Recorder::default();
+    m.slow_rollback(500);
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(100))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("a").await?;
+                Err(TxError::NoTransaction)
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::NoTransaction)), "{r:?}");
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry only after a retryable rollback.
+
+#[tokio::test]
+async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
+    let m = Recorder::default();
+    let runs = Arc::new(Mutex::new(0));
+    let r: Result<(), TxError> = t(&m)
+        .retry(3)
+        .execute(|_| {
+            let (m, runs) = (m.clone(), runs.clone());
+            async move {
+                *runs.lock().unwrap() += 1;
+                let step = t(&m)
+                    .propagation(Propagation::Nested)
+                    .execute(|_| async { m.serialization_failure("step").await })
+                    .await;
+                assert!(step.is_err());
+                // An audit row in its own transaction: committed once per run.
+                t(&m)
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| async { m.stmt("audit").await })
+                    .await?;
+                Err(TxError::NoTransaction)
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::NoTransaction)), "{r:?}");
+    assert_eq!(*runs.lock().unwrap(), 1, "not re-run");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_1",
+            "FAIL step",
+            "ROLLBACK TO tx_sp_1",
+            "RELEASE tx_sp_1",
+            "BEGIN Default",
+            "STMT audit",
+            "COMMIT",
+            "ROLLBACK"
+        ]
+    );
+}
+
+/// `#[transactional]` with `retry` and `no_rollback_for`, on tx-core alone.
+mod macro_retry {
+    use super::*;
+
+    #[derive(Debug)]
+    pub enum AppError {
+        Tx(#[allow(dead_code)] TxError),
+        Soft,
+    }
+
+    impl From<TxError> for AppError {
+        fn from(e: TxError) -> Self {
+            AppError::Tx(e)
+        }
+    }
+
+    pub struct Service {
+        pub db: Recorder,
+        pub runs: Mutex<u32>,
+    }
+
+    impl Service {
+        /// Commits although it returns `Err(Soft)`: must never be re-run.
+        #[tx_core::transactional(manager = self.db, retry = 3, no_rollback_for = AppError::Soft)]
+        pub async fn soft(&self) -> Result<(), AppError> {
+            *self.runs.lock().unwrap() += 1;
+            self.db.stmt("write").await?;
+            let _ = self.db.serialization_failure("read").await;
+            Err(AppError::Soft)
+        }
+
+        /// Fails with a serialization failure on its first run.
+        #[tx_core::transactional(manager = self.db, retry = 3)]
+        pub async fn flaky(&self) -> Result<u32, AppError> {
+            let attempt = tx_core::current_status().unwrap().attempt();
+            *self.runs.lock().unwrap() += 1;
+            if attempt == 1 {
+                self.db.serialization_failure("first").await?;
+            }
+            self.db.stmt("second").await?;
+            Ok(attempt)
+        }
+
+        /// A `T` and an `E` that are `Send` but not `Sync`.
+        #[tx_core::transactional(manager = self.db, retry = 2)]
+        pub async fn not_sync(&self) -> Result<std::cell::Cell<u8>, NotSyncError> {
+            self.db.stmt("x").await?;
+            Ok(std::cell::Cell::new(1))
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct NotSyncError(#[allow(dead_code)] Box<dyn std::error::Error + Send>);
+
+    impl From<TxError> for NotSyncError {
+        fn from(e: TxError) -> Self {
+            NotSyncError(Box::new(e))
+        }
+    }
+
+    fn assert_send<F: Send>(f: F) -> F {
+        f
+    }
+
+    #[tokio::test]
+    async fn no_rollback_for_commit_is_never_retried() {
+        let s = Service {
+            db: Recorder::default(),
+            runs: Mutex::new(0),
+        };
+        let r = s.soft().await;
+        assert!(matches!(r, Err(AppError::Soft)), "{r:?}");
+        assert_eq!(*s.runs.lock().unwrap(), 1);
+        assert_eq!(
+            s.db.take(),
+            ["BEGIN Default", "STMT write", "FAIL read", "COMMIT"]
+        );
+    }
+
+    #[tokio::test]
+    async fn retryable_rollback_is_retried_and_the_scope_knows_its_attempt() {
+        let s = Service {
+            db: Recorder::default(),
+            runs: Mutex::new(0),
+        };
+        assert_eq!(s.flaky().await.unwrap(), 2);
+        assert_eq!(*s.runs.lock().unwrap(), 2);
+        assert_eq!(
+            s.db.take(),
+            [
+                "BEGIN Default",
+                "FAIL first",
+                "ROLLBACK",
+                "BEGIN Default",
+                "STMT second",
+                "COMMIT"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn retried_call_is_send_with_non_sync_result_types() {
+        let s = Service {
+            db: Recorder::default(),
+            runs: Mutex::new(0),
+        };
+        let v = assert_send(s.not_sync()).await.unwrap();
+        assert_eq!(v.get(), 1);
+        let template = t(&s.db).retry(2);
+        let v = assert_send(template.execute(|_| async {
+            s.db.stmt("y").await?;
+            Ok::<_, NotSyncError>(std::cell::Cell::new(2))
+        }))
+        .await
+        .unwrap();
+        assert_eq!(v.get(), 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hook phases finished after a cancelled caller.
+
+/// The phase a hook blocks in, whom it tells when it started, and what releases it.
+type Blocks = (
+    &'static str,
+    Mutex<Option<oneshot::Sender<()>>>,
+    Arc<Notify>,
+);
+
+struct Hook {
+    name: &'static str,
+    log: Log,
+    /// Signals when this hook's phase call starts, then waits for `release`.
+    blocks_in: Option<Blocks>,
+}
+
+impl Hook {
+    async fn phase(&self, phase: &'static str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}:{phase}", self.name));
+        if let Some((at, started, release)) = &self.blocks_in
+            && *at == phase
+        {
+            let _ = started.lock().unwrap().take().map(|s| s.send(()));
+            release.notified().await;
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}:{phase} done", self.name));
+        }
+    }
+}
+
+impl TransactionSynchronization for Hook {
+    async fn after_commit(&self) {
+        self.phase("after_commit").await;
+    }
+    async fn after_completion(&self, c: Completion) {
+        assert_eq!(c, Completion::Committed);
+        self.phase("after_completion").await;
+    }
+}
+
+async fn cancel_while_a_hook_runs(phase: &'static str) -> Vec<String> {
+    let m = Recorder::default();
+    let (started_tx, started_rx) = oneshot::channel();
+    let release = Arc::new(Notify::new());
+    let a = Hook {
+        name: "A",
+        log: m.log.clone(),
+        blocks_in: Some((phase, Mutex::new(Some(started_tx)), release.clone())),
+    };
+    let b = Hook {
+        name: "B",
+        log: m.log.clone(),
+        blocks_in: None,
+    };
+    let template = t(&m);
+    let mut call = Box::pin(template.execute(once(|_| {
+        let m = m.clone();
+        async move {
+            m.stmt("a").await?;
+            tx_core::register_synchronization(a)?;
+            tx_core::register_synchronization(b)
+        }
+    })));
+    tokio::select! {
+        r = &mut call => panic!("the call must still be running its hooks: {r:?}"),
+        _ = started_rx => {}
+    }
+    drop(call);
+    release.notify_one();
+    // Wait (bounded) until B's after_completion has run.
+    for _ in 0..500 {
+        if m.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e == "B:after_completion")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    m.take()
+}
+
+#[tokio::test]
+async fn caller_cancelled_during_an_after_commit_hook_still_runs_every_after_commit_once() {
+    assert_eq!(
+        cancel_while_a_hook_runs("after_commit").await,
+        [
+            "BEGIN Default",
+            "STMT a",
+            "COMMIT",
+            "A:after_commit",
+            "A:after_commit done",
+            "B:after_commit",
+            "A:after_completion",
+            "B:after_completion"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn caller_cancelled_during_an_after_completion_hook_still_completes_every_hook_once() {
+    assert_eq!(
+        cancel_while_a_hook_runs("after_completion").await,
+        [
+            "BEGIN Default",
+            "STMT a",
+            "COMMIT",
+            "A:after_commit",
+            "B:after_commit",
+            "A:after_completion",
+            "A:after_completion done",
+            "B:after_completion"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A future dropped outside any runtime.
+
+/// Polled inside `block_on`, dropped on the main thread: no panic in Drop; the rollback and
+/// the hooks run on the runtime that began the transaction.
+#[test]
+fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = Recorder::default();
+    let (started_tx, started_rx) = oneshot::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let template = t(&m);
+    let mut call = Box::pin(template.execute(once(|_| {
+        let m = m.clone();
+        async move {
+            m.stmt("a").await?;
+            tx_core::after_completion(move |c| async move {
+                done_tx.send(c).unwrap();
+            })?;
+            started_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+            Ok::<_, TxError>(())
+        }
+    })));
+    rt.block_on(async {
+        tokio::select! {
+            _ = &mut call => unreachable!(),
+            _ = started_rx => {}
+        }
+    });
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    drop(call);
+    let c = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(c, Completion::RolledBack);
+    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks after completion still know the transactions the task holds.
+
+#[tokio::test]
+async fn after_commit_of_a_requires_new_scope_sees_the_suspended_writer() {
+    let m = Recorder::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let r: Result<(), TxError> = t(&m)
+        .execute(|_| {
+            let (m, seen) = (m.clone(), seen.clone());
+            async move {
+                m.stmt("outer").await?;
+                t(&m)
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| {
+                        let (key, seen) = (m.key(), seen.clone());
+                        async move {
+                            tx_core::after_commit(async move {
+                                seen.lock()
+                                    .unwrap()
+                                    .push(tx_core::connection::suspended_holds_connection(key));
+                            })
+                        }
+                    })
+                    .await
+            }
+        })
+        .await;
+    r.unwrap();
+    // After the outer commit there is nothing left to wait for.
+    let key = m.key();
+    let seen2 = seen.clone();
+    let r: Result<(), TxError> = t(&m)
+        .execute(once(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("top").await?;
+                tx_core::after_commit(async move {
+                    seen2
+                        .lock()
+                        .unwrap()
+                        .push(tx_core::connection::suspended_holds_connection(key));
+                })
+            }
+        }))
+        .await;
+    r.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [true, false]);
+}
