@@ -1,0 +1,315 @@
+//! Model-based randomized test of the transaction engine on the real servers.
+//!
+//! proptest generates small transactional programs (trees of scopes with every propagation,
+//! inserts, `Ok` / `Err` / `Err` matching `no_rollback_for` or outside `rollback_for` /
+//! rollback-only / panic outcomes, hooks in every phase, some of which fail, sleep, mark the
+//! transaction rollback-only or call a service, `tokio::join!` of sibling calls, calls dropped
+//! after their k-th poll, `retry`, deadlines that fire and that do not). Each program runs
+//! against the database through `TxPool`, `TransactionTemplate` and `#[transactional]`, and
+//! what it did (each call's result, how often each body started, the rows left, the hook log)
+//! is compared with an in-memory model of the specified semantics (`model_based/model.rs`).
+//! A mismatch is shrunk to a minimal program and reported with its seed.
+//!
+//! Case counts (per backend): 2,000 programs on SQLite, 300 on PostgreSQL and 300 on MariaDB,
+//! spread over `TX_MODEL_THREADS` workers (default 4), each with its own pool and table.
+//! - `TX_MODEL_CASES=100000`: that many programs on every backend (a local soak).
+//! - `TX_MODEL_SEED=<hex>` (printed with every failure): replay that worker's sequence; the
+//!   failure line also gives the `TX_MODEL_CASES` it needs. Use `TX_MODEL_THREADS=1` with it.
+//! - `TX_MODEL_OFF=joins,cancellation,deadlines,retry,hook_actions,rules,faults` (any subset):
+//!   switch parts of the generator off, to tell failures apart. The default is all on.
+//!
+//! Run one backend: `cargo test -p tx-tests --test model_based -- sqlite` (or `postgres`,
+//! `mysql`).
+
+#[path = "model_based/compare.rs"]
+mod compare;
+#[path = "model_based/generate.rs"]
+mod generate;
+#[path = "model_based/model.rs"]
+mod model;
+#[path = "model_based/program.rs"]
+mod program;
+#[path = "model_based/runner.rs"]
+mod runner;
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+
+use generate::Features;
+use model::Chooser;
+use program::{Backend, Program};
+use runner::{Db, ModelPanic, Observation, Run};
+
+/// A program that has not finished after this long is reported as a hang.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
+/// Worlds of the model tried per program before giving up.
+const MAX_WORLDS: usize = 20_000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Generated panics are expected: keep them off the output.
+fn quiet_model_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<ModelPanic>().is_none() {
+                default(info);
+            }
+        }));
+    });
+}
+
+async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tempfile::TempDir>)> {
+    let table = tx_tests::unique_table(&format!("model{worker}"));
+    let (db, dir) = match backend {
+        Backend::Postgres => {
+            let pool = PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&tx_tests::pg_url())
+                .await;
+            match pool {
+                Ok(p) => (Db::Postgres(PgTxPool::new(p)), None),
+                Err(e) => {
+                    assert!(
+                        std::env::var("TX_TEST_REQUIRE_SERVERS").is_err_and(|_| true)
+                            || std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v != "1"),
+                        "PostgreSQL is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {e}"
+                    );
+                    eprintln!("\n!!!!! SKIPPED: PostgreSQL unreachable ({e}) !!!!!\n");
+                    return None;
+                }
+            }
+        }
+        Backend::MySql => {
+            let pool = MySqlPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&tx_tests::mysql_url())
+                .await;
+            match pool {
+                Ok(p) => (Db::MySql(MySqlTxPool::new(p)), None),
+                Err(e) => {
+                    assert!(
+                        std::env::var("TX_TEST_REQUIRE_SERVERS").is_err_and(|_| true)
+                            || std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v != "1"),
+                        "MariaDB is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {e}"
+                    );
+                    eprintln!("\n!!!!! SKIPPED: MariaDB unreachable ({e}) !!!!!\n");
+                    return None;
+                }
+            }
+        }
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let opts = SqliteConnectOptions::new()
+                .filename(dir.path().join("model.db"))
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // Durability is not under test; fsync per commit would dominate the run time.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(2));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await
+                .expect("open SQLite");
+            (Db::Sqlite(SqliteTxPool::new(pool)), Some(dir))
+        }
+    };
+    let ddl = match backend {
+        Backend::MySql => format!("CREATE TABLE {table} (tag VARCHAR(40) PRIMARY KEY) ENGINE=InnoDB"),
+        _ => format!("CREATE TABLE {table} (tag VARCHAR(40) PRIMARY KEY)"),
+    };
+    db.fresh_exec(ddl).await.expect("create the program table");
+    Some((db, table, dir))
+}
+
+/// Runs one program and compares it with the model.
+async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
+    db.fresh_exec(format!("DELETE FROM {table}"))
+        .await
+        .map_err(|e| format!("could not empty the table: {e}"))?;
+    let run = Run::new(db.clone(), table.to_owned());
+    let mut obs = match tokio::time::timeout(PROGRAM_TIMEOUT, run.program(program)).await {
+        Ok(obs) => obs,
+        Err(_) => Observation {
+            hung: true,
+            ..run.snapshot()
+        },
+    };
+    // Hooks of dropped scopes may complete in the background.
+    if obs.hung || obs.results.values().any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout)) {
+        runner::settle(&run).await;
+        obs.log = run.snapshot().log;
+    }
+    obs.rows = db
+        .fresh_tags(format!("SELECT tag FROM {table}"))
+        .await
+        .map_err(|e| format!("could not read the rows: {e}"))?
+        .into_iter()
+        .collect();
+
+    let mut chooser = Chooser::default();
+    let mut best: Option<(Vec<String>, model::Expected)> = None;
+    for _ in 0..MAX_WORLDS {
+        let expected = model::expect(program, db.backend(), &obs, &mut chooser);
+        if expected.unmodelled.is_some() {
+            return Ok(());
+        }
+        let diffs = compare::compare(&expected, &obs);
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        if best.as_ref().is_none_or(|(d, _)| diffs.len() < d.len()) {
+            best = Some((diffs, expected));
+        }
+        if !chooser.next_world() {
+            break;
+        }
+    }
+    let (diffs, expected) = best.expect("at least one world");
+    Err(format!(
+        "{program:?}\n  differences from the closest world of the model:\n    {}\n  observed: {obs:#?}\n  expected (closest world): {expected:#?}",
+        diffs.join("\n    ")
+    ))
+}
+
+struct Failure {
+    seed: String,
+    cases: u32,
+    message: String,
+}
+
+fn run_worker(backend: Backend, worker: usize, seed: [u8; 32], cases: u32, features: Features) -> Option<Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (db, table, _dir) = rt.block_on(open(backend, worker))?;
+    let config = Config {
+        cases,
+        max_shrink_iters: 400,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let strategy = generate::program(backend, features);
+    let result = runner.run(&strategy, |p| {
+        rt.block_on(check(&db, &table, &p)).map_err(TestCaseError::fail)
+    });
+    rt.block_on(async {
+        db.fresh_exec(format!("DROP TABLE {table}")).await.ok();
+    });
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    match result {
+        Ok(()) => None,
+        Err(TestError::Fail(reason, _program)) => Some(Failure {
+            seed: hex,
+            cases,
+            message: reason.to_string(),
+        }),
+        Err(TestError::Abort(reason)) => Some(Failure {
+            seed: hex,
+            cases,
+            message: format!("aborted: {reason}"),
+        }),
+    }
+}
+
+fn parse_seed(hex: &str) -> [u8; 32] {
+    let hex = hex.trim();
+    assert_eq!(hex.len(), 64, "TX_MODEL_SEED is 64 hex digits");
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("TX_MODEL_SEED is hex");
+    }
+    seed
+}
+
+fn model_based(backend: Backend, default_cases: u32) {
+    quiet_model_panics();
+    let features = Features::from_env();
+    let total = env_u64("TX_MODEL_CASES").map_or(default_cases, |n| n as u32);
+    let threads = env_u64("TX_MODEL_THREADS").unwrap_or(4).max(1) as usize;
+    let seeds: Vec<[u8; 32]> = match std::env::var("TX_MODEL_SEED") {
+        Ok(hex) => vec![parse_seed(&hex); 1],
+        Err(_) => (0..threads)
+            .map(|_| {
+                let mut s = [0u8; 32];
+                for b in &mut s {
+                    *b = fastrand_byte();
+                }
+                s
+            })
+            .collect(),
+    };
+    let per_worker = total.div_ceil(seeds.len() as u32);
+    let started = Instant::now();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for (worker, seed) in seeds.iter().enumerate() {
+            let failures = failures.clone();
+            let seed = *seed;
+            s.spawn(move || {
+                if let Some(f) = run_worker(backend, worker, seed, per_worker, features) {
+                    failures.lock().unwrap().push(f);
+                }
+            });
+        }
+    });
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    eprintln!(
+        "model-based test on {backend:?}: {} programs in {} workers, {:?}, features {features:?}: {} failing",
+        per_worker as usize * seeds.len(),
+        seeds.len(),
+        started.elapsed(),
+        failures.len()
+    );
+    if !failures.is_empty() {
+        let mut report = String::new();
+        for f in &failures {
+            report.push_str(&format!(
+                "\n==== minimal failing program on {backend:?} (replay: TX_MODEL_SEED={} TX_MODEL_CASES={} TX_MODEL_THREADS=1)\n{}\n",
+                f.seed, f.cases, f.message
+            ));
+        }
+        panic!("{report}");
+    }
+}
+
+fn fastrand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u8
+}
+
+#[test]
+fn sqlite() {
+    model_based(Backend::Sqlite, 2000);
+}
+
+#[test]
+fn postgres() {
+    model_based(Backend::Postgres, 300);
+}
+
+#[test]
+fn mysql() {
+    model_based(Backend::MySql, 300);
+}
