@@ -180,8 +180,18 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     }
     let (diffs, expected) = best.expect("at least one world");
     Err(format!(
-        "{program:?}\n  differences from the closest world of the model:\n    {}\n  observed: {obs:#?}\n  expected (closest world): {expected:#?}",
-        diffs.join("\n    ")
+        "{program:?}\n  differences from the closest world of the model:\n    {}\n  observed:\n    results {:?}\n    starts {:?}\n    rows {:?}\n    log {:?}\n  expected (closest world):\n    results {:?}\n    starts {:?}\n    rows {:?} maybe {:?}\n    log {:?}\n    completed after a cut {:?}",
+        diffs.join("\n    "),
+        obs.results,
+        obs.starts,
+        obs.rows,
+        obs.log,
+        expected.results,
+        expected.starts,
+        expected.rows,
+        expected.maybe_rows,
+        expected.log,
+        expected.patterns,
     ))
 }
 

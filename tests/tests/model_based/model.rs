@@ -70,6 +70,14 @@ pub enum Pattern {
     Unknown,
 }
 
+/// The expected hook log: entries in order, and the logs of two joined branches, which may
+/// interleave (each in its own order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Entry(String),
+    Par(Vec<Item>, Vec<Item>),
+}
+
 /// What the model expects of one world.
 #[derive(Debug, Default, Clone)]
 pub struct Expected {
@@ -80,7 +88,7 @@ pub struct Expected {
     /// Rows that may or may not be there (a statement in flight when its future was dropped).
     pub maybe_rows: BTreeSet<String>,
     /// Hook entries in order, except those of `patterns`' hooks.
-    pub log: Vec<String>,
+    pub log: Vec<Item>,
     pub patterns: BTreeMap<String, Pattern>,
     /// The program did something the model does not cover (the case is not judged).
     pub unmodelled: Option<String>,
@@ -242,7 +250,7 @@ impl Model<'_> {
     }
 
     fn log(&mut self, tag: &str, phase: &str) {
-        self.out.log.push(format!("{tag}:{phase}"));
+        self.out.log.push(Item::Entry(format!("{tag}:{phase}")));
     }
 
     fn new_tx(&mut self) -> (TxId, UnitId) {
@@ -477,22 +485,26 @@ impl Model<'_> {
         if let Some((tx, _)) = ctx.bound {
             inner.shared.push(tx);
         }
+        let before = std::mem::take(&mut self.out.log);
         let fa = self.call(&inner, a);
-        if let Flow::Cut(cut) = fa {
+        let log_a = std::mem::take(&mut self.out.log);
+        let mut sibling = inner.clone();
+        if let Flow::Cut(cut) = &fa {
             // The whole join is dropped: the sibling ran concurrently and may be anywhere.
-            let mut sibling = inner.clone();
             sibling.dropping = Some(cut.clone());
-            if let Flow::Cut(c2) = self.call(&sibling, b) {
-                return Flow::Cut(c2);
-            }
-            return Flow::Cut(cut);
         }
-        let fb = self.call(&inner, b);
-        if let Flow::Cut(cut) = fb {
-            return Flow::Cut(cut);
+        let fb = self.call(&sibling, b);
+        let log_b = std::mem::replace(&mut self.out.log, before);
+        self.out.log.push(Item::Par(log_a, log_b));
+        match (fa, fb) {
+            (_, Flow::Cut(c)) | (Flow::Cut(c), _) => Flow::Cut(c),
+            (fa, fb) => self.join_results(fa, a.on_err, fb, b.on_err),
         }
-        match self.handle(fa, a.on_err) {
-            Flow::Normal => self.handle(fb, b.on_err),
+    }
+
+    fn join_results(&mut self, fa: Flow, on_a: OnErr, fb: Flow, on_b: OnErr) -> Flow {
+        match self.handle(fa, on_a) {
+            Flow::Normal => self.handle(fb, on_b),
             other => other,
         }
     }
@@ -842,10 +854,17 @@ impl Model<'_> {
     /// Marks hooks as completed by a cut: drops their entries from the ordered log.
     fn cut_owned_hooks(&mut self, hooks: &[HookInst], pattern: Pattern) {
         let tags: BTreeSet<&str> = hooks.iter().map(|h| h.tag.as_str()).collect();
-        self.out.log.retain(|e| {
-            let tag = e.split(':').next().unwrap_or("");
-            !tags.contains(tag)
-        });
+        fn strip(items: &mut Vec<Item>, tags: &BTreeSet<&str>) {
+            items.retain_mut(|item| match item {
+                Item::Entry(e) => !tags.contains(e.split(':').next().unwrap_or("")),
+                Item::Par(a, b) => {
+                    strip(a, tags);
+                    strip(b, tags);
+                    true
+                }
+            });
+        }
+        strip(&mut self.out.log, &tags);
         self.cut_hooks(hooks.to_vec(), pattern);
     }
 

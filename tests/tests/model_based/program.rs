@@ -309,7 +309,10 @@ fn fmt_op(f: &mut fmt::Formatter<'_>, op: &Op, depth: usize) -> fmt::Result {
             }
             writeln!(f, ";")
         }
-        Op::Call(c) => fmt_call(f, c, depth),
+        Op::Call(c) => {
+            write!(f, "call ")?;
+            fmt_call_inline(f, c, depth)
+        }
         Op::Join(a, b) => {
             writeln!(f, "join! {{")?;
             fmt_call(f, a, depth + 1)?;
@@ -324,8 +327,12 @@ fn fmt_op(f: &mut fmt::Formatter<'_>, op: &Op, depth: usize) -> fmt::Result {
 }
 
 fn fmt_call(f: &mut fmt::Formatter<'_>, c: &Call, depth: usize) -> fmt::Result {
-    let s = &c.scope;
     indent(f, depth)?;
+    fmt_call_inline(f, c, depth)
+}
+
+fn fmt_call_inline(f: &mut fmt::Formatter<'_>, c: &Call, depth: usize) -> fmt::Result {
+    let s = &c.scope;
     write!(f, "c{} = {:?}", c.id, s.propagation)?;
     match s.rule {
         Rule::Default => {}
