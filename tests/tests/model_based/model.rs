@@ -118,6 +118,8 @@ struct Unit {
     parent: Option<UnitId>,
     /// A participant failed or asked for rollback-only.
     marked: bool,
+    /// ... and one of those failures was retryable.
+    marked_retryable: bool,
     rows: Vec<String>,
     hooks: Vec<HookInst>,
 }
@@ -176,6 +178,9 @@ pub struct Model<'a> {
     lists: Vec<Vec<HookInst>>,
     /// Deadline passed inside this call's body (a blocking spin), by call tag.
     spun: BTreeSet<String>,
+    /// The last new transaction rolled back as rollback-only after a retryable failure of a
+    /// participant.
+    doomed_by_retryable: bool,
     out: Expected,
 }
 
@@ -211,6 +216,7 @@ pub fn expect(
         units: Vec::new(),
         lists: Vec::new(),
         spun: BTreeSet::new(),
+        doomed_by_retryable: false,
         out: Expected::default(),
     };
     let ctx = Ctx {
@@ -268,6 +274,7 @@ impl Model<'_> {
             tx,
             parent,
             marked: false,
+            marked_retryable: false,
             rows: Vec::new(),
             hooks: Vec::new(),
         });
@@ -325,7 +332,18 @@ impl Model<'_> {
         (std::mem::take(&mut u.rows), std::mem::take(&mut u.hooks))
     }
 
-    fn rollback_hooks(&mut self, hooks: &[HookInst]) {
+    /// The rollback phases; the caller may go away while they run.
+    #[must_use]
+    fn rollback_hooks(&mut self, ctx: &Ctx, hooks: &[HookInst]) -> Option<Cut> {
+        if let Some(cut) = self.cut_point(ctx) {
+            self.cut_hooks(hooks.to_vec(), Pattern::RolledBack);
+            return Some(cut);
+        }
+        self.rollback_hooks_now(hooks);
+        None
+    }
+
+    fn rollback_hooks_now(&mut self, hooks: &[HookInst]) {
         for h in hooks {
             self.log(&h.tag, "bcpl");
         }
@@ -502,15 +520,23 @@ impl Model<'_> {
         }
     }
 
+    /// As the runner does after `join!`: a propagated panic of either branch continues
+    /// first (a's, then b's), then a's error, then b's.
     fn join_results(&mut self, fa: Flow, on_a: OnErr, fb: Flow, on_b: OnErr) -> Flow {
-        match self.handle(fa, on_a) {
-            Flow::Normal => self.handle(fb, on_b),
-            other => other,
+        let (ha, hb) = (self.handle(fa, on_a), self.handle(fb, on_b));
+        match (ha, hb) {
+            (Flow::Panic, _) | (_, Flow::Panic) => Flow::Panic,
+            (Flow::Normal, other) => other,
+            (other, _) => other,
         }
     }
 
     /// A call: the result its caller gets (recorded), or a cut passing through.
     fn call(&mut self, ctx: &Ctx, call: &Call) -> Flow {
+        // Dropped before its first poll (a joined sibling's cut, an outer cancellation).
+        if let Some(cut) = self.cut_point(ctx) {
+            return Flow::Cut(cut);
+        }
         let tag = self.instance('c', call.id);
         let mut inner = ctx.clone();
         if call.cancel_after.is_some() {
@@ -537,8 +563,18 @@ impl Model<'_> {
     fn retried(&mut self, ctx: &Ctx, call: &Call, tag: &str) -> Flow {
         let mut attempt = 0;
         loop {
+            self.doomed_by_retryable = false;
             let (flow, owned) = self.scope(ctx, call, tag, attempt);
-            let retryable = matches!(flow, Flow::Err(Res::Db { retryable: true }));
+            // A transaction that a participant's retryable failure made rollback-only rolled
+            // back because of it, though the caller sees UnexpectedRollback: whether that is
+            // retried is open (both accepted).
+            let doomed = std::mem::take(&mut self.doomed_by_retryable);
+            let retryable = matches!(flow, Flow::Err(Res::Db { retryable: true }))
+                || (doomed
+                    && matches!(flow, Flow::Err(Res::UnexpectedRollback))
+                    && owned
+                    && attempt < u32::from(call.scope.retry)
+                    && self.ch.choose(2) == 1);
             if owned && retryable && attempt < u32::from(call.scope.retry) {
                 attempt += 1;
                 continue;
@@ -651,6 +687,9 @@ impl Model<'_> {
                 };
                 if fails {
                     self.units[unit].marked = true;
+                    if r == Err(Res::Db { retryable: true }) {
+                        self.units[unit].marked_retryable = true;
+                    }
                 }
                 match r {
                     Ok(()) => Flow::Normal,
@@ -715,7 +754,9 @@ impl Model<'_> {
         };
         if rollback {
             let hooks = self.sorted(hooks);
-            self.rollback_hooks(&hooks);
+            if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                return Flow::Cut(cut);
+            }
             clear_abort(self);
             match end {
                 BodyEnd::Panic => Flow::Panic,
@@ -760,7 +801,9 @@ impl Model<'_> {
             BodyEnd::Cut(Cut::Deadline(t)) if t == tag => {
                 let (_, hooks) = self.take_unit(unit);
                 let hooks = self.sorted(hooks);
-                self.rollback_hooks(&hooks);
+                if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                    return Flow::Cut(cut);
+                }
                 return Flow::Err(Res::Timeout);
             }
             BodyEnd::Cut(c) => {
@@ -773,7 +816,9 @@ impl Model<'_> {
             BodyEnd::Panic => {
                 let (_, hooks) = self.take_unit(unit);
                 let hooks = self.sorted(hooks);
-                self.rollback_hooks(&hooks);
+                if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                    return Flow::Cut(cut);
+                }
                 return Flow::Panic;
             }
             BodyEnd::Returned(r) => r,
@@ -782,7 +827,9 @@ impl Model<'_> {
         let hooks = self.sorted(hooks);
         if spun {
             // Past the deadline nothing commits.
-            self.rollback_hooks(&hooks);
+            if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                return Flow::Cut(cut);
+            }
             return Flow::Err(Res::Timeout);
         }
         let commit = match &r {
@@ -790,11 +837,16 @@ impl Model<'_> {
             Err(e) => !local_ro && !rolls_back(scope.rule, e),
         };
         if !commit {
-            self.rollback_hooks(&hooks);
+            if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                return Flow::Cut(cut);
+            }
             return into_flow(r);
         }
         if self.units[unit].marked {
-            self.rollback_hooks(&hooks);
+            self.doomed_by_retryable = self.units[unit].marked_retryable;
+            if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                return Flow::Cut(cut);
+            }
             return Flow::Err(Res::UnexpectedRollback);
         }
         if self.txs[tx].aborted.is_some() {
@@ -834,7 +886,9 @@ impl Model<'_> {
                 return Flow::Cut(c);
             }
             BodyEnd::Panic => {
-                self.rollback_hooks(&hooks);
+                if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                    return Flow::Cut(cut);
+                }
                 return Flow::Panic;
             }
             BodyEnd::Returned(r) => r,
@@ -844,7 +898,9 @@ impl Model<'_> {
             Err(e) => local_ro || rolls_back(scope.rule, e),
         };
         if failed {
-            self.rollback_hooks(&hooks);
+            if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
+                return Flow::Cut(cut);
+            }
             return into_flow(r);
         }
         let after = inner.clone();
@@ -947,7 +1003,9 @@ impl Model<'_> {
             }
         }
         if vetoed {
-            self.rollback_hooks(&hooks);
+            if let Some(cut) = self.rollback_hooks(owner_ctx, &hooks) {
+                return Flow::Cut(cut);
+            }
             return Flow::Err(Res::BeforeCommit);
         }
         if timed_out {
@@ -962,7 +1020,9 @@ impl Model<'_> {
                 Owner::NoTx => self.ch.choose(2) == 1,
             };
             if roll_back {
-                self.rollback_hooks(&hooks);
+                if let Some(cut) = self.rollback_hooks(owner_ctx, &hooks) {
+                    return Flow::Cut(cut);
+                }
                 return Flow::Err(Res::UnexpectedRollback);
             }
         }
