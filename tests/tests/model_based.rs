@@ -15,8 +15,9 @@
 //! - `TX_MODEL_CASES=100000`: that many programs on every backend (a local soak).
 //! - `TX_MODEL_SEED=<hex>` (printed with every failure): replay that worker's sequence; the
 //!   failure line also gives the `TX_MODEL_CASES` it needs. Use `TX_MODEL_THREADS=1` with it.
-//! - `TX_MODEL_OFF=joins,cancellation,deadlines,retry,hook_actions,rules,faults` (any subset):
-//!   switch parts of the generator off, to tell failures apart. The default is all on.
+//! - `TX_MODEL_OFF=joins,cancellation,deadlines,retry,hook_actions,rules,faults` (any subset),
+//!   or the narrower `hook_rollback_only,spin,joins_in_scope`: switch parts of the generator
+//!   off, to tell failures apart. The default is all on.
 //!
 //! Run one backend: `cargo test -p tx-tests --test model_based -- sqlite` (or `postgres`,
 //! `mysql`).
@@ -48,6 +49,8 @@ use runner::{Db, ModelPanic, Observation, Run};
 
 /// A program that has not finished after this long is reported as a hang.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
+/// Runs of each candidate program while shrinking.
+const SHRINK_TRIES: usize = 4;
 /// Worlds of the model tried per program before giving up.
 const MAX_WORLDS: usize = 20_000;
 
@@ -135,6 +138,35 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
     Some((db, table, dir))
 }
 
+/// What the programs did, summed over a run (printed at the end: evidence that the generated
+/// programs exercise what they should).
+#[derive(Default)]
+struct Stats {
+    programs: u64,
+    rows: u64,
+    hook_entries: u64,
+    results: std::collections::BTreeMap<String, u64>,
+    worlds_max: usize,
+    unmodelled: u64,
+}
+
+static STATS: Mutex<Option<Stats>> = Mutex::new(None);
+
+fn record_stats(obs: &Observation, worlds: usize, unmodelled: bool) {
+    let mut g = STATS.lock().unwrap();
+    let s = g.get_or_insert_with(Stats::default);
+    s.programs += 1;
+    s.rows += obs.rows.len() as u64;
+    s.hook_entries += obs.log.iter().filter(|e| !e.starts_with("reg ")).count() as u64;
+    for r in obs.results.values() {
+        let name = format!("{r:?}");
+        let name = name.split([' ', '(']).next().unwrap_or("").to_owned();
+        *s.results.entry(name).or_insert(0) += 1;
+    }
+    s.worlds_max = s.worlds_max.max(worlds);
+    s.unmodelled += u64::from(unmodelled);
+}
+
 /// Runs one program and compares it with the model.
 async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     db.fresh_exec(format!("DELETE FROM {table}"))
@@ -162,13 +194,15 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
 
     let mut chooser = Chooser::default();
     let mut best: Option<(Vec<String>, model::Expected)> = None;
-    for _ in 0..MAX_WORLDS {
+    for world in 1..=MAX_WORLDS {
         let expected = model::expect(program, db.backend(), &obs, &mut chooser);
         if expected.unmodelled.is_some() {
+            record_stats(&obs, world, true);
             return Ok(());
         }
         let diffs = compare::compare(&expected, &obs);
         if diffs.is_empty() {
+            record_stats(&obs, world, false);
             return Ok(());
         }
         if best.as_ref().is_none_or(|(d, _)| diffs.len() < d.len()) {
@@ -210,13 +244,26 @@ fn run_worker(backend: Backend, worker: usize, seed: [u8; 32], cases: u32, featu
     let config = Config {
         cases,
         max_shrink_iters: 400,
+        // A program that waits out a lock timeout costs seconds per shrinking step.
+        max_shrink_time: 30_000,
         failure_persistence: None,
         ..Config::default()
     };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let strategy = generate::program(backend, features);
+    // After the first failure every case is a shrinking step; a failure that depends on
+    // timing (two joined scopes racing) must not pass by luck there, or the shrunk program
+    // would not be minimal: run each candidate a few times.
+    let shrinking = std::cell::Cell::new(false);
     let result = runner.run(&strategy, |p| {
-        rt.block_on(check(&db, &table, &p)).map_err(TestCaseError::fail)
+        let tries = if shrinking.get() { SHRINK_TRIES } else { 1 };
+        for _ in 0..tries {
+            if let Err(e) = rt.block_on(check(&db, &table, &p)) {
+                shrinking.set(true);
+                return Err(TestCaseError::fail(e));
+            }
+        }
+        Ok(())
     });
     rt.block_on(async {
         db.fresh_exec(format!("DROP TABLE {table}")).await.ok();
@@ -279,6 +326,12 @@ fn model_based(backend: Backend, default_cases: u32) {
         }
     });
     let failures = std::mem::take(&mut *failures.lock().unwrap());
+    if let Some(st) = STATS.lock().unwrap().take() {
+        eprintln!(
+            "  passing programs: {}, rows committed {}, hook callbacks {}, worlds tried at most {}, not judged {}\n  call results: {:?}",
+            st.programs, st.rows, st.hook_entries, st.worlds_max, st.unmodelled, st.results
+        );
+    }
     eprintln!(
         "model-based test on {backend:?}: {} programs in {} workers, {:?}, features {features:?}: {} failing",
         per_worker as usize * seeds.len(),

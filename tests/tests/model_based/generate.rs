@@ -16,6 +16,14 @@ pub struct Features {
     pub hook_actions: bool,
     pub rules: bool,
     pub faults: bool,
+    /// before_commit hooks that mark the transaction rollback-only (directly or through a
+    /// failing participant).
+    pub hook_rollback_only: bool,
+    /// Bodies that compute past their deadline without awaiting.
+    pub spin: bool,
+    /// Joins inside a scope (two scopes of one transaction at once); joins of independent
+    /// calls from plain code stay.
+    pub joins_in_scope: bool,
 }
 
 impl Features {
@@ -30,6 +38,9 @@ impl Features {
             hook_actions: on("hook_actions"),
             rules: on("rules"),
             faults: on("faults"),
+            hook_rollback_only: on("hook_rollback_only"),
+            spin: on("spin"),
+            joins_in_scope: on("joins_in_scope"),
         }
     }
 }
@@ -37,7 +48,12 @@ impl Features {
 const DEPTH: u32 = 3;
 
 pub fn program(backend: Backend, f: Features) -> impl Strategy<Value = Program> {
-    prop::collection::vec(op(DEPTH), 1..=3).prop_map(move |ops| {
+    let root_op = prop_oneof![
+        2 => op(0),
+        6 => call(DEPTH).prop_map(Op::Call),
+        1 => (call(DEPTH), call(DEPTH)).prop_map(|(a, b)| Op::Join(Box::new(a), Box::new(b))),
+    ];
+    prop::collection::vec(root_op, 1..=4).prop_map(move |ops| {
         let mut p = Program { ops };
         normalize(&mut p, backend, f);
         p
@@ -59,7 +75,7 @@ fn propagation() -> impl Strategy<Value = Propagation> {
 
 fn end() -> impl Strategy<Value = End> {
     prop_oneof![
-        8 => Just(End::Ok),
+        12 => Just(End::Ok),
         3 => Just(End::Fail),
         2 => Just(End::Kept),
         2 => Just(End::RollbackOnly),
@@ -121,7 +137,7 @@ fn op(depth: u32) -> BoxedStrategy<Op> {
         return leaf.boxed();
     }
     prop_oneof![
-        12 => leaf,
+        9 => leaf,
         6 => call(depth).prop_map(Op::Call),
         1 => (call(depth), call(depth)).prop_map(|(a, b)| Op::Join(Box::new(a), Box::new(b))),
     ]
@@ -134,7 +150,7 @@ fn call(depth: u32) -> BoxedStrategy<Call> {
         prop_oneof![8 => Just(Rule::Default), 2 => Just(Rule::NoRollbackForKept), 1 => Just(Rule::RollbackForFail)],
         prop_oneof![14 => Just(None), 1 => Just(Some(Deadline::Short)), 1 => Just(Some(Deadline::Long))],
         prop_oneof![8 => Just(0u8), 1 => Just(1u8), 2 => Just(2u8)],
-        prop::collection::vec(op(depth - 1), 0..=3),
+        prop::collection::vec(op(depth - 1), 0..=4),
         prop::collection::vec(end(), 1..=2),
     )
         .prop_map(|(propagation, rule, deadline, retry, ops, ends)| Scope {
@@ -176,6 +192,8 @@ fn call(depth: u32) -> BoxedStrategy<Call> {
 ///   its branches on the joined connection (a second writer connection of the same task
 ///   would wait on the first's write lock while the join polls both: a real deadlock of the
 ///   program, not of the engine).
+/// - PostgreSQL: no failing statement in a join inside a scope (whether the sibling's
+///   statements ran before the transaction was aborted is timing);
 /// - with `rollback_for` anywhere, no faults: committing after a failed statement is
 ///   backend-specific (PostgreSQL refuses).
 pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
@@ -217,12 +235,20 @@ pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
         if c.cancel_after.is_some() {
             cancels += 1;
         }
-        if !f.hook_actions {
-            for op in &mut s.ops {
-                if let Op::Hook(h) = op {
+        for op in &mut s.ops {
+            if let Op::Hook(h) = op {
+                if !f.hook_actions {
                     h.before_commit = BeforeCommit::Record;
                     h.after_commit_insert = false;
                 }
+                if !f.hook_rollback_only
+                    && matches!(h.before_commit, BeforeCommit::SetRollbackOnly | BeforeCommit::Call { .. })
+                {
+                    h.before_commit = BeforeCommit::Record;
+                }
+            }
+            if !f.spin && matches!(op, Op::Spin) {
+                *op = Op::Yield;
             }
         }
     });
@@ -233,7 +259,10 @@ pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
         let is_short = s.deadline == Some(Deadline::Short);
         for e in &mut s.ends {
             if let End::Fault(fault) = e {
-                if !f.faults || has_rollback_for || place.in_hook {
+                // PostgreSQL: a failed statement aborts the transaction, and in a join the
+                // sibling's statements may run before or after it.
+                let racing_abort = backend == Backend::Postgres && place.in_join && place.depth > 0;
+                if !f.faults || has_rollback_for || place.in_hook || racing_abort {
                     *e = End::Fail;
                 } else if backend == Backend::Sqlite && *fault == Fault::Retryable {
                     *fault = Fault::Error;
@@ -262,7 +291,7 @@ pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
                 }
             }
         }
-        if !f.joins {
+        if !f.joins || !f.joins_in_scope {
             for op in &mut s.ops {
                 if let Op::Join(a, _) = op {
                     *op = Op::Call((**a).clone());

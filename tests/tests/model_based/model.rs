@@ -110,6 +110,8 @@ struct TxState {
     /// PostgreSQL: a statement failed in this unit (or one inside it); statements fail until
     /// it is rolled back.
     aborted: Option<UnitId>,
+    /// A statement of this transaction failed with a retryable error.
+    saw_retryable: bool,
 }
 
 /// A transaction or one of its savepoints: what rolls back together.
@@ -181,6 +183,8 @@ pub struct Model<'a> {
     /// The last new transaction rolled back as rollback-only after a retryable failure of a
     /// participant.
     doomed_by_retryable: bool,
+    /// The transaction the last new-transaction scope began.
+    last_tx: Option<TxId>,
     out: Expected,
 }
 
@@ -217,6 +221,7 @@ pub fn expect(
         lists: Vec::new(),
         spun: BTreeSet::new(),
         doomed_by_retryable: false,
+        last_tx: None,
         out: Expected::default(),
     };
     let ctx = Ctx {
@@ -263,6 +268,7 @@ impl Model<'_> {
         self.txs.push(TxState {
             begun: false,
             aborted: None,
+            saw_retryable: false,
         });
         let tx = self.txs.len() - 1;
         let unit = self.new_unit(tx, None);
@@ -416,9 +422,14 @@ impl Model<'_> {
         }
         match self.statement(ctx) {
             Ok(unit) => {
-                if let (Some(unit), Backend::Postgres) = (unit, self.backend) {
+                if let Some(unit) = unit {
                     let tx = self.units[unit].tx;
-                    self.txs[tx].aborted.get_or_insert(unit);
+                    if fault == Fault::Retryable {
+                        self.txs[tx].saw_retryable = true;
+                    }
+                    if self.backend == Backend::Postgres {
+                        self.txs[tx].aborted.get_or_insert(unit);
+                    }
                 }
                 Flow::Err(Res::Db {
                     retryable: fault == Fault::Retryable,
@@ -566,12 +577,20 @@ impl Model<'_> {
             self.doomed_by_retryable = false;
             let (flow, owned) = self.scope(ctx, call, tag, attempt);
             // A transaction that a participant's retryable failure made rollback-only rolled
-            // back because of it, though the caller sees UnexpectedRollback: whether that is
-            // retried is open (both accepted).
+            // back because of it, whatever error the body then returned (UnexpectedRollback,
+            // its own): whether that is retried is open (both accepted).
             let doomed = std::mem::take(&mut self.doomed_by_retryable);
-            let retryable = matches!(flow, Flow::Err(Res::Db { retryable: true }))
+            let own_tx = if owned { self.last_tx } else { None };
+            let may_retry = owned && attempt < u32::from(call.scope.retry);
+            // A retryable error that the body returned but that happened outside the call's
+            // own transaction (a NotSupported or RequiresNew scope inside): the transaction
+            // rolled back because of it, yet did not itself fail with it; both readings are
+            // accepted.
+            let foreign = matches!(flow, Flow::Err(Res::Db { retryable: true }))
+                && own_tx.is_some_and(|t| !self.txs[t].saw_retryable);
+            let retryable = (matches!(flow, Flow::Err(Res::Db { retryable: true }))
+                && (!foreign || (may_retry && self.ch.choose(2) == 1)))
                 || (doomed
-                    && matches!(flow, Flow::Err(Res::UnexpectedRollback))
                     && owned
                     && attempt < u32::from(call.scope.retry)
                     && self.ch.choose(2) == 1);
@@ -786,6 +805,23 @@ impl Model<'_> {
 
     fn new_transaction(&mut self, ctx: &Ctx, scope: &Scope, tag: &str, attempt: u32) -> Flow {
         let (tx, unit) = self.new_tx();
+        let flow = self.new_transaction_in(ctx, scope, tag, attempt, tx, unit);
+        self.last_tx = Some(tx);
+        // Rolled back after a participant's retryable failure made it rollback-only.
+        self.doomed_by_retryable =
+            self.units[unit].marked_retryable && matches!(flow, Flow::Err(_));
+        flow
+    }
+
+    fn new_transaction_in(
+        &mut self,
+        ctx: &Ctx,
+        scope: &Scope,
+        tag: &str,
+        attempt: u32,
+        tx: TxId,
+        unit: UnitId,
+    ) -> Flow {
         let mut inner = ctx.clone();
         inner.bound = Some((tx, unit));
         inner.hooks = HookTarget::Unit(unit);
@@ -843,7 +879,6 @@ impl Model<'_> {
             return into_flow(r);
         }
         if self.units[unit].marked {
-            self.doomed_by_retryable = self.units[unit].marked_retryable;
             if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
                 return Flow::Cut(cut);
             }
