@@ -733,8 +733,10 @@ impl Model<'_> {
             }
             return Flow::Err(Res::Refused);
         }
-        if self.backend == Backend::Postgres && self.txs[tx].aborted.is_some() {
-            // SAVEPOINT in an aborted transaction fails.
+        if self.backend == Backend::Postgres && self.txs[tx].aborted.is_some() && self.ch.choose(2) == 0
+        {
+            // SAVEPOINT in an aborted transaction fails (unless the engine sends it lazily,
+            // with the scope's first statement, which then fails).
             return Flow::Err(Res::Db { retryable: false });
         }
         if self.backend == Backend::Sqlite && !self.txs[tx].begun && self.ch.choose(2) == 1 {
