@@ -97,6 +97,18 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
             let pool = MySqlPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(5))
+                // Under REPEATABLE READ, InnoDB turns the locks of a row removed by ROLLBACK TO
+                // SAVEPOINT into gap locks: a RequiresNew insert into that gap would then wait
+                // on its own suspended transaction (a deadlock of the program, not of the
+                // engine, and one no model of the specification can predict).
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .execute(conn)
+                            .await
+                            .map(|_| ())
+                    })
+                })
                 .connect(&tx_tests::mysql_url())
                 .await;
             match pool {

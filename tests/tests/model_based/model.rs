@@ -746,6 +746,10 @@ impl Model<'_> {
             }
             self.txs[tx].begun = true;
         }
+        // Dropped while SAVEPOINT is in flight.
+        if let Some(cut) = self.cut_point(ctx) {
+            return Flow::Cut(cut);
+        }
         let unit = self.new_unit(tx, Some(parent));
         let mut inner = ctx.clone();
         inner.bound = Some((tx, unit));
@@ -793,6 +797,12 @@ impl Model<'_> {
                 && self.is_within(a, unit)
             {
                 self.unmodelled("RELEASE SAVEPOINT in an aborted PostgreSQL transaction");
+            }
+            // Dropped while RELEASE is in flight: the transaction goes with the caller.
+            if let Some(cut) = self.cut_point(&inner) {
+                let hooks = self.sorted(hooks);
+                self.cut_hooks(hooks, Pattern::RolledBack);
+                return Flow::Cut(cut);
             }
             // Release: rows and hooks now belong to the parent.
             self.units[parent].rows.extend(rows);
