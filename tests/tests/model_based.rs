@@ -49,6 +49,10 @@ use runner::{Db, ModelPanic, Observation, Run};
 
 /// A program that has not finished after this long is reported as a hang.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
+/// Programs per run on SQLite, and on each of PostgreSQL and MariaDB (`TX_MODEL_CASES`
+/// overrides both).
+const SQLITE_CASES: u32 = 2000;
+const SERVER_CASES: u32 = 300;
 /// Runs of each candidate program while shrinking.
 const SHRINK_TRIES: usize = 4;
 /// Worlds of the model tried per program before giving up.
@@ -76,26 +80,21 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
     let (db, dir) = match backend {
         Backend::Postgres => {
             let pool = PgPoolOptions::new()
-                .max_connections(10)
+                .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(&tx_tests::pg_url())
                 .await;
             match pool {
                 Ok(p) => (Db::Postgres(PgTxPool::new(p)), None),
                 Err(e) => {
-                    assert!(
-                        std::env::var("TX_TEST_REQUIRE_SERVERS").is_err_and(|_| true)
-                            || std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v != "1"),
-                        "PostgreSQL is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {e}"
-                    );
-                    eprintln!("\n!!!!! SKIPPED: PostgreSQL unreachable ({e}) !!!!!\n");
+                    server_missing("PostgreSQL", &e);
                     return None;
                 }
             }
         }
         Backend::MySql => {
             let pool = MySqlPoolOptions::new()
-                .max_connections(10)
+                .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))
                 // Under REPEATABLE READ, InnoDB turns the locks of a row removed by ROLLBACK TO
                 // SAVEPOINT into gap locks: a RequiresNew insert into that gap would then wait
@@ -114,12 +113,7 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
             match pool {
                 Ok(p) => (Db::MySql(MySqlTxPool::new(p)), None),
                 Err(e) => {
-                    assert!(
-                        std::env::var("TX_TEST_REQUIRE_SERVERS").is_err_and(|_| true)
-                            || std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v != "1"),
-                        "MariaDB is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {e}"
-                    );
-                    eprintln!("\n!!!!! SKIPPED: MariaDB unreachable ({e}) !!!!!\n");
+                    server_missing("MariaDB", &e);
                     return None;
                 }
             }
@@ -143,7 +137,9 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
         }
     };
     let ddl = match backend {
-        Backend::MySql => format!("CREATE TABLE {table} (tag VARCHAR(40) PRIMARY KEY) ENGINE=InnoDB"),
+        Backend::MySql => {
+            format!("CREATE TABLE {table} (tag VARCHAR(40) PRIMARY KEY) ENGINE=InnoDB")
+        }
         _ => format!("CREATE TABLE {table} (tag VARCHAR(40) PRIMARY KEY)"),
     };
     db.fresh_exec(ddl).await.expect("create the program table");
@@ -179,6 +175,16 @@ fn record_stats(obs: &Observation, worlds: usize, unmodelled: bool) {
     s.unmodelled += u64::from(unmodelled);
 }
 
+/// Fails under `TX_TEST_REQUIRE_SERVERS=1`, else says loudly that the test is skipped.
+fn server_missing(what: &str, err: &dyn std::fmt::Display) {
+    if std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true") {
+        panic!("{what} is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {err}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: {what} unreachable ({err}); set TX_TEST_REQUIRE_SERVERS=1 to make this a failure !!!!!\n"
+    );
+}
+
 /// Runs one program and compares it with the model.
 async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     db.fresh_exec(format!("DELETE FROM {table}"))
@@ -193,7 +199,12 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
         },
     };
     // Hooks of dropped scopes may complete in the background.
-    if obs.hung || obs.results.values().any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout)) {
+    if obs.hung
+        || obs
+            .results
+            .values()
+            .any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout))
+    {
         runner::settle(&run).await;
         obs.log = run.snapshot().log;
     }
@@ -247,7 +258,13 @@ struct Failure {
     message: String,
 }
 
-fn run_worker(backend: Backend, worker: usize, seed: [u8; 32], cases: u32, features: Features) -> Option<Failure> {
+fn run_worker(
+    backend: Backend,
+    worker: usize,
+    seed: [u8; 32],
+    cases: u32,
+    features: Features,
+) -> Option<Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -261,7 +278,8 @@ fn run_worker(backend: Backend, worker: usize, seed: [u8; 32], cases: u32, featu
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let strategy = generate::program(backend, features);
     // After the first failure every case is a shrinking step; a failure that depends on
     // timing (two joined scopes racing) must not pass by luck there, or the shrunk program
@@ -306,11 +324,15 @@ fn parse_seed(hex: &str) -> [u8; 32] {
     seed
 }
 
-fn model_based(backend: Backend, default_cases: u32) {
+fn model_based(backend: Backend, default_cases: u32, default_threads: u64) {
     quiet_model_panics();
     let features = Features::from_env();
-    let total = env_u64("TX_MODEL_CASES").map_or(default_cases, |n| n as u32);
-    let threads = env_u64("TX_MODEL_THREADS").unwrap_or(4).max(1) as usize;
+    let total = env_u64("TX_MODEL_CASES")
+        .or_else(|| env_u64("PROPTEST_CASES"))
+        .map_or(default_cases, |n| n as u32);
+    let threads = env_u64("TX_MODEL_THREADS")
+        .unwrap_or(default_threads)
+        .max(1) as usize;
     let seeds: Vec<[u8; 32]> = match std::env::var("TX_MODEL_SEED") {
         Ok(hex) => vec![parse_seed(&hex); 1],
         Err(_) => (0..threads)
@@ -376,15 +398,15 @@ fn fastrand_byte() -> u8 {
 
 #[test]
 fn sqlite() {
-    model_based(Backend::Sqlite, 2000);
+    model_based(Backend::Sqlite, SQLITE_CASES, 4);
 }
 
 #[test]
 fn postgres() {
-    model_based(Backend::Postgres, 300);
+    model_based(Backend::Postgres, SERVER_CASES, 3);
 }
 
 #[test]
 fn mysql() {
-    model_based(Backend::MySql, 300);
+    model_based(Backend::MySql, SERVER_CASES, 3);
 }

@@ -10,7 +10,10 @@ pub fn compare(e: &Expected, o: &Observation) -> Vec<String> {
         d.push("the program did not finish (hang)".to_owned());
     }
     if e.root != o.root {
-        d.push(format!("root: expected {:?}, observed {:?}", e.root, o.root));
+        d.push(format!(
+            "root: expected {:?}, observed {:?}",
+            e.root, o.root
+        ));
     }
     let keys: std::collections::BTreeSet<&String> =
         e.results.keys().chain(o.results.keys()).collect();
@@ -75,9 +78,7 @@ fn matches_pattern(phases: &[&str], pattern: Pattern) -> bool {
         .filter(|x| !x.starts_with("aci="))
         .collect();
     match pattern {
-        Pattern::RolledBack => {
-            p == ["bcpl", "acpl(R)"] || p == ["bc", "bcpl", "acpl(R)"]
-        }
+        Pattern::RolledBack => p == ["bcpl", "acpl(R)"] || p == ["bc", "bcpl", "acpl(R)"],
         Pattern::Committed => p == ["bc", "bcpl", "ac", "acpl(C)"],
         Pattern::Unknown => {
             let Some((last, rest)) = p.split_last() else {

@@ -228,7 +228,8 @@ pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
                 short_taken = true;
             }
         }
-        let may_cancel = !place.in_hook && (place.depth == 0 || s.propagation == Propagation::RequiresNew);
+        let may_cancel =
+            !place.in_hook && (place.depth == 0 || s.propagation == Propagation::RequiresNew);
         if !f.cancellation || !may_cancel || cancels >= 2 {
             c.cancel_after = None;
         }
@@ -242,7 +243,10 @@ pub fn normalize(p: &mut Program, backend: Backend, f: Features) {
                     h.after_commit_insert = false;
                 }
                 if !f.hook_rollback_only
-                    && matches!(h.before_commit, BeforeCommit::SetRollbackOnly | BeforeCommit::Call { .. })
+                    && matches!(
+                        h.before_commit,
+                        BeforeCommit::SetRollbackOnly | BeforeCommit::Call { .. }
+                    )
                 {
                     h.before_commit = BeforeCommit::Record;
                 }

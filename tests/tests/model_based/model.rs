@@ -317,7 +317,12 @@ impl Model<'_> {
 
     /// Hooks in registration order (as observed: joined scopes register in any order).
     fn sorted(&self, mut hooks: Vec<HookInst>) -> Vec<HookInst> {
-        hooks.sort_by_key(|h| self.reg_index.get(h.tag.as_str()).copied().unwrap_or(usize::MAX));
+        hooks.sort_by_key(|h| {
+            self.reg_index
+                .get(h.tag.as_str())
+                .copied()
+                .unwrap_or(usize::MAX)
+        });
         hooks
     }
 
@@ -499,11 +504,10 @@ impl Model<'_> {
                     },
                 },
                 Op::Spin => {
-                    match &ctx.short {
-                        Some(s) => {
-                            self.spun.insert(s.clone());
-                        }
-                        None => {}
+                    // Computing without an await: the deadline passes unnoticed until the
+                    // scope ends.
+                    if let Some(s) = &ctx.short {
+                        self.spun.insert(s.clone());
                     }
                     Flow::Normal
                 }
@@ -657,7 +661,9 @@ impl Model<'_> {
             (P::Required | P::Supports | P::Mandatory, Some((tx, unit))) => {
                 (self.participant(ctx, scope, tag, attempt, tx, unit), false)
             }
-            (P::Nested, Some((tx, unit))) => (self.savepoint(ctx, scope, tag, attempt, tx, unit), false),
+            (P::Nested, Some((tx, unit))) => {
+                (self.savepoint(ctx, scope, tag, attempt, tx, unit), false)
+            }
             (P::RequiresNew, Some((tx, _))) => {
                 let mut inner = ctx.clone();
                 inner.suspended.push(tx);
@@ -750,7 +756,9 @@ impl Model<'_> {
             }
             return Flow::Err(Res::Refused);
         }
-        if self.backend == Backend::Postgres && self.txs[tx].aborted.is_some() && self.ch.choose(2) == 0
+        if self.backend == Backend::Postgres
+            && self.txs[tx].aborted.is_some()
+            && self.ch.choose(2) == 0
         {
             // SAVEPOINT in an aborted transaction fails (unless the engine sends it lazily,
             // with the scope's first statement, which then fails).

@@ -70,7 +70,10 @@ pub enum BeforeCommit {
     /// Calls `tx::set_rollback_only()`.
     SetRollbackOnly,
     /// Runs a call (a service called from the hook); `propagate`: returns its `Err`.
-    Call { call: Box<Call>, propagate: bool },
+    Call {
+        call: Box<Call>,
+        propagate: bool,
+    },
 }
 
 #[derive(Clone)]

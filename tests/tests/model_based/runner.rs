@@ -110,10 +110,6 @@ impl Res {
             }
         }
     }
-
-    pub fn is_err(&self) -> bool {
-        !matches!(self, Res::Ok | Res::Cancelled)
-    }
 }
 
 /// A typed refusal of concurrent scopes of one transaction: it says why.
@@ -355,13 +351,12 @@ impl Run {
                     )
                     .await
             }
-            (Fault::Retryable, Backend::MySql) => {
-                self.db
-                    .exec_raw(
-                        "SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'simulated serialization failure'",
-                    )
-                    .await
-            }
+            (Fault::Retryable, Backend::MySql) => self
+                .db
+                .exec_raw(
+                    "SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'simulated serialization failure'",
+                )
+                .await,
             (Fault::Retryable, Backend::Sqlite) => {
                 unreachable!("no retryable fault is generated for SQLite")
             }
@@ -439,7 +434,8 @@ impl Run {
     fn call(self: Arc<Self>, call: Call) -> BoxFut<Ended> {
         Box::pin(async move {
             let tag = self.instance('c', call.id);
-            let scoped = AssertUnwindSafe(self.clone().scoped(call.scope, tag.clone())).catch_unwind();
+            let scoped =
+                AssertUnwindSafe(self.clone().scoped(call.scope, tag.clone())).catch_unwind();
             let ended = match call.cancel_after {
                 None => Some(scoped.await),
                 Some(k) => {
@@ -473,7 +469,8 @@ impl Run {
             let (run, scope, tag) = (self.clone(), scope.clone(), tag.clone());
             move |status: Option<TransactionStatus>| {
                 let attempt = attempts.fetch_add(1, Ordering::Relaxed);
-                run.clone().body(scope.clone(), tag.clone(), attempt, status)
+                run.clone()
+                    .body(scope.clone(), tag.clone(), attempt, status)
             }
         };
         match scope.rule {
@@ -483,7 +480,6 @@ impl Run {
                 if let Some(d) = scope.deadline {
                     template = template.timeout(d.duration());
                 }
-                let mut body = body;
                 let closure = move |status: TransactionStatus| body(Some(status));
                 if scope.retry > 0 {
                     let template = template.retry(u32::from(scope.retry));
@@ -495,7 +491,13 @@ impl Run {
             rule => {
                 let body = Mutex::new(body);
                 let body: Body = Arc::new(move || (body.lock().unwrap())(None));
-                ruled_call(rule, scope.propagation, scope.retry > 0, self.manager.clone(), body)
+                ruled_call(
+                    rule,
+                    scope.propagation,
+                    scope.retry > 0,
+                    self.manager.clone(),
+                    body,
+                )
             }
         }
     }
@@ -508,7 +510,13 @@ impl Run {
         status: Option<TransactionStatus>,
     ) -> BoxFut<Result<(), ModelError>> {
         Box::pin(async move {
-            *self.obs.lock().unwrap().starts.entry(tag.clone()).or_insert(0) += 1;
+            *self
+                .obs
+                .lock()
+                .unwrap()
+                .starts
+                .entry(tag.clone())
+                .or_insert(0) += 1;
             self.clone().ops(scope.ops.clone()).await?;
             match scope.end(attempt) {
                 End::Ok => Ok(()),
