@@ -51,8 +51,8 @@ use runner::{Db, ModelPanic, Observation, Run};
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
 /// Programs per run on SQLite, and on each of PostgreSQL and MariaDB (`TX_MODEL_CASES`
 /// overrides both).
-const SQLITE_CASES: u32 = 2000;
-const SERVER_CASES: u32 = 300;
+const SQLITE_CASES: u32 = 4000;
+const SERVER_CASES: u32 = 800;
 /// Runs of each candidate program while shrinking.
 const SHRINK_TRIES: usize = 4;
 /// Worlds of the model tried per program before giving up.
@@ -158,11 +158,18 @@ struct Stats {
     unmodelled: u64,
 }
 
-static STATS: Mutex<Option<Stats>> = Mutex::new(None);
+static STATS: Mutex<Vec<(Backend, Stats)>> = Mutex::new(Vec::new());
 
-fn record_stats(obs: &Observation, worlds: usize, unmodelled: bool) {
+fn record_stats(backend: Backend, obs: &Observation, worlds: usize, unmodelled: bool) {
     let mut g = STATS.lock().unwrap();
-    let s = g.get_or_insert_with(Stats::default);
+    let i = match g.iter().position(|(b, _)| *b == backend) {
+        Some(i) => i,
+        None => {
+            g.push((backend, Stats::default()));
+            g.len() - 1
+        }
+    };
+    let s = &mut g[i].1;
     s.programs += 1;
     s.rows += obs.rows.len() as u64;
     s.hook_entries += obs.log.iter().filter(|e| !e.starts_with("reg ")).count() as u64;
@@ -220,12 +227,12 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     for world in 1..=MAX_WORLDS {
         let expected = model::expect(program, db.backend(), &obs, &mut chooser);
         if expected.unmodelled.is_some() {
-            record_stats(&obs, world, true);
+            record_stats(db.backend(), &obs, world, true);
             return Ok(());
         }
         let diffs = compare::compare(&expected, &obs);
         if diffs.is_empty() {
-            record_stats(&obs, world, false);
+            record_stats(db.backend(), &obs, world, false);
             return Ok(());
         }
         if best.as_ref().is_none_or(|(d, _)| diffs.len() < d.len()) {
@@ -360,7 +367,13 @@ fn model_based(backend: Backend, default_cases: u32, default_threads: u64) {
         }
     });
     let failures = std::mem::take(&mut *failures.lock().unwrap());
-    if let Some(st) = STATS.lock().unwrap().take() {
+    let stats = {
+        let mut g = STATS.lock().unwrap();
+        g.iter()
+            .position(|(b, _)| *b == backend)
+            .map(|i| g.swap_remove(i).1)
+    };
+    if let Some(st) = stats {
         eprintln!(
             "  passing programs: {}, rows committed {}, hook callbacks {}, worlds tried at most {}, not judged {}\n  call results: {:?}",
             st.programs, st.rows, st.hook_entries, st.worlds_max, st.unmodelled, st.results
