@@ -3,12 +3,38 @@
 //! cancellation, retry, SQLite's single writer, PostgreSQL's aborted transactions), not from
 //! the engine.
 //!
-//! Where the real run may legitimately take one of several paths (where a cancelled future
-//! was dropped, whether a COMMIT in flight when the caller went away landed, two joined
-//! scopes interleaving), the model is a function of a sequence of choices: [`Chooser`]
-//! enumerates the sequences, and a run passes when one of the worlds they give matches what
-//! was observed. Choices are pruned by what is certain from the observation (which calls were
-//! cancelled, in which order hooks were registered); everything else is predicted.
+//! Where the real run may legitimately take one of several paths, the model is a function of a
+//! sequence of choices: [`Chooser`] enumerates the sequences, and a run passes when one of the
+//! worlds they give matches what was observed. Choices are pruned by what is certain from the
+//! observation (which calls were cancelled, in which order hooks were registered); everything
+//! else is predicted. The open points, each accepted both ways:
+//! - where a dropped future was (any await point of the cancelled call: a statement, a
+//!   SAVEPOINT or RELEASE, a phase of its completion), and whether a COMMIT in flight when the
+//!   caller went away landed (`Committed`, `RolledBack` or `Unknown`, the rows to match);
+//!   hooks that a cut completes may run in the background, each exactly once per phase;
+//! - two joined calls interleave: their hook entries may interleave (each branch in its own
+//!   order), hooks of one owner list run in the order they were registered, as observed;
+//!   scopes of one transaction used by both branches may instead be refused with a typed
+//!   `TxError` that says why (its message names the concurrency), never silently wrong;
+//! - SQLite may begin a transaction for a SAVEPOINT, PostgreSQL may send a SAVEPOINT lazily;
+//! - a before_commit hook that makes the transaction rollback-only: whether the later hooks'
+//!   before_commit still runs; in a scope without a transaction (nothing to roll back),
+//!   whether the mark is ignored;
+//! - retry of a transaction that rolled back because a participant's retryable failure made
+//!   it rollback-only, or that returned a retryable error raised outside it (a NotSupported or
+//!   RequiresNew scope inside): the transaction did not itself end with that error.
+//!
+//! Readings taken where the specification is short (each from Spring where it is silent):
+//! - a rollback-only mark belongs to the innermost savepoint or transaction around the
+//!   participant that made it; rolling back to a savepoint undoes the marks made inside it and
+//!   no other; a Nested scope whose body returned `Ok` after a participant inside marked it
+//!   rolls back to its savepoint and returns `UnexpectedRollback`;
+//! - a before_commit hook that returns `Err` stops the before_commit phase (the later hooks'
+//!   before_commit does not run), then before_completion and after_completion(RolledBack) run
+//!   for all, and the caller gets `TxError::BeforeCommit`;
+//! - a cancelled scope's hooks see before_completion, then after_completion(RolledBack);
+//! - after_commit runs outside the transaction: a statement there is autocommit (on SQLite it
+//!   needs the write lock like any other).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
