@@ -418,6 +418,196 @@ fn fastrand_byte() -> u8 {
     h.finish() as u8
 }
 
+/// The model itself, checked against Spring's observed behaviour: every line of the Spring
+/// matrix (outer scope x inner propagation x inner outcome x outer outcome, on PostgreSQL)
+/// written as a program, and the model's outcome, rows and hook log compared with the line's.
+#[test]
+fn model_reproduces_the_spring_matrix() {
+    use program::{End, Hook, OnErr, Op, Propagation, Rule, Scope};
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/spring-matrix/matrix.jsonl"
+    ))
+    .expect("read the Spring matrix");
+    let propagation = |name: &str| match name {
+        "REQUIRED" => Propagation::Required,
+        "REQUIRES_NEW" => Propagation::RequiresNew,
+        "NESTED" => Propagation::Nested,
+        "SUPPORTS" => Propagation::Supports,
+        "NOT_SUPPORTED" => Propagation::NotSupported,
+        "MANDATORY" => Propagation::Mandatory,
+        "NEVER" => Propagation::Never,
+        other => panic!("unknown propagation {other}"),
+    };
+    let scope = |propagation, ops, end| Scope {
+        propagation,
+        rule: Rule::Default,
+        deadline: None,
+        retry: 0,
+        ops,
+        ends: vec![end],
+    };
+    let call = |scope, on_err| program::Call {
+        id: 0,
+        scope,
+        on_err,
+        cancel_after: None,
+    };
+    let hook = || {
+        Op::Hook(Hook {
+            id: 0,
+            before_commit: program::BeforeCommit::Record,
+            after_commit_insert: false,
+        })
+    };
+    let mut mismatches = Vec::new();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        lines += 1;
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let id = v["id"].as_str().unwrap();
+        let parts: Vec<&str> = id.split('/').collect();
+        let (outer, inner, inner_act, outer_act) = (parts[0], parts[1], parts[2], parts[3]);
+        let inner_end = match inner_act {
+            "ok" => End::Ok,
+            "rollback_only" => End::RollbackOnly,
+            _ => End::Fail,
+        };
+        // Only the inner body's own error is swallowed; any other propagates.
+        let on_err = if inner_act == "err_swallow" {
+            OnErr::SwallowFail
+        } else {
+            OnErr::Propagate
+        };
+        let inner_call = call(
+            scope(propagation(inner), vec![Op::Insert(0), hook()], inner_end),
+            on_err,
+        );
+        let outer_end = if outer_act == "err" {
+            End::Fail
+        } else {
+            End::Ok
+        };
+        let body = vec![Op::Insert(0), hook(), Op::Call(inner_call), Op::Insert(0)];
+        let mut p = if outer == "NONE" {
+            let mut ops = body;
+            if outer_end == End::Fail {
+                // Plain code returning its own error: the same as a scope that changes
+                // nothing (Supports without a transaction cannot be told apart here).
+                ops = vec![Op::Call(call(
+                    scope(Propagation::Never, ops, End::Fail),
+                    OnErr::Propagate,
+                ))];
+            }
+            Program { ops }
+        } else {
+            Program {
+                ops: vec![Op::Call(call(
+                    scope(propagation(outer), body, outer_end),
+                    OnErr::Propagate,
+                ))],
+            }
+        };
+        p.number();
+        let names = if outer == "NONE" && outer_end != End::Fail {
+            [
+                ("o0.0", "outer-before"),
+                ("o3.0", "inner"),
+                ("o5.0", "outer-after"),
+            ]
+        } else {
+            [
+                ("o1.0", "outer-before"),
+                ("o4.0", "inner"),
+                ("o6.0", "outer-after"),
+            ]
+        };
+        let hooks = if outer == "NONE" && outer_end != End::Fail {
+            [("h1.0", "outer"), ("h4.0", "inner")]
+        } else {
+            [("h2.0", "outer"), ("h5.0", "inner")]
+        };
+        let mut chooser = Chooser::default();
+        let e = model::expect(&p, Backend::Postgres, &Observation::default(), &mut chooser);
+        let outcome = match e.root.clone().unwrap() {
+            runner::Res::Ok => "ok".to_owned(),
+            runner::Res::Fail if outer_act == "err" && !matches!(inner_act, "err_propagate") => {
+                "OuterError".to_owned()
+            }
+            runner::Res::Fail => "InnerError".to_owned(),
+            other => format!("{other:?}"),
+        };
+        let tag_of = |t: &str| names.iter().find(|(k, _)| *k == t).map(|(_, n)| *n);
+        let mut rows: Vec<&str> = e.rows.iter().filter_map(|t| tag_of(t)).collect();
+        let order = ["outer-before", "inner", "outer-after"];
+        rows.sort_by_key(|r| order.iter().position(|o| o == r));
+        let mut log = Vec::new();
+        for (tag, label) in hooks {
+            if e.results.get(tag) == Some(&runner::Res::NoTransaction) {
+                log.push(format!("{label}:no_scope"));
+            }
+        }
+        fn flat(items: &[model::Item], out: &mut Vec<String>) {
+            for i in items {
+                match i {
+                    model::Item::Entry(x) => out.push(x.clone()),
+                    model::Item::Par(a, b) => {
+                        flat(a, out);
+                        flat(b, out);
+                    }
+                }
+            }
+        }
+        let mut entries = Vec::new();
+        flat(&e.log, &mut entries);
+        for entry in entries {
+            let (tag, phase) = entry.split_once(':').unwrap();
+            let label = hooks
+                .iter()
+                .find(|(k, _)| *k == tag)
+                .map(|(_, n)| *n)
+                .unwrap();
+            let phase = match phase {
+                "bc" => "before_commit",
+                "bcpl" => "before_completion",
+                "ac" => "after_commit",
+                "acpl(C)" => "after_completion(committed)",
+                "acpl(R)" => "after_completion(rolled_back)",
+                other => other,
+            };
+            log.push(format!("{label}:{phase}"));
+        }
+        let want_rows: Vec<&str> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        let want_hooks: Vec<String> = v["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect();
+        let want_outcome = v["outcome"].as_str().unwrap();
+        // The Never wrapper standing for plain code that fails owns the hooks the plain code
+        // could not register: there, only the outcome and the rows are compared.
+        let hooks_comparable = !(outer == "NONE" && outer_end == End::Fail);
+        if outcome != want_outcome || rows != want_rows || (hooks_comparable && log != want_hooks) {
+            mismatches.push(format!(
+                "{id}: outcome {outcome} / {want_outcome}, rows {rows:?} / {want_rows:?}, hooks {log:?} / {want_hooks:?}"
+            ));
+        }
+    }
+    assert_eq!(lines, 224, "the matrix has 224 lines");
+    assert!(
+        mismatches.is_empty(),
+        "the model differs from the Spring matrix (model / matrix):\n{}",
+        mismatches.join("\n")
+    );
+}
+
 #[test]
 fn sqlite() {
     model_based(Backend::Sqlite, SQLITE_CASES, 4);

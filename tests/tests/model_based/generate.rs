@@ -163,7 +163,11 @@ fn call(depth: u32) -> BoxedStrategy<Call> {
         });
     (
         scope,
-        prop_oneof![3 => Just(OnErr::Propagate), 2 => Just(OnErr::Swallow)],
+        prop_oneof![
+            6 => Just(OnErr::Propagate),
+            3 => Just(OnErr::Swallow),
+            1 => Just(OnErr::SwallowFail)
+        ],
         prop_oneof![10 => Just(None), 1 => (1u8..=5).prop_map(Some)],
     )
         .prop_map(|(scope, on_err, cancel_after)| Call {

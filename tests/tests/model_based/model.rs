@@ -550,8 +550,9 @@ impl Model<'_> {
     fn handle(&mut self, flow: Flow, on_err: OnErr) -> Flow {
         match (flow, on_err) {
             (Flow::Cut(c), _) => Flow::Cut(c),
-            (Flow::Err(r), OnErr::Propagate) => Flow::Err(r),
-            (Flow::Panic, OnErr::Propagate) => Flow::Panic,
+            (Flow::Err(Res::Fail), OnErr::SwallowFail) => Flow::Normal,
+            (Flow::Err(r), OnErr::Propagate | OnErr::SwallowFail) => Flow::Err(r),
+            (Flow::Panic, OnErr::Propagate | OnErr::SwallowFail) => Flow::Panic,
             _ => Flow::Normal,
         }
     }

@@ -92,6 +92,8 @@ pub enum OnErr {
     Propagate,
     /// Ignore it (a panic is caught with `catch_unwind`).
     Swallow,
+    /// Ignore `Err(ModelError::Fail)` only; `?` for any other error (a panic continues).
+    SwallowFail,
 }
 
 #[derive(Clone, Debug)]
@@ -351,8 +353,10 @@ fn fmt_call_inline(f: &mut fmt::Formatter<'_>, c: &Call, depth: usize) -> fmt::R
     if let Some(k) = c.cancel_after {
         write!(f, " cancel_after_polls={k}")?;
     }
-    if c.on_err == OnErr::Swallow {
-        write!(f, " ignore_err")?;
+    match c.on_err {
+        OnErr::Propagate => {}
+        OnErr::Swallow => write!(f, " ignore_err")?,
+        OnErr::SwallowFail => write!(f, " ignore_fail")?,
     }
     writeln!(f, " {{")?;
     for op in &s.ops {

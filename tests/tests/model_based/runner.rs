@@ -546,8 +546,9 @@ impl Run {
 /// The caller's handling of a call's end: `?` or ignore.
 fn handle(ended: Ended, on_err: OnErr) -> Result<(), ModelError> {
     match (ended, on_err) {
-        (Ended::Returned(Err(e)), OnErr::Propagate) => Err(e),
-        (Ended::Panicked(p), OnErr::Propagate) => resume_unwind(p),
+        (Ended::Returned(Err(ModelError::Fail)), OnErr::SwallowFail) => Ok(()),
+        (Ended::Returned(Err(e)), OnErr::Propagate | OnErr::SwallowFail) => Err(e),
+        (Ended::Panicked(p), OnErr::Propagate | OnErr::SwallowFail) => resume_unwind(p),
         _ => Ok(()),
     }
 }
