@@ -62,6 +62,9 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
 /// overrides both).
 const SQLITE_CASES: u32 = 4000;
 const SERVER_CASES: u32 = 800;
+/// Connections per worker: enough for every scope of the largest program to hold its own at
+/// once (three levels of joins of RequiresNew calls), so no program waits on the pool.
+const POOL_SIZE: u32 = 20;
 /// Runs of each candidate program while shrinking.
 const SHRINK_TRIES: usize = 4;
 /// Worlds of the model tried per program before giving up.
@@ -89,7 +92,7 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
     let (db, dir) = match backend {
         Backend::Postgres => {
             let pool = PgPoolOptions::new()
-                .max_connections(8)
+                .max_connections(POOL_SIZE)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(&tx_tests::pg_url())
                 .await;
@@ -103,7 +106,7 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
         }
         Backend::MySql => {
             let pool = MySqlPoolOptions::new()
-                .max_connections(8)
+                .max_connections(POOL_SIZE)
                 .acquire_timeout(Duration::from_secs(5))
                 // Under REPEATABLE READ, InnoDB turns the locks of a row removed by ROLLBACK TO
                 // SAVEPOINT into gap locks: a RequiresNew insert into that gap would then wait
@@ -137,7 +140,7 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(2));
             let pool = SqlitePoolOptions::new()
-                .max_connections(10)
+                .max_connections(POOL_SIZE)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(opts)
                 .await
