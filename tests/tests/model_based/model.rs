@@ -1106,6 +1106,11 @@ impl Model<'_> {
                 }
             }
         }
+        // Statements of services called from before_commit ran in the transaction.
+        let mut rows = rows;
+        if let Owner::Tx { unit, .. } = owner {
+            rows.append(&mut self.units[unit].rows);
+        }
         if vetoed {
             if let Some(cut) = self.rollback_hooks(owner_ctx, &hooks) {
                 return Flow::Cut(cut);
