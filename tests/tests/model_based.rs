@@ -227,6 +227,12 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
         runner::settle(&run).await;
         obs.log = run.snapshot().log;
     }
+    // A COMMIT or ROLLBACK of a dropped call may still be in flight: wait for it, so that
+    // its rows are in the observation and do not leak into the next program.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !db.idle() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     obs.rows = db
         .fresh_tags(format!("SELECT tag FROM {table}"))
         .await

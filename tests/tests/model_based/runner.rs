@@ -201,6 +201,12 @@ impl Db {
         on_pool!(self, p => sqlx::query(AssertSqlSafe(sql)).execute(p.pool()).await.map(|_| ()))
     }
 
+    /// Whether every connection of the pool is back and idle: nothing of a dropped scope is
+    /// still rolling back or committing in the background.
+    pub fn idle(&self) -> bool {
+        on_pool!(self, p => p.pool().size() as usize == p.pool().num_idle())
+    }
+
     pub async fn fresh_tags(&self, sql: String) -> Result<Vec<String>, sqlx::Error> {
         on_pool!(self, p => sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).fetch_all(p.pool()).await)
     }
