@@ -42,6 +42,11 @@ pub struct BeginOptions {
     /// (RequiresNew inside it): a single-writer backend must fail fast instead of waiting for a
     /// lock its own task holds.
     pub suspended_holds_connection: bool,
+    /// How many connections of the same manager this task holds in begun transactions of the
+    /// enclosing scopes, suspended while this one begins (RequiresNew inside them); 0 for a
+    /// first transaction. A pooled backend uses it to tell a task that holds connections while
+    /// it waits for another (pool starvation) from a first begin.
+    pub suspended_connections: u32,
     /// The transaction's name, for logs.
     pub name: Cow<'static, str>,
 }

@@ -120,6 +120,7 @@
     allow(dead_code, unused_imports, unused_macros)
 )]
 
+mod capacity;
 mod error;
 mod executor;
 mod physical;
