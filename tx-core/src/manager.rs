@@ -42,11 +42,12 @@ pub struct BeginOptions {
     /// (RequiresNew inside it): a single-writer backend must fail fast instead of waiting for a
     /// lock its own task holds.
     pub suspended_holds_connection: bool,
-    /// How many connections of the same manager this task holds in begun transactions of the
-    /// enclosing scopes, suspended while this one begins (RequiresNew inside them); 0 for a
-    /// first transaction. A pooled backend uses it to tell a task that holds connections while
-    /// it waits for another (pool starvation) from a first begin.
-    pub suspended_connections: u32,
+    /// The begun transactions of the same manager in the enclosing scopes, suspended while
+    /// this one begins (`RequiresNew` inside them): each holds a connection. Empty for a first
+    /// transaction. Opaque identities, distinct for every transaction alive at once, so a
+    /// pooled backend can count the connections held by tasks that wait for another one (pool
+    /// starvation) without counting twice one shared by concurrent scopes.
+    pub suspended_connections: Vec<usize>,
     /// The transaction's name, for logs.
     pub name: Cow<'static, str>,
 }

@@ -26,9 +26,10 @@ pub(crate) struct Capacity {
     /// reserved` permits, held until the transaction's connection is back. `None`: no
     /// reservation.
     gate: Mutex<Option<Gate>>,
-    /// Per task, how many connections each of its waiting begins holds (several when the task
-    /// runs scopes concurrently, e.g. `join!`).
-    waiting: Mutex<HashMap<tokio::task::Id, Vec<u32>>>,
+    /// The transactions held by tasks waiting for a connection (each holds one connection),
+    /// with how many waiting begins hold each (concurrent scopes of one task, e.g. `join!`,
+    /// share their suspended transaction).
+    waiting: Mutex<HashMap<usize, usize>>,
 }
 
 struct Gate {
@@ -98,36 +99,33 @@ impl Capacity {
         }
     }
 
-    /// Registers a begin that holds `held` connections of `pool` while it waits for another;
-    /// fails with [`TxError::PoolStarvation`] when every connection of the pool is then held
-    /// by such waiting begins. The registration ends when the returned guard drops.
-    pub(crate) fn wait_holding<DB: Database>(
-        &self,
+    /// Registers a begin whose task holds the connections of the `held` transactions (see
+    /// `BeginOptions::suspended_connections`) while it waits for another connection of
+    /// `pool`; fails with [`TxError::PoolStarvation`] when every connection of the pool is
+    /// then held by such waiting begins. The registration ends when the returned guard drops.
+    pub(crate) fn wait_holding<'a, DB: Database>(
+        &'a self,
         pool: &sqlx::Pool<DB>,
-        held: u32,
+        held: &'a [usize],
         name: &Cow<'static, str>,
-    ) -> Result<Waiting<'_>, TxError> {
-        // Outside a task there is no sound way to tell concurrent scopes of one holder apart:
-        // do not count it (the begin waits as it would without the detection).
-        let Some(task) = tokio::task::try_id() else {
-            return Ok(Waiting { this: None });
-        };
+    ) -> Result<Waiting<'a>, TxError> {
         let max = pool.options().get_max_connections();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        waiting.entry(task).or_default().push(held);
-        // Concurrent scopes of one task may hold the same suspended connection: count each
-        // task's largest holding only (never more than it holds).
-        let stuck: u64 = waiting
-            .values()
-            .map(|h| u64::from(h.iter().copied().max().unwrap_or(0)))
-            .sum();
-        let none_idle = pool.size() >= max && pool.num_idle() == 0;
-        if stuck >= u64::from(max) && none_idle {
-            remove(&mut waiting, task, held);
+        for &tx in held {
+            *waiting.entry(tx).or_default() += 1;
+        }
+        // Each entry is one connection that cannot come back while its holder waits.
+        let stuck = waiting.len();
+        // sqlx's idle count can read as wrapped below zero for a moment while a returned
+        // connection changes hands (taken before it is counted): that is no idle connection.
+        let idle = pool.num_idle();
+        let none_idle = pool.size() >= max && (idle == 0 || idle > max as usize);
+        if stuck >= max as usize && none_idle {
+            unregister(&mut waiting, held);
             tracing::debug!(
                 target: "tx",
-                "pool starvation: all {max} connections are held by tasks waiting for another \
-                 one; failing the begin of [{name}]"
+                "pool starvation: all {max} connections are held by transactions whose tasks \
+                 wait for another one; failing the begin of [{name}]"
             );
             return Err(TxError::PoolStarvation {
                 max_connections: max,
@@ -135,35 +133,36 @@ impl Capacity {
             });
         }
         Ok(Waiting {
-            this: Some((self, task, held)),
+            capacity: self,
+            held,
         })
     }
 }
 
-fn remove(waiting: &mut HashMap<tokio::task::Id, Vec<u32>>, task: tokio::task::Id, held: u32) {
-    if let Some(h) = waiting.get_mut(&task) {
-        if let Some(pos) = h.iter().position(|&x| x == held) {
-            h.swap_remove(pos);
-        }
-        if h.is_empty() {
-            waiting.remove(&task);
+fn unregister(waiting: &mut HashMap<usize, usize>, held: &[usize]) {
+    for tx in held {
+        if let Some(n) = waiting.get_mut(tx) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(tx);
+            }
         }
     }
 }
 
 /// A registered waiting begin (see [`Capacity::wait_holding`]).
 pub(crate) struct Waiting<'a> {
-    this: Option<(&'a Capacity, tokio::task::Id, u32)>,
+    capacity: &'a Capacity,
+    held: &'a [usize],
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let Some((capacity, task, held)) = self.this.take() {
-            let mut waiting = capacity
-                .waiting
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            remove(&mut waiting, task, held);
-        }
+        let mut waiting = self
+            .capacity
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unregister(&mut waiting, self.held);
     }
 }

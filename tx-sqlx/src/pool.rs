@@ -201,8 +201,8 @@ impl<DB: Database> TxPool<DB> {
         options: &BeginOptions,
     ) -> Result<(PoolConnection<DB>, Admission), TxError> {
         let inner = &*self.inner;
-        let held = options.suspended_connections;
-        let (admission, _waiting) = if held == 0 {
+        let held = &options.suspended_connections[..];
+        let (admission, _waiting) = if held.is_empty() {
             (inner.capacity.admit(&inner.pool).await?, None)
         } else {
             let waiting = inner
