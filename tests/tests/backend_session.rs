@@ -231,8 +231,10 @@ async fn mariadb_session_max_statement_time_is_restored() {
         "this test needs MariaDB ({version})"
     );
     let bound = "SELECT CAST(@@SESSION.max_statement_time * 1000 AS SIGNED)";
-    for (timeout, inside_at_most) in [(Duration::from_secs(20), 7000), (Duration::from_secs(2), 2000)]
-    {
+    for (timeout, inside_at_most) in [
+        (Duration::from_secs(20), 7000),
+        (Duration::from_secs(2), 2000),
+    ] {
         let inside: i64 = TransactionTemplate::new(db.clone())
             .timeout(timeout)
             .execute(|_| {
@@ -402,7 +404,10 @@ async fn pg_transaction_survives_a_terminated_idle_connection() {
         .unwrap()
         > 0
     {
-        assert!(started.elapsed() < Duration::from_secs(10), "backend {pid} still there");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "backend {pid} still there"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let new_pid: i32 = TransactionTemplate::new(db.clone())
@@ -424,12 +429,10 @@ async fn pg_transaction_survives_a_terminated_idle_connection() {
         .await
         .expect("the pool's liveness check must replace the terminated connection");
     assert_ne!(new_pid, pid);
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {table}"
-    )))
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(db.pool())
@@ -470,7 +473,10 @@ async fn mysql_transaction_survives_a_killed_idle_connection() {
     .unwrap()
         > 0
     {
-        assert!(started.elapsed() < Duration::from_secs(10), "connection {id} still there");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "connection {id} still there"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let new_id: u64 = TransactionTemplate::new(db.clone())
@@ -492,12 +498,10 @@ async fn mysql_transaction_survives_a_killed_idle_connection() {
         .await
         .expect("the pool's liveness check must replace the killed connection");
     assert_ne!(new_id, id);
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM {table}"
-    )))
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(db.pool())
@@ -509,7 +513,6 @@ async fn mysql_transaction_survives_a_killed_idle_connection() {
 async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
     let (first, _dir) = tx_tests::sqlite_pool(2).await;
     let second = SqliteTxPool::new(first.pool().clone());
-    assert_eq!(first.key(), second.key());
     let table = sqlite_table(&first).await;
     let r = TransactionTemplate::new(first.clone())
         .execute(|_| {
@@ -524,6 +527,7 @@ async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
         .await;
     assert!(r.is_err());
     assert!(sqlite_ids(&first, &table).await.is_empty());
+    assert_eq!(first.key(), second.key());
 
     // A reservation made through one handle is the pool's.
     let reserved = SqliteTxPool::new(first.pool().clone()).reserve_for_nested(1);
@@ -541,7 +545,6 @@ async fn pg_two_txpools_on_one_pool_are_one_manager() {
         return;
     };
     let second = PgTxPool::new(first.pool().clone());
-    assert_eq!(first.key(), second.key());
     let table = tx_tests::unique_table("same");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
@@ -583,13 +586,12 @@ async fn pg_two_txpools_on_one_pool_are_one_manager() {
         })
         .await;
     assert!(r.is_err());
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {table}"
-    )))
-    .fetch_one(first.pool())
-    .await
-    .unwrap();
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(first.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
+    assert_eq!(first.key(), second.key());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(first.pool())
         .await
@@ -602,7 +604,6 @@ async fn mysql_two_txpools_on_one_pool_are_one_manager() {
         return;
     };
     let second = MySqlTxPool::new(first.pool().clone());
-    assert_eq!(first.key(), second.key());
     let table = tx_tests::unique_table("same");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
@@ -627,13 +628,12 @@ async fn mysql_two_txpools_on_one_pool_are_one_manager() {
         })
         .await;
     assert!(r.is_err());
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM {table}"
-    )))
-    .fetch_one(first.pool())
-    .await
-    .unwrap();
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(first.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
+    assert_eq!(first.key(), second.key());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(first.pool())
         .await

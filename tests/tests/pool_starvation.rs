@@ -99,7 +99,12 @@ where
     for r in results {
         match r.expect("caller panicked") {
             (id, Ok(())) => outcome.ok.push(id),
-            (id, Err(TxError::PoolStarvation { max_connections, .. })) => {
+            (
+                id,
+                Err(TxError::PoolStarvation {
+                    max_connections, ..
+                }),
+            ) => {
                 assert_eq!(max_connections, POOL);
                 outcome.starved.push(id);
             }
@@ -332,7 +337,10 @@ struct SqliteRead;
 
 impl Work<sqlx::Sqlite> for SqliteRead {
     async fn statement(&self, db: &SqliteTxPool, id: i64) -> Result<(), sqlx::Error> {
-        let got: i64 = sqlx::query_scalar("SELECT ?").bind(id).fetch_one(db).await?;
+        let got: i64 = sqlx::query_scalar("SELECT ?")
+            .bind(id)
+            .fetch_one(db)
+            .await?;
         assert_eq!(got, id);
         Ok(())
     }
@@ -409,7 +417,15 @@ async fn pool_sizing_figures() {
     }
     const N: i64 = 50;
     println!("pool reserve callers ok starved seconds");
-    for (pool, reserve) in [(10, 0), (10, 1), (10, 2), (10, 5), (20, 0), (20, 2), (51, 0)] {
+    for (pool, reserve) in [
+        (10, 0),
+        (10, 1),
+        (10, 2),
+        (10, 5),
+        (20, 0),
+        (20, 2),
+        (51, 0),
+    ] {
         let Some(db) = tx_tests::pg_pool(pool).await else {
             return;
         };

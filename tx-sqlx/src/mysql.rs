@@ -62,7 +62,9 @@ impl StatementBound {
             StatementBound::MariaDb => {
                 "SET SESSION max_statement_time = @tx_saved_max_statement_time"
             }
-            StatementBound::MySql => "SET SESSION max_execution_time = @tx_saved_max_execution_time",
+            StatementBound::MySql => {
+                "SET SESSION max_execution_time = @tx_saved_max_execution_time"
+            }
         }
     }
 }

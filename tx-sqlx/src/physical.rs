@@ -37,9 +37,8 @@ pub(crate) type ExecRaw<DB> = for<'c> fn(
 
 /// Undoes a change a backend made to a connection at begin (removes the SQLite progress
 /// handler).
-pub(crate) type SessionFn<DB> = for<'c> fn(
-    &'c mut <DB as Database>::Connection,
-) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
+pub(crate) type SessionFn<DB> =
+    for<'c> fn(&'c mut <DB as Database>::Connection) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
 
 /// The deadline watchdog installed on the connection at begin.
 pub(crate) struct Watchdog<DB: Database> {
