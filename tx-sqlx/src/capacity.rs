@@ -107,7 +107,7 @@ impl Capacity {
         &'a self,
         pool: &sqlx::Pool<DB>,
         held: &'a [usize],
-        name: &Cow<'static, str>,
+        name: &str,
     ) -> Result<Waiting<'a>, TxError> {
         let max = pool.options().get_max_connections();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -129,7 +129,7 @@ impl Capacity {
             );
             return Err(TxError::PoolStarvation {
                 max_connections: max,
-                name: name.clone(),
+                name: Cow::Owned(name.to_owned()),
             });
         }
         Ok(Waiting {
