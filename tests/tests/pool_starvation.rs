@@ -407,16 +407,20 @@ async fn reserving_the_whole_pool_is_refused() {
     let _ = db.reserve_for_nested(2);
 }
 
-/// The figures of the README's pool sizing section: `TX_SIZING=1 cargo test -p tx-tests
-/// --test pool_starvation pool_sizing_figures -- --nocapture` (PostgreSQL; 50 concurrent
-/// callers, each a transaction with one insert and a RequiresNew scope with one insert).
+/// The figures of the README's pool sizing section: `TX_SIZING=1 cargo test --release -p
+/// tx-tests --test pool_starvation pool_sizing_figures -- --nocapture` (PostgreSQL; 50
+/// concurrent callers, each a transaction with one insert, 5 ms of other work, and a
+/// RequiresNew scope with one insert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_sizing_figures() {
     if std::env::var("TX_SIZING").is_err() {
         return;
     }
     const N: i64 = 50;
-    println!("pool reserve callers ok starved seconds");
+    println!(
+        "| pool | reserved | callers | committed | PoolStarvation | slowest starvation error | wall time |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (pool, reserve) in [
         (10, 0),
         (10, 1),
@@ -424,6 +428,7 @@ async fn pool_sizing_figures() {
         (10, 5),
         (20, 0),
         (20, 2),
+        (50, 0),
         (51, 0),
     ] {
         let Some(db) = tx_tests::pg_pool(pool).await else {
@@ -443,11 +448,13 @@ async fn pool_sizing_figures() {
         for id in 0..N {
             let (db, work) = (db.clone(), work.clone());
             tasks.push(tokio::spawn(async move {
-                TransactionTemplate::new(db.clone())
+                let t0 = Instant::now();
+                let r = TransactionTemplate::new(db.clone())
                     .execute(|_| {
                         let (db, work) = (db.clone(), work.clone());
                         async move {
                             work.statement(&db, id).await?;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                             TransactionTemplate::new(db.clone())
                                 .propagation(Propagation::RequiresNew)
                                 .execute(|_| {
@@ -460,21 +467,35 @@ async fn pool_sizing_figures() {
                                 .await
                         }
                     })
-                    .await
+                    .await;
+                (r, t0.elapsed())
             }));
         }
-        let (mut ok, mut starved) = (0, 0);
+        let (mut ok, mut starved, mut slowest) = (0, 0, Duration::ZERO);
         for t in futures_util::future::join_all(tasks).await {
             match t.unwrap() {
-                Ok(()) => ok += 1,
-                Err(TxError::PoolStarvation { .. }) => starved += 1,
-                Err(e) => panic!("{e}"),
+                (Ok(()), _) => ok += 1,
+                (Err(TxError::PoolStarvation { .. }), took) => {
+                    starved += 1;
+                    slowest = slowest.max(took);
+                }
+                (Err(e), _) => panic!("{e}"),
             }
         }
+        let wall = started.elapsed();
+        let slowest = if starved > 0 {
+            format!("{} ms", slowest.as_millis())
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{pool} {reserve} {N} {ok} {starved} {:.3}",
-            started.elapsed().as_secs_f64()
+            "| {pool} | {reserve} | {N} | {ok} | {starved} | {slowest} | {} ms |",
+            wall.as_millis()
         );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {}", work.0)))
+            .execute(db.pool())
+            .await
+            .unwrap();
         db.pool().close().await;
     }
 }
