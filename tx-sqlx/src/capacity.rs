@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::Database;
@@ -26,6 +27,8 @@ pub(crate) struct Capacity {
     /// reserved` permits, held until the transaction's connection is back. `None`: no
     /// reservation.
     gate: Mutex<Option<Gate>>,
+    /// The reservation's size, read without the lock on every begin (0: no gate).
+    reserved: AtomicU32,
     /// The transactions held by tasks waiting for a connection (each holds one connection),
     /// with how many waiting begins hold each (concurrent scopes of one task, e.g. `join!`,
     /// share their suspended transaction).
@@ -33,7 +36,6 @@ pub(crate) struct Capacity {
 }
 
 struct Gate {
-    reserved: u32,
     permits: Arc<Semaphore>,
 }
 
@@ -55,19 +57,16 @@ impl Capacity {
              (reserve fewer, or raise max_connections)"
         );
         let gate = (reserved > 0).then(|| Gate {
-            reserved,
             permits: Arc::new(Semaphore::new((max_connections - reserved) as usize)),
         });
-        *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = gate;
+        let mut current = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = gate;
+        self.reserved.store(reserved, Ordering::Release);
     }
 
     /// How many connections are reserved for inner transactions.
     pub(crate) fn reserved(&self) -> u32 {
-        self.gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, |g| g.reserved)
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// Admits a transaction of a task that holds no connection of `pool` (waits while the
@@ -76,6 +75,9 @@ impl Capacity {
         &self,
         pool: &sqlx::Pool<DB>,
     ) -> Result<Admission, TxError> {
+        if self.reserved() == 0 {
+            return Ok(None);
+        }
         let Some(permits) = self
             .gate
             .lock()
