@@ -109,7 +109,8 @@ impl<DB: Database> Inner<DB> {
 impl<DB: Database> TxPool<DB> {
     /// Wraps `pool`; the pool keeps all its own settings (size, timeouts, connect options,
     /// `before_acquire` and the other hooks: every transaction takes its connection through
-    /// `Pool::acquire`).
+    /// `Pool::acquire`, as `pool.begin()` does, so an idle connection is pinged first unless
+    /// the pool was built with `test_before_acquire(false)`).
     ///
     /// Every `TxPool` made from the same sqlx pool (or a clone of it) is the same manager: a
     /// scope on one joins a transaction begun on another.
@@ -193,7 +194,8 @@ impl<DB: Database> TxPool<DB> {
 
     /// A connection for a new transaction, taken with `Pool::acquire` so that the pool's
     /// guarantees hold (`test_before_acquire`, `before_acquire`; lifetimes are enforced by
-    /// the pool itself). A task that holds connections of this pool in suspended transactions
+    /// the pool itself). There is no shortcut through `try_acquire`: it skips those checks,
+    /// and sqlx does not tell whether a `before_acquire` hook is set. A task that holds connections of this pool in suspended transactions
     /// is registered as waiting while it waits, so that starvation is detected; one that holds
     /// none first passes the reservation's gate.
     pub(crate) async fn connection_for_begin(
