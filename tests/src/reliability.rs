@@ -1928,8 +1928,8 @@ pub async fn commit_outcome_unknown<B: Server>(
 // ---------------------------------------------------------------------------------------------
 
 /// With a pool of one connection held by the outer transaction, a RequiresNew scope cannot get
-/// a connection: it must fail within the pool's acquire timeout (plus slack) with an error
-/// naming the cause (the pool timed out), never hang; the pool recovers. `catch`: the outer
+/// a connection: it must fail at once (within the pool's acquire timeout at the latest) with an
+/// error naming the cause (pool starvation), never hang; the pool recovers. `catch`: the outer
 /// body swallows the inner error and commits its own work.
 pub async fn requires_new_pool_exhausted<B: Server>(
     b: &B,
@@ -1960,17 +1960,12 @@ pub async fn requires_new_pool_exhausted<B: Server>(
                 })
                 .await;
             let took = t0.elapsed();
-            let timed_out = match &inner {
-                Err(AppError::Tx(e)) => {
-                    has_sqlx_source(e, |s| matches!(s, sqlx::Error::PoolTimedOut))
-                }
-                _ => false,
-            };
+            let starved = matches!(&inner, Err(AppError::Tx(TxError::PoolStarvation { .. })));
             let text = match &inner {
                 Ok(()) => "Ok".to_owned(),
                 Err(e) => error_chain(e),
             };
-            *inner_result.lock().unwrap() = Some((took, text, timed_out));
+            *inner_result.lock().unwrap() = Some((took, text, starved));
             match inner {
                 Err(e) if !catch => Err(e),
                 _ => Ok(()),
@@ -1987,16 +1982,16 @@ pub async fn requires_new_pool_exhausted<B: Server>(
     };
     match inner_result.lock().unwrap().clone() {
         None => violations.push(format!("{case}: the inner call never returned")),
-        Some((took, text, timed_out)) => {
+        Some((took, text, starved)) => {
             eprintln!("{case}: inner call failed after {took:?} with: {text}");
             if took > acquire_timeout + Duration::from_secs(2) {
                 violations.push(format!(
                     "{case}: the inner call took {took:?}, acquire timeout {acquire_timeout:?}"
                 ));
             }
-            if !timed_out || !text.to_lowercase().contains("pool timed out") {
+            if !starved || !text.contains("connection pool starved") {
                 violations.push(format!(
-                    "{case}: the error does not name the cause (pool acquire timed out): {text}"
+                    "{case}: the error does not name the cause (pool starvation): {text}"
                 ));
             }
         }

@@ -167,6 +167,27 @@ pub(crate) fn chain_holds_writer(chain: Option<&Binding>, key: ManagerKey) -> bo
     false
 }
 
+/// The distinct transactions of manager `key` in `chain` (the bindings of enclosing,
+/// suspended scopes) that have begun, i.e. hold a connection, as opaque identities (a
+/// `Nested` scope shares its transaction's, so it is listed once).
+pub(crate) fn chain_held_connections(chain: Option<&Binding>, key: ManagerKey) -> Vec<usize> {
+    let mut held = Vec::new();
+    let mut link = chain;
+    while let Some(b) = link {
+        if b.key == Some(key)
+            && let Some(tx) = b.scope.as_ref().and_then(|s| s.tx.as_ref())
+            && tx.is_begun()
+        {
+            let id = Arc::as_ptr(tx) as usize;
+            if !held.contains(&id) {
+                held.push(id);
+            }
+        }
+        link = b.parent.as_deref();
+    }
+    held
+}
+
 /// See [`crate::connection::suspended_holds_connection`].
 pub(crate) fn suspended_holds_connection(key: ManagerKey) -> bool {
     CONTEXT

@@ -140,6 +140,24 @@ pub enum TxError {
         message: Cow<'static, str>,
     },
 
+    /// Every connection of the pool is held by a task that suspended a transaction on it and
+    /// now waits for another connection of the same pool (`RequiresNew` inside a
+    /// transaction): none can come back, so waiting would only end at a timeout.
+    #[error(
+        "connection pool starved: all {max_connections} connections of the pool are held by \
+         transactions suspended for a RequiresNew scope, and each of their tasks waits for \
+         another connection of the same pool, so none can come back (beginning transaction \
+         [{name}]). Give the inner work its own pool, make the pool bigger, reserve connections \
+         for inner transactions (tx_sqlx: TxPool::reserve_for_nested), or do the inner work in \
+         an after_completion hook instead"
+    )]
+    PoolStarvation {
+        /// The pool's maximum number of connections.
+        max_connections: u32,
+        /// The transaction that could not begin.
+        name: Cow<'static, str>,
+    },
+
     /// The transaction manager's pool is closed.
     #[error("the transaction manager's connection pool is closed")]
     PoolClosed,

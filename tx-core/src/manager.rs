@@ -42,6 +42,12 @@ pub struct BeginOptions {
     /// (RequiresNew inside it): a single-writer backend must fail fast instead of waiting for a
     /// lock its own task holds.
     pub suspended_holds_connection: bool,
+    /// The begun transactions of the same manager in the enclosing scopes, suspended while
+    /// this one begins (`RequiresNew` inside them): each holds a connection. Empty for a first
+    /// transaction. Opaque identities, distinct for every transaction alive at once, so a
+    /// pooled backend can count the connections held by tasks that wait for another one (pool
+    /// starvation) without counting twice one shared by concurrent scopes.
+    pub suspended_connections: Vec<usize>,
     /// The transaction's name, for logs.
     pub name: Cow<'static, str>,
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
-use crate::context::{Binding, chain_holds_writer};
+use crate::context::{Binding, chain_held_connections, chain_holds_writer};
 use crate::definition::TransactionDefinition;
 use crate::error::{Operation, TxError};
 use crate::manager::{BeginOptions, ManagerKey, PhysicalTransaction, SharedManager};
@@ -398,6 +398,10 @@ impl Transaction {
                         .deadline
                         .map(|d| d.saturating_duration_since(Instant::now())),
                     suspended_holds_connection: chain_holds_writer(
+                        self.enclosing.as_deref(),
+                        self.key,
+                    ),
+                    suspended_connections: chain_held_connections(
                         self.enclosing.as_deref(),
                         self.key,
                     ),

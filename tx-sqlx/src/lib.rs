@@ -149,6 +149,11 @@
 //!   `Nested`, or a second pool on another database file). Read-only `RequiresNew` scopes and
 //!   reads in `NotSupported` scopes work (WAL mode recommended). Writers of other tasks wait
 //!   for the lock up to the connection's busy timeout, then fail with a retryable error.
+//! * **`RequiresNew` takes a second connection** while its task holds the first one (in the
+//!   suspended transaction). When every connection of the pool is held by tasks waiting for a
+//!   second one, none can come back: the last begin to wait fails at once with
+//!   [`TxError::PoolStarvation`]. [`TxPool::reserve_for_nested`] keeps connections for the
+//!   inner transactions so that every caller goes through (the README has sizing figures).
 //! * **SQLite: isolation is always SERIALIZABLE**, whatever is requested.
 //! * **PostgreSQL: a failed statement aborts the transaction.** Only a `Nested` scope
 //!   (savepoint) lets the transaction go on after a failure; committing an aborted transaction
@@ -180,6 +185,7 @@
     allow(dead_code, unused_imports, unused_macros)
 )]
 
+mod capacity;
 mod error;
 mod executor;
 mod physical;

@@ -1,6 +1,7 @@
 //! MySQL / MariaDB: `SET TRANSACTION ISOLATION LEVEL ..; START TRANSACTION READ ONLY|READ WRITE`
 //! in one round trip, with the deadline bounding server statements (`max_statement_time` on
-//! MariaDB, `max_execution_time` for SELECTs on MySQL) until the transaction ends.
+//! MariaDB, `max_execution_time` for SELECTs on MySQL) until the transaction ends, when the
+//! session's own value is restored.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -54,10 +55,16 @@ pub(crate) enum StatementBound {
 }
 
 impl StatementBound {
+    /// Restores the session's own value, saved by the begin statements (the pool's
+    /// `after_connect` may have set one).
     fn reset(self) -> &'static str {
         match self {
-            StatementBound::MariaDb => "SET SESSION max_statement_time = DEFAULT",
-            StatementBound::MySql => "SET SESSION max_execution_time = DEFAULT",
+            StatementBound::MariaDb => {
+                "SET SESSION max_statement_time = @tx_saved_max_statement_time"
+            }
+            StatementBound::MySql => {
+                "SET SESSION max_execution_time = @tx_saved_max_execution_time"
+            }
         }
     }
 }
@@ -71,14 +78,23 @@ pub(crate) fn begin_sql(
 ) -> String {
     let mut sql = String::new();
     if let Some(remaining) = remaining {
+        // Save the session's bound (restored after the transaction), then bound statements by
+        // the time left, or by the session's own bound when that is tighter (0: none).
         let ms = remaining.as_millis().clamp(1, u32::MAX as u128);
         let _ = match bound {
             StatementBound::MariaDb => write!(
                 sql,
-                "SET SESSION max_statement_time = {:.3}; ",
-                ms as f64 / 1000.0
+                "SET @tx_saved_max_statement_time = @@SESSION.max_statement_time; \
+                 SET SESSION max_statement_time = IF(@tx_saved_max_statement_time > 0, \
+                 LEAST(@tx_saved_max_statement_time, {s:.3}), {s:.3}); ",
+                s = ms as f64 / 1000.0
             ),
-            StatementBound::MySql => write!(sql, "SET SESSION max_execution_time = {ms}; "),
+            StatementBound::MySql => write!(
+                sql,
+                "SET @tx_saved_max_execution_time = @@SESSION.max_execution_time; \
+                 SET SESSION max_execution_time = IF(@tx_saved_max_execution_time > 0, \
+                 LEAST(@tx_saved_max_execution_time, {ms}), {ms}); "
+            ),
         };
     }
     if let Some(level) = isolation.sql() {
@@ -97,8 +113,8 @@ async fn begin(
     db: TxPool<MySql>,
     options: BeginOptions,
 ) -> Result<SqlxTransaction<MySql>, TxError> {
-    let conn = db.connection_for_begin().await?;
-    let mut tx = SqlxTransaction::new(conn, exec_raw::<MySql>, &FLAVOR);
+    let leased = db.connection_for_begin(&options).await?;
+    let mut tx = SqlxTransaction::new(leased, exec_raw::<MySql>, &FLAVOR);
     let mut bound = StatementBound::MariaDb;
     if options.remaining.is_some() {
         let mariadb = match db.inner.mariadb.get() {
@@ -168,8 +184,10 @@ mod tests {
                 Some(Duration::from_millis(1500)),
                 StatementBound::MariaDb
             ),
-            "SET SESSION max_statement_time = 1.500; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-             START TRANSACTION READ ONLY"
+            "SET @tx_saved_max_statement_time = @@SESSION.max_statement_time; \
+             SET SESSION max_statement_time = IF(@tx_saved_max_statement_time > 0, \
+             LEAST(@tx_saved_max_statement_time, 1.500), 1.500); \
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
         );
         assert_eq!(
             begin_sql(
@@ -178,7 +196,9 @@ mod tests {
                 Some(Duration::from_millis(20)),
                 StatementBound::MySql
             ),
-            "SET SESSION max_execution_time = 20; START TRANSACTION READ WRITE"
+            "SET @tx_saved_max_execution_time = @@SESSION.max_execution_time; \
+             SET SESSION max_execution_time = IF(@tx_saved_max_execution_time > 0, \
+             LEAST(@tx_saved_max_execution_time, 20), 20); START TRANSACTION READ WRITE"
         );
     }
 }

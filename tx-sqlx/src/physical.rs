@@ -20,6 +20,7 @@ use tx_core::connection::TransactionGuard;
 use tx_core::manager::{BoxFuture, PhysicalTransaction};
 use tx_core::{Operation, TxError};
 
+use crate::capacity::Admission;
 use crate::error::{TransactionAborted, db_error, is_connection_error, tx_to_sqlx};
 
 /// How long an explicit `ROLLBACK` (or a session reset) may take before the connection is
@@ -33,6 +34,20 @@ pub(crate) type ExecRaw<DB> = for<'c> fn(
     &'c mut <DB as Database>::Connection,
     SqlStr,
 ) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
+
+/// Undoes a change a backend made to a connection at begin (removes the SQLite progress
+/// handler).
+pub(crate) type SessionFn<DB> =
+    for<'c> fn(&'c mut <DB as Database>::Connection) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
+
+/// The deadline watchdog installed on the connection at begin.
+pub(crate) struct Watchdog<DB: Database> {
+    /// [`WATCHDOG_ACTIVE`] until the transaction ends, then [`WATCHDOG_OFF`], or
+    /// [`WATCHDOG_INTERRUPT`] to stop a statement left running.
+    state: Arc<AtomicU8>,
+    /// Takes it off the connection once the transaction has ended.
+    remove: SessionFn<DB>,
+}
 
 /// What differs between backends once a transaction is open.
 pub(crate) struct Flavor {
@@ -81,8 +96,11 @@ pub(crate) struct SqlxTransaction<DB: Database> {
     aborted: Option<(String, bool)>,
     /// SQL restoring session state changed at begin (run after COMMIT/ROLLBACK).
     reset: Option<&'static str>,
-    /// SQLite: the state of the deadline watchdog (progress handler) installed at begin.
-    watchdog: Option<Arc<AtomicU8>>,
+    /// SQLite: the deadline watchdog (progress handler) installed at begin; taken off the
+    /// connection when the transaction ends, before the connection goes back.
+    watchdog: Option<Watchdog<DB>>,
+    /// The transaction's share of the pool under a reservation, released after the connection.
+    admission: Admission,
     exec: ExecRaw<DB>,
     flavor: &'static Flavor,
 }
@@ -90,7 +108,7 @@ pub(crate) struct SqlxTransaction<DB: Database> {
 impl<DB: Database> SqlxTransaction<DB> {
     /// Wraps a freshly acquired connection (nothing sent yet).
     pub(crate) fn new(
-        conn: PoolConnection<DB>,
+        (conn, admission): (PoolConnection<DB>, Admission),
         exec: ExecRaw<DB>,
         flavor: &'static Flavor,
     ) -> Self {
@@ -101,6 +119,7 @@ impl<DB: Database> SqlxTransaction<DB> {
             aborted: None,
             reset: None,
             watchdog: None,
+            admission,
             exec,
             flavor,
         }
@@ -111,11 +130,13 @@ impl<DB: Database> SqlxTransaction<DB> {
         self.reset = Some(sql);
     }
 
-    /// Registers the state of a deadline watchdog: [`WATCHDOG_ACTIVE`] until the transaction
-    /// ends, then [`WATCHDOG_OFF`], or [`WATCHDOG_INTERRUPT`] to stop a statement left running.
+    /// Registers a deadline watchdog installed on the connection: its `state` is
+    /// [`WATCHDOG_ACTIVE`] until the transaction ends, then [`WATCHDOG_OFF`], or
+    /// [`WATCHDOG_INTERRUPT`] to stop a statement left running; `remove` takes it off the
+    /// connection afterwards, whatever ended the transaction.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>) {
-        self.watchdog = Some(state);
+    pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>, remove: SessionFn<DB>) {
+        self.watchdog = Some(Watchdog { state, remove });
     }
 
     /// The connection, for backend code running during begin.
@@ -222,15 +243,17 @@ impl<DB: Database> SqlxTransaction<DB> {
         }
     }
 
-    /// Ends the watchdog: off, or interrupting the statement still running (`interrupt`).
-    fn end_watchdog(&mut self, interrupt: bool) {
-        if let Some(state) = self.watchdog.take() {
+    /// Tells the watchdog the transaction is ending: off, or interrupting the statement still
+    /// running (`interrupt`). It stays installed until [`finish`](Self::finish) (or closing the
+    /// connection) takes it off.
+    fn end_watchdog(&self, interrupt: bool) {
+        if let Some(w) = &self.watchdog {
             let value = if interrupt {
                 WATCHDOG_INTERRUPT
             } else {
                 WATCHDOG_OFF
             };
-            state.store(value, Ordering::Relaxed);
+            w.state.store(value, Ordering::Relaxed);
         }
     }
 
@@ -238,35 +261,32 @@ impl<DB: Database> SqlxTransaction<DB> {
     /// open on it. Never blocks (sqlx closes it in a background task).
     fn close(&mut self) {
         self.end_watchdog(self.in_flight);
+        self.watchdog = None;
         if let Some(mut conn) = self.conn.take() {
             conn.close_on_drop();
         }
         self.open = false;
     }
 
-    /// After COMMIT/ROLLBACK: restores session settings, then returns the connection.
+    /// After COMMIT/ROLLBACK: restores session settings and takes the watchdog off, then
+    /// returns the connection (or closes it when that failed).
     async fn finish(&mut self) {
-        if let Some(sql) = self.reset.take()
+        self.end_watchdog(false);
+        let (reset, watchdog) = (self.reset.take(), self.watchdog.take());
+        if (reset.is_some() || watchdog.is_some())
             && let Some(conn) = self.conn.as_mut()
         {
             self.in_flight = true;
-            let ok = matches!(
-                tokio::time::timeout(
-                    ROLLBACK_TIMEOUT,
-                    (self.exec)(&mut **conn, sql.into_sql_str())
-                )
-                .await,
-                Ok(Ok(()))
-            );
-            if ok {
+            let remove = watchdog.map(|w| w.remove);
+            if restore_session::<DB>(conn, self.exec, reset, remove).await {
                 self.in_flight = false;
             } else {
-                tracing::warn!(target: "tx", "failed to reset the session after a transaction ({sql}); closing the connection");
                 self.close();
             }
         }
-        // Dropping the PoolConnection returns it to the pool.
+        // Dropping the PoolConnection returns it to the pool; then the admission is released.
         self.conn = None;
+        self.admission = None;
     }
 
     async fn rollback_inner(&mut self) -> Result<(), TxError> {
@@ -367,6 +387,32 @@ impl<DB: Database> SqlxTransaction<DB> {
     }
 }
 
+/// Runs `reset` and `remove` (each bounded by [`ROLLBACK_TIMEOUT`]) on a connection whose
+/// transaction has ended; false when either failed (the connection must then be closed).
+async fn restore_session<DB: Database>(
+    conn: &mut PoolConnection<DB>,
+    exec: ExecRaw<DB>,
+    reset: Option<&'static str>,
+    remove: Option<SessionFn<DB>>,
+) -> bool {
+    if let Some(sql) = reset {
+        let done =
+            tokio::time::timeout(ROLLBACK_TIMEOUT, exec(&mut **conn, sql.into_sql_str())).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!(target: "tx", "failed to reset the session after a transaction ({sql}); closing the connection");
+            return false;
+        }
+    }
+    if let Some(remove) = remove {
+        let done = tokio::time::timeout(ROLLBACK_TIMEOUT, remove(&mut **conn)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!(target: "tx", "failed to remove the deadline watchdog after a transaction; closing the connection");
+            return false;
+        }
+    }
+    true
+}
+
 fn lost_connection() -> TxError {
     TxError::database(
         Operation::Statement,
@@ -424,23 +470,23 @@ impl<DB: Database> Drop for SqlxTransaction<DB> {
             <DB::TransactionManager as SqlxTransactionManager>::start_rollback(&mut conn);
         }
         let runtime = tokio::runtime::Handle::try_current();
-        if self.in_flight || (self.reset.is_some() && runtime.is_err()) {
-            // Out of sync (or no way to reset the session): close instead of reusing.
+        let restore = self.reset.is_some() || self.watchdog.is_some();
+        if self.in_flight || (restore && runtime.is_err()) {
+            // Out of sync (or no way to restore the session): close instead of reusing.
             conn.close_on_drop();
             return;
         }
-        if let (Some(sql), Ok(runtime)) = (self.reset.take(), runtime) {
-            let exec = self.exec;
+        if let (true, Ok(runtime)) = (restore, runtime) {
+            let (exec, reset) = (self.exec, self.reset.take());
+            let remove = self.watchdog.take().map(|w| w.remove);
+            let admission = self.admission.take();
             runtime.spawn(async move {
                 let mut conn = conn;
-                let ok = matches!(
-                    tokio::time::timeout(ROLLBACK_TIMEOUT, exec(&mut *conn, sql.into_sql_str()))
-                        .await,
-                    Ok(Ok(()))
-                );
-                if !ok {
+                if !restore_session::<DB>(&mut conn, exec, reset, remove).await {
                     conn.close_on_drop();
                 }
+                drop(conn);
+                drop(admission);
             });
         }
         // Otherwise `conn` drops here and goes back to the pool.

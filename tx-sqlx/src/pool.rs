@@ -1,15 +1,17 @@
 //! [`TxPool`]: a sqlx pool that is also a transaction manager, and its connection guard.
 
+use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use sqlx::Database;
 use sqlx::pool::PoolConnection;
 use tx_core::connection::{LockPurpose, TransactionGuard};
-use tx_core::manager::ManagerKey;
+use tx_core::manager::{BeginOptions, ManagerKey};
 use tx_core::{Operation, TxError};
 
+use crate::capacity::{Admission, Capacity};
 use crate::error::{acquire_error, db_error};
 use crate::physical::SqlxTransaction;
 
@@ -24,8 +26,8 @@ use crate::physical::SqlxTransaction;
 ///   queries are written exactly as with a plain `&Pool`:
 ///   `sqlx::query("..").execute(&db).await?`.
 ///
-/// Cloning is cheap (an `Arc`), and every clone is the same manager: a scope on one clone
-/// joins a transaction begun on another.
+/// Cloning is cheap (an `Arc`), and every clone, like every `TxPool` made from the same sqlx
+/// pool, is the same manager: a scope on one joins a transaction begun on another.
 ///
 /// Inside a transaction, statements of one task on the same `TxPool` take turns on the
 /// transaction's single connection (concurrent futures, e.g. `join!`, are serialized). A
@@ -63,24 +65,117 @@ pub(crate) struct Inner<DB: Database> {
     /// (`max_execution_time`); probed once, the first time a deadline needs it.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) mariadb: OnceLock<bool>,
+    /// The reservation for inner transactions and the starvation detection.
+    pub(crate) capacity: Capacity,
+}
+
+/// The identity of a sqlx pool: the address of its shared state (the options it keeps behind
+/// its `Arc`), the same for every clone and unique while the pool lives.
+fn pool_identity<DB: Database>(pool: &sqlx::Pool<DB>) -> usize {
+    std::ptr::from_ref(pool.options()).cast::<()>() as usize
+}
+
+/// The one `Inner` of each live pool, so that every `TxPool` made from (a clone of) one sqlx
+/// pool is the same manager. Entries are weak: the `Inner` (and the pool clone in it) goes
+/// away with the last `TxPool`; while it lives it keeps the pool, so its identity cannot be
+/// reused by another pool.
+static MANAGERS: Mutex<Vec<(usize, Weak<dyn Any + Send + Sync>)>> = Mutex::new(Vec::new());
+
+impl<DB: Database> Inner<DB> {
+    /// The shared `Inner` of `pool`, made on first use.
+    fn of(pool: sqlx::Pool<DB>) -> Arc<Inner<DB>> {
+        let id = pool_identity(&pool);
+        let mut managers = MANAGERS.lock().unwrap_or_else(PoisonError::into_inner);
+        managers.retain(|(_, inner)| inner.strong_count() > 0);
+        let existing = managers
+            .iter()
+            .filter(|(key, _)| *key == id)
+            .find_map(|(_, inner)| inner.upgrade()?.downcast::<Inner<DB>>().ok());
+        if let Some(inner) = existing {
+            return inner;
+        }
+        let inner = Arc::new(Inner {
+            pool,
+            mariadb: OnceLock::new(),
+            capacity: Capacity::default(),
+        });
+        let erased: Arc<dyn Any + Send + Sync> = inner.clone();
+        managers.push((id, Arc::downgrade(&erased)));
+        inner
+    }
 }
 
 impl<DB: Database> TxPool<DB> {
-    /// Wraps `pool`; the pool keeps all its own settings (size, timeouts, connect options).
+    /// Wraps `pool`; the pool keeps all its own settings (size, timeouts, connect options,
+    /// `before_acquire` and the other hooks: every transaction takes its connection through
+    /// `Pool::acquire`, as `pool.begin()` does, so an idle connection is pinged first unless
+    /// the pool was built with `test_before_acquire(false)`).
+    ///
+    /// Every `TxPool` made from the same sqlx pool (or a clone of it) is the same manager: a
+    /// scope on one joins a transaction begun on another.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let db = tx_sqlx::SqliteTxPool::new(sqlx::SqlitePool::connect("sqlite://app.db").await?);
-    /// # let _ = db; Ok(()) }
+    /// let pool = sqlx::SqlitePool::connect("sqlite://app.db").await?;
+    /// let db = tx_sqlx::SqliteTxPool::new(pool.clone());
+    /// let same = tx_sqlx::SqliteTxPool::new(pool);
+    /// # let _ = (db, same); Ok(()) }
     /// ```
     #[must_use]
     pub fn new(pool: sqlx::Pool<DB>) -> Self {
         TxPool {
-            inner: Arc::new(Inner {
-                pool,
-                mariadb: OnceLock::new(),
-            }),
+            inner: Inner::of(pool),
         }
+    }
+
+    /// Reserves `n` of the pool's connections for inner transactions (`RequiresNew` inside a
+    /// transaction of this pool), so that they always find a connection.
+    ///
+    /// A `RequiresNew` scope takes a second connection while its task holds the first one (in
+    /// the suspended transaction). Without a reservation, when all connections are held by
+    /// tasks waiting for a second one, none can come back: the last begin to wait fails at
+    /// once with [`TxError::PoolStarvation`]. With `n >= 1`, transactions of tasks that hold no
+    /// connection of this pool take at most `max_connections - n` connections (more wait their
+    /// turn, up to the pool's acquire timeout), so inner transactions one level deep always
+    /// make progress. See the README's pool sizing section for figures.
+    ///
+    /// The reservation belongs to the pool: it applies to every `TxPool` on it. Set it at
+    /// start-up, before transactions begin; `0` removes it.
+    ///
+    /// # Panics
+    ///
+    /// When `n` is not smaller than the pool's `max_connections` (no outer transaction could
+    /// begin).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sqlx::Error> {
+    /// let pool = sqlx::postgres::PgPoolOptions::new()
+    ///     .max_connections(10)
+    ///     .connect("postgres://postgres@127.0.0.1/test")
+    ///     .await?;
+    /// // Up to 8 outer transactions at once; 2 connections kept for their RequiresNew audits.
+    /// let db = tx_sqlx::PgTxPool::new(pool).reserve_for_nested(2);
+    /// assert_eq!(db.reserved_for_nested(), 2);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn reserve_for_nested(self, n: u32) -> Self {
+        let max = self.inner.pool.options().get_max_connections();
+        self.inner.capacity.reserve(max, n);
+        self
+    }
+
+    /// How many connections are reserved for inner transactions (see
+    /// [`reserve_for_nested`](Self::reserve_for_nested)).
+    ///
+    /// ```no_run
+    /// # async fn run(db: tx_sqlx::PgTxPool) {
+    /// assert_eq!(db.reserved_for_nested(), 0); // none unless configured
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn reserved_for_nested(&self) -> u32 {
+        self.inner.capacity.reserved()
     }
 
     /// The underlying sqlx pool. Queries run directly on it never take part in a transaction
@@ -96,19 +191,35 @@ impl<DB: Database> TxPool<DB> {
         &self.inner.pool
     }
 
-    /// The identity of this manager: the same for every clone.
-    /// A connection for a new transaction: an idle one at once when there is one, else
-    /// waiting for one. The waiting future (large: it can open a connection) is boxed only on
-    /// that slow path, so the future of every `BEGIN` stays small and cheap to move.
-    pub(crate) async fn connection_for_begin(&self) -> Result<PoolConnection<DB>, TxError> {
-        match self.inner.pool.try_acquire() {
-            Some(conn) => Ok(conn),
-            None => Box::pin(self.inner.pool.acquire())
-                .await
-                .map_err(|e| db_error(Operation::Begin, e)),
-        }
+    /// A connection for a new transaction, taken with `Pool::acquire` so that the pool's
+    /// guarantees hold (`test_before_acquire`, `before_acquire`; lifetimes are enforced by
+    /// the pool itself). There is no shortcut through `try_acquire`: it skips those checks,
+    /// and sqlx does not tell whether a `before_acquire` hook is set. A task that holds connections of this pool in suspended transactions
+    /// is registered as waiting while it waits, so that starvation is detected; one that holds
+    /// none first passes the reservation's gate.
+    pub(crate) async fn connection_for_begin(
+        &self,
+        options: &BeginOptions,
+    ) -> Result<(PoolConnection<DB>, Admission), TxError> {
+        let inner = &*self.inner;
+        let held = &options.suspended_connections[..];
+        let (admission, _waiting) = if held.is_empty() {
+            (inner.capacity.admit(&inner.pool).await?, None)
+        } else {
+            let waiting = inner
+                .capacity
+                .wait_holding(&inner.pool, held, &options.name)?;
+            (None, Some(waiting))
+        };
+        let conn = inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error(Operation::Begin, e))?;
+        Ok((conn, admission))
     }
 
+    /// The identity of this manager: the same for every `TxPool` on this pool.
     pub(crate) fn manager_key(&self) -> ManagerKey {
         ManagerKey::of(&self.inner)
     }

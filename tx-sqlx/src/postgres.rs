@@ -59,8 +59,8 @@ async fn begin(
     options: BeginOptions,
 ) -> Result<SqlxTransaction<Postgres>, TxError> {
     let sql = begin_sql(options.isolation, options.read_only, options.remaining);
-    let conn = db.connection_for_begin().await?;
-    let mut tx = SqlxTransaction::new(conn, exec_raw::<Postgres>, &FLAVOR);
+    let leased = db.connection_for_begin(&options).await?;
+    let mut tx = SqlxTransaction::new(leased, exec_raw::<Postgres>, &FLAVOR);
     // A simple query: several statements, one round trip.
     tx.begin(sql)
         .await

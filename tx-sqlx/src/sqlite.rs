@@ -106,13 +106,22 @@ async fn begin(
     if options.isolation.sql().is_some() {
         tracing::trace!(target: "tx", "SQLite transactions are always serializable; isolation {:?} needs nothing", options.isolation);
     }
-    let conn = db.connection_for_begin().await?;
-    let mut tx = SqlxTransaction::new(conn, exec_raw::<Sqlite>, &FLAVOR);
+    let leased = db.connection_for_begin(&options).await?;
+    let mut tx = SqlxTransaction::new(leased, exec_raw::<Sqlite>, &FLAVOR);
     let sql = if options.read_only {
-        // query_only is a connection setting: restored after COMMIT/ROLLBACK (the connection
-        // is closed if that fails).
-        tx.set_reset("PRAGMA query_only = OFF");
-        "PRAGMA query_only = ON; BEGIN DEFERRED"
+        // query_only is a connection setting, which the pool's own options may have set:
+        // switched on for the transaction only when it is off, and then switched off again
+        // after COMMIT/ROLLBACK (the connection is closed if that fails).
+        let query_only: bool = sqlx::query_scalar("PRAGMA query_only")
+            .fetch_one(&mut **tx.raw_connection())
+            .await
+            .map_err(|e| db_error(Operation::Begin, e))?;
+        if query_only {
+            "BEGIN DEFERRED"
+        } else {
+            tx.set_reset("PRAGMA query_only = OFF");
+            "PRAGMA query_only = ON; BEGIN DEFERRED"
+        }
     } else {
         // Take the write lock now: a deferred writer could fail with SQLITE_BUSY when it
         // upgrades its read lock, and a busy BEGIN IMMEDIATE can simply be retried.
@@ -123,11 +132,12 @@ async fn begin(
         .map_err(|e| db_error(Operation::Begin, e))?;
     if let Some(remaining) = options.remaining {
         // Interrupt any statement still running at the deadline (SQLITE_INTERRUPT), or
-        // right away once the transaction is abandoned with a statement running.
+        // right away once the transaction is abandoned with a statement running. Taken off
+        // the connection when the transaction ends, so that it never outlives it.
         let deadline = std::time::Instant::now() + remaining;
         let state = Arc::new(AtomicU8::new(WATCHDOG_ACTIVE));
         let watched = Arc::clone(&state);
-        tx.set_watchdog(state);
+        tx.set_watchdog(state, remove_watchdog);
         let mut handle = tx
             .raw_connection()
             .lock_handle()
@@ -142,6 +152,14 @@ async fn begin(
         });
     }
     Ok(tx)
+}
+
+/// Takes the deadline watchdog (progress handler) off a connection.
+fn remove_watchdog(conn: &mut SqliteConnection) -> SqlxBoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        conn.lock_handle().await?.remove_progress_handler();
+        Ok(())
+    })
 }
 
 /// The transaction manager of a SQLite pool.

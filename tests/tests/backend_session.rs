@@ -1,0 +1,641 @@
+//! What a transaction leaves on its pool's connections, on every backend: the session settings
+//! the pool gave them (restored, not reset to a default), no deadline watchdog after the
+//! transaction whatever was dropped inside it, the pool's own liveness checks and hooks run
+//! for every BEGIN, and one manager per sqlx pool however many `TxPool`s wrap it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Connection, Database};
+use tx_sqlx::TransactionManager;
+use tx_sqlx::prelude::*;
+use tx_sqlx::{MySqlTxPool, Operation, PgTxPool, SqliteTxPool};
+
+/// A statement of far more than 1000 SQLite VM steps (200 000 recursion rounds).
+const HEAVY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) \
+                     SELECT count(*) FROM c";
+
+/// The SQLite result code behind `e`, if any.
+fn sqlite_code(e: &sqlx::Error) -> Option<u32> {
+    e.as_database_error()?.code()?.parse().ok()
+}
+
+/// An error that rolls a transaction back.
+fn rollback_please() -> TxError {
+    TxError::database(Operation::Statement, false, "the body failed on purpose")
+}
+
+fn sqlite_options(dir: &tempfile::TempDir) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(dir.path().join("test.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
+async fn sqlite_table(db: &SqliteTxPool) -> String {
+    let table = tx_tests::unique_table("sess");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY)"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    table
+}
+
+async fn sqlite_ids(db: &SqliteTxPool, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {table} ORDER BY id"
+    )))
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+}
+
+async fn sqlite_insert(db: &SqliteTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (id) VALUES (?)"
+    )))
+    .bind(id)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Runs [`HEAVY`] on `db` in autocommit and in a transaction without a timeout: both must
+/// complete (no watchdog left on the connection).
+async fn heavy_statements_run(db: &SqliteTxPool) {
+    let n: i64 = sqlx::query_scalar(HEAVY)
+        .fetch_one(db)
+        .await
+        .expect("a long autocommit statement after the transaction");
+    assert_eq!(n, 200_000);
+    let n: i64 = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            async move { Ok::<i64, TxError>(sqlx::query_scalar(HEAVY).fetch_one(&db).await?) }
+        })
+        .await
+        .expect("a long statement in a later transaction without a timeout");
+    assert_eq!(n, 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
+    // One connection: everything below runs on the connection of the timed transaction.
+    let (db, _dir) = tx_tests::sqlite_pool(1).await;
+    let table = sqlite_table(&db).await;
+    TransactionTemplate::new(db.clone())
+        .timeout(Duration::from_secs(30))
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                sqlite_insert(&db, &table, 1).await?;
+                let mut rows = sqlx::query_scalar::<_, i64>(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                     WHERE x < 100000) SELECT x FROM c",
+                )
+                .fetch(&db);
+                assert_eq!(rows.try_next().await?, Some(1));
+                // Only the first row is wanted.
+                drop(rows);
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+    heavy_statements_run(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_watchdog_ends_with_its_transaction_after_an_abandoned_statement() {
+    let (db, _dir) = tx_tests::sqlite_pool(1).await;
+    let table = sqlite_table(&db).await;
+    TransactionTemplate::new(db.clone())
+        .timeout(Duration::from_secs(30))
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                sqlite_insert(&db, &table, 1).await?;
+                // Seconds of work: given up after a moment.
+                let long = sqlx::query_scalar::<_, i64>(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                     WHERE x < 100000000) SELECT count(*) FROM c",
+                )
+                .fetch_one(&db);
+                let given_up = tokio::time::timeout(Duration::from_millis(20), long).await;
+                assert!(given_up.is_err(), "{given_up:?}");
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+    heavy_statements_run(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pool_query_only_survives_a_read_only_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = tx_tests::unique_table("qo");
+    {
+        let mut setup = sqlx::SqliteConnection::connect_with(&sqlite_options(&dir))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY); INSERT INTO {table} VALUES (1)"
+        )))
+        .execute(&mut setup)
+        .await
+        .unwrap();
+    }
+    // A read-only pool of one connection.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlite_options(&dir).pragma("query_only", "ON"))
+        .await
+        .unwrap();
+    let db = SqliteTxPool::new(pool);
+    let n: i64 = TransactionTemplate::new(db.clone())
+        .read_only(true)
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                Ok::<i64, TxError>(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT count(*) FROM {table}"
+                    )))
+                    .fetch_one(&db)
+                    .await?,
+                )
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(query_only, 1, "the pool's query_only must be restored");
+    let write = sqlite_insert(&db, &table, 2).await;
+    let err = write.expect_err("the read-only pool must stay read-only");
+    assert_eq!(sqlite_code(&err).map(|c| c & 0xff), Some(8), "{err}"); // SQLITE_READONLY
+    // A writer transaction on it fails too (query_only stays on).
+    let r = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                sqlite_insert(&db, &table, 3).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_session_max_statement_time_is_restored() {
+    let Ok(pool) = MySqlPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION max_statement_time = 7")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&tx_tests::mysql_url())
+        .await
+    else {
+        // Skips loudly, or fails under TX_TEST_REQUIRE_SERVERS=1.
+        let _ = tx_tests::mysql_pool(1).await;
+        return;
+    };
+    let db = MySqlTxPool::new(pool);
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(
+        version.contains("MariaDB"),
+        "this test needs MariaDB ({version})"
+    );
+    let bound = "SELECT CAST(@@SESSION.max_statement_time * 1000 AS SIGNED)";
+    for (timeout, inside_at_most) in [
+        (Duration::from_secs(20), 7000),
+        (Duration::from_secs(2), 2000),
+    ] {
+        let inside: i64 = TransactionTemplate::new(db.clone())
+            .timeout(timeout)
+            .execute(|_| {
+                let db = db.clone();
+                async move {
+                    Ok::<i64, TxError>(
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(bound))
+                            .fetch_one(&db)
+                            .await?,
+                    )
+                }
+            })
+            .await
+            .unwrap();
+        // The tighter of the session's bound and the time left.
+        assert!(
+            inside > inside_at_most - 1000 && inside <= inside_at_most,
+            "bound inside a {timeout:?} transaction: {inside} ms"
+        );
+        let after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(bound))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(after, 7000, "the session's own bound must be restored");
+    }
+}
+
+/// A counter of `before_acquire` calls.
+fn counting() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    (calls.clone(), calls)
+}
+
+/// Runs a transaction with one statement on `db` and returns how many more times the pool's
+/// `before_acquire` ran.
+async fn before_acquire_calls_of_a_transaction<DB>(
+    db: &TxPool<DB>,
+    calls: &AtomicUsize,
+    statement: &'static str,
+) -> usize
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    for<'c> &'c TxPool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let before = calls.load(Ordering::SeqCst);
+    TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let db = db.clone();
+            async move {
+                sqlx::query(statement).execute(&db).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+        .unwrap();
+    calls.load(Ordering::SeqCst) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_runs_the_pools_before_acquire_on_every_backend() {
+    let (calls, hook) = counting();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .min_connections(1)
+        .before_acquire(move |_, _| {
+            let hook = hook.clone();
+            Box::pin(async move {
+                hook.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+        .connect_with(sqlite_options(&dir))
+        .await
+        .unwrap();
+    let db = SqliteTxPool::new(pool);
+    assert_eq!(
+        before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
+        1,
+        "SQLite"
+    );
+
+    let (calls, hook) = counting();
+    let pg = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(1)
+        .before_acquire(move |_, _| {
+            let hook = hook.clone();
+            Box::pin(async move {
+                hook.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+        .connect(&tx_tests::pg_url())
+        .await;
+    match pg {
+        Ok(pool) => {
+            let db = PgTxPool::new(pool);
+            assert_eq!(
+                before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
+                1,
+                "PostgreSQL"
+            );
+        }
+        Err(_) => drop(tx_tests::pg_pool(1).await),
+    }
+
+    let (calls, hook) = counting();
+    let my = MySqlPoolOptions::new()
+        .max_connections(2)
+        .min_connections(1)
+        .before_acquire(move |_, _| {
+            let hook = hook.clone();
+            Box::pin(async move {
+                hook.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+        .connect(&tx_tests::mysql_url())
+        .await;
+    match my {
+        Ok(pool) => {
+            let db = MySqlTxPool::new(pool);
+            assert_eq!(
+                before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
+                1,
+                "MariaDB"
+            );
+        }
+        Err(_) => drop(tx_tests::mysql_pool(1).await),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_transaction_survives_a_terminated_idle_connection() {
+    let Some(db) = tx_tests::pg_pool(1).await else {
+        return;
+    };
+    let table = tx_tests::unique_table("term");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    // The pool's only connection, now idle.
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&tx_tests::pg_url())
+        .await
+        .unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let started = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "backend {pid} still there"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_pid: i32 = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (id) VALUES (1)"
+                )))
+                .execute(&db)
+                .await?;
+                Ok::<i32, TxError>(
+                    sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&db)
+                        .await?,
+                )
+            }
+        })
+        .await
+        .expect("the pool's liveness check must replace the terminated connection");
+    assert_ne!(new_pid, pid);
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_transaction_survives_a_killed_idle_connection() {
+    let Some(db) = tx_tests::mysql_pool(1).await else {
+        return;
+    };
+    let table = tx_tests::unique_table("kill");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut admin = sqlx::MySqlConnection::connect(&tx_tests::mysql_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap()
+        > 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "connection {id} still there"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_id: u64 = TransactionTemplate::new(db.clone())
+        .execute(|_| {
+            let (db, table) = (db.clone(), table.clone());
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (id) VALUES (1)"
+                )))
+                .execute(&db)
+                .await?;
+                Ok::<u64, TxError>(
+                    sqlx::query_scalar("SELECT CONNECTION_ID()")
+                        .fetch_one(&db)
+                        .await?,
+                )
+            }
+        })
+        .await
+        .expect("the pool's liveness check must replace the killed connection");
+    assert_ne!(new_id, id);
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
+    let (first, _dir) = tx_tests::sqlite_pool(2).await;
+    let second = SqliteTxPool::new(first.pool().clone());
+    let table = sqlite_table(&first).await;
+    let r = TransactionTemplate::new(first.clone())
+        .execute(|_| {
+            let (first, second, table) = (first.clone(), second.clone(), table.clone());
+            async move {
+                sqlite_insert(&first, &table, 1).await?;
+                // Runs in the transaction of `first`, not in autocommit beside it.
+                sqlite_insert(&second, &table, 2).await?;
+                Err::<(), _>(rollback_please())
+            }
+        })
+        .await;
+    assert!(r.is_err());
+    assert!(sqlite_ids(&first, &table).await.is_empty());
+    assert_eq!(first.key(), second.key());
+
+    // A reservation made through one handle is the pool's.
+    let reserved = SqliteTxPool::new(first.pool().clone()).reserve_for_nested(1);
+    assert_eq!(second.reserved_for_nested(), 1);
+    let _ = reserved.reserve_for_nested(0);
+    assert_eq!(first.reserved_for_nested(), 0);
+    // Another pool is another manager.
+    let (other, _other_dir) = tx_tests::sqlite_pool(1).await;
+    assert_ne!(other.key(), first.key());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_two_txpools_on_one_pool_are_one_manager() {
+    let Some(first) = tx_tests::pg_pool(2).await else {
+        return;
+    };
+    let second = PgTxPool::new(first.pool().clone());
+    let table = tx_tests::unique_table("same");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
+    )))
+    .execute(first.pool())
+    .await
+    .unwrap();
+    let insert = |db: PgTxPool, id: i64| {
+        let table = table.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (id) VALUES ($1)"
+            )))
+            .bind(id)
+            .execute(&db)
+            .await
+            .map(|_| ())
+        }
+    };
+    let r = TransactionTemplate::new(first.clone())
+        .execute(|_| {
+            let (first, second) = (first.clone(), second.clone());
+            async move {
+                insert(first, 1).await?;
+                insert(second.clone(), 2).await?;
+                // A Required scope on the second handle joins the transaction of the first.
+                TransactionTemplate::new(second.clone())
+                    .execute(|status| {
+                        let second = second.clone();
+                        async move {
+                            assert!(!status.is_new_transaction());
+                            insert(second, 3).await?;
+                            Ok::<_, TxError>(())
+                        }
+                    })
+                    .await?;
+                Err::<(), _>(rollback_please())
+            }
+        })
+        .await;
+    assert!(r.is_err());
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(first.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
+    assert_eq!(first.key(), second.key());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(first.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_two_txpools_on_one_pool_are_one_manager() {
+    let Some(first) = tx_tests::mysql_pool(2).await else {
+        return;
+    };
+    let second = MySqlTxPool::new(first.pool().clone());
+    let table = tx_tests::unique_table("same");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
+    )))
+    .execute(first.pool())
+    .await
+    .unwrap();
+    let r = TransactionTemplate::new(first.clone())
+        .execute(|_| {
+            let (first, second, table) = (first.clone(), second.clone(), table.clone());
+            async move {
+                for (db, id) in [(&first, 1), (&second, 2)] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO {table} (id) VALUES (?)"
+                    )))
+                    .bind(id)
+                    .execute(db)
+                    .await?;
+                }
+                Err::<(), _>(rollback_please())
+            }
+        })
+        .await;
+    assert!(r.is_err());
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(first.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
+    assert_eq!(first.key(), second.key());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(first.pool())
+        .await
+        .unwrap();
+}
