@@ -8,15 +8,32 @@ use futures_util::FutureExt;
 pub use crate::definition::TransactionDefinition;
 pub use crate::propagation::ManagerRef;
 pub use crate::{Isolation, Propagation, TxError};
+pub use std::sync::OnceLock;
 pub use std::time::Duration;
+
+mod default_name;
+pub use default_name::default_name;
 
 use crate::manager::ShareManager;
 use crate::propagation;
 use crate::retry::Retry;
 
-/// `manager = EXPR`.
+/// A manager given by reference.
 pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
     ManagerRef::Borrowed(m)
+}
+
+/// `manager = EXPR`, called as a method (`(&expr).__tx_manager_ref()`) so that auto-deref
+/// finds the manager behind a reference, `Box` or other smart pointer (`db: &'a PgTxPool`).
+pub trait ManagerExpr {
+    /// The manager, borrowed for the call.
+    fn __tx_manager_ref(&self) -> ManagerRef<'_>;
+}
+
+impl<M: ShareManager> ManagerExpr for M {
+    fn __tx_manager_ref(&self) -> ManagerRef<'_> {
+        ManagerRef::Borrowed(self)
+    }
 }
 
 /// Runs the future `make_body()` returns in the scope `def` describes; `rollback_on(&err)`

@@ -35,13 +35,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream, private: &TokenStream
         }
     };
     let result = match parsed {
-        Item::Fn(f) => expand_fn(&args, &f.attrs, &f.sig, &f.block, private, None).map(
+        Item::Fn(f) => expand_fn(&args, &f.attrs, &f.sig, &f.block, private, false).map(
             |(attrs, sig, block)| {
                 let vis = &f.vis;
                 quote!(#(#attrs)* #vis #sig #block)
             },
         ),
-        Item::Impl(imp) => expand_impl(&args, imp, private),
+        Item::Impl(imp) => Ok(expand_impl(&args, imp, private)),
         other => Err(not_a_fn(&other)),
     };
     match result {
@@ -111,34 +111,54 @@ fn is_transactional_attr(attr: &Attribute) -> bool {
         .is_some_and(|s| s.ident == "transactional")
 }
 
-/// `#[transactional(...)] impl ... { ... }`: the default for every `async fn` returning
-/// `Result` in the block that has no `#[transactional]` of its own.
-fn expand_impl(
-    args: &Args,
-    mut imp: syn::ItemImpl,
-    private: &TokenStream,
-) -> syn::Result<TokenStream> {
+/// `#[transactional(...)] impl ... { ... }`: the default for every `async fn` returning a
+/// `Result` in the block. A method's own `#[transactional(...)]` replaces the block's keys,
+/// except `manager`, which it inherits when it names none (Spring's method-level annotation
+/// keeps the class's transaction manager). Both are expanded here, so the method's attribute
+/// sees the block's manager.
+///
+/// Errors are reported once each, next to the block with every other method expanded, so a
+/// mistake in one method does not hide the others' or repeat itself.
+fn expand_impl(args: &Args, mut imp: syn::ItemImpl, private: &TokenStream) -> TokenStream {
     let mut errors: Option<syn::Error> = None;
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
-        if f.attrs.iter().any(is_transactional_attr) {
-            continue; // the method's own attribute replaces the block's entirely
-        }
-        if f.sig.asyncness.is_none() || result_parts(&f.sig.output).is_none() {
-            continue; // Spring's class-level annotation also only concerns transactional methods
-        }
+        let own_args;
+        let (args, own) = match f.attrs.iter().position(is_transactional_attr) {
+            Some(at) => {
+                let attr = f.attrs.remove(at);
+                match method_args(&attr, args) {
+                    Ok(a) => {
+                        own_args = a;
+                        (&own_args, true)
+                    }
+                    Err(e) => {
+                        combine(&mut errors, e);
+                        continue;
+                    }
+                }
+            }
+            None if f.sig.asyncness.is_none() || !returns_result_in_impl(&f.sig.output) => {
+                continue; // Spring's class-level annotation also only concerns transactional methods
+            }
+            None => (args, false),
+        };
         let has_receiver = matches!(f.sig.inputs.first(), Some(FnArg::Receiver(_)));
         let res = if !has_receiver && args.manager_uses_self() {
+            let name = f.sig.ident.unraw();
+            let whose = if own {
+                "its #[transactional] inherits the impl block's manager"
+            } else {
+                "the impl block's #[transactional] takes its manager"
+            };
             Err(syn::Error::new(
                 f.sig.ident.span(),
                 format!(
-                    "the impl block's #[transactional] takes its manager from `self`, but `{}` has no `self` receiver; give `{}` its own #[transactional(manager = ...)] or move it to another impl block",
-                    f.sig.ident.unraw(),
-                    f.sig.ident.unraw()
+                    "{whose} from `self`, but `{name}` has no `self` receiver; give `{name}` its own #[transactional(manager = ...)] or move it to another impl block"
                 ),
             ))
         } else {
-            expand_fn(args, &f.attrs, &f.sig, &f.block, private, Some(()))
+            expand_fn(args, &f.attrs, &f.sig, &f.block, private, true)
         };
         match res {
             Ok((attrs, sig, block)) => {
@@ -146,16 +166,38 @@ fn expand_impl(
                 f.sig = sig;
                 f.block = block;
             }
-            Err(e) => match &mut errors {
-                Some(all) => all.combine(e),
-                None => errors = Some(e),
-            },
+            Err(e) => combine(&mut errors, e),
         }
     }
+    let mut out = errors.map_or_else(TokenStream::new, |e| e.to_compile_error());
+    out.extend(imp.into_token_stream());
+    out
+}
+
+fn combine(errors: &mut Option<syn::Error>, e: syn::Error) {
     match errors {
-        Some(e) => Err(e),
-        None => Ok(imp.into_token_stream()),
+        Some(all) => all.combine(e),
+        None => *errors = Some(e),
     }
+}
+
+/// The keys of a method's own `#[transactional(...)]` inside an annotated block, with the
+/// block's `manager` when the method names none.
+fn method_args(attr: &Attribute, block: &Args) -> syn::Result<Args> {
+    let mut args = match &attr.meta {
+        syn::Meta::Path(_) => Args::default(),
+        syn::Meta::List(list) => syn::parse2::<Args>(list.tokens.clone())?,
+        syn::Meta::NameValue(nv) => {
+            return Err(syn::Error::new_spanned(
+                &nv.value,
+                "#[transactional] takes its keys in parentheses: `#[transactional(key = value, ...)]`",
+            ));
+        }
+    };
+    if args.manager.is_none() {
+        args.manager.clone_from(&block.manager);
+    }
+    Ok(args)
 }
 
 /// How a method receives `self`.
@@ -186,6 +228,25 @@ fn unwrap_type(ty: &Type) -> &Type {
         Type::Paren(p) => unwrap_type(&p.elem),
         other => other,
     }
+}
+
+/// Whether an `impl` block's attribute takes a method with this return type: `Result<..>`
+/// under any path (`std::result::Result<T, E>`, `io::Result<T>`), or an alias with type
+/// parameters whose name ends in `Result` (`AppResult<T>`). A type that is merely named
+/// `...Result` (sqlx's `PgQueryResult`) is not a `Result`, and the method is left alone.
+fn returns_result_in_impl(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(tp) = unwrap_type(ty) else {
+        return false;
+    };
+    let Some(last) = tp.path.segments.last() else {
+        return false;
+    };
+    let has_type_params = matches!(&last.arguments, PathArguments::AngleBracketed(ab)
+        if ab.args.iter().any(|a| matches!(a, GenericArgument::Type(_))));
+    last.ident == "Result" || (has_type_params && last.ident.to_string().ends_with("Result"))
 }
 
 /// For `Result<T, E>` (any path ending in `Result`): `Some(Some(E))`; for an alias with one
@@ -364,12 +425,10 @@ fn expand_fn(
     sig: &Signature,
     block: &Block,
     private: &TokenStream,
-    from_impl: Option<()>,
+    in_impl: bool,
 ) -> syn::Result<(Vec<Attribute>, Signature, Block)> {
     let p = private;
-    if from_impl.is_none()
-        && let Some(dup) = attrs.iter().find(|a| is_transactional_attr(a))
-    {
+    if let Some(dup) = attrs.iter().find(|a| is_transactional_attr(a)) {
         return Err(syn::Error::new_spanned(
             dup,
             "#[transactional] is given twice on this function; merge the two attributes into one",
@@ -421,28 +480,53 @@ fn expand_fn(
         None => quote!(::core::option::Option::None),
     };
     let read_only = args.read_only.unwrap_or(false);
-    let name = match &args.name {
-        Some(lit) => lit.to_token_stream(),
+    // Default name: `Type::method` for a method, the module path and name for a free function.
+    // A method's attribute cannot see its `impl`, so the type is read from the path of an item
+    // declared here (`std::any::type_name`), once, when the definition is first used.
+    let def_stmt = match &args.name {
+        Some(lit) => quote! {
+            let #def: &'static #p::TransactionDefinition = {
+                static __TX_DEFINITION: #p::TransactionDefinition = #p::TransactionDefinition::__const(
+                    #p::Propagation::#propagation,
+                    #p::Isolation::#isolation,
+                    #timeout,
+                    #read_only,
+                    #lit,
+                );
+                &__TX_DEFINITION
+            };
+        },
         None => {
             let fn_name = sig.ident.unraw().to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+            let method = in_impl
+                || matches!(sig.inputs.first(), Some(FnArg::Receiver(_)))
+                || tokens_mention(sig.to_token_stream(), &mut |i| i == "Self");
+            let here = Ident::new("__tx_here", Span::mixed_site());
+            quote! {
+                let #def: &'static #p::TransactionDefinition = {
+                    fn #here() {}
+                    static __TX_DEFINITION: #p::OnceLock<#p::TransactionDefinition> = #p::OnceLock::new();
+                    __TX_DEFINITION.get_or_init(|| #p::TransactionDefinition::__const(
+                        #p::Propagation::#propagation,
+                        #p::Isolation::#isolation,
+                        #timeout,
+                        #read_only,
+                        "",
+                    ).name(#p::default_name(
+                        #here,
+                        ::core::concat!(::core::module_path!(), "::", #fn_name),
+                        #fn_name,
+                        #method,
+                    )))
+                };
+            }
         }
-    };
-    let def_stmt = quote! {
-        let #def: &'static #p::TransactionDefinition = {
-            static __TX_DEFINITION: #p::TransactionDefinition = #p::TransactionDefinition::__const(
-                #p::Propagation::#propagation,
-                #p::Isolation::#isolation,
-                #timeout,
-                #read_only,
-                #name,
-            );
-            &__TX_DEFINITION
-        };
     };
 
     // ---- the manager ------------------------------------------------------------------
     let manager = Ident::new("__tx_manager", Span::mixed_site());
+    // `(&EXPR).__tx_manager_ref()` is a method call so that auto-deref reaches the manager behind
+    // a reference or a smart pointer (`db: &'a PgTxPool`, `Box<PgTxPool>`).
     let manager_stmts = match &args.manager {
         None => quote!(let #manager = #p::ManagerRef::Default;),
         Some(Manager::Named(lit)) => quote!(let #manager = #p::ManagerRef::Named(#lit);),
@@ -452,7 +536,10 @@ fn expand_fn(
         Some(Manager::Expr(expr)) if receiver == Receiver::Ref && is_self_field(expr) => {
             let span = expr.span();
             quote_spanned! {span=>
-                let #manager = #p::by_expr(&#expr);
+                let #manager = {
+                    use #p::ManagerExpr as _;
+                    (&#expr).__tx_manager_ref()
+                };
             }
         }
         Some(Manager::Expr(expr)) => {
@@ -466,7 +553,10 @@ fn expand_fn(
             quote_spanned! {span=>
                 #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
                 let #handle = #grouped.clone();
-                let #manager = #p::by_expr(&#handle);
+                let #manager = {
+                    use #p::ManagerExpr as _;
+                    (&#handle).__tx_manager_ref()
+                };
             }
         }
     };
@@ -546,6 +636,11 @@ fn expand_fn(
         }
         _ if !contains_impl_trait(ret_ty) => (
             quote_spanned! {check_span=>
+                #[diagnostic::on_unimplemented(
+                    message = "`{Self}` is not a `Result`: #[transactional] needs a function returning `Result<T, E>` with `E: From<TxError>`",
+                    label = "not a `Result`",
+                    note = "an `Err` is what rolls the transaction back; return a `Result` (or an alias of one), or drop #[transactional]"
+                )]
                 trait __TxResult {
                     type Error;
                 }
@@ -675,7 +770,8 @@ fn expand_fn(
                     // the type is named when the parameter is a plain binding, so a missing
                     // `Clone` is reported once, at the type
                     let turbofish = match &*pt.pat {
-                        Pat::Ident(_) => {
+                        // `impl Trait` cannot be named in a turbofish (E0562)
+                        Pat::Ident(_) if !contains_impl_trait(&pt.ty) => {
                             let ty = &pt.ty;
                             quote_spanned!(span=> ::<#ty>)
                         }
@@ -907,5 +1003,37 @@ mod tests {
             "impl S { async fn new() -> Result<Self, E> { todo!() } }",
         );
         assert!(e.contains("has no `self` receiver"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    fn count(tokens: TokenStream) -> usize {
+        tokens
+            .into_iter()
+            .map(|tt| match tt {
+                TokenTree::Group(g) => 1 + count(g.stream()),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    pub(super) const CASES: &[(&str, &str, &str)] = &[
+        ("plain free fn", "", "async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }"),
+        ("&self, manager = self.db", "manager = self.db", "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }"),
+        ("all keys", "propagation = RequiresNew, isolation = Serializable, timeout = \"2s\", read_only, no_rollback_for = AppError::Warn, manager = self.db, name = \"n\"", "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }"),
+        ("retry = 3, two by-value args", "retry = 3, manager = self.db", "async fn f(&self, a: String, b: Vec<u8>) -> Result<usize, AppError> { Ok(a.len() + b.len()) }"),
+    ];
+
+    #[test]
+    fn print_sizes() {
+        for (what, args, item) in CASES {
+            let body_only: syn::ItemFn = syn::parse_str(item).unwrap();
+            let input = count(body_only.to_token_stream());
+            let out = expand(args.parse().unwrap(), item.parse().unwrap(), &quote!(::tx_sqlx::__private));
+            println!("SIZE {what}: input {input} tokens, expansion {} tokens", count(out));
+        }
     }
 }
