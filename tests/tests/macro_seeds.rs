@@ -832,6 +832,10 @@ async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
     svc.slow_insert("quick", Duration::from_millis(1))
         .await
         .unwrap();
-    assert_eq!(rows(&db, &table).await, ["quick"], "within the deadline it commits");
+    assert_eq!(
+        rows(&db, &table).await,
+        ["quick"],
+        "within the deadline it commits"
+    );
     drop_tables(&db, &[&table]).await;
 }

@@ -417,6 +417,15 @@ fn replace_self_tokens(tokens: TokenStream) -> TokenStream {
     out.into_iter().collect()
 }
 
+/// With an alias return type, the call's `Result` is handed back as the declared type.
+fn wrap_alias(alias: bool, ret_ty: &Type, span: Span, call: TokenStream) -> TokenStream {
+    if alias {
+        quote_spanned!(span=> <#ret_ty as __TxResult>::__tx_from(#call))
+    } else {
+        call
+    }
+}
+
 /// Expands one function. Returns its outer attributes, its signature (unchanged except that
 /// `retry` drops `mut` from parameters it clones per attempt) and the new body.
 fn expand_fn(
@@ -502,22 +511,17 @@ fn expand_fn(
                 || matches!(sig.inputs.first(), Some(FnArg::Receiver(_)))
                 || tokens_mention(sig.to_token_stream(), &mut |i| i == "Self");
             let here = Ident::new("__tx_here", Span::mixed_site());
+            let free_name = format!("::{fn_name}");
             quote! {
                 let #def: &'static #p::TransactionDefinition = {
                     fn #here() {}
-                    static __TX_DEFINITION: #p::OnceLock<#p::TransactionDefinition> = #p::OnceLock::new();
-                    __TX_DEFINITION.get_or_init(|| #p::TransactionDefinition::__const(
+                    static __TX_DEFINITION: #p::LazyDefinition = #p::LazyDefinition::new(
                         #p::Propagation::#propagation,
                         #p::Isolation::#isolation,
                         #timeout,
                         #read_only,
-                        "",
-                    ).name(#p::default_name(
-                        #here,
-                        ::core::concat!(::core::module_path!(), "::", #fn_name),
-                        #fn_name,
-                        #method,
-                    )))
+                    );
+                    __TX_DEFINITION.get(#here, ::core::concat!(::core::module_path!(), #free_name), #method)
                 };
             }
         }
@@ -525,8 +529,8 @@ fn expand_fn(
 
     // ---- the manager ------------------------------------------------------------------
     let manager = Ident::new("__tx_manager", Span::mixed_site());
-    // `(&EXPR).__tx_manager_ref()` is a method call so that auto-deref reaches the manager behind
-    // a reference or a smart pointer (`db: &'a PgTxPool`, `Box<PgTxPool>`).
+    // A method call, so that method resolution reaches the manager behind a reference or a smart
+    // pointer (`db: &'a PgTxPool`, `Box<PgTxPool>`); see `__private::pick`.
     let manager_stmts = match &args.manager {
         None => quote!(let #manager = #p::ManagerRef::Default;),
         Some(Manager::Named(lit)) => quote!(let #manager = #p::ManagerRef::Named(#lit);),
@@ -535,10 +539,12 @@ fn expand_fn(
         // shared by every core.
         Some(Manager::Expr(expr)) if receiver == Receiver::Ref && is_self_field(expr) => {
             let span = expr.span();
+            let pick = Ident::new("__tx_pick", span.resolved_at(Span::mixed_site()));
             quote_spanned! {span=>
+                let #pick = #p::pick::Pick(&#expr);
                 let #manager = {
-                    use #p::ManagerExpr as _;
-                    (&#expr).__tx_manager_ref()
+                    use #p::pick::*;
+                    (&#pick).__tx_manager_ref()
                 };
             }
         }
@@ -553,8 +559,9 @@ fn expand_fn(
             quote_spanned! {span=>
                 #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
                 let #handle = #grouped.clone();
+                let #handle = #p::pick::Pick(&#handle);
                 let #manager = {
-                    use #p::ManagerExpr as _;
+                    use #p::pick::*;
                     (&#handle).__tx_manager_ref()
                 };
             }
@@ -581,9 +588,30 @@ fn expand_fn(
         }
     };
 
+    let check_span = match err_ty {
+        Some(e) if !contains_impl_trait(e) => e.span(),
+        // an alias such as `io::Result<T>`: point at its name
+        _ => match unwrap_type(ret_ty) {
+            Type::Path(tp) => tp
+                .path
+                .segments
+                .last()
+                .map_or_else(|| ret_ty.span(), |s| s.ident.span()),
+            other => other.span(),
+        },
+    };
     // ---- the body ---------------------------------------------------------------------
     // The fake return fixes the async block's output type, so `?` and `return` inside the body
     // convert into the declared error type exactly as in the original function.
+    // With an alias (`AppResult<T>`, or a type that is no `Result` at all) the types go through
+    // `__TxResult`, so that a type that is not a `Result` is one error, at the type.
+    let alias =
+        !matches!(err_ty, Some(e) if !contains_impl_trait(e)) && !contains_impl_trait(ret_ty);
+    let fake_ty = if alias {
+        quote_spanned!(check_span=> ::core::result::Result<<#ret_ty as __TxResult>::Ok, <#ret_ty as __TxResult>::Error>)
+    } else {
+        ret_ty.to_token_stream()
+    };
     let fake = Ident::new("__tx_fake_return", Span::mixed_site());
     let fake_return = if contains_impl_trait(ret_ty) {
         quote!()
@@ -600,7 +628,7 @@ fn expand_fn(
                 clippy::unreachable
             )]
             if false {
-                let #fake: #ret_ty = loop {};
+                let #fake: #fake_ty = loop {};
                 return #fake;
             }
         }
@@ -610,18 +638,6 @@ fn expand_fn(
     // `E: From<TxError>` is checked once, as `E: TransactionalError` (whose
     // `#[diagnostic::on_unimplemented]` says what to do), by a pass-through to the runtime; the
     // call is located at the error type so the message points there.
-    let check_span = match err_ty {
-        Some(e) if !contains_impl_trait(e) => e.span(),
-        // an alias such as `io::Result<T>`: point at its name
-        _ => match unwrap_type(ret_ty) {
-            Type::Path(tp) => tp
-                .path
-                .segments
-                .last()
-                .map_or_else(|| ret_ty.span(), |s| s.ident.span()),
-            other => other.span(),
-        },
-    };
     let at_check = |name: &str| Ident::new(name, check_span.resolved_at(Span::mixed_site()));
     let (manager_l, def_l, make_l) = (
         at_check("__tx_manager"),
@@ -641,11 +657,17 @@ fn expand_fn(
                     label = "not a `Result`",
                     note = "an `Err` is what rolls the transaction back; return a `Result` (or an alias of one), or drop #[transactional]"
                 )]
-                trait __TxResult {
+                trait __TxResult: ::core::marker::Sized {
+                    type Ok;
                     type Error;
+                    fn __tx_from(r: ::core::result::Result<Self::Ok, Self::Error>) -> Self;
                 }
                 impl<T, E> __TxResult for ::core::result::Result<T, E> {
+                    type Ok = T;
                     type Error = E;
+                    fn __tx_from(r: Self) -> Self {
+                        r
+                    }
                 }
             },
             quote_spanned!(check_span=> ::<_, <#ret_ty as __TxResult>::Error, _, _>),
@@ -682,6 +704,7 @@ fn expand_fn(
             let call = quote_spanned! {check_span=>
                 #run #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
             };
+            let call = wrap_alias(alias, ret_ty, check_span, call);
             (
                 items,
                 quote! {
@@ -828,6 +851,7 @@ fn expand_fn(
             let call = quote_spanned! {check_span=>
                 #run #turbofish(#manager_l, #def_l, #n, #rollback_on, #make_l).await
             };
+            let call = wrap_alias(alias, ret_ty, check_span, call);
             (
                 items,
                 quote! {
@@ -886,7 +910,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("ManagerRef :: Default"), "{out}");
-        assert!(out.contains("\"f\""), "{out}");
+        assert!(out.contains("\"::f\") , false"), "{out}");
         assert!(
             out.contains(":: tx_core :: __private :: transactional ("),
             "{out}"
@@ -905,7 +929,10 @@ mod tests {
             "manager = self.db",
             "async fn f(&self) -> Result<(), E> { Ok(()) }",
         );
-        assert!(shared.contains("by_expr (& self . db)"), "{shared}");
+        assert!(
+            shared.contains("__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)"),
+            "{shared}"
+        );
         assert!(!shared.contains(". clone ()"), "{shared}");
         let exclusive = run(
             "manager = self.db",
@@ -972,18 +999,78 @@ mod tests {
     #[test]
     fn impl_block_default_and_override() {
         let out = run(
-            "read_only",
-            "impl S { async fn a(&self) -> Result<(), E> { Ok(()) } #[transactional(propagation = Never)] async fn b(&self) -> Result<(), E> { Ok(()) } fn c(&self) -> u8 { 1 } async fn d(&self) -> u8 { 1 } }",
+            "read_only, manager = self.db",
+            "impl S { async fn a(&self) -> Result<(), E> { Ok(()) } #[transactional(propagation = Never)] async fn b(&self) -> Result<(), E> { Ok(()) } #[transactional(manager = \"x\")] async fn c(&self) -> Result<(), E> { Ok(()) } fn d(&self) -> u8 { 1 } async fn e(&self) -> u8 { 1 } async fn f(&self) -> PgQueryResult { todo!() } }",
+        );
+        // a, b and c are expanded here (b's and c's own attributes are consumed), d, e, f are not
+        assert_eq!(out.matches("LazyDefinition :: new").count(), 3, "{out}");
+        assert!(!out.contains("# [transactional"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+        // a: the block's read_only; b: its own keys (not read-only) with the block's manager;
+        // c: its own manager
+        let defs: Vec<&str> = out.split("LazyDefinition :: new").skip(1).collect();
+        assert!(
+            defs[0].contains("Propagation :: Required") && defs[0].contains("None , true"),
+            "{}",
+            defs[0]
+        );
+        assert!(
+            defs[1].contains("Propagation :: Never") && defs[1].contains("None , false"),
+            "{}",
+            defs[1]
         );
         assert_eq!(
-            out.matches("TransactionDefinition :: __const").count(),
+            out.matches("__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("ManagerRef :: Named (\"x\")").count(),
             1,
             "{out}"
         );
+        assert_eq!(out.matches("LazyDefinition :: new").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn default_name_is_read_once_per_function_and_a_given_name_is_const() {
+        let out = run("", "async fn f() -> Result<(), E> { Ok(()) }");
         assert!(
-            out.contains("# [transactional (propagation = Never)]"),
+            out.contains("static __TX_DEFINITION : :: tx_core :: __private :: LazyDefinition"),
             "{out}"
         );
+        assert!(
+            out.contains("concat ! (:: core :: module_path ! () , \"::f\") , false"),
+            "{out}"
+        );
+        // a method is known as one from its receiver or from `Self`
+        let out = run("", "async fn f(&self) -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("\"::f\") , true"), "{out}");
+        let out = run("", "async fn f() -> Result<Self, E> { todo!() }");
+        assert!(out.contains("\"::f\") , true"), "{out}");
+        let out = run("name = \"n\"", "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(!out.contains("LazyDefinition"), "{out}");
+        assert!(
+            out.contains(
+                "static __TX_DEFINITION : :: tx_core :: __private :: TransactionDefinition ="
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn retry_with_impl_trait_parameters_names_no_type() {
+        let out = run(
+            "retry = 1",
+            "async fn f(a: impl Clone + Display, b: &impl Display, c: String) -> Result<(), E> { let _ = (a, b, c); Ok(()) }",
+        );
+        assert!(out.contains("let a = __tx_retry_clone (& a)"), "{out}");
+        assert!(
+            out.contains("let c = __tx_retry_clone :: < String > (& c)"),
+            "{out}"
+        );
+        assert!(!out.contains("clone (& b)"), "{out}");
     }
 
     #[test]
@@ -1021,10 +1108,26 @@ mod size {
     }
 
     pub(super) const CASES: &[(&str, &str, &str)] = &[
-        ("plain free fn", "", "async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }"),
-        ("&self, manager = self.db", "manager = self.db", "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }"),
-        ("all keys", "propagation = RequiresNew, isolation = Serializable, timeout = \"2s\", read_only, no_rollback_for = AppError::Warn, manager = self.db, name = \"n\"", "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }"),
-        ("retry = 3, two by-value args", "retry = 3, manager = self.db", "async fn f(&self, a: String, b: Vec<u8>) -> Result<usize, AppError> { Ok(a.len() + b.len()) }"),
+        (
+            "plain free fn",
+            "",
+            "async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }",
+        ),
+        (
+            "&self, manager = self.db",
+            "manager = self.db",
+            "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
+        ),
+        (
+            "all keys",
+            "propagation = RequiresNew, isolation = Serializable, timeout = \"2s\", read_only, no_rollback_for = AppError::Warn, manager = self.db, name = \"n\"",
+            "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
+        ),
+        (
+            "retry = 3, two by-value args",
+            "retry = 3, manager = self.db",
+            "async fn f(&self, a: String, b: Vec<u8>) -> Result<usize, AppError> { Ok(a.len() + b.len()) }",
+        ),
     ];
 
     #[test]
@@ -1032,8 +1135,15 @@ mod size {
         for (what, args, item) in CASES {
             let body_only: syn::ItemFn = syn::parse_str(item).unwrap();
             let input = count(body_only.to_token_stream());
-            let out = expand(args.parse().unwrap(), item.parse().unwrap(), &quote!(::tx_sqlx::__private));
-            println!("SIZE {what}: input {input} tokens, expansion {} tokens", count(out));
+            let out = expand(
+                args.parse().unwrap(),
+                item.parse().unwrap(),
+                &quote!(::tx_sqlx::__private),
+            );
+            println!(
+                "SIZE {what}: input {input} tokens, expansion {} tokens",
+                count(out)
+            );
         }
     }
 }

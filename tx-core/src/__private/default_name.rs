@@ -10,19 +10,55 @@
 
 use std::any::type_name;
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
-/// `marker` is the item declared in the function's body; `free_name` is
-/// `concat!(module_path!(), "::", fn_name)`, the name of a free function, and `fn_name` the
-/// function's name. `method` is true when the signature shows that it is a method (a `self`
-/// receiver or `Self`); otherwise the enclosing segment counts as a type when it is spelt as
-/// one (`CamelCase`, or a `<..>` / `(..)` / `&..` / `[..]` type), not as a function or module.
-pub fn default_name<F>(
-    marker: F,
-    free_name: &'static str,
-    fn_name: &'static str,
-    method: bool,
-) -> Cow<'static, str> {
+use crate::definition::TransactionDefinition;
+use crate::{Isolation, Propagation};
+
+/// The `static` definition of a `#[transactional]` function without a `name`: built at compile
+/// time but for the name, which is read on the first call.
+pub struct LazyDefinition {
+    unnamed: TransactionDefinition,
+    named: OnceLock<TransactionDefinition>,
+}
+
+impl LazyDefinition {
+    /// The definition's keys; the name comes from [`LazyDefinition::get`].
+    pub const fn new(
+        propagation: Propagation,
+        isolation: Isolation,
+        timeout: Option<std::time::Duration>,
+        read_only: bool,
+    ) -> Self {
+        LazyDefinition {
+            unnamed: TransactionDefinition::__const(propagation, isolation, timeout, read_only, ""),
+            named: OnceLock::new(),
+        }
+    }
+
+    /// The definition, named after the function: `marker` is an item declared in its body,
+    /// `free_name` is `concat!(module_path!(), "::", fn_name)` (the name of a free function),
+    /// and `method` is true when the signature shows a method (a `self` receiver or `Self`).
+    pub fn get<F>(
+        &self,
+        marker: F,
+        free_name: &'static str,
+        method: bool,
+    ) -> &TransactionDefinition {
+        self.named.get_or_init(|| {
+            self.unnamed
+                .clone()
+                .name(default_name(marker, free_name, method))
+        })
+    }
+}
+
+/// `Type::method` when `marker` (an item declared in the function's body) is inside a method,
+/// else `free_name`. Without `method`, the enclosing segment counts as a type when it is spelt
+/// as one (`CamelCase`, or a `<..>` / `(..)` / `&..` / `[..]` type), not as a function or module.
+fn default_name<F>(marker: F, free_name: &'static str, method: bool) -> Cow<'static, str> {
     drop(marker);
+    let fn_name = free_name.rsplit("::").next().unwrap_or(free_name);
     owner_type(type_name::<F>(), fn_name, method).map_or(Cow::Borrowed(free_name), |ty| {
         Cow::Owned(format!("{ty}::{fn_name}"))
     })
@@ -94,17 +130,52 @@ mod tests {
     #[test]
     fn owners() {
         let cases = [
-            ("app::orders::OrderService::place::__tx_here", "place", false, Some("OrderService")),
-            ("app::OrderService::place::{{closure}}::__tx_here", "place", true, Some("OrderService")),
+            (
+                "app::orders::OrderService::place::__tx_here",
+                "place",
+                false,
+                Some("OrderService"),
+            ),
+            (
+                "app::OrderService::place::{{closure}}::__tx_here",
+                "place",
+                true,
+                Some("OrderService"),
+            ),
             ("app::Repo<_>::get::__tx_here", "get", true, Some("Repo")),
-            ("<app::m::Pg as app::m::Counter>::bump::__tx_here", "bump", true, Some("Pg")),
-            ("<app::Repo<_> as app::Tr<u8>>::t::__tx_here", "t", true, Some("Repo")),
-            ("<(u8, app::S) as app::Tr>::t::__tx_here", "t", true, Some("(u8, app::S)")),
-            ("app::m::Counter::reset::__tx_here", "reset", true, Some("Counter")),
+            (
+                "<app::m::Pg as app::m::Counter>::bump::__tx_here",
+                "bump",
+                true,
+                Some("Pg"),
+            ),
+            (
+                "<app::Repo<_> as app::Tr<u8>>::t::__tx_here",
+                "t",
+                true,
+                Some("Repo"),
+            ),
+            (
+                "<(u8, app::S) as app::Tr>::t::__tx_here",
+                "t",
+                true,
+                Some("(u8, app::S)"),
+            ),
+            (
+                "app::m::Counter::reset::__tx_here",
+                "reset",
+                true,
+                Some("Counter"),
+            ),
             // free functions: in a module, in another function, in a closure
             ("app::orders::place::__tx_here", "place", false, None),
             ("app::main::local::__tx_here", "local", false, None),
-            ("app::main::{{closure}}::local::{{closure}}::__tx_here", "local", false, None),
+            (
+                "app::main::{{closure}}::local::{{closure}}::__tx_here",
+                "local",
+                false,
+                None,
+            ),
             // not the expected shape: the free-function name
             ("something else", "place", true, None),
             ("app::other::__tx_here", "place", true, None),
