@@ -10,22 +10,79 @@ pub use crate::propagation::ManagerRef;
 pub use crate::{Isolation, Propagation, TxError};
 pub use std::time::Duration;
 
-mod default_name;
-pub use default_name::LazyDefinition;
-
 use crate::manager::ShareManager;
 use crate::propagation;
 use crate::retry::Retry;
 
-/// A manager given by reference.
+/// `manager = EXPR`.
 pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
     ManagerRef::Borrowed(m)
 }
 
-/// `manager = EXPR`: `let pick = Pick(&EXPR); (&pick).__tx_manager_ref()`. Method resolution tries, in order,
-/// the expression's type as the manager ([`PickManager`]), then what it derefs to
-/// ([`PickDeref`]: `db: &'a PgTxPool`, `Box<PgTxPool>`), then [`PickAny`], whose bound is
-/// checked only once it is chosen, so a value that is no manager is reported as "`T` is not a
+/// Runs the future `make_body()` returns in the scope `def` describes; `rollback_on(&err)`
+/// decides whether an `Err` rolls back.
+///
+/// Takes a closure rather than the body future so that the body future exists once, inside
+/// the innermost engine future: every layer that held it by value would add a copy, and
+/// nested `#[transactional]` calls would multiply those copies level by level.
+pub fn transactional<'a, T, E, F, Fut>(
+    manager: ManagerRef<'a>,
+    def: &'static TransactionDefinition,
+    rollback_on: fn(&E) -> bool,
+    make_body: F,
+) -> impl Future<Output = Result<T, E>> + 'a
+where
+    E: TransactionalError + 'a,
+    T: 'a,
+    F: FnOnce() -> Fut + 'a,
+    Fut: Future<Output = Result<T, E>> + 'a,
+{
+    propagation::execute(manager, def, rollback_on, move |_| make_body()).map(|(r, _)| r)
+}
+
+/// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to
+/// `retries` times when the transaction it began fails with a retryable error.
+pub async fn transactional_retry<T, E, F, Fut>(
+    manager: ManagerRef<'_>,
+    def: &'static TransactionDefinition,
+    retries: u32,
+    rollback_on: fn(&E) -> bool,
+    mut make_body: F,
+) -> Result<T, E>
+where
+    E: TransactionalError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut retry = Retry::new(retries, def.get_name());
+    loop {
+        let (result, info) = propagation::execute(manager, def, rollback_on, |_| make_body()).await;
+        // `again` holds what it is given across its backoff: give it the outcome alone, so a
+        // `T` or `E` that is not `Sync` keeps this future `Send`.
+        let outcome: Result<(), ()> = result.as_ref().map(|_| ()).map_err(|_| ());
+        if !retry.again(&outcome, info).await {
+            return result;
+        }
+    }
+}
+
+/// The error type of a `#[transactional]` function must take in the engine's errors.
+#[diagnostic::on_unimplemented(
+    message = "the error type `{Self}` of a #[transactional] function must implement `From<TxError>`",
+    label = "this error type cannot carry a TxError (timeout, unexpected rollback, ...)",
+    note = "add a variant such as `Tx(#[from] tx_sqlx::TxError)` (thiserror) or implement `From<TxError> for {Self}`"
+)]
+pub trait TransactionalError: From<TxError> {}
+
+impl<E: From<TxError>> TransactionalError for E {}
+
+mod default_name;
+pub use default_name::LazyDefinition;
+
+/// `manager = EXPR`: `let pick = Pick(&EXPR); (&pick).__tx_manager_ref()`. Method resolution
+/// tries, in order, the expression's type as the manager (`PickManager`), then what it derefs
+/// to (`PickDeref`: `db: &'a PgTxPool`, `Box<PgTxPool>`), then `PickAny`, whose bound is checked
+/// only once it is chosen, so a value that is no manager is reported as "`T` is not a
 /// transaction manager" at the expression.
 pub mod pick {
     use std::ops::Deref;
@@ -89,57 +146,3 @@ pub mod pick {
         }
     }
 }
-
-/// Runs the future `make_body()` returns in the scope `def` describes; `rollback_on(&err)`
-/// decides whether an `Err` rolls back.
-///
-/// Takes a closure rather than the body future so that the body future exists once, inside
-/// the innermost engine future: every layer that held it by value would add a copy, and
-/// nested `#[transactional]` calls would multiply those copies level by level.
-pub fn transactional<'a, T, E, F, Fut>(
-    manager: ManagerRef<'a>,
-    def: &'static TransactionDefinition,
-    rollback_on: fn(&E) -> bool,
-    make_body: F,
-) -> impl Future<Output = Result<T, E>> + 'a
-where
-    E: TransactionalError + 'a,
-    T: 'a,
-    F: FnOnce() -> Fut + 'a,
-    Fut: Future<Output = Result<T, E>> + 'a,
-{
-    propagation::execute(manager, def, rollback_on, move |_| make_body()).map(|(r, _)| r)
-}
-
-/// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to
-/// `retries` times when the transaction it began fails with a retryable error.
-pub async fn transactional_retry<T, E, F, Fut>(
-    manager: ManagerRef<'_>,
-    def: &'static TransactionDefinition,
-    retries: u32,
-    rollback_on: fn(&E) -> bool,
-    mut make_body: F,
-) -> Result<T, E>
-where
-    E: TransactionalError,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut retry = Retry::new(retries, def.get_name());
-    loop {
-        let (result, info) = propagation::execute(manager, def, rollback_on, |_| make_body()).await;
-        if !retry.again(&result, info).await {
-            return result;
-        }
-    }
-}
-
-/// The error type of a `#[transactional]` function must take in the engine's errors.
-#[diagnostic::on_unimplemented(
-    message = "the error type `{Self}` of a #[transactional] function must implement `From<TxError>`",
-    label = "this error type cannot carry a TxError (timeout, unexpected rollback, ...)",
-    note = "add a variant such as `Tx(#[from] tx_sqlx::TxError)` (thiserror) or implement `From<TxError> for {Self}`"
-)]
-pub trait TransactionalError: From<TxError> {}
-
-impl<E: From<TxError>> TransactionalError for E {}

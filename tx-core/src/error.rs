@@ -215,10 +215,6 @@ mod sqlx_conv {
     }
 }
 
-#[cfg(feature = "sqlx")]
-#[doc(hidden)]
-pub use sqlx_conv::sqlx_is_retryable;
-
 // `TxError` into `sqlx::Error`, so that a `#[transactional]` function may return
 // `Result<T, sqlx::Error>`.
 #[cfg(feature = "sqlx")]
@@ -260,3 +256,7 @@ mod tx_into_sqlx {
         }
     }
 }
+
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use sqlx_conv::sqlx_is_retryable;

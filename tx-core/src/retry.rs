@@ -1,6 +1,5 @@
 //! Re-running a whole transaction after a serialization failure or deadlock (`retry = n`).
 
-use std::future::Future;
 use std::time::Duration;
 
 use crate::propagation::RunInfo;
@@ -27,35 +26,14 @@ impl<'a> Retry<'a> {
         }
     }
 
-    /// Whether to run again after a run that ended with `result`; the future sleeps the
-    /// backoff first. The decision is taken before it is awaited and the future borrows
-    /// neither `self` nor `result`, so a caller holding a `Result` whose `T` or `E` is not
-    /// `Sync` across that await stays `Send`.
-    pub(crate) fn again<T, E>(
-        &mut self,
-        result: &Result<T, E>,
-        info: RunInfo,
-    ) -> impl Future<Output = bool> + use<T, E> {
-        let backoff = self.backoff(result.is_ok(), info);
-        async move {
-            match backoff {
-                Some(backoff) => {
-                    tokio::time::sleep(backoff).await;
-                    true
-                }
-                None => false,
-            }
-        }
-    }
-
-    /// The backoff before the next attempt, or `None` when the call is not run again.
-    fn backoff(&mut self, succeeded: bool, info: RunInfo) -> Option<Duration> {
-        if succeeded || self.attempt >= self.retries || !info.retryable_failure {
-            return None;
+    /// Whether to run again after a run that ended with `result`; sleeps the backoff first.
+    pub(crate) async fn again<T, E>(&mut self, result: &Result<T, E>, info: RunInfo) -> bool {
+        if result.is_ok() || self.attempt >= self.retries || !info.retryable_failure {
+            return false;
         }
         if !info.owned_transaction {
             tracing::debug!(target: "tx", "[{}] joined an existing transaction: retry ignored", self.name);
-            return None;
+            return false;
         }
         self.attempt += 1;
         let backoff = BASE_BACKOFF
@@ -69,6 +47,7 @@ impl<'a> Retry<'a> {
             self.attempt,
             self.retries
         );
-        Some(backoff)
+        tokio::time::sleep(backoff).await;
+        true
     }
 }
