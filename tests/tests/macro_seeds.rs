@@ -714,3 +714,128 @@ async fn transactional_future_moved_into_tokio_spawn() {
     );
     drop_tables(&db, &[&table]).await;
 }
+
+// ---- a service whose error type is plain sqlx::Error -----------------------------------------
+
+/// The engine's error inside a `sqlx::Error` (how `From<TxError> for sqlx::Error` wraps it).
+fn tx_error_in(e: &sqlx::Error) -> Option<&TxError> {
+    match e {
+        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref::<TxError>(),
+        _ => None,
+    }
+}
+
+struct SqlxErrorService {
+    db: PgTxPool,
+    table: String,
+}
+
+impl SqlxErrorService {
+    async fn insert(&self, name: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name) VALUES ($1)",
+            self.table
+        )))
+        .bind(name)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    #[transactional(manager = self.db, timeout = "300ms")]
+    async fn slow_insert(&self, name: &str, work: Duration) -> Result<(), sqlx::Error> {
+        self.insert(name).await?;
+        tokio::time::sleep(work).await;
+        Ok(())
+    }
+
+    /// The second insert violates the unique constraint: the first one must not survive.
+    #[transactional(manager = self.db)]
+    async fn insert_twice(&self, name: &str) -> Result<(), sqlx::Error> {
+        self.insert(name).await?;
+        self.insert(name).await
+    }
+
+    /// A participant marks the transaction rollback-only; the owner returns `Ok`.
+    #[transactional(manager = self.db)]
+    async fn with_vetoing_participant(&self, name: &str) -> Result<(), sqlx::Error> {
+        self.insert(name).await?;
+        self.veto().await
+    }
+
+    #[transactional(manager = self.db, propagation = Mandatory)]
+    async fn veto(&self) -> Result<(), sqlx::Error> {
+        tx_sqlx::set_rollback_only()?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
+    let Some(db) = tx_tests::pg_pool(4).await else {
+        return;
+    };
+    let table = name_table(&db, "macro_sqlx_err").await;
+    let svc = SqlxErrorService {
+        db: db.clone(),
+        table: table.clone(),
+    };
+
+    // past the deadline: rolled back, and the caller finds the timeout inside the sqlx::Error
+    let err = svc
+        .slow_insert("late", Duration::from_secs(3))
+        .await
+        .expect_err("the deadline passed");
+    assert!(
+        matches!(tx_error_in(&err), Some(TxError::Timeout)),
+        "{err:?}"
+    );
+    assert!(
+        matches!(&err, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut),
+        "{err:?}"
+    );
+    assert!(
+        matches!(TxError::from(err), TxError::Timeout),
+        "converting back gives the engine's error"
+    );
+
+    // a database error of the body: its own sqlx::Error, and nothing of the call committed
+    let err = svc.insert_twice("dup").await.expect_err("unique violation");
+    match &err {
+        sqlx::Error::Database(db_err) => assert_eq!(db_err.code().as_deref(), Some("23505")),
+        other => panic!("expected the unique violation, got {other:?}"),
+    }
+    assert!(tx_error_in(&err).is_none());
+
+    // rollback-only from a participant: the owner's commit becomes UnexpectedRollback
+    let err = svc
+        .with_vetoing_participant("vetoed")
+        .await
+        .expect_err("rolled back");
+    assert!(
+        matches!(tx_error_in(&err), Some(TxError::UnexpectedRollback)),
+        "{err:?}"
+    );
+
+    // outside every transaction, Mandatory is refused through the same error type
+    let err = svc.veto().await.expect_err("no transaction");
+    assert!(
+        matches!(tx_error_in(&err), Some(TxError::NoTransaction)),
+        "{err:?}"
+    );
+
+    assert_eq!(
+        rows(&db, &table).await,
+        Vec::<String>::new(),
+        "every call rolled back"
+    );
+    svc.slow_insert("quick", Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&db, &table).await,
+        ["quick"],
+        "within the deadline it commits"
+    );
+    drop_tables(&db, &[&table]).await;
+}

@@ -70,3 +70,74 @@ where
 pub trait TransactionalError: From<TxError> {}
 
 impl<E: From<TxError>> TransactionalError for E {}
+
+mod default_name;
+pub use default_name::LazyDefinition;
+
+/// `manager = EXPR`: `let pick = Pick(&EXPR); (&pick).__tx_manager_ref()`. Method resolution
+/// tries, in order, the expression's type as the manager (`PickManager`), then what it derefs
+/// to (`PickDeref`: `db: &'a PgTxPool`, `Box<PgTxPool>`), then `PickAny`, whose bound is checked
+/// only once it is chosen, so a value that is no manager is reported as "`T` is not a
+/// transaction manager" at the expression.
+pub mod pick {
+    use std::ops::Deref;
+
+    use super::ManagerRef;
+    use crate::manager::ShareManager;
+
+    /// A borrowed `manager = EXPR`.
+    pub struct Pick<'a, T: ?Sized>(pub &'a T);
+
+    impl<T: ?Sized> Clone for Pick<'_, T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<T: ?Sized> Copy for Pick<'_, T> {}
+
+    /// The expression is the manager (tried first: receiver `&Pick<M>`).
+    pub trait PickManager<'a> {
+        /// The manager, borrowed for the call.
+        fn __tx_manager_ref(&self) -> ManagerRef<'a>;
+    }
+
+    impl<'a, M: ShareManager> PickManager<'a> for Pick<'a, M> {
+        fn __tx_manager_ref(&self) -> ManagerRef<'a> {
+            ManagerRef::Borrowed(self.0)
+        }
+    }
+
+    /// The expression derefs to the manager (tried second: receiver `&&Pick<D>`).
+    pub trait PickDeref<'a> {
+        /// The manager, borrowed for the call.
+        fn __tx_manager_ref(&self) -> ManagerRef<'a>;
+    }
+
+    impl<'a, D> PickDeref<'a> for &Pick<'a, D>
+    where
+        D: Deref,
+        D::Target: ShareManager + Sized,
+    {
+        fn __tx_manager_ref(&self) -> ManagerRef<'a> {
+            ManagerRef::Borrowed(Deref::deref(self.0))
+        }
+    }
+
+    /// Anything else (tried last: receiver `Pick<T>`): the bound fails at the call.
+    pub trait PickAny<'a, T: ?Sized> {
+        /// The manager, borrowed for the call.
+        fn __tx_manager_ref(self) -> ManagerRef<'a>
+        where
+            T: ShareManager + Sized;
+    }
+
+    impl<'a, T: ?Sized> PickAny<'a, T> for Pick<'a, T> {
+        fn __tx_manager_ref(self) -> ManagerRef<'a>
+        where
+            T: ShareManager + Sized,
+        {
+            ManagerRef::Borrowed(self.0)
+        }
+    }
+}

@@ -286,6 +286,48 @@ mod sqlx_conv {
     }
 }
 
+// `TxError` into `sqlx::Error`, so that a `#[transactional]` function may return
+// `Result<T, sqlx::Error>`.
+#[cfg(feature = "sqlx")]
+mod tx_into_sqlx {
+    use std::io;
+
+    use super::TxError;
+
+    /// Lets a `#[transactional]` function return `Result<T, sqlx::Error>`. The wrapping is the
+    /// one a `&TxPool` executor uses for the engine errors it must return as `sqlx::Error`, so
+    /// the engine's error can always be found again:
+    ///
+    /// * a driver failure (`TxError::Database` whose source is a `sqlx::Error`) is that original
+    ///   `sqlx::Error`;
+    /// * [`TxError::PoolClosed`] is `sqlx::Error::PoolClosed`;
+    /// * anything else is `sqlx::Error::Io` wrapping the `TxError` itself, of kind `TimedOut`
+    ///   for [`TxError::Timeout`], `WouldBlock` for [`TxError::WouldBlock`], `Other` otherwise:
+    ///   its message is the `TxError`'s, and `io_error.get_ref()` downcasts to `TxError` (what
+    ///   `From<sqlx::Error> for TxError` unwraps again).
+    impl From<TxError> for sqlx_core::Error {
+        fn from(err: TxError) -> Self {
+            match err {
+                TxError::PoolClosed => sqlx_core::Error::PoolClosed,
+                TxError::Database { source, .. } if source.is::<sqlx_core::Error>() => {
+                    match source.downcast::<sqlx_core::Error>() {
+                        Ok(e) => *e,
+                        Err(_) => unreachable!("checked with is::<sqlx::Error>()"),
+                    }
+                }
+                other => {
+                    let kind = match &other {
+                        TxError::Timeout => io::ErrorKind::TimedOut,
+                        TxError::WouldBlock { .. } => io::ErrorKind::WouldBlock,
+                        _ => io::ErrorKind::Other,
+                    };
+                    sqlx_core::Error::Io(io::Error::new(kind, other))
+                }
+            }
+        }
+    }
+}
+
 #[cfg(feature = "sqlx")]
 #[doc(hidden)]
 pub use sqlx_conv::{sqlx_is_retryable, sqlx_sqlstate};

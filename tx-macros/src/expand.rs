@@ -35,13 +35,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream, private: &TokenStream
         }
     };
     let result = match parsed {
-        Item::Fn(f) => expand_fn(&args, &f.attrs, &f.sig, &f.block, private, None).map(
+        Item::Fn(f) => expand_fn(&args, &f.attrs, &f.sig, &f.block, private, false).map(
             |(attrs, sig, block)| {
                 let vis = &f.vis;
                 quote!(#(#attrs)* #vis #sig #block)
             },
         ),
-        Item::Impl(imp) => expand_impl(&args, imp, private),
+        Item::Impl(imp) => Ok(expand_impl(&args, imp, private)),
         other => Err(not_a_fn(&other)),
     };
     match result {
@@ -111,34 +111,54 @@ fn is_transactional_attr(attr: &Attribute) -> bool {
         .is_some_and(|s| s.ident == "transactional")
 }
 
-/// `#[transactional(...)] impl ... { ... }`: the default for every `async fn` returning
-/// `Result` in the block that has no `#[transactional]` of its own.
-fn expand_impl(
-    args: &Args,
-    mut imp: syn::ItemImpl,
-    private: &TokenStream,
-) -> syn::Result<TokenStream> {
+/// `#[transactional(...)] impl ... { ... }`: the default for every `async fn` returning a
+/// `Result` in the block. A method's own `#[transactional(...)]` replaces the block's keys,
+/// except `manager`, which it inherits when it names none (Spring's method-level annotation
+/// keeps the class's transaction manager). Both are expanded here, so the method's attribute
+/// sees the block's manager.
+///
+/// Errors are reported once each, next to the block with every other method expanded, so a
+/// mistake in one method does not hide the others' or repeat itself.
+fn expand_impl(args: &Args, mut imp: syn::ItemImpl, private: &TokenStream) -> TokenStream {
     let mut errors: Option<syn::Error> = None;
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
-        if f.attrs.iter().any(is_transactional_attr) {
-            continue; // the method's own attribute replaces the block's entirely
-        }
-        if f.sig.asyncness.is_none() || result_parts(&f.sig.output).is_none() {
-            continue; // Spring's class-level annotation also only concerns transactional methods
-        }
+        let own_args;
+        let (args, own) = match f.attrs.iter().position(is_transactional_attr) {
+            Some(at) => {
+                let attr = f.attrs.remove(at);
+                match method_args(&attr, args) {
+                    Ok(a) => {
+                        own_args = a;
+                        (&own_args, true)
+                    }
+                    Err(e) => {
+                        combine(&mut errors, e);
+                        continue;
+                    }
+                }
+            }
+            None if f.sig.asyncness.is_none() || !returns_result_in_impl(&f.sig.output) => {
+                continue; // Spring's class-level annotation also only concerns transactional methods
+            }
+            None => (args, false),
+        };
         let has_receiver = matches!(f.sig.inputs.first(), Some(FnArg::Receiver(_)));
         let res = if !has_receiver && args.manager_uses_self() {
+            let name = f.sig.ident.unraw();
+            let whose = if own {
+                "its #[transactional] inherits the impl block's manager"
+            } else {
+                "the impl block's #[transactional] takes its manager"
+            };
             Err(syn::Error::new(
                 f.sig.ident.span(),
                 format!(
-                    "the impl block's #[transactional] takes its manager from `self`, but `{}` has no `self` receiver; give `{}` its own #[transactional(manager = ...)] or move it to another impl block",
-                    f.sig.ident.unraw(),
-                    f.sig.ident.unraw()
+                    "{whose} from `self`, but `{name}` has no `self` receiver; give `{name}` its own #[transactional(manager = ...)] or move it to another impl block"
                 ),
             ))
         } else {
-            expand_fn(args, &f.attrs, &f.sig, &f.block, private, Some(()))
+            expand_fn(args, &f.attrs, &f.sig, &f.block, private, true)
         };
         match res {
             Ok((attrs, sig, block)) => {
@@ -146,16 +166,38 @@ fn expand_impl(
                 f.sig = sig;
                 f.block = block;
             }
-            Err(e) => match &mut errors {
-                Some(all) => all.combine(e),
-                None => errors = Some(e),
-            },
+            Err(e) => combine(&mut errors, e),
         }
     }
+    let mut out = errors.map_or_else(TokenStream::new, |e| e.to_compile_error());
+    out.extend(imp.into_token_stream());
+    out
+}
+
+fn combine(errors: &mut Option<syn::Error>, e: syn::Error) {
     match errors {
-        Some(e) => Err(e),
-        None => Ok(imp.into_token_stream()),
+        Some(all) => all.combine(e),
+        None => *errors = Some(e),
     }
+}
+
+/// The keys of a method's own `#[transactional(...)]` inside an annotated block, with the
+/// block's `manager` when the method names none.
+fn method_args(attr: &Attribute, block: &Args) -> syn::Result<Args> {
+    let mut args = match &attr.meta {
+        syn::Meta::Path(_) => Args::default(),
+        syn::Meta::List(list) => syn::parse2::<Args>(list.tokens.clone())?,
+        syn::Meta::NameValue(nv) => {
+            return Err(syn::Error::new_spanned(
+                &nv.value,
+                "#[transactional] takes its keys in parentheses: `#[transactional(key = value, ...)]`",
+            ));
+        }
+    };
+    if args.manager.is_none() {
+        args.manager.clone_from(&block.manager);
+    }
+    Ok(args)
 }
 
 /// How a method receives `self`.
@@ -186,6 +228,25 @@ fn unwrap_type(ty: &Type) -> &Type {
         Type::Paren(p) => unwrap_type(&p.elem),
         other => other,
     }
+}
+
+/// Whether an `impl` block's attribute takes a method with this return type: `Result<..>`
+/// under any path (`std::result::Result<T, E>`, `io::Result<T>`), or an alias with type
+/// parameters whose name ends in `Result` (`AppResult<T>`). A type that is merely named
+/// `...Result` (sqlx's `PgQueryResult`) is not a `Result`, and the method is left alone.
+fn returns_result_in_impl(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(tp) = unwrap_type(ty) else {
+        return false;
+    };
+    let Some(last) = tp.path.segments.last() else {
+        return false;
+    };
+    let has_type_params = matches!(&last.arguments, PathArguments::AngleBracketed(ab)
+        if ab.args.iter().any(|a| matches!(a, GenericArgument::Type(_))));
+    last.ident == "Result" || (has_type_params && last.ident.to_string().ends_with("Result"))
 }
 
 /// For `Result<T, E>` (any path ending in `Result`): `Some(Some(E))`; for an alias with one
@@ -356,6 +417,15 @@ fn replace_self_tokens(tokens: TokenStream) -> TokenStream {
     out.into_iter().collect()
 }
 
+/// With an alias return type, the call's `Result` is handed back as the declared type.
+fn wrap_alias(alias: bool, ret_ty: &Type, span: Span, call: TokenStream) -> TokenStream {
+    if alias {
+        quote_spanned!(span=> <#ret_ty as __TxResult>::__tx_from(#call))
+    } else {
+        call
+    }
+}
+
 /// Expands one function. Returns its outer attributes, its signature (unchanged except that
 /// `retry` drops `mut` from parameters it clones per attempt) and the new body.
 fn expand_fn(
@@ -364,12 +434,10 @@ fn expand_fn(
     sig: &Signature,
     block: &Block,
     private: &TokenStream,
-    from_impl: Option<()>,
+    in_impl: bool,
 ) -> syn::Result<(Vec<Attribute>, Signature, Block)> {
     let p = private;
-    if from_impl.is_none()
-        && let Some(dup) = attrs.iter().find(|a| is_transactional_attr(a))
-    {
+    if let Some(dup) = attrs.iter().find(|a| is_transactional_attr(a)) {
         return Err(syn::Error::new_spanned(
             dup,
             "#[transactional] is given twice on this function; merge the two attributes into one",
@@ -421,28 +489,48 @@ fn expand_fn(
         None => quote!(::core::option::Option::None),
     };
     let read_only = args.read_only.unwrap_or(false);
-    let name = match &args.name {
-        Some(lit) => lit.to_token_stream(),
+    // Default name: `Type::method` for a method, the module path and name for a free function.
+    // A method's attribute cannot see its `impl`, so the type is read from the path of an item
+    // declared here (`std::any::type_name`), once, when the definition is first used.
+    let def_stmt = match &args.name {
+        Some(lit) => quote! {
+            let #def: &'static #p::TransactionDefinition = {
+                static __TX_DEFINITION: #p::TransactionDefinition = #p::TransactionDefinition::__const(
+                    #p::Propagation::#propagation,
+                    #p::Isolation::#isolation,
+                    #timeout,
+                    #read_only,
+                    #lit,
+                );
+                &__TX_DEFINITION
+            };
+        },
         None => {
             let fn_name = sig.ident.unraw().to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+            let method = in_impl
+                || matches!(sig.inputs.first(), Some(FnArg::Receiver(_)))
+                || tokens_mention(sig.to_token_stream(), &mut |i| i == "Self");
+            let here = Ident::new("__tx_here", Span::mixed_site());
+            let free_name = format!("::{fn_name}");
+            quote! {
+                let #def: &'static #p::TransactionDefinition = {
+                    fn #here() {}
+                    static __TX_DEFINITION: #p::LazyDefinition = #p::LazyDefinition::new(
+                        #p::Propagation::#propagation,
+                        #p::Isolation::#isolation,
+                        #timeout,
+                        #read_only,
+                    );
+                    __TX_DEFINITION.get(#here, ::core::concat!(::core::module_path!(), #free_name), #method)
+                };
+            }
         }
-    };
-    let def_stmt = quote! {
-        let #def: &'static #p::TransactionDefinition = {
-            static __TX_DEFINITION: #p::TransactionDefinition = #p::TransactionDefinition::__const(
-                #p::Propagation::#propagation,
-                #p::Isolation::#isolation,
-                #timeout,
-                #read_only,
-                #name,
-            );
-            &__TX_DEFINITION
-        };
     };
 
     // ---- the manager ------------------------------------------------------------------
     let manager = Ident::new("__tx_manager", Span::mixed_site());
+    // A method call, so that method resolution reaches the manager behind a reference or a smart
+    // pointer (`db: &'a PgTxPool`, `Box<PgTxPool>`); see `__private::pick`.
     let manager_stmts = match &args.manager {
         None => quote!(let #manager = #p::ManagerRef::Default;),
         Some(Manager::Named(lit)) => quote!(let #manager = #p::ManagerRef::Named(#lit);),
@@ -451,8 +539,13 @@ fn expand_fn(
         // shared by every core.
         Some(Manager::Expr(expr)) if receiver == Receiver::Ref && is_self_field(expr) => {
             let span = expr.span();
+            let pick = Ident::new("__tx_pick", span.resolved_at(Span::mixed_site()));
             quote_spanned! {span=>
-                let #manager = #p::by_expr(&#expr);
+                let #pick = #p::pick::Pick(&#expr);
+                let #manager = {
+                    use #p::pick::*;
+                    (&#pick).__tx_manager_ref()
+                };
             }
         }
         Some(Manager::Expr(expr)) => {
@@ -466,7 +559,11 @@ fn expand_fn(
             quote_spanned! {span=>
                 #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
                 let #handle = #grouped.clone();
-                let #manager = #p::by_expr(&#handle);
+                let #handle = #p::pick::Pick(&#handle);
+                let #manager = {
+                    use #p::pick::*;
+                    (&#handle).__tx_manager_ref()
+                };
             }
         }
     };
@@ -491,9 +588,30 @@ fn expand_fn(
         }
     };
 
+    let check_span = match err_ty {
+        Some(e) if !contains_impl_trait(e) => e.span(),
+        // an alias such as `io::Result<T>`: point at its name
+        _ => match unwrap_type(ret_ty) {
+            Type::Path(tp) => tp
+                .path
+                .segments
+                .last()
+                .map_or_else(|| ret_ty.span(), |s| s.ident.span()),
+            other => other.span(),
+        },
+    };
     // ---- the body ---------------------------------------------------------------------
     // The fake return fixes the async block's output type, so `?` and `return` inside the body
     // convert into the declared error type exactly as in the original function.
+    // With an alias (`AppResult<T>`, or a type that is no `Result` at all) the types go through
+    // `__TxResult`, so that a type that is not a `Result` is one error, at the type.
+    let alias =
+        !matches!(err_ty, Some(e) if !contains_impl_trait(e)) && !contains_impl_trait(ret_ty);
+    let fake_ty = if alias {
+        quote_spanned!(check_span=> ::core::result::Result<<#ret_ty as __TxResult>::Ok, <#ret_ty as __TxResult>::Error>)
+    } else {
+        ret_ty.to_token_stream()
+    };
     let fake = Ident::new("__tx_fake_return", Span::mixed_site());
     let fake_return = if contains_impl_trait(ret_ty) {
         quote!()
@@ -510,7 +628,7 @@ fn expand_fn(
                 clippy::unreachable
             )]
             if false {
-                let #fake: #ret_ty = loop {};
+                let #fake: #fake_ty = loop {};
                 return #fake;
             }
         }
@@ -520,18 +638,6 @@ fn expand_fn(
     // `E: From<TxError>` is checked once, as `E: TransactionalError` (whose
     // `#[diagnostic::on_unimplemented]` says what to do), by a pass-through to the runtime; the
     // call is located at the error type so the message points there.
-    let check_span = match err_ty {
-        Some(e) if !contains_impl_trait(e) => e.span(),
-        // an alias such as `io::Result<T>`: point at its name
-        _ => match unwrap_type(ret_ty) {
-            Type::Path(tp) => tp
-                .path
-                .segments
-                .last()
-                .map_or_else(|| ret_ty.span(), |s| s.ident.span()),
-            other => other.span(),
-        },
-    };
     let at_check = |name: &str| Ident::new(name, check_span.resolved_at(Span::mixed_site()));
     let (manager_l, def_l, make_l) = (
         at_check("__tx_manager"),
@@ -546,11 +652,22 @@ fn expand_fn(
         }
         _ if !contains_impl_trait(ret_ty) => (
             quote_spanned! {check_span=>
-                trait __TxResult {
+                #[diagnostic::on_unimplemented(
+                    message = "`{Self}` is not a `Result`: #[transactional] needs a function returning `Result<T, E>` with `E: From<TxError>`",
+                    label = "not a `Result`",
+                    note = "an `Err` is what rolls the transaction back; return a `Result` (or an alias of one), or drop #[transactional]"
+                )]
+                trait __TxResult: ::core::marker::Sized {
+                    type Ok;
                     type Error;
+                    fn __tx_from(r: ::core::result::Result<Self::Ok, Self::Error>) -> Self;
                 }
                 impl<T, E> __TxResult for ::core::result::Result<T, E> {
+                    type Ok = T;
                     type Error = E;
+                    fn __tx_from(r: Self) -> Self {
+                        r
+                    }
                 }
             },
             quote_spanned!(check_span=> ::<_, <#ret_ty as __TxResult>::Error, _, _>),
@@ -587,6 +704,7 @@ fn expand_fn(
             let call = quote_spanned! {check_span=>
                 #run #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
             };
+            let call = wrap_alias(alias, ret_ty, check_span, call);
             (
                 items,
                 quote! {
@@ -675,7 +793,8 @@ fn expand_fn(
                     // the type is named when the parameter is a plain binding, so a missing
                     // `Clone` is reported once, at the type
                     let turbofish = match &*pt.pat {
-                        Pat::Ident(_) => {
+                        // `impl Trait` cannot be named in a turbofish (E0562)
+                        Pat::Ident(_) if !contains_impl_trait(&pt.ty) => {
                             let ty = &pt.ty;
                             quote_spanned!(span=> ::<#ty>)
                         }
@@ -732,6 +851,7 @@ fn expand_fn(
             let call = quote_spanned! {check_span=>
                 #run #turbofish(#manager_l, #def_l, #n, #rollback_on, #make_l).await
             };
+            let call = wrap_alias(alias, ret_ty, check_span, call);
             (
                 items,
                 quote! {
@@ -790,7 +910,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("ManagerRef :: Default"), "{out}");
-        assert!(out.contains("\"f\""), "{out}");
+        assert!(out.contains("\"::f\") , false"), "{out}");
         assert!(
             out.contains(":: tx_core :: __private :: transactional ("),
             "{out}"
@@ -809,7 +929,10 @@ mod tests {
             "manager = self.db",
             "async fn f(&self) -> Result<(), E> { Ok(()) }",
         );
-        assert!(shared.contains("by_expr (& self . db)"), "{shared}");
+        assert!(
+            shared.contains("__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)"),
+            "{shared}"
+        );
         assert!(!shared.contains(". clone ()"), "{shared}");
         let exclusive = run(
             "manager = self.db",
@@ -876,18 +999,78 @@ mod tests {
     #[test]
     fn impl_block_default_and_override() {
         let out = run(
-            "read_only",
-            "impl S { async fn a(&self) -> Result<(), E> { Ok(()) } #[transactional(propagation = Never)] async fn b(&self) -> Result<(), E> { Ok(()) } fn c(&self) -> u8 { 1 } async fn d(&self) -> u8 { 1 } }",
+            "read_only, manager = self.db",
+            "impl S { async fn a(&self) -> Result<(), E> { Ok(()) } #[transactional(propagation = Never)] async fn b(&self) -> Result<(), E> { Ok(()) } #[transactional(manager = \"x\")] async fn c(&self) -> Result<(), E> { Ok(()) } fn d(&self) -> u8 { 1 } async fn e(&self) -> u8 { 1 } async fn f(&self) -> PgQueryResult { todo!() } }",
+        );
+        // a, b and c are expanded here (b's and c's own attributes are consumed), d, e, f are not
+        assert_eq!(out.matches("LazyDefinition :: new").count(), 3, "{out}");
+        assert!(!out.contains("# [transactional"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+        // a: the block's read_only; b: its own keys (not read-only) with the block's manager;
+        // c: its own manager
+        let defs: Vec<&str> = out.split("LazyDefinition :: new").skip(1).collect();
+        assert!(
+            defs[0].contains("Propagation :: Required") && defs[0].contains("None , true"),
+            "{}",
+            defs[0]
+        );
+        assert!(
+            defs[1].contains("Propagation :: Never") && defs[1].contains("None , false"),
+            "{}",
+            defs[1]
         );
         assert_eq!(
-            out.matches("TransactionDefinition :: __const").count(),
+            out.matches("__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("ManagerRef :: Named (\"x\")").count(),
             1,
             "{out}"
         );
+        assert_eq!(out.matches("LazyDefinition :: new").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn default_name_is_read_once_per_function_and_a_given_name_is_const() {
+        let out = run("", "async fn f() -> Result<(), E> { Ok(()) }");
         assert!(
-            out.contains("# [transactional (propagation = Never)]"),
+            out.contains("static __TX_DEFINITION : :: tx_core :: __private :: LazyDefinition"),
             "{out}"
         );
+        assert!(
+            out.contains("concat ! (:: core :: module_path ! () , \"::f\") , false"),
+            "{out}"
+        );
+        // a method is known as one from its receiver or from `Self`
+        let out = run("", "async fn f(&self) -> Result<(), E> { Ok(()) }");
+        assert!(out.contains("\"::f\") , true"), "{out}");
+        let out = run("", "async fn f() -> Result<Self, E> { todo!() }");
+        assert!(out.contains("\"::f\") , true"), "{out}");
+        let out = run("name = \"n\"", "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(!out.contains("LazyDefinition"), "{out}");
+        assert!(
+            out.contains(
+                "static __TX_DEFINITION : :: tx_core :: __private :: TransactionDefinition ="
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn retry_with_impl_trait_parameters_names_no_type() {
+        let out = run(
+            "retry = 1",
+            "async fn f(a: impl Clone + Display, b: &impl Display, c: String) -> Result<(), E> { let _ = (a, b, c); Ok(()) }",
+        );
+        assert!(out.contains("let a = __tx_retry_clone (& a)"), "{out}");
+        assert!(
+            out.contains("let c = __tx_retry_clone :: < String > (& c)"),
+            "{out}"
+        );
+        assert!(!out.contains("clone (& b)"), "{out}");
     }
 
     #[test]
@@ -907,5 +1090,68 @@ mod tests {
             "impl S { async fn new() -> Result<Self, E> { todo!() } }",
         );
         assert!(e.contains("has no `self` receiver"), "{e}");
+    }
+}
+
+/// The size of the expansion, in tokens (an identifier, punctuation mark, literal or delimited
+/// group each counts one): the code every annotated function adds to its crate's compile time.
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    fn count(tokens: TokenStream) -> usize {
+        tokens
+            .into_iter()
+            .map(|tt| match tt {
+                TokenTree::Group(g) => 1 + count(g.stream()),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    /// (what, attribute arguments, function, most tokens the expansion may add)
+    const CASES: &[(&str, &str, &str, usize)] = &[
+        (
+            "plain free fn",
+            "",
+            "async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }",
+            450,
+        ),
+        (
+            "&self, manager = self.db",
+            "manager = self.db",
+            "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
+            480,
+        ),
+        (
+            "every key",
+            "propagation = RequiresNew, isolation = Serializable, timeout = \"2s\", read_only, no_rollback_for = AppError::Warn, manager = self.db, name = \"n\"",
+            "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
+            480,
+        ),
+        (
+            "retry = 3, two by-value parameters",
+            "retry = 3, manager = self.db",
+            "async fn f(&self, a: String, b: Vec<u8>) -> Result<usize, AppError> { Ok(a.len() + b.len()) }",
+            600,
+        ),
+    ];
+
+    #[test]
+    fn expansion_stays_small() {
+        for (what, args, item, most) in CASES {
+            let input = count(item.parse().unwrap());
+            let out = count(expand(
+                args.parse().unwrap(),
+                item.parse().unwrap(),
+                &quote!(::tx_sqlx::__private),
+            ));
+            println!("{what}: {input} tokens in, {out} out (+{})", out - input);
+            assert!(
+                out - input <= *most,
+                "{what}: the expansion adds {} tokens",
+                out - input
+            );
+        }
     }
 }

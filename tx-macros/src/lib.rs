@@ -47,23 +47,31 @@ mod krate;
 ///
 /// # Where it goes
 ///
-/// On an `async fn` returning `Result<T, E>` where `E: From<TxError>` (so the engine can report
-/// its own failures, such as [`TxError::Timeout`] or [`TxError::UnexpectedRollback`], through
-/// your error type):
+/// On an `async fn` returning `Result<T, E>` where `E: From<`[`TxError`]`>` (so the engine can
+/// report its own failures, such as [`TxError::Timeout`] or [`TxError::UnexpectedRollback`],
+/// through your error type). `E` may be your own error type, [`TxError`] itself, or
+/// `sqlx::Error` (tx-core implements `From<TxError> for sqlx::Error` with its `sqlx` feature,
+/// which tx-sqlx enables: the engine's error is then inside `sqlx::Error::Io`, and converting
+/// back with `TxError::from` gives it again). It goes on:
 ///
 /// - free functions, generic functions;
 /// - inherent methods taking `&self`, `&mut self`, `self`, or `self: Arc<Self>`;
 /// - methods of a trait `impl` (and default bodies of trait methods);
 /// - an `impl` block (inherent or trait): the attribute becomes the default for every `async fn`
 ///   in the block returning a `Result` (Spring's class-level annotation). A method with its own
-///   `#[transactional(...)]` uses that one **instead** (the two are not merged); plain `fn`s and
-///   `async fn`s not returning a `Result` are left alone.
+///   `#[transactional(...)]` uses its own keys **instead** of the block's (they are not merged),
+///   except `manager`: a method that names none keeps the block's, as a Spring method-level
+///   annotation keeps the class's transaction manager. Plain `fn`s and `async fn`s not returning
+///   a `Result` are left alone.
 ///
 /// The signature, visibility, attributes and doc comments are kept as written. The returned
-/// future is `Send` whenever the body's is, so a call can be moved into `tokio::spawn`.
+/// future is `Send` whenever the plain `async fn` would be (whatever `T` and `E` are, `Sync` or
+/// not, also with `retry`), so a call can be moved into `tokio::spawn`.
 ///
-/// `Result` means a path ending in `Result`: `Result<T, E>`, `std::result::Result<T, E>`, or a
-/// one-parameter alias such as `AppResult<T>` (its error type is then checked through the alias).
+/// `Result` means `Result<T, E>` under any path (`std::result::Result<T, E>`), or a
+/// one-parameter alias such as `AppResult<T>` or `io::Result<T>` (its error type is then checked
+/// through the alias). On an `impl` block, a type that is merely named `...Result` without type
+/// parameters, such as sqlx's `PgQueryResult`, is not a `Result`: such a method is left alone.
 ///
 /// # Keys
 ///
@@ -79,7 +87,7 @@ mod krate;
 /// | `rollback_for` | a pattern over the error type, `\|` allowed | every `Err` rolls back |
 /// | `no_rollback_for` | a pattern over the error type, `\|` allowed | (none) |
 /// | `manager` | a registered name `"orders"`, or an expression `self.db`, `db()`, `POOL.clone()` | the default manager |
-/// | `name` | a string literal | `concat!(module_path!(), "::", <fn name>)` |
+/// | `name` | a string literal | `Type::method` for a method, `module::path::function` for a free function |
 /// | `retry` | a non-negative integer: how many times to re-run the call | `0` |
 ///
 /// ## `propagation`
@@ -172,10 +180,11 @@ mod krate;
 ///
 /// - omitted: the default manager, set once with `set_default_manager(pool)`;
 /// - `manager = "orders"`: the manager registered with `register_manager("orders", pool)`;
-/// - `manager = EXPR`: any expression giving the manager or a reference to it, such as
-///   `self.db` or `db()`. It is evaluated once per call, before the body runs, and its handle is
-///   cloned (an `Arc` increment for a `TxPool`), so it may borrow `self` even in a `&mut self`
-///   or `self: Arc<Self>` method.
+/// - `manager = EXPR`: any expression giving the manager, or a reference or smart pointer to
+///   it (`db: &'a PgTxPool`, `Box<PgTxPool>`), such as `self.db` or `db()`. It is evaluated once
+///   per call, before the body runs. `self.field` in a `&self` method is borrowed for the call;
+///   any other expression has its handle cloned (an `Arc` increment for a `TxPool`), so it may
+///   borrow `self` even in a `&mut self` or `self: Arc<Self>` method.
 ///
 /// ```no_run
 /// # use tx_sqlx::prelude::*;
@@ -195,8 +204,13 @@ mod krate;
 ///
 /// ## `name`
 ///
-/// The transaction's name, seen in logs and `TransactionStatus::name()`. Default: the module
-/// path and the function's name, e.g. `"shop::orders::place"`.
+/// The transaction's name, seen in logs and `TransactionStatus::name()`. Default, as Spring's
+/// `Class.method`: `Type::method` for a method (`"OrderService::place"`, also in a trait impl,
+/// where `Type` is the implementing type; `Trait::method` for a trait's default body), so two
+/// services with a `record` method are told apart; and the module path and the function's name
+/// for a free function (`"shop::orders::place"`). The type is read once per function, on its
+/// first call, from `std::any::type_name`; a function with neither `self` nor `Self` in its
+/// signature is taken as a method when its enclosing item is named as a type (`CamelCase`).
 ///
 /// ```no_run
 /// # use tx_sqlx::prelude::*;
@@ -247,9 +261,13 @@ mod krate;
 ///     /// read-only, from the block
 ///     async fn count(&self) -> Result<i64, TxError> { Ok(0) }
 ///
-///     /// its own attribute replaces the block's entirely (so it names the manager again)
-///     #[transactional(manager = self.db)]
+///     /// its own keys replace the block's (not read-only here); it names no manager, so it
+///     /// keeps the block's `self.db`
+///     #[transactional(isolation = Serializable)]
 ///     async fn rename(&self, id: i64, name: &str) -> Result<(), TxError> { Ok(()) }
+///
+///     /// not a `Result` (sqlx's query result): left alone
+///     async fn touch(&self) -> sqlx::postgres::PgQueryResult { Default::default() }
 ///
 ///     /// not async: left alone
 ///     fn table(&self) -> &'static str { "users" }
@@ -259,9 +277,10 @@ mod krate;
 ///
 /// # What it expands to
 ///
-/// A thin call into the engine: the definition is a `static` built at compile time (a call
-/// allocates nothing for it), the body becomes a closure returning an `async move` block, and
-/// the rollback rule a `fn(&E) -> bool`. Roughly (helper names shortened):
+/// A thin call into the engine: the definition is a `static` (built at compile time, but for the
+/// default name, which is read on the first call), so a call allocates nothing for it; the body
+/// becomes a closure returning an `async move` block, and the rollback rule a `fn(&E) -> bool`.
+/// Roughly (helper names shortened):
 ///
 /// ```text
 /// #[transactional(propagation = RequiresNew, timeout = "2s", no_rollback_for = AppError::Warn, manager = self.db)]
@@ -274,16 +293,19 @@ mod krate;
 ///     fn run<'a, T, E: __private::TransactionalError, F, Fut>(..) -> impl Future<..> + 'a { .. }
 ///
 ///     let def: &'static TransactionDefinition = {
-///         static DEF: TransactionDefinition = TransactionDefinition::__const(
+///         fn here() {} // its type name, `app::UserService::add::{{closure}}::here`, gives the name
+///         static DEF: LazyDefinition = LazyDefinition::new(
 ///             Propagation::RequiresNew, Isolation::Default,
 ///             Some(Duration::from_millis(2000)), false,
-///             concat!(module_path!(), "::", "add"),
 ///         );
-///         &DEF
+///         DEF.get(here, concat!(module_path!(), "::add"), true) // named on the first call
 ///     };
 ///     // `manager = self.field` on `&self` is borrowed; any other expression is evaluated once
-///     // per call and cloned (`(EXPR).clone()`), so `&mut self`, `self` and parameters work
-///     let manager = __private::by_expr(&self.db);   // (`ManagerRef::Default` / `Named("..")`)
+///     // per call and cloned (`(EXPR).clone()`), so `&mut self`, `self` and parameters work; the
+///     // method call reaches the manager behind a reference or a `Box` (`ManagerRef::Default`
+///     // or `ManagerRef::Named("..")` without `manager = EXPR`)
+///     let pick = __private::pick::Pick(&self.db);
+///     let manager = { use __private::pick::*; (&pick).__tx_manager_ref() };
 ///     let make_body = move || async move {
 ///         // dead code fixing the block's output type to `Result<u64, AppError>`, so `?` and
 ///         // `return` inside BODY convert exactly as in the original function
@@ -310,8 +332,12 @@ mod krate;
 /// error type; a negative `retry`; `retry` with `&mut self`; the attribute on a struct, const,
 /// or anything else that is not a function or an `impl` block.
 ///
-/// [`TxError::Timeout`]: https://docs.rs/tx-core/latest/tx_core/enum.TxError.html
-/// [`TxError::UnexpectedRollback`]: https://docs.rs/tx-core/latest/tx_core/enum.TxError.html
+// Relative links: this page is rendered as `tx_macros/attr.transactional.html` and, re-exported,
+// as `tx_core/...` and `tx_sqlx/...`, all beside `tx_core/` in a local `cargo doc`. (tx-macros
+// cannot depend on tx-core, which depends on it, so intra-doc links would not resolve.)
+/// [`TxError`]: ../tx_core/enum.TxError.html
+/// [`TxError::Timeout`]: ../tx_core/enum.TxError.html#variant.Timeout
+/// [`TxError::UnexpectedRollback`]: ../tx_core/enum.TxError.html#variant.UnexpectedRollback
 #[proc_macro_attribute]
 pub fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(args.into(), item.into(), &krate::private_path()).into()
