@@ -129,6 +129,15 @@ pub enum TxError {
         message: Cow<'static, str>,
     },
 
+    /// A call was given something it cannot use (an unknown name, a value that does not
+    /// serialize, a configuration that contradicts itself); nothing was done. The message
+    /// says what was wrong and what to do.
+    #[error("{message}")]
+    InvalidArgument {
+        /// What was wrong and how to fix it.
+        message: Cow<'static, str>,
+    },
+
     /// The transaction manager's pool is closed.
     #[error("the transaction manager's connection pool is closed")]
     PoolClosed,
