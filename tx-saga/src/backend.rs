@@ -79,18 +79,18 @@ pub(crate) mod private {
         const DIALECT: Dialect;
 
         /// A template on `db` (where `TxPool<Self>` is a transaction manager).
-        fn template(db: &TxPool<Self>) -> tx_sqlx::TransactionTemplate;
+        fn saga_template(db: &TxPool<Self>) -> tx_sqlx::TransactionTemplate;
 
         /// Runs `sql` with `args` through `&db` (on the transaction bound to `db` in this
         /// task, if any); the number of rows it changed.
-        fn execute<'a>(
+        fn saga_execute<'a>(
             db: &'a TxPool<Self>,
             sql: Arc<str>,
             args: Vec<Value>,
         ) -> BoxFuture<'a, Result<u64, TxError>>;
 
         /// Runs `sql` with `args` through `&db`; its rows, decoded as `cols`.
-        fn fetch<'a>(
+        fn saga_fetch<'a>(
             db: &'a TxPool<Self>,
             sql: Arc<str>,
             args: Vec<Value>,
@@ -106,11 +106,11 @@ macro_rules! driver {
         impl private::Driver for $db {
             const DIALECT: Dialect = $dialect;
 
-            fn template(db: &TxPool<Self>) -> tx_sqlx::TransactionTemplate {
+            fn saga_template(db: &TxPool<Self>) -> tx_sqlx::TransactionTemplate {
                 tx_sqlx::TransactionTemplate::new(db.clone())
             }
 
-            fn execute<'a>(
+            fn saga_execute<'a>(
                 db: &'a TxPool<Self>,
                 sql: Arc<str>,
                 args: Vec<Value>,
@@ -129,7 +129,7 @@ macro_rules! driver {
                 })
             }
 
-            fn fetch<'a>(
+            fn saga_fetch<'a>(
                 db: &'a TxPool<Self>,
                 sql: Arc<str>,
                 args: Vec<Value>,

@@ -55,8 +55,8 @@ impl Default for StepOptions {
 
 impl StepOptions {
     /// How long one attempt may run (forward or compensation) before it is cut off and counts
-    /// as a failed, retryable attempt. Its transaction is rolled back. Must be shorter than the
-    /// engine's [lease](crate::SagaEngine::lease).
+    /// as a failed, retryable attempt. Its transaction is rolled back. While the step runs, its
+    /// worker's lease is extended to cover it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

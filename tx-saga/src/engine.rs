@@ -180,8 +180,9 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     }
 
     /// How long a worker holds a saga it claimed without recording progress. A worker that
-    /// dies loses its sagas after at most this long; another worker then resumes them from
-    /// their last recorded step. Every step's timeout must be shorter.
+    /// dies loses its sagas after at most this long (or, during a step whose timeout is
+    /// longer, that timeout plus a few seconds); another worker then resumes them from their
+    /// last recorded step. At least 100 ms.
     ///
     /// ```
     /// # fn f(db: tx_sqlx::PgTxPool) {
@@ -271,20 +272,12 @@ impl<DB: SagaBackend> SagaEngine<DB> {
                 inner.problems.join("; ")
             )));
         }
-        for saga in inner.sagas.values() {
-            for i in 0..saga.len() {
-                let timeout = saga.options(i).get_timeout();
-                if timeout >= inner.lease {
-                    return Err(invalid(format!(
-                        "step `{}` of saga `{}` has a timeout of {timeout:?}, not shorter than the \
-                         engine's lease of {:?}: shorten the step's timeout or lengthen the lease \
-                         (SagaEngine::lease)",
-                        saga.step_name(i),
-                        saga.name(),
-                        inner.lease
-                    )));
-                }
-            }
+        if inner.lease < Duration::from_millis(100) {
+            return Err(invalid(format!(
+                "the saga engine's lease of {:?} is too short: it must cover a claim and a step's \
+                 bookkeeping (at least 100 ms; the default is 60 s)",
+                inner.lease
+            )));
         }
         Ok(inner
             .sql
@@ -309,7 +302,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     pub async fn install(&self) -> Result<(), TxError> {
         let sql = self.sql()?;
         for stmt in &sql.create {
-            DB::execute(&self.inner.db, stmt.clone(), Vec::new()).await?;
+            DB::saga_execute(&self.inner.db, stmt.clone(), Vec::new()).await?;
         }
         Ok(())
     }
@@ -358,7 +351,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
             ))
         })?;
         let id = SagaId::random();
-        DB::execute(
+        DB::saga_execute(
             &self.inner.db,
             sql.insert.clone(),
             vec![
@@ -434,7 +427,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     pub async fn status(&self, id: impl Borrow<SagaId>) -> Result<SagaStatus, TxError> {
         let id = *id.borrow();
         let sql = self.sql()?;
-        let mut rows = DB::fetch(
+        let mut rows = DB::saga_fetch(
             &self.inner.db,
             sql.status.clone(),
             vec![Value::Text(id.to_string())],
@@ -467,7 +460,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     pub async fn stuck(&self, older_than: Duration) -> Result<Vec<StuckSaga>, TxError> {
         let sql = self.sql()?;
         let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
-        let rows = DB::fetch(
+        let rows = DB::saga_fetch(
             &self.inner.db,
             sql.stuck.clone(),
             vec![Value::I64(ms)],
@@ -526,7 +519,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     pub async fn resume(&self, id: impl Borrow<SagaId>) -> Result<(), TxError> {
         let id = *id.borrow();
         let sql = self.sql()?;
-        let changed = DB::execute(
+        let changed = DB::saga_execute(
             &self.inner.db,
             sql.resume.clone(),
             vec![Value::Text(id.to_string())],

@@ -49,8 +49,9 @@
 //!
 //! A worker claims due sagas with a lease token and an expiry ([`SagaEngine::lease`]); every
 //! record it writes is fenced by that token, so a worker that lost its lease cannot record
-//! anything (its step's transaction is rolled back). Steps are cut off at their timeout, which
-//! must be shorter than the lease, so a step never runs on two workers at once. A worker that
+//! anything (its step's transaction is rolled back). Before a step starts, the lease is made
+//! to outlast the step's timeout, and the step is cut off at that timeout, so a step never
+//! runs on two workers at once. A worker that
 //! dies leaves its sagas to be claimed again when their leases expire. Lease times are the
 //! database server's clock.
 //!

@@ -72,8 +72,8 @@ struct Transition {
     state: String,
     attempt: i64,
     last_error: Option<String>,
-    /// Keep the lease (the worker goes on with the saga) or hand the saga back.
-    hold: bool,
+    /// Keep the lease for this long (the worker goes on with the saga), or hand the saga back.
+    hold: Option<Duration>,
     /// When the saga is due again (backoff).
     delay: Duration,
 }
@@ -185,6 +185,29 @@ impl<DB: SagaBackend> Shared<DB> {
         self.engine.inner.lease
     }
 
+    /// Time for the bookkeeping and commit of a step beyond its own timeout.
+    fn slack(&self) -> Duration {
+        (self.lease() / 2).min(Duration::from_secs(5))
+    }
+
+    /// The lease a worker holds while step `index` runs: the engine's lease, or longer for a
+    /// step whose timeout (plus bookkeeping) would outlast it.
+    fn hold_for(&self, saga: &dyn ErasedSaga, index: usize) -> Duration {
+        let budget = saga.options(index).get_timeout() + self.slack();
+        self.lease().max(budget + self.slack())
+    }
+
+    /// The lease to hold after moving to `step` (forward: the next step to run; backward: the
+    /// number of steps left to compensate).
+    fn hold_at(&self, saga: &dyn ErasedSaga, backward: bool, step: i64) -> Duration {
+        let index = if backward { step - 1 } else { step };
+        if index >= 0 && (index as usize) < saga.len() {
+            self.hold_for(saga, index as usize)
+        } else {
+            self.lease()
+        }
+    }
+
     /// Claims up to `limit` due sagas under a fresh lease token.
     async fn claim(&self, limit: usize) -> Result<Vec<Record>, TxError> {
         let n = self.claims.fetch_add(1, Ordering::Relaxed);
@@ -203,13 +226,13 @@ impl<DB: SagaBackend> Shared<DB> {
                 let mut args = vec![Value::Text(token.to_string()), Value::I64(lease_ms)];
                 args.extend(names);
                 args.push(Value::I64(limit as i64));
-                DB::fetch(self.db(), self.sql.claim.clone(), args, CLAIM_COLS).await?
+                DB::saga_fetch(self.db(), self.sql.claim.clone(), args, CLAIM_COLS).await?
             }
             Claim::SelectThenUpdate => {
                 let db = self.db().clone();
                 let sql = self.sql.clone();
                 let token = token.clone();
-                DB::template(&db)
+                DB::saga_template(&db)
                     .name("tx_saga claim")
                     .execute(move |_| {
                         let (db, sql, token) = (db.clone(), sql.clone(), token.clone());
@@ -223,7 +246,7 @@ impl<DB: SagaBackend> Shared<DB> {
                         args.push(Value::I64(limit as i64));
                         async move {
                             let mut rows =
-                                DB::fetch(&db, sql.claim.clone(), args, CLAIM_COLS).await?;
+                                DB::saga_fetch(&db, sql.claim.clone(), args, CLAIM_COLS).await?;
                             if rows.is_empty() {
                                 return Ok::<_, TxError>(rows);
                             }
@@ -234,7 +257,7 @@ impl<DB: SagaBackend> Shared<DB> {
                                 upd.push(Value::Text(id.clone()));
                                 row[0] = Cell::Text(Some(id));
                             }
-                            DB::execute(&db, sql.claim_update(rows.len()), upd).await?;
+                            DB::saga_execute(&db, sql.claim_update(rows.len()), upd).await?;
                             Ok(rows)
                         }
                     })
@@ -276,21 +299,17 @@ impl<DB: SagaBackend> Shared<DB> {
             Value::Text(t.state.clone()),
             Value::I64(t.attempt),
             t.last_error.clone().map_or(Value::NullText, Value::Text),
-            if t.hold {
+            if t.hold.is_some() {
                 Value::Text(rec.token.to_string())
             } else {
                 Value::NullText
             },
-            if t.hold {
-                Value::I64(millis(self.lease()))
-            } else {
-                Value::NullI64
-            },
+            t.hold.map_or(Value::NullI64, |h| Value::I64(millis(h))),
             Value::I64(millis(t.delay)),
             Value::Text(rec.id.to_string()),
             Value::Text(rec.token.to_string()),
         ];
-        Ok(DB::execute(self.db(), self.sql.write.clone(), args).await? == 1)
+        Ok(DB::saga_execute(self.db(), self.sql.write.clone(), args).await? == 1)
     }
 
     /// Drives one claimed saga until it is final, waits for a backoff, is stuck, loses its
@@ -320,9 +339,11 @@ impl<DB: SagaBackend> Shared<DB> {
             }
             let index = index as usize;
             let options = rec.saga.options(index).clone();
-            // The step's transaction may run this long before its deadline rolls it back.
-            let budget = options.get_timeout() + (self.lease() - options.get_timeout()) / 2;
-            if Instant::now() + budget >= rec.lease_deadline && !self.renew(&mut rec).await {
+            // The step's transaction may run this long before its deadline rolls it back; the
+            // lease must outlast it.
+            let budget = options.get_timeout() + self.slack();
+            let hold = self.hold_for(&*rec.saga, index);
+            if Instant::now() + budget >= rec.lease_deadline && !self.renew(&mut rec, hold).await {
                 return;
             }
             let step_name = rec.saga.step_name(index).clone();
@@ -362,7 +383,9 @@ impl<DB: SagaBackend> Shared<DB> {
                     rec.state = next.state;
                     rec.attempt = 0;
                     rec.last_error = next.last_error;
-                    rec.lease_deadline = before + self.lease();
+                    if let Some(hold) = next.hold {
+                        rec.lease_deadline = before + hold;
+                    }
                     match final_status {
                         COMPLETED => {
                             observe::completed(rec.saga.name());
@@ -448,7 +471,7 @@ impl<DB: SagaBackend> Shared<DB> {
             .attempt(index, direction, &rec.state, rec.id, attempt);
         let len = rec.saga.len() as i64;
         let mut once = Some(fut);
-        DB::template(self.db())
+        DB::saga_template(self.db())
             .timeout(budget)
             .name("tx_saga step")
             .execute(|_status| {
@@ -493,7 +516,7 @@ impl<DB: SagaBackend> Shared<DB> {
                             state,
                             attempt: 0,
                             last_error: None,
-                            hold: false,
+                            hold: None,
                             delay: Duration::ZERO,
                         },
                         Direction::Forward => Transition {
@@ -503,7 +526,7 @@ impl<DB: SagaBackend> Shared<DB> {
                             state,
                             attempt: 0,
                             last_error: None,
-                            hold: true,
+                            hold: Some(self.hold_at(&*rec.saga, false, rec.step + 1)),
                             delay: Duration::ZERO,
                         },
                         Direction::Compensate => Transition {
@@ -518,7 +541,8 @@ impl<DB: SagaBackend> Shared<DB> {
                             attempt: 0,
                             // Keeps the failure that started the compensation.
                             last_error: rec.last_error.clone(),
-                            hold: rec.step != 1,
+                            hold: (rec.step != 1)
+                                .then(|| self.hold_at(&*rec.saga, true, rec.step - 1)),
                             delay: Duration::ZERO,
                         },
                     };
@@ -558,7 +582,7 @@ impl<DB: SagaBackend> Shared<DB> {
                     state: rec.state.clone(),
                     attempt: failed,
                     last_error: Some(error),
-                    hold: false,
+                    hold: None,
                     delay,
                 };
                 self.write_logged(rec, &t).await;
@@ -575,7 +599,7 @@ impl<DB: SagaBackend> Shared<DB> {
                     state: rec.state.clone(),
                     attempt: 0,
                     last_error: Some(error),
-                    hold: done != 0,
+                    hold: (done != 0).then(|| self.hold_at(&*rec.saga, true, done)),
                     delay: Duration::ZERO,
                 };
                 if !self.write_logged(rec, &t).await {
@@ -621,7 +645,7 @@ impl<DB: SagaBackend> Shared<DB> {
             state: rec.state.clone(),
             attempt: failed,
             last_error: Some(error),
-            hold: false,
+            hold: None,
             delay: Duration::ZERO,
         };
         if self.write_logged(rec, &t).await {
@@ -643,17 +667,18 @@ impl<DB: SagaBackend> Shared<DB> {
         }
     }
 
-    /// Extends the lease before a step that might outlast it; false when it is lost.
-    async fn renew(&self, rec: &mut Record) -> bool {
+    /// Extends the lease to `hold` before a step that might outlast it; false when it is
+    /// lost.
+    async fn renew(&self, rec: &mut Record, hold: Duration) -> bool {
         let before = Instant::now();
         let args = vec![
-            Value::I64(millis(self.lease())),
+            Value::I64(millis(hold)),
             Value::Text(rec.id.to_string()),
             Value::Text(rec.token.to_string()),
         ];
-        match DB::execute(self.db(), self.sql.renew.clone(), args).await {
+        match DB::saga_execute(self.db(), self.sql.renew.clone(), args).await {
             Ok(1) => {
-                rec.lease_deadline = before + self.lease();
+                rec.lease_deadline = before + hold;
                 true
             }
             Ok(_) => {
@@ -673,7 +698,7 @@ impl<DB: SagaBackend> Shared<DB> {
             Value::Text(rec.id.to_string()),
             Value::Text(rec.token.to_string()),
         ];
-        if let Err(e) = DB::execute(self.db(), self.sql.release.clone(), args).await {
+        if let Err(e) = DB::saga_execute(self.db(), self.sql.release.clone(), args).await {
             tracing::warn!(target: "tx_saga", saga_id = %rec.id, error = %e, "releasing the saga failed; it is resumed once its lease expires");
         }
     }
