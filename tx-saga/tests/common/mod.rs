@@ -680,6 +680,15 @@ impl<DB: TestDb> Env<DB> {
     /// orders database is the engine's), charge the account (payment service, keyed). Every
     /// step and compensation also appends to the journal, locally.
     pub fn order_saga(&self, hook: Option<Hook>) -> Saga<Order> {
+        self.order_saga_with(hook, tx_saga::StepOptions::default())
+    }
+
+    /// [`order_saga`](Self::order_saga) with `options` for every step.
+    pub fn order_saga_with(
+        &self,
+        hook: Option<Hook>,
+        options: tx_saga::StepOptions,
+    ) -> Saga<Order> {
         let point = |hook: &Option<Hook>, id: SagaId, name: &'static str, order: &Order| {
             let f = hook.as_ref().map(|h| h(id, name.to_owned(), order.clone()));
             async move {
@@ -705,8 +714,9 @@ impl<DB: TestDb> Env<DB> {
             hook,
         );
         Saga::<Order>::named("place_order")
-            .step(
+            .step_with(
                 "reserve_stock",
+                options.clone(),
                 move |ctx: StepContext<Order>| async move {
                     e1.log(ctx.saga_id(), "reserve_stock:forward").await?;
                     let o = ctx.state();
@@ -723,8 +733,9 @@ impl<DB: TestDb> Env<DB> {
                     Ok(ctx.into_state())
                 },
             )
-            .step(
+            .step_with(
                 "create_order",
+                options.clone(),
                 move |ctx: StepContext<Order>| async move {
                     e3.log(ctx.saga_id(), "create_order:forward").await?;
                     let o = ctx.state();
@@ -756,8 +767,9 @@ impl<DB: TestDb> Env<DB> {
                     Ok(ctx.into_state())
                 },
             )
-            .step(
+            .step_with(
                 "charge_payment",
+                options.clone(),
                 move |ctx: StepContext<Order>| async move {
                     e5.log(ctx.saga_id(), "charge_payment:forward").await?;
                     let o = ctx.state();
