@@ -144,7 +144,3 @@ pub use engine::SagaEngine;
 pub use error::StepError;
 pub use id::SagaId;
 pub use status::{SagaStatus, StuckSaga};
-
-/// The README's saga section compiles (its code blocks run as doctests of this crate).
-#[cfg(doctest)]
-struct ReadmeDoctests;
