@@ -1,6 +1,6 @@
 //! The saga engine on PostgreSQL (a schema per service): the order saga across three services, compensation in
 //! reverse order, start joining the caller's transaction, retries, panics, timeouts, stuck
-//! sagas and resume, misuse.
+//! sagas and resume, misuse, a worker shut down mid-saga handing it back.
 
 mod common;
 
@@ -61,4 +61,12 @@ async fn misuse_is_reported() {
         return;
     };
     scenarios::misuse_is_reported(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_step_and_hands_the_saga_back() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    scenarios::shutdown_finishes_the_step_and_hands_the_saga_back(env).await;
 }

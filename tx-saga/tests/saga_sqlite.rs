@@ -1,6 +1,6 @@
 //! The saga engine on SQLite (three database files): the order saga across three services, compensation in
 //! reverse order, start joining the caller's transaction, retries, panics, timeouts, stuck
-//! sagas and resume, misuse.
+//! sagas and resume, misuse, a worker shut down mid-saga handing it back.
 
 mod common;
 
@@ -40,4 +40,9 @@ async fn stuck_sagas_are_listed_and_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misuse_is_reported() {
     scenarios::misuse_is_reported(Env::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_step_and_hands_the_saga_back() {
+    scenarios::shutdown_finishes_the_step_and_hands_the_saga_back(Env::sqlite().await).await;
 }

@@ -420,3 +420,67 @@ pub async fn misuse_is_reported<DB: TestDb>(env: Env<DB>) {
     );
     env.drop_all().await;
 }
+
+/// A worker told to stop lets the step in flight finish, records it, and hands the saga
+/// back at once: another worker goes on without waiting for the lease (30 s here) to expire.
+pub async fn shutdown_finishes_the_step_and_hands_the_saga_back<DB: TestDb>(env: Env<DB>) {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (e1, e2, e3, n1, r1) = (
+        env.clone(),
+        env.clone(),
+        env.clone(),
+        entered.clone(),
+        release.clone(),
+    );
+    let saga = Saga::<u32>::named("handover")
+        .step(
+            "a",
+            move |ctx: StepContext<u32>| async move {
+                e1.log(ctx.saga_id(), "a:forward").await?;
+                n1.notify_one();
+                r1.notified().await;
+                Ok(ctx.into_state())
+            },
+            |ctx: StepContext<u32>| async move { Ok(ctx.into_state()) },
+        )
+        .step(
+            "b",
+            move |ctx: StepContext<u32>| async move {
+                e2.log(ctx.saga_id(), "b:forward").await?;
+                Ok(ctx.into_state())
+            },
+            move |ctx: StepContext<u32>| async move {
+                e3.log(ctx.saga_id(), "b:compensate").await?;
+                Ok(ctx.into_state())
+            },
+        );
+    let engine = env.engine().lease(Duration::from_secs(30)).register(saga);
+    engine.install().await.unwrap();
+    let id = engine.start("handover", 0u32).await.unwrap();
+    let first = spawn_worker(&engine);
+    entered.notified().await;
+    let stopping = tokio::spawn(first.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the worker waits for its step in flight"
+    );
+    release.notify_one();
+    stopping.await.unwrap();
+    assert_eq!(
+        env.journal(id).await,
+        vec!["a:forward"],
+        "step a was recorded, b not started"
+    );
+    assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
+
+    let second = spawn_worker(&engine);
+    assert_eq!(
+        settle(&engine, &[id], Duration::from_secs(10)).await,
+        vec![SagaStatus::Completed]
+    );
+    second.stop().await;
+    assert_eq!(env.journal(id).await, vec!["a:forward", "b:forward"]);
+    env.drop_all().await;
+}
