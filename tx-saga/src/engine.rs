@@ -57,7 +57,7 @@ use crate::status::{SagaStatus, StuckSaga};
 /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 /// let worker = tokio::spawn({
 ///     let engine = engine.clone();
-///     async move { engine.run(async { let _ = stopped.await; }).await }
+///     async move { engine.run(stopped).await }
 /// });
 /// while !engine.status(id).await?.is_final() {
 ///     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -324,10 +324,11 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// Inside a transaction, cancelling leaves the transaction to decide (it is rolled back if
     /// its scope is dropped). Outside one, a cancelled call may or may not have recorded the
     /// saga.
-    pub async fn start<S>(&self, name: &str, state: S) -> Result<SagaId, TxError>
+    pub async fn start<S>(&self, name: impl AsRef<str>, state: S) -> Result<SagaId, TxError>
     where
         S: Serialize + 'static,
     {
+        let name = name.as_ref();
         let sql = self.sql()?;
         let Some(saga) = self.inner.sagas.get(name) else {
             let known: Vec<&str> = self.inner.sagas.keys().map(|k| &**k).collect();
@@ -384,9 +385,12 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// [`concurrency`](Self::concurrency) at a time, each under a [lease](Self::lease)) and
     /// drives each step by step, forward and, after a failure, through the compensations.
     /// Any number of workers, in this process or others, may run on one database: a saga's
-    /// steps run on one worker at a time.
+    /// steps run on one worker at a time. A worker claims only sagas whose names are
+    /// registered with its engine (a saga no running worker knows waits, `Running`, until one
+    /// does).
     ///
-    /// When `shutdown` completes, the worker claims nothing more, lets the step each saga is
+    /// When `shutdown` completes (its output is ignored: a `oneshot::Receiver`, a cancellation
+    /// token's `cancelled()` or `tokio::signal::ctrl_c()` all do), the worker claims nothing more, lets the step each saga is
     /// in finish, hands those sagas back (they are due again at once, for any worker) and
     /// returns. Database failures while claiming are logged and retried at the next poll; they
     /// do not end the worker.
@@ -400,7 +404,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     ///
     /// Dropping the future abandons the steps in flight: their transactions are rolled back and
     /// their sagas are resumed by a worker once their leases expire. Prefer `shutdown`.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), TxError> {
+    pub async fn run<F: Future>(&self, shutdown: F) -> Result<(), TxError> {
         let sql = self.sql()?;
         if self.inner.sagas.is_empty() {
             return Err(invalid(
@@ -410,7 +414,9 @@ impl<DB: SagaBackend> SagaEngine<DB> {
             ));
         }
         crate::worker::Worker::new(self.clone(), sql)
-            .run(shutdown)
+            .run(async move {
+                shutdown.await;
+            })
             .await
     }
 
