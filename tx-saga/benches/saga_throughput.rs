@@ -50,7 +50,11 @@ impl Visit for Sql {
 
 impl<S: Subscriber> Layer<S> for Counter {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if meta.target() == "sqlx::query" { Interest::sometimes() } else { Interest::never() }
+        if meta.target() == "sqlx::query" {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
     }
 
     fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
@@ -96,12 +100,19 @@ fn saga(db: &PgTxPool, effects: &str) -> Saga<u64> {
     let options = StepOptions::default().timeout(Duration::from_secs(10));
     let mut saga = Saga::<u64>::named("three_local");
     for step in 0..3i64 {
-        let (db, sql) = (db.clone(), format!("INSERT INTO {effects} (saga_id, step) VALUES ($1, $2)"));
+        let (db, sql) = (
+            db.clone(),
+            format!("INSERT INTO {effects} (saga_id, step) VALUES ($1, $2)"),
+        );
         saga = saga.step_with(
             format!("s{step}"),
             options.clone(),
             move |ctx: StepContext<u64>| async move {
-                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ctx.saga_id().to_string()).bind(step).execute(&db).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(ctx.saga_id().to_string())
+                    .bind(step)
+                    .execute(&db)
+                    .await?;
                 Ok(ctx.into_state())
             },
             |ctx: StepContext<u64>| async move { Ok(ctx.into_state()) },
@@ -110,7 +121,11 @@ fn saga(db: &PgTxPool, effects: &str) -> Saga<u64> {
     saga
 }
 
-async fn start_all(engine: &SagaEngine<sqlx::Postgres>, db: &PgTxPool, n: usize) -> Result<(), TxError> {
+async fn start_all(
+    engine: &SagaEngine<sqlx::Postgres>,
+    db: &PgTxPool,
+    n: usize,
+) -> Result<(), TxError> {
     for chunk in 0..n.div_ceil(100) {
         let count = 100.min(n - chunk * 100);
         let engine = engine.clone();
@@ -130,14 +145,21 @@ async fn start_all(engine: &SagaEngine<sqlx::Postgres>, db: &PgTxPool, n: usize)
 }
 
 async fn completed(db: &PgTxPool, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE status = 'completed'")))
-        .fetch_one(db.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {table} WHERE status = 'completed'"
+    )))
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
 }
 
 /// Runs `workers` workers until `n` sagas have completed; the time it took.
-async fn drain(engines: &[SagaEngine<sqlx::Postgres>], db: &PgTxPool, table: &str, n: usize) -> Duration {
+async fn drain(
+    engines: &[SagaEngine<sqlx::Postgres>],
+    db: &PgTxPool,
+    table: &str,
+    n: usize,
+) -> Duration {
     let started = Instant::now();
     let mut stops = Vec::new();
     let mut joins = Vec::new();
@@ -172,10 +194,18 @@ fn main() {
     let pid = std::process::id();
     let table = format!("bench_saga_{pid}");
     let effects = format!("bench_saga_fx_{pid}");
-    let counter = Counter { saga_table: Arc::from(table.as_str()), effects: Arc::from(effects.as_str()), ..Default::default() };
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter.clone())).unwrap();
+    let counter = Counter {
+        saga_table: Arc::from(table.as_str()),
+        effects: Arc::from(effects.as_str()),
+        ..Default::default()
+    };
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter.clone()))
+        .unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let url = std::env::var("TX_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let mut pools = Vec::new();

@@ -208,6 +208,8 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     }
 
     /// How many sagas one worker ([`run`](Self::run)) drives at the same time (at least 1).
+    /// Each saga in flight holds a connection of the engine's pool while its step runs: keep
+    /// this below the pool's size, leaving room for the claims.
     ///
     /// ```
     /// # fn f(db: tx_sqlx::PgTxPool) {

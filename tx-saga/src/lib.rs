@@ -33,6 +33,13 @@
 //!   again. Give the service [`StepContext::idempotency_key`], the same for every attempt of
 //!   one step and direction of one saga, and let it de-duplicate.
 //!
+//! A step can enqueue a message on a transactional outbox kept on the engine's pool: the row
+//! is written in the step's transaction, so it is enqueued exactly once with the step, and
+//! delivered by the outbox's relay afterwards.
+//!
+//! Finished sagas stay in the table (with their final state) as a record; delete old rows with
+//! plain SQL when they are no longer wanted.
+//!
 //! ## Failures
 //!
 //! * [`StepError::Retry`], a panic, or running past the step's
