@@ -12,8 +12,10 @@ use tx_sqlx::{BoxError, TxError};
 ///   failed for good (as `Fail`) and a compensation leaves the saga
 ///   [`Stuck`](crate::SagaStatus::Stuck).
 /// * [`StepError::Fail`]: retrying cannot help (out of stock, payment declined). In a forward
-///   action it starts compensation at once; in a compensation it leaves the saga `Stuck` at
-///   once, for a person to look at.
+///   action it starts compensation at once. A compensation must succeed eventually, so it is
+///   retried on either error, up to its
+///   [`compensation_max_attempts`](crate::StepOptions::compensation_max_attempts), before the
+///   saga is left `Stuck` for a person to look at.
 ///
 /// A panic, or running past the step's [timeout](crate::StepOptions::timeout), counts as a
 /// `Retry` of that attempt. `?` on a [`TxError`] or `sqlx::Error` gives `Retry` for failures

@@ -47,9 +47,9 @@
 //!   jittered exponential backoff, up to its [attempt limit](StepOptions::max_attempts).
 //! * [`StepError::Fail`], or the forward limit reached: compensation starts with the last
 //!   completed step and goes back to the first.
-//! * A compensation is retried up to its own [limit](StepOptions::compensation_max_attempts);
-//!   past it, or on `StepError::Fail`, the saga is [`Stuck`](SagaStatus::Stuck) with the
-//!   error, listed by [`stuck`](SagaEngine::stuck), until an operator calls
+//! * A compensation is retried on any error, up to its own
+//!   [limit](StepOptions::compensation_max_attempts); past it the saga is
+//!   [`Stuck`](SagaStatus::Stuck) with the error, listed by [`stuck`](SagaEngine::stuck), until an operator calls
 //!   [`resume`](SagaEngine::resume).
 //!
 //! ## Workers and leases

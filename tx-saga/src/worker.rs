@@ -570,7 +570,12 @@ impl<DB: SagaBackend> Shared<DB> {
         let max = i64::from(options.get_max_attempts(direction));
         let step = rec.saga.step_name(index).clone();
         match (direction, failure) {
-            (_, Failure::Retry(msg)) if failed < max => {
+            // A forward step is retried on a retryable failure; a compensation on any failure
+            // (it must succeed eventually), each up to its limit.
+            (Direction::Forward, Failure::Retry(msg))
+            | (Direction::Compensate, Failure::Retry(msg) | Failure::Fail(msg))
+                if failed < max =>
+            {
                 let delay = options.backoff_after(u32::try_from(failed).unwrap_or(u32::MAX));
                 let error =
                     format!("step `{step}` ({direction}, attempt {failed} of {max}): {msg}");

@@ -167,7 +167,8 @@ pub async fn start_joins_the_callers_transaction<DB: TestDb>(env: Env<DB>) {
 }
 
 /// A flaky step is retried with the same idempotency key and succeeds; the writes of its
-/// failed attempts were rolled back; a later failure compensates it with another key.
+/// failed attempts were rolled back; a later failure compensates it with another key, and the
+/// compensation is retried after a `Fail` too.
 pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env: Env<DB>) {
     let seen: Arc<Mutex<Vec<(String, u32, String)>>> = Arc::default();
     let fast = StepOptions::default()
@@ -197,6 +198,10 @@ pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env:
                     ctx.attempt(),
                     ctx.idempotency_key().to_owned(),
                 ));
+                if ctx.attempt() == 1 {
+                    // A compensation is retried even on Fail: it must succeed eventually.
+                    return Err(StepError::Fail("refund service hiccup".into()));
+                }
                 assert_eq!(
                     *ctx.state(),
                     1,
@@ -229,7 +234,8 @@ pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env:
             ("forward".into(), 1, fwd_key.clone()),
             ("forward".into(), 2, fwd_key.clone()),
             ("forward".into(), 3, fwd_key),
-            ("compensate".into(), 1, comp_key)
+            ("compensate".into(), 1, comp_key.clone()),
+            ("compensate".into(), 2, comp_key)
         ]
     );
     assert_eq!(
