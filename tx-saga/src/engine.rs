@@ -290,8 +290,9 @@ impl<DB: SagaBackend> SagaEngine<DB> {
             .clone())
     }
 
-    /// Creates the saga table and its index if they are absent (idempotent). Call it outside
-    /// any transaction: on MySQL/MariaDB DDL commits implicitly.
+    /// Creates the saga table and its index if they are absent (idempotent, also when several
+    /// processes install at once). Call it outside any transaction: on MySQL/MariaDB DDL
+    /// commits implicitly.
     ///
     /// # Errors
     ///
@@ -303,10 +304,29 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// Safe to cancel and call again: each statement is idempotent.
     pub async fn install(&self) -> Result<(), TxError> {
         let sql = self.sql()?;
-        for stmt in &sql.create {
-            DB::saga_execute(&self.inner.db, stmt.clone(), Vec::new()).await?;
+        let mut attempt = 0;
+        loop {
+            let mut result = Ok(());
+            for stmt in &sql.create {
+                result = DB::saga_execute(&self.inner.db, stmt.clone(), Vec::new())
+                    .await
+                    .map(|_| ());
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                // Two processes creating the table at once can collide in the catalog
+                // (PostgreSQL reports a duplicate type): the statements are idempotent, so the
+                // loser runs them again and finds everything there.
+                Err(e) if attempt < 2 && !tx_sqlx::is_actual_transaction_active() => {
+                    tracing::debug!(target: "tx_saga", error = %e, "creating the saga table failed; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                other => return other,
+            }
         }
-        Ok(())
     }
 
     /// Records a new instance of the saga registered as `name`, with its initial `state`, and

@@ -70,3 +70,11 @@ async fn shutdown_finishes_the_step_and_hands_the_saga_back() {
     };
     scenarios::shutdown_finishes_the_step_and_hands_the_saga_back(env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_installs_succeed() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    scenarios::concurrent_installs_succeed(env).await;
+}

@@ -46,3 +46,8 @@ async fn misuse_is_reported() {
 async fn shutdown_finishes_the_step_and_hands_the_saga_back() {
     scenarios::shutdown_finishes_the_step_and_hands_the_saga_back(Env::sqlite().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_installs_succeed() {
+    scenarios::concurrent_installs_succeed(Env::sqlite().await).await;
+}

@@ -490,3 +490,23 @@ pub async fn shutdown_finishes_the_step_and_hands_the_saga_back<DB: TestDb>(env:
     assert_eq!(env.journal(id).await, vec!["a:forward", "b:forward"]);
     env.drop_all().await;
 }
+
+/// Installing from several tasks at once (several processes starting together) succeeds
+/// everywhere.
+pub async fn concurrent_installs_succeed<DB: TestDb>(env: Env<DB>) {
+    let engine = env.engine().register(env.order_saga(None));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move { e.install().await }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every concurrent install succeeds");
+    }
+    let id = engine
+        .start("place_order", order("x", 1, "y", 1))
+        .await
+        .unwrap();
+    assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
+    env.drop_all().await;
+}
