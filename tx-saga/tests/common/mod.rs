@@ -483,6 +483,8 @@ impl<DB: TestDb> Env<DB> {
                     ("payment", "payments"),
                     ("orders", "orders"),
                     ("orders", "journal"),
+                    // The many-workers test's table, if it made one.
+                    ("orders", "effects"),
                 ] {
                     let _ = DB::exec(
                         &self.orders,
