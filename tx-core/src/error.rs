@@ -94,6 +94,15 @@ pub enum TxError {
     )]
     NoManager,
 
+    /// A call was given something it cannot use (an unknown name, a value that does not
+    /// serialize, a configuration that contradicts itself); nothing was done. The message
+    /// says what was wrong and what to do.
+    #[error("{message}")]
+    InvalidArgument {
+        /// What was wrong and how to fix it.
+        message: Cow<'static, str>,
+    },
+
     /// `manager = "name"` names no registered manager.
     #[error(
         "no transaction manager registered under the name {name:?}: call \
