@@ -64,6 +64,29 @@ mod krate;
 ///   annotation keeps the class's transaction manager. Plain `fn`s and `async fn`s not returning
 ///   a `Result` are left alone.
 ///
+/// ```no_run
+/// use tx_sqlx::PgTxPool;
+/// use tx_sqlx::prelude::*;
+///
+/// #[transactional(manager = db, timeout = 2)]
+/// async fn rename(db: &PgTxPool, id: i64, name: &str) -> Result<u64, sqlx::Error> {
+///     let done = sqlx::query("UPDATE users SET name = $2 WHERE id = $1")
+///         .bind(id)
+///         .bind(name)
+///         .execute(db)
+///         .await?;
+///     Ok(done.rows_affected())
+/// }
+///
+/// # async fn caller(db: &PgTxPool) {
+/// if let Err(e) = rename(db, 1, "ann").await {
+///     // the engine's own error (here: the deadline passed, so nothing was committed)
+///     if matches!(TxError::from(e), TxError::Timeout) { /* ... */ }
+/// }
+/// # }
+/// # fn main() {}
+/// ```
+///
 /// The signature, visibility, attributes and doc comments are kept as written. The returned
 /// future is `Send` whenever the plain `async fn` would be (whatever `T` and `E` are, `Sync` or
 /// not, also with `retry`), so a call can be moved into `tokio::spawn`.
