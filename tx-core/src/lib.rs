@@ -46,6 +46,7 @@ mod definition;
 mod error;
 mod events;
 pub mod manager;
+mod observe;
 mod propagation;
 mod registry;
 mod retry;
@@ -63,6 +64,11 @@ pub use error::{BoxError, Operation, TxError};
 pub use error::{sqlx_is_retryable, sqlx_sqlstate};
 pub use events::{EventBus, ListenerHandle, ListenerResult, TransactionPhase};
 pub use manager::TransactionManager;
+#[cfg(feature = "metrics")]
+pub use observe::metrics::describe_metrics;
+pub use observe::{
+    RollbackCause, TransactionExecution, TransactionListener, add_transaction_listener,
+};
 pub use registry::{register_manager, set_default_manager};
 pub use status::TransactionStatus;
 pub use synchronization::{
