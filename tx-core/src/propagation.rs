@@ -222,19 +222,19 @@ impl Drop for ParticipantGuard<'_> {
 
 /// Required/Supports/Mandatory inside a transaction: run in it; a failure marks it
 /// rollback-only for its owner.
-fn participate<T, E, F, Fut, R>(
+async fn participate<T, E, F, Fut, R>(
     ctx: Context,
     owner: Arc<Scope>,
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
-) -> impl Future<Output = Result<T, E>>
+) -> Result<T, E>
 where
     F: FnOnce(TransactionStatus) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
-    // The hot path: with no interested subscriber this is one callsite check.
+    // The hot path: with no interested subscriber, one callsite check and no-op enters.
     let trace = ScopeTrace::open(false, || {
         let tx = owner.tx.as_deref();
         Fields {
@@ -249,45 +249,55 @@ where
             attempt: tx.map_or(1, |tx| tx.attempt()),
         }
     });
-    let span = trace.span().clone();
-    async move {
+    trace.in_scope(|| {
         tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
-        let status = TransactionStatus::participant(owner.clone());
-        let mut guard = ParticipantGuard {
-            owner: Some(&owner),
-            trace: &trace,
-        };
-        let end = ctx
-            .with_status(status.clone())
-            .run(AssertUnwindSafe(body(status)).catch_unwind())
-            .await;
-        guard.owner = None;
-        match end {
-            Ok(Ok(v)) => {
-                trace.close(None, None);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                let marks = rollback_on(&e);
-                if marks {
+    });
+    let status = TransactionStatus::participant(owner.clone());
+    let mut guard = ParticipantGuard {
+        owner: Some(&owner),
+        trace: &trace,
+    };
+    // Two awaits rather than one wrapper: without a span the body is polled as before.
+    let end = match trace.enabled_span() {
+        None => {
+            ctx.with_status(status.clone())
+                .run(AssertUnwindSafe(body(status)).catch_unwind())
+                .await
+        }
+        Some(span) => {
+            ctx.with_status(status.clone())
+                .run(AssertUnwindSafe(body(status)).catch_unwind())
+                .instrument(span.clone())
+                .await
+        }
+    };
+    guard.owner = None;
+    match end {
+        Ok(Ok(v)) => {
+            trace.close(None, None);
+            Ok(v)
+        }
+        Ok(Err(e)) => {
+            let marks = rollback_on(&e);
+            if marks {
+                trace.in_scope(|| {
                     tracing::debug!(
                         target: "tx",
                         "Participating transaction failed - marking existing transaction [{}] as rollback-only",
                         owner.name()
                     );
-                    owner.mark_joined_rollback_only();
-                }
-                trace.close(None, marks.then_some(RollbackCause::Error));
-                Err(e)
-            }
-            Err(panic) => {
+                });
                 owner.mark_joined_rollback_only();
-                trace.close(None, Some(RollbackCause::Panic));
-                resume_unwind(panic)
             }
+            trace.close(None, marks.then_some(RollbackCause::Error));
+            Err(e)
+        }
+        Err(panic) => {
+            owner.mark_joined_rollback_only();
+            trace.close(None, Some(RollbackCause::Panic));
+            resume_unwind(panic)
         }
     }
-    .instrument(span)
 }
 
 /// Completes a cancelled new transaction: rolls back (unless COMMIT was already sent) and
@@ -304,7 +314,7 @@ impl Drop for CancelGuard {
         tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
         let physical = tx.try_take_physical();
         let runtime = tx.runtime().cloned();
-        let span = trace.span().clone();
+        let span = trace.span();
         let rolling_back = tx.clone();
         sync.spawn_finish_cancelled(
             runtime.as_ref(),
@@ -377,7 +387,7 @@ fn finish_transaction(tx: &Transaction, trace: &ScopeTrace, ending: Ending) {
 
 /// Begins a transaction (lazily: BEGIN goes out with the first statement), runs the body in
 /// it and commits or rolls back. Transactions of the same manager in `ctx` are suspended.
-fn new_transaction<T, E, F, Fut, R>(
+async fn new_transaction<T, E, F, Fut, R>(
     ctx: Context,
     key: ManagerKey,
     manager: SharedManager,
@@ -385,7 +395,7 @@ fn new_transaction<T, E, F, Fut, R>(
     rollback_on: R,
     body: F,
     attempt: u32,
-) -> impl Future<Output = (Result<T, E>, RunInfo)>
+) -> (Result<T, E>, RunInfo)
 where
     E: From<TxError>,
     F: FnOnce(TransactionStatus) -> Fut,
@@ -411,59 +421,82 @@ where
         scope: "new_transaction",
         attempt,
     });
-    let span = trace.span().clone();
-    async move {
-        log_new(&tx.definition);
-        listener::notify(Callback::BeforeBegin, || tx.execution());
-        let scope = Arc::new(Scope::new(
-            ScopeKind::NewTransaction,
-            Some(tx.clone()),
-            tx.definition.name_cow().clone(),
-        ));
-        let sync = Arc::new(SyncScope::default());
-        let status = TransactionStatus::owner(scope.clone());
-        let tx_ctx = ctx
-            .bind(key, Some(scope.clone()), None)
-            .with_scope(status.clone(), sync.clone());
-        listener::notify(Callback::AfterBegin(None), || tx.execution());
-
-        let mut cancel = CancelGuard {
-            armed: Some((tx.clone(), sync.clone(), trace)),
-        };
-        let end = {
-            let run = tx_ctx
-                .clone()
-                .run(AssertUnwindSafe(body(status)).catch_unwind());
-            match tx.deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
-                    Ok(r) => BodyEnd::from_caught(r),
-                    Err(_) => BodyEnd::TimedOut,
-                },
-                None => BodyEnd::from_caught(run.await),
-            }
-        };
-        // Decided when the body ended: a body that computed past the deadline without
-        // awaiting must not commit, while its own error returned in time stays its error.
-        let late = tx.past_deadline();
-
-        let (result, ending) =
-            complete_transaction(&tx, &scope, &sync, &tx_ctx, end, late, &rollback_on).await;
-        let Some((_, _, trace)) = cancel.armed.take() else {
-            unreachable!("disarmed only here")
-        };
-        scope.set_completed();
-        finish_transaction(&tx, &trace, ending);
-        let info = RunInfo {
-            owned_transaction: true,
-            rolled_back: ending.completion == Completion::RolledBack,
-            retryable: tx.take_retryable(),
-        };
-        match result {
-            Ok(r) => (r, info),
-            Err(panic) => resume_unwind(panic),
+    // Built where it is awaited (a wrapper would copy the whole future), wrapped only for a
+    // span.
+    match trace.enabled_span().cloned() {
+        None => run_transaction(ctx, key, tx, trace, rollback_on, body).await,
+        Some(span) => {
+            run_transaction(ctx, key, tx, trace, rollback_on, body)
+                .instrument(span)
+                .await
         }
     }
-    .instrument(span)
+}
+
+/// The body and completion of [`new_transaction`], in its span.
+async fn run_transaction<T, E, F, Fut, R>(
+    ctx: Context,
+    key: ManagerKey,
+    tx: Arc<Transaction>,
+    trace: ScopeTrace,
+    rollback_on: R,
+    body: F,
+) -> (Result<T, E>, RunInfo)
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    log_new(&tx.definition);
+    listener::notify(Callback::BeforeBegin, || tx.execution());
+    let scope = Arc::new(Scope::new(
+        ScopeKind::NewTransaction,
+        Some(tx.clone()),
+        tx.definition.name_cow().clone(),
+    ));
+    let sync = Arc::new(SyncScope::default());
+    let status = TransactionStatus::owner(scope.clone());
+    let tx_ctx = ctx
+        .bind(key, Some(scope.clone()), None)
+        .with_scope(status.clone(), sync.clone());
+    listener::notify(Callback::AfterBegin(None), || tx.execution());
+
+    let mut cancel = CancelGuard {
+        armed: Some((tx.clone(), sync.clone(), trace)),
+    };
+    let end = {
+        let run = tx_ctx
+            .clone()
+            .run(AssertUnwindSafe(body(status)).catch_unwind());
+        match tx.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
+                Ok(r) => BodyEnd::from_caught(r),
+                Err(_) => BodyEnd::TimedOut,
+            },
+            None => BodyEnd::from_caught(run.await),
+        }
+    };
+    // Decided when the body ended: a body that computed past the deadline without
+    // awaiting must not commit, while its own error returned in time stays its error.
+    let late = tx.past_deadline();
+
+    let (result, ending) =
+        complete_transaction(&tx, &scope, &sync, &tx_ctx, end, late, &rollback_on).await;
+    let Some((_, _, trace)) = cancel.armed.take() else {
+        unreachable!("disarmed only here")
+    };
+    scope.set_completed();
+    finish_transaction(&tx, &trace, ending);
+    let info = RunInfo {
+        owned_transaction: true,
+        rolled_back: ending.completion == Completion::RolledBack,
+        retryable: tx.take_retryable(),
+    };
+    match result {
+        Ok(r) => (r, info),
+        Err(panic) => resume_unwind(panic),
+    }
 }
 
 /// Commits or rolls back a transaction this scope began, per how its body ended (`late`:
@@ -657,21 +690,21 @@ impl Drop for SavepointGuard<'_> {
             listener::notify(Callback::AfterRollback(RollbackCause::Cancelled), exec);
             self.trace
                 .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
-            sync.spawn_finish_cancelled(tx.runtime(), self.trace.span(), async {}, |_| {});
+            sync.spawn_finish_cancelled(tx.runtime(), &self.trace.span(), async {}, |_| {});
         }
     }
 }
 
 /// Nested inside a transaction: a savepoint; failure rolls back to it and the outer
 /// transaction goes on.
-fn savepoint<T, E, F, Fut, R>(
+async fn savepoint<T, E, F, Fut, R>(
     ctx: Context,
     key: ManagerKey,
     owner: Arc<Scope>,
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
-) -> impl Future<Output = Result<T, E>>
+) -> Result<T, E>
 where
     E: From<TxError>,
     F: FnOnce(TransactionStatus) -> Fut,
@@ -691,136 +724,176 @@ where
         scope: "savepoint",
         attempt: tx.attempt(),
     });
-    let span = trace.span().clone();
-    async move {
-        if !tx.manager.supports_savepoints() {
-            return Err(TxError::NestedNotSupported.into());
-        }
-        let Some(parent_sync) = ctx.sync().cloned() else {
-            unreachable!("a scope with a transaction owns or joins a hook list")
-        };
-        tracing::debug!(
-            target: "tx",
-            "Creating nested transaction with name [{}] in [{}]",
-            definition.get_name(),
-            tx.name()
-        );
-        let exec = || tx.savepoint_execution(definition, scope_id);
-        listener::notify(Callback::BeforeBegin, exec);
-        let id = match tx
-            .push_savepoint(ctx.bound_frame(key), name_of(definition))
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                listener::notify(Callback::AfterBegin(Some(&e)), exec);
-                return Err(e.into());
-            }
-        };
-        listener::notify(Callback::AfterBegin(None), exec);
-        let enclosing = ctx.bindings();
-        let scope = Arc::new(Scope::new(
-            ScopeKind::Savepoint,
-            Some(tx.clone()),
-            name_of(definition),
-        ));
-        let sync = Arc::new(SyncScope::default());
-        let status = TransactionStatus::owner(scope.clone());
-        let sp_ctx = ctx
-            .bind(key, Some(scope.clone()), Some(id))
-            .with_scope(status.clone(), sync.clone());
+    let run = SavepointRun {
+        ctx,
+        key,
+        tx,
+        scope_id,
+        definition,
+        trace: &trace,
+    };
+    match trace.enabled_span().cloned() {
+        None => run_savepoint(run, rollback_on, body).await,
+        Some(span) => run_savepoint(run, rollback_on, body).instrument(span).await,
+    }
+}
 
-        let mut guard = SavepointGuard {
-            armed: Some((tx.clone(), id, sync.clone())),
-            open: true,
-            resolving: false,
-            definition,
-            scope_id,
-            trace: &trace,
-        };
-        let end = BodyEnd::from_caught(
-            sp_ctx
-                .clone()
-                .run(AssertUnwindSafe(body(status)).catch_unwind())
-                .await,
-        );
+/// What [`run_savepoint`] runs in.
+struct SavepointRun<'a> {
+    ctx: Context,
+    key: ManagerKey,
+    tx: Arc<Transaction>,
+    scope_id: u64,
+    definition: &'a TransactionDefinition,
+    trace: &'a ScopeTrace,
+}
 
-        // A participant inside that failed marked this scope; that mark belongs to the
-        // savepoint and is undone with it (Spring resets it on rollback to savepoint).
-        let marked_inside = scope.is_joined_rollback_only();
-        let marked = scope.is_local_rollback_only() || marked_inside;
-        let cause = match &end {
-            BodyEnd::Panicked(_) => Some(RollbackCause::Panic),
-            BodyEnd::TimedOut => Some(RollbackCause::Timeout),
-            BodyEnd::Returned(Err(e)) if rollback_on(e) => Some(if tx.past_deadline() {
-                RollbackCause::Timeout
-            } else {
-                RollbackCause::Error
-            }),
-            BodyEnd::Returned(_) => marked.then_some(RollbackCause::RollbackOnly),
-        };
-        // The guard stays armed until the savepoint is resolved: a call cancelled during
-        // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
-        let (failure, ending) = if let Some(cause) = cause {
-            let mut failure = None;
-            sync.rollback(&sp_ctx, enclosing.as_ref(), async {
-                listener::notify(Callback::BeforeRollback, exec);
-                guard.resolving = true;
-                if let Err(e) = tx.pop_savepoint(id, true).await {
-                    failure = Some(e);
-                }
-                guard.open = false;
-            })
-            .await;
-            (failure, Ending::rolled_back(cause))
-        } else {
-            listener::notify(Callback::BeforeCommit, exec);
-            guard.resolving = true;
-            let popped = tx.pop_savepoint(id, false).await;
-            guard.open = false;
-            match popped {
-                Ok(()) => {
-                    sync.hand_over_to(&parent_sync);
-                    (None, Ending::COMMITTED)
-                }
-                Err(e) => {
-                    sync.rollback(&sp_ctx, enclosing.as_ref(), async {}).await;
-                    (Some(e), Ending::rolled_back(RollbackCause::CommitFailed))
-                }
-            }
-        };
-        guard.armed = None;
-        scope.set_completed();
-        match ending.cause {
-            Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
-            None => listener::notify(Callback::AfterCommit(None), exec),
-        }
-        tracing::debug!(
-            target: "tx",
-            "Completed nested transaction [{}] in [{}]: {}",
-            definition.get_name(),
-            tx.name(),
-            match ending.cause {
-                None => "savepoint released".to_owned(),
-                Some(cause) => format!("rolled back to savepoint ({cause})"),
-            }
-        );
-        trace.close(Some(ending.completion), ending.cause);
-        if let Some(e) = failure {
-            // The savepoint's work could not be undone or kept: the whole transaction must go.
-            tx.set_global_rollback_only();
+/// The body and completion of [`savepoint`], in its span.
+async fn run_savepoint<T, E, F, Fut, R>(
+    run: SavepointRun<'_>,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let SavepointRun {
+        ctx,
+        key,
+        tx,
+        scope_id,
+        definition,
+        trace,
+    } = run;
+    if !tx.manager.supports_savepoints() {
+        return Err(TxError::NestedNotSupported.into());
+    }
+    let Some(parent_sync) = ctx.sync().cloned() else {
+        unreachable!("a scope with a transaction owns or joins a hook list")
+    };
+    tracing::debug!(
+        target: "tx",
+        "Creating nested transaction with name [{}] in [{}]",
+        definition.get_name(),
+        tx.name()
+    );
+    let exec = || tx.savepoint_execution(definition, scope_id);
+    listener::notify(Callback::BeforeBegin, exec);
+    let id = match tx
+        .push_savepoint(ctx.bound_frame(key), name_of(definition))
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            listener::notify(Callback::AfterBegin(Some(&e)), exec);
             return Err(e.into());
         }
-        match end {
-            BodyEnd::Returned(Ok(_)) if marked_inside && !scope.is_local_rollback_only() => {
-                Err(TxError::UnexpectedRollback.into())
+    };
+    listener::notify(Callback::AfterBegin(None), exec);
+    let enclosing = ctx.bindings();
+    let scope = Arc::new(Scope::new(
+        ScopeKind::Savepoint,
+        Some(tx.clone()),
+        name_of(definition),
+    ));
+    let sync = Arc::new(SyncScope::default());
+    let status = TransactionStatus::owner(scope.clone());
+    let sp_ctx = ctx
+        .bind(key, Some(scope.clone()), Some(id))
+        .with_scope(status.clone(), sync.clone());
+
+    let mut guard = SavepointGuard {
+        armed: Some((tx.clone(), id, sync.clone())),
+        open: true,
+        resolving: false,
+        definition,
+        scope_id,
+        trace,
+    };
+    let end = BodyEnd::from_caught(
+        sp_ctx
+            .clone()
+            .run(AssertUnwindSafe(body(status)).catch_unwind())
+            .await,
+    );
+
+    // A participant inside that failed marked this scope; that mark belongs to the
+    // savepoint and is undone with it (Spring resets it on rollback to savepoint).
+    let marked_inside = scope.is_joined_rollback_only();
+    let marked = scope.is_local_rollback_only() || marked_inside;
+    let cause = match &end {
+        BodyEnd::Panicked(_) => Some(RollbackCause::Panic),
+        BodyEnd::TimedOut => Some(RollbackCause::Timeout),
+        BodyEnd::Returned(Err(e)) if rollback_on(e) => Some(if tx.past_deadline() {
+            RollbackCause::Timeout
+        } else {
+            RollbackCause::Error
+        }),
+        BodyEnd::Returned(_) => marked.then_some(RollbackCause::RollbackOnly),
+    };
+    // The guard stays armed until the savepoint is resolved: a call cancelled during
+    // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
+    let (failure, ending) = if let Some(cause) = cause {
+        let mut failure = None;
+        sync.rollback(&sp_ctx, enclosing.as_ref(), async {
+            listener::notify(Callback::BeforeRollback, exec);
+            guard.resolving = true;
+            if let Err(e) = tx.pop_savepoint(id, true).await {
+                failure = Some(e);
             }
-            BodyEnd::Returned(r) => r,
-            BodyEnd::TimedOut => Err(TxError::Timeout.into()),
-            BodyEnd::Panicked(panic) => resume_unwind(panic),
+            guard.open = false;
+        })
+        .await;
+        (failure, Ending::rolled_back(cause))
+    } else {
+        listener::notify(Callback::BeforeCommit, exec);
+        guard.resolving = true;
+        let popped = tx.pop_savepoint(id, false).await;
+        guard.open = false;
+        match popped {
+            Ok(()) => {
+                sync.hand_over_to(&parent_sync);
+                (None, Ending::COMMITTED)
+            }
+            Err(e) => {
+                sync.rollback(&sp_ctx, enclosing.as_ref(), async {}).await;
+                (Some(e), Ending::rolled_back(RollbackCause::CommitFailed))
+            }
         }
+    };
+    guard.armed = None;
+    scope.set_completed();
+    match ending.cause {
+        Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
+        None => listener::notify(Callback::AfterCommit(None), exec),
     }
-    .instrument(span)
+    tracing::debug!(
+        target: "tx",
+        "Completed nested transaction [{}] in [{}]: {}",
+        definition.get_name(),
+        tx.name(),
+        match ending.cause {
+            None => "savepoint released".to_owned(),
+            Some(cause) => format!("rolled back to savepoint ({cause})"),
+        }
+    );
+    trace.close(Some(ending.completion), ending.cause);
+    if let Some(e) = failure {
+        // The savepoint's work could not be undone or kept: the whole transaction must go.
+        tx.set_global_rollback_only();
+        return Err(e.into());
+    }
+    match end {
+        BodyEnd::Returned(Ok(_)) if marked_inside && !scope.is_local_rollback_only() => {
+            Err(TxError::UnexpectedRollback.into())
+        }
+        BodyEnd::Returned(r) => r,
+        BodyEnd::TimedOut => Err(TxError::Timeout.into()),
+        BodyEnd::Panicked(panic) => resume_unwind(panic),
+    }
 }
 
 /// Completes the hooks of a cancelled scope without a transaction (when it owns them).
@@ -838,7 +911,7 @@ impl Drop for NoTxCancelGuard<'_> {
         self.trace
             .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
         if let Some((sync, runtime)) = self.sync.take() {
-            sync.spawn_finish_cancelled(runtime.as_ref(), self.trace.span(), async {}, |_| {});
+            sync.spawn_finish_cancelled(runtime.as_ref(), &self.trace.span(), async {}, |_| {});
         }
     }
 }
@@ -847,14 +920,14 @@ impl Drop for NoTxCancelGuard<'_> {
 /// scope still collects hooks and, when it owns them, runs them at its end: as committed if it
 /// ended `Ok` and unmarked, else as rolled back. `suspend` is the manager whose transaction
 /// NotSupported suspends.
-fn without_transaction<T, E, F, Fut, R>(
+async fn without_transaction<T, E, F, Fut, R>(
     ctx: Context,
     manager: &Resolved<'_, '_>,
     suspend: Option<ManagerKey>,
     definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
-) -> impl Future<Output = Result<T, E>>
+) -> Result<T, E>
 where
     E: From<TxError>,
     F: FnOnce(TransactionStatus) -> Fut,
@@ -872,88 +945,109 @@ where
         scope: "no_transaction",
         attempt: 1,
     });
-    let span = trace.span().clone();
-    async move {
-        let scope = Arc::new(Scope::new(
-            ScopeKind::NoTransaction,
-            None,
-            name_of(definition),
-        ));
-        let status = TransactionStatus::owner(scope.clone());
-        // A scope without a transaction inside another such scope registers into that one's
-        // list.
-        let (sync, owns_sync) = match (suspend, ctx.sync()) {
-            (None, Some(outer)) => (outer.clone(), false),
-            _ => (Arc::new(SyncScope::default()), true),
-        };
-        let ctx = match suspend {
-            Some(key) => ctx.bind(key, None, None),
-            None => ctx,
-        }
-        .with_scope(status.clone(), sync.clone());
-
-        let mut guard = NoTxCancelGuard {
-            armed: true,
-            sync: owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
-            trace: &trace,
-        };
-        let end = ctx
-            .clone()
-            .run(AssertUnwindSafe(body(status)).catch_unwind())
-            .await;
-        guard.armed = false;
-        scope.set_completed();
-        let cause = match &end {
-            Err(_) => Some(RollbackCause::Panic),
-            Ok(Err(e)) if rollback_on(e) => Some(RollbackCause::Error),
-            Ok(_) => scope
-                .is_local_rollback_only()
-                .then_some(RollbackCause::RollbackOnly),
-        };
-        if !owns_sync {
-            trace.close(Some(completion_of(cause)), cause);
-            return match end {
-                Ok(r) => r,
-                Err(panic) => resume_unwind(panic),
-            };
-        }
-        // Its hooks run after it, outside it, with the suspended transactions still known.
-        let enclosing = ctx.bindings();
-        let Some(cause) = cause else {
-            let (_, hooks) = sync
-                .commit(
-                    &ctx,
-                    enclosing.as_ref(),
-                    definition.is_read_only(),
-                    None,
-                    || Ok(()),
-                    async { Ok(()) },
-                    async {},
-                )
-                .await;
-            return match (end, hooks) {
-                (Ok(r), Ok(())) => {
-                    trace.close(Some(Completion::Committed), None);
-                    r
-                }
-                (Ok(_), Err(e)) => {
-                    trace.close(
-                        Some(Completion::RolledBack),
-                        Some(RollbackCause::BeforeCommitFailed),
-                    );
-                    Err(e.into())
-                }
-                (Err(_), _) => unreachable!("a panic has a cause"),
-            };
-        };
-        sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
-        trace.close(Some(Completion::RolledBack), Some(cause));
-        match end {
-            Ok(r) => r,
-            Err(panic) => resume_unwind(panic),
+    match trace.enabled_span().cloned() {
+        None => run_without(ctx, suspend, definition, &trace, rollback_on, body).await,
+        Some(span) => {
+            run_without(ctx, suspend, definition, &trace, rollback_on, body)
+                .instrument(span)
+                .await
         }
     }
-    .instrument(span)
+}
+
+/// The body and hooks of [`without_transaction`], in its span.
+async fn run_without<T, E, F, Fut, R>(
+    ctx: Context,
+    suspend: Option<ManagerKey>,
+    definition: &TransactionDefinition,
+    trace: &ScopeTrace,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let scope = Arc::new(Scope::new(
+        ScopeKind::NoTransaction,
+        None,
+        name_of(definition),
+    ));
+    let status = TransactionStatus::owner(scope.clone());
+    // A scope without a transaction inside another such scope registers into that one's
+    // list.
+    let (sync, owns_sync) = match (suspend, ctx.sync()) {
+        (None, Some(outer)) => (outer.clone(), false),
+        _ => (Arc::new(SyncScope::default()), true),
+    };
+    let ctx = match suspend {
+        Some(key) => ctx.bind(key, None, None),
+        None => ctx,
+    }
+    .with_scope(status.clone(), sync.clone());
+
+    let mut guard = NoTxCancelGuard {
+        armed: true,
+        sync: owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
+        trace,
+    };
+    let end = ctx
+        .clone()
+        .run(AssertUnwindSafe(body(status)).catch_unwind())
+        .await;
+    guard.armed = false;
+    scope.set_completed();
+    let cause = match &end {
+        Err(_) => Some(RollbackCause::Panic),
+        Ok(Err(e)) if rollback_on(e) => Some(RollbackCause::Error),
+        Ok(_) => scope
+            .is_local_rollback_only()
+            .then_some(RollbackCause::RollbackOnly),
+    };
+    if !owns_sync {
+        trace.close(Some(completion_of(cause)), cause);
+        return match end {
+            Ok(r) => r,
+            Err(panic) => resume_unwind(panic),
+        };
+    }
+    // Its hooks run after it, outside it, with the suspended transactions still known.
+    let enclosing = ctx.bindings();
+    let Some(cause) = cause else {
+        let (_, hooks) = sync
+            .commit(
+                &ctx,
+                enclosing.as_ref(),
+                definition.is_read_only(),
+                None,
+                || Ok(()),
+                async { Ok(()) },
+                async {},
+            )
+            .await;
+        return match (end, hooks) {
+            (Ok(r), Ok(())) => {
+                trace.close(Some(Completion::Committed), None);
+                r
+            }
+            (Ok(_), Err(e)) => {
+                trace.close(
+                    Some(Completion::RolledBack),
+                    Some(RollbackCause::BeforeCommitFailed),
+                );
+                Err(e.into())
+            }
+            (Err(_), _) => unreachable!("a panic has a cause"),
+        };
+    };
+    sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
+    trace.close(Some(Completion::RolledBack), Some(cause));
+    match end {
+        Ok(r) => r,
+        Err(panic) => resume_unwind(panic),
+    }
 }
 
 fn completion_of(cause: Option<RollbackCause>) -> Completion {

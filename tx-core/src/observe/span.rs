@@ -43,66 +43,123 @@ pub(crate) struct Fields<'a> {
 }
 
 /// The span of one scope and when it started.
+///
+/// Without an interested subscriber the span is absent (`None`, nothing allocated, nothing
+/// entered): a joined call then pays a callsite check and a few branches.
 pub(crate) struct ScopeTrace {
+    /// Only with an interested subscriber: a participant's trace is then one null pointer.
+    traced: Option<Box<Traced>>,
+    /// The start of a scope timed without a span (the duration histogram).
+    #[cfg(feature = "metrics")]
+    timed: Option<Instant>,
+}
+
+struct Traced {
     span: Span,
-    /// Taken when the span is enabled, or when `timed` asked for it (metrics).
-    start: Option<Instant>,
+    start: Instant,
 }
 
 impl ScopeTrace {
-    /// Opens the span (`Span::none()` when no subscriber wants it; `fields` is then not
-    /// called). `timed`: take the start time even without a span.
+    /// Opens the span when a subscriber wants it (`fields` is only called then). `timed`:
+    /// take the start time even without a span.
     #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn open<'a>(timed: bool, fields: impl FnOnce() -> Fields<'a>) -> ScopeTrace {
-        let span = if tracing::span_enabled!(target: "tx", tracing::Level::INFO) {
-            let f = fields();
-            tracing::info_span!(
-                target: "tx",
-                "tx",
-                name = f.name,
-                propagation = propagation_label(f.propagation),
-                isolation = isolation_label(f.isolation),
-                read_only = f.read_only,
-                db.system = f.backend,
-                tx_id = f.tx_id,
-                scope_id = f.scope_id,
-                scope = f.scope,
-                attempt = f.attempt,
-                outcome = Empty,
-                cause = Empty,
-                duration_ms = Empty,
-            )
+        let traced = if tracing::span_enabled!(target: "tx", tracing::Level::INFO) {
+            open_span(fields())
         } else {
-            Span::none()
+            None
         };
-        let start = (timed || !span.is_none()).then(Instant::now);
-        ScopeTrace { span, start }
+        ScopeTrace {
+            #[cfg(feature = "metrics")]
+            timed: (timed && traced.is_none()).then(Instant::now),
+            traced,
+        }
     }
 
-    pub(crate) fn span(&self) -> &Span {
-        &self.span
+    /// The span (`Span::none()` when disabled).
+    pub(crate) fn span(&self) -> Span {
+        match &self.traced {
+            Some(t) => t.span.clone(),
+            None => Span::none(),
+        }
+    }
+
+    /// Runs `f` in the span.
+    #[inline]
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.traced {
+            None => f(),
+            Some(t) => t.span.in_scope(f),
+        }
+    }
+
+    /// The span, when enabled.
+    #[inline]
+    pub(crate) fn enabled_span(&self) -> Option<&Span> {
+        self.traced.as_ref().map(|t| &t.span)
     }
 
     /// Time since the scope began, when it was taken.
     pub(crate) fn elapsed(&self) -> Option<Duration> {
-        self.start.map(|s| s.elapsed())
+        if let Some(t) = &self.traced {
+            return Some(t.start.elapsed());
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(start) = self.timed {
+            return Some(start.elapsed());
+        }
+        None
     }
 
     /// Records how the scope ended (`completion`: `None` for a participant).
+    #[inline]
     pub(crate) fn close(&self, completion: Option<Completion>, cause: Option<RollbackCause>) {
-        if self.span.is_none() {
-            return;
+        if let Some(t) = &self.traced {
+            t.record_end(completion, cause);
         }
+    }
+}
+
+impl Traced {
+    #[cold]
+    fn record_end(&self, completion: Option<Completion>, cause: Option<RollbackCause>) {
         if let Some(c) = completion {
             self.span.record("outcome", outcome_label(c));
         }
         if let Some(cause) = cause {
             self.span.record("cause", cause.as_str());
         }
-        if let Some(d) = self.elapsed() {
-            self.span.record("duration_ms", d.as_secs_f64() * 1000.0);
-        }
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.span.record("duration_ms", ms);
     }
+}
+
+#[cold]
+fn open_span(f: Fields<'_>) -> Option<Box<Traced>> {
+    let span = tracing::info_span!(
+        target: "tx",
+        "tx",
+        name = f.name,
+        propagation = propagation_label(f.propagation),
+        isolation = isolation_label(f.isolation),
+        read_only = f.read_only,
+        db.system = f.backend,
+        tx_id = f.tx_id,
+        scope_id = f.scope_id,
+        scope = f.scope,
+        attempt = f.attempt,
+        outcome = Empty,
+        cause = Empty,
+        duration_ms = Empty,
+    );
+    // Enabled as a callsite, yet a filter on its fields may still have turned it down.
+    (!span.is_disabled()).then(|| {
+        Box::new(Traced {
+            span,
+            start: Instant::now(),
+        })
+    })
 }
 
 fn propagation_label(p: Propagation) -> &'static str {
