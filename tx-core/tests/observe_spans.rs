@@ -143,7 +143,7 @@ impl From<TxError> for AppError {
     }
 }
 
-fn children<'a>(spans: &'a [SpanRec], parent: usize) -> Vec<(usize, &'a SpanRec)> {
+fn children(spans: &[SpanRec], parent: usize) -> Vec<(usize, &SpanRec)> {
     spans
         .iter()
         .enumerate()
