@@ -380,8 +380,9 @@ fn notify_after(tx: &Transaction, ending: Ending, failure: Option<&TxError>) {
 
 /// Reports a completed transaction: the log line, its span's outcome, the metrics.
 fn finish_transaction(tx: &Transaction, trace: &ScopeTrace, ending: Ending) {
-    tracing::debug!(target: "tx", "Completed transaction [{}]: {ending}", tx.name());
+    // Recorded first, so that the line shows them in its span's fields.
     trace.close(Some(ending.completion), ending.cause);
+    tracing::debug!(target: "tx", "Completed transaction [{}]: {ending}", tx.name());
     tx_metrics::transaction_completed(tx.definition.name_cow(), ending, trace.elapsed());
 }
 
@@ -870,6 +871,7 @@ where
         Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
         None => listener::notify(Callback::AfterCommit(None), exec),
     }
+    trace.close(Some(ending.completion), ending.cause);
     tracing::debug!(
         target: "tx",
         "Completed nested transaction [{}] in [{}]: {}",
@@ -880,7 +882,6 @@ where
             Some(cause) => format!("rolled back to savepoint ({cause})"),
         }
     );
-    trace.close(Some(ending.completion), ending.cause);
     if let Some(e) = failure {
         // The savepoint's work could not be undone or kept: the whole transaction must go.
         tx.set_global_rollback_only();
