@@ -4,7 +4,7 @@
 //! cargo run --example shop                                   # embedded SQLite, no set-up
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example shop
 //! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example shop
-//! RUST_LOG=tx=debug cargo run --example shop                 # + the engine's transaction log
+//! RUST_LOG=tx=debug cargo run --example shop                 # + the engine's log, in a span per scope (ids, outcome)
 //! ```
 //!
 //! On PostgreSQL the tables go to the schema `tx_shop_demo`, on MariaDB to the database

@@ -2,7 +2,9 @@
 //! the test suite runs exactly what the examples print.
 //!
 //! * [`shop`]: the shop demo behind `cargo run --example shop`.
+//! * [`observe`]: the bank behind `cargo run --example observe` (listener and metrics).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod observe;
 pub mod shop;

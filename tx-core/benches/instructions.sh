@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo bench -p tx-core --bench engine --no-run 2>/dev/null
-bin=$(ls -t target/release/deps/engine-* | grep -v '\.d$' | head -n1)
+bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/engine-* | grep -v '\.d$' | head -n1)
 total() { # case iters
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" --iters="$2" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'

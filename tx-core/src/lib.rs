@@ -36,6 +36,57 @@
 //! assert_eq!(n, 42);
 //! # }
 //! ```
+//!
+//! ## Observing transactions
+//!
+//! **Spans.** Every transactional scope runs in a `tracing` span named `tx` (target `"tx"`,
+//! level INFO), entered around its body and its completion. The engine's own lines (target
+//! `"tx"`, DEBUG, in Spring's words: "Creating new transaction with name [...]",
+//! "Participating in existing transaction [...]", "Completed transaction [...]: rolled back
+//! (rollback_only)", ...), the driver's statement logs (sqlx's `sqlx::query` events) and the
+//! user's own events inside the body are events of that span, so fifty interleaved requests
+//! stay apart. Fields:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `name` | the scope's name (`#[transactional]`: the function's path unless `name = ".."`) |
+//! | `propagation` | what the scope asked for: `Required`, `RequiresNew`, `Nested`, `Supports`, `NotSupported`, `Mandatory`, `Never` |
+//! | `isolation`, `read_only` | the settings of the transaction it runs in (a participant's and a savepoint's are their owner's) |
+//! | `db.system` | the backend: `postgresql`, `mysql` (also MariaDB) or `sqlite` |
+//! | `tx_id` | the transaction it runs in, unique in the process: a joined call and a savepoint carry their transaction's; absent without a transaction |
+//! | `scope_id` | this scope (equal to `tx_id` in the scope that began the transaction) |
+//! | `scope` | `new_transaction`, `participant` (joined), `savepoint` (`Nested` inside a transaction) or `no_transaction` |
+//! | `attempt` | which run of a retried call (`retry = n`), from 1: each run is its own span |
+//! | `outcome` | recorded at the end: `committed`, `rolled_back` or `unknown` (connection lost during COMMIT); not for a participant, whose owner decides |
+//! | `cause` | why it rolled back: `error`, `rollback_only`, `timeout`, `panic`, `cancelled`, `before_commit_failed`, `commit_failed` ([`RollbackCause`]); for a participant, why it marked the transaction rollback-only |
+//! | `duration_ms` | from the scope's start to the end of its completion, hooks included |
+//!
+//! A subscriber that wants the spans and the engine's lines, and sqlx's statements inside
+//! them:
+//!
+//! ```
+//! use tracing_subscriber::EnvFilter;
+//!
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(EnvFilter::new("info,tx=debug,sqlx::query=debug"))
+//!     .init();
+//! ```
+//!
+//! Without a subscriber interested in target `"tx"` at INFO, no span is created: a joined
+//! call then costs one callsite check more than without observability.
+//!
+//! **Listeners.** [`add_transaction_listener`] registers a [`TransactionListener`] for every
+//! transaction and savepoint of the process (Spring 6.1's `TransactionExecutionListener`):
+//! `before_begin`, `after_begin`, `before_commit`, `after_commit`, `before_rollback`,
+//! `after_rollback` with the [`RollbackCause`], each given a [`TransactionExecution`] (name,
+//! definition, id, backend, attempt). One that fails or panics is logged and changes nothing.
+//!
+//! **Metrics** (feature `metrics`): through the `metrics` facade, for whatever recorder the
+//! application installs (e.g. `metrics-exporter-prometheus`): `tx_transactions_total{name,
+//! outcome}`, `tx_rollbacks_total{name, cause}`, `tx_timeouts_total{name}`,
+//! `tx_retries_total{name}`, and the histograms `tx_transaction_duration_seconds{name}` and
+//! `tx_connection_hold_seconds{name}` (from `BEGIN` to the connection's return). Call
+//! `describe_metrics()` after installing the recorder for their help texts.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,6 +97,7 @@ mod definition;
 mod error;
 mod events;
 pub mod manager;
+mod observe;
 mod propagation;
 mod registry;
 mod retry;
@@ -63,6 +115,11 @@ pub use error::{BoxError, Operation, TxError};
 pub use error::{sqlx_is_retryable, sqlx_sqlstate};
 pub use events::{EventBus, ListenerHandle, ListenerResult, TransactionPhase};
 pub use manager::TransactionManager;
+#[cfg(feature = "metrics")]
+pub use observe::metrics::describe_metrics;
+pub use observe::{
+    RollbackCause, TransactionExecution, TransactionListener, add_transaction_listener,
+};
 pub use registry::{register_manager, set_default_manager};
 pub use status::TransactionStatus;
 pub use synchronization::{

@@ -6,14 +6,20 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, resume_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::completion::Completion;
 use crate::context::Context;
-use crate::definition::{Propagation, TransactionDefinition};
+use crate::definition::{Isolation, Propagation, TransactionDefinition};
 use crate::error::TxError;
 use crate::manager::{ManagerKey, ShareManager, SharedManager};
+use crate::observe::listener::{self, Callback};
+use crate::observe::metrics as tx_metrics;
+use crate::observe::span::{Fields, ScopeTrace};
+use crate::observe::{self, Ending, RollbackCause};
 use crate::registry;
 use crate::status::{Scope, ScopeKind, TransactionStatus};
 use crate::synchronization::SyncScope;
@@ -47,6 +53,18 @@ impl Resolved<'_, '_> {
             ManagerRef::Shared(m) => Ok(m.clone()),
             ManagerRef::Borrowed(m) => Ok(m.share()),
         }
+    }
+
+    /// The backend as `db.system` (looked up only for an enabled span).
+    fn db_system(&self) -> &'static str {
+        let name = match *self.by {
+            ManagerRef::Shared(m) => m.backend_name(),
+            ManagerRef::Borrowed(m) => m.backend_name(),
+            ManagerRef::Default | ManagerRef::Named(_) => {
+                self.share().map_or("unknown", |m| m.backend_name())
+            }
+        };
+        observe::db_system(name)
     }
 }
 
@@ -136,7 +154,7 @@ where
     // The propagation table (SPEC "Semantics"), in one place.
     match (definition.get_propagation(), existing) {
         (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
-            participate(ctx, owner, rollback_on, body).await,
+            participate(ctx, owner, definition, rollback_on, body).await,
             RunInfo::default(),
         ),
         (Propagation::Nested, Some(owner)) => (
@@ -170,12 +188,13 @@ where
                 suspended.name(),
                 definition.get_name()
             );
-            let result = without_transaction(ctx, Some(key), definition, rollback_on, body).await;
+            let result =
+                without_transaction(ctx, &manager, Some(key), definition, rollback_on, body).await;
             log_resume(&suspended);
             (result, RunInfo::default())
         }
         (Propagation::Supports | Propagation::NotSupported | Propagation::Never, None) => (
-            without_transaction(ctx, None, definition, rollback_on, body).await,
+            without_transaction(ctx, &manager, None, definition, rollback_on, body).await,
             RunInfo::default(),
         ),
         (Propagation::Mandatory, None) => (Err(TxError::NoTransaction.into()), RunInfo::default()),
@@ -187,12 +206,16 @@ where
 
 /// Marks the owner scope rollback-only if a participant is dropped before it finished (its
 /// writes may be half done).
-struct ParticipantGuard<'a>(Option<&'a Scope>);
+struct ParticipantGuard<'a> {
+    owner: Option<&'a Scope>,
+    trace: &'a ScopeTrace,
+}
 
 impl Drop for ParticipantGuard<'_> {
     fn drop(&mut self) {
-        if let Some(owner) = self.0 {
+        if let Some(owner) = self.owner {
             owner.mark_joined_rollback_only();
+            self.trace.close(None, Some(RollbackCause::Cancelled));
         }
     }
 }
@@ -202,6 +225,7 @@ impl Drop for ParticipantGuard<'_> {
 async fn participate<T, E, F, Fut, R>(
     ctx: Context,
     owner: Arc<Scope>,
+    definition: &TransactionDefinition,
     rollback_on: R,
     body: F,
 ) -> Result<T, E>
@@ -210,29 +234,67 @@ where
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
-    tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
+    // The hot path: with no interested subscriber, one callsite check and no-op enters.
+    let trace = ScopeTrace::open(false, || {
+        let tx = owner.tx.as_deref();
+        Fields {
+            name: definition.get_name(),
+            propagation: definition.get_propagation(),
+            isolation: tx.map_or(Isolation::Default, |tx| tx.definition.get_isolation()),
+            read_only: tx.is_some_and(|tx| tx.definition.is_read_only()),
+            backend: tx.map_or("unknown", |tx| tx.db_system()),
+            tx_id: tx.map(|tx| tx.id),
+            scope_id: observe::next_id(),
+            scope: "participant",
+            attempt: tx.map_or(1, |tx| tx.attempt()),
+        }
+    });
+    trace.in_scope(|| {
+        tracing::debug!(target: "tx", "Participating in existing transaction [{}]", owner.name());
+    });
     let status = TransactionStatus::participant(owner.clone());
-    let mut guard = ParticipantGuard(Some(&owner));
-    let end = ctx
-        .with_status(status.clone())
-        .run(AssertUnwindSafe(body(status)).catch_unwind())
-        .await;
-    guard.0 = None;
+    let mut guard = ParticipantGuard {
+        owner: Some(&owner),
+        trace: &trace,
+    };
+    // Two awaits rather than one wrapper: without a span the body is polled as before.
+    let end = match trace.enabled_span() {
+        None => {
+            ctx.with_status(status.clone())
+                .run(AssertUnwindSafe(body(status)).catch_unwind())
+                .await
+        }
+        Some(span) => {
+            ctx.with_status(status.clone())
+                .run(AssertUnwindSafe(body(status)).catch_unwind())
+                .instrument(span.clone())
+                .await
+        }
+    };
+    guard.owner = None;
     match end {
-        Ok(Ok(v)) => Ok(v),
+        Ok(Ok(v)) => {
+            trace.close(None, None);
+            Ok(v)
+        }
         Ok(Err(e)) => {
-            if rollback_on(&e) {
-                tracing::debug!(
-                    target: "tx",
-                    "Participating transaction failed - marking existing transaction [{}] as rollback-only",
-                    owner.name()
-                );
+            let marks = rollback_on(&e);
+            if marks {
+                trace.in_scope(|| {
+                    tracing::debug!(
+                        target: "tx",
+                        "Participating transaction failed - marking existing transaction [{}] as rollback-only",
+                        owner.name()
+                    );
+                });
                 owner.mark_joined_rollback_only();
             }
+            trace.close(None, marks.then_some(RollbackCause::Error));
             Err(e)
         }
         Err(panic) => {
             owner.mark_joined_rollback_only();
+            trace.close(None, Some(RollbackCause::Panic));
             resume_unwind(panic)
         }
     }
@@ -241,23 +303,40 @@ where
 /// Completes a cancelled new transaction: rolls back (unless COMMIT was already sent) and
 /// finishes its hooks from where they stopped, in a spawned task (a destructor cannot wait).
 struct CancelGuard {
-    armed: Option<(Arc<Transaction>, Arc<SyncScope>)>,
+    armed: Option<(Arc<Transaction>, Arc<SyncScope>, ScopeTrace)>,
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        let Some((tx, sync)) = self.armed.take() else {
+        let Some((tx, sync, trace)) = self.armed.take() else {
             return;
         };
         tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
         let physical = tx.try_take_physical();
-        sync.spawn_finish_cancelled(tx.runtime(), async move {
-            if let Some(p) = physical
-                && let Err(e) = p.rollback().await
-            {
-                tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
-            }
-        });
+        let runtime = tx.runtime().cloned();
+        let span = trace.span();
+        let rolling_back = tx.clone();
+        sync.spawn_finish_cancelled(
+            runtime.as_ref(),
+            &span,
+            async move {
+                listener::notify(Callback::BeforeRollback, || rolling_back.execution());
+                if let Some(p) = physical
+                    && let Err(e) = p.rollback().await
+                {
+                    tracing::warn!(target: "tx", "rollback of cancelled transaction failed: {e}");
+                }
+            },
+            move |completion| {
+                let ending = match completion {
+                    Completion::Committed => Ending::COMMITTED,
+                    Completion::Unknown => Ending::UNKNOWN,
+                    Completion::RolledBack => Ending::rolled_back(RollbackCause::Cancelled),
+                };
+                notify_after(&tx, ending, None);
+                finish_transaction(&tx, &trace, ending);
+            },
+        );
     }
 }
 
@@ -284,6 +363,29 @@ fn log_new(definition: &TransactionDefinition) {
     );
 }
 
+/// The listeners' `after_commit` or `after_rollback` for a transaction that ended so
+/// (`failure`: the error of a commit whose outcome is unknown).
+fn notify_after(tx: &Transaction, ending: Ending, failure: Option<&TxError>) {
+    match ending.cause {
+        Some(cause) => listener::notify(Callback::AfterRollback(cause), || tx.execution()),
+        None if ending.completion == Completion::Unknown && failure.is_none() => {
+            let cancelled = TxError::CommitOutcomeUnknown(
+                "the call was cancelled while COMMIT was in flight".into(),
+            );
+            listener::notify(Callback::AfterCommit(Some(&cancelled)), || tx.execution());
+        }
+        None => listener::notify(Callback::AfterCommit(failure), || tx.execution()),
+    }
+}
+
+/// Reports a completed transaction: the log line, its span's outcome, the metrics.
+fn finish_transaction(tx: &Transaction, trace: &ScopeTrace, ending: Ending) {
+    // Recorded first, so that the line shows them in its span's fields.
+    trace.close(Some(ending.completion), ending.cause);
+    tracing::debug!(target: "tx", "Completed transaction [{}]: {ending}", tx.name());
+    tx_metrics::transaction_completed(tx.definition.name_cow(), ending, trace.elapsed());
+}
+
 /// Begins a transaction (lazily: BEGIN goes out with the first statement), runs the body in
 /// it and commits or rolls back. Transactions of the same manager in `ctx` are suspended.
 async fn new_transaction<T, E, F, Fut, R>(
@@ -301,7 +403,6 @@ where
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
-    log_new(definition);
     let tx = Arc::new(Transaction::new(
         manager,
         definition.clone(),
@@ -309,19 +410,61 @@ where
         ctx.bindings(),
         attempt,
     ));
+    // Timed also without a span when the duration histogram wants it.
+    let trace = ScopeTrace::open(cfg!(feature = "metrics"), || Fields {
+        name: tx.name(),
+        propagation: tx.definition.get_propagation(),
+        isolation: tx.definition.get_isolation(),
+        read_only: tx.definition.is_read_only(),
+        backend: tx.db_system(),
+        tx_id: Some(tx.id),
+        scope_id: tx.id,
+        scope: "new_transaction",
+        attempt,
+    });
+    // Built where it is awaited (a wrapper would copy the whole future), wrapped only for a
+    // span.
+    match trace.enabled_span().cloned() {
+        None => run_transaction(ctx, key, tx, trace, rollback_on, body).await,
+        Some(span) => {
+            run_transaction(ctx, key, tx, trace, rollback_on, body)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// The body and completion of [`new_transaction`], in its span.
+async fn run_transaction<T, E, F, Fut, R>(
+    ctx: Context,
+    key: ManagerKey,
+    tx: Arc<Transaction>,
+    trace: ScopeTrace,
+    rollback_on: R,
+    body: F,
+) -> (Result<T, E>, RunInfo)
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    log_new(&tx.definition);
+    listener::notify(Callback::BeforeBegin, || tx.execution());
     let scope = Arc::new(Scope::new(
         ScopeKind::NewTransaction,
         Some(tx.clone()),
-        name_of(definition),
+        tx.definition.name_cow().clone(),
     ));
     let sync = Arc::new(SyncScope::default());
     let status = TransactionStatus::owner(scope.clone());
     let tx_ctx = ctx
         .bind(key, Some(scope.clone()), None)
         .with_scope(status.clone(), sync.clone());
+    listener::notify(Callback::AfterBegin(None), || tx.execution());
 
     let mut cancel = CancelGuard {
-        armed: Some((tx.clone(), sync.clone())),
+        armed: Some((tx.clone(), sync.clone(), trace)),
     };
     let end = {
         let run = tx_ctx
@@ -335,18 +478,20 @@ where
             None => BodyEnd::from_caught(run.await),
         }
     };
-    // Decided when the body ended: a body that computed past the deadline without awaiting
-    // must not commit, while its own error returned in time stays its error.
+    // Decided when the body ended: a body that computed past the deadline without
+    // awaiting must not commit, while its own error returned in time stays its error.
     let late = tx.past_deadline();
 
-    let (result, completion) =
+    let (result, ending) =
         complete_transaction(&tx, &scope, &sync, &tx_ctx, end, late, &rollback_on).await;
-    cancel.armed = None;
+    let Some((_, _, trace)) = cancel.armed.take() else {
+        unreachable!("disarmed only here")
+    };
     scope.set_completed();
-    tracing::debug!(target: "tx", "Completed transaction [{}]", tx.name());
+    finish_transaction(&tx, &trace, ending);
     let info = RunInfo {
         owned_transaction: true,
-        rolled_back: completion == Completion::RolledBack,
+        rolled_back: ending.completion == Completion::RolledBack,
         retryable: tx.take_retryable(),
     };
     match result {
@@ -356,7 +501,8 @@ where
 }
 
 /// Commits or rolls back a transaction this scope began, per how its body ended (`late`:
-/// past the deadline). `Err` carries a panic to resume once everything is cleaned up.
+/// past the deadline), and tells the listeners. `Err` carries a panic to resume once
+/// everything is cleaned up.
 #[allow(clippy::type_complexity)]
 async fn complete_transaction<T, E, R>(
     tx: &Arc<Transaction>,
@@ -366,10 +512,7 @@ async fn complete_transaction<T, E, R>(
     end: BodyEnd<T, E>,
     late: bool,
     rollback_on: &R,
-) -> (
-    Result<Result<T, E>, Box<dyn std::any::Any + Send>>,
-    Completion,
-)
+) -> (Result<Result<T, E>, Box<dyn std::any::Any + Send>>, Ending)
 where
     E: From<TxError>,
     R: Fn(&E) -> bool,
@@ -377,6 +520,7 @@ where
     let enclosing = tx.enclosing.as_ref();
     let rollback = || async {
         tracing::debug!(target: "tx", "Initiating transaction rollback [{}]", tx.name());
+        listener::notify(Callback::BeforeRollback, || tx.execution());
         match tx.take_physical(false).await {
             Ok(Some(p)) => {
                 if let Err(e) = p.rollback().await {
@@ -387,54 +531,69 @@ where
             Err(e) => tracing::warn!(target: "tx", "{e}"),
         }
     };
-    let rolled_back = Completion::RolledBack;
-    // Returned value or error, and whether to try to commit.
-    let (outcome, commit) = match end {
+    // What the call returns, and why it must roll back (`None`: try to commit).
+    let (outcome, cause) = match end {
         BodyEnd::Panicked(panic) => {
             tracing::debug!(target: "tx", "Transactional body of [{}] panicked", tx.name());
-            sync.rollback(tx_ctx, enclosing, rollback()).await;
-            return (Err(panic), rolled_back);
+            (Err(panic), Some(RollbackCause::Panic))
         }
         BodyEnd::TimedOut => {
             tracing::debug!(target: "tx", "Transaction [{}] timed out", tx.name());
-            sync.rollback(tx_ctx, enclosing, rollback()).await;
-            return (Ok(Err(TxError::Timeout.into())), rolled_back);
+            (
+                Ok(Err(TxError::Timeout.into())),
+                Some(RollbackCause::Timeout),
+            )
         }
         BodyEnd::Returned(_) if late => {
             // Also a body that failed after the deadline failed because of it (a statement
             // cut by the server's statement timeout, or refused by the engine).
             tracing::debug!(target: "tx", "Transaction [{}] ended past its deadline: rolling back", tx.name());
-            sync.rollback(tx_ctx, enclosing, rollback()).await;
-            return (Ok(Err(TxError::Timeout.into())), rolled_back);
+            (
+                Ok(Err(TxError::Timeout.into())),
+                Some(RollbackCause::Timeout),
+            )
         }
         BodyEnd::Returned(Ok(v)) => {
-            let commit = !scope.is_local_rollback_only();
-            if !commit {
+            let marked = scope.is_local_rollback_only();
+            if marked {
                 tracing::debug!(
                     target: "tx",
                     "Transactional code has requested rollback of [{}]",
                     tx.name()
                 );
             }
-            (Ok(v), commit)
+            (Ok(Ok(v)), marked.then_some(RollbackCause::RollbackOnly))
         }
         BodyEnd::Returned(Err(e)) => {
-            let commit = !rollback_on(&e) && !scope.is_local_rollback_only();
-            (Err(e), commit)
+            let cause = if rollback_on(&e) {
+                Some(RollbackCause::Error)
+            } else if scope.is_local_rollback_only() {
+                Some(RollbackCause::RollbackOnly)
+            } else {
+                None
+            };
+            (Ok(Err(e)), cause)
         }
     };
-    if !commit {
+    let (outcome, cause) = match cause {
+        None if tx.is_global_rollback_only() => {
+            tracing::debug!(
+                target: "tx",
+                "Global transaction [{}] is marked as rollback-only but transactional code requested commit",
+                tx.name()
+            );
+            (
+                Ok(Err(TxError::UnexpectedRollback.into())),
+                Some(RollbackCause::RollbackOnly),
+            )
+        }
+        cause => (outcome, cause),
+    };
+    if let Some(cause) = cause {
         sync.rollback(tx_ctx, enclosing, rollback()).await;
-        return (Ok(outcome), rolled_back);
-    }
-    if tx.is_global_rollback_only() {
-        tracing::debug!(
-            target: "tx",
-            "Global transaction [{}] is marked as rollback-only but transactional code requested commit",
-            tx.name()
-        );
-        sync.rollback(tx_ctx, enclosing, rollback()).await;
-        return (Ok(Err(TxError::UnexpectedRollback.into())), rolled_back);
+        let ending = Ending::rolled_back(cause);
+        notify_after(tx, ending, None);
+        return (outcome, ending);
     }
     // Right before COMMIT, after every before_commit and before_completion hook: a hook may
     // have run past the deadline, or marked the transaction (a participant it called failed,
@@ -454,8 +613,12 @@ where
             Ok(())
         }
     };
+    // Whether COMMIT was attempted (a failure then is the commit's, not a hook's or check's).
+    let committing = AtomicBool::new(false);
     let commit_physical = async {
         tracing::debug!(target: "tx", "Initiating transaction commit [{}]", tx.name());
+        committing.store(true, Ordering::Relaxed);
+        listener::notify(Callback::BeforeCommit, || tx.execution());
         match tx.take_physical(true).await {
             Ok(Some(p)) => p.commit().await,
             Ok(None) => Ok(()),
@@ -474,34 +637,61 @@ where
         )
         .await;
     match r {
-        Ok(()) => (Ok(outcome), completion),
+        Ok(()) => {
+            notify_after(tx, Ending::COMMITTED, None);
+            (outcome, Ending::COMMITTED)
+        }
         Err(e) => {
             if e.is_retryable() {
                 tx.note_retryable(e.sqlstate());
             }
+            let ending = match completion {
+                Completion::Unknown => Ending::UNKNOWN,
+                _ if committing.load(Ordering::Relaxed) => {
+                    Ending::rolled_back(RollbackCause::CommitFailed)
+                }
+                _ => Ending::rolled_back(match e {
+                    TxError::Timeout => RollbackCause::Timeout,
+                    TxError::UnexpectedRollback => RollbackCause::RollbackOnly,
+                    _ => RollbackCause::BeforeCommitFailed,
+                }),
+            };
             if completion == Completion::RolledBack {
                 tracing::debug!(target: "tx", "Commit of [{}] failed: {e}", tx.name());
             }
-            (Ok(Err(e.into())), completion)
+            notify_after(tx, ending, Some(&e));
+            (Ok(Err(e.into())), ending)
         }
     }
 }
 
 /// Rolls the savepoint back if a `Nested` scope is dropped before it finished; its hooks
 /// finish as rolled back.
-struct SavepointGuard {
+struct SavepointGuard<'a> {
     armed: Option<(Arc<Transaction>, u64, Arc<SyncScope>)>,
     /// Whether the savepoint is still open (its ROLLBACK TO / RELEASE has not returned).
     open: bool,
+    /// Whether the listeners got `before_commit` or `before_rollback` already.
+    resolving: bool,
+    definition: &'a TransactionDefinition,
+    scope_id: u64,
+    trace: &'a ScopeTrace,
 }
 
-impl Drop for SavepointGuard {
+impl Drop for SavepointGuard<'_> {
     fn drop(&mut self) {
         if let Some((tx, id, sync)) = self.armed.take() {
             if self.open {
                 tx.abandon_savepoint(id);
             }
-            sync.spawn_finish_cancelled(tx.runtime(), async {});
+            let exec = || tx.savepoint_execution(self.definition, self.scope_id);
+            if !self.resolving {
+                listener::notify(Callback::BeforeRollback, exec);
+            }
+            listener::notify(Callback::AfterRollback(RollbackCause::Cancelled), exec);
+            self.trace
+                .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
+            sync.spawn_finish_cancelled(tx.runtime(), &self.trace.span(), async {}, |_| {});
         }
     }
 }
@@ -523,6 +713,62 @@ where
     R: Fn(&E) -> bool,
 {
     let tx = owner.tx.clone().expect("a bound scope has a transaction");
+    let scope_id = observe::next_id();
+    let trace = ScopeTrace::open(false, || Fields {
+        name: definition.get_name(),
+        propagation: definition.get_propagation(),
+        isolation: tx.definition.get_isolation(),
+        read_only: tx.definition.is_read_only(),
+        backend: tx.db_system(),
+        tx_id: Some(tx.id),
+        scope_id,
+        scope: "savepoint",
+        attempt: tx.attempt(),
+    });
+    let run = SavepointRun {
+        ctx,
+        key,
+        tx,
+        scope_id,
+        definition,
+        trace: &trace,
+    };
+    match trace.enabled_span().cloned() {
+        None => run_savepoint(run, rollback_on, body).await,
+        Some(span) => run_savepoint(run, rollback_on, body).instrument(span).await,
+    }
+}
+
+/// What [`run_savepoint`] runs in.
+struct SavepointRun<'a> {
+    ctx: Context,
+    key: ManagerKey,
+    tx: Arc<Transaction>,
+    scope_id: u64,
+    definition: &'a TransactionDefinition,
+    trace: &'a ScopeTrace,
+}
+
+/// The body and completion of [`savepoint`], in its span.
+async fn run_savepoint<T, E, F, Fut, R>(
+    run: SavepointRun<'_>,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let SavepointRun {
+        ctx,
+        key,
+        tx,
+        scope_id,
+        definition,
+        trace,
+    } = run;
     if !tx.manager.supports_savepoints() {
         return Err(TxError::NestedNotSupported.into());
     }
@@ -535,13 +781,19 @@ where
         definition.get_name(),
         tx.name()
     );
+    let exec = || tx.savepoint_execution(definition, scope_id);
+    listener::notify(Callback::BeforeBegin, exec);
     let id = match tx
         .push_savepoint(ctx.bound_frame(key), name_of(definition))
         .await
     {
         Ok(id) => id,
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            listener::notify(Callback::AfterBegin(Some(&e)), exec);
+            return Err(e.into());
+        }
     };
+    listener::notify(Callback::AfterBegin(None), exec);
     let enclosing = ctx.bindings();
     let scope = Arc::new(Scope::new(
         ScopeKind::Savepoint,
@@ -557,6 +809,10 @@ where
     let mut guard = SavepointGuard {
         armed: Some((tx.clone(), id, sync.clone())),
         open: true,
+        resolving: false,
+        definition,
+        scope_id,
+        trace,
     };
     let end = BodyEnd::from_caught(
         sp_ctx
@@ -565,44 +821,67 @@ where
             .await,
     );
 
-    // A participant inside that failed marked this scope; that mark belongs to the savepoint
-    // and is undone with it (Spring resets it on rollback to savepoint).
+    // A participant inside that failed marked this scope; that mark belongs to the
+    // savepoint and is undone with it (Spring resets it on rollback to savepoint).
     let marked_inside = scope.is_joined_rollback_only();
-    let rollback = match &end {
-        BodyEnd::Panicked(_) | BodyEnd::TimedOut => true,
-        BodyEnd::Returned(Err(e)) => {
-            rollback_on(e) || scope.is_local_rollback_only() || marked_inside
-        }
-        BodyEnd::Returned(Ok(_)) => scope.is_local_rollback_only() || marked_inside,
+    let marked = scope.is_local_rollback_only() || marked_inside;
+    let cause = match &end {
+        BodyEnd::Panicked(_) => Some(RollbackCause::Panic),
+        BodyEnd::TimedOut => Some(RollbackCause::Timeout),
+        BodyEnd::Returned(Err(e)) if rollback_on(e) => Some(if tx.past_deadline() {
+            RollbackCause::Timeout
+        } else {
+            RollbackCause::Error
+        }),
+        BodyEnd::Returned(_) => marked.then_some(RollbackCause::RollbackOnly),
     };
     // The guard stays armed until the savepoint is resolved: a call cancelled during
     // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
-    let failure = if rollback {
+    let (failure, ending) = if let Some(cause) = cause {
         let mut failure = None;
         sync.rollback(&sp_ctx, enclosing.as_ref(), async {
+            listener::notify(Callback::BeforeRollback, exec);
+            guard.resolving = true;
             if let Err(e) = tx.pop_savepoint(id, true).await {
                 failure = Some(e);
             }
             guard.open = false;
         })
         .await;
-        failure
+        (failure, Ending::rolled_back(cause))
     } else {
+        listener::notify(Callback::BeforeCommit, exec);
+        guard.resolving = true;
         let popped = tx.pop_savepoint(id, false).await;
         guard.open = false;
         match popped {
             Ok(()) => {
                 sync.hand_over_to(&parent_sync);
-                None
+                (None, Ending::COMMITTED)
             }
             Err(e) => {
                 sync.rollback(&sp_ctx, enclosing.as_ref(), async {}).await;
-                Some(e)
+                (Some(e), Ending::rolled_back(RollbackCause::CommitFailed))
             }
         }
     };
     guard.armed = None;
     scope.set_completed();
+    match ending.cause {
+        Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
+        None => listener::notify(Callback::AfterCommit(None), exec),
+    }
+    trace.close(Some(ending.completion), ending.cause);
+    tracing::debug!(
+        target: "tx",
+        "Completed nested transaction [{}] in [{}]: {}",
+        definition.get_name(),
+        tx.name(),
+        match ending.cause {
+            None => "savepoint released".to_owned(),
+            Some(cause) => format!("rolled back to savepoint ({cause})"),
+        }
+    );
     if let Some(e) = failure {
         // The savepoint's work could not be undone or kept: the whole transaction must go.
         tx.set_global_rollback_only();
@@ -618,13 +897,22 @@ where
     }
 }
 
-/// Completes the hooks of a cancelled scope without a transaction.
-struct NoTxCancelGuard(Option<(Arc<SyncScope>, Option<tokio::runtime::Handle>)>);
+/// Completes the hooks of a cancelled scope without a transaction (when it owns them).
+struct NoTxCancelGuard<'a> {
+    armed: bool,
+    sync: Option<(Arc<SyncScope>, Option<tokio::runtime::Handle>)>,
+    trace: &'a ScopeTrace,
+}
 
-impl Drop for NoTxCancelGuard {
+impl Drop for NoTxCancelGuard<'_> {
     fn drop(&mut self) {
-        if let Some((sync, runtime)) = self.0.take() {
-            sync.spawn_finish_cancelled(runtime.as_ref(), async {});
+        if !self.armed {
+            return;
+        }
+        self.trace
+            .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
+        if let Some((sync, runtime)) = self.sync.take() {
+            sync.spawn_finish_cancelled(runtime.as_ref(), &self.trace.span(), async {}, |_| {});
         }
     }
 }
@@ -635,8 +923,45 @@ impl Drop for NoTxCancelGuard {
 /// NotSupported suspends.
 async fn without_transaction<T, E, F, Fut, R>(
     ctx: Context,
+    manager: &Resolved<'_, '_>,
     suspend: Option<ManagerKey>,
     definition: &TransactionDefinition,
+    rollback_on: R,
+    body: F,
+) -> Result<T, E>
+where
+    E: From<TxError>,
+    F: FnOnce(TransactionStatus) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    R: Fn(&E) -> bool,
+{
+    let trace = ScopeTrace::open(false, || Fields {
+        name: definition.get_name(),
+        propagation: definition.get_propagation(),
+        isolation: Isolation::Default,
+        read_only: false,
+        backend: manager.db_system(),
+        tx_id: None,
+        scope_id: observe::next_id(),
+        scope: "no_transaction",
+        attempt: 1,
+    });
+    match trace.enabled_span().cloned() {
+        None => run_without(ctx, suspend, definition, &trace, rollback_on, body).await,
+        Some(span) => {
+            run_without(ctx, suspend, definition, &trace, rollback_on, body)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// The body and hooks of [`without_transaction`], in its span.
+async fn run_without<T, E, F, Fut, R>(
+    ctx: Context,
+    suspend: Option<ManagerKey>,
+    definition: &TransactionDefinition,
+    trace: &ScopeTrace,
     rollback_on: R,
     body: F,
 ) -> Result<T, E>
@@ -652,7 +977,8 @@ where
         name_of(definition),
     ));
     let status = TransactionStatus::owner(scope.clone());
-    // A scope without a transaction inside another such scope registers into that one's list.
+    // A scope without a transaction inside another such scope registers into that one's
+    // list.
     let (sync, owns_sync) = match (suspend, ctx.sync()) {
         (None, Some(outer)) => (outer.clone(), false),
         _ => (Arc::new(SyncScope::default()), true),
@@ -663,16 +989,26 @@ where
     }
     .with_scope(status.clone(), sync.clone());
 
-    let mut guard = NoTxCancelGuard(
-        owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
-    );
+    let mut guard = NoTxCancelGuard {
+        armed: true,
+        sync: owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
+        trace,
+    };
     let end = ctx
         .clone()
         .run(AssertUnwindSafe(body(status)).catch_unwind())
         .await;
-    guard.0 = None;
+    guard.armed = false;
     scope.set_completed();
+    let cause = match &end {
+        Err(_) => Some(RollbackCause::Panic),
+        Ok(Err(e)) if rollback_on(e) => Some(RollbackCause::Error),
+        Ok(_) => scope
+            .is_local_rollback_only()
+            .then_some(RollbackCause::RollbackOnly),
+    };
     if !owns_sync {
+        trace.close(Some(completion_of(cause)), cause);
         return match end {
             Ok(r) => r,
             Err(panic) => resume_unwind(panic),
@@ -680,37 +1016,45 @@ where
     }
     // Its hooks run after it, outside it, with the suspended transactions still known.
     let enclosing = ctx.bindings();
-    match end {
-        Err(panic) => {
-            sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
-            resume_unwind(panic)
-        }
-        Ok(r) => {
-            let failed = match &r {
-                Ok(_) => scope.is_local_rollback_only(),
-                Err(e) => rollback_on(e) || scope.is_local_rollback_only(),
-            };
-            if failed {
-                sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
+    let Some(cause) = cause else {
+        let (_, hooks) = sync
+            .commit(
+                &ctx,
+                enclosing.as_ref(),
+                definition.is_read_only(),
+                None,
+                || Ok(()),
+                async { Ok(()) },
+                async {},
+            )
+            .await;
+        return match (end, hooks) {
+            (Ok(r), Ok(())) => {
+                trace.close(Some(Completion::Committed), None);
                 r
-            } else {
-                let (_, hooks) = sync
-                    .commit(
-                        &ctx,
-                        enclosing.as_ref(),
-                        definition.is_read_only(),
-                        None,
-                        || Ok(()),
-                        async { Ok(()) },
-                        async {},
-                    )
-                    .await;
-                match hooks {
-                    Ok(()) => r,
-                    Err(e) => Err(e.into()),
-                }
             }
-        }
+            (Ok(_), Err(e)) => {
+                trace.close(
+                    Some(Completion::RolledBack),
+                    Some(RollbackCause::BeforeCommitFailed),
+                );
+                Err(e.into())
+            }
+            (Err(_), _) => unreachable!("a panic has a cause"),
+        };
+    };
+    sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
+    trace.close(Some(Completion::RolledBack), Some(cause));
+    match end {
+        Ok(r) => r,
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+fn completion_of(cause: Option<RollbackCause>) -> Completion {
+    match cause {
+        None => Completion::Committed,
+        Some(_) => Completion::RolledBack,
     }
 }
 

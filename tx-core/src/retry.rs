@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::definition::TransactionDefinition;
 use crate::error::TxError;
+use crate::observe::metrics as tx_metrics;
 use crate::propagation::{self, ManagerRef, RunInfo};
 use crate::status::TransactionStatus;
 
@@ -70,6 +71,7 @@ impl<'a> Retry<'a> {
             return None;
         }
         self.retried += 1;
+        tx_metrics::retried(self.name);
         let backoff = BASE_BACKOFF
             .saturating_mul(1 << self.retried.min(16))
             .min(MAX_BACKOFF)

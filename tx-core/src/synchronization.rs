@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::completion::Completion;
 use crate::context::{self, Binding, Context as TxContext};
@@ -424,7 +425,9 @@ impl SyncScope {
     /// where it stopped, a hook call in progress included: before COMMIT was sent it rolls back
     /// (`rollback`); with COMMIT in flight the outcome is unknown; after it, the remaining
     /// `after_commit` calls run, then every `after_completion(Committed)`.
-    pub(crate) async fn finish_cancelled(&self, rollback: impl Future<Output = ()>) {
+    ///
+    /// Returns the outcome the sequence reached.
+    pub(crate) async fn finish_cancelled(&self, rollback: impl Future<Output = ()>) -> Completion {
         let ctx = TxContext::default();
         match self.stage() {
             Stage::Open | Stage::BeforeCommit | Stage::BeforeCompletion => {
@@ -442,17 +445,22 @@ impl SyncScope {
             }
             Stage::Finished => {}
         }
+        self.completion()
     }
 
     /// Spawns [`finish_cancelled`](Self::finish_cancelled) (a destructor cannot wait) on the
-    /// current runtime, or outside any on `runtime` (the one the scope began on). Without
-    /// either, `rollback` is dropped, which drops the physical transaction and so rolls it back.
+    /// current runtime, or outside any on `runtime` (the one the scope began on), in `span`
+    /// (the cancelled scope's), then calls `done` with the outcome. Without either runtime,
+    /// `rollback` is dropped, which drops the physical transaction and so rolls it back.
     pub(crate) fn spawn_finish_cancelled(
         self: Arc<Self>,
         runtime: Option<&tokio::runtime::Handle>,
+        span: &tracing::Span,
         rollback: impl Future<Output = ()> + Send + 'static,
+        done: impl FnOnce(Completion) + Send + 'static,
     ) {
-        let finish = async move { self.finish_cancelled(rollback).await };
+        let finish =
+            async move { done(self.finish_cancelled(rollback).await) }.instrument(span.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(finish);

@@ -30,12 +30,39 @@ use crate::context::{Binding, chain_held_connections, chain_holds_writer};
 use crate::definition::TransactionDefinition;
 use crate::error::{Operation, TxError};
 use crate::manager::{BeginOptions, ManagerKey, PhysicalTransaction, SharedManager};
+use crate::observe::metrics::HoldTimer;
+use crate::observe::{self, TransactionExecution};
 
 /// The physical side of a transaction, behind the transaction's async mutex.
 pub(crate) struct Slot {
     pub(crate) physical: Physical,
     /// Open savepoint scopes, in the order they began.
     pub(crate) savepoints: Vec<Savepoint>,
+    /// How long the active physical transaction has held its connection (metrics).
+    hold: HoldTimer,
+}
+
+/// A physical transaction taken out for completion, with its connection-hold timer (recorded
+/// once its connection is back: after `COMMIT`/`ROLLBACK`, or when it is dropped).
+pub(crate) struct Finishing {
+    physical: Box<dyn PhysicalTransaction>,
+    hold: HoldTimer,
+}
+
+impl Finishing {
+    pub(crate) async fn commit(self) -> Result<(), TxError> {
+        let Finishing { physical, hold } = self;
+        let result = physical.commit().await;
+        hold.stop();
+        result
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), TxError> {
+        let Finishing { physical, hold } = self;
+        let result = physical.rollback().await;
+        hold.stop();
+        result
+    }
 }
 
 pub(crate) enum Physical {
@@ -96,6 +123,8 @@ pub(crate) enum Request {
 
 /// A logical transaction (one per new Required/RequiresNew/Nested-without-outer scope).
 pub(crate) struct Transaction {
+    /// Unique in the process: the `tx_id` of its spans, [`TransactionExecution::id`].
+    pub(crate) id: u64,
     pub(crate) manager: SharedManager,
     pub(crate) definition: TransactionDefinition,
     pub(crate) deadline: Option<Instant>,
@@ -136,12 +165,14 @@ impl Transaction {
     ) -> Transaction {
         let deadline = definition.get_timeout().map(|t| Instant::now() + t);
         Transaction {
+            id: observe::next_id(),
             manager,
             definition,
             deadline,
             slot: Arc::new(Mutex::new(Slot {
                 physical: Physical::NotBegun,
                 savepoints: Vec::new(),
+                hold: HoldTimer::default(),
             })),
             holder: AtomicU8::new(Holder::Statement as u8),
             released: Notify::new(),
@@ -164,6 +195,42 @@ impl Transaction {
 
     pub(crate) fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The backend as `db.system` (`postgresql`, `mysql`, `sqlite`).
+    pub(crate) fn db_system(&self) -> &'static str {
+        observe::db_system(self.manager.backend_name())
+    }
+
+    /// What listeners are told about this transaction.
+    pub(crate) fn execution(&self) -> TransactionExecution<'_> {
+        TransactionExecution {
+            definition: &self.definition,
+            id: self.id,
+            scope_id: self.id,
+            backend: self.db_system(),
+            attempt: self.attempt,
+            savepoint: false,
+            read_only: self.definition.is_read_only(),
+        }
+    }
+
+    /// What listeners are told about savepoint scope `scope_id` of this transaction, called
+    /// with `definition`.
+    pub(crate) fn savepoint_execution<'a>(
+        &self,
+        definition: &'a TransactionDefinition,
+        scope_id: u64,
+    ) -> TransactionExecution<'a> {
+        TransactionExecution {
+            definition,
+            id: self.id,
+            scope_id,
+            backend: self.db_system(),
+            attempt: self.attempt,
+            savepoint: true,
+            read_only: self.definition.is_read_only(),
+        }
     }
 
     pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
@@ -287,10 +354,7 @@ impl Transaction {
             // now (dropping the physical transaction rolls it back without blocking).
             let physical = self.slot.try_lock().ok().and_then(|mut slot| {
                 slot.savepoints.clear();
-                match std::mem::replace(&mut slot.physical, Physical::Finished) {
-                    Physical::Active(p) => Some(p),
-                    _ => None,
-                }
+                slot.finish()
             });
             if let Some(p) = physical {
                 tracing::debug!(target: "tx", "Rolling back [{}] now that its leaked connection guard is gone", self.name());
@@ -416,6 +480,7 @@ impl Transaction {
                 match self.manager.begin(options).await {
                     Ok(physical) => {
                         slot.physical = Physical::Active(physical);
+                        slot.hold = HoldTimer::start(self.definition.name_cow());
                         self.begun.store(true, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -588,7 +653,7 @@ impl Transaction {
     pub(crate) async fn take_physical(
         &self,
         for_commit: bool,
-    ) -> Result<Option<Box<dyn PhysicalTransaction>>, TxError> {
+    ) -> Result<Option<Finishing>, TxError> {
         self.finished.store(true, Ordering::Relaxed);
         let mut slot = match self.slot.try_lock() {
             Ok(slot) => slot,
@@ -604,25 +669,30 @@ impl Transaction {
             self.undo_abandoned(&mut slot).await?;
         }
         slot.savepoints.clear();
-        Ok(
-            match std::mem::replace(&mut slot.physical, Physical::Finished) {
-                Physical::Active(p) => Some(p),
-                _ => None,
-            },
-        )
+        Ok(slot.finish())
     }
 
     /// Takes the physical transaction out without waiting (for the drop path); a connection
     /// still held rolls back when its holder lets go.
-    pub(crate) fn try_take_physical(&self) -> Option<Box<dyn PhysicalTransaction>> {
+    pub(crate) fn try_take_physical(&self) -> Option<Finishing> {
         self.finished.store(true, Ordering::Relaxed);
         let Ok(mut slot) = self.slot.try_lock() else {
             self.leaked.store(true, Ordering::SeqCst);
             self.after_release();
             return None;
         };
-        match std::mem::replace(&mut slot.physical, Physical::Finished) {
-            Physical::Active(p) => Some(p),
+        slot.finish()
+    }
+}
+
+impl Slot {
+    /// Marks the transaction finished and takes its physical transaction out, if active.
+    fn finish(&mut self) -> Option<Finishing> {
+        match std::mem::replace(&mut self.physical, Physical::Finished) {
+            Physical::Active(physical) => Some(Finishing {
+                physical,
+                hold: std::mem::take(&mut self.hold),
+            }),
             _ => None,
         }
     }

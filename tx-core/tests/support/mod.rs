@@ -21,6 +21,8 @@ pub struct Recorder {
     pub log: Log,
     /// How long ROLLBACK takes, in milliseconds.
     rollback_ms: Arc<AtomicU64>,
+    /// What `backend_name()` reports (empty: the trait's default).
+    pub backend: &'static str,
 }
 
 pub struct RecTx {
@@ -100,9 +102,24 @@ impl TransactionManager for Recorder {
             }) as Box<dyn PhysicalTransaction>)
         })
     }
+    fn backend_name(&self) -> &'static str {
+        if self.backend.is_empty() {
+            "custom"
+        } else {
+            self.backend
+        }
+    }
 }
 
 impl Recorder {
+    /// A recorder whose `backend_name()` is `backend`.
+    pub fn with_backend(backend: &'static str) -> Recorder {
+        Recorder {
+            backend,
+            ..Recorder::default()
+        }
+    }
+
     /// A statement: in the bound transaction, or in autocommit.
     pub async fn stmt(&self, sql: &str) -> Result<(), TxError> {
         match bound_transaction(self.key()) {

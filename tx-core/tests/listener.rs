@@ -1,0 +1,559 @@
+//! Process-wide transaction listeners: the exact order of their callbacks around what the
+//! engine sends (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) and the synchronization hooks, for a
+//! commit, a rollback, rollback-only, a timeout, a cancelled call, a before_commit veto and a
+//! Nested savepoint; what each callback is told; and that a listener that fails or panics
+//! changes nothing.
+//!
+//! Listeners are global, so each test routes the callbacks of its own transactions (by the
+//! first segment of their names) into its recording manager's log.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Once};
+use std::time::Duration;
+
+use support::{Log, Recorder, t};
+use tx_core::{
+    BoxError, Completion, Propagation, RollbackCause, TransactionExecution, TransactionListener,
+    TransactionSynchronization, TxError,
+};
+
+/// Test key (first segment of a transaction's name) -> the log its callbacks go to.
+static ROUTES: LazyLock<Mutex<HashMap<String, Log>>> = LazyLock::new(Default::default);
+
+/// What `before_begin` was told, per scope name.
+static SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Default::default);
+
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    id: u64,
+    scope_id: u64,
+    backend: &'static str,
+    attempt: u32,
+    savepoint: bool,
+    read_only: bool,
+    propagation: Propagation,
+}
+
+fn route(tx: &TransactionExecution<'_>) -> Option<Log> {
+    let key = tx.name().split("::").next()?;
+    ROUTES.lock().unwrap().get(key).cloned()
+}
+
+fn label(tx: &TransactionExecution<'_>) -> String {
+    if tx.is_savepoint() {
+        format!("{} (savepoint)", tx.name())
+    } else {
+        tx.name().to_owned()
+    }
+}
+
+fn record(tx: &TransactionExecution<'_>, entry: String) -> Result<(), BoxError> {
+    if let Some(log) = route(tx) {
+        log.lock().unwrap().push(entry);
+    }
+    Ok(())
+}
+
+/// Records every callback as `L <callback> <name>[ <argument>]`.
+struct Recording;
+
+impl TransactionListener for Recording {
+    fn before_begin(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        SEEN.lock().unwrap().insert(
+            tx.name().to_owned(),
+            Seen {
+                id: tx.id(),
+                scope_id: tx.scope_id(),
+                backend: tx.backend(),
+                attempt: tx.attempt(),
+                savepoint: tx.is_savepoint(),
+                read_only: tx.is_read_only(),
+                propagation: tx.definition().get_propagation(),
+            },
+        );
+        record(tx, format!("L before_begin {}", label(tx)))
+    }
+    fn after_begin(
+        &self,
+        tx: &TransactionExecution<'_>,
+        failure: Option<&TxError>,
+    ) -> Result<(), BoxError> {
+        assert!(failure.is_none());
+        record(tx, format!("L after_begin {}", label(tx)))
+    }
+    fn before_commit(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        record(tx, format!("L before_commit {}", label(tx)))
+    }
+    fn after_commit(
+        &self,
+        tx: &TransactionExecution<'_>,
+        failure: Option<&TxError>,
+    ) -> Result<(), BoxError> {
+        match failure {
+            None => record(tx, format!("L after_commit {}", label(tx))),
+            Some(e) => record(tx, format!("L after_commit {} failed: {e}", label(tx))),
+        }
+    }
+    fn before_rollback(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        record(tx, format!("L before_rollback {}", label(tx)))
+    }
+    fn after_rollback(
+        &self,
+        tx: &TransactionExecution<'_>,
+        cause: RollbackCause,
+    ) -> Result<(), BoxError> {
+        record(tx, format!("L after_rollback {} {cause}", label(tx)))
+    }
+}
+
+/// Fails or panics in every callback of the transactions of the `faulty` test.
+struct Faulty;
+
+fn faulty(tx: &TransactionExecution<'_>) -> bool {
+    tx.name().starts_with("faulty::")
+}
+
+impl TransactionListener for Faulty {
+    fn before_begin(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        if faulty(tx) {
+            return Err("listener refuses the begin".into());
+        }
+        Ok(())
+    }
+    fn after_begin(
+        &self,
+        tx: &TransactionExecution<'_>,
+        _: Option<&TxError>,
+    ) -> Result<(), BoxError> {
+        assert!(!faulty(tx), "listener panics after begin");
+        Ok(())
+    }
+    fn before_commit(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        assert!(!faulty(tx), "listener panics before commit");
+        Ok(())
+    }
+    fn after_commit(
+        &self,
+        tx: &TransactionExecution<'_>,
+        _: Option<&TxError>,
+    ) -> Result<(), BoxError> {
+        if faulty(tx) {
+            return Err("listener fails after commit".into());
+        }
+        Ok(())
+    }
+    fn before_rollback(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
+        assert!(!faulty(tx), "listener panics before rollback");
+        Ok(())
+    }
+    fn after_rollback(
+        &self,
+        tx: &TransactionExecution<'_>,
+        _: RollbackCause,
+    ) -> Result<(), BoxError> {
+        assert!(!faulty(tx), "listener panics after rollback");
+        Ok(())
+    }
+}
+
+/// A recording manager whose transactions named `key::...` report their callbacks to its log.
+fn manager(key: &str) -> Recorder {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // The faulty listener runs first: the recording one must still be called after it.
+        tx_core::add_transaction_listener(Faulty);
+        tx_core::add_transaction_listener(Recording);
+    });
+    let m = Recorder::default();
+    ROUTES.lock().unwrap().insert(key.to_owned(), m.log.clone());
+    m
+}
+
+fn seen(name: &str) -> Seen {
+    SEEN.lock().unwrap()[name].clone()
+}
+
+/// A synchronization logging its phases as `H <phase>`.
+struct Hook(Log, Option<&'static str>);
+
+impl TransactionSynchronization for Hook {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push("H before_commit".into());
+        match self.1 {
+            Some(veto) => Err(veto.into()),
+            None => Ok(()),
+        }
+    }
+    async fn before_completion(&self) {
+        self.0.lock().unwrap().push("H before_completion".into());
+    }
+    async fn after_commit(&self) {
+        self.0.lock().unwrap().push("H after_commit".into());
+    }
+    async fn after_completion(&self, completion: Completion) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("H after_completion {completion:?}"));
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them() {
+    let m = manager("commit");
+    let r: Result<(), TxError> = t(&m)
+        .name("commit::order")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+            Ok(())
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin commit::order",
+            "L after_begin commit::order",
+            "BEGIN Default",
+            "STMT INSERT",
+            "H before_commit",
+            "H before_completion",
+            "L before_commit commit::order",
+            "COMMIT",
+            "H after_commit",
+            "H after_completion Committed",
+            "L after_commit commit::order",
+        ])
+    );
+    let s = seen("commit::order");
+    assert_eq!((s.id, s.backend, s.attempt), (s.scope_id, "custom", 1));
+    assert!(!s.savepoint && !s.read_only);
+
+    // The begin and commit are the scope's: a body without statements sends nothing and
+    // still commits for the listeners, under a new id.
+    let r: Result<(), TxError> = t(&m)
+        .name("commit::empty")
+        .read_only(true)
+        .execute(|_| async { Ok(()) })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin commit::empty",
+            "L after_begin commit::empty",
+            "L before_commit commit::empty",
+            "L after_commit commit::empty",
+        ])
+    );
+    assert!(seen("commit::empty").read_only);
+    assert!(seen("commit::empty").id > s.id, "ids grow per transaction");
+}
+
+#[tokio::test]
+async fn rollback_on_error_reports_the_cause_after_the_hooks() {
+    let m = manager("rollback");
+    let r: Result<(), TxError> = t(&m)
+        .name("rollback::order")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+            Err(TxError::NoTransaction)
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::NoTransaction)));
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin rollback::order",
+            "L after_begin rollback::order",
+            "BEGIN Default",
+            "STMT INSERT",
+            "H before_completion",
+            "L before_rollback rollback::order",
+            "ROLLBACK",
+            "H after_completion RolledBack",
+            "L after_rollback rollback::order error",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_only() {
+    let m = manager("marked");
+    let r: Result<(), TxError> = t(&m)
+        .name("marked::owner")
+        .execute(|status| async {
+            let status = status;
+            m.stmt("INSERT").await?;
+            status.set_rollback_only();
+            Ok(())
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin marked::owner",
+            "L after_begin marked::owner",
+            "BEGIN Default",
+            "STMT INSERT",
+            "L before_rollback marked::owner",
+            "ROLLBACK",
+            "L after_rollback marked::owner rollback_only",
+        ])
+    );
+
+    // A joined participant gets no callbacks of its own; its failure marks the transaction.
+    let r: Result<(), TxError> = t(&m)
+        .name("marked::outer")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            let inner: Result<(), TxError> = t(&m)
+                .name("marked::participant")
+                .execute(|_| async { Err(TxError::NoTransaction) })
+                .await;
+            assert!(inner.is_err());
+            Ok(())
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::UnexpectedRollback)));
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin marked::outer",
+            "L after_begin marked::outer",
+            "BEGIN Default",
+            "STMT INSERT",
+            "L before_rollback marked::outer",
+            "ROLLBACK",
+            "L after_rollback marked::outer rollback_only",
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_is_reported_as_timeout() {
+    let m = manager("timeout");
+    let r: Result<(), TxError> = t(&m)
+        .name("timeout::slow")
+        .timeout(Duration::from_millis(50))
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)));
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin timeout::slow",
+            "L after_begin timeout::slow",
+            "BEGIN Default",
+            "STMT INSERT",
+            "L before_rollback timeout::slow",
+            "ROLLBACK",
+            "L after_rollback timeout::slow timeout",
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
+    let m = manager("cancel");
+    let template = t(&m).name("cancel::dropped");
+    let call = template.execute(|_| async {
+        m.stmt("INSERT").await?;
+        tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, TxError>(())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), call)
+            .await
+            .is_err()
+    );
+    for _ in 0..100 {
+        if m.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.starts_with("L after_rollback"))
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin cancel::dropped",
+            "L after_begin cancel::dropped",
+            "BEGIN Default",
+            "STMT INSERT",
+            "H before_completion",
+            "L before_rollback cancel::dropped",
+            "ROLLBACK",
+            "H after_completion RolledBack",
+            "L after_rollback cancel::dropped cancelled",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn before_commit_veto_is_reported_as_before_commit_failed_without_before_commit() {
+    let m = manager("veto");
+    let r: Result<(), TxError> = t(&m)
+        .name("veto::order")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            tx_core::register_synchronization(Hook(m.log.clone(), Some("stock check failed")))?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::BeforeCommit(_))));
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin veto::order",
+            "L after_begin veto::order",
+            "BEGIN Default",
+            "STMT INSERT",
+            "H before_commit",
+            "H before_completion",
+            "L before_rollback veto::order",
+            "ROLLBACK",
+            "H after_completion RolledBack",
+            "L after_rollback veto::order before_commit_failed",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn nested_savepoints_get_their_own_callbacks_around_savepoint_commands() {
+    let m = manager("nested");
+    let r: Result<(), TxError> = t(&m)
+        .name("nested::order")
+        .execute(|_| async {
+            m.stmt("INSERT order").await?;
+            let nested = |name: &'static str| t(&m).name(name).propagation(Propagation::Nested);
+            let failed: Result<(), TxError> = nested("nested::reserve")
+                .execute(|_| async {
+                    m.stmt("UPDATE stock").await?;
+                    Err(TxError::NoTransaction)
+                })
+                .await;
+            assert!(failed.is_err());
+            nested("nested::charge")
+                .execute(|_| async { m.stmt("UPDATE balance").await })
+                .await?;
+            Ok(())
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin nested::order",
+            "L after_begin nested::order",
+            "BEGIN Default",
+            "STMT INSERT order",
+            "L before_begin nested::reserve (savepoint)",
+            "L after_begin nested::reserve (savepoint)",
+            "SAVEPOINT tx_sp_1",
+            "STMT UPDATE stock",
+            "L before_rollback nested::reserve (savepoint)",
+            "ROLLBACK TO tx_sp_1",
+            "RELEASE tx_sp_1",
+            "L after_rollback nested::reserve (savepoint) error",
+            "L before_begin nested::charge (savepoint)",
+            "L after_begin nested::charge (savepoint)",
+            "SAVEPOINT tx_sp_2",
+            "STMT UPDATE balance",
+            "L before_commit nested::charge (savepoint)",
+            "RELEASE tx_sp_2",
+            "L after_commit nested::charge (savepoint)",
+            "L before_commit nested::order",
+            "COMMIT",
+            "L after_commit nested::order",
+        ])
+    );
+    let (order, reserve, charge) = (
+        seen("nested::order"),
+        seen("nested::reserve"),
+        seen("nested::charge"),
+    );
+    assert!(reserve.savepoint && charge.savepoint && !order.savepoint);
+    assert_eq!(
+        reserve.id, order.id,
+        "a savepoint reports its transaction's id"
+    );
+    assert_eq!(charge.id, order.id);
+    assert!(reserve.scope_id != order.id && charge.scope_id != reserve.scope_id);
+    assert_eq!(
+        reserve.propagation,
+        Propagation::Nested,
+        "its own definition"
+    );
+}
+
+#[tokio::test]
+async fn failing_and_panicking_listeners_are_ignored() {
+    let m = manager("faulty");
+    let committed = Arc::new(Mutex::new(false));
+    let c = committed.clone();
+    let r: Result<u8, TxError> = t(&m)
+        .name("faulty::commit")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            tx_core::after_commit(async move { *c.lock().unwrap() = true })?;
+            Ok(7)
+        })
+        .await;
+    assert_eq!(r.unwrap(), 7, "the call's result stands");
+    assert!(*committed.lock().unwrap(), "after_commit hooks still ran");
+    // The listener registered after the faulty one got every callback.
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin faulty::commit",
+            "L after_begin faulty::commit",
+            "BEGIN Default",
+            "STMT INSERT",
+            "L before_commit faulty::commit",
+            "COMMIT",
+            "L after_commit faulty::commit",
+        ])
+    );
+    let r: Result<(), TxError> = t(&m)
+        .name("faulty::rollback")
+        .execute(|_| async {
+            m.stmt("INSERT").await?;
+            Err(TxError::NoTransaction)
+        })
+        .await;
+    assert!(
+        matches!(r, Err(TxError::NoTransaction)),
+        "the body's error, not a listener's"
+    );
+    assert_eq!(
+        m.take(),
+        strings(&[
+            "L before_begin faulty::rollback",
+            "L after_begin faulty::rollback",
+            "BEGIN Default",
+            "STMT INSERT",
+            "L before_rollback faulty::rollback",
+            "ROLLBACK",
+            "L after_rollback faulty::rollback error",
+        ])
+    );
+}

@@ -1,0 +1,413 @@
+//! The `tx` spans, seen by a capturing subscriber: one span per scope with its fields, the
+//! tree they form (a RequiresNew audit, a failing Nested step and a joined call under the
+//! transaction that runs them, one root per attempt of a retried call), the outcome, cause
+//! and duration recorded at close, and the engine's and the user's events inside them.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Recorder, t};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tx_core::{Propagation, TxError};
+
+/// A span as the subscriber saw it.
+#[derive(Debug, Clone)]
+struct SpanRec {
+    name: &'static str,
+    /// Index of the parent in the capture (ids are reused after close; indexes are not).
+    parent: Option<usize>,
+    fields: BTreeMap<String, String>,
+    closed: bool,
+}
+
+impl SpanRec {
+    fn get(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EventRec {
+    target: String,
+    message: String,
+    span: Option<usize>,
+}
+
+#[derive(Default)]
+struct Captured {
+    spans: Vec<SpanRec>,
+    events: Vec<EventRec>,
+    live: HashMap<u64, usize>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Captured>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let mut c = self.0.lock().unwrap();
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .and_then(|p| c.live.get(&p.id().into_u64()).copied());
+        let index = c.spans.len();
+        c.spans.push(SpanRec {
+            name: attrs.metadata().name(),
+            parent,
+            fields,
+            closed: false,
+        });
+        c.live.insert(id.into_u64(), index);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        let mut c = self.0.lock().unwrap();
+        let index = c.live[&id.into_u64()];
+        values.record(&mut Fields(&mut c.spans[index].fields));
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        let mut c = self.0.lock().unwrap();
+        let span = ctx
+            .event_span(event)
+            .and_then(|s| c.live.get(&s.id().into_u64()).copied());
+        c.events.push(EventRec {
+            target: event.metadata().target().to_owned(),
+            message: fields.remove("message").unwrap_or_default(),
+            span,
+        });
+    }
+
+    fn on_close(&self, id: Id, _: Context<'_, S>) {
+        let mut c = self.0.lock().unwrap();
+        if let Some(index) = c.live.remove(&id.into_u64()) {
+            c.spans[index].closed = true;
+        }
+    }
+}
+
+impl Capture {
+    fn spans(&self) -> Vec<SpanRec> {
+        self.0.lock().unwrap().spans.clone()
+    }
+    fn events(&self) -> Vec<EventRec> {
+        self.0.lock().unwrap().events.clone()
+    }
+}
+
+/// Runs `f` on a current-thread runtime with `capture` as the thread's subscriber.
+fn capturing<R>(capture: &Capture, f: impl std::future::Future<Output = R>) -> R {
+    let subscriber = Registry::default().with(capture.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+}
+
+#[derive(Debug)]
+enum AppError {
+    OutOfStock,
+    Tx(#[allow(dead_code)] TxError), // shown by Debug when a test fails
+}
+
+impl From<TxError> for AppError {
+    fn from(e: TxError) -> Self {
+        AppError::Tx(e)
+    }
+}
+
+fn children(spans: &[SpanRec], parent: usize) -> Vec<(usize, &SpanRec)> {
+    spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.parent == Some(parent))
+        .collect()
+}
+
+fn by_name<'a>(spans: &[(usize, &'a SpanRec)], name: &str) -> (usize, &'a SpanRec) {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|(_, s)| s.get("name") == Some(name))
+        .collect();
+    assert_eq!(found.len(), 1, "one span named {name} in {spans:#?}");
+    *found[0]
+}
+
+fn messages_in(events: &[EventRec], span: usize) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e.span == Some(span))
+        .map(|e| e.message.as_str())
+        .collect()
+}
+
+/// A retried order: each attempt runs a RequiresNew audit, a Nested reservation that fails
+/// (out of stock, rolled back to its savepoint) and a joined charge; the first attempt then
+/// hits a serialization failure, the second commits.
+#[test]
+fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_participant() {
+    let capture = Capture::default();
+    let m = Recorder::with_backend("postgres");
+    let result: Result<u32, AppError> = capturing(&capture, async {
+        t(&m)
+            .name("shop::place_order")
+            .retry(2)
+            .execute(|status| {
+                let m = m.clone();
+                async move {
+                    let attempt = status.attempt();
+                    tracing::info!(target: "app", "placing order, attempt {attempt}");
+                    m.stmt("INSERT order").await?;
+                    t(&m)
+                        .name("shop::audit")
+                        .propagation(Propagation::RequiresNew)
+                        .execute(|_| async {
+                            m.stmt("INSERT audit").await?;
+                            Ok::<_, AppError>(())
+                        })
+                        .await?;
+                    let reserved = t(&m)
+                        .name("shop::reserve")
+                        .propagation(Propagation::Nested)
+                        .execute(|_| async {
+                            m.stmt("UPDATE stock").await?;
+                            tracing::info!(target: "app", "stock is short");
+                            Err::<(), _>(AppError::OutOfStock)
+                        })
+                        .await;
+                    assert!(matches!(reserved, Err(AppError::OutOfStock)));
+                    t(&m)
+                        .name("shop::charge")
+                        .execute(|_| async {
+                            m.stmt("UPDATE balance").await?;
+                            Ok::<_, AppError>(())
+                        })
+                        .await?;
+                    if attempt == 1 {
+                        m.serialization_failure("UPDATE balance").await?;
+                    }
+                    Ok(attempt)
+                }
+            })
+            .await
+    });
+    assert_eq!(result.unwrap(), 2, "the second attempt commits");
+
+    let spans = capture.spans();
+    let events = capture.events();
+    assert!(
+        spans.iter().all(|s| s.name == "tx" && s.closed),
+        "{spans:#?}"
+    );
+    let roots: Vec<(usize, &SpanRec)> = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.parent.is_none())
+        .collect();
+    assert_eq!(roots.len(), 2, "one root span per attempt: {spans:#?}");
+
+    let mut tx_ids = Vec::new();
+    for (attempt, (root_index, root)) in roots.iter().enumerate() {
+        let attempt = (attempt + 1).to_string();
+        let f = |k| root.get(k);
+        assert_eq!(f("name"), Some("shop::place_order"));
+        assert_eq!(f("propagation"), Some("Required"));
+        assert_eq!(f("isolation"), Some("Default"));
+        assert_eq!(f("read_only"), Some("false"));
+        assert_eq!(f("db.system"), Some("postgresql"));
+        assert_eq!(f("scope"), Some("new_transaction"));
+        assert_eq!(f("attempt"), Some(attempt.as_str()));
+        let tx_id = f("tx_id").expect("a transaction has an id").to_owned();
+        assert_eq!(f("scope_id"), Some(tx_id.as_str()));
+        assert!(f("duration_ms").is_some_and(|d| d.parse::<f64>().is_ok()));
+        if attempt == "1" {
+            assert_eq!(f("outcome"), Some("rolled_back"));
+            assert_eq!(f("cause"), Some("error"));
+        } else {
+            assert_eq!(f("outcome"), Some("committed"));
+            assert_eq!(f("cause"), None);
+        }
+
+        let kids = children(&spans, *root_index);
+        assert_eq!(kids.len(), 3, "audit, reserve, charge: {kids:#?}");
+        let (audit_index, audit) = by_name(&kids, "shop::audit");
+        assert_eq!(audit.get("propagation"), Some("RequiresNew"));
+        assert_eq!(audit.get("scope"), Some("new_transaction"));
+        assert_ne!(
+            audit.get("tx_id"),
+            Some(tx_id.as_str()),
+            "its own transaction"
+        );
+        assert_eq!(audit.get("outcome"), Some("committed"));
+
+        let (reserve_index, reserve) = by_name(&kids, "shop::reserve");
+        assert_eq!(reserve.get("propagation"), Some("Nested"));
+        assert_eq!(reserve.get("scope"), Some("savepoint"));
+        assert_eq!(
+            reserve.get("tx_id"),
+            Some(tx_id.as_str()),
+            "runs in the order's"
+        );
+        assert_ne!(reserve.get("scope_id"), Some(tx_id.as_str()));
+        assert_eq!(reserve.get("outcome"), Some("rolled_back"));
+        assert_eq!(reserve.get("cause"), Some("error"));
+        assert_eq!(reserve.get("attempt"), Some(attempt.as_str()));
+
+        let (_, charge) = by_name(&kids, "shop::charge");
+        assert_eq!(charge.get("scope"), Some("participant"));
+        assert_eq!(charge.get("tx_id"), Some(tx_id.as_str()));
+        assert_ne!(charge.get("scope_id"), Some(tx_id.as_str()));
+        assert_eq!(charge.get("outcome"), None, "its owner decides");
+
+        // The user's events and the engine's own lines nest in the scope they happen in.
+        let root_events = messages_in(&events, *root_index);
+        assert!(root_events.contains(&format!("placing order, attempt {attempt}").as_str()));
+        assert!(
+            root_events.iter().any(|m| m.starts_with(
+                "Creating new transaction with name [shop::place_order]: PROPAGATION_REQUIRED"
+            )),
+            "{root_events:#?}"
+        );
+        let completed = if attempt == "1" {
+            "Completed transaction [shop::place_order]: rolled back (error)"
+        } else {
+            "Completed transaction [shop::place_order]: committed"
+        };
+        assert!(root_events.contains(&completed), "{root_events:#?}");
+        let reserve_events = messages_in(&events, reserve_index);
+        assert!(
+            reserve_events.contains(&"stock is short"),
+            "{reserve_events:#?}"
+        );
+        assert!(
+            reserve_events
+                .iter()
+                .any(|m| m.starts_with("Rolling back transaction [shop::place_order] to savepoint")),
+            "{reserve_events:#?}"
+        );
+        assert!(
+            messages_in(&events, audit_index)
+                .contains(&"Completed transaction [shop::audit]: committed")
+        );
+        tx_ids.push(tx_id);
+    }
+    assert_ne!(tx_ids[0], tx_ids[1], "each attempt is its own transaction");
+    // The retry decision is logged between the attempts, outside both.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.span.is_none() && e.target == "tx" && e.message.contains("retry 1/2"))
+    );
+}
+
+/// A transaction dropped mid-body closes its span as rolled back, cancelled, once the task
+/// that finishes it has run; a participant dropped with it records why it marked the
+/// transaction; the cancelled line is inside the span.
+#[test]
+fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
+    let capture = Capture::default();
+    let m = Recorder::default();
+    capturing(&capture, async {
+        let template = t(&m).name("obs::cancelled");
+        let call = template.execute(|_| async {
+            m.stmt("INSERT").await?;
+            t(&m)
+                .name("obs::cancelled_inner")
+                .execute(|_| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, TxError>(())
+                })
+                .await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), call)
+                .await
+                .is_err()
+        );
+        // The rollback finishes in a spawned task.
+        while !m.take().iter().any(|e| e == "ROLLBACK") {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+    });
+    let spans = capture.spans();
+    let outer = spans
+        .iter()
+        .position(|s| s.get("name") == Some("obs::cancelled"))
+        .unwrap();
+    assert!(spans[outer].closed);
+    assert_eq!(spans[outer].get("outcome"), Some("rolled_back"));
+    assert_eq!(spans[outer].get("cause"), Some("cancelled"));
+    assert_eq!(spans[outer].get("db.system"), Some("custom"));
+    let inner = &spans[spans
+        .iter()
+        .position(|s| s.get("name") == Some("obs::cancelled_inner"))
+        .unwrap()];
+    assert_eq!(inner.parent, Some(outer));
+    assert_eq!(inner.get("cause"), Some("cancelled"));
+    let events = capture.events();
+    assert!(
+        messages_in(&events, outer)
+            .contains(&"Transactional call [obs::cancelled] cancelled: rolling back")
+    );
+    assert!(
+        messages_in(&events, outer)
+            .contains(&"Completed transaction [obs::cancelled]: rolled back (cancelled)")
+    );
+}
+
+/// Without a subscriber nothing is recorded and the scopes behave the same (the disabled
+/// path: `Span::none()`); with one that filters `tx` out, no `tx` span is created.
+#[test]
+fn a_subscriber_that_filters_tx_out_sees_no_tx_span() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let capture = Capture::default();
+    let subscriber = Registry::default().with(
+        capture
+            .clone()
+            .with_filter(Targets::new().with_target("app", LevelFilter::TRACE)),
+    );
+    let m = Recorder::default();
+    let r: Result<(), TxError> = tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(t(&m).name("obs::filtered").execute(|_| async {
+                tracing::info!(target: "app", "in the body");
+                m.stmt("INSERT").await
+            }))
+    });
+    r.unwrap();
+    assert!(capture.spans().is_empty(), "{:#?}", capture.spans());
+    let events = capture.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].span, None);
+    assert_eq!(m.take(), ["BEGIN Default", "STMT INSERT", "COMMIT"]);
+}
