@@ -49,6 +49,7 @@ pub mod manager;
 mod propagation;
 mod registry;
 mod retry;
+mod retry_cause;
 mod status;
 mod synchronization;
 mod template;

@@ -72,6 +72,8 @@ pub(crate) struct RunInfo {
     /// A statement, `BEGIN` or `COMMIT` of it failed with a serialization failure or
     /// deadlock that no `Nested` scope handled by rolling back to its savepoint.
     pub(crate) retryable: Option<Retryable>,
+    /// The first such failure of the transaction, handled by a `Nested` scope or not.
+    pub(crate) seen_retryable: Option<Retryable>,
 }
 
 /// How a scope's body ended.
@@ -348,6 +350,7 @@ where
         owned_transaction: true,
         rolled_back: completion == Completion::RolledBack,
         retryable: tx.take_retryable(),
+        seen_retryable: tx.take_seen_retryable(),
     };
     match result {
         Ok(r) => (r, info),
@@ -663,6 +666,8 @@ where
     }
     .with_scope(status.clone(), sync.clone());
 
+    // Armed until the hooks completed: a caller that goes away in the body or in any phase
+    // of the hooks leaves the rest of the sequence to a spawned task (as for a transaction).
     let mut guard = NoTxCancelGuard(
         owns_sync.then(|| (sync.clone(), tokio::runtime::Handle::try_current().ok())),
     );
@@ -670,7 +675,6 @@ where
         .clone()
         .run(AssertUnwindSafe(body(status)).catch_unwind())
         .await;
-    guard.0 = None;
     scope.set_completed();
     if !owns_sync {
         return match end {
@@ -680,9 +684,10 @@ where
     }
     // Its hooks run after it, outside it, with the suspended transactions still known.
     let enclosing = ctx.bindings();
-    match end {
+    let result = match end {
         Err(panic) => {
             sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
+            guard.0 = None;
             resume_unwind(panic)
         }
         Ok(r) => {
@@ -711,7 +716,9 @@ where
                 }
             }
         }
-    }
+    };
+    guard.0 = None;
+    result
 }
 
 fn name_of(definition: &TransactionDefinition) -> Cow<'static, str> {
