@@ -190,6 +190,7 @@ pub fn opaque<E>(_: &E) -> Verdict {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the probe is written as the macro writes it
 mod tests {
     use super::*;
     use crate::error::Operation;

@@ -507,7 +507,10 @@ fn expand_fn(
                 |#err: &#e| {
                     #[allow(unused_imports)]
                     use #p::{ViaEngineError as _, ViaNothing as _, ViaSource as _};
-                    (&&&#p::Probe(#err)).__tx_verdict()
+                    // The borrows pick the first applicable `Via*` impl.
+                    #[allow(clippy::needless_borrow)]
+                    let verdict = (&&&#p::Probe(#err)).__tx_verdict();
+                    verdict
                 }
             }
         },
