@@ -1,7 +1,7 @@
 //! The engine at its edges, against the real servers (PostgreSQL, MariaDB, SQLite): scopes of
-//! one transaction running at once, checks right before COMMIT, retries only after a retryable
-//! rollback, requests that would wait for the task itself, futures dropped outside any runtime,
-//! and SQLite's single writer seen from after-commit hooks. Rows are read from a fresh
+//! one transaction running at once, checks right before COMMIT, retries exactly after a
+//! retryable rollback, requests that would wait for the task itself, futures dropped outside
+//! any runtime, and SQLite's single writer seen from after-commit hooks. Rows are read from a fresh
 //! connection outside the pool under test.
 
 use std::sync::{Arc, Mutex};
@@ -344,6 +344,30 @@ impl<B: Backend> RetrySvc<B> {
         );
     }
 
+    /// A Nested step whose statement fails with a serialization failure on the first run, and
+    /// the body passes that error on: the call's transaction rolled back because of it.
+    async fn nested_step(&self, tag: &str) -> Result<(), AppError> {
+        let first = *self.runs.lock().unwrap() == 1;
+        self.b
+            .template()
+            .propagation(Propagation::Nested)
+            .execute(|_| async {
+                if first {
+                    (self.serialization_failure)().await?;
+                }
+                Ok(self.b.insert(&self.table, tag).await?)
+            })
+            .await
+    }
+
+    /// [`Self::nested_step`] through `#[transactional]`, which sees the failure through the
+    /// error's `source()` chain by itself.
+    #[tx_sqlx::transactional(manager = self.db, retry = 3)]
+    async fn returns_nested_failure(&self) -> Result<(), AppError> {
+        *self.runs.lock().unwrap() += 1;
+        self.nested_step("nested-attr").await
+    }
+
     /// Commits although it returns an error (`no_rollback_for`): never re-run.
     #[tx_sqlx::transactional(manager = self.db, retry = 3, no_rollback_for = AppError::Injected(_))]
     async fn commits_with_error(&self) -> Result<(), AppError> {
@@ -421,6 +445,28 @@ async fn retry_only_after_a_retryable_rollback<B: Backend>(b: &B, serialization_
     assert_eq!(
         b.tags(&svc.table).await,
         ["kept", "retried"],
+        "{}",
+        b.name()
+    );
+
+    // A Nested step's serialization failure, rolled back to its savepoint and returned: the
+    // call's own transaction rolled back because of it, so it is re-run.
+    svc.returns_nested_failure().await.unwrap();
+    assert_eq!(svc.ran(), 2, "{}: #[transactional] not re-run", b.name());
+    let r: Result<(), AppError> = b
+        .template()
+        .retry(3)
+        .error_type::<AppError>()
+        .execute(|_| async {
+            *svc.runs.lock().unwrap() += 1;
+            svc.nested_step("nested-template").await
+        })
+        .await;
+    r.unwrap();
+    assert_eq!(svc.ran(), 2, "{}: template not re-run", b.name());
+    assert_eq!(
+        b.tags(&svc.table).await,
+        ["kept", "retried", "nested-attr", "nested-template"],
         "{}",
         b.name()
     );

@@ -218,20 +218,24 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
         },
     };
     // Hooks of dropped scopes may complete in the background.
-    if obs.hung
+    let background = obs.hung
         || obs
             .results
             .values()
-            .any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout))
-    {
+            .any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout));
+    if background {
         runner::settle(&run).await;
-        obs.log = run.snapshot().log;
     }
-    // A COMMIT or ROLLBACK of a dropped call may still be in flight: wait for it, so that
-    // its rows are in the observation and do not leak into the next program.
+    // A COMMIT or ROLLBACK of a dropped call, or a statement of a hook finishing in the
+    // background, may still be in flight: wait for it, so that its rows and the hook calls
+    // after it are in the observation and do not leak into the next program.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !db.idle() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if background {
+        runner::settle(&run).await;
+        obs.log = run.snapshot().log;
     }
     obs.rows = db
         .fresh_tags(format!("SELECT tag FROM {table}"))

@@ -7,6 +7,7 @@ use futures_util::FutureExt;
 
 pub use crate::definition::TransactionDefinition;
 pub use crate::propagation::ManagerRef;
+pub use crate::retry_cause::{Probe, Verdict, ViaEngineError, ViaNothing, ViaSource, opaque};
 pub use crate::{Isolation, Propagation, TxError};
 pub use std::time::Duration;
 
@@ -41,7 +42,9 @@ where
 }
 
 /// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to
-/// `retries` times when the transaction it began rolls back because of a retryable failure.
+/// `retries` times when the transaction it began rolls back because of a retryable failure;
+/// `classify(&err)` says whether an error is, or carries, one (the macro builds it where the
+/// error type is known: `(&&&Probe(err)).__tx_verdict()`, with the `Via*` traits in scope).
 ///
 /// The future is `Send` whenever the body's is: no reference to the result is held across the
 /// backoff, so `T` and `E` need not be `Sync`.
@@ -50,6 +53,7 @@ pub fn transactional_retry<'a, T, E, F, Fut>(
     def: &'static TransactionDefinition,
     retries: u32,
     rollback_on: fn(&E) -> bool,
+    classify: fn(&E) -> Verdict,
     mut make_body: F,
 ) -> impl Future<Output = Result<T, E>> + 'a
 where
@@ -58,7 +62,9 @@ where
     F: FnMut() -> Fut + 'a,
     Fut: Future<Output = Result<T, E>> + 'a,
 {
-    retry::run(manager, def, retries, rollback_on, move |_| make_body())
+    retry::run(manager, def, retries, rollback_on, classify, move |_| {
+        make_body()
+    })
 }
 
 /// The error type of a `#[transactional]` function must take in the engine's errors.

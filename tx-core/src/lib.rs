@@ -101,6 +101,7 @@ mod observe;
 mod propagation;
 mod registry;
 mod retry;
+mod retry_cause;
 mod status;
 mod synchronization;
 mod template;

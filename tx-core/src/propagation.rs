@@ -90,6 +90,8 @@ pub(crate) struct RunInfo {
     /// A statement, `BEGIN` or `COMMIT` of it failed with a serialization failure or
     /// deadlock that no `Nested` scope handled by rolling back to its savepoint.
     pub(crate) retryable: Option<Retryable>,
+    /// The first such failure of the transaction, handled by a `Nested` scope or not.
+    pub(crate) seen_retryable: Option<Retryable>,
 }
 
 /// How a scope's body ended.
@@ -493,6 +495,7 @@ where
         owned_transaction: true,
         rolled_back: ending.completion == Completion::RolledBack,
         retryable: tx.take_retryable(),
+        seen_retryable: tx.take_seen_retryable(),
     };
     match result {
         Ok(r) => (r, info),
@@ -998,7 +1001,6 @@ where
         .clone()
         .run(AssertUnwindSafe(body(status)).catch_unwind())
         .await;
-    guard.armed = false;
     scope.set_completed();
     let cause = match &end {
         Err(_) => Some(RollbackCause::Panic),
@@ -1008,6 +1010,7 @@ where
             .then_some(RollbackCause::RollbackOnly),
     };
     if !owns_sync {
+        guard.armed = false;
         trace.close(Some(completion_of(cause)), cause);
         return match end {
             Ok(r) => r,
@@ -1028,6 +1031,9 @@ where
                 async {},
             )
             .await;
+        // Armed until the hooks completed: a caller that goes away in any phase of them
+        // leaves the rest of the sequence to a spawned task (as for a transaction).
+        guard.armed = false;
         return match (end, hooks) {
             (Ok(r), Ok(())) => {
                 trace.close(Some(Completion::Committed), None);
@@ -1044,6 +1050,7 @@ where
         };
     };
     sync.rollback(&ctx, enclosing.as_ref(), async {}).await;
+    guard.armed = false;
     trace.close(Some(Completion::RolledBack), Some(cause));
     match end {
         Ok(r) => r,

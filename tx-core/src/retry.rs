@@ -1,9 +1,18 @@
 //! Re-running a whole transaction after a serialization failure or deadlock (`retry = n`).
 //!
-//! A call is re-run only when the transaction it began itself rolled back because of a
-//! retryable failure: never after a commit (an error matching `no_rollback_for` commits), never
-//! for a call that joined an existing transaction (its owner decides), and not for a retryable
-//! failure that a `Nested` scope already handled by rolling back to its savepoint.
+//! A call is re-run only when the transaction it began rolled back because of a retryable
+//! failure: never after a commit (an error matching `no_rollback_for` commits), never for a
+//! call that joined an existing transaction (its owner decides). Which failure the rollback
+//! was for, the returned error says ([`crate::retry_cause`]):
+//! - it is, or carries, a retryable `TxError` / `sqlx::Error`: re-run when that failure was
+//!   one of the transaction's own (a statement, `BEGIN` or `COMMIT` of it, also one a
+//!   `Nested` scope rolled back to its savepoint before the error was passed on), not one of
+//!   a transaction of its own inside (`RequiresNew`) or of autocommit work (`NotSupported`);
+//! - it is, or carries first, another `TxError` (a timeout, an unexpected rollback, ...): not
+//!   re-run, also after a retryable failure that a `Nested` scope handled;
+//! - nothing can be seen in it (its type neither is nor exposes such an error through
+//!   `source()`): re-run when a retryable failure of the transaction was not undone by a
+//!   `Nested` rollback.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +21,7 @@ use crate::definition::TransactionDefinition;
 use crate::error::TxError;
 use crate::observe::metrics as tx_metrics;
 use crate::propagation::{self, ManagerRef, RunInfo};
+use crate::retry_cause::Verdict;
 use crate::status::TransactionStatus;
 
 /// First backoff; doubled per attempt up to [`MAX_BACKOFF`], each with 50-100% jitter.
@@ -40,12 +50,10 @@ impl<'a> Retry<'a> {
         self.retried + 1
     }
 
-    /// After a run that ended `ok` (or not) with `info`: the backoff to sleep before running
-    /// again, or `None` to return its result.
-    pub(crate) fn next(&mut self, ok: bool, info: &RunInfo) -> Option<Duration> {
-        if ok {
-            return None;
-        }
+    /// After a run that ended with `info`, and `None` for `Ok` or the verdict on its error:
+    /// the backoff to sleep before running again, or `None` to return its result.
+    pub(crate) fn next(&mut self, error: Option<Verdict>, info: &RunInfo) -> Option<Duration> {
+        let verdict = error?;
         if !info.owned_transaction {
             if self.retries > 0 {
                 tracing::debug!(target: "tx", "[{}] joined an existing transaction: retry ignored", self.name);
@@ -56,7 +64,11 @@ impl<'a> Retry<'a> {
         if !info.rolled_back {
             return None;
         }
-        let cause = info.retryable.as_ref()?;
+        let cause = match verdict {
+            Verdict::Retryable => info.seen_retryable.as_ref()?,
+            Verdict::NotRetryable => return None,
+            Verdict::Opaque => info.retryable.as_ref()?,
+        };
         let code = cause.sqlstate.as_deref().unwrap_or("unknown");
         if self.retried >= self.retries {
             if self.retries > 0 {
@@ -88,13 +100,15 @@ impl<'a> Retry<'a> {
 }
 
 /// Runs `body` in a scope with `definition`, re-running it (up to `retries` times) while the
-/// transaction it began rolls back because of a retryable failure. Each run's scope reports
-/// its attempt number ([`TransactionStatus::attempt`]).
-pub(crate) async fn run<T, E, F, Fut, R>(
+/// transaction it began rolls back because of a retryable failure (`classify` says what the
+/// returned error carries). Each run's scope reports its attempt number
+/// ([`TransactionStatus::attempt`]).
+pub(crate) async fn run<T, E, F, Fut, R, C>(
     manager: ManagerRef<'_>,
     definition: &TransactionDefinition,
     retries: u32,
     rollback_on: R,
+    classify: C,
     mut body: F,
 ) -> Result<T, E>
 where
@@ -102,6 +116,7 @@ where
     F: FnMut(TransactionStatus) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
+    C: Fn(&E) -> Verdict,
 {
     let mut retry = Retry::new(retries, definition.get_name());
     loop {
@@ -113,7 +128,8 @@ where
             retry.attempt(),
         )
         .await;
-        match retry.next(result.is_ok(), &info) {
+        let verdict = result.as_ref().err().map(&classify);
+        match retry.next(verdict, &info) {
             None => return result,
             Some(backoff) => {
                 // Nothing of the failed run is kept across the backoff.

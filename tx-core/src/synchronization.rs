@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -170,6 +170,17 @@ impl<S: TransactionSynchronization> DynSynchronization for S {
 
 type Hook = Arc<dyn DynSynchronization>;
 
+/// Registration order across every hook list of the process: a released savepoint's hooks are
+/// merged into the enclosing list by it, so each phase still runs in registration order when
+/// a sibling scope registered into the enclosing list in between (`join!`).
+static NEXT_HOOK: AtomicU64 = AtomicU64::new(0);
+
+/// A registered hook and its place in the registration order.
+struct Registered {
+    seq: u64,
+    hook: Hook,
+}
+
 /// How far a scope's completion sequence got; a scope dropped mid-way (a cancelled call)
 /// finishes from there, so every hook still sees exactly one `after_commit` after a commit
 /// and exactly one `after_completion`.
@@ -188,7 +199,8 @@ enum Stage {
 
 /// The hooks registered with one synchronization owner, and how far its completion got.
 pub(crate) struct SyncScope {
-    hooks: Mutex<Vec<Hook>>,
+    /// In registration order.
+    hooks: Mutex<Vec<Registered>>,
     stage: AtomicU8,
     /// In a resumable phase: the index of the next hook to call.
     next: AtomicUsize,
@@ -231,7 +243,7 @@ impl Future for InProgress<'_> {
 }
 
 impl SyncScope {
-    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<Hook>> {
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<Registered>> {
         self.hooks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -240,13 +252,16 @@ impl SyncScope {
     }
 
     fn push(&self, hook: Hook) {
-        self.hooks().push(hook);
+        let mut hooks = self.hooks();
+        // Numbered under the list's lock, so a list is always in order.
+        let seq = NEXT_HOOK.fetch_add(1, Ordering::Relaxed);
+        hooks.push(Registered { seq, hook });
     }
 
     /// The `i`-th hook; the list may grow while a phase runs (a `before_commit` hook may
     /// register another).
     fn get(&self, i: usize) -> Option<Hook> {
-        self.hooks().get(i).cloned()
+        self.hooks().get(i).map(|r| r.hook.clone())
     }
 
     fn stage(&self) -> Stage {
@@ -274,10 +289,20 @@ impl SyncScope {
         }
     }
 
-    /// Hands the hooks of a released savepoint to the enclosing owner, in order.
+    /// Hands the hooks of a released savepoint to the enclosing owner, merged into its list
+    /// by registration order (a concurrent sibling may have registered there meanwhile).
+    ///
+    /// A phase of the parent in progress is never reordered: it runs only after the body that
+    /// released the savepoint, or inside a hook, after every hook it has already called was
+    /// registered.
     pub(crate) fn hand_over_to(&self, parent: &SyncScope) {
         let hooks = std::mem::take(&mut *self.hooks());
-        parent.hooks().extend(hooks);
+        if !hooks.is_empty() {
+            let mut list = parent.hooks();
+            list.extend(hooks);
+            // Both parts are sorted: the stable sort is a merge.
+            list.sort_by_key(|r| r.seq);
+        }
         self.set_stage(Stage::Finished);
     }
 

@@ -10,6 +10,7 @@ use crate::error::TxError;
 use crate::manager::{SharedManager, TransactionManager};
 use crate::propagation::{self, ManagerRef};
 use crate::retry;
+use crate::retry_cause::{self, ErrorType};
 use crate::status::TransactionStatus;
 
 /// Runs closures in transactional scopes, for when an attribute is too coarse: part of a
@@ -130,6 +131,7 @@ impl TransactionTemplate {
         RetryingTemplate {
             template: self,
             retries,
+            error_type: None,
         }
     }
 
@@ -219,6 +221,8 @@ impl TransactionTemplate {
 pub struct RetryingTemplate {
     template: TransactionTemplate,
     retries: u32,
+    /// The closure's own error type, looked into for the failure a run returned.
+    error_type: Option<ErrorType>,
 }
 
 impl RetryingTemplate {
@@ -264,6 +268,47 @@ impl RetryingTemplate {
         self
     }
 
+    /// Lets the retry decision look into the closure's own error type `E` (an `AppError` with
+    /// a `Tx(#[from] TxError)` variant) through its [`source`](std::error::Error::source)
+    /// chain, as `#[transactional(retry = n)]` does by itself. Replaces an earlier call.
+    ///
+    /// Without it the template sees into `TxError`, `sqlx::Error` and boxed errors only; for
+    /// another error type it re-runs when a retryable failure of the transaction was not undone
+    /// by a `Nested` rollback, so a serialization failure that a `Nested` scope rolled back and
+    /// the closure then returned is not retried (see [`execute`](Self::execute)).
+    ///
+    /// ```
+    /// use tx_core::{TransactionTemplate, TxError};
+    /// # use tx_core::manager::*; use std::sync::Arc;
+    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
+    /// # impl TransactionManager for Noop {
+    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
+    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+    /// #         unreachable!("the body runs no statement")
+    /// #     }
+    /// # }
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum AppError {
+    ///     #[error("out of stock")]
+    ///     OutOfStock,
+    ///     #[error(transparent)]
+    ///     Tx(#[from] TxError),
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let pool = Noop::default();
+    /// let place = TransactionTemplate::new(pool).retry(3).error_type::<AppError>();
+    /// let r = place
+    ///     .execute(|_| async { Err::<(), _>(AppError::OutOfStock) })
+    ///     .await;
+    /// assert!(matches!(r, Err(AppError::OutOfStock)));
+    /// # }
+    /// ```
+    pub fn error_type<E: std::error::Error + 'static>(mut self) -> Self {
+        self.error_type = Some(ErrorType::of::<E>());
+        self
+    }
+
     /// How many times a failed run is re-run at most.
     #[must_use]
     pub fn retries(&self) -> u32 {
@@ -278,6 +323,18 @@ impl RetryingTemplate {
     /// Runs `f` in a scope with this template's attributes, as
     /// [`TransactionTemplate::execute`] does, and calls it again (in a new transaction) after
     /// a run whose transaction failed with a retryable error, up to `retries` more times.
+    ///
+    /// A run is re-run when the transaction it began rolled back and its error is, or
+    /// carries, a retryable failure of that transaction: a statement, `BEGIN` or `COMMIT` of
+    /// it, also a statement of a `Nested` scope that rolled back to its savepoint and whose
+    /// error the closure passed on. Not re-run: a run that committed (or whose outcome is
+    /// unknown), that joined an existing transaction, or that returned another error (a
+    /// timeout, an unexpected rollback, its own), also after a `Nested` scope handled a
+    /// retryable failure; nor a retryable failure of a transaction of its own inside
+    /// (`RequiresNew`, which retries on its own) or of autocommit work. Which errors can be
+    /// seen into: `TxError`, `sqlx::Error`, boxed errors, and the type named by
+    /// [`error_type`](Self::error_type); for other error types the run is re-run when a
+    /// retryable failure of its transaction was not undone by a `Nested` rollback.
     ///
     /// `f` is called once per run, so it is `FnMut`. The returned future is `Send` whenever
     /// the body's future is.
@@ -294,16 +351,18 @@ impl RetryingTemplate {
     /// nothing left to roll back.
     pub async fn execute<T, E, F, Fut>(&self, mut f: F) -> Result<T, E>
     where
-        E: From<TxError>,
+        E: From<TxError> + 'static,
         F: FnMut(TransactionStatus) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let template = &self.template;
+        let error_type = self.error_type.as_ref();
         retry::run(
             template.manager(),
             &template.definition,
             self.retries,
             |_: &E| true,
+            |e: &E| retry_cause::of_any(e, error_type),
             &mut f,
         )
         .await

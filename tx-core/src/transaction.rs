@@ -141,6 +141,10 @@ pub(crate) struct Transaction {
     global_rollback_only: AtomicBool,
     /// A retryable failure outside every rolled-back savepoint (which would have handled it).
     retryable: std::sync::Mutex<Option<Retryable>>,
+    /// The first retryable failure of any statement, `BEGIN` or `COMMIT` of it, also one
+    /// undone by rolling back to a savepoint: a call that returns that failure as its error
+    /// rolled back because of it.
+    seen_retryable: std::sync::Mutex<Option<Retryable>>,
     /// Whether `BEGIN` has been sent (read without the lock by RequiresNew on the same manager).
     begun: AtomicBool,
     /// Committed or rolled back (or on its way): holds no write lock any more.
@@ -179,6 +183,7 @@ impl Transaction {
             leaked: AtomicBool::new(false),
             global_rollback_only: AtomicBool::new(false),
             retryable: std::sync::Mutex::new(None),
+            seen_retryable: std::sync::Mutex::new(None),
             begun: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             key,
@@ -249,12 +254,21 @@ impl Transaction {
         self.retryable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn seen(&self, r: &Retryable) {
+        self.seen_retryable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| r.clone());
+    }
+
     /// Records a retryable failure of the transaction itself (BEGIN, COMMIT, or a statement
     /// outside every savepoint).
     pub(crate) fn note_retryable(&self, sqlstate: Option<&str>) {
-        self.retryable().get_or_insert(Retryable {
+        let r = Retryable {
             sqlstate: sqlstate.map(Into::into),
-        });
+        };
+        self.seen(&r);
+        self.retryable().get_or_insert(r);
     }
 
     /// Records a retryable failure of a statement of scope `frame` (kept with its savepoint,
@@ -268,6 +282,7 @@ impl Transaction {
         let r = Retryable {
             sqlstate: sqlstate.map(Into::into),
         };
+        self.seen(&r);
         match frame.and_then(|id| slot.savepoints.iter_mut().find(|sp| sp.id == id)) {
             Some(sp) => {
                 sp.retryable.get_or_insert(r);
@@ -283,6 +298,14 @@ impl Transaction {
     /// The retryable failure that doomed the transaction, if one did.
     pub(crate) fn take_retryable(&self) -> Option<Retryable> {
         self.retryable().take()
+    }
+
+    /// The first retryable failure seen anywhere in the transaction.
+    pub(crate) fn take_seen_retryable(&self) -> Option<Retryable> {
+        self.seen_retryable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub(crate) fn is_begun(&self) -> bool {

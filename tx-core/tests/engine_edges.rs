@@ -195,6 +195,100 @@ async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
     );
 }
 
+/// Logs every phase of its hook, with the outcome.
+struct Phases {
+    name: &'static str,
+    log: Log,
+    /// How long its before_commit takes.
+    slow_before_commit: Option<Duration>,
+}
+
+impl Phases {
+    fn new(name: &'static str, m: &Recorder) -> Phases {
+        Phases {
+            name,
+            log: m.log.clone(),
+            slow_before_commit: None,
+        }
+    }
+    fn push(&self, phase: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}:{phase}", self.name));
+    }
+}
+
+impl TransactionSynchronization for Phases {
+    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
+        self.push("before_commit");
+        if let Some(d) = self.slow_before_commit {
+            tokio::time::sleep(d).await;
+        }
+        Ok(())
+    }
+    async fn before_completion(&self) {
+        self.push("before_completion");
+    }
+    async fn after_commit(&self) {
+        self.push("after_commit");
+    }
+    async fn after_completion(&self, c: Completion) {
+        self.push(&format!("after_completion({c:?})"));
+    }
+}
+
+/// `join!` of a Nested call and a joined participant: the Nested scope registers its hook
+/// first, the participant registers into the transaction's list while the savepoint is still
+/// open, and the savepoint is released after that. Every phase still runs the hooks in the
+/// order they were registered.
+#[tokio::test]
+async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
+    let m = Recorder::default();
+    let (nested_registered, joined_registered) = (Signal::default(), Signal::default());
+    let r: Result<(), TxError> = t(&m)
+        .execute(once(|_| {
+            let m = m.clone();
+            async move {
+                let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
+                let nested = nested.execute(|_| async {
+                    tx_core::register_synchronization(Phases::new("nested", &m))?;
+                    nested_registered.fire();
+                    joined_registered.wait().await;
+                    m.stmt("nested").await
+                });
+                let joined = joined.execute(|_| async {
+                    nested_registered.wait().await;
+                    tx_core::register_synchronization(Phases::new("joined", &m))?;
+                    joined_registered.fire();
+                    Ok(())
+                });
+                let (a, b) = tokio::join!(nested, joined);
+                a.and(b)
+            }
+        }))
+        .await;
+    r.unwrap();
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_1",
+            "STMT nested",
+            "RELEASE tx_sp_1",
+            "nested:before_commit",
+            "joined:before_commit",
+            "nested:before_completion",
+            "joined:before_completion",
+            "COMMIT",
+            "nested:after_commit",
+            "joined:after_commit",
+            "nested:after_completion(Committed)",
+            "joined:after_completion(Committed)"
+        ]
+    );
+}
+
 /// Plain statements of one scope under `join!` still take turns on the connection.
 #[tokio::test]
 async fn plain_statements_of_one_scope_under_join_take_turns() {
@@ -508,6 +602,176 @@ async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error
     );
 }
 
+/// The body's Nested step fails with a serialization failure and the body returns that error:
+/// the call's own transaction rolled back because of it, so the call is re-run (here through
+/// a template whose error type is `TxError` itself).
+#[tokio::test]
+async fn retryable_failure_rolled_back_by_a_nested_step_and_returned_is_retried() {
+    let m = Recorder::default();
+    let runs = Arc::new(Mutex::new(0));
+    let r: Result<u32, TxError> = t(&m)
+        .retry(3)
+        .execute(|status| {
+            let (m, runs) = (m.clone(), runs.clone());
+            async move {
+                *runs.lock().unwrap() += 1;
+                t(&m)
+                    .propagation(Propagation::Nested)
+                    .execute(|_| async {
+                        if status.attempt() == 1 {
+                            m.serialization_failure("step").await
+                        } else {
+                            m.stmt("step").await
+                        }
+                    })
+                    .await?;
+                Ok(status.attempt())
+            }
+        })
+        .await;
+    assert_eq!(r.unwrap(), 2);
+    assert_eq!(*runs.lock().unwrap(), 2, "re-run once");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_1",
+            "FAIL step",
+            "ROLLBACK TO tx_sp_1",
+            "RELEASE tx_sp_1",
+            "ROLLBACK",
+            "BEGIN Default",
+            "SAVEPOINT tx_sp_1",
+            "STMT step",
+            "RELEASE tx_sp_1",
+            "COMMIT"
+        ]
+    );
+}
+
+/// A retryable failure of a transaction of its own inside (`RequiresNew`, which has its own
+/// `retry`) is not the call's: returning it does not re-run the call.
+#[tokio::test]
+async fn retryable_failure_of_an_inner_requires_new_call_does_not_retry_the_outer_call() {
+    let m = Recorder::default();
+    let runs = Arc::new(Mutex::new(0));
+    let r: Result<(), TxError> = t(&m)
+        .retry(3)
+        .execute(|_| {
+            let (m, runs) = (m.clone(), runs.clone());
+            async move {
+                *runs.lock().unwrap() += 1;
+                m.stmt("outer").await?;
+                t(&m)
+                    .propagation(Propagation::RequiresNew)
+                    .execute(|_| async { m.serialization_failure("inner").await })
+                    .await
+            }
+        })
+        .await;
+    assert!(r.as_ref().is_err_and(TxError::is_retryable), "{r:?}");
+    assert_eq!(*runs.lock().unwrap(), 1, "not re-run");
+    assert_eq!(
+        m.take(),
+        [
+            "BEGIN Default",
+            "STMT outer",
+            "BEGIN Default",
+            "FAIL inner",
+            "ROLLBACK",
+            "ROLLBACK"
+        ]
+    );
+}
+
+/// An error type of the application that exposes the engine's error as its `source()`.
+#[derive(Debug)]
+enum SourcedError {
+    Tx(TxError),
+}
+
+impl From<TxError> for SourcedError {
+    fn from(e: TxError) -> Self {
+        SourcedError::Tx(e)
+    }
+}
+
+impl std::fmt::Display for SourcedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("application error")
+    }
+}
+
+impl std::error::Error for SourcedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let SourcedError::Tx(e) = self;
+        Some(e)
+    }
+}
+
+/// A Nested step's serialization failure returned as the application's error: re-run by a
+/// template told the error type, and by `#[transactional(retry)]`, which sees into it alone.
+#[tokio::test]
+async fn retryable_failure_returned_inside_an_application_error_is_retried() {
+    struct Service {
+        db: Recorder,
+        runs: Mutex<u32>,
+    }
+    impl Service {
+        async fn step(&self) -> Result<(), SourcedError> {
+            let first = *self.runs.lock().unwrap() == 1;
+            t(&self.db)
+                .propagation(Propagation::Nested)
+                .execute(|_| async {
+                    if first {
+                        self.db.serialization_failure("step").await?;
+                    }
+                    self.db.stmt("step").await?;
+                    Ok(())
+                })
+                .await
+        }
+
+        #[tx_core::transactional(manager = self.db, retry = 2)]
+        async fn attributed(&self) -> Result<(), SourcedError> {
+            *self.runs.lock().unwrap() += 1;
+            self.step().await
+        }
+    }
+    let expected = [
+        "BEGIN Default",
+        "SAVEPOINT tx_sp_1",
+        "FAIL step",
+        "ROLLBACK TO tx_sp_1",
+        "RELEASE tx_sp_1",
+        "ROLLBACK",
+        "BEGIN Default",
+        "SAVEPOINT tx_sp_1",
+        "STMT step",
+        "RELEASE tx_sp_1",
+        "COMMIT",
+    ];
+    let s = Service {
+        db: Recorder::default(),
+        runs: Mutex::new(0),
+    };
+    s.attributed().await.unwrap();
+    assert_eq!(*s.runs.lock().unwrap(), 2);
+    assert_eq!(s.db.take(), expected);
+
+    *s.runs.lock().unwrap() = 0;
+    let template = t(&s.db).retry(2).error_type::<SourcedError>();
+    template
+        .execute(|_| async {
+            *s.runs.lock().unwrap() += 1;
+            s.step().await
+        })
+        .await
+        .unwrap();
+    assert_eq!(*s.runs.lock().unwrap(), 2);
+    assert_eq!(s.db.take(), expected);
+}
+
 /// `#[transactional]` with `retry` and `no_rollback_for`, on tx-core alone.
 mod macro_retry {
     use super::*;
@@ -674,6 +938,10 @@ impl TransactionSynchronization for Hook {
 }
 
 async fn cancel_while_a_hook_runs(phase: &'static str) -> Vec<String> {
+    cancel_while_a_hook_of_runs(phase, Propagation::Required).await
+}
+
+async fn cancel_while_a_hook_of_runs(phase: &'static str, propagation: Propagation) -> Vec<String> {
     let m = Recorder::default();
     let (started_tx, started_rx) = oneshot::channel();
     let release = Arc::new(Notify::new());
@@ -687,7 +955,7 @@ async fn cancel_while_a_hook_runs(phase: &'static str) -> Vec<String> {
         log: m.log.clone(),
         blocks_in: None,
     };
-    let template = t(&m);
+    let template = t(&m).propagation(propagation);
     let mut call = Box::pin(template.execute(once(|_| {
         let m = m.clone();
         async move {
@@ -748,6 +1016,82 @@ async fn caller_cancelled_during_an_after_completion_hook_still_completes_every_
             "A:after_completion",
             "A:after_completion done",
             "B:after_completion"
+        ]
+    );
+}
+
+/// A scope without a transaction completes its hooks as committed when it ends `Ok`; its
+/// caller going away during an after_commit still leaves every hook its after_commit and its
+/// after_completion, once each.
+#[tokio::test]
+async fn scope_without_a_transaction_cancelled_during_an_after_commit_hook_completes_every_hook() {
+    assert_eq!(
+        cancel_while_a_hook_of_runs("after_commit", Propagation::Never).await,
+        [
+            "AUTO a",
+            "A:after_commit",
+            "A:after_commit done",
+            "B:after_commit",
+            "A:after_completion",
+            "B:after_completion"
+        ]
+    );
+}
+
+/// A NotSupported scope dropped by the deadline of the transaction it suspends while its
+/// hook's before_commit runs: the hook still gets before_completion and after_completion,
+/// as rolled back (nothing of the scope was kept as committed).
+#[tokio::test(start_paused = true)]
+async fn scope_without_a_transaction_dropped_in_before_commit_completes_its_hooks() {
+    let m = Recorder::default();
+    let r: Result<(), TxError> = t(&m)
+        .timeout(Duration::from_millis(300))
+        .execute(|_| {
+            let m = m.clone();
+            async move {
+                m.stmt("outer").await?;
+                t(&m)
+                    .propagation(Propagation::NotSupported)
+                    .execute(|_| async {
+                        m.stmt("inner").await?;
+                        tx_core::register_synchronization(Phases {
+                            slow_before_commit: Some(Duration::from_millis(600)),
+                            ..Phases::new("hook", &m)
+                        })
+                    })
+                    .await
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    // The rest of the hook's sequence runs in a spawned task.
+    for _ in 0..100 {
+        if m.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.starts_with("hook:after_completion"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut log = m.take();
+    // The outer ROLLBACK and the spawned completion are not ordered.
+    let rollback = log
+        .iter()
+        .position(|e| e == "ROLLBACK")
+        .expect("rolled back");
+    log.remove(rollback);
+    assert_eq!(
+        log,
+        [
+            "BEGIN Default",
+            "STMT outer",
+            "AUTO inner",
+            "hook:before_commit",
+            "hook:before_completion",
+            "hook:after_completion(RolledBack)"
         ]
     );
 }

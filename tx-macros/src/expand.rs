@@ -600,6 +600,32 @@ fn expand_fn(
             other => other.span(),
         },
     };
+
+    // ---- the retry classifier ---------------------------------------------------------
+    // Whether an error is, or carries, a retryable failure: decided here, where the error type
+    // is known, by autoref specialisation (an engine or driver error, else any `Error`'s
+    // source chain, else nothing to see).
+    let classify = match err_ty {
+        Some(e) if !contains_impl_trait(e) => Some(quote!(#e)),
+        _ if !contains_impl_trait(ret_ty) => Some(quote!(<#ret_ty as __TxResult>::Error)),
+        _ => None,
+    }
+    .map_or_else(
+        || quote!(#p::opaque),
+        |e| {
+            quote! {
+                |#err: &#e| {
+                    #[allow(unused_imports)]
+                    use #p::{ViaEngineError as _, ViaNothing as _, ViaSource as _};
+                    // The borrows pick the first applicable `Via*` impl.
+                    #[allow(clippy::needless_borrow)]
+                    let verdict = (&&&#p::Probe(#err)).__tx_verdict();
+                    verdict
+                }
+            }
+        },
+    );
+
     // ---- the body ---------------------------------------------------------------------
     // The fake return fixes the async block's output type, so `?` and `return` inside the body
     // convert into the declared error type exactly as in the original function.
@@ -837,19 +863,20 @@ fn expand_fn(
                     definition: &'static #p::TransactionDefinition,
                     retries: u32,
                     rollback_on: fn(&E) -> bool,
+                    classify: fn(&E) -> #p::Verdict,
                     make_body: F,
                 ) -> impl ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a
                 where
                     F: ::core::ops::FnMut() -> Fut + 'a,
                     Fut: ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a,
                 {
-                    #p::transactional_retry(manager, definition, retries, rollback_on, make_body)
+                    #p::transactional_retry(manager, definition, retries, rollback_on, classify, make_body)
                 }
                 #err_helper
                 #clone_helper
             };
             let call = quote_spanned! {check_span=>
-                #run #turbofish(#manager_l, #def_l, #n, #rollback_on, #make_l).await
+                #run #turbofish(#manager_l, #def_l, #n, #rollback_on, #classify, #make_l).await
             };
             let call = wrap_alias(alias, ret_ty, check_span, call);
             (

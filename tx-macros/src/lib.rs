@@ -250,6 +250,19 @@ mod krate;
 /// serialization failures, deadlocks). A call that joins an existing transaction never retries
 /// on its own: the owner of the transaction decides.
 ///
+/// The returned error says which failure the rollback was for: the call is re-run when its
+/// transaction rolled back and the error is, or carries, a retryable failure of that
+/// transaction: of a statement, `BEGIN` or `COMMIT`, also of a statement of a `Nested` scope
+/// that rolled back to its savepoint and whose error the body passed on with `?`. The first
+/// `TxError` or `sqlx::Error` found in the error and its `source()` chain decides (an error
+/// type with a `Tx(#[from] TxError)` variant, `#[error(transparent)]` or not, exposes it). Not
+/// re-run: a call that committed (an error matching `no_rollback_for`), or whose error is
+/// another one (a timeout, an unexpected rollback, its own), also after a `Nested` scope
+/// handled a retryable failure, nor for a retryable failure of a `RequiresNew` call inside
+/// (which has its own transaction and its own `retry`). For an error type that exposes no
+/// such error, the call is re-run when a retryable failure of its transaction was not undone
+/// by a `Nested` rollback.
+///
 /// Each attempt runs a fresh body, so the parameters the body uses are cloned per attempt:
 /// with `retry`, by-value parameters (and a by-value `self`, such as `self: Arc<Self>`) must be
 /// `Clone`; shared references (`&self`, `&str`) are simply reused. `&mut self` and `&mut`
@@ -340,7 +353,10 @@ mod krate;
 ///
 /// With `retry = N` the closure clones what the body uses by value,
 /// `move || { let user = user.clone(); async move { BODY } }`, and is given to
-/// `__private::transactional_retry(manager, def, N, rollback_on, make_body)`.
+/// `__private::transactional_retry(manager, def, N, rollback_on, classify, make_body)`, where
+/// `classify` is `|e: &AppError| (&&&__private::Probe(e)).__tx_verdict()`: autoref
+/// specialisation picks, by the error type, the engine's and driver's errors, any other
+/// `std::error::Error` (its `source()` chain), or nothing to see.
 ///
 /// The runtime path is found with `proc-macro-crate`: `tx_sqlx` when the crate depends on
 /// `tx-sqlx` (also when it depends on both), else `tx_core`, following renames in `Cargo.toml`.

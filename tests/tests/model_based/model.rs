@@ -42,16 +42,22 @@ use super::program::*;
 use super::runner::{Observation, Res};
 
 /// Enumerates choice sequences depth-first.
+///
+/// A world that already contradicts the observation (a call's result differs from the one
+/// observed) is dead: its later choices are not recorded, so the next world changes the last
+/// choice made before the contradiction instead of trying every combination of choices after
+/// it (a large program has more of those than any search can try).
 #[derive(Default)]
 pub struct Chooser {
     script: Vec<usize>,
     arity: Vec<usize>,
     pos: usize,
+    dead: bool,
 }
 
 impl Chooser {
     fn choose(&mut self, n: usize) -> usize {
-        if n <= 1 {
+        if n <= 1 || self.dead {
             return 0;
         }
         let c = if self.pos < self.script.len() {
@@ -68,6 +74,7 @@ impl Chooser {
 
     /// Moves to the next world; false when every world was seen.
     pub fn next_world(&mut self) -> bool {
+        self.dead = false;
         self.script.truncate(self.pos);
         self.arity.truncate(self.pos);
         self.pos = 0;
@@ -279,8 +286,17 @@ pub fn expect(
 }
 
 impl Model<'_> {
+    /// Records what a call or a hook registration returned in this world.
+    fn result(&mut self, tag: String, res: Res) {
+        if self.obs.results.get(&tag) != Some(&res) {
+            self.ch.dead = true;
+        }
+        self.out.results.insert(tag, res);
+    }
+
     fn unmodelled(&mut self, why: &str) {
-        if self.out.unmodelled.is_none() {
+        // Only a world that agrees with the observation so far says what the model lacks.
+        if self.out.unmodelled.is_none() && !self.ch.dead {
             self.out.unmodelled = Some(why.to_owned());
         }
     }
@@ -506,7 +522,7 @@ impl Model<'_> {
                     };
                     match ctx.hooks {
                         HookTarget::None => {
-                            self.out.results.insert(tag, Res::NoTransaction);
+                            self.result(tag, Res::NoTransaction);
                         }
                         HookTarget::Unit(u) => self.units[u].hooks.push(inst),
                         HookTarget::List(l) => self.lists[l].push(inst),
@@ -609,7 +625,7 @@ impl Model<'_> {
             Flow::Err(ref r) => r.clone(),
             Flow::Panic => Res::Panic,
         };
-        self.out.results.insert(tag, res.clone());
+        self.result(tag, res.clone());
         match res {
             Res::Ok | Res::Cancelled => Flow::Normal,
             Res::Panic => Flow::Panic,

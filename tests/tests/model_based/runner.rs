@@ -51,7 +51,16 @@ impl std::fmt::Display for ModelError {
     }
 }
 
-impl std::error::Error for ModelError {}
+/// Exposes the engine's error as its source, as `#[from]` does: `retry` looks there for the
+/// retryable failure a call returned.
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelError::Tx(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The payload of a generated `End::Panic` (the test's panic hook stays quiet about it).
 pub struct ModelPanic;
@@ -501,7 +510,9 @@ impl Run {
                 }
                 let closure = move |status: TransactionStatus| body(Some(status));
                 if scope.retry > 0 {
-                    let template = template.retry(u32::from(scope.retry));
+                    let template = template
+                        .retry(u32::from(scope.retry))
+                        .error_type::<ModelError>();
                     Box::pin(async move { template.execute(closure).await })
                 } else {
                     Box::pin(async move { template.execute(closure).await })
