@@ -52,6 +52,8 @@ mod retry;
 mod status;
 mod synchronization;
 mod template;
+#[cfg(feature = "testing")]
+mod test_scope;
 mod transaction;
 
 pub use completion::Completion;
@@ -73,6 +75,13 @@ pub use template::TransactionTemplate;
 
 #[cfg(feature = "macros")]
 pub use tx_macros::transactional;
+
+/// Test transactions that always roll back, with the code under test on savepoints of them
+/// (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::test_scope::rollback;
+}
 
 /// What `#[transactional]` expands to calls; not a public API.
 #[doc(hidden)]

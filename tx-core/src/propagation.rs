@@ -111,6 +111,16 @@ where
     let ctx = Context::current();
     let existing = ctx.bound_scope(key).cloned();
 
+    // Inside a test transaction (feature `testing`), scopes that would begin or suspend a
+    // transaction of its manager take savepoints of it instead.
+    #[cfg(feature = "testing")]
+    if let Some(redirect) =
+        crate::test_scope::redirect(key, definition.get_propagation(), existing.as_ref())
+    {
+        let r = crate::test_scope::execute(redirect, ctx, key, definition, rollback_on, body);
+        return (r.await, RunInfo::default());
+    }
+
     // The propagation table (SPEC "Semantics"), in one place.
     match (definition.get_propagation(), existing) {
         (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
