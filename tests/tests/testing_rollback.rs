@@ -241,7 +241,7 @@ async fn parallel_tests_are_isolated<S: Store + 'static>(db: S) {
     // Each sees its own rows and its own order (order, audit, stats, debit), nothing else.
     assert_eq!(a.unwrap().unwrap(), (2, 1, 2 + 4));
     assert_eq!(b.unwrap().unwrap(), (3, 1, 3 + 4));
-    assert_eq!(count_all(&db, &*t).await, 0);
+    assert_eq!(count_all(&db, &t).await, 0);
     drop_table(&db, &t).await;
 }
 

@@ -446,8 +446,9 @@ where
     }
 }
 
-/// Runs `body` in a transaction on `manager` that is always rolled back, whatever the body
-/// returns, also when it panics (the panic then continues): a test leaves nothing behind.
+/// Runs `body` in a transaction on `manager` (a `TxPool`, or any other manager) that is always
+/// rolled back, whatever the body returns, also when it panics or an assertion fails (the
+/// panic then continues): a test leaves nothing behind.
 ///
 /// Inside it, the scopes of the code under test on the same manager behave as they would
 /// without the test transaction, on savepoints of it:
@@ -472,8 +473,10 @@ where
 /// What a single transaction cannot reproduce: work of a `RequiresNew` scope is undone when a
 /// scope around it rolls back (in production it stays committed), it sees the uncommitted
 /// writes of the scope it suspends, and the isolation level, read-only flag and server-side
-/// statement timeout of inner scopes are those of the test transaction. A `tokio::spawn`ed
-/// task runs outside it, as it runs outside any transaction.
+/// statement timeout of inner scopes are those of the test transaction. On PostgreSQL a
+/// statement that fails directly in the body aborts the test transaction (run it inside a
+/// transactional scope to go on). Work in a `tokio::spawn`ed task is outside the test
+/// transaction and commits for real, as it runs outside any transaction.
 ///
 /// # Errors
 ///

@@ -131,8 +131,6 @@ mod mysql;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use tx_core::*;
 
