@@ -245,6 +245,110 @@ async fn parallel_tests_are_isolated<S: Store + 'static>(db: S) {
     drop_table(&db, &t).await;
 }
 
+/// A gift in a `Nested` scope of the order: a savepoint inside the order's savepoint.
+#[transactional(manager = db, propagation = Nested)]
+async fn gift<S: Store>(db: &S, t: &str, fail: bool) -> Result<(), TxError> {
+    assert!(tx_sqlx::current_status().unwrap().has_savepoint());
+    insert(db, t, "gift", 1).await?;
+    if fail {
+        insert(db, t, "gift", -1).await?;
+    }
+    Ok(())
+}
+
+#[transactional(manager = db)]
+async fn order_with_gift<S: Store>(db: &S, t: &str, fail_gift: bool) -> Result<bool, TxError> {
+    insert(db, t, "order", 1).await?;
+    Ok(gift(db, t, fail_gift).await.is_ok())
+}
+
+/// A scope without a transaction in the body completes its own hooks.
+#[transactional(manager = db, propagation = Supports)]
+async fn report<S: Store>(db: &S, t: &str, log: &Log) -> Result<i64, TxError> {
+    let log = log.clone();
+    after_commit(async move { log.push("report done") })?;
+    Ok(count_all(db, t).await)
+}
+
+/// `Nested` inside an emulated transaction, `Supports` in the body, a test transaction inside
+/// another, and a dropped test future.
+async fn scopes_inside_the_test<S: Store>(db: S) {
+    let t = tx_tests::unique_table("trb_scopes");
+    create_table(&db, &t).await;
+    let log = Log::default();
+    testing::rollback(&db, || async {
+        // The failed gift rolls back to its own savepoint; the order stays.
+        assert!(!order_with_gift(&db, &t, true).await?);
+        assert_eq!(
+            (count(&db, &t, "order").await, count(&db, &t, "gift").await),
+            (1, 0)
+        );
+        assert!(order_with_gift(&db, &t, false).await?);
+        assert_eq!(
+            (count(&db, &t, "order").await, count(&db, &t, "gift").await),
+            (2, 1)
+        );
+
+        assert_eq!(report(&db, &t, &log).await?, 3);
+        assert_eq!(log.take(), ["report done"]);
+
+        // A test transaction inside this one: a savepoint, always rolled back to.
+        testing::rollback(&db, || async {
+            insert(&db, &t, "inner", 1).await?;
+            assert_eq!(count_all(&db, &t).await, 4);
+            Ok::<_, TxError>(())
+        })
+        .await?;
+        assert_eq!(count(&db, &t, "inner").await, 0);
+        Ok::<_, TxError>(())
+    })
+    .await
+    .unwrap();
+
+    // A test whose future is dropped mid-way (a test timeout) rolls back too.
+    let reached = tokio::sync::Notify::new();
+    let (done, completed) = tokio::sync::oneshot::channel();
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        testing::rollback(&db, || async {
+            insert(&db, &t, "dropped", 1).await?;
+            after_completion(move |c: Completion| async move {
+                let _ = done.send(c);
+            })?;
+            reached.notify_one();
+            std::future::pending::<()>().await;
+            Ok::<_, TxError>(())
+        }),
+    );
+    let (timed_out, ()) = tokio::join!(dropped, reached.notified());
+    assert!(timed_out.is_err());
+    assert_eq!(completed.await.unwrap(), Completion::RolledBack);
+    assert_eq!(count_all(&db, &t).await, 0);
+    drop_table(&db, &t).await;
+}
+
+#[tokio::test]
+async fn sqlite_scopes_inside_the_test() {
+    let (db, _dir) = tx_tests::sqlite_pool(2).await;
+    scopes_inside_the_test(db).await;
+}
+
+#[tokio::test]
+async fn pg_scopes_inside_the_test() {
+    let Some(db) = tx_tests::pg_pool(3).await else {
+        return;
+    };
+    scopes_inside_the_test(db).await;
+}
+
+#[tokio::test]
+async fn mysql_scopes_inside_the_test() {
+    let Some(db) = tx_tests::mysql_pool(3).await else {
+        return;
+    };
+    scopes_inside_the_test(db).await;
+}
+
 #[tokio::test]
 async fn sqlite_writes_are_visible_then_gone() {
     let (db, _dir) = tx_tests::sqlite_pool(2).await;
