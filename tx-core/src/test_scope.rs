@@ -465,6 +465,10 @@ where
 ///   inside one, and `Never` inside one (refused) are unchanged; `Mandatory` outside every
 ///   transaction fails with [`TxError::NoTransaction`], as it would in production.
 ///
+/// Only scopes on `manager` are redirected: code that also writes through a second manager
+/// (another pool) needs a test transaction on each, nested:
+/// `rollback(&db, || rollback(&audit_db, || async { .. }))`.
+///
 /// Statements run directly in the body (on the manager's executor) run in the test
 /// transaction: they see what the code under test wrote. Called inside a transaction of
 /// `manager` (for instance inside another test transaction), it runs on a savepoint of it,

@@ -19,6 +19,7 @@ use crate::services::{
 #[derive(Debug, Clone)]
 pub struct Api<S> {
     db: S,
+    audit_db: S,
     orders: OrderService<S>,
     audit: AuditService<S>,
     transfers: TransferService<S>,
@@ -28,8 +29,9 @@ impl<S: Store> Api<S> {
     /// The API on `db`, auditing into `audit_db` (the same pool, or on SQLite a second
     /// database).
     pub fn new(db: S, audit_db: S) -> Self {
-        let audit = AuditService::new(audit_db);
+        let audit = AuditService::new(audit_db.clone());
         Api {
+            audit_db,
             orders: OrderService::new(db.clone(), audit.clone()),
             transfers: TransferService::new(db.clone()),
             audit,
@@ -37,9 +39,24 @@ impl<S: Store> Api<S> {
         }
     }
 
-    /// The database the API's transactions run on.
+    /// The database of orders, accounts and products.
     pub fn db(&self) -> &S {
         &self.db
+    }
+
+    /// The database of the audit log (the same as [`db`](Api::db) on a server).
+    pub fn audit_db(&self) -> &S {
+        &self.audit_db
+    }
+
+    /// The order service.
+    pub fn orders(&self) -> &OrderService<S> {
+        &self.orders
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditService<S> {
+        &self.audit
     }
 }
 
