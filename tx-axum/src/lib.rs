@@ -23,6 +23,11 @@
 //! body streamed after the handler returned runs after the commit, outside the transaction.
 //! Build the body inside the handler (as `Json`, `String` and other buffered bodies are).
 //!
+//! In tests, a router called in the test's own task (`Service::call`, or tower's `oneshot`)
+//! inside `tx_sqlx::testing::rollback` runs each request's transaction on a savepoint of the
+//! test transaction, so nothing stays. A router served by `axum::serve` runs each connection
+//! in a task of its own, outside the test transaction.
+//!
 //! ```no_run
 //! use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 //! use tx_axum::TxLayer;

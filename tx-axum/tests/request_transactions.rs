@@ -449,3 +449,65 @@ async fn any_tower_service_of_http_requests() {
     assert_eq!(f.count("bad").await, 0);
     f.drop_table().await;
 }
+
+/// Handlers called in the test's task (not through a server) run inside a test
+/// transaction: the request's transaction is a savepoint of it, and nothing stays.
+#[tokio::test]
+async fn handlers_in_a_test_transaction() {
+    use tower_service::Service;
+    let Some(f) = fixture(TxLayer::new).await else {
+        return;
+    };
+    let (completions, _) = mpsc::unbounded_channel();
+    let app = App {
+        db: f.db.clone(),
+        table: f.table.as_str().into(),
+        log: Log::default(),
+        reached: Arc::new(Notify::new()),
+        completions,
+    };
+    let mut router: Router = Router::new()
+        .route("/write", post(write))
+        .layer(TxLayer::new(f.db.clone()))
+        .with_state(app);
+    let mut send = async |name: &str, status: u16| {
+        let request = http::Request::post("/write")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                serde_json::json!([name, status]).to_string(),
+            ))
+            .unwrap();
+        type Http = http::Request<axum::body::Body>;
+        std::future::poll_fn(|cx| <Router as Service<Http>>::poll_ready(&mut router, cx))
+            .await
+            .unwrap();
+        <Router as Service<Http>>::call(&mut router, request)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    tx_sqlx::testing::rollback(&f.db, || async {
+        assert_eq!(send("in_test", 201).await, 201);
+        assert_eq!(send("refused", 409).await, 409);
+        let seen = |name: &'static str| {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {} WHERE name = $1",
+                f.table
+            )))
+            .bind(name)
+            .fetch_one(&f.db)
+        };
+        assert_eq!(
+            seen("in_test").await?,
+            1,
+            "committed to the test transaction"
+        );
+        assert_eq!(seen("refused").await?, 0, "rolled back to its savepoint");
+        Ok::<_, TxError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.count("in_test").await, 0);
+    f.drop_table().await;
+}
