@@ -18,27 +18,29 @@
 //!
 //! SQLite by default; `DATABASE_URL=postgres://...` or `mysql://...` for a server.
 //!
+//! The services (`app/services.rs`) and routes (`app/routes.rs`) are plain sqlx on
+//! `&self.db`, written once and compiled once per backend in [`sqlite`], [`postgres`] and
+//! [`mysql`]: each sets the pool type `Db` and the placeholder style, then includes them.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let api = orders_api::setup::sqlite(dir.path()).await?;
+//! let api = orders_api::sqlite::connect(dir.path()).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, orders_api::router(api)).await?;
+//! axum::serve(listener, orders_api::sqlite::router(api)).await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
-mod routes;
+mod model;
+pub mod mysql;
+pub mod postgres;
 pub mod schema;
-mod services;
-pub mod setup;
+mod setup;
+pub mod sqlite;
 
 pub use error::ApiError;
-pub use routes::{Api, PlaceOrder, Transfer, router};
-pub use services::{
-    Account, AuditEntry, AuditService, Order, OrderService, Placed, PointsService, Product,
-    TransferService, Transferred,
-};
+pub use model::{Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred};
 pub use setup::Target;

@@ -4,7 +4,7 @@
 
 use std::error::Error;
 
-use orders_api::{Target, router, setup};
+use orders_api::{Target, mysql, postgres, sqlite};
 
 /// The schema (PostgreSQL) or database (MariaDB) the demo uses.
 const NAMESPACE: &str = "orders_api_demo";
@@ -25,15 +25,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
     let (app, on) = match Target::from_url(url.as_deref())? {
         Target::Sqlite => (
-            router(setup::sqlite(dir.path()).await?),
+            sqlite::router(sqlite::connect(dir.path()).await?),
             format!("SQLite in {}", dir.path().display()),
         ),
         Target::Postgres(url) => (
-            router(setup::postgres(&url, NAMESPACE).await?),
+            postgres::router(postgres::connect(&url, NAMESPACE).await?),
             format!("PostgreSQL, schema {NAMESPACE}"),
         ),
         Target::MySql(url) => (
-            router(setup::mysql(&url, NAMESPACE).await?),
+            mysql::router(mysql::connect(&url, NAMESPACE).await?),
             format!("MariaDB/MySQL, database {NAMESPACE}"),
         ),
     };

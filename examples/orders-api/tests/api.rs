@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use axum::Router;
 use orders_api::schema::ids::*;
 use orders_api::schema::{POINTS_CAP, YUAN_PER_POINT};
-use orders_api::{Account, AuditEntry, Order, Placed, Product, Transferred, router, setup};
+use orders_api::{Account, AuditEntry, Order, Placed, Product, Transferred};
 use serde_json::{Value, json};
 
 /// Serves `router` on a loopback port.
@@ -236,8 +236,8 @@ fn namespace() -> String {
 
 async fn on_sqlite(scenario: impl AsyncFnOnce(Client)) {
     let dir = tempfile::tempdir().unwrap();
-    let api = setup::sqlite(dir.path()).await.unwrap();
-    scenario(serve(router(api)).await).await;
+    let api = orders_api::sqlite::connect(dir.path()).await.unwrap();
+    scenario(serve(orders_api::sqlite::router(api)).await).await;
 }
 
 async fn on_postgres(scenario: impl AsyncFnOnce(Client)) {
@@ -246,9 +246,11 @@ async fn on_postgres(scenario: impl AsyncFnOnce(Client)) {
         return;
     }
     let (url, schema) = (tx_tests::pg_url(), namespace());
-    let api = setup::postgres(&url, &schema).await.unwrap();
-    scenario(serve(router(api)).await).await;
-    setup::drop_postgres_schema(&url, &schema).await.unwrap();
+    let api = orders_api::postgres::connect(&url, &schema).await.unwrap();
+    scenario(serve(orders_api::postgres::router(api)).await).await;
+    orders_api::postgres::drop_schema(&url, &schema)
+        .await
+        .unwrap();
 }
 
 async fn on_mysql(scenario: impl AsyncFnOnce(Client)) {
@@ -256,9 +258,11 @@ async fn on_mysql(scenario: impl AsyncFnOnce(Client)) {
         return;
     }
     let (url, database) = (tx_tests::mysql_url(), namespace());
-    let api = setup::mysql(&url, &database).await.unwrap();
-    scenario(serve(router(api)).await).await;
-    setup::drop_mysql_database(&url, &database).await.unwrap();
+    let api = orders_api::mysql::connect(&url, &database).await.unwrap();
+    scenario(serve(orders_api::mysql::router(api)).await).await;
+    orders_api::mysql::drop_database(&url, &database)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -4,14 +4,14 @@
 // The nested test transactions around the service make a deep future type.
 #![recursion_limit = "256"]
 
+use orders_api::ApiError;
 use orders_api::schema::ids::*;
-use orders_api::{ApiError, setup};
 use tx_sqlx::testing;
 
 #[tokio::test]
 async fn an_order_in_test_transactions_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let api = setup::sqlite(dir.path()).await.unwrap();
+    let api = orders_api::sqlite::connect(dir.path()).await.unwrap();
     let (db, audit_db) = (api.db(), api.audit_db());
     testing::rollback(db, || {
         testing::rollback(audit_db, || async {

@@ -1,34 +1,31 @@
-//! The HTTP routes: which run in a request transaction (`TxLayer`), which own theirs.
+// The HTTP routes: which run in a request transaction (`TxLayer`), which own theirs.
+// Compiled once per backend, with the services of that backend.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use tx_axum::TxLayer;
-use tx_examples::shop::Store;
 use tx_sqlx::TransactionDefinition;
 
+use super::services::{AuditService, OrderService, TransferService};
 use crate::error::ApiError;
-use crate::services::{
-    Account, AuditEntry, AuditService, Order, OrderService, Placed, Product, TransferService,
-    Transferred,
-};
+use crate::model::{Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred};
 
 /// The services the handlers share.
 #[derive(Debug, Clone)]
-pub struct Api<S> {
-    db: S,
-    audit_db: S,
-    orders: OrderService<S>,
-    audit: AuditService<S>,
-    transfers: TransferService<S>,
+pub struct Api {
+    db: Db,
+    audit_db: Db,
+    orders: OrderService,
+    audit: AuditService,
+    transfers: TransferService,
 }
 
-impl<S: Store> Api<S> {
+impl Api {
     /// The API on `db`, auditing into `audit_db` (the same pool, or on SQLite a second
     /// database).
-    pub fn new(db: S, audit_db: S) -> Self {
+    pub fn new(db: Db, audit_db: Db) -> Self {
         let audit = AuditService::new(audit_db.clone());
         Api {
             audit_db,
@@ -40,46 +37,24 @@ impl<S: Store> Api<S> {
     }
 
     /// The database of orders, accounts and products.
-    pub fn db(&self) -> &S {
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
     /// The database of the audit log (the same as [`db`](Api::db) on a server).
-    pub fn audit_db(&self) -> &S {
+    pub fn audit_db(&self) -> &Db {
         &self.audit_db
     }
 
     /// The order service.
-    pub fn orders(&self) -> &OrderService<S> {
+    pub fn orders(&self) -> &OrderService {
         &self.orders
     }
 
     /// The audit log.
-    pub fn audit(&self) -> &AuditService<S> {
+    pub fn audit(&self) -> &AuditService {
         &self.audit
     }
-}
-
-/// `POST /orders`.
-#[derive(Debug, Deserialize)]
-pub struct PlaceOrder {
-    /// The buyer's account.
-    pub account: i64,
-    /// The product.
-    pub product: i64,
-    /// Units.
-    pub quantity: i64,
-}
-
-/// `POST /transfers`.
-#[derive(Debug, Deserialize)]
-pub struct Transfer {
-    /// The paying account.
-    pub from: i64,
-    /// The receiving account.
-    pub to: i64,
-    /// Yuan.
-    pub amount: i64,
 }
 
 /// The routes:
@@ -90,7 +65,7 @@ pub struct Transfer {
 /// | `GET /orders/{id}`, `/accounts/{id}`, `/products/{id}` | the request's, read-only |
 /// | `POST /transfers` | its own: SERIALIZABLE, retried on conflicts |
 /// | `GET /audit` | none (autocommit reads of the audit log) |
-pub fn router<S: Store>(api: Api<S>) -> Router {
+pub fn router(api: Api) -> Router {
     let writes = TxLayer::new(api.db.clone()).on_commit_error(|e| {
         use axum::response::IntoResponse;
         ApiError::Tx(e).into_response()
@@ -101,17 +76,17 @@ pub fn router<S: Store>(api: Api<S>) -> Router {
             .name("orders-api read"),
     );
     Router::new()
-        .route("/orders", post(place_order::<S>).layer(writes))
-        .route("/orders/{id}", get(order::<S>).layer(reads.clone()))
-        .route("/accounts/{id}", get(account::<S>).layer(reads.clone()))
-        .route("/products/{id}", get(product::<S>).layer(reads))
-        .route("/transfers", post(transfer::<S>))
-        .route("/audit", get(audit::<S>))
+        .route("/orders", post(place_order).layer(writes))
+        .route("/orders/{id}", get(order).layer(reads.clone()))
+        .route("/accounts/{id}", get(account).layer(reads.clone()))
+        .route("/products/{id}", get(product).layer(reads))
+        .route("/transfers", post(transfer))
+        .route("/audit", get(audit))
         .with_state(api)
 }
 
-async fn place_order<S: Store>(
-    State(api): State<Api<S>>,
+async fn place_order(
+    State(api): State<Api>,
     Json(req): Json<PlaceOrder>,
 ) -> Result<(StatusCode, Json<Placed>), ApiError> {
     let placed = api
@@ -121,29 +96,29 @@ async fn place_order<S: Store>(
     Ok((StatusCode::CREATED, Json(placed)))
 }
 
-async fn order<S: Store>(
-    State(api): State<Api<S>>,
+async fn order(
+    State(api): State<Api>,
     Path(id): Path<i64>,
 ) -> Result<Json<Order>, ApiError> {
     Ok(Json(api.orders.get(id).await?))
 }
 
-async fn account<S: Store>(
-    State(api): State<Api<S>>,
+async fn account(
+    State(api): State<Api>,
     Path(id): Path<i64>,
 ) -> Result<Json<Account>, ApiError> {
     Ok(Json(api.orders.account(id).await?))
 }
 
-async fn product<S: Store>(
-    State(api): State<Api<S>>,
+async fn product(
+    State(api): State<Api>,
     Path(id): Path<i64>,
 ) -> Result<Json<Product>, ApiError> {
     Ok(Json(api.orders.product(id).await?))
 }
 
-async fn transfer<S: Store>(
-    State(api): State<Api<S>>,
+async fn transfer(
+    State(api): State<Api>,
     Json(req): Json<Transfer>,
 ) -> Result<Json<Transferred>, ApiError> {
     Ok(Json(
@@ -151,6 +126,6 @@ async fn transfer<S: Store>(
     ))
 }
 
-async fn audit<S: Store>(State(api): State<Api<S>>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+async fn audit(State(api): State<Api>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     Ok(Json(api.audit.entries().await?))
 }
