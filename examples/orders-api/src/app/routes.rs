@@ -10,7 +10,9 @@ use tx_sqlx::TransactionDefinition;
 
 use super::services::{AuditService, OrderService, TransferService};
 use crate::error::ApiError;
-use crate::model::{Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred};
+use crate::model::{
+    Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred,
+};
 
 /// The services the handlers share.
 #[derive(Debug, Clone)]
@@ -96,24 +98,15 @@ async fn place_order(
     Ok((StatusCode::CREATED, Json(placed)))
 }
 
-async fn order(
-    State(api): State<Api>,
-    Path(id): Path<i64>,
-) -> Result<Json<Order>, ApiError> {
+async fn order(State(api): State<Api>, Path(id): Path<i64>) -> Result<Json<Order>, ApiError> {
     Ok(Json(api.orders.get(id).await?))
 }
 
-async fn account(
-    State(api): State<Api>,
-    Path(id): Path<i64>,
-) -> Result<Json<Account>, ApiError> {
+async fn account(State(api): State<Api>, Path(id): Path<i64>) -> Result<Json<Account>, ApiError> {
     Ok(Json(api.orders.account(id).await?))
 }
 
-async fn product(
-    State(api): State<Api>,
-    Path(id): Path<i64>,
-) -> Result<Json<Product>, ApiError> {
+async fn product(State(api): State<Api>, Path(id): Path<i64>) -> Result<Json<Product>, ApiError> {
     Ok(Json(api.orders.product(id).await?))
 }
 

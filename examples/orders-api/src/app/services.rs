@@ -30,11 +30,13 @@ impl AuditService {
     /// Writes one entry and commits it at once, whatever the caller's transaction does.
     #[transactional(manager = self.db, propagation = RequiresNew)]
     pub async fn record(&self, action: &str, detail: String) -> Result<(), ApiError> {
-        sqlx::query(sql("INSERT INTO audit_log (action, detail) VALUES ($1, $2)"))
-            .bind(action)
-            .bind(detail)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO audit_log (action, detail) VALUES ($1, $2)",
+        ))
+        .bind(action)
+        .bind(detail)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -142,7 +144,11 @@ impl OrderService {
         .fetch_one(&self.db)
         .await?;
         self.debit(account, total).await?;
-        let points = match self.points.credit(account, id, total / YUAN_PER_POINT).await {
+        let points = match self
+            .points
+            .credit(account, id, total / YUAN_PER_POINT)
+            .await
+        {
             Ok(()) => total / YUAN_PER_POINT,
             Err(ApiError::PointsCapReached(_)) => 0,
             Err(e) => return Err(e),
@@ -186,7 +192,10 @@ impl OrderService {
         .bind(id)
         .fetch_optional(&self.db)
         .await?
-        .ok_or(ApiError::NotFound { what: "account", id })?;
+        .ok_or(ApiError::NotFound {
+            what: "account",
+            id,
+        })?;
         Ok(Account {
             id,
             name,
@@ -198,12 +207,16 @@ impl OrderService {
     /// One product.
     #[transactional(manager = self.db, read_only)]
     pub async fn product(&self, id: i64) -> Result<Product, ApiError> {
-        let (id, name, stock, price) =
-            sqlx::query_as(sql("SELECT id, name, stock, price FROM product WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await?
-                .ok_or(ApiError::NotFound { what: "product", id })?;
+        let (id, name, stock, price) = sqlx::query_as(sql(
+            "SELECT id, name, stock, price FROM product WHERE id = $1",
+        ))
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or(ApiError::NotFound {
+            what: "product",
+            id,
+        })?;
         Ok(Product {
             id,
             name,
@@ -324,7 +337,10 @@ impl TransferService {
             .bind(id)
             .fetch_optional(&self.db)
             .await?
-            .ok_or(ApiError::NotFound { what: "account", id })?;
+            .ok_or(ApiError::NotFound {
+                what: "account",
+                id,
+            })?;
         Ok(balance)
     }
 }

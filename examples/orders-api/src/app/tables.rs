@@ -44,17 +44,21 @@ pub async fn create(db: &Db, audit_db: &Db) -> Result<(), TxError> {
     .await?;
 
     for (id, name, balance, points) in ids::accounts() {
-        sqlx::query(sql("INSERT INTO account (id, name, balance) VALUES ($1, $2, $3)"))
-            .bind(id)
-            .bind(name)
-            .bind(balance)
-            .execute(db)
-            .await?;
-        sqlx::query(sql("INSERT INTO loyalty (account_id, points) VALUES ($1, $2)"))
-            .bind(id)
-            .bind(points)
-            .execute(db)
-            .await?;
+        sqlx::query(sql(
+            "INSERT INTO account (id, name, balance) VALUES ($1, $2, $3)",
+        ))
+        .bind(id)
+        .bind(name)
+        .bind(balance)
+        .execute(db)
+        .await?;
+        sqlx::query(sql(
+            "INSERT INTO loyalty (account_id, points) VALUES ($1, $2)",
+        ))
+        .bind(id)
+        .bind(points)
+        .execute(db)
+        .await?;
     }
     for (id, name, stock, price) in ids::PRODUCTS {
         sqlx::query(sql(
