@@ -2,7 +2,9 @@
 //! body and the code under test see their writes, nothing is left afterwards (also after a
 //! panic or a dropped test); `RequiresNew` and `NotSupported` scopes run on savepoints of the
 //! test transaction; hooks run when their scope would have committed; two test transactions
-//! in parallel do not see each other's rows.
+//! in parallel do not see each other's rows; a cancelled scope's work is undone when the
+//! savepoint around it is released; a scope that swallowed a failed statement ends as in
+//! production.
 //!
 //! The cases (`testing_rollback/cases.rs`) are compiled once per backend.
 
@@ -48,6 +50,8 @@ mod sqlite {
             failures_roll_back_to_their_savepoint,
             panic_rolls_back,
             scopes_inside_the_test,
+            cancelled_scopes_are_undone,
+            a_swallowed_failure_ends_as_in_production,
         ]
     );
 }
@@ -74,6 +78,8 @@ mod postgres {
             failures_roll_back_to_their_savepoint,
             panic_rolls_back,
             scopes_inside_the_test,
+            cancelled_scopes_are_undone,
+            a_swallowed_failure_ends_as_in_production,
             parallel_tests_are_isolated,
         ]
     );
@@ -114,6 +120,8 @@ mod mysql {
             failures_roll_back_to_their_savepoint,
             panic_rolls_back,
             scopes_inside_the_test,
+            cancelled_scopes_are_undone,
+            a_swallowed_failure_ends_as_in_production,
             parallel_tests_are_isolated,
         ]
     );

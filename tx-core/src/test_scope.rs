@@ -242,8 +242,9 @@ where
 /// writes of the scope it suspends, and the isolation level, read-only flag and server-side
 /// statement timeout of inner scopes are those of the test transaction. On PostgreSQL a
 /// statement that fails directly in the body aborts the test transaction (run it inside a
-/// transactional scope to go on). Work in a `tokio::spawn`ed task is outside the test
-/// transaction and commits for real, as it runs outside any transaction.
+/// transactional scope to go on). Work in a `tokio::spawn`ed task, and statements run by
+/// `after_commit` and `after_completion` hooks (which run after their scope, outside every
+/// transaction, as in production), are outside the test transaction and commit for real.
 ///
 /// # Errors
 ///

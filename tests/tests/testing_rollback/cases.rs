@@ -328,3 +328,82 @@ async fn scopes_inside_the_test(db: Db) {
     assert_eq!(count_all(&db, &t).await, 0);
     drop_table(&db, &t).await;
 }
+
+/// A gift that is cancelled after its insert (its caller stops waiting for it).
+#[transactional(manager = db, propagation = Nested)]
+async fn stuck_gift(db: &Db, t: &str, inserted: &tokio::sync::Notify) -> Result<(), TxError> {
+    insert(db, t, "gift", 1).await?;
+    inserted.notify_one();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// An order whose gift is cancelled mid-way; it runs no statement afterwards, so its own
+/// savepoint is released right after the gift's was abandoned.
+#[transactional(manager = db, propagation = Nested)]
+async fn order_with_cancelled_gift(db: &Db, t: &str) -> Result<(), TxError> {
+    insert(db, t, "order", 1).await?;
+    let inserted = tokio::sync::Notify::new();
+    tokio::select! {
+        _ = stuck_gift(db, t, &inserted) => unreachable!("the gift never finishes"),
+        () = inserted.notified() => {}
+    }
+    Ok(())
+}
+
+/// The work of a scope cancelled inside a savepoint scope is undone when that savepoint is
+/// released: inside a test transaction (an emulated transaction) and in a real one.
+async fn cancelled_scopes_are_undone(db: Db) {
+    let t = tx_tests::unique_table("trb_cancel");
+    create_table(&db, &t).await;
+    testing::rollback(&db, || async {
+        order_with_cancelled_gift(&db, &t).await?;
+        assert_eq!(
+            (count(&db, &t, "order").await, count(&db, &t, "gift").await),
+            (1, 0)
+        );
+        Ok::<_, TxError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count_all(&db, &t).await, 0);
+
+    TransactionTemplate::new(db.clone())
+        .execute(|_| async { order_with_cancelled_gift(&db, &t).await })
+        .await
+        .unwrap();
+    assert_eq!(
+        (count(&db, &t, "order").await, count(&db, &t, "gift").await),
+        (1, 0),
+        "the order committed without the cancelled gift"
+    );
+    drop_table(&db, &t).await;
+}
+
+/// Swallows the failure of its own statement and returns `Ok`.
+#[transactional(manager = db)]
+async fn order_swallowing_a_failure(db: &Db, t: &str) -> Result<(), TxError> {
+    insert(db, t, "order", 1).await?;
+    let _ = insert(db, t, "order", -1).await;
+    Ok(())
+}
+
+/// A scope that swallowed a failed statement ends in the test as it would in production: on
+/// PostgreSQL (which aborted the transaction) with an error and nothing kept, elsewhere with
+/// the rows that succeeded; either way the test transaction goes on.
+async fn a_swallowed_failure_ends_as_in_production(db: Db) {
+    let t = tx_tests::unique_table("trb_swallow");
+    create_table(&db, &t).await;
+    let in_test = testing::rollback(&db, || async {
+        let ok = order_swallowing_a_failure(&db, &t).await.is_ok();
+        let orders = count(&db, &t, "order").await;
+        insert(&db, &t, "body", 1).await?;
+        Ok::<_, TxError>((ok, orders))
+    })
+    .await
+    .unwrap();
+    assert_eq!(count_all(&db, &t).await, 0);
+    let for_real = order_swallowing_a_failure(&db, &t).await.is_ok();
+    assert_eq!(in_test, (for_real, count(&db, &t, "order").await));
+    drop_table(&db, &t).await;
+}
