@@ -105,6 +105,8 @@ mod retry_cause;
 mod status;
 mod synchronization;
 mod template;
+#[cfg(feature = "testing")]
+mod test_scope;
 mod transaction;
 
 pub use completion::Completion;
@@ -131,6 +133,23 @@ pub use template::{RetryingTemplate, TransactionTemplate};
 
 #[cfg(feature = "macros")]
 pub use tx_macros::transactional;
+
+/// Test transactions that leave nothing behind (feature `testing`; `tx-sqlx`'s feature
+/// `testing` turns it on and re-exports it as `tx_sqlx::testing`).
+///
+/// [`rollback`](testing::rollback) runs a test body in a transaction that is always rolled
+/// back. The code under test runs inside it unchanged: its transactional scopes on that
+/// manager take savepoints of the test transaction where they would begin (or suspend) a
+/// transaction, so a row written by a `RequiresNew` scope is visible to the test and gone after
+/// it, and `after_commit` hooks run when the scope that owns them would have committed.
+///
+/// On MySQL/MariaDB keep DDL out of the body (it commits implicitly). On SQLite the test
+/// transaction holds the database's write lock: tests that run in parallel need a database
+/// each.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::test_scope::rollback;
+}
 
 /// What `#[transactional]` expands to calls; not a public API.
 #[doc(hidden)]

@@ -153,6 +153,17 @@ where
     let ctx = Context::current();
     let existing = ctx.bound_scope(key).cloned();
 
+    // Inside a test transaction (feature `testing`), scopes that would begin or suspend a
+    // transaction of its manager take savepoints of it instead.
+    #[cfg(feature = "testing")]
+    if let Some(redirect) =
+        crate::test_scope::redirect(key, definition.get_propagation(), existing.as_ref())
+    {
+        // Boxed, so that this path does not grow the future of every scope.
+        let r = crate::test_scope::execute(redirect, ctx, key, definition, rollback_on, body);
+        return (Box::pin(r).await, RunInfo::default());
+    }
+
     // The propagation table (SPEC "Semantics"), in one place.
     match (definition.get_propagation(), existing) {
         (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
@@ -160,7 +171,16 @@ where
             RunInfo::default(),
         ),
         (Propagation::Nested, Some(owner)) => (
-            savepoint(ctx, key, owner, definition, rollback_on, body).await,
+            savepoint(
+                ctx,
+                key,
+                owner,
+                definition,
+                SavepointCompletion::Nested,
+                rollback_on,
+                body,
+            )
+            .await,
             RunInfo::default(),
         ),
         (Propagation::RequiresNew, Some(suspended)) => {
@@ -668,14 +688,32 @@ where
     }
 }
 
-/// Rolls the savepoint back if a `Nested` scope is dropped before it finished; its hooks
-/// finish as rolled back.
+/// How a savepoint scope completes: as a `Nested` scope, or standing in for a new transaction
+/// or for a scope without one (inside a test transaction, which has no other transaction to
+/// give them).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))] // the stand-ins serve test transactions
+pub(crate) enum SavepointCompletion {
+    /// `Nested`: released when the scope commits, its hooks then handed to the enclosing
+    /// owner; rolled back to when it fails.
+    Nested,
+    /// A new transaction: released where it would commit, with the commit sequence of its
+    /// hooks around the release; rolled back to where it would roll back.
+    NewTransaction,
+    /// A scope without a transaction: always released (autocommit would have kept every
+    /// statement). When it `owns_hooks` they run at its end as committed or rolled back, as
+    /// for a scope without a transaction; else they are the enclosing such scope's.
+    WithoutTransaction { owns_hooks: bool },
+}
+
+/// Rolls the savepoint back if a savepoint scope is dropped before it finished; the hooks it
+/// owns finish as rolled back.
 struct SavepointGuard<'a> {
-    armed: Option<(Arc<Transaction>, u64, Arc<SyncScope>)>,
+    armed: Option<(Arc<Transaction>, u64, Option<Arc<SyncScope>>)>,
     /// Whether the savepoint is still open (its ROLLBACK TO / RELEASE has not returned).
-    open: bool,
+    open: AtomicBool,
     /// Whether the listeners got `before_commit` or `before_rollback` already.
-    resolving: bool,
+    resolving: AtomicBool,
     definition: &'a TransactionDefinition,
     scope_id: u64,
     trace: &'a ScopeTrace,
@@ -684,28 +722,31 @@ struct SavepointGuard<'a> {
 impl Drop for SavepointGuard<'_> {
     fn drop(&mut self) {
         if let Some((tx, id, sync)) = self.armed.take() {
-            if self.open {
+            if self.open.load(Ordering::Relaxed) {
                 tx.abandon_savepoint(id);
             }
             let exec = || tx.savepoint_execution(self.definition, self.scope_id);
-            if !self.resolving {
+            if !self.resolving.load(Ordering::Relaxed) {
                 listener::notify(Callback::BeforeRollback, exec);
             }
             listener::notify(Callback::AfterRollback(RollbackCause::Cancelled), exec);
             self.trace
                 .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
-            sync.spawn_finish_cancelled(tx.runtime(), &self.trace.span(), async {}, |_| {});
+            if let Some(sync) = sync {
+                sync.spawn_finish_cancelled(tx.runtime(), &self.trace.span(), async {}, |_| {});
+            }
         }
     }
 }
 
-/// Nested inside a transaction: a savepoint; failure rolls back to it and the outer
-/// transaction goes on.
-async fn savepoint<T, E, F, Fut, R>(
+/// A savepoint scope inside the transaction of `owner`: `Nested` (failure rolls back to it and
+/// the outer transaction goes on), or a stand-in of a test transaction (`completion`).
+pub(crate) async fn savepoint<T, E, F, Fut, R>(
     ctx: Context,
     key: ManagerKey,
     owner: Arc<Scope>,
     definition: &TransactionDefinition,
+    completion: SavepointCompletion,
     rollback_on: R,
     body: F,
 ) -> Result<T, E>
@@ -731,6 +772,7 @@ where
     let run = SavepointRun {
         ctx,
         key,
+        completion,
         tx,
         scope_id,
         definition,
@@ -746,6 +788,7 @@ where
 struct SavepointRun<'a> {
     ctx: Context,
     key: ManagerKey,
+    completion: SavepointCompletion,
     tx: Arc<Transaction>,
     scope_id: u64,
     definition: &'a TransactionDefinition,
@@ -764,9 +807,11 @@ where
     Fut: Future<Output = Result<T, E>>,
     R: Fn(&E) -> bool,
 {
+    use SavepointCompletion::{Nested, NewTransaction, WithoutTransaction};
     let SavepointRun {
         ctx,
         key,
+        completion,
         tx,
         scope_id,
         definition,
@@ -798,21 +843,27 @@ where
     };
     listener::notify(Callback::AfterBegin(None), exec);
     let enclosing = ctx.bindings();
-    let scope = Arc::new(Scope::new(
-        ScopeKind::Savepoint,
-        Some(tx.clone()),
-        name_of(definition),
-    ));
-    let sync = Arc::new(SyncScope::default());
+    let kind = match completion {
+        Nested => ScopeKind::Savepoint,
+        NewTransaction => ScopeKind::SavepointAsTransaction,
+        WithoutTransaction { .. } => ScopeKind::NoTransaction,
+    };
+    let scope = Arc::new(Scope::new(kind, Some(tx.clone()), name_of(definition)));
+    let owns_hooks = !matches!(completion, WithoutTransaction { owns_hooks: false });
+    let sync = if owns_hooks {
+        Arc::new(SyncScope::default())
+    } else {
+        parent_sync.clone()
+    };
     let status = TransactionStatus::owner(scope.clone());
     let sp_ctx = ctx
         .bind(key, Some(scope.clone()), Some(id))
         .with_scope(status.clone(), sync.clone());
 
     let mut guard = SavepointGuard {
-        armed: Some((tx.clone(), id, sync.clone())),
-        open: true,
-        resolving: false,
+        armed: Some((tx.clone(), id, owns_hooks.then(|| sync.clone()))),
+        open: AtomicBool::new(true),
+        resolving: AtomicBool::new(false),
         definition,
         scope_id,
         trace,
@@ -838,38 +889,97 @@ where
         }),
         BodyEnd::Returned(_) => marked.then_some(RollbackCause::RollbackOnly),
     };
+    // ROLLBACK TO or RELEASE; a stand-in releases with a fallback that keeps the test
+    // transaction usable, and one without a transaction keeps its work either way.
+    let rollback = cause.is_some();
+    let (tx_ref, open, resolving) = (&tx, &guard.open, &guard.resolving);
+    let end_savepoint = move |rollback: bool| async move {
+        if !resolving.swap(true, Ordering::Relaxed) {
+            let callback = if rollback {
+                Callback::BeforeRollback
+            } else {
+                Callback::BeforeCommit
+            };
+            listener::notify(callback, exec);
+        }
+        let r = match completion {
+            WithoutTransaction { .. } => {
+                if let Err(e) = tx_ref.release_or_roll_back_savepoint(id).await {
+                    tracing::debug!(target: "tx", "scope without transaction on savepoint {id}: {e}");
+                }
+                Ok(())
+            }
+            NewTransaction if !rollback => tx_ref.release_or_roll_back_savepoint(id).await,
+            _ => tx_ref.pop_savepoint(id, rollback).await,
+        };
+        open.store(false, Ordering::Relaxed);
+        r
+    };
     // The guard stays armed until the savepoint is resolved: a call cancelled during
     // ROLLBACK TO / RELEASE still has its savepoint undone and its hooks completed.
-    let (failure, ending) = if let Some(cause) = cause {
-        let mut failure = None;
-        sync.rollback(&sp_ctx, enclosing.as_ref(), async {
-            listener::notify(Callback::BeforeRollback, exec);
-            guard.resolving = true;
-            if let Err(e) = tx.pop_savepoint(id, true).await {
-                failure = Some(e);
-            }
-            guard.open = false;
-        })
-        .await;
-        (failure, Ending::rolled_back(cause))
-    } else {
-        listener::notify(Callback::BeforeCommit, exec);
-        guard.resolving = true;
-        let popped = tx.pop_savepoint(id, false).await;
-        guard.open = false;
-        match popped {
+    // `unresolved`: the savepoint's work could be neither undone nor kept; `refused`: a
+    // stand-in of a new transaction did not commit after all.
+    let (unresolved, refused) = match (completion, rollback) {
+        (WithoutTransaction { owns_hooks: false }, _) => {
+            let _ = end_savepoint(rollback).await;
+            (None, None)
+        }
+        (_, true) => {
+            let mut failure = None;
+            sync.rollback(&sp_ctx, enclosing.as_ref(), async {
+                failure = end_savepoint(true).await.err();
+            })
+            .await;
+            (failure, None)
+        }
+        (Nested, false) => match end_savepoint(false).await {
             Ok(()) => {
                 sync.hand_over_to(&parent_sync);
-                (None, Ending::COMMITTED)
+                (None, None)
             }
             Err(e) => {
                 sync.rollback(&sp_ctx, enclosing.as_ref(), async {}).await;
-                (Some(e), Ending::rolled_back(RollbackCause::CommitFailed))
+                (Some(e), None)
             }
+        },
+        (NewTransaction | WithoutTransaction { .. }, false) => {
+            // A hook may have marked the scope.
+            let check = || {
+                if scope.is_local_rollback_only() || scope.is_joined_rollback_only() {
+                    Err(TxError::UnexpectedRollback)
+                } else {
+                    Ok(())
+                }
+            };
+            let undo = async {
+                if let Err(e) = end_savepoint(true).await {
+                    tracing::warn!(target: "tx", "rollback to savepoint of [{}] failed: {e}", scope.name());
+                    tx_ref.set_global_rollback_only();
+                }
+            };
+            // Boxed: only test transactions come here, and the future of every scope would
+            // otherwise carry this state.
+            let (_, r) = Box::pin(sync.commit(
+                &sp_ctx,
+                enclosing.as_ref(),
+                definition.is_read_only(),
+                None,
+                check,
+                end_savepoint(false),
+                undo,
+            ))
+            .await;
+            (None, r.err())
         }
     };
     guard.armed = None;
     scope.set_completed();
+    let ending = match (cause, &unresolved, &refused) {
+        (Some(cause), _, _) => Ending::rolled_back(cause),
+        (None, Some(_), _) => Ending::rolled_back(RollbackCause::CommitFailed),
+        (None, None, Some(_)) => Ending::rolled_back(RollbackCause::BeforeCommitFailed),
+        (None, None, None) => Ending::COMMITTED,
+    };
     match ending.cause {
         Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
         None => listener::notify(Callback::AfterCommit(None), exec),
@@ -885,9 +995,12 @@ where
             Some(cause) => format!("rolled back to savepoint ({cause})"),
         }
     );
-    if let Some(e) = failure {
+    if let Some(e) = unresolved {
         // The savepoint's work could not be undone or kept: the whole transaction must go.
         tx.set_global_rollback_only();
+        return Err(e.into());
+    }
+    if let Some(e) = refused {
         return Err(e.into());
     }
     match end {

@@ -13,6 +13,9 @@ pub(crate) enum ScopeKind {
     NewTransaction,
     /// A savepoint inside an existing transaction (`Nested`).
     Savepoint,
+    /// A savepoint standing in for a new transaction (inside a test transaction): it reports
+    /// as a new transaction, and its participants' marks stay with it, as with a savepoint.
+    SavepointAsTransaction,
     /// Runs without a transaction (`Supports`/`NotSupported`/`Never` without one).
     NoTransaction,
 }
@@ -50,7 +53,9 @@ impl Scope {
     /// to its savepoint; a transaction is marked for its owner.
     pub(crate) fn mark_joined_rollback_only(&self) {
         match (&self.kind, &self.tx) {
-            (ScopeKind::Savepoint, _) => self.joined_rollback_only.store(true, Ordering::Relaxed),
+            (ScopeKind::Savepoint | ScopeKind::SavepointAsTransaction, _) => {
+                self.joined_rollback_only.store(true, Ordering::Relaxed)
+            }
             (_, Some(tx)) => tx.set_global_rollback_only(),
             (_, None) => self.rollback_only.store(true, Ordering::Relaxed),
         }
@@ -188,7 +193,11 @@ impl TransactionStatus {
     /// scope without a transaction).
     #[must_use]
     pub fn is_new_transaction(&self) -> bool {
-        self.role == Role::Owner && matches!(self.scope.kind, ScopeKind::NewTransaction)
+        self.role == Role::Owner
+            && matches!(
+                self.scope.kind,
+                ScopeKind::NewTransaction | ScopeKind::SavepointAsTransaction
+            )
     }
 
     /// True in a `Nested` scope that runs on a savepoint of an enclosing transaction.

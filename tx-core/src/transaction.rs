@@ -625,7 +625,30 @@ impl Transaction {
     /// Closes the savepoint scope `id`: `RELEASE` it (when `rollback` is false) or
     /// `ROLLBACK TO` it, if it was ever sent. Savepoints of concurrent sibling scopes stay.
     pub(crate) async fn pop_savepoint(&self, id: u64, rollback: bool) -> Result<(), TxError> {
+        let end = if rollback {
+            SavepointEnd::RollBack
+        } else {
+            SavepointEnd::Release
+        };
+        self.end_savepoint(id, end).await
+    }
+
+    /// `RELEASE`s the savepoint scope `id`; when that fails (on PostgreSQL: a statement inside
+    /// it failed and aborted the transaction) rolls back to it, so the transaction stays
+    /// usable, and returns the release's error. Only when that rollback fails too is the
+    /// whole transaction marked rollback-only.
+    pub(crate) async fn release_or_roll_back_savepoint(&self, id: u64) -> Result<(), TxError> {
+        self.end_savepoint(id, SavepointEnd::ReleaseOrRollBack)
+            .await
+    }
+
+    async fn end_savepoint(&self, id: u64, end: SavepointEnd) -> Result<(), TxError> {
         let mut slot = Guarded::new(self, self.lock(Request::EndSavepoint).await?);
+        if end != SavepointEnd::RollBack {
+            // A cancelled scope inside this one left its savepoint to be undone: undo it
+            // first, or the release would keep its work.
+            self.undo_abandoned(&mut slot).await?;
+        }
         let Some(pos) = slot.savepoints.iter().position(|sp| sp.id == id) else {
             // Already cleared: the transaction completed.
             return Ok(());
@@ -639,25 +662,39 @@ impl Transaction {
             self.set_global_rollback_only();
         }
         let slot = &mut *slot;
+        let mut rolled_back = end == SavepointEnd::RollBack;
         let result = match (&mut slot.physical, created) {
-            (Physical::Active(physical), true) if rollback => {
+            (Physical::Active(physical), true) if rolled_back => {
                 tracing::debug!(target: "tx", "Rolling back transaction [{}] to savepoint {name}", self.name());
-                // ROLLBACK TO keeps the savepoint; release it so names do not pile up.
-                match physical.rollback_to_savepoint(&name).await {
-                    Ok(()) => physical.release_savepoint(&name).await,
-                    Err(e) => Err(e),
-                }
+                roll_back_to(physical, &name).await
             }
             (Physical::Active(physical), true) => {
                 tracing::debug!(target: "tx", "Releasing savepoint {name} of [{}]", self.name());
-                physical.release_savepoint(&name).await
+                match physical.release_savepoint(&name).await {
+                    Err(e) if end == SavepointEnd::ReleaseOrRollBack => {
+                        tracing::debug!(target: "tx", "Release of savepoint {name} failed, rolling back to it: {e}");
+                        match physical.rollback_to_savepoint(&name).await {
+                            Ok(()) => {
+                                rolled_back = true;
+                                // Only keeps the name from piling up: the work is undone.
+                                let _ = physical.release_savepoint(&name).await;
+                            }
+                            Err(undo) => {
+                                tracing::warn!(target: "tx", "rollback to savepoint {name} failed: {undo}");
+                                self.set_global_rollback_only();
+                            }
+                        }
+                        Err(e)
+                    }
+                    r => r,
+                }
             }
             _ => Ok(()),
         };
         // A retryable failure undone by the rollback to this savepoint was handled there;
         // otherwise it stays with the enclosing scope.
         if let Some(r) = retryable
-            && (result.is_err() || !rollback)
+            && (result.is_err() || !rolled_back)
         {
             match parent.and_then(|p| slot.savepoints.iter_mut().find(|sp| sp.id == p)) {
                 Some(sp) => {
@@ -719,6 +756,25 @@ impl Slot {
             _ => None,
         }
     }
+}
+
+/// How a savepoint scope ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SavepointEnd {
+    Release,
+    RollBack,
+    /// See [`Transaction::release_or_roll_back_savepoint`].
+    ReleaseOrRollBack,
+}
+
+/// `ROLLBACK TO` the savepoint, then `RELEASE` it (`ROLLBACK TO` keeps it) so names do not
+/// pile up.
+async fn roll_back_to(
+    physical: &mut Box<dyn PhysicalTransaction>,
+    name: &str,
+) -> Result<(), TxError> {
+    physical.rollback_to_savepoint(name).await?;
+    physical.release_savepoint(name).await
 }
 
 /// Whether savepoint `id` is scope `frame`'s own or one of its enclosing savepoint scopes.
