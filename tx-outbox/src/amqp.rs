@@ -13,7 +13,9 @@ use std::pin::pin;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
@@ -50,7 +52,9 @@ impl std::fmt::Debug for AmqpSink {
 async fn open(uri: &str) -> Result<(Connection, Channel), lapin::Error> {
     let conn = Connection::connect(uri, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((conn, channel))
 }
 
@@ -85,7 +89,11 @@ fn properties(m: &Envelope) -> BasicProperties {
         .with_delivery_mode(2)
         .with_message_id(ShortString::from(m.id.to_string()))
         .with_headers(headers);
-    if let Some((_, ct)) = m.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+    if let Some((_, ct)) = m
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
         props = props.with_content_type(ct.as_str().into());
     }
     props
@@ -103,7 +111,10 @@ impl Sink for AmqpSink {
                 Ok(s) => *state = Some(s),
                 Err(e) => {
                     let why = format!("cannot connect to RabbitMQ: {e}");
-                    return batch.iter().map(|_| Err(SinkError::new(why.clone()))).collect();
+                    return batch
+                        .iter()
+                        .map(|_| Err(SinkError::new(why.clone())))
+                        .collect();
                 }
             }
         }
@@ -125,23 +136,24 @@ impl Sink for AmqpSink {
                 .await;
             confirms.push(sent);
         }
-        let results: Vec<Result<(), SinkError>> = join_all(confirms.into_iter().map(|sent| async move {
-            match sent {
-                Ok(confirm) => match confirm.await {
-                    Ok(Confirmation::Ack(None)) => Ok(()),
-                    Ok(Confirmation::Ack(Some(_))) => Err(SinkError::new(
-                        "returned by the broker: no queue is bound for this routing key",
-                    )),
-                    Ok(Confirmation::Nack(_)) => Err(SinkError::new("nacked by the broker")),
-                    Ok(Confirmation::NotRequested) => {
-                        Err(SinkError::new("the channel is not in confirm mode"))
-                    }
+        let results: Vec<Result<(), SinkError>> =
+            join_all(confirms.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(confirm) => match confirm.await {
+                        Ok(Confirmation::Ack(None)) => Ok(()),
+                        Ok(Confirmation::Ack(Some(_))) => Err(SinkError::new(
+                            "returned by the broker: no queue is bound for this routing key",
+                        )),
+                        Ok(Confirmation::Nack(_)) => Err(SinkError::new("nacked by the broker")),
+                        Ok(Confirmation::NotRequested) => {
+                            Err(SinkError::new("the channel is not in confirm mode"))
+                        }
+                        Err(e) => Err(SinkError::new(e)),
+                    },
                     Err(e) => Err(SinkError::new(e)),
-                },
-                Err(e) => Err(SinkError::new(e)),
-            }
-        }))
-        .await;
+                }
+            }))
+            .await;
         if results.iter().any(Result::is_err) {
             // A returned or nacked message leaves the channel usable; anything else may not:
             // start afresh next time.

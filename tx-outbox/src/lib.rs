@@ -155,7 +155,9 @@ pub mod amqp;
 pub mod nats;
 
 pub use inbox::{Inbox, Received};
-pub use message::{Delivery, Envelope, InvalidMessageId, KEY_HEADER, MAX_NAME_LEN, Message, MessageId};
+pub use message::{
+    Delivery, Envelope, InvalidMessageId, KEY_HEADER, MAX_NAME_LEN, Message, MessageId,
+};
 pub use outbox::{
     DEFAULT_INBOX_TABLE, DEFAULT_OUTBOX_TABLE, FailedMessage, Outbox, OutboxDatabase, OutboxStats,
 };

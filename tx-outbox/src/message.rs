@@ -109,7 +109,8 @@ impl Message {
         topic: impl Into<String>,
         value: &T,
     ) -> Result<Message, serde_json::Error> {
-        Ok(Message::new(topic, serde_json::to_vec(value)?).header("content-type", "application/json"))
+        Ok(Message::new(topic, serde_json::to_vec(value)?)
+            .header("content-type", "application/json"))
     }
 
     /// The ordering key (e.g. the aggregate id): messages with the same key reach the broker

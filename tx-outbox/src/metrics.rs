@@ -15,7 +15,11 @@ pub(crate) fn delivered(table: &str, rows: &[PendingRow], ids: &[i64]) {
     let now = SystemTime::now();
     for row in rows.iter().filter(|r| ids.contains(&r.id)) {
         let created = crate::message::from_millis(row.created_ms);
-        lag.record(now.duration_since(created).unwrap_or_default().as_secs_f64());
+        lag.record(
+            now.duration_since(created)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
     }
 }
 

@@ -55,7 +55,10 @@ impl JetStreamSink {
     ///
     /// # Cancel safety
     /// Nothing is sent while connecting: safe to cancel.
-    pub async fn connect(url: &str, ack_timeout: Duration) -> Result<Self, async_nats::ConnectError> {
+    pub async fn connect(
+        url: &str,
+        ack_timeout: Duration,
+    ) -> Result<Self, async_nats::ConnectError> {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .max_reconnects(None)

@@ -342,7 +342,11 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
                         let why = if results.is_empty() {
                             "send timed out (half the relay's lease)".to_owned()
                         } else {
-                            format!("the sink reported {} results for {} messages", results.len(), wave.len())
+                            format!(
+                                "the sink reported {} results for {} messages",
+                                results.len(),
+                                wave.len()
+                            )
                         };
                         failures.push((i, why));
                     }
@@ -361,7 +365,9 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
             let attempts = row.attempts.saturating_add(1);
             let park = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.max_attempts;
             let delay = backoff(self.backoff_min, self.backoff_max, attempts.unsigned_abs());
-            store.mark_failed(row.id, attempts, park, delay, &error).await?;
+            store
+                .mark_failed(row.id, attempts, park, delay, &error)
+                .await?;
             if park {
                 report.parked += 1;
                 tracing::warn!(target: "tx_outbox", message_id = %row.message_id, topic = %row.topic,
@@ -386,14 +392,18 @@ fn envelopes(rows: &[PendingRow]) -> (Vec<Envelope>, HashMap<usize, String>) {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let id = r.message_id.parse().unwrap_or_else(|e: crate::message::InvalidMessageId| {
-                bad.insert(i, e.to_string());
-                crate::MessageId::new()
-            });
-            let headers: Vec<(String, String)> = serde_json::from_str(&r.headers).unwrap_or_else(|e| {
-                bad.insert(i, format!("unreadable headers: {e}"));
-                Vec::new()
-            });
+            let id = r
+                .message_id
+                .parse()
+                .unwrap_or_else(|e: crate::message::InvalidMessageId| {
+                    bad.insert(i, e.to_string());
+                    crate::MessageId::new()
+                });
+            let headers: Vec<(String, String)> =
+                serde_json::from_str(&r.headers).unwrap_or_else(|e| {
+                    bad.insert(i, format!("unreadable headers: {e}"));
+                    Vec::new()
+                });
             Envelope {
                 id,
                 topic: r.topic.clone(),
@@ -426,7 +436,10 @@ mod tests {
             let d1 = backoff(min, max, 1);
             assert!(d1 >= Duration::from_millis(50) && d1 <= min, "{d1:?}");
             let d3 = backoff(min, max, 3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
             let d20 = backoff(min, max, 20);
             assert!(d20 >= max / 2 && d20 <= max, "{d20:?}");
         }

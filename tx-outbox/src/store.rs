@@ -345,7 +345,8 @@ impl Sql {
                  VALUES (?, ?, ?, ?, ?, ?, {now})"
             ),
         };
-        let insert_lock = format!("SELECT part FROM {t}_partitions WHERE part = ? LOCK IN SHARE MODE");
+        let insert_lock =
+            format!("SELECT part FROM {t}_partitions WHERE part = ? LOCK IN SHARE MODE");
         // Only messages that can no longer be overtaken are eligible:
         // * PostgreSQL: written by a transaction older than every transaction still running
         //   (xid below the snapshot's xmin), so no message with a smaller id can commit later;
@@ -374,8 +375,10 @@ impl Sql {
             ),
             _ => String::new(),
         };
-        let owned = format!("SELECT part FROM {t}_partitions WHERE owner = ? AND lease_until >= {now}");
-        let release = format!("UPDATE {t}_partitions SET owner = NULL, lease_until = 0 WHERE owner = ?");
+        let owned =
+            format!("SELECT part FROM {t}_partitions WHERE owner = ? AND lease_until >= {now}");
+        let release =
+            format!("UPDATE {t}_partitions SET owner = NULL, lease_until = 0 WHERE owner = ?");
         let fetch = format!(
             "SELECT m.id, m.message_id, m.topic, m.msg_key, m.headers, m.payload, m.attempts, m.created_ms
              FROM {t} m JOIN {t}_partitions p ON p.part = m.part
@@ -569,9 +572,8 @@ macro_rules! impl_store {
             ) -> BoxFuture<'a, Result<(), TxError>> {
                 Box::pin(async move {
                     require_transaction(&self.db, "Outbox::publish")?;
-                    let headers = serde_json::to_string(&msg.headers).map_err(|e| {
-                        TxError::database(Operation::Statement, false, e)
-                    })?;
+                    let headers = serde_json::to_string(&msg.headers)
+                        .map_err(|e| TxError::database(Operation::Statement, false, e))?;
                     if $dialect == Dialect::MySql {
                         sqlx::query(safe(&self.sql.insert_lock))
                             .bind(part)
@@ -635,12 +637,20 @@ macro_rules! impl_store {
                 limit: usize,
             ) -> BoxFuture<'a, Result<Vec<PendingRow>, TxError>> {
                 Box::pin(async move {
-                    let rows: Vec<(i64, String, String, Option<String>, String, Vec<u8>, i32, i64)> =
-                        sqlx::query_as(safe(&self.sql.fetch))
-                            .bind(token)
-                            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                            .fetch_all(self.db.pool())
-                            .await?;
+                    let rows: Vec<(
+                        i64,
+                        String,
+                        String,
+                        Option<String>,
+                        String,
+                        Vec<u8>,
+                        i32,
+                        i64,
+                    )> = sqlx::query_as(safe(&self.sql.fetch))
+                        .bind(token)
+                        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                        .fetch_all(self.db.pool())
+                        .await?;
                     Ok(rows
                         .into_iter()
                         .map(|r| PendingRow {
@@ -715,11 +725,18 @@ macro_rules! impl_store {
 
             fn failed(&self, limit: usize) -> BoxFuture<'_, Result<Vec<FailedRow>, TxError>> {
                 Box::pin(async move {
-                    let rows: Vec<(String, String, Option<String>, Vec<u8>, i32, Option<String>, i64)> =
-                        sqlx::query_as(safe(&self.sql.failed_list))
-                            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                            .fetch_all(self.db.pool())
-                            .await?;
+                    let rows: Vec<(
+                        String,
+                        String,
+                        Option<String>,
+                        Vec<u8>,
+                        i32,
+                        Option<String>,
+                        i64,
+                    )> = sqlx::query_as(safe(&self.sql.failed_list))
+                        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                        .fetch_all(self.db.pool())
+                        .await?;
                     Ok(rows
                         .into_iter()
                         .map(|r| FailedRow {
@@ -820,7 +837,9 @@ where
         (Dialect::MySql, false) => format!("SELECT RELEASE_LOCK('{name}')"),
         (Dialect::Sqlite, _) => return Ok(()),
     };
-    sqlx::raw_sql(sqlx::AssertSqlSafe(stmt)).execute(&mut **conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
+        .execute(&mut **conn)
+        .await?;
     Ok(())
 }
 
@@ -905,8 +924,7 @@ async fn claim_mysql(
             // Lock wait timeout (1205) or deadlock (1213): a publisher is still running in
             // this partition; try it next round.
             Err(sqlx::Error::Database(e))
-                if e
-                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
                     .is_some_and(|m| matches!(m.number(), 1205 | 1213)) =>
             {
                 tracing::debug!(target: "tx_outbox", part, error = %e, "partition busy with publishers");
