@@ -127,10 +127,10 @@
 //!
 //! ## Features
 //!
-//! * `nats`: [`nats::JetStreamSink`] and [`nats::consume`] (a durable pull consumer through
+//! * `nats`: `nats::JetStreamSink` and `nats::consume` (a durable pull consumer through
 //!   the inbox), on `async-nats`.
-//! * `amqp`: [`amqp::AmqpSink`] (publisher confirms, persistent messages) and
-//!   [`amqp::consume`], on `lapin`.
+//! * `amqp`: `amqp::AmqpSink` (publisher confirms, persistent messages) and
+//!   `amqp::consume`, on `lapin`.
 //! * `metrics`: relay counters and the publish-to-acknowledgement lag through the `metrics`
 //!   facade (`tx_outbox_delivered_total`, `tx_outbox_send_failures_total`,
 //!   `tx_outbox_parked_total`, `tx_outbox_lag_seconds`).

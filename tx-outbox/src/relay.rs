@@ -17,6 +17,9 @@ use crate::outbox::{Outbox, OutboxDatabase};
 use crate::sink::Sink;
 use crate::store::{Dialect, Listener, PendingRow, Store};
 
+/// How soon `run` looks again at work it could not send yet.
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// Delivers an outbox's committed messages to a [`Sink`].
 ///
 /// Each round ([`run_once`](Relay::run_once)) leases some partitions of the outbox (messages
@@ -71,6 +74,9 @@ pub struct RelayReport {
     pub parked: usize,
     /// True when the round read a full batch: more work is probably waiting.
     pub full: bool,
+    /// True when due messages are pending that this round could not send yet (an older
+    /// transaction is still running, or a key is held back): worth another look soon.
+    pub waiting: bool,
 }
 
 impl<DB: OutboxDatabase, S: Sink> std::fmt::Debug for Relay<DB, S> {
@@ -209,6 +215,9 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
                         wait = Duration::ZERO;
                     } else if report.retrying > 0 {
                         wait = wait.min(self.backoff_min);
+                    } else if report.waiting {
+                        // A NOTIFY for this work may already have been used up.
+                        wait = wait.min(RECHECK);
                     }
                 }
                 Err(e) if first => return Err(e),
@@ -261,20 +270,25 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
         let token = format!("{}#{round}", self.name);
         let parts = store.claim(&token, &work, self.lease).await?;
         if parts.is_empty() {
-            return Ok(RelayReport::default());
+            // Taken by other relays meanwhile, or (MySQL) busy with publishers.
+            return Ok(RelayReport {
+                waiting: true,
+                ..RelayReport::default()
+            });
         }
         let span = tracing::info_span!(target: "tx_outbox", "tx_outbox.batch",
             relay = %self.name, table = %store.table(), partitions = parts.len(),
             messages = tracing::field::Empty, delivered = tracing::field::Empty,
             failed = tracing::field::Empty);
-        let result = self
+        let mut result = self
             .deliver(store.as_ref(), &token)
             .instrument(span.clone())
             .await;
         if let Err(e) = store.release(&token).await {
             tracing::debug!(target: "tx_outbox", error = %e, "releasing leases failed; they expire");
         }
-        if let Ok(r) = &result {
+        if let Ok(r) = &mut result {
+            r.waiting = r.delivered + r.retrying + r.parked == 0;
             span.record("delivered", r.delivered);
             span.record("failed", r.retrying + r.parked);
         }
@@ -326,10 +340,10 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
                 break;
             }
             let batch: Vec<Envelope> = wave.iter().map(|&(_, i)| envelopes[i].clone()).collect();
-            let results = match tokio::time::timeout_at(deadline, self.sink.send(&batch)).await {
-                Ok(r) => r,
-                Err(_) => Vec::new(), // every message of the wave counts as failed
-            };
+            // Past the deadline every message of the wave counts as failed (no results).
+            let results = tokio::time::timeout_at(deadline, self.sink.send(&batch))
+                .await
+                .unwrap_or_default();
             for (n, &(q, i)) in wave.iter().enumerate() {
                 match results.get(n) {
                     Some(Ok(())) => delivered.push(rows[i].id),

@@ -403,7 +403,7 @@ impl Sql {
             "UPDATE {t} SET state = 0, attempts = 0, next_attempt_ms = 0, last_error = NULL
              WHERE message_id = ? AND state = 2"
         );
-        let purge = format!("DELETE FROM {t} WHERE state = 1 AND delivered_ms < {now} - ?");
+        let purge = format!("DELETE FROM {t} WHERE state = 1 AND delivered_ms <= {now} - ?");
         let i = inbox;
         let inbox_install = match dialect {
             Dialect::MySql => vec![format!(
@@ -438,7 +438,7 @@ impl Sql {
                 "INSERT OR IGNORE INTO {i} (consumer, message_id, received_ms) VALUES (?, ?, {now})"
             ),
         };
-        let inbox_purge = format!("DELETE FROM {i} WHERE received_ms < {now} - ?");
+        let inbox_purge = format!("DELETE FROM {i} WHERE received_ms <= {now} - ?");
         Sql {
             dialect,
             table: t.to_owned(),

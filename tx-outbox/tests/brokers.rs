@@ -154,7 +154,7 @@ impl Shop {
         }
         for (n, c) in all.chunks(chunk).enumerate() {
             self.publish(c, true).await;
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 let ghost: Vec<(String, i64)> = c.iter().map(|(k, _)| (k.clone(), -1)).collect();
                 self.publish(&ghost[..ghost.len().min(3)], false).await;
             }
@@ -523,7 +523,7 @@ async fn jetstream_consumer_failing_half_its_deliveries() {
     let (s, d) = (seen.clone(), deliveries.clone());
     let fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync> = Arc::new(move |m: &Delivery| {
         let n = d.fetch_add(1, Ordering::SeqCst);
-        s.lock().unwrap().insert(m.message_id.clone()) || n % 2 == 0
+        s.lock().unwrap().insert(m.message_id.clone()) || n.is_multiple_of(2)
     });
     let order = Arc::new(Mutex::new(Vec::new()));
     let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), fail);
@@ -851,7 +851,7 @@ async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
     let deliveries = Arc::new(AtomicUsize::new(0));
     let d = deliveries.clone();
     let fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync> =
-        Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst) % 2 == 0);
+        Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst).is_multiple_of(2));
     let order = Arc::new(Mutex::new(Vec::new()));
     let (consumer, stop_consumer) = rabbit.spawn_consumer(&shop, order.clone(), fail).await;
     let mut cuts_mid_run = 0;

@@ -564,3 +564,184 @@ backend!(
     requires_new = false,
     overlapping = false
 );
+
+/// With feature `metrics`: delivered, failed and parked counters and the lag histogram,
+/// labelled with the table.
+#[cfg(feature = "metrics")]
+mod metrics_recorded {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+
+    use super::*;
+
+    type Seen = Mutex<HashMap<(String, String), (u64, usize)>>;
+
+    fn seen() -> &'static Seen {
+        static SEEN: OnceLock<Seen> = OnceLock::new();
+        SEEN.get_or_init(Seen::default)
+    }
+
+    struct Handle(String, String);
+
+    impl CounterFn for Handle {
+        fn increment(&self, value: u64) {
+            seen()
+                .lock()
+                .unwrap()
+                .entry((self.0.clone(), self.1.clone()))
+                .or_default()
+                .0 += value;
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl HistogramFn for Handle {
+        fn record(&self, value: f64) {
+            assert!(value >= 0.0);
+            seen()
+                .lock()
+                .unwrap()
+                .entry((self.0.clone(), self.1.clone()))
+                .or_default()
+                .1 += 1;
+        }
+    }
+
+    struct Capture;
+
+    fn handle(key: &Key) -> Arc<Handle> {
+        let table = key
+            .labels()
+            .find(|l| l.key() == "table")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        Arc::new(Handle(key.name().to_owned(), table))
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(handle(key))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(handle(key))
+        }
+    }
+
+    #[tokio::test]
+    async fn relay_rounds_are_counted() {
+        let _ = metrics::set_global_recorder(Capture);
+        let (db, _dir) = support::sqlite_pool(2).await;
+        let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
+        outbox.install().await.unwrap();
+        for p in ["ok1", "bad", "ok2"] {
+            TransactionTemplate::new(db.clone())
+                .execute(|_| {
+                    let outbox = outbox.clone();
+                    async move {
+                        outbox
+                            .publish(Message::new("t", p.as_bytes().to_vec()))
+                            .await
+                    }
+                })
+                .await
+                .unwrap();
+        }
+        let sink = RecordingSink::new();
+        sink.fail_when(|m| (m.payload == b"bad").then(|| "no".to_owned()));
+        let relay = Relay::new(outbox.clone(), sink.clone())
+            .max_attempts(2)
+            .backoff(Duration::from_millis(1), Duration::from_millis(2));
+        support::eventually(LIMIT, "drained", || async {
+            relay.run_once().await.unwrap();
+            (outbox.stats().await.unwrap().pending == 0).then_some(())
+        })
+        .await;
+        let table = outbox.table().to_owned();
+        let get = |name: &str| {
+            seen()
+                .lock()
+                .unwrap()
+                .get(&(name.to_owned(), table.clone()))
+                .copied()
+                .unwrap_or_default()
+        };
+        assert_eq!(get("tx_outbox_delivered_total").0, 2);
+        assert_eq!(get("tx_outbox_send_failures_total").0, 2);
+        assert_eq!(get("tx_outbox_parked_total").0, 1);
+        assert_eq!(get("tx_outbox_lag_seconds").1, 2);
+    }
+}
+
+/// `run` wakes on PostgreSQL's NOTIFY (the poll interval here is far longer than the test),
+/// and stops at once with an error when its table does not exist.
+mod run_loop {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_notify_wakes_the_relay() {
+        let Some(db) = support::pg_pool(4).await else {
+            return;
+        };
+        let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
+        outbox.install().await.unwrap();
+        let sink = RecordingSink::new();
+        let relay = Arc::new(
+            Relay::new(outbox.clone(), sink.clone()).poll_interval(Duration::from_secs(3600)),
+        );
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let task = {
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        // Let the relay finish its first (empty) round and wait on LISTEN.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for n in 0..3 {
+            TransactionTemplate::new(db.clone())
+                .execute(|_| {
+                    let outbox = outbox.clone();
+                    async move {
+                        outbox
+                            .publish(Message::new("t", format!("{n}").into_bytes()))
+                            .await
+                    }
+                })
+                .await
+                .unwrap();
+            let want = n + 1;
+            support::eventually(
+                Duration::from_secs(20),
+                "the NOTIFY to wake the relay",
+                || async { (sink.sent().len() == want).then_some(()) },
+            )
+            .await;
+        }
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_fails_fast_without_its_table() {
+        let (db, _dir) = support::sqlite_pool(2).await;
+        let outbox = Outbox::with_table(db, "never_installed").unwrap();
+        let relay = Relay::new(outbox, RecordingSink::new());
+        let err = relay.run(std::future::pending()).await.unwrap_err();
+        assert!(err.to_string().contains("never_installed"), "{err}");
+    }
+}
