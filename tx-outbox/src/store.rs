@@ -502,8 +502,9 @@ fn ms(d: Duration) -> i64 {
 pub(crate) struct SqlStore<DB: sqlx::Database> {
     pub db: TxPool<DB>,
     pub sql: Arc<Sql>,
-    /// MySQL: the relay's own session for partition claims, with a short lock wait.
-    pub claim_conn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<DB>>>,
+    /// MySQL: the relays' own session for partition claims, with a short lock wait; detached
+    /// from the pool, so it takes no place there.
+    pub claim_conn: tokio::sync::Mutex<Option<DB::Connection>>,
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
@@ -904,9 +905,9 @@ async fn claim_mysql(
 ) -> Result<(), TxError> {
     let mut slot = store.claim_conn.lock().await;
     if slot.is_none() {
-        let mut conn = store.db.pool().acquire().await?;
+        let mut conn = store.db.pool().acquire().await?.detach();
         sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = 1")
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await?;
         *slot = Some(conn);
     }
@@ -917,7 +918,7 @@ async fn claim_mysql(
             .bind(ms(lease))
             .bind(part)
             .bind(part)
-            .execute(&mut **conn)
+            .execute(&mut *conn)
             .await;
         match res {
             Ok(_) => {}
@@ -931,9 +932,7 @@ async fn claim_mysql(
             }
             Err(e) => {
                 // Unknown session state: drop the connection rather than reuse it.
-                if let Some(c) = slot.take() {
-                    let _ = c.detach();
-                }
+                drop(slot.take());
                 return Err(e.into());
             }
         }
