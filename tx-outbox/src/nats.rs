@@ -181,7 +181,8 @@ pub fn delivery(msg: &jetstream::Message) -> Option<Delivery> {
 /// `inbox.receive(name, id, ..)` and acked only after that transaction committed (a
 /// duplicate is acked without running `handler`); a failed handler's message is nak'ed and
 /// redelivered after `retry_delay`. A message without `Nats-Msg-Id` cannot be de-duplicated:
-/// it is terminated (never redelivered) and logged.
+/// it is terminated (never redelivered) and logged. One message at a time: see
+/// [`consume_in_lanes`] to handle several keys at once.
 ///
 /// Order: JetStream delivers in stream order; a nak'ed message comes back after later ones
 /// unless the consumer has `max_ack_pending = 1`.
@@ -207,43 +208,116 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<TxError> + std::fmt::Display,
 {
+    consume_in_lanes(inbox, name, consumer, retry_delay, 1, handler, shutdown).await
+}
+
+/// [`consume`], with messages spread over `lanes` concurrent lanes by key: messages of one
+/// key go to one lane and are handled one after another, in stream order, so per-key order
+/// is kept while different keys are handled at once (each lane holds a database connection
+/// while it handles a message). Messages without a key go round-robin.
+///
+/// # Errors
+/// As [`consume`].
+///
+/// # Cancel safety
+/// As [`consume`]: unacked messages are redelivered.
+pub async fn consume_in_lanes<DB, T, E, F, Fut>(
+    inbox: &Inbox<DB>,
+    name: &str,
+    consumer: &PullConsumer,
+    retry_delay: Duration,
+    lanes: usize,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), async_nats::Error>
+where
+    DB: OutboxDatabase,
+    F: Fn(Delivery) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<TxError> + std::fmt::Display,
+{
+    let lanes = lanes.max(1);
     let mut shutdown = pin!(shutdown);
     let mut messages = consumer.messages().await?;
-    loop {
-        let next = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            next = messages.next() => next,
-        };
-        let msg = match next {
-            None => {
-                messages = consumer.messages().await?;
-                continue;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(target: "tx_outbox", error = %e, "JetStream consumer stream error");
-                continue;
-            }
-            Some(Ok(m)) => m,
-        };
-        let Some(d) = delivery(&msg) else {
-            tracing::error!(target: "tx_outbox", subject = %msg.subject,
-                "message without Nats-Msg-Id: cannot de-duplicate it, terminating it");
-            let _ = msg.ack_with(AckKind::Term).await;
-            continue;
-        };
-        let id = d.message_id.clone();
-        match inbox.receive(name, &id, || handler(d)).await {
-            Ok(_) => {
-                if let Err(e) = msg.ack().await {
-                    // The transaction committed: a redelivery is a duplicate.
-                    tracing::debug!(target: "tx_outbox", error = %e, "ack failed");
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
+        .map(|_| tokio::sync::mpsc::channel::<(jetstream::Message, Delivery)>(16))
+        .unzip();
+    let handler = &handler;
+    let workers = join_all(receivers.into_iter().map(|mut rx| async move {
+        while let Some((msg, d)) = rx.recv().await {
+            handle_one(inbox, name, retry_delay, handler, msg, d).await;
+        }
+    }));
+    let dispatch = async move {
+        let mut next_lane = 0usize;
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = messages.next() => next,
+            };
+            let msg = match next {
+                None => {
+                    messages = consumer.messages().await?;
+                    continue;
                 }
+                Some(Err(e)) => {
+                    tracing::debug!(target: "tx_outbox", error = %e, "JetStream consumer stream error");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let Some(d) = delivery(&msg) else {
+                tracing::error!(target: "tx_outbox", subject = %msg.subject,
+                    "message without Nats-Msg-Id: cannot de-duplicate it, terminating it");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let lane = match &d.key {
+                Some(k) => crate::store::hash_key(k) as usize % lanes,
+                None => {
+                    next_lane = (next_lane + 1) % lanes;
+                    next_lane
+                }
+            };
+            let sent = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                sent = senders[lane].send((msg, d)) => sent,
+            };
+            if sent.is_err() {
+                return Ok(());
             }
-            Err(e) => {
-                tracing::debug!(target: "tx_outbox", message_id = %id, error = %e,
-                    "handler failed; nak");
-                let _ = msg.ack_with(AckKind::Nak(Some(retry_delay))).await;
+        }
+    };
+    // The dispatcher ends first (shutdown or error) and drops the senders: the lanes finish
+    // the message they are handling and stop; queued messages stay unacked (redelivered).
+    let (result, _) = tokio::join!(dispatch, workers);
+    result
+}
+
+async fn handle_one<DB, T, E, F, Fut>(
+    inbox: &Inbox<DB>,
+    name: &str,
+    retry_delay: Duration,
+    handler: &F,
+    msg: jetstream::Message,
+    d: Delivery,
+) where
+    DB: OutboxDatabase,
+    F: Fn(Delivery) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<TxError> + std::fmt::Display,
+{
+    let id = d.message_id.clone();
+    match inbox.receive(name, &id, || handler(d)).await {
+        Ok(_) => {
+            if let Err(e) = msg.ack().await {
+                // The transaction committed: a redelivery is a duplicate.
+                tracing::debug!(target: "tx_outbox", error = %e, "ack failed");
             }
+        }
+        Err(e) => {
+            tracing::debug!(target: "tx_outbox", message_id = %id, error = %e, "handler failed; nak");
+            let _ = msg.ack_with(AckKind::Nak(Some(retry_delay))).await;
         }
     }
 }

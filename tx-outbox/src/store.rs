@@ -86,18 +86,21 @@ pub(crate) fn invalid(message: String) -> TxError {
     )
 }
 
-/// The partition of a message: stable over processes and versions (FNV-1a of the key).
+/// FNV-1a of a key: stable over processes and versions.
+pub(crate) fn hash_key(key: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The partition of a message: by key, or at random without one.
 pub(crate) fn partition_of(key: Option<&str>) -> i32 {
     match key {
         None => fastrand::i32(0..PARTITIONS),
-        Some(k) => {
-            let mut h: u32 = 0x811c_9dc5;
-            for b in k.bytes() {
-                h ^= u32::from(b);
-                h = h.wrapping_mul(0x0100_0193);
-            }
-            (h % PARTITIONS as u32) as i32
-        }
+        Some(k) => (hash_key(k) % PARTITIONS as u32) as i32,
     }
 }
 

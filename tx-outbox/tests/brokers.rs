@@ -100,7 +100,10 @@ struct Shop {
 
 impl Shop {
     async fn open(pool_size: u32) -> Option<Shop> {
-        let db = support::pg_pool(pool_size).await?;
+        Shop::on(support::pg_pool(pool_size).await?).await
+    }
+
+    async fn on(db: PgTxPool) -> Option<Shop> {
         let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
         outbox.install().await.unwrap();
         let inbox = Inbox::with_table(db.clone(), &unique("ib")).unwrap();
@@ -273,6 +276,17 @@ fn spawn_js_consumer(
     order: Arc<Mutex<Vec<(String, i64)>>>,
     fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
 ) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+    spawn_js_consumer_in_lanes(shop, stream, order, fail, 1)
+}
+
+/// The same, handling `lanes` keys at once (per-key order kept).
+fn spawn_js_consumer_in_lanes(
+    shop: &Shop,
+    stream: &Stream,
+    order: Arc<Mutex<Vec<(String, i64)>>>,
+    fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
+    lanes: usize,
+) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
     let (stop_tx, mut stop) = watch::channel(false);
     let handler = shop.handler(order, fail);
     let inbox = shop.inbox.clone();
@@ -288,11 +302,12 @@ fn spawn_js_consumer(
         )
         .await
         .unwrap();
-        tx_outbox::nats::consume(
+        tx_outbox::nats::consume_in_lanes(
             &inbox,
             "inventory",
             &consumer,
             Duration::from_millis(10),
+            lanes,
             handler,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -553,7 +568,8 @@ async fn ten_thousand_messages_over_200_keys_three_relays_random_faults() {
     let expected = shop.publish_load(200, 50, 400).await;
     assert_eq!(expected, 10_000);
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), never());
+    let (consumer, stop_consumer) =
+        spawn_js_consumer_in_lanes(&shop, &stream, order.clone(), never(), 8);
     let sink = Arc::new(Flaky {
         inner: stream.sink(None).await,
         before: 2,

@@ -62,6 +62,31 @@ pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
     }
 }
 
+/// A PostgreSQL pool whose commits do not wait for the WAL flush (`synchronous_commit=off`):
+/// for load tests whose server is not crashed, where fsync per commit is all the time.
+pub async fn pg_pool_async_commit(max: u32) -> Option<PgTxPool> {
+    let opts: sqlx::postgres::PgConnectOptions = match pg_url().parse() {
+        Ok(o) => o,
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            return None;
+        }
+    };
+    let opts = opts.options([("synchronous_commit", "off")]);
+    match PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+    {
+        Ok(p) => Some(PgTxPool::new(p)),
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            None
+        }
+    }
+}
+
 pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
     let opts = MySqlPoolOptions::new()
         .max_connections(max)
