@@ -68,8 +68,10 @@
 //! * **MySQL / MariaDB**: a publisher holds a shared lock on its partition's row of
 //!   `<table>_partitions` until its transaction ends; a relay leases a partition with an
 //!   `UPDATE` of that row, which waits for those publishers (at most a second, else it tries
-//!   the partition next round) and records the largest id present at that moment. Every row
-//!   up to that bound is final, and the relay reads no further.
+//!   the partition next round) and records the largest id present at that moment (a locking
+//!   read, which also waits for rows still being inserted). Every row up to that bound is
+//!   final, and the relay reads no further. The relays of one `Outbox` keep one extra
+//!   connection (outside the pool) for these leases, with `innodb_lock_wait_timeout = 1`.
 //! * **SQLite**: one writer at a time (`BEGIN IMMEDIATE`): ids are assigned in commit order.
 //!
 //! **`FOR UPDATE SKIP LOCKED` breaks per-key order.** With several relays, each skipping the
@@ -127,8 +129,9 @@
 //!
 //! ## Features
 //!
-//! * `nats`: `nats::JetStreamSink` and `nats::consume` (a durable pull consumer through
-//!   the inbox), on `async-nats`.
+//! * `nats`: `nats::JetStreamSink` and `nats::consume` / `nats::consume_in_lanes` (a durable
+//!   pull consumer through the inbox, one key at a time or several), on `async-nats`; and the
+//!   `tx-outbox-relay` binary, a standalone relay process configured by environment variables.
 //! * `amqp`: `amqp::AmqpSink` (publisher confirms, persistent messages) and
 //!   `amqp::consume`, on `lapin`.
 //! * `metrics`: relay counters and the publish-to-acknowledgement lag through the `metrics`

@@ -745,3 +745,85 @@ mod run_loop {
         assert!(err.to_string().contains("never_installed"), "{err}");
     }
 }
+
+/// Each relay round that leased partitions is a `tx_outbox.batch` span with what it did.
+mod tracing_spans {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+
+    struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S>
+        for Spans
+    {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+            let mut fields = Vec::new();
+            attrs.record(&mut Fields(&mut fields));
+            self.0
+                .lock()
+                .unwrap()
+                .push((attrs.metadata().name().to_owned(), fields));
+        }
+        fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            let mut spans = self.0.lock().unwrap();
+            if let Some(last) = spans.last_mut() {
+                values.record(&mut Fields(&mut last.1));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_is_a_span() {
+        let spans = Spans::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+        let (db, _dir) = support::sqlite_pool(2).await;
+        let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
+        outbox.install().await.unwrap();
+        TransactionTemplate::new(db.clone())
+            .execute(|_| {
+                let outbox = outbox.clone();
+                async move {
+                    outbox
+                        .publish(Message::new("t", b"1".to_vec()).key("a"))
+                        .await?;
+                    outbox
+                        .publish(Message::new("t", b"2".to_vec()).key("a"))
+                        .await
+                }
+            })
+            .await
+            .unwrap();
+        let relay = Relay::new(outbox.clone(), RecordingSink::new());
+        assert_eq!(relay.run_once().await.unwrap().delivered, 2);
+        let spans = spans.0.lock().unwrap();
+        let (_, fields) = spans
+            .iter()
+            .find(|(name, _)| name == "tx_outbox.batch")
+            .expect("a tx_outbox.batch span");
+        let get = |k: &str| {
+            fields
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("messages").as_deref(), Some("2"));
+        assert_eq!(get("delivered").as_deref(), Some("2"));
+        assert_eq!(get("table").as_deref(), Some(outbox.table()));
+    }
+}
