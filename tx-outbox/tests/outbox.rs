@@ -756,8 +756,11 @@ mod tracing_spans {
 
     use super::*;
 
+    /// A span's name and its fields as recorded.
+    type Seen = Vec<(String, Vec<(String, String)>)>;
+
     #[derive(Clone, Default)]
-    struct Spans(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+    struct Spans(Arc<Mutex<Seen>>);
 
     struct Fields<'a>(&'a mut Vec<(String, String)>);
 
