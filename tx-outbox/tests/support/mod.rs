@@ -2,6 +2,9 @@
 //! unique names, a recording sink, and a loopback proxy that can cut connections.
 #![allow(dead_code)]
 
+#[cfg(feature = "nats")]
+pub mod database_fault;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
