@@ -100,7 +100,11 @@ impl Sink for JetStreamSink {
             if let Some(k) = &m.key {
                 headers.insert(KEY_HEADER, k.as_str());
             }
-            for (n, v) in &m.headers {
+            // The id and key headers are the outbox's own: a user header of that name would
+            // break de-duplication or ordering, so it is not sent.
+            for (n, v) in m.headers.iter().filter(|(n, _)| {
+                !n.eq_ignore_ascii_case(MSG_ID_HEADER) && !n.eq_ignore_ascii_case(KEY_HEADER)
+            }) {
                 headers.append(n.as_str(), v.as_str());
             }
             let sent = self
