@@ -82,7 +82,11 @@ fn properties(m: &Envelope) -> BasicProperties {
     if let Some(k) = &m.key {
         headers.insert(KEY_HEADER.into(), AMQPValue::LongString(k.as_str().into()));
     }
-    for (n, v) in m.headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(KEY_HEADER)) {
+    for (n, v) in m
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(KEY_HEADER))
+    {
         headers.insert(n.as_str().into(), AMQPValue::LongString(v.as_str().into()));
     }
     let mut props = BasicProperties::default()

@@ -121,7 +121,8 @@ impl Message {
         self
     }
 
-    /// Adds a header (sent as a NATS header or an AMQP header table entry).
+    /// Adds a header (sent as a NATS header or an AMQP header table entry). `Nats-Msg-Id`
+    /// and [`KEY_HEADER`] are the outbox's own and are not sent from here.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Message {
         self.headers.push((name.into(), value.into()));

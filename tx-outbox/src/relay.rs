@@ -59,6 +59,7 @@ pub struct Relay<DB: OutboxDatabase, S: Sink> {
     backoff_max: Duration,
     poll: Duration,
     delete: bool,
+    notify: bool,
     rounds: AtomicU64,
 }
 
@@ -108,6 +109,7 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
             backoff_max: Duration::from_secs(60),
             poll: Duration::from_secs(1),
             delete: false,
+            notify: true,
             rounds: AtomicU64::new(0),
         }
     }
@@ -147,6 +149,15 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
     #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// PostgreSQL: whether [`run`](Self::run) listens for the `NOTIFY` that `publish` sends
+    /// (default true). Turn it off behind a pooler that cannot `LISTEN` (PgBouncer in
+    /// transaction mode); the relay then polls.
+    #[must_use]
+    pub fn wake_on_notify(mut self, listen: bool) -> Self {
+        self.notify = listen;
         self
     }
 
@@ -192,7 +203,8 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
         let mut first = true;
         let mut errors: u32 = 0;
         loop {
-            if store.dialect() == Dialect::Postgres
+            if self.notify
+                && store.dialect() == Dialect::Postgres
                 && listener.is_none()
                 && tokio::time::Instant::now() >= listener_retry
             {
