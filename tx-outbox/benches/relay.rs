@@ -184,11 +184,13 @@ async fn latency<S: Sink>(db: &PgTxPool, sink: S, notify: bool) -> (Duration, Du
     }
     stop_tx.send(true).unwrap();
     task.await.unwrap();
-    let acked = acked.lock().unwrap();
-    let mut lat: Vec<Duration> = committed
-        .iter()
-        .map(|(id, at)| acked[id].saturating_duration_since(*at))
-        .collect();
+    let mut lat: Vec<Duration> = {
+        let acked = acked.lock().unwrap();
+        committed
+            .iter()
+            .map(|(id, at)| acked[id].saturating_duration_since(*at))
+            .collect()
+    };
     lat.sort();
     drop_outbox(db, &outbox).await;
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
@@ -270,13 +272,10 @@ async fn main() {
     let limit = nats_limit(&js, &format!("{prefix}.limit"), n).await;
     let outbox = fresh_outbox(&db).await;
     let sink = || async {
-        JetStreamSink::connect(
-            &env("TX_TEST_NATS_URL", "127.0.0.1:4222"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
-        .subject_prefix(prefix.clone())
+        JetStreamSink::connect(&env("TX_TEST_NATS_URL", "127.0.0.1:4222"))
+            .await
+            .unwrap()
+            .subject_prefix(prefix.clone())
     };
     let rate = relay_rate(&db, &outbox, sink().await, n).await;
     drop_outbox(&db, &outbox).await;

@@ -203,7 +203,7 @@ macro_rules! shop {
                     let outbox = shop.outbox.clone();
                     let (nats_url, prefix, mut stop) = (nats_url.to_owned(), prefix.clone(), stop.clone());
                     tokio::spawn(async move {
-                        let sink = JetStreamSink::connect(&nats_url, Duration::from_secs(5)).await.expect("NATS").subject_prefix(prefix);
+                        let sink = JetStreamSink::connect(&nats_url).await.expect("NATS").subject_prefix(prefix);
                         let relay = Relay::new(outbox, sink).batch(10).lease(Duration::from_secs(1)).poll_interval(Duration::from_millis(50));
                         relay.run(async move { let _ = stop.wait_for(|s| *s).await; }).await
                     })

@@ -221,7 +221,7 @@ pub async fn consume<DB, T, E, F, Fut>(
     name: &str,
     mut consumer: lapin::Consumer,
     handler: F,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), lapin::Error>
 where
     DB: OutboxDatabase,
@@ -232,7 +232,7 @@ where
     let mut shutdown = pin!(shutdown);
     loop {
         let next = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => return Ok(()),
             next = consumer.next() => next,
         };
         let delivery_msg = match next {

@@ -29,6 +29,9 @@ pub const MAX_NAME_LEN: usize = 255;
 pub struct MessageId(uuid::Uuid);
 
 impl MessageId {
+    /// The nil UUID: no message has it.
+    pub const NIL: MessageId = MessageId(uuid::Uuid::nil());
+
     /// A fresh id.
     #[must_use]
     #[allow(clippy::new_without_default)] // a default id would be a meaningless constant

@@ -47,26 +47,30 @@ impl JetStreamSink {
         JetStreamSink { js, prefix: None }
     }
 
-    /// Connects to `url` (reconnecting by itself whenever the connection drops) and waits
-    /// at most `ack_timeout` for each PubAck.
+    /// Connects to `url`, reconnecting by itself whenever the connection drops; each PubAck
+    /// is waited for at most 5 s (see [`ack_timeout`](Self::ack_timeout)).
     ///
     /// # Errors
     /// The server cannot be reached.
     ///
     /// # Cancel safety
     /// Nothing is sent while connecting: safe to cancel.
-    pub async fn connect(
-        url: &str,
-        ack_timeout: Duration,
-    ) -> Result<Self, async_nats::ConnectError> {
+    pub async fn connect(url: &str) -> Result<Self, async_nats::ConnectError> {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connect(url)
             .await?;
         let mut js = jetstream::new(client);
-        js.set_timeout(ack_timeout);
+        js.set_timeout(Duration::from_secs(5));
         Ok(JetStreamSink::new(js))
+    }
+
+    /// How long to wait for each PubAck before the send counts as failed (and is retried).
+    #[must_use]
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
     }
 
     /// Publishes topic `t` on subject `prefix.t`.
@@ -204,7 +208,7 @@ pub async fn consume<DB, T, E, F, Fut>(
     consumer: &PullConsumer,
     retry_delay: Duration,
     handler: F,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), async_nats::Error>
 where
     DB: OutboxDatabase,
@@ -232,7 +236,7 @@ pub async fn consume_in_lanes<DB, T, E, F, Fut>(
     retry_delay: Duration,
     lanes: usize,
     handler: F,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), async_nats::Error>
 where
     DB: OutboxDatabase,
@@ -256,7 +260,7 @@ where
         let mut next_lane = 0usize;
         loop {
             let next = tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => return Ok(()),
                 next = messages.next() => next,
             };
             let msg = match next {
@@ -284,7 +288,7 @@ where
                 }
             };
             let sent = tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => return Ok(()),
                 sent = senders[lane].send((msg, d)) => sent,
             };
             if sent.is_err() {

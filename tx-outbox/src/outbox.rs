@@ -215,7 +215,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
         Ok(rows
             .into_iter()
             .map(|r| FailedMessage {
-                id: r.message_id.parse().ok(),
+                id: r.message_id.parse().unwrap_or(MessageId::NIL),
                 raw_id: r.message_id,
                 topic: r.topic,
                 key: r.key,
@@ -269,8 +269,9 @@ pub struct OutboxStats {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct FailedMessage {
-    /// Its id (`None` if the stored id is not a UUID: a row written by hand).
-    pub id: Option<MessageId>,
+    /// Its id (the nil UUID if the stored id is not a UUID: a row written by hand; see
+    /// `raw_id`).
+    pub id: MessageId,
     /// The stored id text.
     pub raw_id: String,
     /// Its topic.

@@ -195,7 +195,7 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
     /// Dropping the future mid-round leaves that round's partitions leased until the lease
     /// expires and its sent-but-unrecorded messages pending: they are sent again (at least
     /// once). Nothing is lost.
-    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), TxError> {
+    pub async fn run(&self, shutdown: impl Future) -> Result<(), TxError> {
         let mut shutdown = pin!(shutdown);
         let store = self.outbox.store.clone();
         let mut listener: Option<Box<dyn Listener>> = None;
@@ -240,7 +240,7 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
                         retry_in = ?wait, "relay round failed");
                 }
             }
-            if (&mut shutdown).now_or_never().is_some() {
+            if shutdown.as_mut().now_or_never().is_some() {
                 return Ok(());
             }
             if wait.is_zero() {
@@ -253,7 +253,7 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
                 }
             };
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => return Ok(()),
                 () = woken => {}
                 () = tokio::time::sleep(wait) => {}
             }

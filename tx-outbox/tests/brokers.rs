@@ -74,9 +74,10 @@ impl Stream {
     /// A sink on its own connection (optionally through `via`), publishing under the prefix.
     async fn sink(&self, via: Option<&str>) -> JetStreamSink {
         let url = via.map_or_else(support::nats_url, str::to_owned);
-        JetStreamSink::connect(&url, Duration::from_secs(2))
+        JetStreamSink::connect(&url)
             .await
             .expect("connect the sink")
+            .ack_timeout(Duration::from_secs(2))
             .subject_prefix(self.prefix.clone())
     }
 

@@ -346,7 +346,7 @@ macro_rules! backend {
                 );
                 // Put back, it goes out.
                 sink.heal();
-                let id = failed[0].id.unwrap();
+                let id = failed[0].id;
                 assert!(outbox.retry_failed(id).await.unwrap());
                 assert!(
                     !outbox.retry_failed(id).await.unwrap(),
@@ -741,7 +741,7 @@ mod run_loop {
         let (db, _dir) = support::sqlite_pool(2).await;
         let outbox = Outbox::with_table(db, "never_installed").unwrap();
         let relay = Relay::new(outbox, RecordingSink::new());
-        let err = relay.run(std::future::pending()).await.unwrap_err();
+        let err = relay.run(std::future::pending::<()>()).await.unwrap_err();
         assert!(err.to_string().contains("never_installed"), "{err}");
     }
 }

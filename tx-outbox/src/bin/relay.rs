@@ -61,7 +61,7 @@ async fn run<DB: OutboxDatabase>(db: TxPool<DB>, sink: JetStreamSink) -> Result<
 async fn main_() -> Result<(), String> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL".to_owned())?;
     let nats = env_or("NATS_URL", "127.0.0.1:4222");
-    let mut sink = JetStreamSink::connect(&nats, Duration::from_secs(5))
+    let mut sink = JetStreamSink::connect(&nats)
         .await
         .map_err(|e| format!("NATS at {nats}: {e}"))?;
     if let Ok(prefix) = std::env::var("TX_OUTBOX_SUBJECT_PREFIX") {

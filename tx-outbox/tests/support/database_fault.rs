@@ -54,9 +54,10 @@ where
     .unwrap();
 
     // The relay (woken by NOTIFY; 200 ms polling as fallback).
-    let sink = JetStreamSink::connect(&super::nats_url(), Duration::from_secs(2))
+    let sink = JetStreamSink::connect(&super::nats_url())
         .await
         .unwrap()
+        .ack_timeout(Duration::from_secs(2))
         .subject_prefix(prefix.clone());
     let relay = Arc::new(
         Relay::new(outbox.clone(), sink)
