@@ -17,6 +17,9 @@ use crate::outbox::{Outbox, OutboxDatabase};
 use crate::sink::Sink;
 use crate::store::{Dialect, Listener, PendingRow, Store};
 
+/// Most windows of a batch's size one round reads while looking for sendable messages.
+const WINDOWS: usize = 8;
+
 /// How soon `run` looks again at work it could not send yet.
 const RECHECK: Duration = Duration::from_millis(100);
 
@@ -307,11 +310,52 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
         result
     }
 
+    /// Up to a batch of messages that may be sent now, in publication order, walking the
+    /// leased partitions' pending rows: a row that may not be sent yet (a retry not due, a
+    /// transaction that can still commit before it) holds back the rest of its key, and
+    /// further windows leave the held-back keys out, so they cannot crowd out the others.
+    /// Also whether more eligible work is probably waiting.
+    async fn eligible(
+        &self,
+        store: &dyn Store,
+        token: &str,
+    ) -> Result<(Vec<PendingRow>, bool), TxError> {
+        let mut taken = Vec::new();
+        let mut held: Vec<String> = Vec::new();
+        let mut after = 0;
+        for _ in 0..WINDOWS {
+            let rows = store.fetch(token, after, &held, self.batch).await?;
+            let window_full = rows.len() >= self.batch;
+            for (row, ready) in rows {
+                after = row.id;
+                if let Some(k) = &row.key {
+                    if held.contains(k) {
+                        continue;
+                    }
+                    if !ready {
+                        held.push(k.clone());
+                        continue;
+                    }
+                } else if !ready {
+                    continue;
+                }
+                taken.push(row);
+                if taken.len() >= self.batch {
+                    return Ok((taken, true));
+                }
+            }
+            if !window_full {
+                return Ok((taken, false));
+            }
+        }
+        Ok((taken, true))
+    }
+
     async fn deliver(&self, store: &dyn Store, token: &str) -> Result<RelayReport, TxError> {
-        let rows = store.fetch(token, self.batch).await?;
+        let (rows, more) = self.eligible(store, token).await?;
         tracing::Span::current().record("messages", rows.len());
         let mut report = RelayReport {
-            full: rows.len() >= self.batch,
+            full: more,
             ..RelayReport::default()
         };
         if rows.is_empty() {

@@ -168,13 +168,16 @@ pub(crate) trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<i32>, TxError>>;
     fn release<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<(), TxError>>;
-    /// Due pending messages of the partitions leased to `token` that are not behind an
-    /// undelivered message of their key, in publication order.
+    /// Up to `limit` pending messages of the partitions leased to `token` with an id above
+    /// `after`, leaving out the keys in `skip`, in publication order, each with whether it
+    /// may be sent now (due, and final: no message with a smaller id can still appear).
     fn fetch<'a>(
         &'a self,
         token: &'a str,
+        after: i64,
+        skip: &'a [String],
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<PendingRow>, TxError>>;
+    ) -> BoxFuture<'a, Result<Vec<(PendingRow, bool)>, TxError>>;
     fn mark_delivered<'a>(
         &'a self,
         ids: &'a [i64],
@@ -356,13 +359,22 @@ impl Sql {
         // * MySQL: at most the partition's bound, the largest id when the relay leased the
         //   partition, at which point every publisher of that partition had finished;
         // * SQLite: one writer at a time, ids are in commit order.
-        let (gate, blocked_gate) = match dialect {
+        let (eligible, bound) = match dialect {
             Dialect::Postgres => (
-                "AND m.xid < pg_snapshot_xmin(pg_current_snapshot())",
-                "OR b.xid >= pg_snapshot_xmin(pg_current_snapshot())",
+                format!(
+                    "CAST(CASE WHEN m.next_attempt_ms <= {now}
+                     AND m.xid < pg_snapshot_xmin(pg_current_snapshot()) THEN 1 ELSE 0 END AS BIGINT)"
+                ),
+                "",
             ),
-            Dialect::MySql => ("AND m.id <= p.bound", ""),
-            Dialect::Sqlite => ("", ""),
+            Dialect::MySql => (
+                format!("CAST(CASE WHEN m.next_attempt_ms <= {now} THEN 1 ELSE 0 END AS SIGNED)"),
+                "AND m.id <= p.bound",
+            ),
+            Dialect::Sqlite => (
+                format!("CASE WHEN m.next_attempt_ms <= {now} THEN 1 ELSE 0 END"),
+                "",
+            ),
         };
         let with_work = format!(
             "SELECT p.part FROM {t}_partitions p WHERE p.lease_until < {now} AND EXISTS (
@@ -382,13 +394,14 @@ impl Sql {
             format!("SELECT part FROM {t}_partitions WHERE owner = ? AND lease_until >= {now}");
         let release =
             format!("UPDATE {t}_partitions SET owner = NULL, lease_until = 0 WHERE owner = ?");
+        // The relay walks these rows in id order: a row that may not be sent yet holds back
+        // the later rows of its key. Rows past MySQL's bound come after every eligible row
+        // of their partition, so they are left out here.
         let fetch = format!(
-            "SELECT m.id, m.message_id, m.topic, m.msg_key, m.headers, m.payload, m.attempts, m.created_ms
+            "SELECT m.id, m.message_id, m.topic, m.msg_key, m.headers, m.payload, m.attempts,
+                    m.created_ms, {eligible}
              FROM {t} m JOIN {t}_partitions p ON p.part = m.part
-             WHERE p.owner = ? AND m.state = 0 AND m.next_attempt_ms <= {now} {gate}
-             AND (m.msg_key IS NULL OR NOT EXISTS (
-                 SELECT 1 FROM {t} b WHERE b.part = m.part AND b.msg_key = m.msg_key
-                 AND b.state = 0 AND b.id < m.id AND (b.next_attempt_ms > {now} {blocked_gate})))
+             WHERE p.owner = ? AND m.state = 0 AND m.id > ? {bound} {{skip}}
              ORDER BY m.id LIMIT ?"
         );
         let failed_update = format!(
@@ -452,7 +465,7 @@ impl Sql {
             claim_one,
             owned: p(owned),
             release: p(release),
-            fetch: p(fetch),
+            fetch,
             failed_update: p(failed_update),
             stats_pending,
             stats_failed,
@@ -476,6 +489,19 @@ impl Sql {
              WHERE part IN ({}) AND lease_until < {now}",
             list.join(", ")
         ))
+    }
+
+    /// The fetch statement, leaving out `skip` keys (bound as parameters).
+    fn fetch_sql(&self, skip: usize) -> String {
+        let skip = if skip == 0 {
+            String::new()
+        } else {
+            format!(
+                "AND (m.msg_key IS NULL OR m.msg_key NOT IN ({}))",
+                vec!["?"; skip].join(", ")
+            )
+        };
+        self.dialect.params(&self.fetch.replace("{skip}", &skip))
     }
 
     /// `UPDATE/DELETE .. WHERE id IN (..)` for delivered rows (ids read from the table).
@@ -638,34 +664,50 @@ macro_rules! impl_store {
             fn fetch<'a>(
                 &'a self,
                 token: &'a str,
+                after: i64,
+                skip: &'a [String],
                 limit: usize,
-            ) -> BoxFuture<'a, Result<Vec<PendingRow>, TxError>> {
+            ) -> BoxFuture<'a, Result<Vec<(PendingRow, bool)>, TxError>> {
                 Box::pin(async move {
-                    let rows: Vec<(
-                        i64,
-                        String,
-                        String,
-                        Option<String>,
-                        String,
-                        Vec<u8>,
-                        i32,
-                        i64,
-                    )> = sqlx::query_as(safe(&self.sql.fetch))
-                        .bind(token)
+                    let sql = self.sql.fetch_sql(skip.len());
+                    let mut q = sqlx::query_as::<
+                        _,
+                        (
+                            i64,
+                            String,
+                            String,
+                            Option<String>,
+                            String,
+                            Vec<u8>,
+                            i32,
+                            i64,
+                            i64,
+                        ),
+                    >(sqlx::AssertSqlSafe(sql))
+                    .persistent(skip.is_empty())
+                    .bind(token)
+                    .bind(after);
+                    for k in skip {
+                        q = q.bind(k.as_str());
+                    }
+                    let rows = q
                         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                         .fetch_all(self.db.pool())
                         .await?;
                     Ok(rows
                         .into_iter()
-                        .map(|r| PendingRow {
-                            id: r.0,
-                            message_id: r.1,
-                            topic: r.2,
-                            key: r.3,
-                            headers: r.4,
-                            payload: r.5,
-                            attempts: r.6,
-                            created_ms: r.7,
+                        .map(|r| {
+                            let row = PendingRow {
+                                id: r.0,
+                                message_id: r.1,
+                                topic: r.2,
+                                key: r.3,
+                                headers: r.4,
+                                payload: r.5,
+                                attempts: r.6,
+                                created_ms: r.7,
+                            };
+                            (row, r.8 != 0)
                         })
                         .collect())
                 })

@@ -748,7 +748,8 @@ mod run_loop {
 
 /// Each relay round that leased partitions is a `tx_outbox.batch` span with what it did.
 mod tracing_spans {
-    use std::sync::{Arc, Mutex};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
 
     use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};
@@ -756,8 +757,12 @@ mod tracing_spans {
 
     use super::*;
 
-    /// A span's name and its fields as recorded.
-    type Seen = Vec<(String, Vec<(String, String)>)>;
+    /// Every span seen: name and fields; live spans by id.
+    #[derive(Default)]
+    struct Seen {
+        spans: Vec<(String, Vec<(String, String)>)>,
+        live: HashMap<u64, usize>,
+    }
 
     #[derive(Clone, Default)]
     struct Spans(Arc<Mutex<Seen>>);
@@ -770,30 +775,51 @@ mod tracing_spans {
         }
     }
 
-    impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S>
-        for Spans
+    impl<S> Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
             let mut fields = Vec::new();
             attrs.record(&mut Fields(&mut fields));
-            self.0
-                .lock()
-                .unwrap()
+            let mut seen = self.0.lock().unwrap();
+            seen.spans
                 .push((attrs.metadata().name().to_owned(), fields));
+            let n = seen.spans.len() - 1;
+            seen.live.insert(id.into_u64(), n);
         }
-        fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
-            let mut spans = self.0.lock().unwrap();
-            if let Some(last) = spans.last_mut() {
-                values.record(&mut Fields(&mut last.1));
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            let mut seen = self.0.lock().unwrap();
+            if let Some(&n) = seen.live.get(&id.into_u64()) {
+                values.record(&mut Fields(&mut seen.spans[n].1));
             }
         }
+
+        fn on_close(&self, id: Id, _: Context<'_, S>) {
+            self.0.lock().unwrap().live.remove(&id.into_u64());
+        }
+    }
+
+    /// Installed process-wide (a per-thread subscriber can miss spans whose callsite another
+    /// test's thread saw first without one).
+    fn spans() -> Spans {
+        static SPANS: OnceLock<Spans> = OnceLock::new();
+        SPANS
+            .get_or_init(|| {
+                let spans = Spans::default();
+                tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(spans.clone()),
+                )
+                .expect("no other global subscriber in this test binary");
+                spans
+            })
+            .clone()
     }
 
     #[tokio::test]
     async fn a_round_is_a_span() {
-        let spans = Spans::default();
-        let _guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+        let spans = spans();
         let (db, _dir) = support::sqlite_pool(2).await;
         let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
         outbox.install().await.unwrap();
@@ -813,11 +839,15 @@ mod tracing_spans {
             .unwrap();
         let relay = Relay::new(outbox.clone(), RecordingSink::new());
         assert_eq!(relay.run_once().await.unwrap().delivered, 2);
-        let spans = spans.0.lock().unwrap();
-        let (_, fields) = spans
+        let seen = spans.0.lock().unwrap();
+        let table = outbox.table().to_owned();
+        let (_, fields) = seen
+            .spans
             .iter()
-            .find(|(name, _)| name == "tx_outbox.batch")
-            .expect("a tx_outbox.batch span");
+            .find(|(name, f)| {
+                name == "tx_outbox.batch" && f.iter().any(|(n, v)| n == "table" && *v == table)
+            })
+            .expect("a tx_outbox.batch span for this outbox");
         let get = |k: &str| {
             fields
                 .iter()
@@ -827,6 +857,6 @@ mod tracing_spans {
         };
         assert_eq!(get("messages").as_deref(), Some("2"));
         assert_eq!(get("delivered").as_deref(), Some("2"));
-        assert_eq!(get("table").as_deref(), Some(outbox.table()));
+        assert_eq!(get("partitions").as_deref(), Some("1"));
     }
 }
