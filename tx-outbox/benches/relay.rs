@@ -9,7 +9,7 @@
 //! * **broker limit**: `BENCH_MESSAGES` messages published from one connection, pipelined in
 //!   windows of 200, each counted when its PubAck / publisher confirm arrives.
 //! * **relay throughput**: the same number of messages committed to the outbox first (over
-//!   200 keys), then one relay started; messages per second from its start until the last
+//!   200 keys), then one relay started (batches of `BENCH_BATCH`, default 1000); messages per second from its start until the last
 //!   broker acknowledgement was recorded in the outbox.
 //! * **commit-to-ack latency**: one message per transaction at a steady rate well below
 //!   saturation (200/s); for each, the time from the return of its `COMMIT` to its broker
@@ -102,7 +102,8 @@ async fn relay_rate<S: Sink>(
     n: usize,
 ) -> f64 {
     fill(db, outbox, n).await;
-    let relay = Relay::new(outbox.clone(), sink).batch(500);
+    let batch = env("BENCH_BATCH", "1000").parse().expect("BENCH_BATCH is a number");
+    let relay = Relay::new(outbox.clone(), sink).batch(batch);
     let start = Instant::now();
     while outbox.stats().await.unwrap().pending > 0 {
         relay.run_once().await.unwrap();
