@@ -102,7 +102,9 @@ async fn relay_rate<S: Sink>(
     n: usize,
 ) -> f64 {
     fill(db, outbox, n).await;
-    let batch = env("BENCH_BATCH", "1000").parse().expect("BENCH_BATCH is a number");
+    let batch = env("BENCH_BATCH", "1000")
+        .parse()
+        .expect("BENCH_BATCH is a number");
     let relay = Relay::new(outbox.clone(), sink).batch(batch);
     let start = Instant::now();
     while outbox.stats().await.unwrap().pending > 0 {
