@@ -1,0 +1,300 @@
+//! Shared support for the outbox tests: server URLs and the "server missing" policy, pools,
+//! unique names, a recording sink, and a loopback proxy that can cut connections.
+#![allow(dead_code)]
+
+#[cfg(feature = "nats")]
+pub mod database_fault;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tx_outbox::{Envelope, Sink, SinkError};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+
+pub fn pg_url() -> String {
+    std::env::var("TX_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("TX_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TX_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TX_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn servers_required() -> bool {
+    std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Fails under `TX_TEST_REQUIRE_SERVERS=1`, else says so loudly (the caller skips).
+pub fn server_missing(what: &str, err: &dyn std::fmt::Display) {
+    if servers_required() {
+        panic!("{what} is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {err}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: {what} unreachable ({err}); set TX_TEST_REQUIRE_SERVERS=1 to make this a failure !!!!!\n"
+    );
+}
+
+pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
+    let opts = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10));
+    match opts.connect(&pg_url()).await {
+        Ok(p) => Some(PgTxPool::new(p)),
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            None
+        }
+    }
+}
+
+/// A PostgreSQL pool whose commits do not wait for the WAL flush (`synchronous_commit=off`):
+/// for load tests whose server is not crashed, where fsync per commit is all the time.
+pub async fn pg_pool_async_commit(max: u32) -> Option<PgTxPool> {
+    let opts: sqlx::postgres::PgConnectOptions = match pg_url().parse() {
+        Ok(o) => o,
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            return None;
+        }
+    };
+    let opts = opts.options([("synchronous_commit", "off")]);
+    match PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+    {
+        Ok(p) => Some(PgTxPool::new(p)),
+        Err(e) => {
+            server_missing("PostgreSQL", &e);
+            None
+        }
+    }
+}
+
+pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
+    let opts = MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10));
+    match opts.connect(&mysql_url()).await {
+        Ok(p) => Some(MySqlTxPool::new(p)),
+        Err(e) => {
+            server_missing("MariaDB/MySQL", &e);
+            None
+        }
+    }
+}
+
+/// A pool on a fresh SQLite file (WAL) in a temp dir; keep the dir alive.
+pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = sqlite_pool_at(&dir.path().join("outbox.db"), max).await;
+    (pool, dir)
+}
+
+pub async fn sqlite_pool_at(path: &std::path::Path, max: u32) -> SqliteTxPool {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .expect("open SQLite");
+    SqliteTxPool::new(pool)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call (`<prefix>_<pid>_<n>`), for tables, streams,
+/// subjects and queues.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What a [`RecordingSink`] saw.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub id: String,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Decides whether a send fails (by message); `None` lets it through.
+pub type FailRule = Box<dyn Fn(&Envelope) -> Option<String> + Send + Sync>;
+
+/// A sink that records every message it acknowledges, in order, and fails the ones its rule
+/// says. Sends of one batch are recorded in batch order.
+#[derive(Default)]
+pub struct RecordingSink {
+    pub sent: Mutex<Vec<Sent>>,
+    pub attempts: AtomicUsize,
+    pub rule: Mutex<Option<FailRule>>,
+}
+
+impl RecordingSink {
+    pub fn new() -> Arc<Self> {
+        Arc::new(RecordingSink::default())
+    }
+
+    pub fn fail_when(&self, rule: impl Fn(&Envelope) -> Option<String> + Send + Sync + 'static) {
+        *self.rule.lock().unwrap() = Some(Box::new(rule));
+    }
+
+    pub fn heal(&self) {
+        *self.rule.lock().unwrap() = None;
+    }
+
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    pub fn payloads(&self) -> Vec<String> {
+        self.sent().into_iter().map(|s| s.payload).collect()
+    }
+
+    /// Payloads per key, in the order sent.
+    pub fn by_key(&self) -> HashMap<String, Vec<String>> {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for s in self.sent() {
+            m.entry(s.key.unwrap_or_default())
+                .or_default()
+                .push(s.payload);
+        }
+        m
+    }
+}
+
+impl Sink for RecordingSink {
+    async fn send(&self, batch: &[Envelope]) -> Vec<Result<(), SinkError>> {
+        let rule = self.rule.lock().unwrap();
+        let mut sent = self.sent.lock().unwrap();
+        batch
+            .iter()
+            .map(|m| {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
+                if let Some(why) = rule.as_ref().and_then(|r| r(m)) {
+                    return Err(SinkError::new(why));
+                }
+                sent.push(Sent {
+                    id: m.id.to_string(),
+                    topic: m.topic.clone(),
+                    key: m.key.clone(),
+                    payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                    headers: m.headers.clone(),
+                });
+                Ok(())
+            })
+            .collect()
+    }
+}
+
+/// A loopback TCP proxy; [`cut`](CutProxy::cut) closes every connection through it (the
+/// client sees its broker connection die), new connections go through again.
+pub struct CutProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+    pub cuts: AtomicUsize,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: &str) -> io::Result<CutProxy> {
+        let upstream = tokio::net::lookup_host(upstream)
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "upstream"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let h = tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                let mut v = c2.lock().unwrap();
+                v.retain(|h| !h.is_finished());
+                v.push(h);
+            }
+        });
+        Ok(CutProxy {
+            addr,
+            conns,
+            accept,
+            cuts: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Drops every proxied connection now.
+    pub fn cut(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Retries `f` until it returns `Some`, for at most `limit` (then panics with `what`).
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
