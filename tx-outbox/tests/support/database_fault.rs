@@ -135,7 +135,7 @@ where
                 let r: Result<(), TxError> = TransactionTemplate::new(db.clone())
                     .timeout(Duration::from_secs(5))
                     .execute(|_| {
-                        let outbox = outbox.clone();
+                        let (outbox, db) = (outbox.clone(), db.clone());
                         async move {
                             outbox
                                 .publish(
@@ -143,6 +143,10 @@ where
                                         .key(format!("k{}", n % 7)),
                                 )
                                 .await?;
+                            // Keep the transaction open most of the time, so that the fault
+                            // lands inside one (a killed idle connection is replaced by the
+                            // pool's liveness check without failing anything).
+                            sqlx::query("SELECT pg_sleep(0.02)").execute(&db).await?;
                             Ok(())
                         }
                     })
