@@ -1,7 +1,6 @@
 //! Error mapping between the engine ([`TxError`]) and sqlx ([`sqlx::Error`]).
 
 use std::borrow::Cow;
-use std::io;
 
 use tx_core::{Operation, TxError};
 
@@ -13,27 +12,12 @@ use tx_core::{Operation, TxError};
 ///   rejected, pool timed out) is returned as that original `sqlx::Error`.
 /// * [`TxError::PoolClosed`] becomes [`sqlx::Error::PoolClosed`].
 /// * Anything else becomes [`sqlx::Error::Io`] wrapping the `TxError` itself, with kind
-///   [`io::ErrorKind::TimedOut`] for [`TxError::Timeout`], [`io::ErrorKind::WouldBlock`] for
-///   [`TxError::WouldBlock`], [`io::ErrorKind::Other`] otherwise. Its message is the
+///   [`std::io::ErrorKind::TimedOut`] for [`TxError::Timeout`], [`std::io::ErrorKind::WouldBlock`] for
+///   [`TxError::WouldBlock`], [`std::io::ErrorKind::Other`] otherwise. Its message is the
 ///   `TxError`'s, and `io_error.get_ref()` downcasts to `TxError`.
 pub(crate) fn tx_to_sqlx(err: TxError) -> sqlx::Error {
-    match err {
-        TxError::PoolClosed => sqlx::Error::PoolClosed,
-        TxError::Database { source, .. } if source.is::<sqlx::Error>() => {
-            match source.downcast::<sqlx::Error>() {
-                Ok(e) => *e,
-                Err(_) => unreachable!("checked with is::<sqlx::Error>()"),
-            }
-        }
-        other => {
-            let kind = match &other {
-                TxError::Timeout => io::ErrorKind::TimedOut,
-                TxError::WouldBlock { .. } => io::ErrorKind::WouldBlock,
-                _ => io::ErrorKind::Other,
-            };
-            sqlx::Error::Io(io::Error::new(kind, other))
-        }
-    }
+    // One mapping, tx-core's `From<TxError> for sqlx::Error`, so the two cannot drift.
+    sqlx::Error::from(err)
 }
 
 /// The `TxError` that [`tx_to_sqlx`] wrapped, if `err` is one.
@@ -207,7 +191,7 @@ mod tests {
     #[test]
     fn timeout_round_trips_through_io() {
         let e = tx_to_sqlx(TxError::Timeout);
-        assert!(matches!(&e, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut));
+        assert!(matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut));
         assert!(matches!(wrapped_tx_error(&e), Some(TxError::Timeout)));
         assert!(e.to_string().contains("timed out"));
     }
@@ -254,6 +238,6 @@ mod tests {
             msg.contains("write lock") && msg.contains("Nested") && msg.contains("second pool")
         );
         let s = tx_to_sqlx(e);
-        assert!(matches!(&s, sqlx::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock));
+        assert!(matches!(&s, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock));
     }
 }
