@@ -7,4 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod observe;
+pub mod per_backend;
 pub mod shop;

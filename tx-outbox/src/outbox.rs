@@ -30,36 +30,39 @@ impl OutboxDatabase for sqlx::MySql {}
 impl OutboxDatabase for sqlx::Sqlite {}
 
 /// The store and the transaction manager behind a pool, chosen by its database.
-pub(crate) fn open<DB: OutboxDatabase>(
-    db: TxPool<DB>,
-    table: &str,
-    inbox: &str,
-) -> (Arc<dyn Store>, Arc<dyn TransactionManager>) {
+pub(crate) fn open<DB: OutboxDatabase>(db: TxPool<DB>, table: &str, inbox: &str) -> Opened {
     let any: Box<dyn Any> = Box::new(db);
-    let any = match any.downcast::<TxPool<sqlx::Postgres>>() {
-        Ok(db) => {
-            let m = Arc::new((*db).clone());
-            let s = SqlStore::new(*db, Sql::new(Dialect::Postgres, table, inbox));
-            return (Arc::new(s), m);
-        }
+    let any = match open_as::<sqlx::Postgres>(any, Dialect::Postgres, table, inbox) {
+        Ok(opened) => return opened,
         Err(other) => other,
     };
-    let any = match any.downcast::<TxPool<sqlx::MySql>>() {
-        Ok(db) => {
-            let m = Arc::new((*db).clone());
-            let s = SqlStore::new(*db, Sql::new(Dialect::MySql, table, inbox));
-            return (Arc::new(s), m);
-        }
+    let any = match open_as::<sqlx::MySql>(any, Dialect::MySql, table, inbox) {
+        Ok(opened) => return opened,
         Err(other) => other,
     };
-    match any.downcast::<TxPool<sqlx::Sqlite>>() {
-        Ok(db) => {
-            let m = Arc::new((*db).clone());
-            let s = SqlStore::new(*db, Sql::new(Dialect::Sqlite, table, inbox));
-            (Arc::new(s), m)
-        }
+    match open_as::<sqlx::Sqlite>(any, Dialect::Sqlite, table, inbox) {
+        Ok(opened) => opened,
         Err(_) => unreachable!("OutboxDatabase is sealed to the three backends"),
     }
+}
+
+type Opened = (Arc<dyn Store>, Arc<dyn TransactionManager>);
+
+/// [`open`] for the pool in `any` if it is a pool of `D`; `any` back otherwise.
+fn open_as<D: sqlx::Database>(
+    any: Box<dyn Any>,
+    dialect: Dialect,
+    table: &str,
+    inbox: &str,
+) -> Result<Opened, Box<dyn Any>>
+where
+    SqlStore<D>: Store,
+    TxPool<D>: TransactionManager,
+{
+    let db = any.downcast::<TxPool<D>>()?;
+    let m = Arc::new((*db).clone());
+    let s = SqlStore::new(*db, Sql::new(dialect, table, inbox));
+    Ok((Arc::new(s), m))
 }
 
 /// The transactional outbox: [`publish`](Outbox::publish) writes a message as a row in the

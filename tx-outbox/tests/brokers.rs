@@ -16,8 +16,7 @@ use lapin::options::{
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use support::{CutProxy, eventually, unique};
-use tokio::sync::watch;
+use support::{CutProxy, Running, eventually, unique};
 use tx_outbox::amqp::AmqpSink;
 use tx_outbox::nats::JetStreamSink;
 use tx_outbox::{Delivery, Envelope, Inbox, Message, Outbox, Relay, Sink, SinkError};
@@ -31,6 +30,25 @@ const LIMIT: Duration = Duration::from_secs(40);
 // Servers and fixtures
 // ---------------------------------------------------------------------------------------------
 
+/// A broker connection, or `None` (the test is skipped) when `what` cannot be reached within
+/// 5 s.
+async fn within_5s<T, E: std::fmt::Display>(
+    what: &str,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            support::server_missing(what, &e);
+            None
+        }
+        Err(e) => {
+            support::server_missing(what, &e);
+            None
+        }
+    }
+}
+
 /// A JetStream stream of this test (memory storage), deleted by `cleanup`.
 struct Stream {
     js: jetstream::Context,
@@ -40,22 +58,7 @@ struct Stream {
 
 impl Stream {
     async fn open() -> Option<Stream> {
-        let client = match tokio::time::timeout(
-            Duration::from_secs(5),
-            async_nats::connect(support::nats_url()),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                support::server_missing("NATS", &e);
-                return None;
-            }
-            Err(e) => {
-                support::server_missing("NATS", &e);
-                return None;
-            }
-        };
+        let client = within_5s("NATS", async_nats::connect(support::nats_url())).await?;
         let js = jetstream::new(client);
         let prefix = unique("ob");
         let name = prefix.to_uppercase();
@@ -122,6 +125,15 @@ impl Shop {
             inbox,
             handled,
         })
+    }
+
+    /// Runs `sql` (naming the outbox table `{t}`) outside any transaction.
+    async fn on_outbox(&self, sql: &str) {
+        let sql = sql.replace("{t}", self.outbox.table());
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(self.db.pool())
+            .await
+            .unwrap();
     }
 
     /// Publishes `(key, seq)` messages in one transaction that commits or rolls back.
@@ -257,6 +269,19 @@ impl Shop {
     }
 }
 
+/// A stream and a shop for a JetStream test; `None` (the test is skipped) when a server is
+/// missing.
+async fn jetstream_and_shop(pool_size: u32) -> Option<(Stream, Shop)> {
+    let stream = Stream::open().await?;
+    Some((stream, Shop::open(pool_size).await?))
+}
+
+/// An exchange, a queue and a shop for a RabbitMQ test; `None` when a server is missing.
+async fn rabbitmq_and_shop(pool_size: u32) -> Option<(Rabbit, Shop)> {
+    let rabbit = Rabbit::open().await?;
+    Some((rabbit, Shop::open(pool_size).await?))
+}
+
 /// Each key's handled sequence numbers are 0, 1, 2, ... in order.
 fn assert_per_key_order(order: &[(String, i64)], keys: usize, per_key: i64) {
     let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
@@ -270,13 +295,13 @@ fn assert_per_key_order(order: &[(String, i64)], keys: usize, per_key: i64) {
     }
 }
 
-/// A JetStream consumer through the inbox, as a task; stops when `stop` is sent.
+/// A JetStream consumer through the inbox, as a task.
 fn spawn_js_consumer(
     shop: &Shop,
     stream: &Stream,
     order: Arc<Mutex<Vec<(String, i64)>>>,
     fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
-) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+) -> Running {
     spawn_js_consumer_in_lanes(shop, stream, order, fail, 1)
 }
 
@@ -287,13 +312,12 @@ fn spawn_js_consumer_in_lanes(
     order: Arc<Mutex<Vec<(String, i64)>>>,
     fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
     lanes: usize,
-) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
-    let (stop_tx, mut stop) = watch::channel(false);
+) -> Running {
     let handler = shop.handler(order, fail);
     let inbox = shop.inbox.clone();
     let js = stream.js.clone();
     let name = stream.name.clone();
-    let task = tokio::spawn(async move {
+    Running::spawn(|stopped| async move {
         let consumer = tx_outbox::nats::durable_pull_consumer(
             &js,
             &name,
@@ -310,14 +334,20 @@ fn spawn_js_consumer_in_lanes(
             Duration::from_millis(10),
             lanes,
             handler,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            stopped,
         )
         .await
         .unwrap();
-    });
-    (task, stop_tx)
+    })
+}
+
+/// Runs `relay` once at a time until the outbox of `shop` has nothing pending.
+async fn drain<S: Sink>(relay: &Relay<Pg, S>, shop: &Shop, what: &str) {
+    eventually(LIMIT, what, || async {
+        relay.run_once().await.unwrap();
+        (shop.outbox.stats().await.unwrap().pending == 0).then_some(())
+    })
+    .await;
 }
 
 fn never() -> Arc<dyn Fn(&Delivery) -> bool + Send + Sync> {
@@ -333,20 +363,11 @@ fn relay<S: Sink>(shop: &Shop, sink: S) -> Relay<Pg, S> {
         .max_attempts(1000)
 }
 
-/// Runs `relay.run` as a task until `stop`.
-fn spawn_relay<S: Sink>(
-    relay: Arc<Relay<Pg, S>>,
-) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
-    let (stop_tx, mut stop) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        relay
-            .run(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .unwrap();
-    });
-    (task, stop_tx)
+/// Runs `relay.run` as a task.
+fn spawn_relay<S: Sink>(relay: Arc<Relay<Pg, S>>) -> Running {
+    Running::spawn(|stopped| async move {
+        relay.run(stopped).await.unwrap();
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,55 +376,34 @@ fn spawn_relay<S: Sink>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_gets_committed_messages_once_and_drops_resends() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((stream, shop)) = jetstream_and_shop(8).await else {
         return;
     };
     let expected = shop.publish_load(4, 5, 6).await;
     let relay = relay(&shop, stream.sink(None).await);
-    eventually(LIMIT, "the outbox drained", || async {
-        relay.run_once().await.unwrap();
-        (shop.outbox.stats().await.unwrap().pending == 0).then_some(())
-    })
-    .await;
+    drain(&relay, &shop, "the outbox drained").await;
     assert_eq!(stream.count().await, expected as u64);
     // Make the relay send everything again (as after a crash before recording): JetStream
     // recognises each Nats-Msg-Id and stores nothing twice.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {} SET state = 0",
-        shop.outbox.table()
-    )))
-    .execute(shop.db.pool())
-    .await
-    .unwrap();
-    eventually(LIMIT, "the outbox drained again", || async {
-        relay.run_once().await.unwrap();
-        (shop.outbox.stats().await.unwrap().pending == 0).then_some(())
-    })
-    .await;
+    shop.on_outbox("UPDATE {t} SET state = 0").await;
+    drain(&relay, &shop, "the outbox drained again").await;
     assert_eq!(stream.count().await, expected as u64);
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop) = spawn_js_consumer(&shop, &stream, order.clone(), never());
+    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
     shop.assert_end_state(expected).await;
     assert_per_key_order(&order.lock().unwrap(), 4, 5);
-    stop.send(true).unwrap();
-    consumer.await.unwrap();
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_task_aborted_mid_batch_and_restarted() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((stream, shop)) = jetstream_and_shop(8).await else {
         return;
     };
     let expected = shop.publish_load(10, 30, 25).await;
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), never());
+    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
     // A slow sink, so that the aborts land while a batch is in flight.
     let sink = Arc::new(Slow(stream.sink(None).await, Duration::from_millis(4)));
     let mut aborted_mid_run = 0;
@@ -413,10 +413,9 @@ async fn relay_task_aborted_mid_batch_and_restarted() {
                 .batch(20)
                 .lease(Duration::from_millis(300)),
         );
-        let (task, _stop) = spawn_relay(r);
+        let relay_task = spawn_relay(r);
         tokio::time::sleep(Duration::from_millis(fastrand::u64(15..60))).await;
-        task.abort();
-        let _ = task.await;
+        relay_task.abort().await;
         if shop.outbox.stats().await.unwrap().pending > 0 {
             aborted_mid_run += 1;
         }
@@ -426,7 +425,7 @@ async fn relay_task_aborted_mid_batch_and_restarted() {
         "no abort happened while work was pending"
     );
     let r = Arc::new(relay(&shop, sink.clone()));
-    let (task, stop) = spawn_relay(r);
+    let relay_task = spawn_relay(r);
     shop.assert_end_state(expected).await;
     assert_eq!(
         stream.count().await,
@@ -434,19 +433,14 @@ async fn relay_task_aborted_mid_batch_and_restarted() {
         "resends were de-duplicated"
     );
     assert_per_key_order(&order.lock().unwrap(), 10, 30);
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    relay_task.stop().await;
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_process_killed_and_restarted() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((stream, shop)) = jetstream_and_shop(8).await else {
         return;
     };
     let expected = shop.publish_load(8, 50, 40).await;
@@ -474,23 +468,19 @@ async fn relay_process_killed_and_restarted() {
     assert!(pending > 0, "the relay finished before it was killed");
     let mut child = spawn();
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), never());
+    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
     shop.assert_end_state(expected).await;
     assert_eq!(stream.count().await, expected as u64);
     assert_per_key_order(&order.lock().unwrap(), 8, 50);
     child.kill().unwrap();
     child.wait().unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_connection_cut_mid_batch() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((stream, shop)) = jetstream_and_shop(8).await else {
         return;
     };
     let proxy = CutProxy::start(&support::nats_url()).await.unwrap();
@@ -500,7 +490,7 @@ async fn jetstream_connection_cut_mid_batch() {
         Duration::from_millis(3),
     );
     let r = Arc::new(relay(&shop, sink).batch(20));
-    let (task, stop) = spawn_relay(r);
+    let relay_task = spawn_relay(r);
     let mut cuts_mid_run = 0;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(30..80))).await;
@@ -511,28 +501,23 @@ async fn jetstream_connection_cut_mid_batch() {
     }
     assert!(cuts_mid_run > 0, "no cut happened while work was pending");
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), never());
+    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
     shop.assert_end_state(expected).await;
     assert_eq!(stream.count().await, expected as u64);
     assert_per_key_order(&order.lock().unwrap(), 6, 40);
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    relay_task.stop().await;
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_consumer_failing_half_its_deliveries() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((stream, shop)) = jetstream_and_shop(8).await else {
         return;
     };
     let expected = shop.publish_load(5, 8, 10).await;
     let relay = relay(&shop, stream.sink(None).await);
-    let (task, stop) = spawn_relay(Arc::new(relay));
+    let relay_task = spawn_relay(Arc::new(relay));
     // Every delivery that is a message's first fails, and so does every other one after.
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let deliveries = Arc::new(AtomicUsize::new(0));
@@ -542,16 +527,14 @@ async fn jetstream_consumer_failing_half_its_deliveries() {
         s.lock().unwrap().insert(m.message_id.clone()) || n.is_multiple_of(2)
     });
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = spawn_js_consumer(&shop, &stream, order.clone(), fail);
+    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), fail);
     shop.assert_end_state(expected).await;
     assert!(
         deliveries.load(Ordering::SeqCst) >= 2 * expected,
         "each message failed at least once"
     );
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    relay_task.stop().await;
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
@@ -560,17 +543,13 @@ async fn jetstream_consumer_failing_half_its_deliveries() {
 /// consumer checks each key's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_over_200_keys_three_relays_random_faults() {
-    let Some(stream) = Stream::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(12).await else {
+    let Some((stream, shop)) = jetstream_and_shop(12).await else {
         return;
     };
     let expected = shop.publish_load(200, 50, 400).await;
     assert_eq!(expected, 10_000);
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) =
-        spawn_js_consumer_in_lanes(&shop, &stream, order.clone(), never(), 8);
+    let consumer = spawn_js_consumer_in_lanes(&shop, &stream, order.clone(), never(), 8);
     let sink = Arc::new(Flaky {
         inner: stream.sink(None).await,
         before: 2,
@@ -592,9 +571,7 @@ async fn ten_thousand_messages_over_200_keys_three_relays_random_faults() {
             break;
         }
         let victim = fastrand::usize(..relays.len());
-        let (task, _stop) = relays.swap_remove(victim);
-        task.abort();
-        let _ = task.await;
+        relays.swap_remove(victim).abort().await;
         relays.push(spawn_relay(make(10 + round)));
     }
     shop.assert_end_state(expected).await;
@@ -604,12 +581,10 @@ async fn ten_thousand_messages_over_200_keys_three_relays_random_faults() {
         expected as u64,
         "no message stored twice"
     );
-    for (task, stop) in relays {
-        stop.send(true).unwrap();
-        task.await.unwrap();
+    for relay_task in relays {
+        relay_task.stop().await;
     }
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    consumer.stop().await;
     stream.cleanup().await;
 }
 
@@ -627,25 +602,14 @@ struct Rabbit {
 
 impl Rabbit {
     async fn open() -> Option<Rabbit> {
-        let conn = match tokio::time::timeout(
-            Duration::from_secs(5),
+        let conn = within_5s(
+            "RabbitMQ",
             lapin::Connection::connect(
                 &support::amqp_url(),
                 lapin::ConnectionProperties::default(),
             ),
         )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                support::server_missing("RabbitMQ", &e);
-                return None;
-            }
-            Err(e) => {
-                support::server_missing("RabbitMQ", &e);
-                return None;
-            }
-        };
+        .await?;
         let channel = conn.create_channel().await.unwrap();
         let exchange = unique("ob_x");
         let queue = unique("ob_q");
@@ -704,13 +668,13 @@ impl Rabbit {
         AmqpSink::connect(&url, &self.exchange).await.unwrap()
     }
 
-    /// An inbox consumer on the queue, as a task; stops when `stop` is sent.
+    /// An inbox consumer on the queue, as a task.
     async fn spawn_consumer(
         &self,
         shop: &Shop,
         order: Arc<Mutex<Vec<(String, i64)>>>,
         fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
-    ) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+    ) -> Running {
         let channel = self.conn.create_channel().await.unwrap();
         channel
             .basic_qos(20, BasicQosOptions::default())
@@ -725,18 +689,14 @@ impl Rabbit {
             )
             .await
             .unwrap();
-        let (stop_tx, mut stop) = watch::channel(false);
         let handler = shop.handler(order, fail);
         let inbox = shop.inbox.clone();
-        let task = tokio::spawn(async move {
+        Running::spawn(|stopped| async move {
             let _channel = channel;
-            tx_outbox::amqp::consume(&inbox, "inventory", consumer, handler, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .unwrap();
-        });
-        (task, stop_tx)
+            tx_outbox::amqp::consume(&inbox, "inventory", consumer, handler, stopped)
+                .await
+                .unwrap();
+        })
     }
 
     async fn cleanup(self) {
@@ -756,20 +716,13 @@ impl Rabbit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_gets_persistent_confirmed_messages_handled_once() {
-    let Some(rabbit) = Rabbit::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((rabbit, shop)) = rabbitmq_and_shop(8).await else {
         return;
     };
     // One message first, to look at what the broker got.
     shop.publish(&[("k0".to_owned(), 0)], true).await;
     let relay = relay(&shop, rabbit.sink(None).await);
-    eventually(LIMIT, "the first message sent", || async {
-        relay.run_once().await.unwrap();
-        (shop.outbox.stats().await.unwrap().pending == 0).then_some(())
-    })
-    .await;
+    drain(&relay, &shop, "the first message sent").await;
     let got = rabbit
         .channel
         .basic_get(
@@ -818,44 +771,27 @@ async fn rabbitmq_gets_persistent_confirmed_messages_handled_once() {
         "{}",
         failed[0].last_error
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {}",
-        shop.outbox.table()
-    )))
-    .execute(shop.db.pool())
-    .await
-    .unwrap();
+    shop.on_outbox("DELETE FROM {t}").await;
     // The rest, through the inbox consumer; then every message is sent again (RabbitMQ does
     // not de-duplicate): the inbox turns the copies into duplicates.
     let more = shop.publish_load(4, 6, 5).await;
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = rabbit.spawn_consumer(&shop, order.clone(), never()).await;
-    let (task, stop) = spawn_relay(Arc::new(relay));
+    let consumer = rabbit.spawn_consumer(&shop, order.clone(), never()).await;
+    let relay_task = spawn_relay(Arc::new(relay));
     shop.assert_end_state(more).await;
     assert_per_key_order(&order.lock().unwrap(), 4, 6);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {} SET state = 0",
-        shop.outbox.table()
-    )))
-    .execute(shop.db.pool())
-    .await
-    .unwrap();
+    shop.on_outbox("UPDATE {t} SET state = 0").await;
     shop.assert_end_state(more).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     shop.assert_end_state(more).await;
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    relay_task.stop().await;
+    consumer.stop().await;
     rabbit.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
-    let Some(rabbit) = Rabbit::open().await else {
-        return;
-    };
-    let Some(shop) = Shop::open(8).await else {
+    let Some((rabbit, shop)) = rabbitmq_and_shop(8).await else {
         return;
     };
     let proxy = CutProxy::start(&Rabbit::host_port()).await.unwrap();
@@ -864,13 +800,13 @@ async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
         rabbit.sink(Some(proxy.port())).await,
         Duration::from_millis(3),
     );
-    let (task, stop) = spawn_relay(Arc::new(relay(&shop, sink).batch(20)));
+    let relay_task = spawn_relay(Arc::new(relay(&shop, sink).batch(20)));
     let deliveries = Arc::new(AtomicUsize::new(0));
     let d = deliveries.clone();
     let fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync> =
         Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst).is_multiple_of(2));
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, stop_consumer) = rabbit.spawn_consumer(&shop, order.clone(), fail).await;
+    let consumer = rabbit.spawn_consumer(&shop, order.clone(), fail).await;
     let mut cuts_mid_run = 0;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(30..80))).await;
@@ -885,10 +821,8 @@ async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
         deliveries.load(Ordering::SeqCst) >= 2 * expected - 1,
         "half the deliveries failed"
     );
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    stop_consumer.send(true).unwrap();
-    consumer.await.unwrap();
+    relay_task.stop().await;
+    consumer.stop().await;
     rabbit.cleanup().await;
 }
 

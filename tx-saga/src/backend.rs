@@ -115,18 +115,9 @@ macro_rules! driver {
                 sql: Arc<str>,
                 args: Vec<Value>,
             ) -> BoxFuture<'a, Result<u64, TxError>> {
-                Box::pin(async move {
-                    let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
-                    for a in args {
-                        q = match a {
-                            Value::I64(v) => q.bind(v),
-                            Value::Text(v) => q.bind(v),
-                            Value::NullI64 => q.bind(None::<i64>),
-                            Value::NullText => q.bind(None::<String>),
-                        };
-                    }
-                    Ok(q.execute(db).await?.rows_affected())
-                })
+                Box::pin(
+                    async move { Ok(bound::<$db>(sql, args).execute(db).await?.rows_affected()) },
+                )
             }
 
             fn saga_fetch<'a>(
@@ -137,16 +128,7 @@ macro_rules! driver {
             ) -> BoxFuture<'a, Result<Vec<Vec<Cell>>, TxError>> {
                 Box::pin(async move {
                     use sqlx::Row as _;
-                    let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
-                    for a in args {
-                        q = match a {
-                            Value::I64(v) => q.bind(v),
-                            Value::Text(v) => q.bind(v),
-                            Value::NullI64 => q.bind(None::<i64>),
-                            Value::NullText => q.bind(None::<String>),
-                        };
-                    }
-                    let rows = q.fetch_all(db).await?;
+                    let rows = bound::<$db>(sql, args).fetch_all(db).await?;
                     let mut out = Vec::with_capacity(rows.len());
                     for row in rows {
                         let mut cells = Vec::with_capacity(cols.len());
@@ -168,6 +150,29 @@ macro_rules! driver {
 }
 
 /// Columns shared by every dialect; `$text` is the type of the state and error columns.
+/// `sql` with `args` bound in order.
+fn bound<DB: sqlx::Database>(
+    sql: Arc<str>,
+    args: Vec<Value>,
+) -> sqlx::query::Query<'static, DB, DB::Arguments>
+where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            Value::I64(v) => q.bind(v),
+            Value::Text(v) => q.bind(v),
+            Value::NullI64 => q.bind(None::<i64>),
+            Value::NullText => q.bind(None::<String>),
+        };
+    }
+    q
+}
+
 fn columns(text: &str) -> String {
     format!(
         "id VARCHAR(36) NOT NULL PRIMARY KEY, \

@@ -2,15 +2,13 @@
 
 use std::any::TypeId;
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 use tx_sqlx::{TxError, TxPool};
 
 use crate::backend::SagaBackend;
@@ -18,8 +16,10 @@ use crate::backend::private::{Col, Value};
 use crate::definition::{ErasedSaga, Saga};
 use crate::id::SagaId;
 use crate::observe;
-use crate::sql::{Sql, check_table};
+use crate::registry::{Registry, invalid};
+use crate::sql::check_table;
 use crate::status::{SagaStatus, StuckSaga};
+use crate::worker::Worker;
 
 /// The sagas of one database: registers definitions, starts instances, runs workers, and
 /// answers what state each saga is in.
@@ -68,38 +68,7 @@ use crate::status::{SagaStatus, StuckSaga};
 /// # Ok(()) }
 /// ```
 pub struct SagaEngine<DB: SagaBackend> {
-    pub(crate) inner: Arc<Inner<DB>>,
-}
-
-pub(crate) struct Inner<DB: SagaBackend> {
-    pub db: TxPool<DB>,
-    pub table: String,
-    pub lease: Duration,
-    pub poll_interval: Duration,
-    pub concurrency: usize,
-    pub sagas: BTreeMap<Arc<str>, Arc<dyn ErasedSaga>>,
-    /// Misconfigurations found by the builder, reported by every async call.
-    pub problems: Vec<String>,
-    sql: OnceLock<Arc<Sql>>,
-    /// Wakes this process's idle workers when a saga is started here.
-    pub wake: Arc<Notify>,
-}
-
-impl<DB: SagaBackend> Clone for Inner<DB> {
-    fn clone(&self) -> Self {
-        Inner {
-            db: self.db.clone(),
-            table: self.table.clone(),
-            lease: self.lease,
-            poll_interval: self.poll_interval,
-            concurrency: self.concurrency,
-            sagas: self.sagas.clone(),
-            problems: self.problems.clone(),
-            // Rebuilt from the changed configuration.
-            sql: OnceLock::new(),
-            wake: self.wake.clone(),
-        }
-    }
+    inner: Arc<Registry<DB>>,
 }
 
 impl<DB: SagaBackend> Clone for SagaEngine<DB> {
@@ -122,12 +91,6 @@ impl<DB: SagaBackend> fmt::Debug for SagaEngine<DB> {
     }
 }
 
-fn invalid(message: String) -> TxError {
-    TxError::InvalidArgument {
-        message: message.into(),
-    }
-}
-
 impl<DB: SagaBackend> SagaEngine<DB> {
     /// An engine keeping its sagas in `db`, in the table `tx_saga`, with a 60 s lease, workers
     /// polling every 500 ms and running up to 8 sagas at once.
@@ -140,23 +103,13 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     #[must_use]
     pub fn new(db: TxPool<DB>) -> Self {
         SagaEngine {
-            inner: Arc::new(Inner {
-                db,
-                table: "tx_saga".to_owned(),
-                lease: Duration::from_secs(60),
-                poll_interval: Duration::from_millis(500),
-                concurrency: 8,
-                sagas: BTreeMap::new(),
-                problems: Vec::new(),
-                sql: OnceLock::new(),
-                wake: Arc::new(Notify::new()),
-            }),
+            inner: Arc::new(Registry::new(db)),
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Inner<DB>)) -> Self {
+    fn edit(mut self, f: impl FnOnce(&mut Registry<DB>)) -> Self {
         let inner = Arc::make_mut(&mut self.inner);
-        inner.sql = OnceLock::new();
+        inner.forget_statements();
         f(inner);
         self
     }
@@ -265,31 +218,6 @@ impl<DB: SagaBackend> SagaEngine<DB> {
         })
     }
 
-    /// The statements, after checking the configuration.
-    pub(crate) fn sql(&self) -> Result<Arc<Sql>, TxError> {
-        let inner = &self.inner;
-        if !inner.problems.is_empty() {
-            return Err(invalid(format!(
-                "the saga engine is misconfigured: {}",
-                inner.problems.join("; ")
-            )));
-        }
-        if inner.lease < Duration::from_millis(100) {
-            return Err(invalid(format!(
-                "the saga engine's lease of {:?} is too short: it must cover a claim and a step's \
-                 bookkeeping (at least 100 ms; the default is 60 s)",
-                inner.lease
-            )));
-        }
-        Ok(inner
-            .sql
-            .get_or_init(|| {
-                let names: Vec<&str> = inner.sagas.keys().map(|k| &**k).collect();
-                Arc::new(Sql::new(&DB::DIALECT, &inner.table, &names))
-            })
-            .clone())
-    }
-
     /// Creates the saga table and its index if they are absent (idempotent, also when several
     /// processes install at once). Call it outside any transaction: on MySQL/MariaDB DDL
     /// commits implicitly.
@@ -303,7 +231,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     ///
     /// Safe to cancel and call again: each statement is idempotent.
     pub async fn install(&self) -> Result<(), TxError> {
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         let mut attempt = 0;
         loop {
             let mut result = Ok(());
@@ -351,7 +279,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
         S: Serialize + 'static,
     {
         let name = name.as_ref();
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         let Some(saga) = self.inner.sagas.get(name) else {
             let known: Vec<&str> = self.inner.sagas.keys().map(|k| &**k).collect();
             return Err(invalid(format!(
@@ -427,7 +355,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// Dropping the future abandons the steps in flight: their transactions are rolled back and
     /// their sagas are resumed by a worker once their leases expire. Prefer `shutdown`.
     pub async fn run<F: Future>(&self, shutdown: F) -> Result<(), TxError> {
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         if self.inner.sagas.is_empty() {
             return Err(invalid(
                 "SagaEngine::run: no saga is registered, so this worker could run nothing; \
@@ -435,7 +363,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
                     .to_owned(),
             ));
         }
-        crate::worker::Worker::new(self.clone(), sql)
+        Worker::new(self.inner.clone(), sql)
             .run(async move {
                 shutdown.await;
             })
@@ -454,7 +382,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// Safe to cancel: it only reads.
     pub async fn status(&self, id: impl Borrow<SagaId>) -> Result<SagaStatus, TxError> {
         let id = *id.borrow();
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         let mut rows = DB::saga_fetch(
             &self.inner.db,
             sql.status.clone(),
@@ -486,7 +414,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     ///
     /// Safe to cancel: it only reads.
     pub async fn stuck(&self, older_than: Duration) -> Result<Vec<StuckSaga>, TxError> {
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
         let rows = DB::saga_fetch(
             &self.inner.db,
@@ -546,7 +474,7 @@ impl<DB: SagaBackend> SagaEngine<DB> {
     /// that was resumed reports that it is no longer stuck.
     pub async fn resume(&self, id: impl Borrow<SagaId>) -> Result<(), TxError> {
         let id = *id.borrow();
-        let sql = self.sql()?;
+        let sql = self.inner.sql()?;
         let changed = DB::saga_execute(
             &self.inner.db,
             sql.resume.clone(),
@@ -562,9 +490,5 @@ impl<DB: SagaBackend> SagaEngine<DB> {
         Err(invalid(format!(
             "saga {id} is not stuck (it is {status}); only a stuck saga can be resumed"
         )))
-    }
-
-    pub(crate) fn saga(&self, name: &str) -> Option<&Arc<dyn ErasedSaga>> {
-        self.inner.sagas.get(name)
     }
 }

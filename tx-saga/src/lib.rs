@@ -140,6 +140,7 @@ mod engine;
 mod error;
 mod id;
 mod observe;
+mod registry;
 mod sql;
 mod status;
 mod worker;

@@ -5,25 +5,27 @@ use std::time::Duration;
 
 use crate::context::Direction;
 
-#[cfg(feature = "metrics")]
-pub(crate) fn started(saga: &str) {
-    metrics::counter!("tx_saga_started_total", "saga" => saga.to_owned()).increment(1);
+/// One counter per saga event, labelled by saga name; nothing without the feature.
+macro_rules! saga_counters {
+    ($($event:ident => $metric:literal),+ $(,)?) => {
+        $(
+            #[cfg(feature = "metrics")]
+            pub(crate) fn $event(saga: &str) {
+                metrics::counter!($metric, "saga" => saga.to_owned()).increment(1);
+            }
+
+            #[cfg(not(feature = "metrics"))]
+            pub(crate) fn $event(_: &str) {}
+        )+
+    };
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) fn completed(saga: &str) {
-    metrics::counter!("tx_saga_completed_total", "saga" => saga.to_owned()).increment(1);
-}
-
-#[cfg(feature = "metrics")]
-pub(crate) fn compensated(saga: &str) {
-    metrics::counter!("tx_saga_compensated_total", "saga" => saga.to_owned()).increment(1);
-}
-
-#[cfg(feature = "metrics")]
-pub(crate) fn stuck(saga: &str) {
-    metrics::counter!("tx_saga_stuck_total", "saga" => saga.to_owned()).increment(1);
-}
+saga_counters!(
+    started => "tx_saga_started_total",
+    completed => "tx_saga_completed_total",
+    compensated => "tx_saga_compensated_total",
+    stuck => "tx_saga_stuck_total",
+);
 
 #[cfg(feature = "metrics")]
 pub(crate) fn step_finished(
@@ -43,13 +45,5 @@ pub(crate) fn step_finished(
     .record(took.as_secs_f64());
 }
 
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn started(_: &str) {}
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn completed(_: &str) {}
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn compensated(_: &str) {}
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn stuck(_: &str) {}
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn step_finished(_: &str, _: &str, _: Direction, _: &'static str, _: Duration) {}

@@ -1,6 +1,6 @@
 //! # orders-api: an axum order service on tx
 //!
-//! The seeds' order placement as an HTTP API: each request runs in one transaction
+//! The shop's order placement as an HTTP API: each request runs in one transaction
 //! ([`tx_axum::TxLayer`]), committed when the handler answers 2xx and rolled back when it
 //! answers 4xx/5xx, before the response leaves.
 //!

@@ -3,8 +3,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
+use sqlx::MySql;
+use sqlx::mysql::MySqlConnectOptions;
+use tx_examples::per_backend::{on_admin_connection, question_marks, server_pool};
 use tx_sqlx::{MySqlTxPool, TxError};
 
 use crate::setup::{POOL_SIZE, checked};
@@ -18,35 +19,14 @@ const ID_COLUMN: &str = "id BIGINT AUTO_INCREMENT PRIMARY KEY";
 /// The statement with MySQL's `?` placeholders instead of `$1`, `$2`, ... (the services
 /// number them in binding order and use each once).
 fn sql(statement: &'static str) -> sqlx::AssertSqlSafe<String> {
-    let mut out = String::with_capacity(statement.len());
-    let mut chars = statement.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    sqlx::AssertSqlSafe(out)
+    sqlx::AssertSqlSafe(question_marks(statement))
 }
 
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod routes {
-    use super::*;
-    include!("app/routes.rs");
-}
-
-mod tables {
-    use super::*;
-    include!("app/tables.rs");
-}
+tx_examples::include_per_backend!(
+    services => "app/services.rs",
+    routes => "app/routes.rs",
+    tables => "app/tables.rs",
+);
 
 pub use routes::{Api, router};
 pub use services::{AuditService, OrderService, PointsService, TransferService};
@@ -61,17 +41,9 @@ pub async fn connect(url: &str, database: &str) -> Result<Api, TxError> {
     drop_database(url, database).await?;
     let database = checked(database)?;
     let options = MySqlConnectOptions::from_str(url)?;
-    let mut admin = MySqlConnection::connect_with(&options).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .execute(&mut admin)
-        .await?;
-    admin.close().await?;
-    let pool = MySqlPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(Duration::from_secs(20))
-        .connect_with(options.database(database))
-        .await?;
-    let db = MySqlTxPool::new(pool);
+    on_admin_connection::<MySql>(&options, &[format!("CREATE DATABASE {database}")]).await?;
+    let scoped = options.database(database);
+    let db: Db = server_pool(POOL_SIZE, Duration::from_secs(20), scoped).await?;
     tables::create(&db, &db).await?;
     Ok(Api::new(db.clone(), db))
 }
@@ -83,11 +55,8 @@ pub async fn connect(url: &str, database: &str) -> Result<Api, TxError> {
 /// The server cannot be reached, or `database` is not a plain lower-case name.
 pub async fn drop_database(url: &str, database: &str) -> Result<(), TxError> {
     let database = checked(database)?;
-    let mut admin = MySqlConnection::connect(url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database}"
-    )))
-    .execute(&mut admin)
-    .await?;
+    let options = MySqlConnectOptions::from_str(url)?;
+    on_admin_connection::<MySql>(&options, &[format!("DROP DATABASE IF EXISTS {database}")])
+        .await?;
     Ok(())
 }

@@ -3,8 +3,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::Postgres;
+use sqlx::postgres::PgConnectOptions;
+use tx_examples::per_backend::{on_admin_connection, server_pool};
 use tx_sqlx::{PgTxPool, TxError};
 
 use crate::setup::{POOL_SIZE, checked};
@@ -20,20 +21,11 @@ fn sql(statement: &'static str) -> &'static str {
     statement
 }
 
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod routes {
-    use super::*;
-    include!("app/routes.rs");
-}
-
-mod tables {
-    use super::*;
-    include!("app/tables.rs");
-}
+tx_examples::include_per_backend!(
+    services => "app/services.rs",
+    routes => "app/routes.rs",
+    tables => "app/tables.rs",
+);
 
 pub use routes::{Api, router};
 pub use services::{AuditService, OrderService, PointsService, TransferService};
@@ -48,17 +40,9 @@ pub async fn connect(url: &str, schema: &str) -> Result<Api, TxError> {
     drop_schema(url, schema).await?;
     let schema = checked(schema)?;
     let options = PgConnectOptions::from_str(url)?;
-    let mut admin = PgConnection::connect_with(&options).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await?;
-    admin.close().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(Duration::from_secs(20))
-        .connect_with(options.options([("search_path", schema)]))
-        .await?;
-    let db = PgTxPool::new(pool);
+    on_admin_connection::<Postgres>(&options, &[format!("CREATE SCHEMA {schema}")]).await?;
+    let scoped = options.options([("search_path", schema)]);
+    let db: Db = server_pool(POOL_SIZE, Duration::from_secs(20), scoped).await?;
     tables::create(&db, &db).await?;
     Ok(Api::new(db.clone(), db))
 }
@@ -70,11 +54,11 @@ pub async fn connect(url: &str, schema: &str) -> Result<Api, TxError> {
 /// The server cannot be reached, or `schema` is not a plain lower-case name.
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), TxError> {
     let schema = checked(schema)?;
-    let mut admin = PgConnection::connect(url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut admin)
+    let options = PgConnectOptions::from_str(url)?;
+    on_admin_connection::<Postgres>(
+        &options,
+        &[format!("DROP SCHEMA IF EXISTS {schema} CASCADE")],
+    )
     .await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tx_examples::per_backend::sqlite_file_pool;
 use tx_sqlx::{SqliteTxPool, TxError};
 
 /// The pool (and transaction manager) the services of this module run on.
@@ -19,35 +19,18 @@ fn sql(statement: &'static str) -> &'static str {
     statement
 }
 
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod routes {
-    use super::*;
-    include!("app/routes.rs");
-}
-
-mod tables {
-    use super::*;
-    include!("app/tables.rs");
-}
+tx_examples::include_per_backend!(
+    services => "app/services.rs",
+    routes => "app/routes.rs",
+    tables => "app/tables.rs",
+);
 
 pub use routes::{Api, router};
 pub use services::{AuditService, OrderService, PointsService, TransferService};
 
+/// Opens (creating) the SQLite database `file` in WAL mode.
 async fn pool(file: &Path) -> Result<Db, TxError> {
-    let options = SqliteConnectOptions::new()
-        .filename(file)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(5)
-        .connect_with(options)
-        .await?;
-    Ok(SqliteTxPool::new(pool))
+    Ok(sqlite_file_pool(file, 5, Duration::from_secs(10)).await?)
 }
 
 /// The API on two new SQLite databases in `dir`, with the seed data.

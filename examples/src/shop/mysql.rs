@@ -4,12 +4,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
+use sqlx::MySql;
+use sqlx::mysql::MySqlConnectOptions;
 use tx_sqlx::{MySqlTxPool, TxError};
 
 use super::connect::{Backend, POOL_SIZE, check_name};
 use super::error::ShopError;
+use crate::per_backend::{on_admin_connection, question_marks, server_pool};
 
 /// The pool (and transaction manager) every service of this module runs on.
 pub type Db = MySqlTxPool;
@@ -25,36 +26,11 @@ fn sql(statement: &'static str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(question_marks(statement))
 }
 
-fn question_marks(statement: &str) -> String {
-    let mut out = String::with_capacity(statement.len());
-    let mut chars = statement.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod queries {
-    use super::*;
-    include!("app/queries.rs");
-}
-
-mod cases {
-    use super::*;
-    include!("app/shop.rs");
-}
+crate::include_per_backend!(
+    services => "app/services.rs",
+    queries => "app/queries.rs",
+    cases => "app/shop.rs",
+);
 
 pub use cases::Shop;
 pub use queries::{Queries, create_schema};
@@ -69,22 +45,13 @@ pub use services::*;
 pub async fn connect(url: &str, database: &str) -> Result<Shop, ShopError> {
     check_name(database)?;
     let options = MySqlConnectOptions::from_str(url)?;
-    let mut admin = MySqlConnection::connect_with(&options).await?;
-    for ddl in [
+    let ddl = [
         format!("DROP DATABASE IF EXISTS {database}"),
         format!("CREATE DATABASE {database}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut admin)
-            .await?;
-    }
-    admin.close().await?;
-    let pool = MySqlPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.database(database))
-        .await?;
-    let db = MySqlTxPool::new(pool);
+    ];
+    on_admin_connection::<MySql>(&options, &ddl).await?;
+    let scoped = options.database(database);
+    let db: Db = server_pool(POOL_SIZE, Duration::from_secs(10), scoped).await?;
     create_schema(&db, &db).await?;
     Ok(Shop::new(db.clone(), db, false))
 }
@@ -96,23 +63,8 @@ pub async fn connect(url: &str, database: &str) -> Result<Shop, ShopError> {
 /// As [`connect`].
 pub async fn drop_database(url: &str, database: &str) -> Result<(), ShopError> {
     check_name(database)?;
-    let mut admin = MySqlConnection::connect(url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {database}"
-    )))
-    .execute(&mut admin)
-    .await?;
+    let options = MySqlConnectOptions::from_str(url)?;
+    on_admin_connection::<MySql>(&options, &[format!("DROP DATABASE IF EXISTS {database}")])
+        .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn placeholders_become_question_marks() {
-        assert_eq!(
-            super::question_marks("UPDATE t SET a = $1 WHERE id = $2 AND b >= $10"),
-            "UPDATE t SET a = ? WHERE id = ? AND b >= ?"
-        );
-        assert_eq!(super::question_marks("SELECT '$' || x"), "SELECT '$' || x");
-    }
 }

@@ -4,12 +4,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::Postgres;
+use sqlx::postgres::PgConnectOptions;
 use tx_sqlx::{PgTxPool, TxError};
 
 use super::connect::{Backend, POOL_SIZE, check_name};
 use super::error::ShopError;
+use crate::per_backend::{on_admin_connection, server_pool};
 
 /// The pool (and transaction manager) every service of this module runs on.
 pub type Db = PgTxPool;
@@ -24,20 +25,11 @@ fn sql(statement: &'static str) -> &'static str {
     statement
 }
 
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod queries {
-    use super::*;
-    include!("app/queries.rs");
-}
-
-mod cases {
-    use super::*;
-    include!("app/shop.rs");
-}
+crate::include_per_backend!(
+    services => "app/services.rs",
+    queries => "app/queries.rs",
+    cases => "app/shop.rs",
+);
 
 pub use cases::Shop;
 pub use queries::{Queries, create_schema};
@@ -52,22 +44,13 @@ pub use services::*;
 pub async fn connect(url: &str, schema: &str) -> Result<Shop, ShopError> {
     check_name(schema)?;
     let options = PgConnectOptions::from_str(url)?;
-    let mut admin = PgConnection::connect_with(&options).await?;
-    for ddl in [
+    let ddl = [
         format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
         format!("CREATE SCHEMA {schema}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut admin)
-            .await?;
-    }
-    admin.close().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.options([("search_path", schema)]))
-        .await?;
-    let db = PgTxPool::new(pool);
+    ];
+    on_admin_connection::<Postgres>(&options, &ddl).await?;
+    let scoped = options.options([("search_path", schema)]);
+    let db: Db = server_pool(POOL_SIZE, Duration::from_secs(10), scoped).await?;
     create_schema(&db, &db).await?;
     Ok(Shop::new(db.clone(), db, false))
 }
@@ -79,11 +62,11 @@ pub async fn connect(url: &str, schema: &str) -> Result<Shop, ShopError> {
 /// As [`connect`].
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), ShopError> {
     check_name(schema)?;
-    let mut admin = PgConnection::connect(url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut admin)
+    let options = PgConnectOptions::from_str(url)?;
+    on_admin_connection::<Postgres>(
+        &options,
+        &[format!("DROP SCHEMA IF EXISTS {schema} CASCADE")],
+    )
     .await?;
     Ok(())
 }

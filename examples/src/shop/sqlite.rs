@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tx_sqlx::{SqliteTxPool, TxError};
 
 use super::connect::{Backend, POOL_SIZE};
 use super::error::ShopError;
+use crate::per_backend::sqlite_file_pool;
 
 /// The pool (and transaction manager) every service of this module runs on.
 pub type Db = SqliteTxPool;
@@ -26,20 +26,11 @@ fn sql(statement: &'static str) -> &'static str {
     statement
 }
 
-mod services {
-    use super::*;
-    include!("app/services.rs");
-}
-
-mod queries {
-    use super::*;
-    include!("app/queries.rs");
-}
-
-mod cases {
-    use super::*;
-    include!("app/shop.rs");
-}
+crate::include_per_backend!(
+    services => "app/services.rs",
+    queries => "app/queries.rs",
+    cases => "app/shop.rs",
+);
 
 pub use cases::Shop;
 pub use queries::{Queries, create_schema};
@@ -47,16 +38,7 @@ pub use services::*;
 
 /// Opens (creating) the SQLite database `file` in WAL mode.
 async fn pool(file: &Path) -> Result<Db, ShopError> {
-    let options = SqliteConnectOptions::new()
-        .filename(file)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .connect_with(options)
-        .await?;
-    Ok(SqliteTxPool::new(pool))
+    Ok(sqlite_file_pool(file, POOL_SIZE, Duration::from_secs(5)).await?)
 }
 
 /// The shop on two new SQLite databases in `dir`.

@@ -4,21 +4,24 @@
 
 #[cfg(feature = "nats")]
 pub mod database_fault;
+pub mod pg_restart;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tx_outbox::{Envelope, Sink, SinkError};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
 
 pub fn pg_url() -> String {
     std::env::var("TX_TEST_PG_URL")
@@ -38,7 +41,8 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-fn servers_required() -> bool {
+/// Whether a missing server fails the test (`TX_TEST_REQUIRE_SERVERS=1`).
+pub fn servers_required() -> bool {
     std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
 }
 
@@ -52,17 +56,41 @@ pub fn server_missing(what: &str, err: &dyn std::fmt::Display) {
     );
 }
 
-pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
-    let opts = PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&pg_url()).await {
-        Ok(p) => Some(PgTxPool::new(p)),
+/// A pool of `max` connections on `url`, or `None` (the test is
+/// skipped) when `what` is unreachable.
+async fn pool_at<DB: sqlx::Database>(what: &str, max: u32, url: &str) -> Option<TxPool<DB>> {
+    let options = match url.parse::<<DB::Connection as sqlx::Connection>::Options>() {
+        Ok(o) => o,
         Err(e) => {
-            server_missing("PostgreSQL", &e);
+            server_missing(what, &e);
+            return None;
+        }
+    };
+    pool_with(what, max, options).await
+}
+
+/// [`pool_at`] with parsed connect options.
+async fn pool_with<DB: sqlx::Database>(
+    what: &str,
+    max: u32,
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> Option<TxPool<DB>> {
+    match PoolOptions::<DB>::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+    {
+        Ok(p) => Some(TxPool::new(p)),
+        Err(e) => {
+            server_missing(what, &e);
             None
         }
     }
+}
+
+pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
+    pool_at("PostgreSQL", max, &pg_url()).await
 }
 
 /// A PostgreSQL pool whose commits do not wait for the WAL flush (`synchronous_commit=off`):
@@ -75,32 +103,16 @@ pub async fn pg_pool_async_commit(max: u32) -> Option<PgTxPool> {
             return None;
         }
     };
-    let opts = opts.options([("synchronous_commit", "off")]);
-    match PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
-    {
-        Ok(p) => Some(PgTxPool::new(p)),
-        Err(e) => {
-            server_missing("PostgreSQL", &e);
-            None
-        }
-    }
+    pool_with(
+        "PostgreSQL",
+        max,
+        opts.options([("synchronous_commit", "off")]),
+    )
+    .await
 }
 
 pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
-    let opts = MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&mysql_url()).await {
-        Ok(p) => Some(MySqlTxPool::new(p)),
-        Err(e) => {
-            server_missing("MariaDB/MySQL", &e);
-            None
-        }
-    }
+    pool_at("MariaDB/MySQL", max, &mysql_url()).await
 }
 
 /// A pool on a fresh SQLite file (WAL) in a temp dir; keep the dir alive.
@@ -277,6 +289,48 @@ impl Drop for CutProxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+/// Completes once the [`Running`] that handed it out is stopped: the shutdown signal of a
+/// relay or consumer under test.
+pub type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A task (a relay, a consumer) that runs until [`stop`](Running::stop), or is aborted as a
+/// crash would end it.
+pub struct Running {
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Spawns `body`, handing it the signal that [`stop`](Running::stop) gives.
+    pub fn spawn<Fut>(body: impl FnOnce(Stopped) -> Fut) -> Running
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, mut signal) = watch::channel(false);
+        let stopped: Stopped = Box::pin(async move {
+            let _ = signal.wait_for(|s| *s).await;
+        });
+        Running {
+            task: tokio::spawn(body(stopped)),
+            stop,
+        }
+    }
+
+    /// Signals the task to stop and waits for it; panics if it failed.
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+
+    /// Aborts the task mid-work and waits until it is gone; the stop signal is never given.
+    pub async fn abort(self) {
+        let Running { task, stop } = self;
+        task.abort();
+        let _ = task.await;
+        drop(stop);
     }
 }
 

@@ -12,7 +12,7 @@ use super::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// The seed's order with enough stock and money: every service changed once.
+/// An order with enough stock and money: every service changed once.
 pub async fn order_completes_across_three_services<DB: TestDb>(env: Env<DB>) {
     env.seed("book", 10, &[("alice", 100)]).await;
     let engine = env.engine().register(env.order_saga(None));
@@ -510,3 +510,34 @@ pub async fn concurrent_installs_succeed<DB: TestDb>(env: Env<DB>) {
     assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
     env.drop_all().await;
 }
+
+/// One test per scenario above, each on a fresh environment made by `$env` (an
+/// `Option<Env<_>>`; `None` skips the test because its server is missing).
+macro_rules! saga_suite {
+    ($env:expr) => {
+        $crate::common::scenarios::saga_suite!(
+            @each $env;
+            order_completes_across_three_services,
+            payment_failure_compensates_in_reverse_order,
+            start_joins_the_callers_transaction,
+            retries_keep_the_key_and_roll_back_failed_attempts,
+            panics_and_timeouts_are_failed_attempts,
+            stuck_sagas_are_listed_and_resumed,
+            misuse_is_reported,
+            shutdown_finishes_the_step_and_hands_the_saga_back,
+            concurrent_installs_succeed,
+        );
+    };
+    (@each $env:expr; $($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let Some(env) = $env else {
+                    return;
+                };
+                $crate::common::scenarios::$scenario(env).await;
+            }
+        )+
+    };
+}
+pub(crate) use saga_suite;

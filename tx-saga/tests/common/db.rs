@@ -1,0 +1,145 @@
+//! The tests' view of a backend: a statement with integer and text arguments, run through
+//! `&db` so that it joins the task's transaction, and a column of integers or texts read back.
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tx_saga::{SagaBackend, SagaId};
+use tx_sqlx::{TransactionTemplate, TxError, TxPool};
+
+/// A value bound to a test statement.
+pub enum Arg {
+    I(i64),
+    S(String),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg::I(v)
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Arg {
+        Arg::S(v.to_owned())
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Arg {
+        Arg::S(v)
+    }
+}
+impl From<SagaId> for Arg {
+    fn from(v: SagaId) -> Arg {
+        Arg::S(v.to_string())
+    }
+}
+
+/// `?` as `$1, $2, ..` for PostgreSQL.
+fn render(sql: &str, numbered: bool) -> String {
+    if !numbered {
+        return sql.to_owned();
+    }
+    let mut n = 0;
+    let mut out = String::new();
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The test's view of a backend: run a statement through `&db` (joining the task's
+/// transaction on `db`, if any), fetch one integer or text column.
+pub trait TestDb: SagaBackend {
+    const KIND: Kind;
+    fn exec<'a>(
+        db: &'a TxPool<Self>,
+        sql: &str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<u64, TxError>>;
+    fn ints<'a>(
+        db: &'a TxPool<Self>,
+        sql: &str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, TxError>>;
+    fn texts<'a>(
+        db: &'a TxPool<Self>,
+        sql: &str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<String>, TxError>>;
+    fn template(db: &TxPool<Self>) -> TransactionTemplate;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// Binds every argument of `$args` to the query `$q` (rebinding it).
+macro_rules! bind_args {
+    ($q:ident, $args:expr) => {
+        let mut $q = $q;
+        for a in $args {
+            $q = match a {
+                Arg::I(v) => $q.bind(v),
+                Arg::S(v) => $q.bind(v),
+            };
+        }
+    };
+}
+
+macro_rules! test_db {
+    ($db:ty, $kind:expr) => {
+        impl TestDb for $db {
+            const KIND: Kind = $kind;
+            fn exec<'a>(
+                db: &'a TxPool<Self>,
+                sql: &str,
+                args: Vec<Arg>,
+            ) -> BoxFuture<'a, Result<u64, TxError>> {
+                let sql = render(sql, $kind == Kind::Postgres);
+                Box::pin(async move {
+                    let q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+                    bind_args!(q, args);
+                    Ok(q.execute(db).await?.rows_affected())
+                })
+            }
+            fn ints<'a>(
+                db: &'a TxPool<Self>,
+                sql: &str,
+                args: Vec<Arg>,
+            ) -> BoxFuture<'a, Result<Vec<i64>, TxError>> {
+                let sql = render(sql, $kind == Kind::Postgres);
+                Box::pin(async move {
+                    let q = sqlx::query_scalar::<$db, i64>(sqlx::AssertSqlSafe(sql));
+                    bind_args!(q, args);
+                    Ok(q.fetch_all(db).await?)
+                })
+            }
+            fn texts<'a>(
+                db: &'a TxPool<Self>,
+                sql: &str,
+                args: Vec<Arg>,
+            ) -> BoxFuture<'a, Result<Vec<String>, TxError>> {
+                let sql = render(sql, $kind == Kind::Postgres);
+                Box::pin(async move {
+                    let q = sqlx::query_scalar::<$db, String>(sqlx::AssertSqlSafe(sql));
+                    bind_args!(q, args);
+                    Ok(q.fetch_all(db).await?)
+                })
+            }
+            fn template(db: &TxPool<Self>) -> TransactionTemplate {
+                TransactionTemplate::new(db.clone())
+            }
+        }
+    };
+}
+
+test_db!(sqlx::Sqlite, Kind::Sqlite);
+test_db!(sqlx::Postgres, Kind::Postgres);
+test_db!(sqlx::MySql, Kind::MySql);
