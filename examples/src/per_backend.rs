@@ -14,22 +14,55 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, Database, Executor};
 use tx_sqlx::{SqliteTxPool, TxPool};
 
-/// Compiles each listed file as a module of the calling module, which provides what the file
-/// uses (`Db`, `sql`, ...): the same service code, once per backend. Paths are relative to the
-/// calling file, as with `include!`.
+/// What a per-database module of an example declares before it includes the shared code:
+/// its pool type `Db`, its auto-increment key `ID_COLUMN`, its `sql` function for the
+/// placeholder style (`numbered`: `$1` as written; `question_marks`: MySQL's `?`), then each
+/// listed file compiled as a module of the calling module (paths relative to the calling
+/// file, as with `include!`): the same service code, once per backend.
 ///
 /// ```ignore
-/// tx_examples::include_per_backend!(services => "app/services.rs", queries => "app/queries.rs");
+/// tx_examples::backend_module! {
+///     pool: tx_sqlx::PgTxPool,
+///     id_column: "id BIGSERIAL PRIMARY KEY",
+///     placeholders: numbered,
+///     include: { services => "app/services.rs" },
+/// }
 /// ```
 #[macro_export]
-macro_rules! include_per_backend {
-    ($($module:ident => $file:literal),+ $(,)?) => {
+macro_rules! backend_module {
+    (
+        pool: $db:ty,
+        id_column: $id:literal,
+        placeholders: $style:ident,
+        include: { $($module:ident => $file:literal),+ $(,)? } $(,)?
+    ) => {
+        /// The pool (and transaction manager) the services of this module run on.
+        pub type Db = $db;
+
+        /// The column definition of an auto-increment key named `id`.
+        const ID_COLUMN: &str = $id;
+
+        $crate::backend_module!(@sql $style);
+
         $(
             mod $module {
                 use super::*;
                 include!($file);
             }
         )+
+    };
+    (@sql numbered) => {
+        /// A statement as written (`$1` placeholders).
+        fn sql(statement: &'static str) -> &'static str {
+            statement
+        }
+    };
+    (@sql question_marks) => {
+        /// The statement with MySQL's `?` placeholders instead of `$1`, `$2`, ... (the
+        /// services number them in binding order and use each once).
+        fn sql(statement: &'static str) -> sqlx::AssertSqlSafe<String> {
+            sqlx::AssertSqlSafe($crate::per_backend::question_marks(statement))
+        }
     };
 }
 

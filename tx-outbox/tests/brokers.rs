@@ -350,6 +350,38 @@ async fn drain<S: Sink>(relay: &Relay<Pg, S>, shop: &Shop, what: &str) {
     .await;
 }
 
+/// Cuts the connections through `proxy` four times at random moments, and checks that at
+/// least one cut came while work was pending.
+async fn cut_four_times(proxy: &CutProxy, shop: &Shop) {
+    let mut cuts_mid_run = 0;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(30..80))).await;
+        if shop.outbox.stats().await.unwrap().pending > 0 {
+            cuts_mid_run += 1;
+        }
+        proxy.cut();
+    }
+    assert!(cuts_mid_run > 0, "no cut happened while work was pending");
+}
+
+/// Starts a JetStream consumer and waits until the `expected` committed messages (`keys` x
+/// `per_key`) are handled: each once, stored once in the stream, in order per key. The
+/// consumer goes on running.
+async fn consume_all_once(
+    shop: &Shop,
+    stream: &Stream,
+    expected: usize,
+    keys: usize,
+    per_key: i64,
+) -> Running {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let consumer = spawn_js_consumer(shop, stream, order.clone(), never());
+    shop.assert_end_state(expected).await;
+    assert_eq!(stream.count().await, expected as u64);
+    assert_per_key_order(&order.lock().unwrap(), keys, per_key);
+    consumer
+}
+
 fn never() -> Arc<dyn Fn(&Delivery) -> bool + Send + Sync> {
     Arc::new(|_| false)
 }
@@ -467,11 +499,7 @@ async fn relay_process_killed_and_restarted() {
     let pending = shop.outbox.stats().await.unwrap().pending;
     assert!(pending > 0, "the relay finished before it was killed");
     let mut child = spawn();
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
-    shop.assert_end_state(expected).await;
-    assert_eq!(stream.count().await, expected as u64);
-    assert_per_key_order(&order.lock().unwrap(), 8, 50);
+    let consumer = consume_all_once(&shop, &stream, expected, 8, 50).await;
     child.kill().unwrap();
     child.wait().unwrap();
     consumer.stop().await;
@@ -491,20 +519,8 @@ async fn jetstream_connection_cut_mid_batch() {
     );
     let r = Arc::new(relay(&shop, sink).batch(20));
     let relay_task = spawn_relay(r);
-    let mut cuts_mid_run = 0;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(30..80))).await;
-        if shop.outbox.stats().await.unwrap().pending > 0 {
-            cuts_mid_run += 1;
-        }
-        proxy.cut();
-    }
-    assert!(cuts_mid_run > 0, "no cut happened while work was pending");
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let consumer = spawn_js_consumer(&shop, &stream, order.clone(), never());
-    shop.assert_end_state(expected).await;
-    assert_eq!(stream.count().await, expected as u64);
-    assert_per_key_order(&order.lock().unwrap(), 6, 40);
+    cut_four_times(&proxy, &shop).await;
+    let consumer = consume_all_once(&shop, &stream, expected, 6, 40).await;
     relay_task.stop().await;
     consumer.stop().await;
     stream.cleanup().await;
@@ -807,15 +823,7 @@ async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
         Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst).is_multiple_of(2));
     let order = Arc::new(Mutex::new(Vec::new()));
     let consumer = rabbit.spawn_consumer(&shop, order.clone(), fail).await;
-    let mut cuts_mid_run = 0;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(30..80))).await;
-        if shop.outbox.stats().await.unwrap().pending > 0 {
-            cuts_mid_run += 1;
-        }
-        proxy.cut();
-    }
-    assert!(cuts_mid_run > 0, "no cut happened while work was pending");
+    cut_four_times(&proxy, &shop).await;
     shop.assert_end_state(expected).await;
     assert!(
         deliveries.load(Ordering::SeqCst) >= 2 * expected - 1,

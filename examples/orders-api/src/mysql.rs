@@ -5,27 +5,15 @@ use std::time::Duration;
 
 use sqlx::MySql;
 use sqlx::mysql::MySqlConnectOptions;
-use tx_examples::per_backend::{on_admin_connection, question_marks, server_pool};
+use tx_examples::per_backend::{on_admin_connection, server_pool};
 use tx_sqlx::{MySqlTxPool, TxError};
 
 use crate::setup::{POOL_SIZE, checked};
 
-/// The pool (and transaction manager) the services of this module run on.
-pub type Db = MySqlTxPool;
-
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id BIGINT AUTO_INCREMENT PRIMARY KEY";
-
-/// The statement with MySQL's `?` placeholders instead of `$1`, `$2`, ... (the services
-/// number them in binding order and use each once).
-fn sql(statement: &'static str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(question_marks(statement))
-}
-
-tx_examples::include_per_backend!(
-    services => "app/services.rs",
-    routes => "app/routes.rs",
-    tables => "app/tables.rs",
+crate::setup::api_backend!(
+    MySqlTxPool,
+    "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+    question_marks
 );
 
 pub use routes::{Api, router};

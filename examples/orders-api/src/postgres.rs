@@ -10,22 +10,7 @@ use tx_sqlx::{PgTxPool, TxError};
 
 use crate::setup::{POOL_SIZE, checked};
 
-/// The pool (and transaction manager) the services of this module run on.
-pub type Db = PgTxPool;
-
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id BIGSERIAL PRIMARY KEY";
-
-/// A statement as written (`$1` placeholders).
-fn sql(statement: &'static str) -> &'static str {
-    statement
-}
-
-tx_examples::include_per_backend!(
-    services => "app/services.rs",
-    routes => "app/routes.rs",
-    tables => "app/tables.rs",
-);
+crate::setup::api_backend!(PgTxPool, "id BIGSERIAL PRIMARY KEY", numbered);
 
 pub use routes::{Api, router};
 pub use services::{AuditService, OrderService, PointsService, TransferService};

@@ -2,6 +2,24 @@
 
 use tx_sqlx::{Operation, TxError};
 
+/// A backend module of the API: its pool type, auto-increment key and placeholder style,
+/// then the shared services, routes and tables compiled for it.
+macro_rules! api_backend {
+    ($pool:ty, $id_column:literal, $placeholders:ident) => {
+        tx_examples::backend_module! {
+            pool: $pool,
+            id_column: $id_column,
+            placeholders: $placeholders,
+            include: {
+                services => "app/services.rs",
+                routes => "app/routes.rs",
+                tables => "app/tables.rs",
+            },
+        }
+    };
+}
+pub(crate) use api_backend;
+
 /// Connections per pool of a server.
 pub(crate) const POOL_SIZE: u32 = 10;
 

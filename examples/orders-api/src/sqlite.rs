@@ -8,21 +8,10 @@ use std::time::Duration;
 use tx_examples::per_backend::sqlite_file_pool;
 use tx_sqlx::{SqliteTxPool, TxError};
 
-/// The pool (and transaction manager) the services of this module run on.
-pub type Db = SqliteTxPool;
-
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id INTEGER PRIMARY KEY AUTOINCREMENT";
-
-/// A statement as written: SQLite takes PostgreSQL's `$1` placeholders.
-fn sql(statement: &'static str) -> &'static str {
-    statement
-}
-
-tx_examples::include_per_backend!(
-    services => "app/services.rs",
-    routes => "app/routes.rs",
-    tables => "app/tables.rs",
+crate::setup::api_backend!(
+    SqliteTxPool,
+    "id INTEGER PRIMARY KEY AUTOINCREMENT",
+    numbered
 );
 
 pub use routes::{Api, router};

@@ -30,6 +30,24 @@
 //! # Ok(()) }
 //! ```
 
+/// A backend module of the shop: its pool type, auto-increment key and placeholder style,
+/// then the shared services, queries and cases compiled for it.
+macro_rules! shop_backend {
+    ($pool:ty, $id_column:literal, $placeholders:ident) => {
+        $crate::backend_module! {
+            pool: $pool,
+            id_column: $id_column,
+            placeholders: $placeholders,
+            include: {
+                services => "app/services.rs",
+                queries => "app/queries.rs",
+                cases => "app/shop.rs",
+            },
+        }
+    };
+}
+use shop_backend;
+
 mod collaborators;
 mod connect;
 mod error;

@@ -10,26 +10,14 @@ use tx_sqlx::{MySqlTxPool, TxError};
 
 use super::connect::{Backend, POOL_SIZE, check_name};
 use super::error::ShopError;
-use crate::per_backend::{on_admin_connection, question_marks, server_pool};
-
-/// The pool (and transaction manager) every service of this module runs on.
-pub type Db = MySqlTxPool;
+use crate::per_backend::{on_admin_connection, server_pool};
 
 const BACKEND: Backend = Backend::MySql;
 
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id BIGINT AUTO_INCREMENT PRIMARY KEY";
-
-/// The statement with MySQL's `?` placeholders instead of `$1`, `$2`, ... (the services
-/// number them in binding order and use each once).
-fn sql(statement: &'static str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(question_marks(statement))
-}
-
-crate::include_per_backend!(
-    services => "app/services.rs",
-    queries => "app/queries.rs",
-    cases => "app/shop.rs",
+super::shop_backend!(
+    MySqlTxPool,
+    "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+    question_marks
 );
 
 pub use cases::Shop;

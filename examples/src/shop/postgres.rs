@@ -12,24 +12,9 @@ use super::connect::{Backend, POOL_SIZE, check_name};
 use super::error::ShopError;
 use crate::per_backend::{on_admin_connection, server_pool};
 
-/// The pool (and transaction manager) every service of this module runs on.
-pub type Db = PgTxPool;
-
 const BACKEND: Backend = Backend::Postgres;
 
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id BIGSERIAL PRIMARY KEY";
-
-/// A statement as written (`$1` placeholders).
-fn sql(statement: &'static str) -> &'static str {
-    statement
-}
-
-crate::include_per_backend!(
-    services => "app/services.rs",
-    queries => "app/queries.rs",
-    cases => "app/shop.rs",
-);
+super::shop_backend!(PgTxPool, "id BIGSERIAL PRIMARY KEY", numbered);
 
 pub use cases::Shop;
 pub use queries::{Queries, create_schema};

@@ -13,23 +13,12 @@ use super::connect::{Backend, POOL_SIZE};
 use super::error::ShopError;
 use crate::per_backend::sqlite_file_pool;
 
-/// The pool (and transaction manager) every service of this module runs on.
-pub type Db = SqliteTxPool;
-
 const BACKEND: Backend = Backend::Sqlite;
 
-/// The column definition of an auto-increment key named `id`.
-const ID_COLUMN: &str = "id INTEGER PRIMARY KEY AUTOINCREMENT";
-
-/// A statement as written: SQLite takes PostgreSQL's `$1` placeholders.
-fn sql(statement: &'static str) -> &'static str {
-    statement
-}
-
-crate::include_per_backend!(
-    services => "app/services.rs",
-    queries => "app/queries.rs",
-    cases => "app/shop.rs",
+super::shop_backend!(
+    SqliteTxPool,
+    "id INTEGER PRIMARY KEY AUTOINCREMENT",
+    numbered
 );
 
 pub use cases::Shop;

@@ -93,6 +93,24 @@ macro_rules! bind_args {
     };
 }
 
+/// A `TestDb` method reading one column of type `$t`.
+macro_rules! scalar_column {
+    ($name:ident, $t:ty, $db:ty, $kind:expr) => {
+        fn $name<'a>(
+            db: &'a TxPool<Self>,
+            sql: &str,
+            args: Vec<Arg>,
+        ) -> BoxFuture<'a, Result<Vec<$t>, TxError>> {
+            let sql = render(sql, $kind == Kind::Postgres);
+            Box::pin(async move {
+                let q = sqlx::query_scalar::<$db, $t>(sqlx::AssertSqlSafe(sql));
+                bind_args!(q, args);
+                Ok(q.fetch_all(db).await?)
+            })
+        }
+    };
+}
+
 macro_rules! test_db {
     ($db:ty, $kind:expr) => {
         impl TestDb for $db {
@@ -109,30 +127,8 @@ macro_rules! test_db {
                     Ok(q.execute(db).await?.rows_affected())
                 })
             }
-            fn ints<'a>(
-                db: &'a TxPool<Self>,
-                sql: &str,
-                args: Vec<Arg>,
-            ) -> BoxFuture<'a, Result<Vec<i64>, TxError>> {
-                let sql = render(sql, $kind == Kind::Postgres);
-                Box::pin(async move {
-                    let q = sqlx::query_scalar::<$db, i64>(sqlx::AssertSqlSafe(sql));
-                    bind_args!(q, args);
-                    Ok(q.fetch_all(db).await?)
-                })
-            }
-            fn texts<'a>(
-                db: &'a TxPool<Self>,
-                sql: &str,
-                args: Vec<Arg>,
-            ) -> BoxFuture<'a, Result<Vec<String>, TxError>> {
-                let sql = render(sql, $kind == Kind::Postgres);
-                Box::pin(async move {
-                    let q = sqlx::query_scalar::<$db, String>(sqlx::AssertSqlSafe(sql));
-                    bind_args!(q, args);
-                    Ok(q.fetch_all(db).await?)
-                })
-            }
+            scalar_column!(ints, i64, $db, $kind);
+            scalar_column!(texts, String, $db, $kind);
             fn template(db: &TxPool<Self>) -> TransactionTemplate {
                 TransactionTemplate::new(db.clone())
             }
