@@ -1,4 +1,4 @@
-//! The seeds' order case with a transactional outbox: placing an order takes stock, debits
+//! The shop's order case with a transactional outbox: placing an order takes stock, debits
 //! the customer's balance, writes the order and publishes `OrderPlaced`, all in one
 //! transaction. A relay sends the events to NATS JetStream; an inventory consumer reserves
 //! the goods through the inbox (exactly once per event). Midway the relay is killed and a new
