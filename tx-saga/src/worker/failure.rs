@@ -35,16 +35,8 @@ impl<DB: SagaBackend> Shared<DB> {
                 let error =
                     format!("step `{step}` ({direction}, attempt {failed} of {max}): {msg}");
                 tracing::warn!(target: "tx_saga", error = %error, retry_in = ?delay, "step failed; it will be retried");
-                let t = Transition {
-                    status: if rec.backward { COMPENSATING } else { RUNNING },
-                    backward: rec.backward,
-                    step: rec.step,
-                    state: rec.state.clone(),
-                    attempt: failed,
-                    last_error: Some(error),
-                    hold: None,
-                    delay,
-                };
+                let status = if rec.backward { COMPENSATING } else { RUNNING };
+                let t = Transition::stay(rec, status, failed, error, delay);
                 self.write_logged(rec, &t).await;
                 false
             }
@@ -98,16 +90,7 @@ impl<DB: SagaBackend> Shared<DB> {
 
     async fn stuck(&self, rec: &Record, failed: i64, error: String) {
         tracing::error!(target: "tx_saga", saga_id = %rec.id, error = %error, "saga is stuck: it needs a person (SagaEngine::resume once fixed)");
-        let t = Transition {
-            status: STUCK,
-            backward: rec.backward,
-            step: rec.step,
-            state: rec.state.clone(),
-            attempt: failed,
-            last_error: Some(error),
-            hold: None,
-            delay: Duration::ZERO,
-        };
+        let t = Transition::stay(rec, STUCK, failed, error, Duration::ZERO);
         if self.write_logged(rec, &t).await {
             observe::stuck(rec.saga.name());
         }

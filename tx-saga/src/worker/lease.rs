@@ -66,6 +66,29 @@ pub(super) struct Transition {
     pub(super) delay: Duration,
 }
 
+impl Transition {
+    /// The saga stays at its step, in its direction, with `attempts` failed attempts and
+    /// `error` recorded, handed back until `delay` has passed.
+    pub(super) fn stay(
+        rec: &Record,
+        status: &'static str,
+        attempts: i64,
+        error: String,
+        delay: Duration,
+    ) -> Transition {
+        Transition {
+            status,
+            backward: rec.backward,
+            step: rec.step,
+            state: rec.state.clone(),
+            attempt: attempts,
+            last_error: Some(error),
+            hold: None,
+            delay,
+        }
+    }
+}
+
 pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
