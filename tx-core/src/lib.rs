@@ -8,22 +8,9 @@
 //!
 //! ```
 //! use tx_core::{Propagation, TransactionTemplate, TxError};
-//! # use tx_core::manager::*; use std::sync::Arc;
-//! # #[derive(Clone, Default)] struct Noop(Arc<()>);
-//! # struct NoopTx;
-//! # impl PhysicalTransaction for NoopTx {
-//! #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-//! #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-//! #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-//! # }
-//! # impl TransactionManager for Noop {
-//! #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-//! #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-//! #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-//! #     }
-//! # }
+//! # use tx_core::testing::NoopManager;
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let manager = Noop::default(); // a TxPool in real code
+//! let manager = NoopManager::default(); // a TxPool in real code
 //! let template = TransactionTemplate::new(manager.clone());
 //! let n = template
 //!     .execute(|status| async move {
@@ -134,22 +121,8 @@ pub use template::{RetryingTemplate, TransactionTemplate};
 #[cfg(feature = "macros")]
 pub use tx_macros::transactional;
 
-/// Test transactions that leave nothing behind (feature `testing`; `tx-sqlx`'s feature
-/// `testing` turns it on and re-exports it as `tx_sqlx::testing`).
-///
-/// [`rollback`](testing::rollback) runs a test body in a transaction that is always rolled
-/// back. The code under test runs inside it unchanged: its transactional scopes on that
-/// manager take savepoints of the test transaction where they would begin (or suspend) a
-/// transaction, so a row written by a `RequiresNew` scope is visible to the test and gone after
-/// it, and `after_commit` hooks run when the scope that owns them would have committed.
-///
-/// On MySQL/MariaDB keep DDL out of the body (it commits implicitly). On SQLite the test
-/// transaction holds the database's write lock: tests that run in parallel need a database
-/// each.
 #[cfg(feature = "testing")]
-pub mod testing {
-    pub use crate::test_scope::rollback;
-}
+pub mod testing;
 
 /// What `#[transactional]` expands to calls; not a public API.
 #[doc(hidden)]

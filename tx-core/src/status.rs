@@ -95,22 +95,9 @@ enum Role {
 ///
 /// ```
 /// # use tx_core::{Isolation, TransactionTemplate, TxError};
-/// # use tx_core::manager::*; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # struct NoopTx;
-/// # impl PhysicalTransaction for NoopTx {
-/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-/// # }
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-/// #     }
-/// # }
+/// # use tx_core::testing::NoopManager;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let template = TransactionTemplate::new(Noop::default())
+/// let template = TransactionTemplate::new(NoopManager::default())
 ///     .name("report")
 ///     .isolation(Isolation::RepeatableRead)
 ///     .read_only(true);
@@ -247,16 +234,9 @@ impl TransactionStatus {
     ///
     /// ```
     /// # use tx_core::{TransactionTemplate, TxError};
-    /// # use tx_core::manager::*; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-    /// #         Box::pin(async { Err(TxError::NoManager) })
-    /// #     }
-    /// # }
+    /// # use tx_core::testing::NoopManager;
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let r: Result<u32, TxError> = TransactionTemplate::new(Noop::default())
+    /// let r: Result<u32, TxError> = TransactionTemplate::new(NoopManager::default())
     ///     .execute(|status| async move { Ok(status.attempt()) })
     ///     .await;
     /// assert_eq!(r.unwrap(), 1);

@@ -257,25 +257,9 @@ where
 ///
 /// ```
 /// use tx_core::{Propagation, TransactionTemplate, TxError};
-/// # use tx_core::manager::*; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # struct NoopTx;
-/// # impl PhysicalTransaction for NoopTx {
-/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn create_savepoint<'a>(&'a mut self, _: &'a str) -> BoxFuture<'a, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback_to_savepoint<'a>(&'a mut self, _: &'a str) -> BoxFuture<'a, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn release_savepoint<'a>(&'a mut self, _: &'a str) -> BoxFuture<'a, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-/// # }
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-/// #     }
-/// # }
+/// # use tx_core::testing::NoopManager;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let db = Noop::default(); // a TxPool in real code
+/// let db = NoopManager::default(); // a TxPool in real code
 /// let audit = TransactionTemplate::new(db.clone()).propagation(Propagation::RequiresNew);
 /// tx_core::testing::rollback(&db, || async {
 ///     audit

@@ -3,14 +3,12 @@
 //! savepoints inside), a recording recorder holds exactly the expected counters and
 //! histogram samples.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{RecordingManager, t};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use support::{Recorder, t};
 use tx_core::{Propagation, TxError};
 
 /// `name{label=value,...}` -> counter value or number of histogram samples.
@@ -37,7 +35,7 @@ fn snapshot(recorder: &DebuggingRecorder) -> BTreeMap<String, u64> {
     out
 }
 
-async fn sequence(m: &Recorder) {
+async fn sequence(m: &RecordingManager) {
     // Two commits, one without a statement (no BEGIN: no connection held); a joined call and
     // a savepoint inside the first count nothing of their own.
     let r: Result<(), TxError> = t(m)
@@ -120,7 +118,7 @@ async fn sequence(m: &Recorder) {
 #[test]
 fn counters_and_histograms_after_a_known_sequence() {
     let recorder = DebuggingRecorder::new();
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     metrics::with_local_recorder(&recorder, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
