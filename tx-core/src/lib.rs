@@ -77,12 +77,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The layers, bottom-up: each module uses only those above it in this list.
 mod completion;
 pub mod connection;
 mod context;
 mod definition;
 mod error;
 mod events;
+mod hook_list;
+mod hook_registration;
 pub mod manager;
 mod observe;
 mod propagation;
@@ -93,7 +96,7 @@ mod status;
 mod synchronization;
 mod template;
 #[cfg(feature = "testing")]
-mod test_scope;
+mod test_redirect;
 mod transaction;
 
 pub use completion::Completion;
@@ -104,6 +107,9 @@ pub use error::{BoxError, Operation, TxError};
 #[doc(hidden)]
 pub use error::{sqlx_is_retryable, sqlx_sqlstate};
 pub use events::{EventBus, ListenerHandle, ListenerResult, TransactionPhase};
+pub use hook_registration::{
+    after_commit, after_completion, after_rollback, register_synchronization,
+};
 pub use manager::TransactionManager;
 #[cfg(feature = "metrics")]
 pub use observe::metrics::describe_metrics;
@@ -112,10 +118,7 @@ pub use observe::{
 };
 pub use registry::{register_manager, set_default_manager};
 pub use status::TransactionStatus;
-pub use synchronization::{
-    TransactionSynchronization, after_commit, after_completion, after_rollback,
-    register_synchronization,
-};
+pub use synchronization::TransactionSynchronization;
 pub use template::{RetryingTemplate, TransactionTemplate};
 
 #[cfg(feature = "macros")]

@@ -16,7 +16,8 @@
 
 mod noop;
 mod recording;
+mod rollback;
 
-pub use crate::test_scope::rollback;
 pub use noop::NoopManager;
 pub use recording::{OperationLog, RecordingManager};
+pub use rollback::rollback;
