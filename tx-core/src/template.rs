@@ -13,6 +13,42 @@ use crate::retry;
 use crate::retry_cause::{self, ErrorType};
 use crate::status::TransactionStatus;
 
+/// The attribute setters both templates have: each sets one attribute of the definition at
+/// `self.$field` (a [`TransactionDefinition`], or a template, which has the same setters).
+macro_rules! attribute_setters {
+    ($field:ident, timeout: $timeout_doc:literal) => {
+        /// Sets the propagation behaviour (default `Required`).
+        pub fn propagation(mut self, propagation: Propagation) -> Self {
+            self.$field = self.$field.propagation(propagation);
+            self
+        }
+
+        /// Sets the isolation level of a new transaction.
+        pub fn isolation(mut self, isolation: Isolation) -> Self {
+            self.$field = self.$field.isolation(isolation);
+            self
+        }
+
+        #[doc = $timeout_doc]
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.$field = self.$field.timeout(timeout);
+            self
+        }
+
+        /// Makes a new transaction read-only.
+        pub fn read_only(mut self, read_only: bool) -> Self {
+            self.$field = self.$field.read_only(read_only);
+            self
+        }
+
+        /// Names the transaction (for logs and [`TransactionStatus::name`]).
+        pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+            self.$field = self.$field.name(name);
+            self
+        }
+    };
+}
+
 /// Runs closures in transactional scopes, for when an attribute is too coarse: part of a
 /// function in a transaction, a loop with one transaction per item, a decision taken at run time.
 ///
@@ -66,35 +102,7 @@ impl TransactionTemplate {
         }
     }
 
-    /// Sets the propagation behaviour (default `Required`).
-    pub fn propagation(mut self, propagation: Propagation) -> Self {
-        self.definition = self.definition.propagation(propagation);
-        self
-    }
-
-    /// Sets the isolation level of a new transaction.
-    pub fn isolation(mut self, isolation: Isolation) -> Self {
-        self.definition = self.definition.isolation(isolation);
-        self
-    }
-
-    /// Sets the deadline of a new transaction, from its start.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.definition = self.definition.timeout(timeout);
-        self
-    }
-
-    /// Makes a new transaction read-only.
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.definition = self.definition.read_only(read_only);
-        self
-    }
-
-    /// Names the transaction (for logs and [`TransactionStatus::name`]).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.definition = self.definition.name(name);
-        self
-    }
+    attribute_setters!(definition, timeout: "Sets the deadline of a new transaction, from its start.");
 
     /// Replaces every attribute with `definition`'s.
     pub fn definition(mut self, definition: TransactionDefinition) -> Self {
@@ -200,35 +208,10 @@ pub struct RetryingTemplate {
 }
 
 impl RetryingTemplate {
-    /// Sets the propagation behaviour (default `Required`).
-    pub fn propagation(mut self, propagation: Propagation) -> Self {
-        self.template = self.template.propagation(propagation);
-        self
-    }
-
-    /// Sets the isolation level of a new transaction.
-    pub fn isolation(mut self, isolation: Isolation) -> Self {
-        self.template = self.template.isolation(isolation);
-        self
-    }
-
-    /// Sets the deadline of each new transaction (each run has its own), from its start.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.template = self.template.timeout(timeout);
-        self
-    }
-
-    /// Makes a new transaction read-only.
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.template = self.template.read_only(read_only);
-        self
-    }
-
-    /// Names the transaction (for logs and [`TransactionStatus::name`]).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.template = self.template.name(name);
-        self
-    }
+    attribute_setters!(
+        template,
+        timeout: "Sets the deadline of each new transaction (each run has its own), from its start."
+    );
 
     /// Replaces every attribute with `definition`'s.
     pub fn definition(mut self, definition: TransactionDefinition) -> Self {

@@ -91,6 +91,10 @@ fn is_transparent(frame: &Frame, scope: &Arc<Scope>) -> bool {
 
 /// What a scope with `propagation` on manager `key` does instead, when the current task runs
 /// in a test transaction of that manager; `None`: what the propagation table says.
+///
+/// Inlined into every scope, so that outside a test body the check is one atomic load, not a
+/// call.
+#[inline]
 pub(crate) fn redirect(
     key: ManagerKey,
     propagation: Propagation,
@@ -99,7 +103,15 @@ pub(crate) fn redirect(
     if ACTIVE.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    let existing = existing?;
+    redirect_in_test(key, propagation, existing?)
+}
+
+/// [`redirect`] while some test body runs.
+fn redirect_in_test(
+    key: ManagerKey,
+    propagation: Propagation,
+    existing: &Arc<Scope>,
+) -> Option<Redirect> {
     FRAMES
         .try_with(|frames| {
             let frame = frames.find(key)?;

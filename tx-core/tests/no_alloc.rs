@@ -1,4 +1,4 @@
-//! A joined Required call allocates nothing beyond the user's future (issue 6): the context is
+//! A joined Required call allocates nothing beyond the user's future: the context is
 //! a few `Arc`s stored inline in the scope's future, and the status is a reference-count bump.
 
 use std::alloc::System;

@@ -70,7 +70,8 @@ where
         return (Box::pin(r).await, RunInfo::default());
     }
 
-    // The propagation table (SPEC "Semantics"), in one place.
+    // The propagation table, in one place: what each propagation does with and without a
+    // transaction of this manager.
     match (definition.get_propagation(), existing) {
         (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
             participate(ctx, owner, definition, rollback_on, body).await,

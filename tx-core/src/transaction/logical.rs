@@ -212,6 +212,12 @@ impl Transaction {
         self.is_begun() && !self.finished.load(Ordering::Relaxed) && !self.definition.is_read_only()
     }
 
+    /// Time left before the deadline, if the transaction has one.
+    pub(crate) fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     pub(crate) fn past_deadline(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }

@@ -4,8 +4,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
-use tokio::time::Instant;
-
 use super::logical::{Transaction, chain_held_connections, chain_holds_writer};
 use super::slot::{Physical, Savepoint, Slot, is_within, remove_with_inner};
 use crate::error::{Operation, TxError};
@@ -36,9 +34,7 @@ impl Transaction {
                 let options = BeginOptions {
                     isolation: self.definition.get_isolation(),
                     read_only: self.definition.is_read_only(),
-                    remaining: self
-                        .deadline
-                        .map(|d| d.saturating_duration_since(Instant::now())),
+                    remaining: self.remaining(),
                     suspended_holds_connection: chain_holds_writer(
                         self.enclosing.as_deref(),
                         self.key,

@@ -29,25 +29,23 @@ async fn level1(m: &NoopManager) -> Result<u8, TxError> {
     .await
 }
 
-async fn level2(m: &NoopManager) -> Result<u8, TxError> {
-    transactional(
-        by_expr(m),
-        &DEF,
-        all,
-        move || async move { level1(m).await },
-    )
-    .await
+/// A transactional service whose body only calls the service one level down.
+macro_rules! wrapping_level {
+    ($name:ident calls $inner:ident) => {
+        async fn $name(m: &NoopManager) -> Result<u8, TxError> {
+            transactional(
+                by_expr(m),
+                &DEF,
+                all,
+                move || async move { $inner(m).await },
+            )
+            .await
+        }
+    };
 }
 
-async fn level3(m: &NoopManager) -> Result<u8, TxError> {
-    transactional(
-        by_expr(m),
-        &DEF,
-        all,
-        move || async move { level2(m).await },
-    )
-    .await
-}
+wrapping_level!(level2 calls level1);
+wrapping_level!(level3 calls level2);
 
 #[test]
 fn nested_calls_grow_the_future_additively() {
