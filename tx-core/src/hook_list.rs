@@ -182,11 +182,13 @@ impl SyncScope {
     }
 
     /// Whether no hook registered here.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.hooks().is_empty()
     }
 
     /// Sets what `after_completion` reports.
+    #[inline]
     pub(crate) fn set_completion(&self, completion: Completion) {
         self.completion.store(completion as u8, Ordering::Relaxed);
     }

@@ -77,27 +77,48 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// The layers, bottom-up: each module uses only those above it in this list.
+// The layers, bottom-up, in groups: a group uses only itself and the groups above it.
+//
+// Vocabulary: what a call asks for, how it ends, the errors, the backend contract.
 mod completion;
-pub mod connection;
-mod context;
 mod definition;
 mod error;
-mod events;
-mod hook_list;
-mod hook_registration;
 pub mod manager;
-mod observe;
-mod propagation;
-mod registry;
-mod retry;
 mod retry_cause;
-mod status;
+
+// Where managers are found (the default, by name).
+mod registry;
+
+// Hooks as the user writes them; what observers are told; the hook list with its per-phase
+// runners.
 mod synchronization;
-mod template;
+
+mod observe;
+
+mod hook_list;
+
+// The engine's state: a transaction, its scopes and the binding chain; then a scope's status,
+// the task-local context, registering hooks there and a backend's handle on the connection.
+mod transaction;
+
+mod status;
+
+mod context;
+
+pub mod connection;
+mod hook_registration;
+
+// The engine: test transactions redirect scopes just below it; the propagation decision and
+// the scope drivers; then the entry points built on it.
 #[cfg(feature = "testing")]
 mod test_redirect;
-mod transaction;
+
+mod propagation;
+
+mod retry;
+
+mod events;
+mod template;
 
 pub use completion::Completion;
 pub use context::{current_status, is_actual_transaction_active, set_rollback_only};
