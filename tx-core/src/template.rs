@@ -17,33 +17,19 @@ use crate::status::TransactionStatus;
 /// `self.$field` (a [`TransactionDefinition`], or a template, which has the same setters).
 macro_rules! attribute_setters {
     ($field:ident, timeout: $timeout_doc:literal) => {
-        /// Sets the propagation behaviour (default `Required`).
-        pub fn propagation(mut self, propagation: Propagation) -> Self {
-            self.$field = self.$field.propagation(propagation);
-            self
-        }
-
-        /// Sets the isolation level of a new transaction.
-        pub fn isolation(mut self, isolation: Isolation) -> Self {
-            self.$field = self.$field.isolation(isolation);
-            self
-        }
-
-        #[doc = $timeout_doc]
-        pub fn timeout(mut self, timeout: Duration) -> Self {
-            self.$field = self.$field.timeout(timeout);
-            self
-        }
-
-        /// Makes a new transaction read-only.
-        pub fn read_only(mut self, read_only: bool) -> Self {
-            self.$field = self.$field.read_only(read_only);
-            self
-        }
-
-        /// Names the transaction (for logs and [`TransactionStatus::name`]).
-        pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-            self.$field = self.$field.name(name);
+        attribute_setters!(@one $field, propagation: Propagation,
+            "Sets the propagation behaviour (default `Required`).");
+        attribute_setters!(@one $field, isolation: Isolation,
+            "Sets the isolation level of a new transaction.");
+        attribute_setters!(@one $field, timeout: Duration, $timeout_doc);
+        attribute_setters!(@one $field, read_only: bool, "Makes a new transaction read-only.");
+        attribute_setters!(@one $field, name: impl Into<Cow<'static, str>>,
+            "Names the transaction (for logs and [`TransactionStatus::name`]).");
+    };
+    (@one $field:ident, $attribute:ident: $ty:ty, $doc:expr) => {
+        #[doc = $doc]
+        pub fn $attribute(mut self, $attribute: $ty) -> Self {
+            self.$field = self.$field.$attribute($attribute);
             self
         }
     };

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
-use support::{OperationLog, RecordingManager, t};
+use support::{OperationLog, RecordingManager, cancel_after, t, wait_for_entry};
 use tx_core::{
     BoxError, Completion, Propagation, RollbackCause, TransactionExecution, TransactionListener,
     TransactionSynchronization, TxError,
@@ -379,22 +379,8 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(10), call)
-            .await
-            .is_err()
-    );
-    for _ in 0..100 {
-        if m.log()
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.starts_with("L after_rollback"))
-        {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    cancel_after(10, call).await;
+    wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
     assert_eq!(
         m.take(),
         strings(&[

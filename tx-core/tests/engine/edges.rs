@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{OperationLog, RecordingManager, once, t};
+use crate::support::{OperationLog, RecordingManager, once, t, wait_for_entry};
 use tokio::sync::{Notify, oneshot};
 use tx_core::connection::{LockPurpose, bound_transaction};
 use tx_core::manager::TransactionManager;
@@ -1063,17 +1063,10 @@ async fn scope_without_a_transaction_dropped_in_before_commit_completes_its_hook
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     // The rest of the hook's sequence runs in a spawned task.
-    for _ in 0..100 {
-        if m.log()
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.starts_with("hook:after_completion"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_entry(&m, "hook:after_completion", || {
+        tokio::time::sleep(Duration::from_millis(10))
+    })
+    .await;
     let mut log = m.take();
     // The outer ROLLBACK and the spawned completion are not ordered.
     let rollback = log

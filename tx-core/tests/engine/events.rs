@@ -11,6 +11,8 @@ use tx_core::{
     BoxError, EventBus, ListenerHandle, Propagation, TransactionPhase, TransactionTemplate, TxError,
 };
 
+use crate::support::cancel_after;
+
 #[derive(Debug)]
 struct Ev(u32);
 
@@ -525,11 +527,7 @@ async fn timeout_and_cancellation_roll_back() {
         std::future::pending::<()>().await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(10), call)
-            .await
-            .is_err()
-    );
+    cancel_after(10, call).await;
     rx.await.unwrap();
     assert_eq!(log.take(), ["after_rollback 2", "after_completion 2"]);
 }

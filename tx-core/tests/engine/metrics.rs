@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{RecordingManager, t};
+use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tx_core::{Propagation, TxError};
@@ -103,16 +103,9 @@ async fn sequence(m: &RecordingManager) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(5), call)
-            .await
-            .is_err()
-    );
+    cancel_after(5, call).await;
     // The cancelled call completes in a spawned task.
-    while !m.take().iter().any(|e| e == "ROLLBACK") {
-        tokio::task::yield_now().await;
-    }
-    tokio::task::yield_now().await;
+    drain_until_rollback(m).await;
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{OperationLog, RecordingManager, t};
+use crate::support::{OperationLog, RecordingManager, cancel_after, t};
 use tx_core::manager::TransactionManager;
 use tx_core::{Completion, Propagation, TxError};
 
@@ -159,11 +159,7 @@ async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
         std::future::pending::<()>().await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(50), fut)
-            .await
-            .is_err()
-    );
+    cancel_after(50, fut).await;
     let c = tokio::time::timeout(Duration::from_secs(5), rx)
         .await
         .unwrap()

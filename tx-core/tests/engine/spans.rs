@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{RecordingManager, t};
+use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -344,16 +344,9 @@ fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
                 })
                 .await
         });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(10), call)
-                .await
-                .is_err()
-        );
+        cancel_after(10, call).await;
         // The rollback finishes in a spawned task.
-        while !m.take().iter().any(|e| e == "ROLLBACK") {
-            tokio::task::yield_now().await;
-        }
-        tokio::task::yield_now().await;
+        drain_until_rollback(&m).await;
     });
     let spans = capture.spans();
     let outer = spans

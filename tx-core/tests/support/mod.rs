@@ -3,6 +3,11 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+mod cancel;
+
+#[allow(unused_imports)] // as above
+pub use cancel::{cancel_after, drain_until_rollback, wait_for_entry};
+
 use tx_core::TransactionTemplate;
 pub use tx_core::testing::{OperationLog, RecordingManager};
 
