@@ -7,43 +7,11 @@
 //! transaction whose body runs no statement (its bookkeeping), and registering one hook.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
 use tx_core::__private::{ManagerRef, TransactionDefinition, by_expr, transactional};
-use tx_core::manager::{
-    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
+use tx_core::testing::NoopManager;
 use tx_core::{Isolation, Propagation, TxError};
-
-#[derive(Clone, Default)]
-struct Noop(Arc<()>);
-
-struct NoopTx;
-
-impl PhysicalTransaction for NoopTx {
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl TransactionManager for Noop {
-    fn key(&self) -> ManagerKey {
-        ManagerKey::of(&self.0)
-    }
-    fn begin(
-        &self,
-        _: BeginOptions,
-    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-    }
-}
 
 static OUTER: TransactionDefinition = TransactionDefinition::__const(
     Propagation::Required,
@@ -65,21 +33,21 @@ fn all_err(_: &TxError) -> bool {
 }
 
 /// What `#[transactional(manager = self.db)] async fn joined(&self) -> Result<u64, TxError>` is.
-async fn joined(m: &Noop, i: u64) -> Result<u64, TxError> {
+async fn joined(m: &NoopManager, i: u64) -> Result<u64, TxError> {
     transactional(by_expr(m), &JOINED, all_err, move || async move {
         Ok(black_box(i))
     })
     .await
 }
 
-async fn new_tx(m: &Noop, i: u64) -> Result<u64, TxError> {
+async fn new_tx(m: &NoopManager, i: u64) -> Result<u64, TxError> {
     transactional(by_expr(m), &OUTER, all_err, move || async move {
         Ok(black_box(i))
     })
     .await
 }
 
-async fn with_hook(m: &Noop, n: u64) -> Result<u64, TxError> {
+async fn with_hook(m: &NoopManager, n: u64) -> Result<u64, TxError> {
     transactional(by_expr(m), &OUTER, all_err, move || async move {
         for _ in 0..n {
             tx_core::after_commit(async {})?;
@@ -108,7 +76,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let m = Noop::default();
+    let m = NoopManager::default();
     let want = |case: &str| only.as_deref().is_none_or(|o| o == case);
 
     if want("joined") {

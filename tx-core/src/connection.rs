@@ -112,9 +112,7 @@ impl BoundTransaction {
     /// Time left before the deadline, if the transaction has one.
     #[must_use]
     pub fn remaining(&self) -> Option<Duration> {
-        self.tx
-            .deadline
-            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+        self.tx.remaining()
     }
 
     /// Whether the transaction is read-only.
@@ -157,9 +155,7 @@ impl TransactionGuard {
     /// Time left before the deadline, if any.
     #[must_use]
     pub fn remaining(&self) -> Option<Duration> {
-        self.tx
-            .deadline
-            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+        self.tx.remaining()
     }
 
     /// A handle for a stream to say when it waits on its consumer.

@@ -10,10 +10,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::TxError;
+use crate::hook_list::SyncScope;
 use crate::manager::ManagerKey;
-use crate::status::{Scope, TransactionStatus};
-use crate::synchronization::SyncScope;
-use crate::transaction::Transaction;
+use crate::status::TransactionStatus;
+use crate::transaction::{Binding, Scope, Transaction, chain_holds_writer};
 
 tokio::task_local! {
     static CONTEXT: Context;
@@ -28,19 +28,6 @@ pub(crate) struct Context {
     bindings: Option<Arc<Binding>>,
     /// The hook list of the scope that owns synchronization here.
     sync: Option<Arc<SyncScope>>,
-}
-
-/// A link of the per-manager binding chain, innermost first.
-pub(crate) struct Binding {
-    /// `None`: a barrier suspending every manager (hooks that run after their transaction
-    /// completed), which still lets the single-writer check see the transactions behind it.
-    key: Option<ManagerKey>,
-    /// The scope (new transaction or savepoint) statements of this manager run in; `None`
-    /// while a `NotSupported` scope suspends the transaction.
-    scope: Option<Arc<Scope>>,
-    /// The savepoint of that scope, when it is a `Nested` one.
-    frame: Option<u64>,
-    parent: Option<Arc<Binding>>,
 }
 
 impl Context {
@@ -148,44 +135,6 @@ pub(crate) fn bound(key: ManagerKey) -> Option<(Arc<Transaction>, Option<u64>)> 
         })
         .ok()
         .flatten()
-}
-
-/// Whether a transaction of manager `key` anywhere in `chain` (the bindings of enclosing,
-/// suspended scopes) has begun as a writer: a single-writer database would make a second
-/// writer of this task wait for a lock this task itself holds.
-pub(crate) fn chain_holds_writer(chain: Option<&Binding>, key: ManagerKey) -> bool {
-    let mut link = chain;
-    while let Some(b) = link {
-        if b.key == Some(key)
-            && let Some(tx) = b.scope.as_ref().and_then(|s| s.tx.as_ref())
-            && tx.holds_write_connection()
-        {
-            return true;
-        }
-        link = b.parent.as_deref();
-    }
-    false
-}
-
-/// The distinct transactions of manager `key` in `chain` (the bindings of enclosing,
-/// suspended scopes) that have begun, i.e. hold a connection, as opaque identities (a
-/// `Nested` scope shares its transaction's, so it is listed once).
-pub(crate) fn chain_held_connections(chain: Option<&Binding>, key: ManagerKey) -> Vec<usize> {
-    let mut held = Vec::new();
-    let mut link = chain;
-    while let Some(b) = link {
-        if b.key == Some(key)
-            && let Some(tx) = b.scope.as_ref().and_then(|s| s.tx.as_ref())
-            && tx.is_begun()
-        {
-            let id = Arc::as_ptr(tx) as usize;
-            if !held.contains(&id) {
-                held.push(id);
-            }
-        }
-        link = b.parent.as_deref();
-    }
-    held
 }
 
 /// See [`crate::connection::suspended_holds_connection`].

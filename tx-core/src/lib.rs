@@ -8,22 +8,9 @@
 //!
 //! ```
 //! use tx_core::{Propagation, TransactionTemplate, TxError};
-//! # use tx_core::manager::*; use std::sync::Arc;
-//! # #[derive(Clone, Default)] struct Noop(Arc<()>);
-//! # struct NoopTx;
-//! # impl PhysicalTransaction for NoopTx {
-//! #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-//! #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-//! #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-//! # }
-//! # impl TransactionManager for Noop {
-//! #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-//! #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-//! #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-//! #     }
-//! # }
+//! # use tx_core::testing::NoopManager;
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let manager = Noop::default(); // a TxPool in real code
+//! let manager = NoopManager::default(); // a TxPool in real code
 //! let template = TransactionTemplate::new(manager.clone());
 //! let n = template
 //!     .execute(|status| async move {
@@ -90,24 +77,48 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The layers, bottom-up, in groups: a group uses only itself and the groups above it.
+//
+// Vocabulary: what a call asks for, how it ends, the errors, the backend contract.
 mod completion;
-pub mod connection;
-mod context;
 mod definition;
 mod error;
-mod events;
 pub mod manager;
-mod observe;
-mod propagation;
-mod registry;
-mod retry;
 mod retry_cause;
-mod status;
+
+// Where managers are found (the default, by name).
+mod registry;
+
+// Hooks as the user writes them; what observers are told; the hook list with its per-phase
+// runners.
 mod synchronization;
-mod template;
-#[cfg(feature = "testing")]
-mod test_scope;
+
+mod observe;
+
+mod hook_list;
+
+// The engine's state: a transaction, its scopes and the binding chain; then a scope's status,
+// the task-local context, registering hooks there and a backend's handle on the connection.
 mod transaction;
+
+mod status;
+
+mod context;
+
+pub mod connection;
+mod hook_registration;
+
+// The engine: test transactions redirect scopes just below it; the propagation decision and
+// the scope drivers; then the entry points built on it.
+#[cfg(feature = "testing")]
+mod test_redirect;
+
+mod propagation;
+
+mod retry;
+
+mod events;
+mod template;
 
 pub use completion::Completion;
 pub use context::{current_status, is_actual_transaction_active, set_rollback_only};
@@ -117,6 +128,9 @@ pub use error::{BoxError, Operation, TxError};
 #[doc(hidden)]
 pub use error::{sqlx_is_retryable, sqlx_sqlstate};
 pub use events::{EventBus, ListenerHandle, ListenerResult, TransactionPhase};
+pub use hook_registration::{
+    after_commit, after_completion, after_rollback, register_synchronization,
+};
 pub use manager::TransactionManager;
 #[cfg(feature = "metrics")]
 pub use observe::metrics::describe_metrics;
@@ -125,31 +139,14 @@ pub use observe::{
 };
 pub use registry::{register_manager, set_default_manager};
 pub use status::TransactionStatus;
-pub use synchronization::{
-    TransactionSynchronization, after_commit, after_completion, after_rollback,
-    register_synchronization,
-};
+pub use synchronization::TransactionSynchronization;
 pub use template::{RetryingTemplate, TransactionTemplate};
 
 #[cfg(feature = "macros")]
 pub use tx_macros::transactional;
 
-/// Test transactions that leave nothing behind (feature `testing`; `tx-sqlx`'s feature
-/// `testing` turns it on and re-exports it as `tx_sqlx::testing`).
-///
-/// [`rollback`](testing::rollback) runs a test body in a transaction that is always rolled
-/// back. The code under test runs inside it unchanged: its transactional scopes on that
-/// manager take savepoints of the test transaction where they would begin (or suspend) a
-/// transaction, so a row written by a `RequiresNew` scope is visible to the test and gone after
-/// it, and `after_commit` hooks run when the scope that owns them would have committed.
-///
-/// On MySQL/MariaDB keep DDL out of the body (it commits implicitly). On SQLite the test
-/// transaction holds the database's write lock: tests that run in parallel need a database
-/// each.
 #[cfg(feature = "testing")]
-pub mod testing {
-    pub use crate::test_scope::rollback;
-}
+pub mod testing;
 
 /// What `#[transactional]` expands to calls; not a public API.
 #[doc(hidden)]

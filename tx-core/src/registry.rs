@@ -21,13 +21,8 @@ static NAMED: std::sync::LazyLock<ArcSwap<HashMap<Cow<'static, str>, SharedManag
 /// `TransactionTemplate::default()` that do not name another. Replaces any previous default.
 ///
 /// ```
-/// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-/// # }
-/// tx_core::set_default_manager(Noop::default());
+/// # use tx_core::testing::NoopManager;
+/// tx_core::set_default_manager(NoopManager::default());
 /// ```
 pub fn set_default_manager(manager: impl ShareManager) {
     DEFAULT.store(Some(Arc::new(manager.share())));
@@ -37,13 +32,8 @@ pub fn set_default_manager(manager: impl ShareManager) {
 /// Replaces a manager registered earlier under the same name.
 ///
 /// ```
-/// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-/// # }
-/// tx_core::register_manager("audit", Noop::default());
+/// # use tx_core::testing::NoopManager;
+/// tx_core::register_manager("audit", NoopManager::default());
 /// ```
 pub fn register_manager(name: impl Into<Cow<'static, str>>, manager: impl ShareManager) {
     let name = name.into();

@@ -1,83 +1,10 @@
 //! The handle a transactional body gets on its scope (Spring's `TransactionStatus`).
 
-use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::definition::Isolation;
-use crate::transaction::Transaction;
-
-/// What kind of scope a [`Scope`] is.
-pub(crate) enum ScopeKind {
-    /// Began a new transaction (it owns the commit).
-    NewTransaction,
-    /// A savepoint inside an existing transaction (`Nested`).
-    Savepoint,
-    /// A savepoint standing in for a new transaction (inside a test transaction): it reports
-    /// as a new transaction, and its participants' marks stay with it, as with a savepoint.
-    SavepointAsTransaction,
-    /// Runs without a transaction (`Supports`/`NotSupported`/`Never` without one).
-    NoTransaction,
-}
-
-/// One scope that decides an outcome: a new transaction, a savepoint, or a scope without a
-/// transaction. Participants share their owner's.
-pub(crate) struct Scope {
-    pub(crate) kind: ScopeKind,
-    pub(crate) tx: Option<Arc<Transaction>>,
-    name: Cow<'static, str>,
-    rollback_only: AtomicBool,
-    /// A savepoint scope's participant failed or asked for rollback (undone with the
-    /// savepoint; the transaction's own participants mark the transaction).
-    joined_rollback_only: AtomicBool,
-    completed: AtomicBool,
-}
-
-impl Scope {
-    pub(crate) fn new(
-        kind: ScopeKind,
-        tx: Option<Arc<Transaction>>,
-        name: Cow<'static, str>,
-    ) -> Scope {
-        Scope {
-            kind,
-            tx,
-            name,
-            rollback_only: AtomicBool::new(false),
-            joined_rollback_only: AtomicBool::new(false),
-            completed: AtomicBool::new(false),
-        }
-    }
-
-    /// A participant of this scope failed or asked for rollback: a savepoint scope rolls back
-    /// to its savepoint; a transaction is marked for its owner.
-    pub(crate) fn mark_joined_rollback_only(&self) {
-        match (&self.kind, &self.tx) {
-            (ScopeKind::Savepoint | ScopeKind::SavepointAsTransaction, _) => {
-                self.joined_rollback_only.store(true, Ordering::Relaxed)
-            }
-            (_, Some(tx)) => tx.set_global_rollback_only(),
-            (_, None) => self.rollback_only.store(true, Ordering::Relaxed),
-        }
-    }
-
-    /// Whether a participant of this savepoint scope marked it.
-    pub(crate) fn is_joined_rollback_only(&self) -> bool {
-        self.joined_rollback_only.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn is_local_rollback_only(&self) -> bool {
-        self.rollback_only.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_completed(&self) {
-        self.completed.store(true, Ordering::Relaxed);
-    }
-}
+use crate::transaction::{Scope, ScopeKind};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -95,22 +22,9 @@ enum Role {
 ///
 /// ```
 /// # use tx_core::{Isolation, TransactionTemplate, TxError};
-/// # use tx_core::manager::*; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # struct NoopTx;
-/// # impl PhysicalTransaction for NoopTx {
-/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-/// # }
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-/// #     }
-/// # }
+/// # use tx_core::testing::NoopManager;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let template = TransactionTemplate::new(Noop::default())
+/// let template = TransactionTemplate::new(NoopManager::default())
 ///     .name("report")
 ///     .isolation(Isolation::RepeatableRead)
 ///     .read_only(true);
@@ -247,16 +161,9 @@ impl TransactionStatus {
     ///
     /// ```
     /// # use tx_core::{TransactionTemplate, TxError};
-    /// # use tx_core::manager::*; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-    /// #         Box::pin(async { Err(TxError::NoManager) })
-    /// #     }
-    /// # }
+    /// # use tx_core::testing::NoopManager;
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let r: Result<u32, TxError> = TransactionTemplate::new(Noop::default())
+    /// let r: Result<u32, TxError> = TransactionTemplate::new(NoopManager::default())
     ///     .execute(|status| async move { Ok(status.attempt()) })
     ///     .await;
     /// assert_eq!(r.unwrap(), 1);

@@ -13,6 +13,28 @@ use crate::retry;
 use crate::retry_cause::{self, ErrorType};
 use crate::status::TransactionStatus;
 
+/// The attribute setters both templates have: each sets one attribute of the definition at
+/// `self.$field` (a [`TransactionDefinition`], or a template, which has the same setters).
+macro_rules! attribute_setters {
+    ($field:ident, timeout: $timeout_doc:literal) => {
+        attribute_setters!(@one $field, propagation: Propagation,
+            "Sets the propagation behaviour (default `Required`).");
+        attribute_setters!(@one $field, isolation: Isolation,
+            "Sets the isolation level of a new transaction.");
+        attribute_setters!(@one $field, timeout: Duration, $timeout_doc);
+        attribute_setters!(@one $field, read_only: bool, "Makes a new transaction read-only.");
+        attribute_setters!(@one $field, name: impl Into<Cow<'static, str>>,
+            "Names the transaction (for logs and [`TransactionStatus::name`]).");
+    };
+    (@one $field:ident, $attribute:ident: $ty:ty, $doc:expr) => {
+        #[doc = $doc]
+        pub fn $attribute(mut self, $attribute: $ty) -> Self {
+            self.$field = self.$field.$attribute($attribute);
+            self
+        }
+    };
+}
+
 /// Runs closures in transactional scopes, for when an attribute is too coarse: part of a
 /// function in a transaction, a loop with one transaction per item, a decision taken at run time.
 ///
@@ -24,22 +46,9 @@ use crate::status::TransactionStatus;
 /// ```
 /// use std::time::Duration;
 /// use tx_core::{Propagation, TransactionTemplate, TxError};
-/// # use tx_core::manager::*; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # struct NoopTx;
-/// # impl PhysicalTransaction for NoopTx {
-/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-/// # }
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-/// #     }
-/// # }
+/// # use tx_core::testing::NoopManager;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let pool = Noop::default();
+/// # let pool = NoopManager::default();
 /// let audit = TransactionTemplate::new(pool.clone())
 ///     .propagation(Propagation::RequiresNew)
 ///     .timeout(Duration::from_secs(2));
@@ -79,35 +88,7 @@ impl TransactionTemplate {
         }
     }
 
-    /// Sets the propagation behaviour (default `Required`).
-    pub fn propagation(mut self, propagation: Propagation) -> Self {
-        self.definition = self.definition.propagation(propagation);
-        self
-    }
-
-    /// Sets the isolation level of a new transaction.
-    pub fn isolation(mut self, isolation: Isolation) -> Self {
-        self.definition = self.definition.isolation(isolation);
-        self
-    }
-
-    /// Sets the deadline of a new transaction, from its start.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.definition = self.definition.timeout(timeout);
-        self
-    }
-
-    /// Makes a new transaction read-only.
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.definition = self.definition.read_only(read_only);
-        self
-    }
-
-    /// Names the transaction (for logs and [`TransactionStatus::name`]).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.definition = self.definition.name(name);
-        self
-    }
+    attribute_setters!(definition, timeout: "Sets the deadline of a new transaction, from its start.");
 
     /// Replaces every attribute with `definition`'s.
     pub fn definition(mut self, definition: TransactionDefinition) -> Self {
@@ -186,22 +167,9 @@ impl TransactionTemplate {
 ///
 /// ```
 /// use tx_core::{Isolation, TransactionTemplate, TxError};
-/// # use tx_core::manager::*; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # struct NoopTx;
-/// # impl PhysicalTransaction for NoopTx {
-/// #     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> { Box::pin(async { Ok(()) }) }
-/// #     fn as_any_mut(&mut self) -> &mut dyn std::any::Any { self }
-/// # }
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-/// #         Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-/// #     }
-/// # }
+/// # use tx_core::testing::NoopManager;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// # let pool = Noop::default();
+/// # let pool = NoopManager::default();
 /// let transfer = TransactionTemplate::new(pool.clone())
 ///     .isolation(Isolation::Serializable)
 ///     .retry(3);
@@ -226,35 +194,10 @@ pub struct RetryingTemplate {
 }
 
 impl RetryingTemplate {
-    /// Sets the propagation behaviour (default `Required`).
-    pub fn propagation(mut self, propagation: Propagation) -> Self {
-        self.template = self.template.propagation(propagation);
-        self
-    }
-
-    /// Sets the isolation level of a new transaction.
-    pub fn isolation(mut self, isolation: Isolation) -> Self {
-        self.template = self.template.isolation(isolation);
-        self
-    }
-
-    /// Sets the deadline of each new transaction (each run has its own), from its start.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.template = self.template.timeout(timeout);
-        self
-    }
-
-    /// Makes a new transaction read-only.
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.template = self.template.read_only(read_only);
-        self
-    }
-
-    /// Names the transaction (for logs and [`TransactionStatus::name`]).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.template = self.template.name(name);
-        self
-    }
+    attribute_setters!(
+        template,
+        timeout: "Sets the deadline of each new transaction (each run has its own), from its start."
+    );
 
     /// Replaces every attribute with `definition`'s.
     pub fn definition(mut self, definition: TransactionDefinition) -> Self {
@@ -279,14 +222,7 @@ impl RetryingTemplate {
     ///
     /// ```
     /// use tx_core::{TransactionTemplate, TxError};
-    /// # use tx_core::manager::*; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-    /// #         unreachable!("the body runs no statement")
-    /// #     }
-    /// # }
+    /// # use tx_core::testing::NoopManager;
     /// #[derive(Debug, thiserror::Error)]
     /// enum AppError {
     ///     #[error("out of stock")]
@@ -296,7 +232,7 @@ impl RetryingTemplate {
     /// }
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let pool = Noop::default();
+    /// # let pool = NoopManager::default();
     /// let place = TransactionTemplate::new(pool).retry(3).error_type::<AppError>();
     /// let r = place
     ///     .execute(|_| async { Err::<(), _>(AppError::OutOfStock) })
@@ -366,163 +302,5 @@ impl RetryingTemplate {
             &mut f,
         )
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-    use crate::manager::{BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction};
-
-    #[derive(Clone, Default)]
-    struct Noop(Arc<()>);
-
-    struct NoopTx;
-
-    impl PhysicalTransaction for NoopTx {
-        fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-            self
-        }
-    }
-
-    impl TransactionManager for Noop {
-        fn key(&self) -> ManagerKey {
-            ManagerKey::of(&self.0)
-        }
-        fn begin(
-            &self,
-            _: BeginOptions,
-        ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-            Box::pin(async { Ok(Box::new(NoopTx) as Box<dyn PhysicalTransaction>) })
-        }
-    }
-
-    /// `Send` but not `Sync`, as a value and as an error.
-    #[derive(Debug)]
-    struct NotSync(Cell<u32>);
-
-    impl From<TxError> for NotSync {
-        fn from(_: TxError) -> Self {
-            NotSync(Cell::new(0))
-        }
-    }
-
-    fn assert_send<T: Send>(_: &T) {}
-
-    #[tokio::test]
-    async fn execute_moves_captures_into_the_body_once() {
-        let template = TransactionTemplate::new(Noop::default());
-        let owned = String::from("moved, not cloned");
-        let r = template
-            .execute(|status| async move {
-                assert!(status.is_new_transaction());
-                Ok::<_, TxError>(owned) // the String itself comes back out
-            })
-            .await;
-        assert_eq!(r.unwrap(), "moved, not cloned");
-    }
-
-    #[tokio::test]
-    async fn futures_are_send_whatever_t_and_e() {
-        let template = TransactionTemplate::new(Noop::default());
-        let fut = template.execute(|_| async { Ok::<_, NotSync>(NotSync(Cell::new(1))) });
-        assert_send(&fut);
-        assert_eq!(fut.await.unwrap().0.get(), 1);
-
-        let retrying = template.clone().retry(2);
-        let fut = retrying.execute(|_| async { Err::<NotSync, _>(NotSync(Cell::new(2))) });
-        assert_send(&fut);
-        assert_eq!(fut.await.unwrap_err().0.get(), 2);
-    }
-
-    #[tokio::test]
-    async fn retrying_template_keeps_the_attributes_and_runs_once_on_success() {
-        let runs = AtomicU32::new(0);
-        let retrying = TransactionTemplate::new(Noop::default())
-            .name("transfer")
-            .retry(3)
-            .isolation(Isolation::Serializable)
-            .read_only(true);
-        assert_eq!(retrying.retries(), 3);
-        assert_eq!(retrying.get_definition().get_name(), "transfer");
-        let r = retrying
-            .execute(|status| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    assert_eq!(status.isolation(), Isolation::Serializable);
-                    assert!(status.is_read_only());
-                    Ok::<_, TxError>(status.name().to_owned())
-                }
-            })
-            .await;
-        assert_eq!(r.unwrap(), "transfer");
-        // Not retryable: an error ends the call after one run.
-        let r = retrying
-            .execute(|_| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>(TxError::UnexpectedRollback) }
-            })
-            .await;
-        assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn status_reports_the_transaction_it_runs_in() {
-        let outer = TransactionTemplate::new(Noop::default())
-            .isolation(Isolation::RepeatableRead)
-            .read_only(true);
-        let outer = &outer;
-        outer
-            .execute(|status| async move {
-                assert!(status.is_read_only());
-                assert_eq!(status.isolation(), Isolation::RepeatableRead);
-                // A participant runs with its owner's settings, whatever it asked for.
-                outer
-                    .clone()
-                    .isolation(Isolation::Serializable)
-                    .read_only(false)
-                    .execute(|joined| async move {
-                        assert!(!joined.is_new_transaction());
-                        assert!(joined.is_read_only());
-                        assert_eq!(joined.isolation(), Isolation::RepeatableRead);
-                        Ok::<_, TxError>(())
-                    })
-                    .await?;
-                // A new transaction has its own.
-                outer
-                    .clone()
-                    .propagation(Propagation::RequiresNew)
-                    .isolation(Isolation::Serializable)
-                    .read_only(false)
-                    .execute(|inner| async move {
-                        assert!(inner.is_new_transaction());
-                        assert!(!inner.is_read_only());
-                        assert_eq!(inner.isolation(), Isolation::Serializable);
-                        Ok::<_, TxError>(())
-                    })
-                    .await?;
-                // Without a transaction there is nothing to report.
-                outer
-                    .clone()
-                    .propagation(Propagation::NotSupported)
-                    .execute(|none| async move {
-                        assert!(!none.is_read_only());
-                        assert_eq!(none.isolation(), Isolation::Default);
-                        Ok::<_, TxError>(())
-                    })
-                    .await
-            })
-            .await
-            .unwrap();
     }
 }

@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
-use support::{Log, Recorder, t};
+use support::{OperationLog, RecordingManager, cancel_after, t, wait_for_entry};
 use tx_core::{
     BoxError, Completion, Propagation, RollbackCause, TransactionExecution, TransactionListener,
     TransactionSynchronization, TxError,
 };
 
 /// Test key (first segment of a transaction's name) -> the log its callbacks go to.
-static ROUTES: LazyLock<Mutex<HashMap<String, Log>>> = LazyLock::new(Default::default);
+static ROUTES: LazyLock<Mutex<HashMap<String, OperationLog>>> = LazyLock::new(Default::default);
 
 /// What `before_begin` was told, per scope name.
 static SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Default::default);
@@ -36,7 +36,7 @@ struct Seen {
     propagation: Propagation,
 }
 
-fn route(tx: &TransactionExecution<'_>) -> Option<Log> {
+fn route(tx: &TransactionExecution<'_>) -> Option<OperationLog> {
     let key = tx.name().split("::").next()?;
     ROUTES.lock().unwrap().get(key).cloned()
 }
@@ -159,15 +159,18 @@ impl TransactionListener for Faulty {
 }
 
 /// A recording manager whose transactions named `key::...` report their callbacks to its log.
-fn manager(key: &str) -> Recorder {
+fn manager(key: &str) -> RecordingManager {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The faulty listener runs first: the recording one must still be called after it.
         tx_core::add_transaction_listener(Faulty);
         tx_core::add_transaction_listener(Recording);
     });
-    let m = Recorder::default();
-    ROUTES.lock().unwrap().insert(key.to_owned(), m.log.clone());
+    let m = RecordingManager::default();
+    ROUTES
+        .lock()
+        .unwrap()
+        .insert(key.to_owned(), m.log().clone());
     m
 }
 
@@ -176,7 +179,7 @@ fn seen(name: &str) -> Seen {
 }
 
 /// A synchronization logging its phases as `H <phase>`.
-struct Hook(Log, Option<&'static str>);
+struct Hook(OperationLog, Option<&'static str>);
 
 impl TransactionSynchronization for Hook {
     async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
@@ -211,7 +214,7 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
         .name("commit::order")
         .execute(|_| async {
             m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+            tx_core::register_synchronization(Hook(m.log().clone(), None))?;
             Ok(())
         })
         .await;
@@ -264,7 +267,7 @@ async fn rollback_on_error_reports_the_cause_after_the_hooks() {
         .name("rollback::order")
         .execute(|_| async {
             m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+            tx_core::register_synchronization(Hook(m.log().clone(), None))?;
             Err(TxError::NoTransaction)
         })
         .await;
@@ -372,26 +375,12 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     let template = t(&m).name("cancel::dropped");
     let call = template.execute(|_| async {
         m.stmt("INSERT").await?;
-        tx_core::register_synchronization(Hook(m.log.clone(), None))?;
+        tx_core::register_synchronization(Hook(m.log().clone(), None))?;
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(10), call)
-            .await
-            .is_err()
-    );
-    for _ in 0..100 {
-        if m.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.starts_with("L after_rollback"))
-        {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    cancel_after(10, call).await;
+    wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
     assert_eq!(
         m.take(),
         strings(&[
@@ -415,7 +404,7 @@ async fn before_commit_veto_is_reported_as_before_commit_failed_without_before_c
         .name("veto::order")
         .execute(|_| async {
             m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log.clone(), Some("stock check failed")))?;
+            tx_core::register_synchronization(Hook(m.log().clone(), Some("stock check failed")))?;
             Ok(())
         })
         .await;

@@ -3,14 +3,12 @@
 //! savepoints inside), a recording recorder holds exactly the expected counters and
 //! histogram samples.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use support::{Recorder, t};
 use tx_core::{Propagation, TxError};
 
 /// `name{label=value,...}` -> counter value or number of histogram samples.
@@ -37,7 +35,7 @@ fn snapshot(recorder: &DebuggingRecorder) -> BTreeMap<String, u64> {
     out
 }
 
-async fn sequence(m: &Recorder) {
+async fn sequence(m: &RecordingManager) {
     // Two commits, one without a statement (no BEGIN: no connection held); a joined call and
     // a savepoint inside the first count nothing of their own.
     let r: Result<(), TxError> = t(m)
@@ -105,22 +103,15 @@ async fn sequence(m: &Recorder) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(5), call)
-            .await
-            .is_err()
-    );
+    cancel_after(5, call).await;
     // The cancelled call completes in a spawned task.
-    while !m.take().iter().any(|e| e == "ROLLBACK") {
-        tokio::task::yield_now().await;
-    }
-    tokio::task::yield_now().await;
+    drain_until_rollback(m).await;
 }
 
 #[test]
 fn counters_and_histograms_after_a_known_sequence() {
     let recorder = DebuggingRecorder::new();
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     metrics::with_local_recorder(&recorder, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -3,13 +3,11 @@
 //! transaction that runs them, one root per attempt of a retried call), the outcome, cause
 //! and duration recorded at close, and the engine's and the user's events inside them.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Recorder, t};
+use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -174,7 +172,7 @@ fn messages_in(events: &[EventRec], span: usize) -> Vec<&str> {
 #[test]
 fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_participant() {
     let capture = Capture::default();
-    let m = Recorder::with_backend("postgres");
+    let m = RecordingManager::with_backend("postgres");
     let result: Result<u32, AppError> = capturing(&capture, async {
         t(&m)
             .name("shop::place_order")
@@ -333,7 +331,7 @@ fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_
 #[test]
 fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
     let capture = Capture::default();
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     capturing(&capture, async {
         let template = t(&m).name("obs::cancelled");
         let call = template.execute(|_| async {
@@ -346,16 +344,9 @@ fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
                 })
                 .await
         });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(10), call)
-                .await
-                .is_err()
-        );
+        cancel_after(10, call).await;
         // The rollback finishes in a spawned task.
-        while !m.take().iter().any(|e| e == "ROLLBACK") {
-            tokio::task::yield_now().await;
-        }
-        tokio::task::yield_now().await;
+        drain_until_rollback(&m).await;
     });
     let spans = capture.spans();
     let outer = spans
@@ -394,7 +385,7 @@ fn a_subscriber_that_filters_tx_out_sees_no_tx_span() {
             .clone()
             .with_filter(Targets::new().with_target("app", LevelFilter::TRACE)),
     );
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = tracing::subscriber::with_default(subscriber, || {
         tokio::runtime::Builder::new_current_thread()
             .build()

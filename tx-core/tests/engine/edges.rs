@@ -3,12 +3,10 @@
 //! a retryable rollback, hook phases finished after a cancelled caller, and futures dropped
 //! outside any runtime. A recording manager logs what the engine sends.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Log, Recorder, once, t};
+use crate::support::{OperationLog, RecordingManager, once, t, wait_for_entry};
 use tokio::sync::{Notify, oneshot};
 use tx_core::connection::{LockPurpose, bound_transaction};
 use tx_core::manager::TransactionManager;
@@ -46,7 +44,7 @@ impl Signal {
 /// is refused; A's work is released on its own.
 #[tokio::test]
 async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_savepoint() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
     let r: Result<Pair, TxError> = t(&m)
         .execute(once(|_| {
@@ -102,7 +100,7 @@ async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_save
 /// runs no statement until B's savepoint is resolved, and B's rollback undoes only B's work.
 #[tokio::test]
 async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_own() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let b_done = Signal::default();
     let r: Result<Pair, TxError> = t(&m)
         .execute(once(|_| {
@@ -151,7 +149,7 @@ async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_o
 /// refused instead, the participant fails, and the whole transaction rolls back.
 #[tokio::test]
 async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (a_ran, p_tried) = (Signal::default(), Signal::default());
     let p_result = Arc::new(Mutex::new(None));
     let r: Result<(), TxError> = t(&m)
@@ -198,16 +196,16 @@ async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
 /// Logs every phase of its hook, with the outcome.
 struct Phases {
     name: &'static str,
-    log: Log,
+    log: OperationLog,
     /// How long its before_commit takes.
     slow_before_commit: Option<Duration>,
 }
 
 impl Phases {
-    fn new(name: &'static str, m: &Recorder) -> Phases {
+    fn new(name: &'static str, m: &RecordingManager) -> Phases {
         Phases {
             name,
-            log: m.log.clone(),
+            log: m.log().clone(),
             slow_before_commit: None,
         }
     }
@@ -244,7 +242,7 @@ impl TransactionSynchronization for Phases {
 /// order they were registered.
 #[tokio::test]
 async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (nested_registered, joined_registered) = (Signal::default(), Signal::default());
     let r: Result<(), TxError> = t(&m)
         .execute(once(|_| {
@@ -292,7 +290,7 @@ async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
 /// Plain statements of one scope under `join!` still take turns on the connection.
 #[tokio::test]
 async fn plain_statements_of_one_scope_under_join_take_turns() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_secs(30))
         .execute(|_| {
@@ -311,7 +309,7 @@ async fn plain_statements_of_one_scope_under_join_take_turns() {
 /// A wait for another statement of the task is bounded by the deadline.
 #[tokio::test(start_paused = true)]
 async fn waiting_for_the_connection_ends_at_the_deadline() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let waited = Arc::new(Mutex::new(None));
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
@@ -339,7 +337,7 @@ async fn waiting_for_the_connection_ends_at_the_deadline() {
 
 #[tokio::test]
 async fn statement_or_nested_scope_while_a_connection_guard_lives_fails_at_once() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {
@@ -375,7 +373,7 @@ async fn statement_or_nested_scope_while_a_connection_guard_lives_fails_at_once(
 
 #[tokio::test]
 async fn statement_while_a_stream_of_the_task_is_parked_fails_at_once() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {
             let m = m.clone();
@@ -399,7 +397,7 @@ async fn statement_while_a_stream_of_the_task_is_parked_fails_at_once() {
 /// back when the guard is dropped.
 #[tokio::test]
 async fn connection_guard_returned_out_of_the_body_fails_the_commit_at_once() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (tx, rx) = oneshot::channel();
     let tx = Mutex::new(Some(tx));
     let leaked = Arc::new(Mutex::new(None));
@@ -431,7 +429,7 @@ async fn connection_guard_returned_out_of_the_body_fails_the_commit_at_once() {
 // ---------------------------------------------------------------------------------------------
 // Checks right before COMMIT.
 
-struct CallsFailingParticipant(Recorder);
+struct CallsFailingParticipant(RecordingManager);
 
 impl TransactionSynchronization for CallsFailingParticipant {
     async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
@@ -459,7 +457,7 @@ impl TransactionSynchronization for MarksRollbackOnly {
 
 #[tokio::test]
 async fn participant_failing_in_before_commit_rolls_back_as_unexpected_rollback() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {
             let m = m.clone();
@@ -478,7 +476,7 @@ async fn participant_failing_in_before_commit_rolls_back_as_unexpected_rollback(
 
 #[tokio::test]
 async fn set_rollback_only_in_before_commit_rolls_back_as_unexpected_rollback() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {
             let m = m.clone();
@@ -503,7 +501,7 @@ impl TransactionSynchronization for SlowBeforeCommit {
 
 #[tokio::test(start_paused = true)]
 async fn before_commit_past_the_deadline_times_out_and_rolls_back() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
         .execute(|_| {
@@ -520,7 +518,7 @@ async fn before_commit_past_the_deadline_times_out_and_rolls_back() {
 
 #[tokio::test]
 async fn body_computing_past_the_deadline_without_awaiting_times_out() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(20))
         .execute(|_| {
@@ -541,7 +539,7 @@ async fn body_computing_past_the_deadline_without_awaiting_times_out() {
 /// the rollback ends after the deadline.
 #[tokio::test(start_paused = true)]
 async fn own_error_returned_in_time_is_not_turned_into_a_timeout() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     m.slow_rollback(500);
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(100))
@@ -562,7 +560,7 @@ async fn own_error_returned_in_time_is_not_turned_into_a_timeout() {
 
 #[tokio::test]
 async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let runs = Arc::new(Mutex::new(0));
     let r: Result<(), TxError> = t(&m)
         .retry(3)
@@ -607,7 +605,7 @@ async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error
 /// a template whose error type is `TxError` itself).
 #[tokio::test]
 async fn retryable_failure_rolled_back_by_a_nested_step_and_returned_is_retried() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let runs = Arc::new(Mutex::new(0));
     let r: Result<u32, TxError> = t(&m)
         .retry(3)
@@ -653,7 +651,7 @@ async fn retryable_failure_rolled_back_by_a_nested_step_and_returned_is_retried(
 /// `retry`) is not the call's: returning it does not re-run the call.
 #[tokio::test]
 async fn retryable_failure_of_an_inner_requires_new_call_does_not_retry_the_outer_call() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let runs = Arc::new(Mutex::new(0));
     let r: Result<(), TxError> = t(&m)
         .retry(3)
@@ -714,7 +712,7 @@ impl std::error::Error for SourcedError {
 #[tokio::test]
 async fn retryable_failure_returned_inside_an_application_error_is_retried() {
     struct Service {
-        db: Recorder,
+        db: RecordingManager,
         runs: Mutex<u32>,
     }
     impl Service {
@@ -752,7 +750,7 @@ async fn retryable_failure_returned_inside_an_application_error_is_retried() {
         "COMMIT",
     ];
     let s = Service {
-        db: Recorder::default(),
+        db: RecordingManager::default(),
         runs: Mutex::new(0),
     };
     s.attributed().await.unwrap();
@@ -789,7 +787,7 @@ mod macro_retry {
     }
 
     pub struct Service {
-        pub db: Recorder,
+        pub db: RecordingManager,
         pub runs: Mutex<u32>,
     }
 
@@ -839,7 +837,7 @@ mod macro_retry {
     #[tokio::test]
     async fn no_rollback_for_commit_is_never_retried() {
         let s = Service {
-            db: Recorder::default(),
+            db: RecordingManager::default(),
             runs: Mutex::new(0),
         };
         let r = s.soft().await;
@@ -854,7 +852,7 @@ mod macro_retry {
     #[tokio::test]
     async fn retryable_rollback_is_retried_and_the_scope_knows_its_attempt() {
         let s = Service {
-            db: Recorder::default(),
+            db: RecordingManager::default(),
             runs: Mutex::new(0),
         };
         assert_eq!(s.flaky().await.unwrap(), 2);
@@ -875,7 +873,7 @@ mod macro_retry {
     #[tokio::test]
     async fn retried_call_is_send_with_non_sync_result_types() {
         let s = Service {
-            db: Recorder::default(),
+            db: RecordingManager::default(),
             runs: Mutex::new(0),
         };
         let v = assert_send(s.not_sync()).await.unwrap();
@@ -903,7 +901,7 @@ type Blocks = (
 
 struct Hook {
     name: &'static str,
-    log: Log,
+    log: OperationLog,
     /// Signals when this hook's phase call starts, then waits for `release`.
     blocks_in: Option<Blocks>,
 }
@@ -942,17 +940,17 @@ async fn cancel_while_a_hook_runs(phase: &'static str) -> Vec<String> {
 }
 
 async fn cancel_while_a_hook_of_runs(phase: &'static str, propagation: Propagation) -> Vec<String> {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (started_tx, started_rx) = oneshot::channel();
     let release = Arc::new(Notify::new());
     let a = Hook {
         name: "A",
-        log: m.log.clone(),
+        log: m.log().clone(),
         blocks_in: Some((phase, Mutex::new(Some(started_tx)), release.clone())),
     };
     let b = Hook {
         name: "B",
-        log: m.log.clone(),
+        log: m.log().clone(),
         blocks_in: None,
     };
     let template = t(&m).propagation(propagation);
@@ -972,7 +970,7 @@ async fn cancel_while_a_hook_of_runs(phase: &'static str, propagation: Propagati
     release.notify_one();
     // Wait (bounded) until B's after_completion has run.
     for _ in 0..500 {
-        if m.log
+        if m.log()
             .lock()
             .unwrap()
             .iter()
@@ -1043,7 +1041,7 @@ async fn scope_without_a_transaction_cancelled_during_an_after_commit_hook_compl
 /// as rolled back (nothing of the scope was kept as committed).
 #[tokio::test(start_paused = true)]
 async fn scope_without_a_transaction_dropped_in_before_commit_completes_its_hooks() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
         .execute(|_| {
@@ -1065,17 +1063,10 @@ async fn scope_without_a_transaction_dropped_in_before_commit_completes_its_hook
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     // The rest of the hook's sequence runs in a spawned task.
-    for _ in 0..100 {
-        if m.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.starts_with("hook:after_completion"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_entry(&m, "hook:after_completion", || {
+        tokio::time::sleep(Duration::from_millis(10))
+    })
+    .await;
     let mut log = m.take();
     // The outer ROLLBACK and the spawned completion are not ordered.
     let rollback = log
@@ -1108,7 +1099,7 @@ fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
         .enable_all()
         .build()
         .unwrap();
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (started_tx, started_rx) = oneshot::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let template = t(&m);
@@ -1142,7 +1133,7 @@ fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
 
 #[tokio::test]
 async fn after_commit_of_a_requires_new_scope_sees_the_suspended_writer() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let r: Result<(), TxError> = t(&m)
         .execute(|_| {

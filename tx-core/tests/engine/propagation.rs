@@ -1,18 +1,16 @@
 //! Engine tests without a database: a recording manager logs every physical operation, so
 //! the tests see exactly what the engine sends (deferred BEGIN, savepoints, completion order).
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Log, Recorder, t};
+use crate::support::{OperationLog, RecordingManager, cancel_after, t};
 use tx_core::manager::TransactionManager;
 use tx_core::{Completion, Propagation, TxError};
 
 #[tokio::test]
 async fn empty_call_sends_nothing() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<u8, TxError> = t(&m).execute(|_| async { Ok(1) }).await;
     assert_eq!(r.unwrap(), 1);
     assert!(m.take().is_empty());
@@ -20,10 +18,10 @@ async fn empty_call_sends_nothing() {
 
 #[tokio::test]
 async fn begin_is_deferred_to_first_statement_and_commit_follows() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .execute(|_| async {
-            m.log.lock().unwrap().push("body".into());
+            m.log().lock().unwrap().push("body".into());
             m.stmt("a").await?;
             m.stmt("b").await
         })
@@ -37,7 +35,7 @@ async fn begin_is_deferred_to_first_statement_and_commit_follows() {
 
 #[tokio::test]
 async fn nested_failure_rolls_back_to_its_savepoint_only() {
-    let m = &Recorder::default();
+    let m = &RecordingManager::default();
     let r: Result<(), TxError> = t(m)
         .execute(|_| async {
             m.stmt("outer").await?;
@@ -75,7 +73,7 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
 
 #[tokio::test]
 async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommit() {
-    let m = &Recorder::default();
+    let m = &RecordingManager::default();
     let r: Result<(), TxError> = t(m)
         .execute(|_| async {
             m.stmt("outer").await?;
@@ -113,7 +111,7 @@ async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommi
 
 #[tokio::test]
 async fn participant_failure_makes_owner_commit_an_unexpected_rollback() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .execute(|_| async {
             m.stmt("outer").await?;
@@ -132,7 +130,7 @@ async fn participant_failure_makes_owner_commit_an_unexpected_rollback() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_rolls_back_a_body_still_waiting() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let started = tokio::time::Instant::now();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
@@ -149,7 +147,7 @@ async fn deadline_rolls_back_a_body_still_waiting() {
 
 #[tokio::test]
 async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Arc::new(Mutex::new(Some(tx)));
     let template = t(&m);
@@ -161,11 +159,7 @@ async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
         std::future::pending::<()>().await;
         Ok::<_, TxError>(())
     });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(50), fut)
-            .await
-            .is_err()
-    );
+    cancel_after(50, fut).await;
     let c = tokio::time::timeout(Duration::from_secs(5), rx)
         .await
         .unwrap()
@@ -176,7 +170,7 @@ async fn cancelled_call_rolls_back_and_hooks_see_rolled_back() {
 
 #[tokio::test]
 async fn panic_rolls_back_and_continues() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let m2 = m.clone();
     let join = tokio::spawn(async move {
         t(&m2)
@@ -196,9 +190,9 @@ async fn panic_rolls_back_and_continues() {
 
 #[tokio::test]
 async fn hooks_run_in_phase_order_around_commit() {
-    let m = Recorder::default();
-    let log = m.log.clone();
-    struct H(&'static str, Log);
+    let m = RecordingManager::default();
+    let log = m.log().clone();
+    struct H(&'static str, OperationLog);
     impl tx_core::TransactionSynchronization for H {
         async fn before_commit(&self, _: bool) -> Result<(), tx_core::BoxError> {
             self.1
@@ -256,7 +250,7 @@ async fn hooks_run_in_phase_order_around_commit() {
 
 #[tokio::test]
 async fn misuse_gives_typed_errors() {
-    let m = Recorder::default();
+    let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .propagation(Propagation::Mandatory)
         .execute(|_| async { Ok(()) })
@@ -284,7 +278,7 @@ mod macro_on_tx_core_alone {
     use super::*;
 
     struct Service {
-        db: Recorder,
+        db: RecordingManager,
     }
 
     impl Service {
@@ -305,7 +299,7 @@ mod macro_on_tx_core_alone {
     #[tokio::test]
     async fn attribute_works_with_tx_core_only() {
         let s = Service {
-            db: Recorder::default(),
+            db: RecordingManager::default(),
         };
         assert_eq!(s.report().await.unwrap(), 1);
         assert!(s.fail().await.is_err());

@@ -3,28 +3,9 @@
 //! buffer across an await stay a few KiB, not the 50+ KiB a by-value body at every engine
 //! layer produced (which overflowed 2 MiB test-thread stacks in debug builds).
 
-use std::sync::Arc;
-
 use tx_core::__private::{TransactionDefinition, by_expr, transactional};
-use tx_core::manager::{
-    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
+use tx_core::testing::NoopManager;
 use tx_core::{Isolation, Propagation, TxError};
-
-#[derive(Clone, Default)]
-struct Noop(Arc<()>);
-
-impl TransactionManager for Noop {
-    fn key(&self) -> ManagerKey {
-        ManagerKey::of(&self.0)
-    }
-    fn begin(
-        &self,
-        _: BeginOptions,
-    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        Box::pin(async { Err(TxError::NoManager) })
-    }
-}
 
 static DEF: TransactionDefinition = TransactionDefinition::__const(
     Propagation::Required,
@@ -39,7 +20,7 @@ fn all(_: &TxError) -> bool {
 }
 
 /// What `#[transactional(manager = m)]` expands a body holding a 1 KiB buffer into.
-async fn level1(m: &Noop) -> Result<u8, TxError> {
+async fn level1(m: &NoopManager) -> Result<u8, TxError> {
     transactional(by_expr(m), &DEF, all, move || async move {
         let buf = [1u8; 1024];
         tokio::task::yield_now().await;
@@ -48,29 +29,27 @@ async fn level1(m: &Noop) -> Result<u8, TxError> {
     .await
 }
 
-async fn level2(m: &Noop) -> Result<u8, TxError> {
-    transactional(
-        by_expr(m),
-        &DEF,
-        all,
-        move || async move { level1(m).await },
-    )
-    .await
+/// A transactional service whose body only calls the service one level down.
+macro_rules! wrapping_level {
+    ($name:ident calls $inner:ident) => {
+        async fn $name(m: &NoopManager) -> Result<u8, TxError> {
+            transactional(
+                by_expr(m),
+                &DEF,
+                all,
+                move || async move { $inner(m).await },
+            )
+            .await
+        }
+    };
 }
 
-async fn level3(m: &Noop) -> Result<u8, TxError> {
-    transactional(
-        by_expr(m),
-        &DEF,
-        all,
-        move || async move { level2(m).await },
-    )
-    .await
-}
+wrapping_level!(level2 calls level1);
+wrapping_level!(level3 calls level2);
 
 #[test]
 fn nested_calls_grow_the_future_additively() {
-    let m = Noop::default();
+    let m = NoopManager::default();
     let (s1, s2, s3) = (
         std::mem::size_of_val(&level1(&m)),
         std::mem::size_of_val(&level2(&m)),

@@ -1,0 +1,23 @@
+//! Test support (feature `testing`; `tx-sqlx`'s feature `testing` turns it on and re-exports
+//! it as `tx_sqlx::testing`).
+//!
+//! [`rollback`] runs a test body in a transaction that is always rolled back. The code under
+//! test runs inside it unchanged: its transactional scopes on that manager take savepoints of
+//! the test transaction where they would begin (or suspend) a transaction, so a row written by a
+//! `RequiresNew` scope is visible to the test and gone after it, and `after_commit` hooks run
+//! when the scope that owns them would have committed.
+//!
+//! On MySQL/MariaDB keep DDL out of the body (it commits implicitly). On SQLite the test
+//! transaction holds the database's write lock: tests that run in parallel need a database
+//! each.
+//!
+//! For tests of the engine itself, without a database: [`NoopManager`] (transactions that do
+//! nothing) and [`RecordingManager`] (logs every operation the engine sends).
+
+mod noop;
+mod recording;
+mod rollback;
+
+pub use noop::NoopManager;
+pub use recording::{OperationLog, RecordingManager};
+pub use rollback::rollback;
