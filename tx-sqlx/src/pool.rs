@@ -339,6 +339,7 @@ impl<DB: Database> From<sqlx::Pool<DB>> for TxPool<DB> {
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub type PgTxPool = TxPool<sqlx::Postgres>;
 
 /// A [`TxPool`] on MySQL or MariaDB.
@@ -349,6 +350,7 @@ pub type PgTxPool = TxPool<sqlx::Postgres>;
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub type MySqlTxPool = TxPool<sqlx::MySql>;
 
 /// A [`TxPool`] on SQLite.
@@ -359,6 +361,7 @@ pub type MySqlTxPool = TxPool<sqlx::MySql>;
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub type SqliteTxPool = TxPool<sqlx::Sqlite>;
 
 /// A connection handed out by [`TxPool::acquire`]: the bound transaction's connection, or a

@@ -1,0 +1,156 @@
+//! What the databases do differently, as one trait: [`Backend`], implemented once per driver
+//! (postgres.rs, mysql.rs, sqlite.rs). Everything else (the physical transaction, the executor,
+//! the transaction manager) is written once, generic over it, and dispatched statically.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use sqlx::{Database, Executor, SqlStr};
+use tx_core::TxError;
+use tx_core::manager::{
+    BeginOptions, BoxFuture as TxBoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
+};
+
+use crate::physical::SqlxTransaction;
+use crate::pool::TxPool;
+
+/// One database as tx-sqlx drives it. Public only so that it can bound public generic items;
+/// it lives in a private module, so no other crate can name or implement it.
+pub trait Backend: Database {
+    /// The database's name in messages ("PostgreSQL").
+    const DISPLAY_NAME: &'static str;
+
+    /// What [`TransactionManager::backend_name`] reports ("postgres").
+    const BACKEND_NAME: &'static str;
+
+    /// Whether to refuse further statements once the server aborted the transaction, because
+    /// it would run them in autocommit (MySQL after a deadlock, SQLite after an automatic
+    /// rollback) instead of rejecting them (PostgreSQL rejects them itself until
+    /// `ROLLBACK TO SAVEPOINT`).
+    const REFUSE_AFTER_ABORT: bool;
+
+    /// Whether a failed `BEGIN` statement may leave session state behind (multi-statement
+    /// begins), so the connection must be closed rather than reused.
+    const CLOSE_ON_FAILED_BEGIN: bool;
+
+    /// Whether a statement failing with this error leaves the whole transaction aborted on
+    /// the server (PostgreSQL: any error; MySQL: a deadlock; SQLite: busy, I/O, full, ...).
+    fn aborts(err: &sqlx::Error) -> bool;
+
+    /// Whether this error is the server-side statement bound set from the deadline firing
+    /// (statement timeout, interrupt), so that it is reported as the deadline.
+    fn deadline_kill(err: &sqlx::Error) -> bool;
+
+    /// Runs one SQL text (simple protocol, not prepared) on a connection: savepoints and
+    /// session resets. Each backend forwards to [`exec_raw`], where the driver's connection
+    /// is known to be an executor.
+    fn exec_raw(conn: &mut Self::Connection, sql: SqlStr)
+    -> BoxFuture<'_, Result<(), sqlx::Error>>;
+
+    /// Refuses a begin before a connection is taken (SQLite: a writer whose task holds the
+    /// write lock in a suspended transaction would wait for itself).
+    fn check_begin(_options: &BeginOptions) -> Result<(), TxError> {
+        Ok(())
+    }
+
+    /// The statement that begins the transaction `options` describe, on the connection of
+    /// `tx` (nothing sent on it yet). It may ask the connection first, and registers with
+    /// [`SqlxTransaction::set_reset`] what restores a session setting it changes.
+    fn begin_statement<'a>(
+        db: &'a TxPool<Self>,
+        tx: &'a mut SqlxTransaction<Self>,
+        options: &'a BeginOptions,
+    ) -> impl Future<Output = Result<String, TxError>> + Send + 'a;
+
+    /// After `BEGIN`, with a deadline `remaining` away: installs what interrupts a statement
+    /// still running at the deadline when the server has no statement bound of its own
+    /// (SQLite's progress handler), with [`SqlxTransaction::set_watchdog`].
+    fn install_watchdog(
+        _tx: &mut SqlxTransaction<Self>,
+        _remaining: Duration,
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Takes the watchdog [`install_watchdog`](Self::install_watchdog) installed off the
+    /// connection, once the transaction has ended.
+    fn remove_watchdog(_conn: &mut Self::Connection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// True when an autocommit statement must not wait for a lock held by a transaction this
+    /// task suspended (SQLite's single writer inside a NotSupported scope).
+    fn must_not_wait(_key: ManagerKey) -> bool {
+        false
+    }
+
+    /// Makes `conn` fail instead of waiting for locks; returns what to restore.
+    fn enter_no_wait(_conn: &mut Self::Connection) -> BoxFuture<'_, Result<i64, sqlx::Error>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Restores what [`enter_no_wait`](Self::enter_no_wait) changed.
+    fn exit_no_wait(
+        _conn: &mut Self::Connection,
+        _saved: i64,
+    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Turns a lock-wait failure of a no-wait statement into the explanatory error.
+    fn map_no_wait_error(err: sqlx::Error) -> sqlx::Error {
+        err
+    }
+}
+
+/// Runs one SQL text on a connection of a driver whose connection is an executor (what each
+/// backend's [`Backend::exec_raw`] forwards to).
+pub(crate) fn exec_raw<DB>(
+    conn: &mut DB::Connection,
+    sql: SqlStr,
+) -> BoxFuture<'_, Result<(), sqlx::Error>>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
+}
+
+/// Begins a transaction of `db`: takes a connection, sends the backend's begin statement,
+/// installs its watchdog.
+async fn begin<DB: Backend>(
+    db: TxPool<DB>,
+    options: BeginOptions,
+) -> Result<SqlxTransaction<DB>, TxError> {
+    DB::check_begin(&options)?;
+    let leased = db.connection_for_begin(&options).await?;
+    let mut tx = SqlxTransaction::new(leased);
+    let sql = DB::begin_statement(&db, &mut tx, &options).await?;
+    tx.begin(sql).await?;
+    if let Some(remaining) = options.remaining {
+        DB::install_watchdog(&mut tx, remaining).await?;
+    }
+    Ok(tx)
+}
+
+/// The transaction manager of a pool (Spring's `DataSourceTransactionManager`).
+impl<DB: Backend> TransactionManager for TxPool<DB> {
+    fn key(&self) -> ManagerKey {
+        self.manager_key()
+    }
+
+    fn begin(
+        &self,
+        options: BeginOptions,
+    ) -> TxBoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
+        let db = self.clone();
+        Box::pin(
+            async move { Ok(Box::new(begin(db, options).await?) as Box<dyn PhysicalTransaction>) },
+        )
+    }
+
+    fn backend_name(&self) -> &'static str {
+        DB::BACKEND_NAME
+    }
+}
