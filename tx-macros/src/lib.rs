@@ -9,9 +9,17 @@
 
 use proc_macro::TokenStream;
 
-mod args;
+// The phases, bottom-up: syntax helpers, the typed view of the attribute and the function,
+// every rejection, the attribute's grammar, code generation; and where the runtime is.
+mod ast;
+mod attr;
 mod expand;
+mod helpers;
 mod krate;
+mod valid;
+
+#[cfg(test)]
+mod tests;
 
 /// Runs an `async fn` in a transaction, the way Spring's `@Transactional` does.
 ///
