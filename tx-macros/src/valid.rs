@@ -1,10 +1,11 @@
 //! Every rejection of `#[transactional]`, in the order of the "Compile-time errors" section of
-//! the crate docs: what the attribute is on, the function's shape, the keys, and each key's
-//! value. Each error points at the offending token and says what is allowed.
+//! the attribute's docs: where it is, the function, the keys, and each key's value. Each error
+//! points at the offending token and says what is allowed.
 //!
 //! The value rules parse as they check (a value is read the way its key needs: a name, a
-//! duration, a pattern, ...); `attr` calls them for each key, `expand` calls the item rules
-//! before generating anything.
+//! duration, a pattern, ...); `attr` calls them for each key, `expand` calls the others before
+//! generating anything. What only the compiler can see on the expansion (`E: From<TxError>`,
+//! `Clone` under `retry`, patterns against `E`) is worded by `tx_core::__private`.
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
@@ -437,97 +438,87 @@ pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 const TIMEOUT_HELP: &str = "`timeout` takes a positive number of seconds (`timeout = 5`) or a duration string (`timeout = \"250ms\"`, `\"2s\"`, `\"1m\"`)";
 
+/// A value read as an expression; `help` when it is none.
+fn value_expr(input: ParseStream, help: &str) -> syn::Result<Expr> {
+    input.parse().map_err(|e| syn::Error::new(e.span(), help))
+}
+
+/// `-N` where a count or a duration is expected.
+fn is_negative(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            ..
+        })
+    )
+}
+
 /// `timeout = 5` (seconds) or `timeout = "250ms"`: milliseconds, greater than zero.
 pub(crate) fn timeout(input: ParseStream) -> syn::Result<(u64, Span)> {
-    let expr: Expr = input
-        .parse()
-        .map_err(|e| syn::Error::new(e.span(), TIMEOUT_HELP))?;
-    let span = expr.span();
-    match &expr {
+    let expr = value_expr(input, TIMEOUT_HELP)?;
+    let fail = |msg: String| syn::Error::new_spanned(&expr, msg);
+    let ms = match &expr {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
         }) => {
-            let secs: u64 = int.base10_parse().map_err(|_| {
-                syn::Error::new_spanned(&expr, format!("invalid timeout: {TIMEOUT_HELP}"))
-            })?;
-            if secs == 0 {
-                return Err(syn::Error::new_spanned(
-                    &expr,
-                    format!(
-                        "timeout must be greater than zero: {TIMEOUT_HELP}; leave `timeout` out for no deadline"
-                    ),
-                ));
-            }
-            let ms = secs
-                .checked_mul(1_000)
-                .ok_or_else(|| syn::Error::new_spanned(&expr, "timeout is too large"))?;
-            Ok((ms, span))
+            let secs: u64 = int
+                .base10_parse()
+                .map_err(|_| fail(format!("invalid timeout: {TIMEOUT_HELP}")))?;
+            secs.checked_mul(1_000)
+                .ok_or_else(|| fail("timeout is too large".to_owned()))?
         }
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
-        }) => match parse_duration_ms(&s.value()) {
-            Ok(0) => Err(syn::Error::new_spanned(
-                &expr,
-                format!(
-                    "timeout must be greater than zero: {TIMEOUT_HELP}; leave `timeout` out for no deadline"
-                ),
-            )),
-            Ok(ms) => Ok((ms, span)),
-            Err(why) => Err(syn::Error::new_spanned(
-                &expr,
-                format!(
-                    "cannot parse timeout {:?}: {why}\n{TIMEOUT_HELP}",
-                    s.value()
-                ),
-            )),
-        },
+        }) => parse_duration_ms(&s.value()).map_err(|why| {
+            fail(format!(
+                "cannot parse timeout {:?}: {why}\n{TIMEOUT_HELP}",
+                s.value()
+            ))
+        })?,
         Expr::Lit(ExprLit {
             lit: Lit::Float(_), ..
-        }) => Err(syn::Error::new_spanned(
-            &expr,
-            format!(
+        }) => {
+            return Err(fail(format!(
                 "timeout seconds must be a whole number; for fractions write milliseconds, e.g. `timeout = \"1500ms\"`\n{TIMEOUT_HELP}"
-            ),
-        )),
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_), ..
-        }) => Err(syn::Error::new_spanned(
-            &expr,
-            format!("timeout cannot be negative: {TIMEOUT_HELP}"),
-        )),
-        _ => Err(syn::Error::new_spanned(&expr, TIMEOUT_HELP)),
+            )));
+        }
+        _ if is_negative(&expr) => {
+            return Err(fail(format!("timeout cannot be negative: {TIMEOUT_HELP}")));
+        }
+        _ => return Err(fail(TIMEOUT_HELP.to_owned())),
+    };
+    if ms == 0 {
+        return Err(fail(format!(
+            "timeout must be greater than zero: {TIMEOUT_HELP}; leave `timeout` out for no deadline"
+        )));
     }
+    Ok((ms, expr.span()))
 }
 
 const RETRY_HELP: &str = "`retry` takes a non-negative integer: how many times to re-run the call after a retryable failure (serialization failure, deadlock), e.g. `retry = 5`";
 
 /// `retry = 3`: a non-negative integer.
 pub(crate) fn retry(input: ParseStream) -> syn::Result<u32> {
-    let expr: Expr = input
-        .parse()
-        .map_err(|e| syn::Error::new(e.span(), RETRY_HELP))?;
-    match &expr {
+    let expr = value_expr(input, RETRY_HELP)?;
+    let message = match &expr {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
-        }) => int.base10_parse::<u32>().map_err(|_| {
-            syn::Error::new_spanned(&expr, format!("invalid retry count: {RETRY_HELP}"))
-        }),
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_), ..
-        }) => Err(syn::Error::new_spanned(
-            &expr,
-            format!("retry count cannot be negative: {RETRY_HELP}"),
-        )),
-        _ => Err(syn::Error::new_spanned(&expr, RETRY_HELP)),
-    }
+        }) => match int.base10_parse::<u32>() {
+            Ok(n) => return Ok(n),
+            Err(_) => format!("invalid retry count: {RETRY_HELP}"),
+        },
+        _ if is_negative(&expr) => format!("retry count cannot be negative: {RETRY_HELP}"),
+        _ => RETRY_HELP.to_owned(),
+    };
+    Err(syn::Error::new_spanned(&expr, message))
 }
 
 /// `read_only = true` / `false` (`read_only` alone is handled by `attr`).
 pub(crate) fn read_only(input: ParseStream) -> syn::Result<bool> {
     const HELP: &str =
         "`read_only` takes `true` or `false` (`read_only` alone means `read_only = true`)";
-    let expr: Expr = input.parse().map_err(|e| syn::Error::new(e.span(), HELP))?;
-    match &expr {
+    match value_expr(input, HELP)? {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
         }) => Ok(b.value),

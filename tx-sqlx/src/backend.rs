@@ -17,7 +17,7 @@ use crate::pool::TxPool;
 
 /// One database as tx-sqlx drives it. Public only so that it can bound public generic items;
 /// it lives in a private module, so no other crate can name or implement it.
-pub trait Backend: Database {
+pub trait Backend: ExecRaw {
     /// The database's name in messages ("PostgreSQL").
     const DISPLAY_NAME: &'static str;
 
@@ -41,12 +41,6 @@ pub trait Backend: Database {
     /// Whether this error is the server-side statement bound set from the deadline firing
     /// (statement timeout, interrupt), so that it is reported as the deadline.
     fn deadline_kill(err: &sqlx::Error) -> bool;
-
-    /// Runs one SQL text (simple protocol, not prepared) on a connection: savepoints and
-    /// session resets. Each backend forwards to [`exec_raw`], where the driver's connection
-    /// is known to be an executor.
-    fn exec_raw(conn: &mut Self::Connection, sql: SqlStr)
-    -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
     /// Refuses a begin before a connection is taken (SQLite: a writer whose task holds the
     /// write lock in a suspended transaction would wait for itself).
@@ -104,17 +98,23 @@ pub trait Backend: Database {
     }
 }
 
-/// Runs one SQL text on a connection of a driver whose connection is an executor (what each
-/// backend's [`Backend::exec_raw`] forwards to).
-pub(crate) fn exec_raw<DB>(
-    conn: &mut DB::Connection,
-    sql: SqlStr,
-) -> BoxFuture<'_, Result<(), sqlx::Error>>
+/// A database whose connection is a sqlx executor, running one SQL text on it (simple
+/// protocol, not prepared): savepoints and session resets. Implemented for every such
+/// database, so that code generic over a [`Backend`] needs no bound on its connection.
+pub trait ExecRaw: Database {
+    /// Runs `sql` on `conn`.
+    fn exec_raw(conn: &mut Self::Connection, sql: SqlStr)
+    -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+impl<DB> ExecRaw for DB
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
+    fn exec_raw(conn: &mut DB::Connection, sql: SqlStr) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
+    }
 }
 
 /// Begins a transaction of `db`: takes a connection, sends the backend's begin statement,

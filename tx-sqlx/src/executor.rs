@@ -90,24 +90,32 @@ impl<DB: Database> Drop for NoWaitConn<DB> {
     }
 }
 
-/// The bound-transaction branch of the future-returning executor methods: locks the
-/// transaction bound to this pool, runs `$statement` on its connection (`$conn`), and records
-/// how it ended ([`conclude`]). A macro rather than a function taking a closure: the statement
-/// future borrows both the connection and the query, which a closure over every connection
-/// lifetime could not express.
-macro_rules! on_bound_transaction {
-    ($bound:expr, |$conn:ident| $statement:expr) => {
-        Box::pin(async move {
-            let mut guard = $bound.lock().await.map_err(tx_to_sqlx)?;
-            let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-            let result = {
-                let $conn = tx.start_statement()?;
-                $statement.await
-            };
-            let end = tx.end_statement(&result);
-            conclude(&mut guard, end, result)
-        })
-    };
+/// Runs one future-returning statement, `$db.$method($args)`: on the transaction bound to this
+/// pool in the current task (locking it, then recording how the statement ended with
+/// [`conclude`]); with `no_wait: true`, on a pooled connection that fails instead of waiting
+/// when the backend says an autocommit statement must not wait ([`Backend::must_not_wait`]);
+/// else on the pool. A macro rather than a function taking a closure: the statement future borrows
+/// both the connection and the query, which a closure over every connection lifetime could
+/// not express.
+macro_rules! statement {
+    ($db:ident.$method:ident $args:tt, no_wait: $no_wait:expr) => {{
+        let key = $db.manager_key();
+        match bound_transaction(key) {
+            Some(bound) => Box::pin(async move {
+                let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
+                let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
+                let result = tx.start_statement()?.$method $args.await;
+                let end = tx.end_statement(&result);
+                conclude(&mut guard, end, result)
+            }),
+            None if $no_wait && DB::must_not_wait(key) => Box::pin(async move {
+                let mut conn = NoWaitConn::<DB>::enter($db.pool()).await?;
+                let result = conn.conn().$method $args.await;
+                conn.exit(result).await
+            }),
+            None => $db.pool().$method $args,
+        }
+    }};
 }
 
 /// The next row of a `fetch_many` stream; `None` at its end or at its first error, which is
@@ -122,48 +130,6 @@ where
             *failed = Some(e);
             None
         }
-    }
-}
-
-fn execute<'e, 'q: 'e, DB, E>(
-    db: &'e TxPool<DB>,
-    query: E,
-) -> BoxFuture<'e, Result<DB::QueryResult, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    E: 'q + Execute<'q, DB>,
-{
-    let key = db.manager_key();
-    match bound_transaction(key) {
-        Some(bound) => on_bound_transaction!(bound, |conn| conn.execute(query)),
-        None if DB::must_not_wait(key) => Box::pin(async move {
-            let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
-            let result = conn.conn().execute(query).await;
-            conn.exit(result).await
-        }),
-        None => db.pool().execute(query),
-    }
-}
-
-fn fetch_optional<'e, 'q: 'e, DB, E>(
-    db: &'e TxPool<DB>,
-    query: E,
-) -> BoxFuture<'e, Result<Option<DB::Row>, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    E: 'q + Execute<'q, DB>,
-{
-    let key = db.manager_key();
-    match bound_transaction(key) {
-        Some(bound) => on_bound_transaction!(bound, |conn| conn.fetch_optional(query)),
-        None if DB::must_not_wait(key) => Box::pin(async move {
-            let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
-            let result = conn.conn().fetch_optional(query).await;
-            conn.exit(result).await
-        }),
-        None => db.pool().fetch_optional(query),
     }
 }
 
@@ -210,35 +176,6 @@ where
     }
 }
 
-fn prepare_with<'e, DB>(
-    db: &'e TxPool<DB>,
-    sql: SqlStr,
-    parameters: &'e [DB::TypeInfo],
-) -> BoxFuture<'e, Result<DB::Statement, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    match bound_transaction(db.manager_key()) {
-        Some(bound) => on_bound_transaction!(bound, |conn| conn.prepare_with(sql, parameters)),
-        None => db.pool().prepare_with(sql, parameters),
-    }
-}
-
-fn describe<'e, DB>(
-    db: &'e TxPool<DB>,
-    sql: SqlStr,
-) -> BoxFuture<'e, Result<sqlx::Describe<DB>, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    match bound_transaction(db.manager_key()) {
-        Some(bound) => on_bound_transaction!(bound, |conn| conn.describe(sql)),
-        None => db.pool().describe(sql),
-    }
-}
-
 /// Runs each query on the transaction bound to this pool in the current task (sending its
 /// deferred `BEGIN` first), or on a pooled connection in autocommit when there is none, exactly
 /// like `&Pool`.
@@ -254,7 +191,8 @@ where
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        execute(self, query)
+        let db = self;
+        statement!(db.execute(query), no_wait: true)
     }
 
     fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> RowStream<'e, DB>
@@ -273,7 +211,8 @@ where
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        fetch_optional(self, query)
+        let db = self;
+        statement!(db.fetch_optional(query), no_wait: true)
     }
 
     fn prepare_with<'e>(
@@ -284,7 +223,8 @@ where
     where
         'c: 'e,
     {
-        prepare_with(self, sql, parameters)
+        let db = self;
+        statement!(db.prepare_with(sql, parameters), no_wait: false)
     }
 
     #[doc(hidden)]
@@ -292,6 +232,7 @@ where
     where
         'c: 'e,
     {
-        describe(self, sql)
+        let db = self;
+        statement!(db.describe(sql), no_wait: false)
     }
 }

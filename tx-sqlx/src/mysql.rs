@@ -6,13 +6,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
+use sqlx::MySql;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{MySql, SqlStr};
 use tx_core::manager::BeginOptions;
 use tx_core::{Isolation, Operation, TxError};
 
-use crate::backend::{Backend, exec_raw};
+use crate::backend::Backend;
 use crate::error::db_error;
 use crate::physical::SqlxTransaction;
 use crate::pool::TxPool;
@@ -43,13 +42,6 @@ impl Backend for MySql {
     /// max_execution_time).
     fn deadline_kill(err: &sqlx::Error) -> bool {
         matches!(error_number(err), Some(1969 | 3024))
-    }
-
-    fn exec_raw(
-        conn: &mut sqlx::MySqlConnection,
-        sql: SqlStr,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        exec_raw::<MySql>(conn, sql)
     }
 
     /// With a deadline, the statement bound of the server (probed once per pool) is saved,

@@ -4,12 +4,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
-use sqlx::{Postgres, SqlStr};
+use sqlx::Postgres;
 use tx_core::manager::BeginOptions;
 use tx_core::{Isolation, TxError};
 
-use crate::backend::{Backend, exec_raw};
+use crate::backend::Backend;
 use crate::physical::SqlxTransaction;
 use crate::pool::TxPool;
 
@@ -28,13 +27,6 @@ impl Backend for Postgres {
     /// query_canceled: statement_timeout (set from the deadline) fired.
     fn deadline_kill(err: &sqlx::Error) -> bool {
         err.as_database_error().and_then(|db| db.code()).as_deref() == Some("57014")
-    }
-
-    fn exec_raw(
-        conn: &mut sqlx::PgConnection,
-        sql: SqlStr,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        exec_raw::<Postgres>(conn, sql)
     }
 
     /// A simple query: several statements, one round trip.

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_core::future::BoxFuture;
-use sqlx::{SqlStr, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 use tx_core::manager::{BeginOptions, ManagerKey};
 use tx_core::{Operation, TxError};
 
-use crate::backend::{Backend, exec_raw};
+use crate::backend::Backend;
 use crate::error::{db_error, is_sqlite_busy, sqlite_would_block, tx_to_sqlx};
 use crate::physical::{SqlxTransaction, WATCHDOG_ACTIVE, WATCHDOG_OFF};
 use crate::pool::TxPool;
@@ -48,13 +48,6 @@ impl Backend for Sqlite {
     /// SQLITE_INTERRUPT: the deadline progress handler stopped the statement.
     fn deadline_kill(err: &sqlx::Error) -> bool {
         primary_code(err) == Some(9)
-    }
-
-    fn exec_raw(
-        conn: &mut SqliteConnection,
-        sql: SqlStr,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        exec_raw::<Sqlite>(conn, sql)
     }
 
     fn check_begin(options: &BeginOptions) -> Result<(), TxError> {
