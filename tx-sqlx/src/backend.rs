@@ -1,19 +1,42 @@
 //! What the databases do differently, as one trait: [`Backend`], implemented once per driver
-//! (postgres.rs, mysql.rs, sqlite.rs). Everything else (the physical transaction, the executor,
-//! the transaction manager) is written once, generic over it, and dispatched statically.
+//! (postgres.rs, mysql.rs, sqlite.rs). Everything else (the physical transaction, the pool, the
+//! executor, the transaction manager) is written once, generic over it, and dispatched
+//! statically. The trait sees only the driver's connection, never the types built on it.
 
 use std::future::Future;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use sqlx::{Database, Executor, SqlStr};
 use tx_core::TxError;
-use tx_core::manager::{
-    BeginOptions, BoxFuture as TxBoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
+use tx_core::manager::{BeginOptions, ManagerKey};
 
-use crate::physical::SqlxTransaction;
-use crate::pool::TxPool;
+/// Watchdog state: interrupt statements once past the deadline.
+pub(crate) const WATCHDOG_ACTIVE: u8 = 0;
+/// Watchdog state: the transaction ended; never interrupt.
+pub(crate) const WATCHDOG_OFF: u8 = 1;
+/// Watchdog state: the transaction was abandoned with a statement running; interrupt it now.
+pub(crate) const WATCHDOG_INTERRUPT: u8 = 2;
+
+/// What a backend learns about its server once per pool, the first time it needs it.
+#[derive(Debug, Default)]
+pub struct ServerFacts {
+    /// MySQL only: whether the server is MariaDB (`max_statement_time`) rather than MySQL
+    /// (`max_execution_time`).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) mariadb: OnceLock<bool>,
+}
+
+/// How a backend begins one transaction.
+#[derive(Debug)]
+pub struct BeginStatement {
+    /// The statement(s) sent as the transaction's `BEGIN`.
+    pub(crate) sql: String,
+    /// SQL restoring a session setting the begin changed, run after `COMMIT`/`ROLLBACK`.
+    pub(crate) reset: Option<&'static str>,
+}
 
 /// One database as tx-sqlx drives it. Public only so that it can bound public generic items;
 /// it lives in a private module, so no other crate can name or implement it.
@@ -48,20 +71,25 @@ pub trait Backend: ExecRaw {
         Ok(())
     }
 
-    /// The statement that begins the transaction `options` describe, on the connection of
-    /// `tx` (nothing sent on it yet). It may ask the connection first, and registers with
-    /// [`SqlxTransaction::set_reset`] what restores a session setting it changes.
+    /// How to begin the transaction `options` describe on `conn` (nothing sent on it yet; it
+    /// may be asked first, and what it learns about the server kept in `facts`).
     fn begin_statement<'a>(
-        db: &'a TxPool<Self>,
-        tx: &'a mut SqlxTransaction<Self>,
+        conn: &'a mut Self::Connection,
+        facts: &'a ServerFacts,
         options: &'a BeginOptions,
-    ) -> impl Future<Output = Result<String, TxError>> + Send + 'a;
+    ) -> impl Future<Output = Result<BeginStatement, TxError>> + Send + 'a;
+
+    /// Whether the backend interrupts statements at the deadline itself
+    /// ([`install_watchdog`](Self::install_watchdog)), the server having no statement bound of
+    /// its own.
+    const WATCHDOG: bool = false;
 
     /// After `BEGIN`, with a deadline `remaining` away: installs what interrupts a statement
-    /// still running at the deadline when the server has no statement bound of its own
-    /// (SQLite's progress handler), with [`SqlxTransaction::set_watchdog`].
+    /// still running at the deadline (SQLite's progress handler), reading `state` (see
+    /// [`WATCHDOG_ACTIVE`]).
     fn install_watchdog(
-        _tx: &mut SqlxTransaction<Self>,
+        _conn: &mut Self::Connection,
+        _state: Arc<AtomicU8>,
         _remaining: Duration,
     ) -> impl Future<Output = Result<(), TxError>> + Send {
         async { Ok(()) }
@@ -114,43 +142,5 @@ where
 {
     fn exec_raw(conn: &mut DB::Connection, sql: SqlStr) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
-    }
-}
-
-/// Begins a transaction of `db`: takes a connection, sends the backend's begin statement,
-/// installs its watchdog.
-async fn begin<DB: Backend>(
-    db: TxPool<DB>,
-    options: BeginOptions,
-) -> Result<SqlxTransaction<DB>, TxError> {
-    DB::check_begin(&options)?;
-    let leased = db.connection_for_begin(&options).await?;
-    let mut tx = SqlxTransaction::new(leased);
-    let sql = DB::begin_statement(&db, &mut tx, &options).await?;
-    tx.begin(sql).await?;
-    if let Some(remaining) = options.remaining {
-        DB::install_watchdog(&mut tx, remaining).await?;
-    }
-    Ok(tx)
-}
-
-/// The transaction manager of a pool (Spring's `DataSourceTransactionManager`).
-impl<DB: Backend> TransactionManager for TxPool<DB> {
-    fn key(&self) -> ManagerKey {
-        self.manager_key()
-    }
-
-    fn begin(
-        &self,
-        options: BeginOptions,
-    ) -> TxBoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        let db = self.clone();
-        Box::pin(
-            async move { Ok(Box::new(begin(db, options).await?) as Box<dyn PhysicalTransaction>) },
-        )
-    }
-
-    fn backend_name(&self) -> &'static str {
-        DB::BACKEND_NAME
     }
 }

@@ -193,6 +193,7 @@ mod error;
 mod executor;
 mod physical;
 mod pool;
+mod transaction_manager;
 
 #[cfg(feature = "mysql")]
 mod mysql;

@@ -11,10 +11,8 @@ use sqlx::mysql::MySqlDatabaseError;
 use tx_core::manager::BeginOptions;
 use tx_core::{Isolation, Operation, TxError};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BeginStatement, ServerFacts};
 use crate::error::db_error;
-use crate::physical::SqlxTransaction;
-use crate::pool::TxPool;
 
 /// ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back.
 const ER_LOCK_DEADLOCK: u16 = 1213;
@@ -47,35 +45,36 @@ impl Backend for MySql {
     /// With a deadline, the statement bound of the server (probed once per pool) is saved,
     /// set, and restored after the transaction.
     async fn begin_statement(
-        db: &TxPool<MySql>,
-        tx: &mut SqlxTransaction<MySql>,
+        conn: &mut sqlx::MySqlConnection,
+        facts: &ServerFacts,
         options: &BeginOptions,
-    ) -> Result<String, TxError> {
-        let mut bound = StatementBound::MariaDb;
+    ) -> Result<BeginStatement, TxError> {
+        let (mut bound, mut reset) = (StatementBound::MariaDb, None);
         if options.remaining.is_some() {
-            let mariadb = match db.inner.mariadb.get() {
+            let mariadb = match facts.mariadb.get() {
                 Some(m) => *m,
                 None => {
                     let version: String = sqlx::query_scalar("SELECT VERSION()")
-                        .fetch_one(&mut **tx.raw_connection())
+                        .fetch_one(&mut *conn)
                         .await
                         .map_err(|e| db_error(Operation::Begin, e))?;
                     let m = version.contains("MariaDB");
-                    let _ = db.inner.mariadb.set(m);
+                    let _ = facts.mariadb.set(m);
                     m
                 }
             };
             if !mariadb {
                 bound = StatementBound::MySql;
             }
-            tx.set_reset(bound.reset());
+            reset = Some(bound.reset());
         }
-        Ok(begin_sql(
+        let sql = begin_sql(
             options.isolation,
             options.read_only,
             options.remaining,
             bound,
-        ))
+        );
+        Ok(BeginStatement { sql, reset })
     }
 }
 
@@ -147,34 +146,41 @@ pub(crate) fn begin_sql(
 mod tests {
     use super::*;
 
-    #[test]
-    fn statements() {
-        assert_eq!(
-            begin_sql(Isolation::Default, false, None, StatementBound::MariaDb),
-            "START TRANSACTION READ WRITE"
-        );
-        assert_eq!(
-            begin_sql(
-                Isolation::ReadCommitted,
-                true,
-                Some(Duration::from_millis(1500)),
-                StatementBound::MariaDb
-            ),
+    /// (isolation, read-only, time left, statement bound, the begin statements)
+    const CASES: &[(Isolation, bool, Option<u64>, StatementBound, &str)] = &[
+        (
+            Isolation::Default,
+            false,
+            None,
+            StatementBound::MariaDb,
+            "START TRANSACTION READ WRITE",
+        ),
+        (
+            Isolation::ReadCommitted,
+            true,
+            Some(1500),
+            StatementBound::MariaDb,
             "SET @tx_saved_max_statement_time = @@SESSION.max_statement_time; \
              SET SESSION max_statement_time = IF(@tx_saved_max_statement_time > 0, \
              LEAST(@tx_saved_max_statement_time, 1.500), 1.500); \
-             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
-        );
-        assert_eq!(
-            begin_sql(
-                Isolation::Default,
-                false,
-                Some(Duration::from_millis(20)),
-                StatementBound::MySql
-            ),
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY",
+        ),
+        (
+            Isolation::Default,
+            false,
+            Some(20),
+            StatementBound::MySql,
             "SET @tx_saved_max_execution_time = @@SESSION.max_execution_time; \
              SET SESSION max_execution_time = IF(@tx_saved_max_execution_time > 0, \
-             LEAST(@tx_saved_max_execution_time, 20), 20); START TRANSACTION READ WRITE"
-        );
+             LEAST(@tx_saved_max_execution_time, 20), 20); START TRANSACTION READ WRITE",
+        ),
+    ];
+
+    #[test]
+    fn statements() {
+        for &(isolation, read_only, ms, bound, expected) in CASES {
+            let remaining = ms.map(Duration::from_millis);
+            assert_eq!(begin_sql(isolation, read_only, remaining, bound), expected);
+        }
     }
 }

@@ -19,20 +19,13 @@ use tx_core::connection::TransactionGuard;
 use tx_core::manager::{BoxFuture, PhysicalTransaction};
 use tx_core::{Operation, TxError};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, WATCHDOG_INTERRUPT, WATCHDOG_OFF};
 use crate::capacity::Admission;
 use crate::error::{TransactionAborted, db_error, is_connection_error, tx_to_sqlx};
 
 /// How long an explicit `ROLLBACK` (or a session reset) may take before the connection is
 /// closed instead (closing it rolls the transaction back on the server too).
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Watchdog state: interrupt statements once past the deadline.
-pub(crate) const WATCHDOG_ACTIVE: u8 = 0;
-/// Watchdog state: the transaction ended; never interrupt.
-pub(crate) const WATCHDOG_OFF: u8 = 1;
-/// Watchdog state: the transaction was abandoned with a statement running; interrupt it now.
-pub(crate) const WATCHDOG_INTERRUPT: u8 = 2;
 
 /// How a statement in a transaction ended.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +50,7 @@ pub struct SqlxTransaction<DB: Database> {
     /// SQL restoring session state changed at begin (run after COMMIT/ROLLBACK).
     reset: Option<&'static str>,
     /// The deadline watchdog installed at begin (SQLite's progress handler): its state is
-    /// [`WATCHDOG_ACTIVE`] until the transaction ends, then [`WATCHDOG_OFF`], or
+    /// [`WATCHDOG_ACTIVE`](crate::backend::WATCHDOG_ACTIVE) until the transaction ends, then [`WATCHDOG_OFF`], or
     /// [`WATCHDOG_INTERRUPT`] to stop a statement left running. Taken off the connection
     /// ([`Backend::remove_watchdog`]) when the transaction ends, before the connection goes back.
     watchdog: Option<Arc<AtomicU8>>,
@@ -120,13 +113,12 @@ impl<DB: Backend> SqlxTransaction<DB> {
     /// Registers the deadline watchdog installed on the connection, whose state is `state`;
     /// [`Backend::remove_watchdog`] takes it off the connection afterwards, whatever ended the
     /// transaction.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>) {
         self.watchdog = Some(state);
     }
 
     /// The connection, for backend code running during begin.
-    pub(crate) fn raw_connection(&mut self) -> &mut PoolConnection<DB> {
+    pub(crate) fn raw_connection(&mut self) -> &mut DB::Connection {
         self.conn.as_mut().expect("connection present while begun")
     }
 

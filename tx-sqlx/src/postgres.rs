@@ -8,9 +8,7 @@ use sqlx::Postgres;
 use tx_core::manager::BeginOptions;
 use tx_core::{Isolation, TxError};
 
-use crate::backend::Backend;
-use crate::physical::SqlxTransaction;
-use crate::pool::TxPool;
+use crate::backend::{Backend, BeginStatement, ServerFacts};
 
 impl Backend for Postgres {
     const DISPLAY_NAME: &'static str = "PostgreSQL";
@@ -31,15 +29,13 @@ impl Backend for Postgres {
 
     /// A simple query: several statements, one round trip.
     async fn begin_statement(
-        _db: &TxPool<Postgres>,
-        _tx: &mut SqlxTransaction<Postgres>,
+        _conn: &mut sqlx::PgConnection,
+        _facts: &ServerFacts,
         options: &BeginOptions,
-    ) -> Result<String, TxError> {
-        Ok(begin_sql(
-            options.isolation,
-            options.read_only,
-            options.remaining,
-        ))
+    ) -> Result<BeginStatement, TxError> {
+        // `SET LOCAL` ends with the transaction: nothing to restore afterwards.
+        let sql = begin_sql(options.isolation, options.read_only, options.remaining);
+        Ok(BeginStatement { sql, reset: None })
     }
 }
 

@@ -16,10 +16,8 @@ use sqlx::{Sqlite, SqliteConnection};
 use tx_core::manager::{BeginOptions, ManagerKey};
 use tx_core::{Operation, TxError};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BeginStatement, ServerFacts, WATCHDOG_ACTIVE, WATCHDOG_OFF};
 use crate::error::{db_error, is_sqlite_busy, sqlite_would_block, tx_to_sqlx};
-use crate::physical::{SqlxTransaction, WATCHDOG_ACTIVE, WATCHDOG_OFF};
-use crate::pool::TxPool;
 
 /// How many virtual-machine instructions between two deadline checks.
 const PROGRESS_OPS: i32 = 1000;
@@ -38,6 +36,7 @@ impl Backend for Sqlite {
     // After an automatic rollback the connection is back in autocommit: refuse statements.
     const REFUSE_AFTER_ABORT: bool = true;
     const CLOSE_ON_FAILED_BEGIN: bool = false;
+    const WATCHDOG: bool = true;
 
     /// SQLITE_BUSY, NOMEM, INTERRUPT, IOERR, FULL inside a transaction may roll the whole
     /// transaction back automatically ("you should rollback the transaction before continuing").
@@ -70,22 +69,23 @@ impl Backend for Sqlite {
     }
 
     async fn begin_statement(
-        _db: &TxPool<Sqlite>,
-        tx: &mut SqlxTransaction<Sqlite>,
+        conn: &mut SqliteConnection,
+        _facts: &ServerFacts,
         options: &BeginOptions,
-    ) -> Result<String, TxError> {
+    ) -> Result<BeginStatement, TxError> {
+        let mut reset = None;
         let sql = if options.read_only {
             // query_only is a connection setting, which the pool's own options may have set:
             // switched on for the transaction only when it is off, and then switched off again
             // after COMMIT/ROLLBACK (the connection is closed if that fails).
             let query_only: bool = sqlx::query_scalar("PRAGMA query_only")
-                .fetch_one(&mut **tx.raw_connection())
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| db_error(Operation::Begin, e))?;
             if query_only {
                 "BEGIN DEFERRED"
             } else {
-                tx.set_reset("PRAGMA query_only = OFF");
+                reset = Some("PRAGMA query_only = OFF");
                 "PRAGMA query_only = ON; BEGIN DEFERRED"
             }
         } else {
@@ -93,22 +93,23 @@ impl Backend for Sqlite {
             // upgrades its read lock, and a busy BEGIN IMMEDIATE can simply be retried.
             "BEGIN IMMEDIATE"
         };
-        Ok(sql.to_owned())
+        Ok(BeginStatement {
+            sql: sql.to_owned(),
+            reset,
+        })
     }
 
     /// Interrupts any statement still running at the deadline (SQLITE_INTERRUPT), or right
     /// away once the transaction is abandoned with a statement running. Taken off the
     /// connection when the transaction ends, so that it never outlives it.
     async fn install_watchdog(
-        tx: &mut SqlxTransaction<Sqlite>,
+        conn: &mut SqliteConnection,
+        state: Arc<AtomicU8>,
         remaining: Duration,
     ) -> Result<(), TxError> {
         let deadline = Instant::now() + remaining;
-        let state = Arc::new(AtomicU8::new(WATCHDOG_ACTIVE));
-        let watched = Arc::clone(&state);
-        tx.set_watchdog(state);
-        let mut handle = tx
-            .raw_connection()
+        let watched = state;
+        let mut handle = conn
             .lock_handle()
             .await
             .map_err(|e| db_error(Operation::Begin, e))?;

@@ -13,34 +13,41 @@ pub(super) fn run(args: &str, item: &str) -> String {
     out.to_string()
 }
 
+/// Asserts that the expansion `out` contains every one of `parts`.
+fn has(out: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(out.contains(part), "missing {part:?} in {out}");
+    }
+}
+
+/// Asserts that the expansion `out` contains none of `parts`.
+fn lacks(out: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(!out.contains(part), "unexpected {part:?} in {out}");
+    }
+}
+
 #[test]
 fn free_fn_defaults() {
     let out = run(
         "",
         "pub async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }",
     );
-    assert!(
-        out.contains("pub async fn f (x : u32) -> Result < u32 , AppError >"),
-        "{out}"
+    has(
+        &out,
+        &[
+            "pub async fn f (x : u32) -> Result < u32 , AppError >",
+            "Propagation :: Required",
+            "Isolation :: Default",
+            ":: core :: option :: Option :: None , false",
+            "ManagerRef :: Default",
+            "\"::f\") , false",
+            ":: tx_core :: __private :: transactional (",
+            "E : :: tx_core :: __private :: TransactionalError",
+            "| _ : & AppError | true",
+        ],
     );
-    assert!(out.contains("Propagation :: Required"), "{out}");
-    assert!(out.contains("Isolation :: Default"), "{out}");
-    assert!(
-        out.contains(":: core :: option :: Option :: None , false"),
-        "{out}"
-    );
-    assert!(out.contains("ManagerRef :: Default"), "{out}");
-    assert!(out.contains("\"::f\") , false"), "{out}");
-    assert!(
-        out.contains(":: tx_core :: __private :: transactional ("),
-        "{out}"
-    );
-    assert!(
-        out.contains("E : :: tx_core :: __private :: TransactionalError"),
-        "{out}"
-    );
-    assert!(out.contains("| _ : & AppError | true"), "{out}");
-    assert!(!out.contains("compile_error"), "{out}");
+    lacks(&out, &["compile_error"]);
 }
 
 #[test]
@@ -49,21 +56,21 @@ fn self_field_manager_is_borrowed_on_shared_self_and_cloned_otherwise() {
         "manager = self.db",
         "async fn f(&self) -> Result<(), E> { Ok(()) }",
     );
-    assert!(
-        shared.contains("__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)"),
-        "{shared}"
+    has(
+        &shared,
+        &["__tx_pick = :: tx_core :: __private :: pick :: Pick (& self . db)"],
     );
-    assert!(!shared.contains(". clone ()"), "{shared}");
+    lacks(&shared, &[". clone ()"]);
     let exclusive = run(
         "manager = self.db",
         "async fn f(&mut self) -> Result<(), E> { Ok(()) }",
     );
-    assert!(exclusive.contains("(self . db) . clone ()"), "{exclusive}");
+    has(&exclusive, &["(self . db) . clone ()"]);
     let param = run(
         "manager = db",
         "async fn f(db: Pool) -> Result<(), E> { Ok(()) }",
     );
-    assert!(param.contains("(db) . clone ()"), "{param}");
+    has(&param, &["(db) . clone ()"]);
 }
 
 #[test]
@@ -72,14 +79,16 @@ fn keys_reach_the_definition() {
         "propagation = REQUIRES_NEW, isolation = SERIALIZABLE, timeout = \"1m30s\", read_only, name = \"n\", manager = \"orders\", no_rollback_for = AppError::A | AppError::B(_)",
         "async fn f() -> Result<(), AppError> { Ok(()) }",
     );
-    assert!(out.contains("Propagation :: RequiresNew"), "{out}");
-    assert!(out.contains("Isolation :: Serializable"), "{out}");
-    assert!(out.contains("from_millis (90000u64)"), "{out}");
-    assert!(out.contains(", true , \"n\""), "{out}");
-    assert!(out.contains("ManagerRef :: Named (\"orders\")"), "{out}");
-    assert!(
-        out.contains("! :: core :: matches ! (__tx_err , AppError :: A | AppError :: B (_))"),
-        "{out}"
+    has(
+        &out,
+        &[
+            "Propagation :: RequiresNew",
+            "Isolation :: Serializable",
+            "from_millis (90000u64)",
+            ", true , \"n\"",
+            "ManagerRef :: Named (\"orders\")",
+            "! :: core :: matches ! (__tx_err , AppError :: A | AppError :: B (_))",
+        ],
     );
 }
 
@@ -89,23 +98,19 @@ fn retry_clones_by_value_args_and_renames_self() {
         "retry = 3, manager = self.db",
         "async fn f(self: Arc<Self>, mut a: String, b: &str, unused: Vec<u8>) -> Result<(), E> { a.push_str(b); self.g(a).await }",
     );
-    assert!(out.contains("transactional_retry"), "{out}");
-    assert!(
-        out.contains(
-            "let __tx_self = :: tx_core :: __private :: retry_clone :: < Arc < Self > > (& self)"
-        ),
-        "{out}"
+    has(
+        &out,
+        &[
+            "transactional_retry",
+            "let __tx_self = :: tx_core :: __private :: retry_clone :: < Arc < Self > > (& self)",
+            "let mut a = :: tx_core :: __private :: retry_clone :: < String > (& a)",
+        ],
     );
-    assert!(
-        out.contains("let mut a = :: tx_core :: __private :: retry_clone :: < String > (& a)"),
-        "{out}"
-    );
-    assert!(!out.contains("clone (& b)"), "{out}");
-    assert!(!out.contains("clone (& unused)"), "{out}");
-    assert!(out.contains("__tx_self . g (a)"), "{out}");
+    lacks(&out, &["clone (& b)", "clone (& unused)"]);
+    has(&out, &["__tx_self . g (a)"]);
     // the outer parameter loses `mut` (the per-attempt clone is the mutable one)
-    assert!(out.contains("a : String"), "{out}");
-    assert!(!out.contains("mut a : String"), "{out}");
+    has(&out, &["a : String"]);
+    lacks(&out, &["mut a : String"]);
 }
 
 #[test]
@@ -114,8 +119,7 @@ fn retry_with_mut_self_is_an_error() {
         "retry = 2",
         "async fn f(&mut self) -> Result<(), E> { Ok(()) }",
     );
-    assert!(out.contains("compile_error"), "{out}");
-    assert!(out.contains("`&mut self`"), "{out}");
+    has(&out, &["compile_error", "`&mut self`"]);
 }
 
 #[test]
@@ -126,8 +130,7 @@ fn impl_block_default_and_override() {
     );
     // a, b and c are expanded here (b's and c's own attributes are consumed), d, e, f are not
     assert_eq!(out.matches("LazyDefinition :: new").count(), 3, "{out}");
-    assert!(!out.contains("# [transactional"), "{out}");
-    assert!(!out.contains("compile_error"), "{out}");
+    lacks(&out, &["# [transactional", "compile_error"]);
     // a: the block's read_only; b: its own keys (not read-only) with the block's manager;
     // c: its own manager
     let defs: Vec<&str> = out.split("LazyDefinition :: new").skip(1).collect();
@@ -158,24 +161,23 @@ fn impl_block_default_and_override() {
 #[test]
 fn default_name_is_read_once_per_function_and_a_given_name_is_const() {
     let out = run("", "async fn f() -> Result<(), E> { Ok(()) }");
-    assert!(
-        out.contains("static __TX_DEFINITION : :: tx_core :: __private :: LazyDefinition"),
-        "{out}"
-    );
-    assert!(
-        out.contains("concat ! (:: core :: module_path ! () , \"::f\") , false"),
-        "{out}"
+    has(
+        &out,
+        &[
+            "static __TX_DEFINITION : :: tx_core :: __private :: LazyDefinition",
+            "concat ! (:: core :: module_path ! () , \"::f\") , false",
+        ],
     );
     // a method is known as one from its receiver or from `Self`
     let out = run("", "async fn f(&self) -> Result<(), E> { Ok(()) }");
-    assert!(out.contains("\"::f\") , true"), "{out}");
+    has(&out, &["\"::f\") , true"]);
     let out = run("", "async fn f() -> Result<Self, E> { todo!() }");
-    assert!(out.contains("\"::f\") , true"), "{out}");
+    has(&out, &["\"::f\") , true"]);
     let out = run("name = \"n\"", "async fn f() -> Result<(), E> { Ok(()) }");
-    assert!(!out.contains("LazyDefinition"), "{out}");
-    assert!(
-        out.contains("static __TX_DEFINITION : :: tx_core :: __private :: TransactionDefinition ="),
-        "{out}"
+    lacks(&out, &["LazyDefinition"]);
+    has(
+        &out,
+        &["static __TX_DEFINITION : :: tx_core :: __private :: TransactionDefinition ="],
     );
 }
 
@@ -185,32 +187,31 @@ fn retry_with_impl_trait_parameters_names_no_type() {
         "retry = 1",
         "async fn f(a: impl Clone + Display, b: &impl Display, c: String) -> Result<(), E> { let _ = (a, b, c); Ok(()) }",
     );
-    assert!(
-        out.contains("let a = :: tx_core :: __private :: retry_clone (& a)"),
-        "{out}"
+    has(
+        &out,
+        &[
+            "let a = :: tx_core :: __private :: retry_clone (& a)",
+            "let c = :: tx_core :: __private :: retry_clone :: < String > (& c)",
+        ],
     );
-    assert!(
-        out.contains("let c = :: tx_core :: __private :: retry_clone :: < String > (& c)"),
-        "{out}"
-    );
-    assert!(!out.contains("clone (& b)"), "{out}");
+    lacks(&out, &["clone (& b)"]);
 }
 
 #[test]
 fn misuse() {
     let e = run("", "fn f() -> Result<(), E> { Ok(()) }");
-    assert!(e.contains("needs an `async fn`"), "{e}");
+    has(&e, &["needs an `async fn`"]);
     let e = run("", "async fn f() -> u32 { 1 }");
-    assert!(e.contains("returning `Result<T, E>`"), "{e}");
+    has(&e, &["returning `Result<T, E>`"]);
     let e = run("", "struct S;");
-    assert!(e.contains("cannot be applied to a struct"), "{e}");
+    has(&e, &["cannot be applied to a struct"]);
     let e = run("", "const C: u8 = 1;");
-    assert!(e.contains("cannot be applied to a const"), "{e}");
+    has(&e, &["cannot be applied to a const"]);
     let e = run("", "async fn f(&self) -> Result<(), E>;");
-    assert!(e.contains("needs a function with a body"), "{e}");
+    has(&e, &["needs a function with a body"]);
     let e = run(
         "manager = self.db",
         "impl S { async fn new() -> Result<Self, E> { todo!() } }",
     );
-    assert!(e.contains("has no `self` receiver"), "{e}");
+    has(&e, &["has no `self` receiver"]);
 }
