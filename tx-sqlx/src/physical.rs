@@ -37,8 +37,7 @@ pub(crate) struct StatementEnd {
 }
 
 /// An open physical transaction of a [`TxPool`](crate::TxPool).
-/// Public only because the backend trait names it; its module is private.
-pub struct SqlxTransaction<DB: Database> {
+pub(crate) struct SqlxTransaction<DB: Database> {
     conn: Option<PoolConnection<DB>>,
     /// `BEGIN` succeeded and neither `COMMIT` nor `ROLLBACK` has yet.
     open: bool,
@@ -50,9 +49,10 @@ pub struct SqlxTransaction<DB: Database> {
     /// SQL restoring session state changed at begin (run after COMMIT/ROLLBACK).
     reset: Option<&'static str>,
     /// The deadline watchdog installed at begin (SQLite's progress handler): its state is
-    /// [`WATCHDOG_ACTIVE`](crate::backend::WATCHDOG_ACTIVE) until the transaction ends, then [`WATCHDOG_OFF`], or
-    /// [`WATCHDOG_INTERRUPT`] to stop a statement left running. Taken off the connection
-    /// ([`Backend::remove_watchdog`]) when the transaction ends, before the connection goes back.
+    /// [`WATCHDOG_ACTIVE`](crate::backend::WATCHDOG_ACTIVE) until the transaction ends, then
+    /// [`WATCHDOG_OFF`], or [`WATCHDOG_INTERRUPT`] to stop a statement left running. Taken off
+    /// the connection ([`Backend::remove_watchdog`]) when the transaction ends, before the
+    /// connection goes back.
     watchdog: Option<Arc<AtomicU8>>,
     /// The transaction's share of the pool under a reservation, released after the connection.
     admission: Admission,
