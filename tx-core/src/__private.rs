@@ -80,6 +80,48 @@ impl<E: From<TxError>> TransactionalError for E {}
 mod default_name;
 pub use default_name::LazyDefinition;
 
+/// `retry` runs a fresh body per attempt: each by-value parameter the body uses is cloned for
+/// it, through this trait, so that a type that is not `Clone` is reported once, at its type,
+/// saying why.
+#[diagnostic::on_unimplemented(
+    message = "`retry` runs the body once per attempt, so a parameter of type `{Self}` taken by value must be `Clone`",
+    label = "cloned for each attempt of `retry`",
+    note = "derive or implement `Clone` for it, take it by reference, or drop `retry`"
+)]
+pub trait RetryClone: Clone {}
+
+impl<T: Clone> RetryClone for T {}
+
+/// The copy of a by-value parameter for one attempt of `retry`.
+pub fn retry_clone<T: RetryClone>(value: &T) -> T {
+    value.clone()
+}
+
+/// The return type of a `#[transactional]` function written as an alias (`AppResult<T>`,
+/// `io::Result<T>`): the expansion names its parts through this trait, so that a type that is
+/// no `Result` at all is one error, at the type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `Result`: #[transactional] needs a function returning `Result<T, E>` with `E: From<TxError>`",
+    label = "not a `Result`",
+    note = "an `Err` is what rolls the transaction back; return a `Result` (or an alias of one), or drop #[transactional]"
+)]
+pub trait TxResult: Sized {
+    /// `T` of `Result<T, E>`.
+    type Ok;
+    /// `E` of `Result<T, E>`.
+    type Error;
+    /// The call's `Result` as the declared type.
+    fn from_result(r: Result<Self::Ok, Self::Error>) -> Self;
+}
+
+impl<T, E> TxResult for Result<T, E> {
+    type Ok = T;
+    type Error = E;
+    fn from_result(r: Self) -> Self {
+        r
+    }
+}
+
 /// `manager = EXPR`: `let pick = Pick(&EXPR); (&pick).__tx_manager_ref()`. Method resolution
 /// tries, in order, the expression's type as the manager (`PickManager`), then what it derefs
 /// to (`PickDeref`: `db: &'a PgTxPool`, `Box<PgTxPool>`), then `PickAny`, whose bound is checked

@@ -9,9 +9,17 @@
 
 use proc_macro::TokenStream;
 
-mod args;
+// The phases, bottom-up: syntax helpers, the typed view of the attribute and the function,
+// every rejection, the attribute's grammar, code generation; and where the runtime is.
+mod ast;
+mod attr;
 mod expand;
+mod helpers;
 mod krate;
+mod valid;
+
+#[cfg(test)]
+mod tests;
 
 /// Runs an `async fn` in a transaction, the way Spring's `@Transactional` does.
 ///
@@ -363,13 +371,28 @@ mod krate;
 ///
 /// # Compile-time errors
 ///
-/// Misuse is reported at the offending token, saying what is allowed: a function that is not
-/// `async`; one not returning a `Result`; an error type without `From<TxError>`; an unknown key
-/// (the valid keys are listed, with a "did you mean" for Spring spellings such as `readOnly`);
-/// a duplicate key; an unknown propagation or isolation (the valid ones are listed); a zero,
-/// negative or unparseable timeout; `read_only = "yes"`; a pattern that does not match the
-/// error type; a negative `retry`; `retry` with `&mut self`; the attribute on a struct, const,
-/// or anything else that is not a function or an `impl` block.
+/// Misuse is reported at the offending token, saying what is allowed. The attribute itself
+/// rejects, in this order:
+///
+/// - **where it is**: on a struct, const, trait definition or anything else that is not a
+///   function or an `impl` block; on a function declaration without a body;
+/// - **the function**: `#[transactional]` given twice on it; a function that is not `async`;
+///   one not returning a `Result`; `retry` with `&mut self` or a `&mut` parameter; in an
+///   annotated `impl` block, a method without a `self` receiver whose manager is an expression
+///   of `self`;
+/// - **the keys**: something other than `key = value`; an unknown key (the valid keys are
+///   listed, with a "did you mean" for Spring spellings such as `readOnly`); a duplicate key; a
+///   key other than `read_only` without a value; a method's own attribute written
+///   `#[transactional = ..]`;
+/// - **the values**: an unknown propagation or isolation (the valid ones are listed), or one
+///   in quotes; a zero, negative, fractional or unparseable timeout; a negative or non-integer
+///   `retry`; `read_only = "yes"`; a missing pattern; an empty manager name, or a literal as
+///   the manager; a `name` that is not a string literal.
+///
+/// The compiler checks the rest on the expansion, with messages that say what to do: an error
+/// type without `From<TxError>`; a pattern that does not match the error type; a by-value
+/// parameter that is not `Clone` under `retry`; a `manager` that is not a transaction manager;
+/// a return type merely named `...Result` that is not a `Result`.
 ///
 // Relative links: this page is rendered as `tx_macros/attr.transactional.html` and, re-exported,
 // as `tx_core/...` and `tx_sqlx/...`, all beside `tx_core/` in a local `cargo doc`. (tx-macros

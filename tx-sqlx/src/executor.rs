@@ -1,19 +1,17 @@
 //! `&TxPool` as a sqlx executor: each call runs on the transaction bound to this pool in the
 //! current task, or on the pool in autocommit when there is none.
 
-use futures_core::future::BoxFuture;
-use futures_core::stream::BoxStream;
-use futures_util::TryStreamExt;
-use sqlx::pool::PoolConnection;
-use sqlx::{Database, Either, Execute, Executor, SqlStr};
-use tx_core::connection::bound_transaction;
-use tx_core::manager::ManagerKey;
-
 use std::time::Duration;
 
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{Stream, TryStreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Either, Execute, Executor, SqlStr};
 use tx_core::TxError;
-use tx_core::connection::{LockPurpose, TransactionGuard};
+use tx_core::connection::{LockPurpose, TransactionGuard, bound_transaction};
 
+use crate::backend::Backend;
 use crate::error::{tx_to_sqlx, wrapped_tx_error};
 use crate::physical::{SqlxTransaction, StatementEnd};
 use crate::pool::TxPool;
@@ -23,45 +21,6 @@ type RowStream<'e, DB> = BoxStream<
     'e,
     Result<Either<<DB as Database>::QueryResult, <DB as Database>::Row>, sqlx::Error>,
 >;
-
-/// What the generic executor needs from a backend.
-pub(crate) trait Backend: Database {
-    /// True when an autocommit statement must not wait for a lock held by a transaction this
-    /// task suspended (SQLite's single writer inside a NotSupported scope).
-    fn must_not_wait(_key: ManagerKey) -> bool {
-        false
-    }
-
-    /// Makes `conn` fail instead of waiting for locks; returns what to restore.
-    fn enter_no_wait(_conn: &mut Self::Connection) -> BoxFuture<'_, Result<i64, sqlx::Error>> {
-        Box::pin(async { Ok(0) })
-    }
-
-    /// Restores what [`enter_no_wait`](Self::enter_no_wait) changed.
-    fn exit_no_wait(
-        _conn: &mut Self::Connection,
-        _saved: i64,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Turns a lock-wait failure of a no-wait statement into the explanatory error.
-    fn map_no_wait_error(err: sqlx::Error) -> sqlx::Error {
-        err
-    }
-}
-
-/// Runs one SQL text on a connection (the `ExecRaw` of physical transactions).
-pub(crate) fn exec_raw<DB>(
-    conn: &mut DB::Connection,
-    sql: SqlStr,
-) -> BoxFuture<'_, Result<(), sqlx::Error>>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
-}
 
 /// How early a server-side statement bound may fire and still count as the deadline.
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
@@ -131,61 +90,50 @@ impl<DB: Database> Drop for NoWaitConn<DB> {
     }
 }
 
-pub(crate) fn execute<'e, 'q: 'e, DB, E>(
-    db: &'e TxPool<DB>,
-    query: E,
-) -> BoxFuture<'e, Result<DB::QueryResult, sqlx::Error>>
+/// Runs one future-returning statement, `$db.$method($args)`: on the transaction bound to this
+/// pool in the current task (locking it, then recording how the statement ended with
+/// [`conclude`]); with `no_wait: true`, on a pooled connection that fails instead of waiting
+/// when the backend says an autocommit statement must not wait ([`Backend::must_not_wait`]);
+/// else on the pool. A macro rather than a function taking a closure: the statement future borrows
+/// both the connection and the query, which a closure over every connection lifetime could
+/// not express.
+macro_rules! statement {
+    ($db:ident.$method:ident $args:tt, no_wait: $no_wait:expr) => {{
+        let key = $db.manager_key();
+        match bound_transaction(key) {
+            Some(bound) => Box::pin(async move {
+                let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
+                let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
+                let result = tx.start_statement()?.$method $args.await;
+                let end = tx.end_statement(&result);
+                conclude(&mut guard, end, result)
+            }),
+            None if $no_wait && DB::must_not_wait(key) => Box::pin(async move {
+                let mut conn = NoWaitConn::<DB>::enter($db.pool()).await?;
+                let result = conn.conn().$method $args.await;
+                conn.exit(result).await
+            }),
+            None => $db.pool().$method $args,
+        }
+    }};
+}
+
+/// The next row of a `fetch_many` stream; `None` at its end or at its first error, which is
+/// kept in `failed` (the stream reports it after ending the statement).
+async fn next_row<S, T>(rows: &mut S, failed: &mut Option<sqlx::Error>) -> Option<T>
 where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    E: 'q + Execute<'q, DB>,
+    S: Stream<Item = Result<T, sqlx::Error>> + Unpin,
 {
-    let key = db.manager_key();
-    match bound_transaction(key) {
-        Some(bound) => Box::pin(async move {
-            let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
-            let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-            let result = tx.start_statement()?.execute(query).await;
-            let end = tx.end_statement(&result);
-            conclude(&mut guard, end, result)
-        }),
-        None if DB::must_not_wait(key) => Box::pin(async move {
-            let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
-            let result = conn.conn().execute(query).await;
-            conn.exit(result).await
-        }),
-        None => db.pool().execute(query),
+    match rows.try_next().await {
+        Ok(item) => item,
+        Err(e) => {
+            *failed = Some(e);
+            None
+        }
     }
 }
 
-pub(crate) fn fetch_optional<'e, 'q: 'e, DB, E>(
-    db: &'e TxPool<DB>,
-    query: E,
-) -> BoxFuture<'e, Result<Option<DB::Row>, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    E: 'q + Execute<'q, DB>,
-{
-    let key = db.manager_key();
-    match bound_transaction(key) {
-        Some(bound) => Box::pin(async move {
-            let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
-            let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-            let result = tx.start_statement()?.fetch_optional(query).await;
-            let end = tx.end_statement(&result);
-            conclude(&mut guard, end, result)
-        }),
-        None if DB::must_not_wait(key) => Box::pin(async move {
-            let mut conn = NoWaitConn::<DB>::enter(db.pool()).await?;
-            let result = conn.conn().fetch_optional(query).await;
-            conn.exit(result).await
-        }),
-        None => db.pool().fetch_optional(query),
-    }
-}
-
-pub(crate) fn fetch_many<'e, 'q: 'e, DB, E>(db: &'e TxPool<DB>, query: E) -> RowStream<'e, DB>
+fn fetch_many<'e, 'q: 'e, DB, E>(db: &'e TxPool<DB>, query: E) -> RowStream<'e, DB>
 where
     DB: Backend,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -203,25 +151,13 @@ where
             let mut failed = None;
             {
                 let mut rows = tx.start_statement()?.fetch_many(query);
-                loop {
-                    match rows.try_next().await {
-                        Ok(Some(item)) => {
-                            state.set_parked(true);
-                            yield item;
-                            state.set_parked(false);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
+                while let Some(item) = next_row(&mut rows, &mut failed).await {
+                    state.set_parked(true);
+                    yield item;
+                    state.set_parked(false);
                 }
             }
-            let result = match failed {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
+            let result = failed.map_or(Ok(()), Err);
             let end = tx.end_statement(&result);
             conclude(&mut guard, end, result)?;
         }),
@@ -230,151 +166,73 @@ where
             let mut failed = None;
             {
                 let mut rows = conn.conn().fetch_many(query);
-                loop {
-                    match rows.try_next().await {
-                        Ok(Some(item)) => yield item,
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
+                while let Some(item) = next_row(&mut rows, &mut failed).await {
+                    yield item;
                 }
             }
-            let result = match failed {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
-            conn.exit(result).await?;
+            conn.exit(failed.map_or(Ok(()), Err)).await?;
         }),
         None => db.pool().fetch_many(query),
     }
 }
 
-pub(crate) fn prepare_with<'e, DB>(
-    db: &'e TxPool<DB>,
-    sql: SqlStr,
-    parameters: &'e [DB::TypeInfo],
-) -> BoxFuture<'e, Result<DB::Statement, sqlx::Error>>
+/// Runs each query on the transaction bound to this pool in the current task (sending its
+/// deferred `BEGIN` first), or on a pooled connection in autocommit when there is none, exactly
+/// like `&Pool`.
+impl<'c, DB> Executor<'c> for &'c TxPool<DB>
 where
     DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'x> &'x mut DB::Connection: Executor<'x, Database = DB>,
 {
-    match bound_transaction(db.manager_key()) {
-        Some(bound) => Box::pin(async move {
-            let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
-            let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-            let result = tx.start_statement()?.prepare_with(sql, parameters).await;
-            let end = tx.end_statement(&result);
-            conclude(&mut guard, end, result)
-        }),
-        None => db.pool().prepare_with(sql, parameters),
+    type Database = DB;
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<DB::QueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let db = self;
+        statement!(db.execute(query), no_wait: true)
+    }
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> RowStream<'e, DB>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        fetch_many(self, query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<DB::Row>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let db = self;
+        statement!(db.fetch_optional(query), no_wait: true)
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, Result<DB::Statement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let db = self;
+        statement!(db.prepare_with(sql, parameters), no_wait: false)
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<DB>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let db = self;
+        statement!(db.describe(sql), no_wait: false)
     }
 }
-
-pub(crate) fn describe<'e, DB>(
-    db: &'e TxPool<DB>,
-    sql: SqlStr,
-) -> BoxFuture<'e, Result<sqlx::Describe<DB>, sqlx::Error>>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    match bound_transaction(db.manager_key()) {
-        Some(bound) => Box::pin(async move {
-            let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
-            let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-            let result = tx.start_statement()?.describe(sql).await;
-            let end = tx.end_statement(&result);
-            conclude(&mut guard, end, result)
-        }),
-        None => db.pool().describe(sql),
-    }
-}
-
-/// `impl Executor for &TxPool<$db>` delegating to the generic functions above.
-macro_rules! impl_executor {
-    ($db:ty) => {
-        /// Runs each query on the transaction bound to this pool in the current task (sending
-        /// its deferred `BEGIN` first), or on a pooled connection in autocommit when there is
-        /// none, exactly like `&Pool`.
-        impl<'c> sqlx::Executor<'c> for &'c $crate::TxPool<$db> {
-            type Database = $db;
-
-            fn execute<'e, 'q: 'e, E>(
-                self,
-                query: E,
-            ) -> futures_core::future::BoxFuture<
-                'e,
-                Result<<$db as sqlx::Database>::QueryResult, sqlx::Error>,
-            >
-            where
-                'c: 'e,
-                E: 'q + sqlx::Execute<'q, $db>,
-            {
-                $crate::executor::execute(self, query)
-            }
-
-            fn fetch_many<'e, 'q: 'e, E>(
-                self,
-                query: E,
-            ) -> futures_core::stream::BoxStream<
-                'e,
-                Result<
-                    sqlx::Either<
-                        <$db as sqlx::Database>::QueryResult,
-                        <$db as sqlx::Database>::Row,
-                    >,
-                    sqlx::Error,
-                >,
-            >
-            where
-                'c: 'e,
-                E: 'q + sqlx::Execute<'q, $db>,
-            {
-                $crate::executor::fetch_many(self, query)
-            }
-
-            fn fetch_optional<'e, 'q: 'e, E>(
-                self,
-                query: E,
-            ) -> futures_core::future::BoxFuture<
-                'e,
-                Result<Option<<$db as sqlx::Database>::Row>, sqlx::Error>,
-            >
-            where
-                'c: 'e,
-                E: 'q + sqlx::Execute<'q, $db>,
-            {
-                $crate::executor::fetch_optional(self, query)
-            }
-
-            fn prepare_with<'e>(
-                self,
-                sql: sqlx::SqlStr,
-                parameters: &'e [<$db as sqlx::Database>::TypeInfo],
-            ) -> futures_core::future::BoxFuture<
-                'e,
-                Result<<$db as sqlx::Database>::Statement, sqlx::Error>,
-            >
-            where
-                'c: 'e,
-            {
-                $crate::executor::prepare_with(self, sql, parameters)
-            }
-
-            #[doc(hidden)]
-            fn describe<'e>(
-                self,
-                sql: sqlx::SqlStr,
-            ) -> futures_core::future::BoxFuture<'e, Result<sqlx::Describe<$db>, sqlx::Error>>
-            where
-                'c: 'e,
-            {
-                $crate::executor::describe(self, sql)
-            }
-        }
-    };
-}
-
-pub(crate) use impl_executor;

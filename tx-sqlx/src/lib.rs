@@ -9,8 +9,8 @@
 //!   this pool in the current task, or on a pooled connection in autocommit when there is
 //!   none. Queries are written exactly as with a plain `&Pool`.
 //!
-//! Everything of `tx-core` is re-exported at this crate's root, and [`prelude`] brings the
-//! usual names in, so a service depends on `tx-sqlx` alone, with the driver it uses:
+//! The public names of `tx-core` are re-exported at this crate's root, and [`prelude`] brings
+//! the usual names in, so a service depends on `tx-sqlx` alone, with the driver it uses:
 //!
 //! ```toml
 //! [dependencies]
@@ -179,17 +179,21 @@
 //!   (as does `TxError::from`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs`: feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Backend-specific helpers are unused when only some backends are enabled.
 #![cfg_attr(
     not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
     allow(dead_code, unused_imports, unused_macros)
 )]
 
+mod backend;
 mod capacity;
 mod error;
 mod executor;
 mod physical;
 mod pool;
+mod transaction_manager;
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -198,16 +202,37 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use tx_core::*;
+// The engine (tx-core), so that a service depends on this crate alone.
+#[doc(hidden)]
+pub use tx_core::{__private, sqlx_is_retryable, sqlx_sqlstate};
+pub use tx_core::{
+    BoxError, Completion, EventBus, Isolation, ListenerHandle, ListenerResult, Operation,
+    Propagation, RetryingTemplate, RollbackCause, TransactionDefinition, TransactionExecution,
+    TransactionListener, TransactionManager, TransactionPhase, TransactionStatus,
+    TransactionSynchronization, TransactionTemplate, TxError, add_transaction_listener,
+    after_commit, after_completion, after_rollback, connection, current_status,
+    is_actual_transaction_active, manager, register_manager, register_synchronization,
+    set_default_manager, set_rollback_only, transactional,
+};
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use tx_core::describe_metrics;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use tx_core::testing;
 
 pub use error::SqlxErrorExt;
 pub use pool::{TxConnection, TxPool};
 
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use pool::MySqlTxPool;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use pool::PgTxPool;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use pool::SqliteTxPool;
 
 /// The names a transactional service usually needs: `use tx_sqlx::prelude::*;` (with
@@ -236,7 +261,8 @@ pub mod prelude {
     };
 }
 
-/// The README's example compiles (its code blocks run as doctests of this crate).
-#[cfg(all(doctest, feature = "postgres"))]
+/// The README's example compiles (its code blocks run as doctests of this crate; one of them
+/// uses `tx_sqlx::testing`).
+#[cfg(all(doctest, feature = "postgres", feature = "testing"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

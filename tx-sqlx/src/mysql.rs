@@ -8,42 +8,75 @@ use std::time::Duration;
 
 use sqlx::MySql;
 use sqlx::mysql::MySqlDatabaseError;
-use tx_core::manager::{
-    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
+use tx_core::manager::BeginOptions;
 use tx_core::{Isolation, Operation, TxError};
 
+use crate::backend::{Backend, BeginStatement, ServerFacts};
 use crate::error::db_error;
-use crate::executor::{Backend, exec_raw, impl_executor};
-use crate::physical::{Flavor, SqlxTransaction};
-use crate::pool::TxPool;
 
 /// ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back.
 const ER_LOCK_DEADLOCK: u16 = 1213;
 
-static FLAVOR: Flavor = Flavor {
-    name: "MySQL/MariaDB",
-    aborts: |e| {
-        e.as_database_error()
-            .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
-            .is_some_and(|db| db.number() == ER_LOCK_DEADLOCK)
-    },
+/// The server's error number, for a MySQL/MariaDB error.
+fn error_number(err: &sqlx::Error) -> Option<u16> {
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+        .map(MySqlDatabaseError::number)
+}
+
+impl Backend for MySql {
+    const DISPLAY_NAME: &'static str = "MySQL/MariaDB";
+    const BACKEND_NAME: &'static str = "mysql";
     // After a deadlock the session is no longer in a transaction: further statements would
     // autocommit one by one, so refuse them.
-    refuse_after_abort: true,
-    // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time), ER_QUERY_TIMEOUT (MySQL
-    // max_execution_time).
-    deadline_kill: |e| {
-        e.as_database_error()
-            .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
-            .is_some_and(|db| matches!(db.number(), 1969 | 3024))
-    },
-    close_on_failed_begin: true,
-};
+    const REFUSE_AFTER_ABORT: bool = true;
+    const CLOSE_ON_FAILED_BEGIN: bool = true;
 
-impl Backend for MySql {}
+    fn aborts(err: &sqlx::Error) -> bool {
+        error_number(err) == Some(ER_LOCK_DEADLOCK)
+    }
 
-impl_executor!(MySql);
+    /// ER_STATEMENT_TIMEOUT (MariaDB max_statement_time), ER_QUERY_TIMEOUT (MySQL
+    /// max_execution_time).
+    fn deadline_kill(err: &sqlx::Error) -> bool {
+        matches!(error_number(err), Some(1969 | 3024))
+    }
+
+    /// With a deadline, the statement bound of the server (probed once per pool) is saved,
+    /// set, and restored after the transaction.
+    async fn begin_statement(
+        conn: &mut sqlx::MySqlConnection,
+        facts: &ServerFacts,
+        options: &BeginOptions,
+    ) -> Result<BeginStatement, TxError> {
+        let (mut bound, mut reset) = (StatementBound::MariaDb, None);
+        if options.remaining.is_some() {
+            let mariadb = match facts.mariadb.get() {
+                Some(m) => *m,
+                None => {
+                    let version: String = sqlx::query_scalar("SELECT VERSION()")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(|e| db_error(Operation::Begin, e))?;
+                    let m = version.contains("MariaDB");
+                    let _ = facts.mariadb.set(m);
+                    m
+                }
+            };
+            if !mariadb {
+                bound = StatementBound::MySql;
+            }
+            reset = Some(bound.reset());
+        }
+        let sql = begin_sql(
+            options.isolation,
+            options.read_only,
+            options.remaining,
+            bound,
+        );
+        Ok(BeginStatement { sql, reset })
+    }
+}
 
 /// Which statement bounds server statements, and how it is undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,96 +142,45 @@ pub(crate) fn begin_sql(
     sql
 }
 
-async fn begin(
-    db: TxPool<MySql>,
-    options: BeginOptions,
-) -> Result<SqlxTransaction<MySql>, TxError> {
-    let leased = db.connection_for_begin(&options).await?;
-    let mut tx = SqlxTransaction::new(leased, exec_raw::<MySql>, &FLAVOR);
-    let mut bound = StatementBound::MariaDb;
-    if options.remaining.is_some() {
-        let mariadb = match db.inner.mariadb.get() {
-            Some(m) => *m,
-            None => {
-                let version: String = sqlx::query_scalar("SELECT VERSION()")
-                    .fetch_one(&mut **tx.raw_connection())
-                    .await
-                    .map_err(|e| db_error(Operation::Begin, e))?;
-                let m = version.contains("MariaDB");
-                let _ = db.inner.mariadb.set(m);
-                m
-            }
-        };
-        if !mariadb {
-            bound = StatementBound::MySql;
-        }
-        tx.set_reset(bound.reset());
-    }
-    let sql = begin_sql(
-        options.isolation,
-        options.read_only,
-        options.remaining,
-        bound,
-    );
-    tx.begin(sql)
-        .await
-        .map_err(|e| db_error(Operation::Begin, e))?;
-    Ok(tx)
-}
-
-/// The transaction manager of a MySQL/MariaDB pool.
-impl TransactionManager for TxPool<MySql> {
-    fn key(&self) -> ManagerKey {
-        self.manager_key()
-    }
-
-    fn begin(
-        &self,
-        options: BeginOptions,
-    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        let db = self.clone();
-        Box::pin(
-            async move { Ok(Box::new(begin(db, options).await?) as Box<dyn PhysicalTransaction>) },
-        )
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "mysql"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn statements() {
-        assert_eq!(
-            begin_sql(Isolation::Default, false, None, StatementBound::MariaDb),
-            "START TRANSACTION READ WRITE"
-        );
-        assert_eq!(
-            begin_sql(
-                Isolation::ReadCommitted,
-                true,
-                Some(Duration::from_millis(1500)),
-                StatementBound::MariaDb
-            ),
+    /// (isolation, read-only, time left, statement bound, the begin statements)
+    const CASES: &[(Isolation, bool, Option<u64>, StatementBound, &str)] = &[
+        (
+            Isolation::Default,
+            false,
+            None,
+            StatementBound::MariaDb,
+            "START TRANSACTION READ WRITE",
+        ),
+        (
+            Isolation::ReadCommitted,
+            true,
+            Some(1500),
+            StatementBound::MariaDb,
             "SET @tx_saved_max_statement_time = @@SESSION.max_statement_time; \
              SET SESSION max_statement_time = IF(@tx_saved_max_statement_time > 0, \
              LEAST(@tx_saved_max_statement_time, 1.500), 1.500); \
-             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
-        );
-        assert_eq!(
-            begin_sql(
-                Isolation::Default,
-                false,
-                Some(Duration::from_millis(20)),
-                StatementBound::MySql
-            ),
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY",
+        ),
+        (
+            Isolation::Default,
+            false,
+            Some(20),
+            StatementBound::MySql,
             "SET @tx_saved_max_execution_time = @@SESSION.max_execution_time; \
              SET SESSION max_execution_time = IF(@tx_saved_max_execution_time > 0, \
-             LEAST(@tx_saved_max_execution_time, 20), 20); START TRANSACTION READ WRITE"
-        );
+             LEAST(@tx_saved_max_execution_time, 20), 20); START TRANSACTION READ WRITE",
+        ),
+    ];
+
+    #[test]
+    fn statements() {
+        for &(isolation, read_only, ms, bound, expected) in CASES {
+            let remaining = ms.map(Duration::from_millis);
+            assert_eq!(begin_sql(isolation, read_only, remaining, bound), expected);
+        }
     }
 }

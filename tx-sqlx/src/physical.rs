@@ -12,68 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use futures_core::future::BoxFuture as SqlxBoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Database, SqlSafeStr, SqlStr};
+use sqlx::{AssertSqlSafe, Database, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager as SqlxTransactionManager;
 use tx_core::connection::TransactionGuard;
 use tx_core::manager::{BoxFuture, PhysicalTransaction};
 use tx_core::{Operation, TxError};
 
+use crate::backend::{Backend, WATCHDOG_INTERRUPT, WATCHDOG_OFF};
 use crate::capacity::Admission;
 use crate::error::{TransactionAborted, db_error, is_connection_error, tx_to_sqlx};
 
 /// How long an explicit `ROLLBACK` (or a session reset) may take before the connection is
 /// closed instead (closing it rolls the transaction back on the server too).
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Runs one SQL text (simple protocol, not prepared) on a connection. A function pointer
-/// instantiated where `&mut DB::Connection: Executor`, so that the transaction type itself
-/// needs no such bound.
-pub(crate) type ExecRaw<DB> = for<'c> fn(
-    &'c mut <DB as Database>::Connection,
-    SqlStr,
-) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
-
-/// Undoes a change a backend made to a connection at begin (removes the SQLite progress
-/// handler).
-pub(crate) type SessionFn<DB> =
-    for<'c> fn(&'c mut <DB as Database>::Connection) -> SqlxBoxFuture<'c, Result<(), sqlx::Error>>;
-
-/// The deadline watchdog installed on the connection at begin.
-pub(crate) struct Watchdog<DB: Database> {
-    /// [`WATCHDOG_ACTIVE`] until the transaction ends, then [`WATCHDOG_OFF`], or
-    /// [`WATCHDOG_INTERRUPT`] to stop a statement left running.
-    state: Arc<AtomicU8>,
-    /// Takes it off the connection once the transaction has ended.
-    remove: SessionFn<DB>,
-}
-
-/// What differs between backends once a transaction is open.
-pub(crate) struct Flavor {
-    /// For messages ("PostgreSQL").
-    pub(crate) name: &'static str,
-    /// Whether a statement failing with this error leaves the whole transaction aborted on
-    /// the server (PostgreSQL: any error; MySQL: a deadlock; SQLite: busy, I/O, full, ...).
-    pub(crate) aborts: fn(&sqlx::Error) -> bool,
-    /// Whether to refuse further statements once aborted, because the server would run them
-    /// in autocommit (MySQL after a deadlock, SQLite after an automatic rollback) instead of
-    /// rejecting them (PostgreSQL rejects them itself until `ROLLBACK TO SAVEPOINT`).
-    pub(crate) refuse_after_abort: bool,
-    /// Whether this error is the server-side statement bound set from the deadline firing
-    /// (statement timeout, interrupt), so that it is reported as the deadline.
-    pub(crate) deadline_kill: fn(&sqlx::Error) -> bool,
-    /// Whether a failed `BEGIN` statement may leave session state behind (multi-statement
-    /// begins), so the connection must be closed rather than reused.
-    pub(crate) close_on_failed_begin: bool,
-}
-
-/// Watchdog state: interrupt statements once past the deadline.
-pub(crate) const WATCHDOG_ACTIVE: u8 = 0;
-/// Watchdog state: the transaction ended; never interrupt.
-pub(crate) const WATCHDOG_OFF: u8 = 1;
-/// Watchdog state: the transaction was abandoned with a statement running; interrupt it now.
-pub(crate) const WATCHDOG_INTERRUPT: u8 = 2;
 
 /// How a statement in a transaction ended.
 #[derive(Debug, Default, Clone, Copy)]
@@ -96,82 +48,21 @@ pub(crate) struct SqlxTransaction<DB: Database> {
     aborted: Option<(String, bool)>,
     /// SQL restoring session state changed at begin (run after COMMIT/ROLLBACK).
     reset: Option<&'static str>,
-    /// SQLite: the deadline watchdog (progress handler) installed at begin; taken off the
-    /// connection when the transaction ends, before the connection goes back.
-    watchdog: Option<Watchdog<DB>>,
+    /// The deadline watchdog installed at begin (SQLite's progress handler): its state is
+    /// [`WATCHDOG_ACTIVE`](crate::backend::WATCHDOG_ACTIVE) until the transaction ends, then
+    /// [`WATCHDOG_OFF`], or [`WATCHDOG_INTERRUPT`] to stop a statement left running. Taken off
+    /// the connection ([`Backend::remove_watchdog`]) when the transaction ends, before the
+    /// connection goes back.
+    watchdog: Option<Arc<AtomicU8>>,
     /// The transaction's share of the pool under a reservation, released after the connection.
     admission: Admission,
-    exec: ExecRaw<DB>,
-    flavor: &'static Flavor,
+    /// The backend's part of `Drop`: a `Drop` impl cannot require `DB: Backend` (the type is
+    /// named by `TxPool::acquire` for any database), so [`new`](Self::new) captures it. Called
+    /// once, when the transaction is dropped; statements never go through it.
+    drop_backend: fn(&mut Self),
 }
 
 impl<DB: Database> SqlxTransaction<DB> {
-    /// Wraps a freshly acquired connection (nothing sent yet).
-    pub(crate) fn new(
-        (conn, admission): (PoolConnection<DB>, Admission),
-        exec: ExecRaw<DB>,
-        flavor: &'static Flavor,
-    ) -> Self {
-        SqlxTransaction {
-            conn: Some(conn),
-            open: false,
-            in_flight: false,
-            aborted: None,
-            reset: None,
-            watchdog: None,
-            admission,
-            exec,
-            flavor,
-        }
-    }
-
-    /// Registers SQL to run after the transaction ends, restoring a session setting.
-    pub(crate) fn set_reset(&mut self, sql: &'static str) {
-        self.reset = Some(sql);
-    }
-
-    /// Registers a deadline watchdog installed on the connection: its `state` is
-    /// [`WATCHDOG_ACTIVE`] until the transaction ends, then [`WATCHDOG_OFF`], or
-    /// [`WATCHDOG_INTERRUPT`] to stop a statement left running; `remove` takes it off the
-    /// connection afterwards, whatever ended the transaction.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>, remove: SessionFn<DB>) {
-        self.watchdog = Some(Watchdog { state, remove });
-    }
-
-    /// The connection, for backend code running during begin.
-    pub(crate) fn raw_connection(&mut self) -> &mut PoolConnection<DB> {
-        self.conn.as_mut().expect("connection present while begun")
-    }
-
-    /// Sends `statement` (which must begin a transaction) through sqlx's transaction manager.
-    pub(crate) async fn begin(&mut self, statement: String) -> Result<(), sqlx::Error> {
-        let conn = self.conn.as_mut().expect("connection present before begin");
-        self.in_flight = true;
-        let result = <DB::TransactionManager as SqlxTransactionManager>::begin(
-            conn,
-            Some(AssertSqlSafe(statement).into_sql_str()),
-        )
-        .await;
-        match &result {
-            Ok(()) => {
-                self.open = true;
-                self.in_flight = false;
-            }
-            Err(e) => {
-                // A failed multi-statement begin may leave session state (or even an aborted
-                // transaction) behind: keep `in_flight` so the connection gets closed.
-                if !self.flavor.close_on_failed_begin
-                    && !is_connection_error(e)
-                    && self.reset.is_none()
-                {
-                    self.in_flight = false;
-                }
-            }
-        }
-        result
-    }
-
     /// The transaction of `DB` behind a locked [`TransactionGuard`].
     pub(crate) fn from_guard(guard: &mut TransactionGuard) -> Result<&mut Self, TxError> {
         guard
@@ -197,17 +88,75 @@ impl<DB: Database> SqlxTransaction<DB> {
     pub(crate) fn put_connection(&mut self, conn: PoolConnection<DB>) {
         self.conn = Some(conn);
     }
+}
+
+impl<DB: Backend> SqlxTransaction<DB> {
+    /// Wraps a freshly acquired connection (nothing sent yet).
+    pub(crate) fn new((conn, admission): (PoolConnection<DB>, Admission)) -> Self {
+        SqlxTransaction {
+            conn: Some(conn),
+            open: false,
+            in_flight: false,
+            aborted: None,
+            reset: None,
+            watchdog: None,
+            admission,
+            drop_backend: Self::drop_without_end,
+        }
+    }
+
+    /// Registers SQL to run after the transaction ends, restoring a session setting.
+    pub(crate) fn set_reset(&mut self, sql: &'static str) {
+        self.reset = Some(sql);
+    }
+
+    /// Registers the deadline watchdog installed on the connection, whose state is `state`;
+    /// [`Backend::remove_watchdog`] takes it off the connection afterwards, whatever ended the
+    /// transaction.
+    pub(crate) fn set_watchdog(&mut self, state: Arc<AtomicU8>) {
+        self.watchdog = Some(state);
+    }
+
+    /// The connection, for backend code running during begin.
+    pub(crate) fn raw_connection(&mut self) -> &mut DB::Connection {
+        self.conn.as_mut().expect("connection present while begun")
+    }
+
+    /// Sends `statement` (which must begin a transaction) through sqlx's transaction manager.
+    pub(crate) async fn begin(&mut self, statement: String) -> Result<(), TxError> {
+        let conn = self.conn.as_mut().expect("connection present before begin");
+        self.in_flight = true;
+        let result = <DB::TransactionManager as SqlxTransactionManager>::begin(
+            conn,
+            Some(AssertSqlSafe(statement).into_sql_str()),
+        )
+        .await;
+        match &result {
+            Ok(()) => {
+                self.open = true;
+                self.in_flight = false;
+            }
+            Err(e) => {
+                // A failed multi-statement begin may leave session state (or even an aborted
+                // transaction) behind: keep `in_flight` so the connection gets closed.
+                if !DB::CLOSE_ON_FAILED_BEGIN && !is_connection_error(e) && self.reset.is_none() {
+                    self.in_flight = false;
+                }
+            }
+        }
+        result.map_err(|e| db_error(Operation::Begin, e))
+    }
 
     /// Starts a statement: the connection to run it on.
     pub(crate) fn start_statement(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
-        if self.flavor.refuse_after_abort
+        if DB::REFUSE_AFTER_ABORT
             && let Some((cause, retryable)) = &self.aborted
         {
             return Err(tx_to_sqlx(TxError::database(
                 Operation::Statement,
                 *retryable,
                 TransactionAborted {
-                    backend: self.flavor.name,
+                    backend: DB::DISPLAY_NAME,
                     cause: cause.clone(),
                 },
             )));
@@ -232,12 +181,12 @@ impl<DB: Database> SqlxTransaction<DB> {
                     self.in_flight = false;
                 }
                 let retryable = tx_core::sqlx_is_retryable(e);
-                if self.aborted.is_none() && (self.flavor.aborts)(e) {
+                if self.aborted.is_none() && DB::aborts(e) {
                     self.aborted = Some((e.to_string(), retryable));
                 }
                 StatementEnd {
                     retryable,
-                    deadline_kill: (self.flavor.deadline_kill)(e),
+                    deadline_kill: DB::deadline_kill(e),
                 }
             }
         }
@@ -253,7 +202,7 @@ impl<DB: Database> SqlxTransaction<DB> {
             } else {
                 WATCHDOG_OFF
             };
-            w.state.store(value, Ordering::Relaxed);
+            w.store(value, Ordering::Relaxed);
         }
     }
 
@@ -277,8 +226,7 @@ impl<DB: Database> SqlxTransaction<DB> {
             && let Some(conn) = self.conn.as_mut()
         {
             self.in_flight = true;
-            let remove = watchdog.map(|w| w.remove);
-            if restore_session::<DB>(conn, self.exec, reset, remove).await {
+            if restore_session::<DB>(conn, reset, watchdog.is_some()).await {
                 self.in_flight = false;
             } else {
                 self.close();
@@ -339,7 +287,7 @@ impl<DB: Database> SqlxTransaction<DB> {
                 Operation::Commit,
                 retryable,
                 TransactionAborted {
-                    backend: self.flavor.name,
+                    backend: DB::DISPLAY_NAME,
                     cause,
                 },
             ));
@@ -376,35 +324,37 @@ impl<DB: Database> SqlxTransaction<DB> {
                 format!("invalid savepoint name {name:?}"),
             ));
         }
-        let exec = self.exec;
         let sql = AssertSqlSafe(format!("{verb} {name}")).into_sql_str();
         let conn = self
             .start_statement()
             .map_err(|e| db_error(Operation::Savepoint, e))?;
-        let result = exec(conn, sql).await;
+        let result = DB::exec_raw(conn, sql).await;
         self.end_statement(&result);
         result.map_err(|e| db_error(Operation::Savepoint, e))
     }
 }
 
-/// Runs `reset` and `remove` (each bounded by [`ROLLBACK_TIMEOUT`]) on a connection whose
-/// transaction has ended; false when either failed (the connection must then be closed).
-async fn restore_session<DB: Database>(
+/// Runs `reset` and, with `remove_watchdog`, [`Backend::remove_watchdog`] (each bounded by
+/// [`ROLLBACK_TIMEOUT`]) on a connection whose transaction has ended; false when either failed
+/// (the connection must then be closed).
+async fn restore_session<DB: Backend>(
     conn: &mut PoolConnection<DB>,
-    exec: ExecRaw<DB>,
     reset: Option<&'static str>,
-    remove: Option<SessionFn<DB>>,
+    remove_watchdog: bool,
 ) -> bool {
     if let Some(sql) = reset {
-        let done =
-            tokio::time::timeout(ROLLBACK_TIMEOUT, exec(&mut **conn, sql.into_sql_str())).await;
+        let done = tokio::time::timeout(
+            ROLLBACK_TIMEOUT,
+            DB::exec_raw(&mut **conn, sql.into_sql_str()),
+        )
+        .await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::warn!(target: "tx", "failed to reset the session after a transaction ({sql}); closing the connection");
             return false;
         }
     }
-    if let Some(remove) = remove {
-        let done = tokio::time::timeout(ROLLBACK_TIMEOUT, remove(&mut **conn)).await;
+    if remove_watchdog {
+        let done = tokio::time::timeout(ROLLBACK_TIMEOUT, DB::remove_watchdog(&mut **conn)).await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::warn!(target: "tx", "failed to remove the deadline watchdog after a transaction; closing the connection");
             return false;
@@ -422,7 +372,7 @@ fn lost_connection() -> TxError {
     )
 }
 
-impl<DB: Database> PhysicalTransaction for SqlxTransaction<DB> {
+impl<DB: Backend> PhysicalTransaction for SqlxTransaction<DB> {
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TxError>> {
         Box::pin(async move { self.commit_inner().await })
     }
@@ -458,8 +408,14 @@ impl<DB: Database> PhysicalTransaction for SqlxTransaction<DB> {
 }
 
 impl<DB: Database> Drop for SqlxTransaction<DB> {
-    /// Dropped without `commit`/`rollback` (a cancelled call): roll back without blocking.
     fn drop(&mut self) {
+        (self.drop_backend)(self);
+    }
+}
+
+impl<DB: Backend> SqlxTransaction<DB> {
+    /// Dropped without `commit`/`rollback` (a cancelled call): roll back without blocking.
+    fn drop_without_end(&mut self) {
         self.end_watchdog(self.in_flight);
         let Some(mut conn) = self.conn.take() else {
             return;
@@ -477,12 +433,12 @@ impl<DB: Database> Drop for SqlxTransaction<DB> {
             return;
         }
         if let (true, Ok(runtime)) = (restore, runtime) {
-            let (exec, reset) = (self.exec, self.reset.take());
-            let remove = self.watchdog.take().map(|w| w.remove);
+            let reset = self.reset.take();
+            let remove_watchdog = self.watchdog.take().is_some();
             let admission = self.admission.take();
             runtime.spawn(async move {
                 let mut conn = conn;
-                if !restore_session::<DB>(&mut conn, exec, reset, remove).await {
+                if !restore_session::<DB>(&mut conn, reset, remove_watchdog).await {
                     conn.close_on_drop();
                 }
                 drop(conn);

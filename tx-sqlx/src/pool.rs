@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use sqlx::Database;
 use sqlx::pool::PoolConnection;
@@ -11,6 +11,7 @@ use tx_core::connection::{LockPurpose, TransactionGuard};
 use tx_core::manager::{BeginOptions, ManagerKey};
 use tx_core::{Operation, TxError};
 
+use crate::backend::ServerFacts;
 use crate::capacity::{Admission, Capacity};
 use crate::error::{acquire_error, db_error};
 use crate::physical::SqlxTransaction;
@@ -61,10 +62,8 @@ pub struct TxPool<DB: Database> {
 
 pub(crate) struct Inner<DB: Database> {
     pub(crate) pool: sqlx::Pool<DB>,
-    /// MySQL only: whether the server is MariaDB (`max_statement_time`) rather than MySQL
-    /// (`max_execution_time`); probed once, the first time a deadline needs it.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) mariadb: OnceLock<bool>,
+    /// What the backend learned about the server (probed once, when first needed).
+    pub(crate) facts: ServerFacts,
     /// The reservation for inner transactions and the starvation detection.
     pub(crate) capacity: Capacity,
 }
@@ -96,7 +95,7 @@ impl<DB: Database> Inner<DB> {
         }
         let inner = Arc::new(Inner {
             pool,
-            mariadb: OnceLock::new(),
+            facts: ServerFacts::default(),
             capacity: Capacity::default(),
         });
         let erased: Arc<dyn Any + Send + Sync> = inner.clone();
@@ -339,6 +338,7 @@ impl<DB: Database> From<sqlx::Pool<DB>> for TxPool<DB> {
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub type PgTxPool = TxPool<sqlx::Postgres>;
 
 /// A [`TxPool`] on MySQL or MariaDB.
@@ -349,6 +349,7 @@ pub type PgTxPool = TxPool<sqlx::Postgres>;
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub type MySqlTxPool = TxPool<sqlx::MySql>;
 
 /// A [`TxPool`] on SQLite.
@@ -359,6 +360,7 @@ pub type MySqlTxPool = TxPool<sqlx::MySql>;
 /// # let _ = db; Ok(()) }
 /// ```
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub type SqliteTxPool = TxPool<sqlx::Sqlite>;
 
 /// A connection handed out by [`TxPool::acquire`]: the bound transaction's connection, or a

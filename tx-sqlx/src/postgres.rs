@@ -5,30 +5,39 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use sqlx::Postgres;
-use tx_core::manager::{
-    BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
-};
-use tx_core::{Isolation, Operation, TxError};
+use tx_core::manager::BeginOptions;
+use tx_core::{Isolation, TxError};
 
-use crate::error::db_error;
-use crate::executor::{Backend, exec_raw, impl_executor};
-use crate::physical::{Flavor, SqlxTransaction};
-use crate::pool::TxPool;
+use crate::backend::{Backend, BeginStatement, ServerFacts};
 
-static FLAVOR: Flavor = Flavor {
-    name: "PostgreSQL",
-    // Any error aborts a PostgreSQL transaction until ROLLBACK (TO SAVEPOINT).
-    aborts: |e| matches!(e, sqlx::Error::Database(_)),
+impl Backend for Postgres {
+    const DISPLAY_NAME: &'static str = "PostgreSQL";
+    const BACKEND_NAME: &'static str = "postgres";
     // The server itself rejects further statements (SQLSTATE 25P02).
-    refuse_after_abort: false,
-    // query_canceled: statement_timeout (set from the deadline) fired.
-    deadline_kill: |e| e.as_database_error().and_then(|db| db.code()).as_deref() == Some("57014"),
-    close_on_failed_begin: true,
-};
+    const REFUSE_AFTER_ABORT: bool = false;
+    const CLOSE_ON_FAILED_BEGIN: bool = true;
 
-impl Backend for Postgres {}
+    /// Any error aborts a PostgreSQL transaction until ROLLBACK (TO SAVEPOINT).
+    fn aborts(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(_))
+    }
 
-impl_executor!(Postgres);
+    /// query_canceled: statement_timeout (set from the deadline) fired.
+    fn deadline_kill(err: &sqlx::Error) -> bool {
+        err.as_database_error().and_then(|db| db.code()).as_deref() == Some("57014")
+    }
+
+    /// A simple query: several statements, one round trip.
+    async fn begin_statement(
+        _conn: &mut sqlx::PgConnection,
+        _facts: &ServerFacts,
+        options: &BeginOptions,
+    ) -> Result<BeginStatement, TxError> {
+        // `SET LOCAL` ends with the transaction: nothing to restore afterwards.
+        let sql = begin_sql(options.isolation, options.read_only, options.remaining);
+        Ok(BeginStatement { sql, reset: None })
+    }
+}
 
 /// The one statement that begins a transaction with `options`.
 pub(crate) fn begin_sql(
@@ -52,41 +61,6 @@ pub(crate) fn begin_sql(
         let _ = write!(sql, "; SET LOCAL statement_timeout = {ms}");
     }
     sql
-}
-
-async fn begin(
-    db: TxPool<Postgres>,
-    options: BeginOptions,
-) -> Result<SqlxTransaction<Postgres>, TxError> {
-    let sql = begin_sql(options.isolation, options.read_only, options.remaining);
-    let leased = db.connection_for_begin(&options).await?;
-    let mut tx = SqlxTransaction::new(leased, exec_raw::<Postgres>, &FLAVOR);
-    // A simple query: several statements, one round trip.
-    tx.begin(sql)
-        .await
-        .map_err(|e| db_error(Operation::Begin, e))?;
-    Ok(tx)
-}
-
-/// The transaction manager of a PostgreSQL pool.
-impl TransactionManager for TxPool<Postgres> {
-    fn key(&self) -> ManagerKey {
-        self.manager_key()
-    }
-
-    fn begin(
-        &self,
-        options: BeginOptions,
-    ) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> {
-        let db = self.clone();
-        Box::pin(
-            async move { Ok(Box::new(begin(db, options).await?) as Box<dyn PhysicalTransaction>) },
-        )
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "postgres"
-    }
 }
 
 #[cfg(test)]
