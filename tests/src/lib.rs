@@ -7,10 +7,9 @@ pub mod reliability;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
 
 /// PostgreSQL URL for tests (`TX_TEST_PG_URL`).
 pub fn pg_url() -> String {
@@ -40,32 +39,29 @@ fn server_missing(what: &str, err: &dyn std::fmt::Display) -> Option<std::conver
     None
 }
 
-/// A pool on the test PostgreSQL server, or `None` (test skipped) when it is down.
-pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
-    let opts = PgPoolOptions::new()
+/// A pool of `max` connections on the server at `url`, or `None` (test skipped) when it is
+/// down.
+async fn server_pool<DB: sqlx::Database>(what: &str, url: &str, max: u32) -> Option<TxPool<DB>> {
+    let opts = PoolOptions::<DB>::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&pg_url()).await {
-        Ok(pool) => Some(PgTxPool::new(pool)),
+    match opts.connect(url).await {
+        Ok(pool) => Some(TxPool::new(pool)),
         Err(e) => {
-            server_missing("PostgreSQL", &e);
+            server_missing(what, &e);
             None
         }
     }
 }
 
+/// A pool on the test PostgreSQL server, or `None` (test skipped) when it is down.
+pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
+    server_pool("PostgreSQL", &pg_url(), max).await
+}
+
 /// A pool on the test MariaDB/MySQL server, or `None` (test skipped) when it is down.
 pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
-    let opts = MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&mysql_url()).await {
-        Ok(pool) => Some(MySqlTxPool::new(pool)),
-        Err(e) => {
-            server_missing("MariaDB/MySQL", &e);
-            None
-        }
-    }
+    server_pool("MariaDB/MySQL", &mysql_url(), max).await
 }
 
 /// A pool on a fresh SQLite file database (WAL) in a temp dir; keep the returned dir alive.

@@ -1,4 +1,4 @@
-//! Issue 7, the last server fault: the server restarts during a run. The in-flight call
+//! The last server fault: the server restarts during a run. The in-flight call
 //! returns an error promptly, nothing of it is committed, after_completion does not report
 //! `Committed`, the pool recovers and later transactions commit; a load running through the
 //! restart never leaves a transaction half-written.

@@ -577,9 +577,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
     assert_eq!(d.ids().await, vec![1]);
     let logged = capture.text();
     for line in [
-        "ERROR tx: AfterCommit listener of events_pg::OrderCreated failed: message broker down",
-        "ERROR tx: AfterCommit listener of events_pg::OrderCreated panicked: bug in a listener",
-        "ERROR tx: AfterCompletion listener of events_pg::OrderCreated failed: completion listener failed",
+        "ERROR tx: AfterCommit listener of engine::events::OrderCreated failed: message broker down",
+        "ERROR tx: AfterCommit listener of engine::events::OrderCreated panicked: bug in a listener",
+        "ERROR tx: AfterCompletion listener of engine::events::OrderCreated failed: completion listener failed",
     ] {
         assert!(logged.contains(line), "{line:?} not logged in:\n{logged}");
     }
@@ -603,7 +603,7 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
     assert!(
         capture
             .text()
-            .contains("ERROR tx: AfterRollback listener of events_pg::OrderCreated panicked: bug in a rollback listener"),
+            .contains("ERROR tx: AfterRollback listener of engine::events::OrderCreated panicked: bug in a rollback listener"),
         "{}",
         capture.text()
     );

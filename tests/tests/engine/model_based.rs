@@ -28,18 +28,13 @@
 //!   a Nested scope that misses its participant's failure in an already rollback-only
 //!   transaction (see `model.rs`).
 //!
-//! Run one backend: `cargo test -p tx-tests --test model_based -- sqlite` (or `postgres`,
+//! Run one backend: `cargo test -p tx-tests --test engine -- model_based::sqlite` (or `postgres`,
 //! `mysql`); `-- --nocapture` prints what the programs did (results, rows, hook callbacks).
 
-#[path = "model_based/compare.rs"]
 mod compare;
-#[path = "model_based/generate.rs"]
 mod generate;
-#[path = "model_based/model.rs"]
 mod model;
-#[path = "model_based/program.rs"]
 mod program;
-#[path = "model_based/runner.rs"]
 mod runner;
 
 use std::sync::{Arc, Mutex, Once};

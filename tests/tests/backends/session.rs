@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, Database};
 use tx_sqlx::TransactionManager;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, Operation, PgTxPool, SqliteTxPool};
+use tx_tests::reliability::{MySqlBackend, PgBackend};
+
+use crate::reliability::ServerUnderTest;
 
 /// A statement of far more than 1000 SQLite VM steps (200 000 recursion rounds).
 const HEAVY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) \
@@ -268,6 +271,20 @@ fn counting() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     (calls.clone(), calls)
 }
 
+/// Options of a pool of 2 (1 kept open) whose `before_acquire` counts its calls in `hook`.
+fn counted_options<DB: Database>(hook: Arc<AtomicUsize>) -> PoolOptions<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(2)
+        .min_connections(1)
+        .before_acquire(move |_, _| {
+            let hook = hook.clone();
+            Box::pin(async move {
+                hook.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+}
+
 /// Runs a transaction with one statement on `db` and returns how many more times the pool's
 /// `before_acquire` ran.
 async fn before_acquire_calls_of_a_transaction<DB>(
@@ -299,16 +316,7 @@ where
 async fn begin_runs_the_pools_before_acquire_on_every_backend() {
     let (calls, hook) = counting();
     let dir = tempfile::tempdir().unwrap();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(2)
-        .min_connections(1)
-        .before_acquire(move |_, _| {
-            let hook = hook.clone();
-            Box::pin(async move {
-                hook.fetch_add(1, Ordering::SeqCst);
-                Ok(true)
-            })
-        })
+    let pool = counted_options::<sqlx::Sqlite>(hook)
         .connect_with(sqlite_options(&dir))
         .await
         .unwrap();
@@ -320,16 +328,7 @@ async fn begin_runs_the_pools_before_acquire_on_every_backend() {
     );
 
     let (calls, hook) = counting();
-    let pg = PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(1)
-        .before_acquire(move |_, _| {
-            let hook = hook.clone();
-            Box::pin(async move {
-                hook.fetch_add(1, Ordering::SeqCst);
-                Ok(true)
-            })
-        })
+    let pg = counted_options::<sqlx::Postgres>(hook)
         .connect(&tx_tests::pg_url())
         .await;
     match pg {
@@ -345,16 +344,7 @@ async fn begin_runs_the_pools_before_acquire_on_every_backend() {
     }
 
     let (calls, hook) = counting();
-    let my = MySqlPoolOptions::new()
-        .max_connections(2)
-        .min_connections(1)
-        .before_acquire(move |_, _| {
-            let hook = hook.clone();
-            Box::pin(async move {
-                hook.fetch_add(1, Ordering::SeqCst);
-                Ok(true)
-            })
-        })
+    let my = counted_options::<sqlx::MySql>(hook)
         .connect(&tx_tests::mysql_url())
         .await;
     match my {
@@ -370,143 +360,46 @@ async fn begin_runs_the_pools_before_acquire_on_every_backend() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_transaction_survives_a_terminated_idle_connection() {
-    let Some(db) = tx_tests::pg_pool(1).await else {
+/// The server ends the pool's only connection while it is idle in the pool
+/// (`pg_terminate_backend`, `KILL CONNECTION`): the next transaction gets a new session
+/// (the pool's liveness check replaces the dead one) and commits.
+async fn transaction_survives_a_killed_idle_connection<B: ServerUnderTest>() {
+    let Some(b) = B::connect(1, Duration::from_secs(10), "killed_idle").await else {
         return;
     };
-    let table = tx_tests::unique_table("term");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
+    let table = b.create_table("kill").await;
     // The pool's only connection, now idle.
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    let mut admin = sqlx::PgConnection::connect(&tx_tests::pg_url())
-        .await
-        .unwrap();
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    assert!(killed);
+    let id = b.session_id().await.unwrap();
+    b.kill(id).await;
     let started = Instant::now();
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-        .bind(pid)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap()
-        > 0
-    {
+    while b.session_alive(id).await {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "backend {pid} still there"
+            "session {id} still there"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let new_pid: i32 = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let (db, table) = (db.clone(), table.clone());
-            async move {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO {table} (id) VALUES (1)"
-                )))
-                .execute(&db)
-                .await?;
-                Ok::<i32, TxError>(
-                    sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(&db)
-                        .await?,
-                )
-            }
-        })
-        .await
-        .expect("the pool's liveness check must replace the terminated connection");
-    assert_ne!(new_pid, pid);
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-        .execute(db.pool())
-        .await
-        .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_transaction_survives_a_killed_idle_connection() {
-    let Some(db) = tx_tests::mysql_pool(1).await else {
-        return;
-    };
-    let table = tx_tests::unique_table("kill");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    let mut admin = sqlx::MySqlConnection::connect(&tx_tests::mysql_url())
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let started = Instant::now();
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap()
-        > 0
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "connection {id} still there"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let new_id: u64 = TransactionTemplate::new(db.clone())
-        .execute(|_| {
-            let (db, table) = (db.clone(), table.clone());
-            async move {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO {table} (id) VALUES (1)"
-                )))
-                .execute(&db)
-                .await?;
-                Ok::<u64, TxError>(
-                    sqlx::query_scalar("SELECT CONNECTION_ID()")
-                        .fetch_one(&db)
-                        .await?,
-                )
-            }
+    let new_id = b
+        .template()
+        .execute(|_| async {
+            b.insert(&table, "1").await?;
+            Ok::<i64, TxError>(b.session_id().await?)
         })
         .await
         .expect("the pool's liveness check must replace the killed connection");
     assert_ne!(new_id, id);
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-        .execute(db.pool())
-        .await
-        .unwrap();
+    assert_eq!(b.tags(&table).await, vec!["1".to_owned()]);
+    b.drop_table(&table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_transaction_survives_a_terminated_idle_connection() {
+    transaction_survives_a_killed_idle_connection::<PgBackend>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_transaction_survives_a_killed_idle_connection() {
+    transaction_survives_a_killed_idle_connection::<MySqlBackend>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Issue 2's engine tests on PostgreSQL: isolation and read-only, the deadline, panics,
+//! The engine on PostgreSQL: isolation and read-only, the deadline, panics,
 //! cancellation, hooks, isolation between tasks, misuse and the deferred `BEGIN`.
 //!
 //! Every test checks real outcomes: rows read from a separate connection, error variants,
@@ -535,7 +535,7 @@ async fn deadline_cancels_long_server_statement() {
     stop.store(true, Ordering::SeqCst);
     let mut watch_conn = watcher.await.unwrap();
 
-    // SPEC: past the deadline the transaction is rolled back and the call returns
+    // Past the deadline the transaction is rolled back and the call returns
     // TxError::Timeout, whichever fired first: the engine's deadline while the statement was
     // awaited, or the server's statement_timeout (set to the remaining time) cancelling it
     // (SQLSTATE 57014) a moment before.

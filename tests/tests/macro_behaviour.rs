@@ -1,5 +1,6 @@
-//! The seeds' service-layer cases written with `#[transactional]`, on PostgreSQL, asserting the
-//! rows left behind and what each call returns.
+//! Service-layer cases written with `#[transactional]` (a user service calling a log service,
+//! an audit in REQUIRES_NEW, a risk check, timeouts, retries, spawned futures), on PostgreSQL,
+//! asserting the rows left behind and what each call returns.
 //!
 //! Every service takes its pool as a field (`manager = self.db`), so the tests of this binary,
 //! which run in parallel, never depend on the process-wide default manager. Each test has its
@@ -64,7 +65,7 @@ async fn drop_tables(db: &PgTxPool, tables: &[&str]) {
     }
 }
 
-// ---- seed 004: UserService.add -> LogService.add, the log marks rollback-only ----------------
+// ---- UserService.add -> LogService.add, the log marks rollback-only ----------------
 
 #[derive(Clone, Copy, Debug)]
 enum LogMode {
@@ -279,7 +280,7 @@ async fn seed004_swallowed_error_with_set_rollback_only_rolls_back() {
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
-// ---- seed 002: audit in REQUIRES_NEW survives the outer failure, called on `self` ------------
+// ---- audit in REQUIRES_NEW survives the outer failure, called on `self` ------------
 
 struct FacadeService {
     db: PgTxPool,
@@ -358,7 +359,7 @@ async fn seed002_audit_in_requires_new_survives_outer_failure() {
     drop_tables(&db, &[&accounts, &audit]).await;
 }
 
-// ---- seed 003: the risk check: business failure keeps the order, system failure rolls back ----
+// ---- the risk check: business failure keeps the order, system failure rolls back ----
 
 struct RiskService {
     down: bool,

@@ -15,6 +15,8 @@ use tokio::sync::Barrier;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TransactionManager};
 
+use crate::{mysql, postgres};
+
 const POOL: u32 = 4;
 const CALLERS: usize = 32;
 
@@ -146,63 +148,95 @@ fn assert_reservation_served_everyone(outcome: &Outcome, reserved: u32) {
     );
 }
 
-#[derive(Clone)]
-struct PgInsert(String);
+/// A table of ids on a server database, written by the callers.
+trait Rows<DB: Database>: Work<DB> {
+    /// A pool of `POOL` connections and a fresh table; `None` when the server is down.
+    fn setup() -> impl Future<Output = Option<(TxPool<DB>, Self)>> + Send;
 
-impl Work<sqlx::Postgres> for PgInsert {
-    async fn statement(&self, db: &PgTxPool, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (id) VALUES ($1)",
-            self.0
-        )))
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
-    }
+    /// The ids in the table, read outside every transaction.
+    fn rows(&self, db: &TxPool<DB>) -> impl Future<Output = Vec<i64>> + Send;
 }
 
-async fn pg_setup() -> Option<(PgTxPool, PgInsert)> {
-    let db = tx_tests::pg_pool(POOL).await?;
-    let table = tx_tests::unique_table("starve");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, PgInsert(table)))
-}
-
-async fn pg_rows(db: &PgTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_starvation_fails_fast_without_a_reservation() {
-    let Some((db, work)) = pg_setup().await else {
+async fn starvation_fails_fast_without_a_reservation<DB, W>()
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    W: Rows<DB>,
+{
+    let Some((db, work)) = W::setup().await else {
         return;
     };
     let outcome = run_callers(db.clone(), work.clone(), POOL as usize, false).await;
     assert_starvation_reported(&outcome);
     // A starved caller's outer transaction rolled back; nothing of it remains.
-    assert_eq!(pg_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_reservation_lets_every_requires_new_caller_through() {
-    let Some((db, work)) = pg_setup().await else {
+async fn reservation_lets_every_requires_new_caller_through<DB, W>()
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    W: Rows<DB>,
+{
+    let Some((db, work)) = W::setup().await else {
         return;
     };
     let db = db.reserve_for_nested(1);
     let outcome = run_callers(db.clone(), work.clone(), (POOL - 1) as usize, false).await;
     assert_reservation_served_everyone(&outcome, 1);
-    assert_eq!(pg_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
+}
+
+/// Inserts into a PostgreSQL table (the backend contract's table).
+#[derive(Clone)]
+struct PgInsert(String);
+
+impl Work<sqlx::Postgres> for PgInsert {
+    async fn statement(&self, db: &PgTxPool, id: i64) -> Result<(), sqlx::Error> {
+        postgres::insert(db, &self.0, id).await
+    }
+}
+
+impl Rows<sqlx::Postgres> for PgInsert {
+    async fn setup() -> Option<(PgTxPool, Self)> {
+        let (db, table) = postgres::setup(POOL, "starve").await?;
+        Some((db, PgInsert(table)))
+    }
+
+    async fn rows(&self, db: &PgTxPool) -> Vec<i64> {
+        postgres::ids(db, &self.0).await
+    }
+}
+
+/// Inserts into a MariaDB table (the backend contract's table).
+#[derive(Clone)]
+struct MyInsert(String);
+
+impl Work<sqlx::MySql> for MyInsert {
+    async fn statement(&self, db: &MySqlTxPool, id: i64) -> Result<(), sqlx::Error> {
+        mysql::insert(db, &self.0, id).await
+    }
+}
+
+impl Rows<sqlx::MySql> for MyInsert {
+    async fn setup() -> Option<(MySqlTxPool, Self)> {
+        let (db, table) = mysql::setup(POOL, "starve").await?;
+        Some((db, MyInsert(table)))
+    }
+
+    async fn rows(&self, db: &MySqlTxPool) -> Vec<i64> {
+        mysql::ids(db, &self.0).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_starvation_fails_fast_without_a_reservation() {
+    starvation_fails_fast_without_a_reservation::<_, PgInsert>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_reservation_lets_every_requires_new_caller_through() {
+    reservation_lets_every_requires_new_caller_through::<_, PgInsert>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,65 +303,17 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
         .await;
     r.unwrap();
     other.await.unwrap().unwrap();
-    assert_eq!(pg_rows(&db, &work.0).await, vec![1, 2, 3, 4]);
-}
-
-#[derive(Clone)]
-struct MyInsert(String);
-
-impl Work<sqlx::MySql> for MyInsert {
-    async fn statement(&self, db: &MySqlTxPool, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (id) VALUES (?)",
-            self.0
-        )))
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
-    }
-}
-
-async fn mysql_setup() -> Option<(MySqlTxPool, MyInsert)> {
-    let db = tx_tests::mysql_pool(POOL).await?;
-    let table = tx_tests::unique_table("starve");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, MyInsert(table)))
-}
-
-async fn mysql_rows(db: &MySqlTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
+    assert_eq!(postgres::ids(&db, &work.0).await, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_starvation_fails_fast_without_a_reservation() {
-    let Some((db, work)) = mysql_setup().await else {
-        return;
-    };
-    let outcome = run_callers(db.clone(), work.clone(), POOL as usize, false).await;
-    assert_starvation_reported(&outcome);
-    assert_eq!(mysql_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    starvation_fails_fast_without_a_reservation::<_, MyInsert>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_reservation_lets_every_requires_new_caller_through() {
-    let Some((db, work)) = mysql_setup().await else {
-        return;
-    };
-    let db = db.reserve_for_nested(1);
-    let outcome = run_callers(db.clone(), work.clone(), (POOL - 1) as usize, false).await;
-    assert_reservation_served_everyone(&outcome, 1);
-    assert_eq!(mysql_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    reservation_lets_every_requires_new_caller_through::<_, MyInsert>().await;
 }
 
 /// SQLite allows one writer, so its callers only read (read-only outer and inner
