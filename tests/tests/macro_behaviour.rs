@@ -141,7 +141,7 @@ impl UserService {
         Ok(added + logged)
     }
 
-    /// Seed 004, "the exception was swallowed by your catch": the failure is caught, so only
+    /// "The exception was swallowed by your catch": the failure is caught, so only
     /// `set_rollback_only()` keeps the user from being committed.
     #[transactional(manager = self.db)]
     async fn add_swallowing(
@@ -174,9 +174,25 @@ fn validate(username: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A pool and a user service on fresh tables; `None` when PostgreSQL is down (skipped).
+async fn user_service_on_server() -> Option<(PgTxPool, UserService)> {
+    let db = tx_tests::pg_pool(4).await?;
+    let svc = user_service(&db).await;
+    Some((db, svc))
+}
+
+/// Asserts that the log service's table is empty (`why` says which transaction rolled it back).
+async fn assert_no_log(db: &PgTxPool, svc: &UserService, why: &str) {
+    assert_eq!(
+        rows(db, &svc.log.table).await,
+        Vec::<String>::new(),
+        "{why}"
+    );
+}
+
 async fn user_service(db: &PgTxPool) -> UserService {
-    let users = name_table(db, "seed004_user").await;
-    let logs = name_table(db, "seed004_log").await;
+    let users = name_table(db, "user").await;
+    let logs = name_table(db, "user_log").await;
     UserService {
         db: db.clone(),
         table: users,
@@ -188,11 +204,10 @@ async fn user_service(db: &PgTxPool) -> UserService {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_required_log_marks_rollback_only_both_rolled_back() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("alice", LogMode::Required).await;
 
@@ -205,58 +220,43 @@ async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
         Vec::<String>::new(),
         "user rolled back"
     );
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log rolled back"
-    );
+    assert_no_log(&db, &svc, "log rolled back").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_requires_new_log_rolled_back_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_requires_new_log_rolled_back_user_kept() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("bob", LogMode::RequiresNew).await;
 
     assert_eq!(result.unwrap(), 2, "both inserts reported one row");
     assert_eq!(rows(&db, &svc.table).await, ["bob"], "user committed");
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log's own transaction rolled back"
-    );
+    assert_no_log(&db, &svc, "log's own transaction rolled back").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_nested_log_rolled_back_to_savepoint_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_nested_log_rolled_back_to_savepoint_user_kept() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("carol", LogMode::Nested).await;
 
     assert_eq!(result.unwrap(), 2);
     assert_eq!(rows(&db, &svc.table).await, ["carol"], "user committed");
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log rolled back to its savepoint"
-    );
+    assert_no_log(&db, &svc, "log rolled back to its savepoint").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_swallowed_error_with_set_rollback_only_rolls_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_swallowed_error_with_set_rollback_only_rolls_back() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     // The trap: the error is swallowed and nothing marks the transaction, so it commits.
     svc.add_swallowing("bad-dave", false).await.unwrap();
@@ -326,13 +326,13 @@ impl FacadeService {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed002_audit_in_requires_new_survives_outer_failure() {
+async fn audit_in_requires_new_survives_outer_failure() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
-    let accounts = tx_tests::unique_table("seed002_account");
+    let accounts = tx_tests::unique_table("account");
     exec(&db, format!("CREATE TABLE {accounts} (id serial PRIMARY KEY, name text NOT NULL, balance bigint NOT NULL)")).await;
-    let audit = name_table(&db, "seed002_audit").await;
+    let audit = name_table(&db, "audit").await;
     let svc = FacadeService {
         db: db.clone(),
         accounts: accounts.clone(),
@@ -426,12 +426,12 @@ impl OrderService {
 }
 
 async fn order_service(db: &PgTxPool, down: bool) -> OrderService {
-    let orders = tx_tests::unique_table("seed003_order");
+    let orders = tx_tests::unique_table("order");
     exec(db, format!(
         "CREATE TABLE {orders} (id serial PRIMARY KEY, name text NOT NULL UNIQUE, amount bigint NOT NULL, status text NOT NULL, note text)"
     ))
     .await;
-    let items = name_table(db, "seed003_item").await;
+    let items = name_table(db, "item").await;
     OrderService {
         db: db.clone(),
         orders,
@@ -450,7 +450,7 @@ async fn order_statuses(db: &PgTxPool, orders: &str) -> Vec<(String, String, Opt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
+async fn risk_rejected_keeps_order_waiting_for_audit() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
@@ -481,7 +481,7 @@ async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed003_risk_service_failure_rolls_back() {
+async fn risk_service_failure_rolls_back() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };

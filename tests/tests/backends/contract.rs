@@ -319,6 +319,70 @@ pub async fn read_only_write_is_rejected_and_nothing_written<B: ContractDb>() {
     assert_eq!(db.ids().await, vec![2]);
 }
 
+/// A database module's table functions on its `TxPool` type `$pool`, with `$placeholder` the
+/// database's first bind parameter (`$1` or `?`): `ids` (in order, read outside every
+/// transaction) and `insert` (through the transaction-aware `&TxPool`).
+macro_rules! table_functions {
+    ($pool:ty, $placeholder:literal) => {
+        /// The table's ids in order, read outside every transaction.
+        pub(crate) async fn ids(db: &$pool, table: &str) -> Vec<i64> {
+            let sql = format!("SELECT id FROM {table} ORDER BY id");
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+        }
+
+        /// `INSERT INTO table (id) VALUES (id)` through the transaction-aware `&TxPool`.
+        pub(crate) async fn insert(db: &$pool, table: &str, id: i64) -> Result<(), sqlx::Error> {
+            let sql = format!(
+                concat!("INSERT INTO {} (id) VALUES (", $placeholder, ")"),
+                table
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .execute(db)
+                .await
+                .map(|_| ())
+        }
+    };
+}
+pub(crate) use table_functions;
+
+/// The [`ContractDb`] methods that are the same on every database: the pools, and the table
+/// through the module's [`table_functions!`] (`self.db`, `self.table`). Expands inside an
+/// `impl ContractDb`.
+macro_rules! same_on_every_database {
+    () => {
+        fn pool(&self) -> &Self::Pool {
+            &self.db
+        }
+
+        fn sqlx_pool(&self) -> &sqlx::Pool<Self::Database> {
+            self.db.pool()
+        }
+
+        fn insert(&self, id: i64) -> BoxFut<'_, Result<(), sqlx::Error>> {
+            insert(&self.db, &self.table, id).boxed()
+        }
+
+        fn count(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
+            let sql = format!("SELECT COUNT(*) FROM {}", self.table);
+            async move {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&self.db)
+                    .await
+            }
+            .boxed()
+        }
+
+        fn ids(&self) -> BoxFut<'_, Vec<i64>> {
+            ids(&self.db, &self.table).boxed()
+        }
+    };
+}
+pub(crate) use same_on_every_database;
+
 /// One `#[tokio::test]` per contract check, on database `$db` (a [`ContractDb`]).
 macro_rules! backend_contract {
     ($db:ty) => {

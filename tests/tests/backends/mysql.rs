@@ -11,9 +11,12 @@ use sqlx::mysql::MySqlDatabaseError;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, Operation};
 
-use crate::contract::{BoxFut, ContractDb, backend_contract, database_error};
+use crate::contract::{
+    BoxFut, ContractDb, backend_contract, database_error, same_on_every_database, table_functions,
+};
 
 backend_contract!(MySqlDb);
+table_functions!(MySqlTxPool, "?");
 
 /// The MySQL error number behind `e`, if any.
 fn mysql_number(e: &TxError) -> Option<u16> {
@@ -39,25 +42,6 @@ pub(crate) async fn setup(max: u32, prefix: &str) -> Option<(MySqlTxPool, String
     .await
     .unwrap();
     Some((db, table))
-}
-
-pub(crate) async fn ids(db: &MySqlTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-pub(crate) async fn insert(db: &MySqlTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES (?)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
 }
 
 /// Waits until InnoDB shows no transaction for connection `id` (information_schema.innodb_trx
@@ -86,38 +70,14 @@ impl ContractDb for MySqlDb {
     type Pool = MySqlTxPool;
     type Database = sqlx::MySql;
 
+    same_on_every_database!();
+
     fn setup(max: u32, prefix: &'static str) -> BoxFut<'static, Option<Self>> {
         async move {
             let (db, table) = setup(max, prefix).await?;
             Some(MySqlDb { db, table })
         }
         .boxed()
-    }
-
-    fn pool(&self) -> &MySqlTxPool {
-        &self.db
-    }
-
-    fn insert(&self, id: i64) -> BoxFut<'_, Result<(), sqlx::Error>> {
-        insert(&self.db, &self.table, id).boxed()
-    }
-
-    fn count(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
-        let sql = format!("SELECT COUNT(*) FROM {}", self.table);
-        async move {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&self.db)
-                .await
-        }
-        .boxed()
-    }
-
-    fn ids(&self) -> BoxFut<'_, Vec<i64>> {
-        ids(&self.db, &self.table).boxed()
-    }
-
-    fn sqlx_pool(&self) -> &sqlx::MySqlPool {
-        self.db.pool()
     }
 
     fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {

@@ -10,9 +10,13 @@ use sqlx::Row;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{Operation, PgTxPool};
 
-use crate::contract::{BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error};
+use crate::contract::{
+    BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error,
+    same_on_every_database, table_functions,
+};
 
 backend_contract!(PgDb);
+table_functions!(PgTxPool, "$1");
 
 /// The SQLSTATE of the database error behind `e`, if any.
 fn sqlstate(e: &TxError) -> Option<String> {
@@ -36,25 +40,6 @@ pub(crate) async fn setup(max: u32, prefix: &str) -> Option<(PgTxPool, String)> 
     .await
     .unwrap();
     Some((db, table))
-}
-
-pub(crate) async fn ids(db: &PgTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-pub(crate) async fn insert(db: &PgTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES ($1)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
 }
 
 /// The state of backend `pid` in pg_stat_activity (None: the session is gone).
@@ -97,38 +82,14 @@ impl ContractDb for PgDb {
     type Pool = PgTxPool;
     type Database = sqlx::Postgres;
 
+    same_on_every_database!();
+
     fn setup(max: u32, prefix: &'static str) -> BoxFut<'static, Option<Self>> {
         async move {
             let (db, table) = setup(max, prefix).await?;
             Some(PgDb { db, table })
         }
         .boxed()
-    }
-
-    fn pool(&self) -> &PgTxPool {
-        &self.db
-    }
-
-    fn insert(&self, id: i64) -> BoxFut<'_, Result<(), sqlx::Error>> {
-        insert(&self.db, &self.table, id).boxed()
-    }
-
-    fn count(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
-        let sql = format!("SELECT count(*) FROM {}", self.table);
-        async move {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&self.db)
-                .await
-        }
-        .boxed()
-    }
-
-    fn ids(&self) -> BoxFut<'_, Vec<i64>> {
-        ids(&self.db, &self.table).boxed()
-    }
-
-    fn sqlx_pool(&self) -> &sqlx::PgPool {
-        self.db.pool()
     }
 
     fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {

@@ -18,6 +18,7 @@ use tx_sqlx::{MySqlTxPool, Operation, PgTxPool, SqliteTxPool};
 use tx_tests::reliability::{MySqlBackend, PgBackend};
 
 use crate::reliability::ServerUnderTest;
+use crate::sqlite;
 
 /// A statement of far more than 1000 SQLite VM steps (200 000 recursion rounds).
 const HEAVY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) \
@@ -52,25 +53,6 @@ async fn sqlite_table(db: &SqliteTxPool) -> String {
     table
 }
 
-async fn sqlite_ids(db: &SqliteTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-async fn sqlite_insert(db: &SqliteTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES (?)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
 /// Runs [`HEAVY`] on `db` in autocommit and in a transaction without a timeout: both must
 /// complete (no watchdog left on the connection).
 async fn heavy_statements_run(db: &SqliteTxPool) {
@@ -99,7 +81,7 @@ async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
         .execute(|_| {
             let (db, table) = (db.clone(), table.clone());
             async move {
-                sqlite_insert(&db, &table, 1).await?;
+                sqlite::insert(&db, &table, 1).await?;
                 let mut rows = sqlx::query_scalar::<_, i64>(
                     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
                      WHERE x < 100000) SELECT x FROM c",
@@ -113,7 +95,7 @@ async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
         })
         .await
         .unwrap();
-    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+    assert_eq!(sqlite::ids(&db, &table).await, vec![1]);
     heavy_statements_run(&db).await;
 }
 
@@ -126,7 +108,7 @@ async fn sqlite_watchdog_ends_with_its_transaction_after_an_abandoned_statement(
         .execute(|_| {
             let (db, table) = (db.clone(), table.clone());
             async move {
-                sqlite_insert(&db, &table, 1).await?;
+                sqlite::insert(&db, &table, 1).await?;
                 // Seconds of work: given up after a moment.
                 let long = sqlx::query_scalar::<_, i64>(
                     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
@@ -140,7 +122,7 @@ async fn sqlite_watchdog_ends_with_its_transaction_after_an_abandoned_statement(
         })
         .await
         .unwrap();
-    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+    assert_eq!(sqlite::ids(&db, &table).await, vec![1]);
     heavy_statements_run(&db).await;
 }
 
@@ -188,7 +170,7 @@ async fn sqlite_pool_query_only_survives_a_read_only_transaction() {
         .await
         .unwrap();
     assert_eq!(query_only, 1, "the pool's query_only must be restored");
-    let write = sqlite_insert(&db, &table, 2).await;
+    let write = sqlite::insert(&db, &table, 2).await;
     let err = write.expect_err("the read-only pool must stay read-only");
     assert_eq!(sqlite_code(&err).map(|c| c & 0xff), Some(8), "{err}"); // SQLITE_READONLY
     // A writer transaction on it fails too (query_only stays on).
@@ -196,13 +178,13 @@ async fn sqlite_pool_query_only_survives_a_read_only_transaction() {
         .execute(|_| {
             let (db, table) = (db.clone(), table.clone());
             async move {
-                sqlite_insert(&db, &table, 3).await?;
+                sqlite::insert(&db, &table, 3).await?;
                 Ok::<_, TxError>(())
             }
         })
         .await;
     assert!(r.is_err(), "{r:?}");
-    assert_eq!(sqlite_ids(&db, &table).await, vec![1]);
+    assert_eq!(sqlite::ids(&db, &table).await, vec![1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,15 +393,15 @@ async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
         .execute(|_| {
             let (first, second, table) = (first.clone(), second.clone(), table.clone());
             async move {
-                sqlite_insert(&first, &table, 1).await?;
+                sqlite::insert(&first, &table, 1).await?;
                 // Runs in the transaction of `first`, not in autocommit beside it.
-                sqlite_insert(&second, &table, 2).await?;
+                sqlite::insert(&second, &table, 2).await?;
                 Err::<(), _>(rollback_please())
             }
         })
         .await;
     assert!(r.is_err());
-    assert!(sqlite_ids(&first, &table).await.is_empty());
+    assert!(sqlite::ids(&first, &table).await.is_empty());
     assert_eq!(first.key(), second.key());
 
     // A reservation made through one handle is the pool's.

@@ -13,9 +13,13 @@ use sqlx::{Connection, SqliteConnection};
 use tx_sqlx::SqliteTxPool;
 use tx_sqlx::prelude::*;
 
-use crate::contract::{BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error};
+use crate::contract::{
+    BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error,
+    same_on_every_database, table_functions,
+};
 
 backend_contract!(SqliteDb);
+table_functions!(SqliteTxPool, "?");
 
 /// The SQLite result code behind `e`, if any.
 fn sqlite_code(e: &TxError) -> Option<u32> {
@@ -40,25 +44,6 @@ async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
     .await
     .unwrap();
     (db, dir, table)
-}
-
-async fn ids(db: &SqliteTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-async fn insert(db: &SqliteTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES (?)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
 }
 
 /// A connection outside the pool, with the given busy timeout.
@@ -89,6 +74,8 @@ impl ContractDb for SqliteDb {
     type Pool = SqliteTxPool;
     type Database = sqlx::Sqlite;
 
+    same_on_every_database!();
+
     fn setup(max: u32, _prefix: &'static str) -> BoxFut<'static, Option<Self>> {
         async move {
             let (db, dir, table) = setup(max).await;
@@ -99,32 +86,6 @@ impl ContractDb for SqliteDb {
             })
         }
         .boxed()
-    }
-
-    fn pool(&self) -> &SqliteTxPool {
-        &self.db
-    }
-
-    fn insert(&self, id: i64) -> BoxFut<'_, Result<(), sqlx::Error>> {
-        insert(&self.db, &self.table, id).boxed()
-    }
-
-    fn count(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
-        let sql = format!("SELECT COUNT(*) FROM {}", self.table);
-        async move {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&self.db)
-                .await
-        }
-        .boxed()
-    }
-
-    fn ids(&self) -> BoxFut<'_, Vec<i64>> {
-        ids(&self.db, &self.table).boxed()
-    }
-
-    fn sqlx_pool(&self) -> &sqlx::SqlitePool {
-        self.db.pool()
     }
 
     fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {

@@ -1,5 +1,5 @@
-//! Transactional events on PostgreSQL (the order-created example): each phase runs exactly when it should for commit, rollback, rollback-only, timeout and
-//! cancellation, with the database state observed by the listener itself at the moment it
+//! Transactional events on PostgreSQL (the order-created example): each phase runs exactly
+//! when it should for commit, rollback, rollback-only, timeout and cancellation, with the database state observed by the listener itself at the moment it
 //! runs (through a fresh connection from the pool); RequiresNew, Nested and no-transaction
 //! rules; ordering; fallback execution; failing listeners.
 
@@ -201,6 +201,23 @@ fn explode(message: &str) {
     panic!("{message}")
 }
 
+/// A test's database with a bus whose observing listeners watch every phase.
+async fn observed(max: u32, prefix: &str) -> Option<(Db, EventBus)> {
+    let d = setup(max, prefix).await?;
+    let bus = EventBus::new();
+    d.observe_all(&bus);
+    Some((d, bus))
+}
+
+/// What the observing listeners write down for order `id` rolled back: the row is gone
+/// (`row=free`), nothing committed.
+fn rolled_back(id: i64) -> Vec<String> {
+    vec![
+        format!("after_rollback {id} committed=false row=free"),
+        format!("after_completion {id} committed=false"),
+    ]
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -211,11 +228,9 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_committed_data() {
-    let Some(d) = setup(4, "ev_commit").await else {
+    let Some((d, bus)) = observed(4, "ev_commit").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     // A BeforeCommit listener's statements are part of the transaction (an outbox row).
     let d2 = d.clone();
     bus.listen(
@@ -301,11 +316,9 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_runs_after_rollback_with_the_order_gone() {
-    let Some(d) = setup(4, "ev_rollback").await else {
+    let Some((d, bus)) = observed(4, "ev_rollback").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let r = d
         .template()
         .execute(|_| async {
@@ -316,13 +329,7 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     // row=free: the transaction no longer holds the row when the listener runs (a still
     // open transaction would make the probe wait for its lock).
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back(1));
     assert!(d.ids().await.is_empty());
 
     // A failing statement rolls back the same way.
@@ -335,24 +342,16 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back(2));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_only_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_rbonly").await else {
+    let Some((d, bus)) = observed(4, "ev_rbonly").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
 
     // The owner marks its own transaction: rolled back, the call returns Ok.
     let (d, bus) = (&d, &bus);
@@ -365,13 +364,7 @@ async fn rollback_only_runs_after_rollback() {
         })
         .await;
     assert!(r.is_ok());
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back(1));
 
     // A participant publishes and marks the transaction: the event follows the owner's
     // transaction, which rolls back with UnexpectedRollback.
@@ -402,11 +395,9 @@ async fn rollback_only_runs_after_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_timeout").await else {
+    let Some((d, bus)) = observed(4, "ev_timeout").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let started = Instant::now();
     let r = d
         .template()
@@ -419,24 +410,16 @@ async fn timeout_runs_after_rollback() {
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_cancel").await else {
+    let Some((d, bus)) = observed(4, "ev_cancel").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let t = d.template();
     let (d, bus) = (&d, &bus);
@@ -452,13 +435,7 @@ async fn cancellation_runs_after_rollback() {
         _ = call => panic!("the call never ends on its own"),
         r = inserted_rx => r.unwrap(),
     }
-    assert_eq!(
-        d.log.wait_for(2).await,
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.wait_for(2).await, rolled_back(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
@@ -592,13 +569,7 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false"
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back(2));
     assert_eq!(d.ids().await, vec![1]);
     assert!(
         capture
@@ -616,11 +587,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requires_new_event_follows_the_inner_transaction() {
-    let Some(d) = setup(5, "ev_reqnew").await else {
+    let Some((d, bus)) = observed(5, "ev_reqnew").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let t = d.template();
     let inner = d.template().propagation(Propagation::RequiresNew);
 
@@ -749,11 +718,9 @@ async fn nested_savepoint_rollback_never_runs_after_commit_for_its_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
-    let Some(d) = setup(4, "ev_notx").await else {
+    let Some((d, bus)) = observed(4, "ev_notx").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     d.observe(&bus, TransactionPhase::AfterCommit, "fallback_after_commit")
         .fallback_execution(true);
     d.observe(

@@ -17,29 +17,11 @@ use tx_sqlx::{
     BoxError, Completion, Isolation, PgTxPool, Propagation, TransactionSynchronization,
     TransactionTemplate, TxError,
 };
+use tx_tests::reliability::AppError;
 
 // ---------------------------------------------------------------------------------------------
 // Support
 // ---------------------------------------------------------------------------------------------
-
-/// The error type of the bodies under test.
-#[derive(Debug)]
-enum AppError {
-    Boom,
-    Tx(TxError),
-}
-
-impl From<TxError> for AppError {
-    fn from(e: TxError) -> Self {
-        AppError::Tx(e)
-    }
-}
-
-impl From<sqlx::Error> for AppError {
-    fn from(e: sqlx::Error) -> Self {
-        AppError::Tx(e.into())
-    }
-}
 
 /// A pool whose sessions carry `application_name = app`, so `pg_stat_activity` can be
 /// filtered to this test's connections. `None` when PostgreSQL is down (test skipped).
@@ -61,6 +43,13 @@ async fn app_pool(max: u32, app: &str) -> Option<PgTxPool> {
 
 fn app_name(test: &str) -> String {
     format!("tx_engine_{test}_{}", std::process::id())
+}
+
+/// [`app_pool`] of `max` connections for test `test`, and its `application_name`.
+async fn open(max: u32, test: &str) -> Option<(String, PgTxPool)> {
+    let app = app_name(test);
+    let db = app_pool(max, &app).await?;
+    Some((app, db))
 }
 
 /// A brand-new connection, outside every pool: what "from a fresh connection" means here.
@@ -232,8 +221,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// own connection; the owner's level is back after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_participant_uses_owner_level_requires_new_its_own() {
-    let app = app_name("isolation");
-    let Some(db) = app_pool(4, &app).await else {
+    let Some((_, db)) = open(4, "isolation").await else {
         return;
     };
     let server_default: String = {
@@ -324,8 +312,7 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
 /// (SQLSTATE 25006), also from a joined participant, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_write_fails_with_database_error_nothing_written() {
-    let app = app_name("read_only");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "read_only").await else {
         return;
     };
     let table = create_table("ro").await;
@@ -383,8 +370,7 @@ async fn read_only_write_fails_with_database_error_nothing_written() {
 /// own, and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_outer_requires_new_writer_commits() {
-    let app = app_name("ro_writer");
-    let Some(db) = app_pool(3, &app).await else {
+    let Some((_, db)) = open(3, "ro_writer").await else {
         return;
     };
     let table = create_table("ro_rw").await;
@@ -429,8 +415,7 @@ async fn read_only_outer_requires_new_writer_commits() {
 /// deadline, not when it would have woken, and its writes are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_awaiting_body_and_rolls_back() {
-    let app = app_name("deadline");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "deadline").await else {
         return;
     };
     let table = create_table("deadline").await;
@@ -487,8 +472,7 @@ async fn deadline_interrupts_awaiting_body_and_rolls_back() {
 /// 5 s (watched in `pg_stat_activity`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_cancels_long_server_statement() {
-    let app = app_name("deadline_stmt");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "deadline_stmt").await else {
         return;
     };
     let db = &db;
@@ -594,9 +578,8 @@ async fn deadline_cancels_long_server_statement() {
 /// committed at once (a fresh connection sees it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_body_rolls_back_and_continues() {
-    let app = app_name("panic");
     // One connection: the statement after the panic necessarily reuses it.
-    let Some(db) = app_pool(1, &app).await else {
+    let Some((app, db)) = open(1, "panic").await else {
         return;
     };
     let table = create_table("panic").await;
@@ -650,8 +633,7 @@ async fn panic_in_body_rolls_back_and_continues() {
 /// `RolledBack` (it runs in a spawned task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_future_rolls_back_and_returns_connection() {
-    let app = app_name("cancel");
-    let Some(db) = app_pool(3, &app).await else {
+    let Some((app, db)) = open(3, "cancel").await else {
         return;
     };
     let table = create_table("cancel").await;
@@ -715,8 +697,7 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
 /// hooks complete as rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_commit_error_rolls_back_and_is_returned() {
-    let app = app_name("hook_veto");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "hook_veto").await else {
         return;
     };
     let table = create_table("veto").await;
@@ -766,7 +747,7 @@ async fn before_commit_error_rolls_back_and_is_returned() {
 /// and the next hook still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_after_commit_hook_leaves_call_ok() {
-    let Some(db) = app_pool(2, &app_name("hook_panic")).await else {
+    let Some((_, db)) = open(2, "hook_panic").await else {
         return;
     };
     let table = create_table("hook_panic").await;
@@ -807,7 +788,7 @@ async fn panicking_after_commit_hook_leaves_call_ok() {
 /// `TxError::NoTransaction`, and nothing leaks into a later transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_outside_any_scope_return_no_transaction() {
-    let Some(db) = app_pool(2, &app_name("hook_outside")).await else {
+    let Some((_, db)) = open(2, "hook_outside").await else {
         return;
     };
     let log: Log = Arc::default();
@@ -970,14 +951,14 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
                     pause(3).await;
                     assert_eq!(current_name().as_deref(), Some(ns));
                     if i.is_multiple_of(3) {
-                        return Err(AppError::Boom);
+                        return Err(AppError::Injected("boom"));
                     }
                     Ok(())
                 })
                 .await;
             match nested {
                 Ok(()) => assert!(!i.is_multiple_of(3)),
-                Err(AppError::Boom) => assert!(i.is_multiple_of(3)),
+                Err(AppError::Injected("boom")) => assert!(i.is_multiple_of(3)),
                 Err(e) => return Err(e),
             }
             assert_eq!(current_name().as_deref(), Some(name));
@@ -988,7 +969,7 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
             assert_eq!(mine_in_this_tx().await?, expected, "{name}: own rows only");
             pause(4).await;
             if i % 4 == 3 {
-                return Err(AppError::Boom);
+                return Err(AppError::Injected("boom"));
             }
             Ok(())
         })
@@ -1001,7 +982,7 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
 async fn concurrent_tasks_never_share_context() {
     // Each task may hold two connections at once (outer + RequiresNew); with one more than
     // TASKS connections some RequiresNew can always proceed (no pool starvation).
-    let Some(db) = app_pool(TASKS as u32 + 2, &app_name("tasks")).await else {
+    let Some((_, db)) = open(TASKS as u32 + 2, "tasks").await else {
         return;
     };
     let table = tx_tests::unique_table("tasks");
@@ -1024,7 +1005,7 @@ async fn concurrent_tasks_never_share_context() {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         match r {
             Ok(()) => assert!(i % 4 != 3, "task-{i} must fail"),
-            Err(AppError::Boom) => assert!(i % 4 == 3, "task-{i} must succeed"),
+            Err(AppError::Injected("boom")) => assert!(i % 4 == 3, "task-{i} must succeed"),
             Err(e) => panic!("task-{i}: {e:?}"),
         }
     }
@@ -1102,7 +1083,7 @@ async fn concurrent_tasks_never_share_context() {
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandatory_without_transaction_is_no_transaction() {
-    let Some(db) = app_pool(2, &app_name("mandatory")).await else {
+    let Some((_, db)) = open(2, "mandatory").await else {
         return;
     };
     let table = create_table("mandatory").await;
@@ -1131,8 +1112,7 @@ async fn mandatory_without_transaction_is_no_transaction() {
 /// propagated, it rolls the outer transaction back: nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_inside_transaction_is_existing_transaction() {
-    let app = app_name("never");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "never").await else {
         return;
     };
     let table = create_table("never").await;
@@ -1177,7 +1157,7 @@ async fn never_inside_transaction_is_existing_transaction() {
 /// while the connection is held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_begin_sends_nothing_without_a_statement() {
-    let Some(db) = app_pool(1, &app_name("deferred")).await else {
+    let Some((_, db)) = open(1, "deferred").await else {
         return;
     };
     let db = &db;
