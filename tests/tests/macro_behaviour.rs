@@ -174,6 +174,19 @@ fn validate(username: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A pool of `max` connections, a fresh `(name)` table named after `prefix`, and the service
+/// `make` builds on them; `None` when PostgreSQL is down (test skipped).
+async fn service<S>(
+    max: u32,
+    prefix: &str,
+    make: impl FnOnce(PgTxPool, String) -> S,
+) -> Option<(PgTxPool, String, S)> {
+    let db = tx_tests::pg_pool(max).await?;
+    let table = name_table(&db, prefix).await;
+    let svc = make(db.clone(), table.clone());
+    Some((db, table, svc))
+}
+
 /// A pool and a user service on fresh tables; `None` when PostgreSQL is down (skipped).
 async fn user_service_on_server() -> Option<(PgTxPool, UserService)> {
     let db = tx_tests::pg_pool(4).await?;
@@ -529,13 +542,10 @@ impl SlowService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_300ms_rolls_back_at_the_deadline() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+    let Some((db, table, svc)) =
+        service(4, "macro_timeout", |db, table| SlowService { db, table }).await
+    else {
         return;
-    };
-    let table = name_table(&db, "macro_timeout").await;
-    let svc = SlowService {
-        db: db.clone(),
-        table: table.clone(),
     };
 
     let started = Instant::now();
@@ -773,13 +783,13 @@ impl SqlxErrorService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+    let Some((db, table, svc)) = service(4, "macro_sqlx_err", |db, table| SqlxErrorService {
+        db,
+        table,
+    })
+    .await
+    else {
         return;
-    };
-    let table = name_table(&db, "macro_sqlx_err").await;
-    let svc = SqlxErrorService {
-        db: db.clone(),
-        table: table.clone(),
     };
 
     // past the deadline: rolled back, and the caller finds the timeout inside the sqlx::Error

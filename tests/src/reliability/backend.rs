@@ -168,17 +168,38 @@ pub(crate) async fn every_connection_clean<DB: sqlx::Database>(
     Ok(())
 }
 
-/// The [`Backend`] methods that are the same SQL on every database: pool counts and close,
-/// and table changes and reads from a fresh connection (`self.fresh_conn()`, an inherent
-/// method of each backend). Expands inside an `impl Backend`.
-macro_rules! fresh_connection_methods {
-    () => {
+/// The [`Backend`] methods, the same on every database but for its name `$name`, the
+/// `$create` statement of the `(id, tag)` table (`{table}` is replaced by its name) and the
+/// `$placeholder` of its first bind parameter. Reads and table changes go through a fresh
+/// connection (`self.fresh_conn()`, an inherent method of each backend), inserts through the
+/// transaction-aware `&TxPool` (`self.db`). Expands inside an `impl Backend`.
+macro_rules! backend_methods {
+    ($name:literal, $create:literal, $placeholder:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+
+        fn manager(&self) -> &Self::Pool {
+            &self.db
+        }
+
         fn pool_counts(&self) -> (u32, usize) {
             (self.db.pool().size(), self.db.pool().num_idle())
         }
 
         fn close(&self) -> $crate::reliability::BoxFut<'_, ()> {
             Box::pin(self.db.pool().close())
+        }
+
+        fn create_table<'a>(&'a self, prefix: &'a str) -> $crate::reliability::BoxFut<'a, String> {
+            Box::pin(async move {
+                let table = $crate::unique_table(prefix);
+                sqlx::raw_sql(sqlx::AssertSqlSafe($create.replace("{table}", &table)))
+                    .execute(&mut self.fresh_conn().await)
+                    .await
+                    .expect("create table");
+                table
+            })
         }
 
         fn drop_table<'a>(&'a self, table: &'a str) -> $crate::reliability::BoxFut<'a, ()> {
@@ -199,6 +220,24 @@ macro_rules! fresh_connection_methods {
             })
         }
 
+        fn insert<'a>(
+            &'a self,
+            table: &'a str,
+            tag: &'a str,
+        ) -> $crate::reliability::BoxFut<'a, Result<(), sqlx::Error>> {
+            Box::pin(async move {
+                let sql = format!(
+                    concat!("INSERT INTO {} (tag) VALUES (", $placeholder, ")"),
+                    table
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tag)
+                    .execute(&self.db)
+                    .await
+                    .map(|_| ())
+            })
+        }
+
         fn tags<'a>(&'a self, table: &'a str) -> $crate::reliability::BoxFut<'a, Vec<String>> {
             Box::pin(async move {
                 let sql = format!("SELECT tag FROM {table} ORDER BY id");
@@ -210,7 +249,7 @@ macro_rules! fresh_connection_methods {
         }
     };
 }
-pub(crate) use fresh_connection_methods;
+pub(crate) use backend_methods;
 
 /// The [`Server`] reads of the bank's tables, the same SQL on every server, from a fresh
 /// connection (`self.fresh_conn()`). Expands inside an `impl Server`.

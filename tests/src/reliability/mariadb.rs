@@ -10,8 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, MySqlConnection, Row};
 use tx_sqlx::MySqlTxPool;
 
 use super::backend::{
-    Backend, BoxFut, Server, every_connection_clean, fresh_connection_bank_reads,
-    fresh_connection_methods,
+    Backend, BoxFut, Server, backend_methods, every_connection_clean, fresh_connection_bank_reads,
 };
 
 /// MariaDB with a pool that records the connection id of each of its sessions (MariaDB has no
@@ -86,6 +85,11 @@ impl MySqlBackend {
         }
         Some(ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
     }
+
+    /// A brand-new connection outside the pool, for [`backend_methods!`].
+    async fn fresh_conn(&self) -> MySqlConnection {
+        Self::fresh().await
+    }
 }
 
 /// The session state a clean MariaDB connection shows: no open transaction, no statement
@@ -98,52 +102,16 @@ async fn mysql_clean_state(conn: &mut MySqlConnection) -> Result<String, sqlx::E
     row.try_get::<String, _>(0)
 }
 
-impl MySqlBackend {
-    /// A brand-new connection outside every pool (for the shared fresh-connection methods).
-    async fn fresh_conn(&self) -> MySqlConnection {
-        Self::fresh().await
-    }
-}
-
 impl Backend for MySqlBackend {
     type Pool = MySqlTxPool;
 
-    fresh_connection_methods!();
-
-    fn name(&self) -> &'static str {
-        "MariaDB"
-    }
-
-    fn manager(&self) -> &MySqlTxPool {
-        &self.db
-    }
-
-    fn create_table<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, String> {
-        Box::pin(async move {
-            let table = crate::unique_table(prefix);
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP TABLE IF EXISTS {table}; \
-                 CREATE TABLE {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
-                   tag VARCHAR(100) NOT NULL) ENGINE=InnoDB"
-            )))
-            .execute(&mut Self::fresh().await)
-            .await
-            .expect("create table");
-            table
-        })
-    }
-
-    fn insert<'a>(&'a self, table: &'a str, tag: &'a str) -> BoxFut<'a, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {table} (tag) VALUES (?)"
-            )))
-            .bind(tag)
-            .execute(&self.db)
-            .await
-            .map(|_| ())
-        })
-    }
+    backend_methods!(
+        "MariaDB",
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+           tag VARCHAR(100) NOT NULL) ENGINE=InnoDB",
+        "?"
+    );
 }
 
 impl Server for MySqlBackend {

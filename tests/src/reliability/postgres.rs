@@ -9,8 +9,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tx_sqlx::PgTxPool;
 
 use super::backend::{
-    Backend, BoxFut, Server, every_connection_clean, fresh_connection_bank_reads,
-    fresh_connection_methods,
+    Backend, BoxFut, Server, backend_methods, every_connection_clean, fresh_connection_bank_reads,
 };
 
 /// PostgreSQL with a pool whose sessions carry a unique `application_name` (so
@@ -74,6 +73,11 @@ impl PgBackend {
             .await
             .expect("fresh PostgreSQL connection")
     }
+
+    /// A brand-new connection outside the pool, for [`backend_methods!`].
+    async fn fresh_conn(&self) -> PgConnection {
+        Self::fresh().await
+    }
 }
 
 /// The session state a clean PostgreSQL connection shows: not inside a transaction block
@@ -90,51 +94,15 @@ async fn pg_clean_state(conn: &mut PgConnection) -> Result<String, sqlx::Error> 
     row.try_get::<String, _>(0)
 }
 
-impl PgBackend {
-    /// A brand-new connection outside every pool (for the shared fresh-connection methods).
-    async fn fresh_conn(&self) -> PgConnection {
-        Self::fresh().await
-    }
-}
-
 impl Backend for PgBackend {
     type Pool = PgTxPool;
 
-    fresh_connection_methods!();
-
-    fn name(&self) -> &'static str {
-        "PostgreSQL"
-    }
-
-    fn manager(&self) -> &PgTxPool {
-        &self.db
-    }
-
-    fn create_table<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, String> {
-        Box::pin(async move {
-            let table = crate::unique_table(prefix);
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP TABLE IF EXISTS {table}; \
-                 CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, tag TEXT NOT NULL)"
-            )))
-            .execute(&mut Self::fresh().await)
-            .await
-            .expect("create table");
-            table
-        })
-    }
-
-    fn insert<'a>(&'a self, table: &'a str, tag: &'a str) -> BoxFut<'a, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {table} (tag) VALUES ($1)"
-            )))
-            .bind(tag)
-            .execute(&self.db)
-            .await
-            .map(|_| ())
-        })
-    }
+    backend_methods!(
+        "PostgreSQL",
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, tag TEXT NOT NULL)",
+        "$1"
+    );
 }
 
 impl Server for PgBackend {

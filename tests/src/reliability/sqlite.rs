@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+use sqlx::{Connection, SqliteConnection};
 use tx_sqlx::SqliteTxPool;
 
-use super::backend::{Backend, BoxFut, fresh_connection_methods};
+use super::backend::{Backend, backend_methods};
 
 /// SQLite on a temporary file database (WAL), from [`crate::sqlite_pool`].
 #[derive(Clone)]
@@ -40,10 +40,8 @@ impl SqliteBackend {
         .await
         .expect("fresh SQLite connection")
     }
-}
 
-impl SqliteBackend {
-    /// A brand-new connection outside the pool (for the shared fresh-connection methods).
+    /// A brand-new connection outside the pool, for [`backend_methods!`].
     async fn fresh_conn(&self) -> SqliteConnection {
         self.fresh().await
     }
@@ -52,38 +50,9 @@ impl SqliteBackend {
 impl Backend for SqliteBackend {
     type Pool = SqliteTxPool;
 
-    fresh_connection_methods!();
-
-    fn name(&self) -> &'static str {
-        "SQLite"
-    }
-
-    fn manager(&self) -> &SqliteTxPool {
-        &self.db
-    }
-
-    fn create_table<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, String> {
-        Box::pin(async move {
-            let table = crate::unique_table(prefix);
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL)"
-            )))
-            .execute(&mut self.fresh().await)
-            .await
-            .expect("create table");
-            table
-        })
-    }
-
-    fn insert<'a>(&'a self, table: &'a str, tag: &'a str) -> BoxFut<'a, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {table} (tag) VALUES (?)"
-            )))
-            .bind(tag)
-            .execute(&self.db)
-            .await
-            .map(|_| ())
-        })
-    }
+    backend_methods!(
+        "SQLite",
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL)",
+        "?"
+    );
 }

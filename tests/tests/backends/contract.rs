@@ -207,7 +207,8 @@ pub async fn cancelled_call_rolls_back_and_returns_connections<B: ContractDb>() 
                             *completion.lock().unwrap() = Some(c);
                         })?;
                         db.insert(1 + in_statement as i64).await?;
-                        sessions.lock().unwrap().push(db.session().await?);
+                        let session = db.session().await?;
+                        sessions.lock().unwrap().push(session);
                         match db.slow_statement() {
                             Some(statement) if in_statement => statement.await?,
                             _ => tokio::time::sleep(Duration::from_secs(10)).await,
@@ -382,6 +383,40 @@ macro_rules! same_on_every_database {
     };
 }
 pub(crate) use same_on_every_database;
+
+/// The [`ContractDb`] methods of a server database: `setup` through the module's
+/// `setup(max, prefix)`, the session id from `$session` (a `$session_ty`), and `$slow` as the
+/// statement that keeps the server busy. Expands inside an `impl ContractDb`.
+macro_rules! server_methods {
+    ($session:literal as $session_ty:ty, $slow:literal) => {
+        fn setup(max: u32, prefix: &'static str) -> BoxFut<'static, Option<Self>> {
+            async move {
+                let (db, table) = setup(max, prefix).await?;
+                Some(Self { db, table })
+            }
+            .boxed()
+        }
+
+        fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
+            async move {
+                let id: $session_ty = sqlx::query_scalar($session).fetch_one(&self.db).await?;
+                Ok(i64::try_from(id).expect("a session id"))
+            }
+            .boxed()
+        }
+
+        fn slow_statement(&self) -> Option<BoxFut<'_, Result<(), sqlx::Error>>> {
+            Some(
+                async move {
+                    sqlx::query($slow).execute(&self.db).await?;
+                    Ok(())
+                }
+                .boxed(),
+            )
+        }
+    };
+}
+pub(crate) use server_methods;
 
 /// One `#[tokio::test]` per contract check, on database `$db` (a [`ContractDb`]).
 macro_rules! backend_contract {

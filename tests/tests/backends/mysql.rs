@@ -12,7 +12,8 @@ use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, Operation};
 
 use crate::contract::{
-    BoxFut, ContractDb, backend_contract, database_error, same_on_every_database, table_functions,
+    BoxFut, ContractDb, backend_contract, database_error, same_on_every_database, server_methods,
+    table_functions,
 };
 
 backend_contract!(MySqlDb);
@@ -71,34 +72,7 @@ impl ContractDb for MySqlDb {
     type Database = sqlx::MySql;
 
     same_on_every_database!();
-
-    fn setup(max: u32, prefix: &'static str) -> BoxFut<'static, Option<Self>> {
-        async move {
-            let (db, table) = setup(max, prefix).await?;
-            Some(MySqlDb { db, table })
-        }
-        .boxed()
-    }
-
-    fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
-        async move {
-            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&self.db)
-                .await?;
-            Ok(i64::try_from(id).expect("a connection id"))
-        }
-        .boxed()
-    }
-
-    fn slow_statement(&self) -> Option<BoxFut<'_, Result<(), sqlx::Error>>> {
-        Some(
-            async move {
-                sqlx::query("DO SLEEP(2)").execute(&self.db).await?;
-                Ok(())
-            }
-            .boxed(),
-        )
-    }
+    server_methods!("SELECT CONNECTION_ID()" as u64, "DO SLEEP(2)");
 
     fn assert_no_transaction_left<'a>(
         &'a self,

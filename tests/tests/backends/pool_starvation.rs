@@ -157,7 +157,11 @@ trait Rows<DB: Database>: Work<DB> {
     fn rows(&self, db: &TxPool<DB>) -> impl Future<Output = Vec<i64>> + Send;
 }
 
-async fn starvation_fails_fast_without_a_reservation<DB, W>()
+/// `CALLERS` callers on a server pool with `reserved` connections kept for nested scopes:
+/// with none, the first `POOL` callers end up holding every connection while each waits for
+/// another, and starvation is reported at once; with one, every caller completes. Either way
+/// only the completed callers' rows remain (a starved caller's transaction rolled back).
+async fn callers_on_a_server<DB, W>(reserved: u32)
 where
     DB: Database,
     TxPool<DB>: TransactionManager,
@@ -166,24 +170,17 @@ where
     let Some((db, work)) = W::setup().await else {
         return;
     };
-    let outcome = run_callers(db.clone(), work.clone(), POOL as usize, false).await;
-    assert_starvation_reported(&outcome);
-    // A starved caller's outer transaction rolled back; nothing of it remains.
-    assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
-}
-
-async fn reservation_lets_every_requires_new_caller_through<DB, W>()
-where
-    DB: Database,
-    TxPool<DB>: TransactionManager,
-    W: Rows<DB>,
-{
-    let Some((db, work)) = W::setup().await else {
-        return;
+    let db = if reserved > 0 {
+        db.reserve_for_nested(reserved)
+    } else {
+        db
     };
-    let db = db.reserve_for_nested(1);
-    let outcome = run_callers(db.clone(), work.clone(), (POOL - 1) as usize, false).await;
-    assert_reservation_served_everyone(&outcome, 1);
+    let outcome = run_callers(db.clone(), work.clone(), (POOL - reserved) as usize, false).await;
+    if reserved == 0 {
+        assert_starvation_reported(&outcome);
+    } else {
+        assert_reservation_served_everyone(&outcome, reserved);
+    }
     assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
 }
 
@@ -231,12 +228,12 @@ impl Rows<sqlx::MySql> for MyInsert {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_starvation_fails_fast_without_a_reservation() {
-    starvation_fails_fast_without_a_reservation::<_, PgInsert>().await;
+    callers_on_a_server::<_, PgInsert>(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_reservation_lets_every_requires_new_caller_through() {
-    reservation_lets_every_requires_new_caller_through::<_, PgInsert>().await;
+    callers_on_a_server::<_, PgInsert>(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,12 +305,12 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_starvation_fails_fast_without_a_reservation() {
-    starvation_fails_fast_without_a_reservation::<_, MyInsert>().await;
+    callers_on_a_server::<_, MyInsert>(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_reservation_lets_every_requires_new_caller_through() {
-    reservation_lets_every_requires_new_caller_through::<_, MyInsert>().await;
+    callers_on_a_server::<_, MyInsert>(1).await;
 }
 
 /// SQLite allows one writer, so its callers only read (read-only outer and inner

@@ -12,7 +12,7 @@ use tx_sqlx::{Operation, PgTxPool};
 
 use crate::contract::{
     BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error,
-    same_on_every_database, table_functions,
+    same_on_every_database, server_methods, table_functions,
 };
 
 backend_contract!(PgDb);
@@ -83,34 +83,7 @@ impl ContractDb for PgDb {
     type Database = sqlx::Postgres;
 
     same_on_every_database!();
-
-    fn setup(max: u32, prefix: &'static str) -> BoxFut<'static, Option<Self>> {
-        async move {
-            let (db, table) = setup(max, prefix).await?;
-            Some(PgDb { db, table })
-        }
-        .boxed()
-    }
-
-    fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
-        async move {
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&self.db)
-                .await?;
-            Ok(i64::from(pid))
-        }
-        .boxed()
-    }
-
-    fn slow_statement(&self) -> Option<BoxFut<'_, Result<(), sqlx::Error>>> {
-        Some(
-            async move {
-                sqlx::query("SELECT pg_sleep(3)").execute(&self.db).await?;
-                Ok(())
-            }
-            .boxed(),
-        )
-    }
+    server_methods!("SELECT pg_backend_pid()" as i32, "SELECT pg_sleep(3)");
 
     fn assert_no_transaction_left<'a>(
         &'a self,

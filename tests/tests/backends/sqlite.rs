@@ -225,6 +225,19 @@ async fn deadline_interrupts_a_running_statement() {
     assert_pool_settled(db.pool(), "at the end").await;
 }
 
+/// A scope of `propagation` that inserts `id`.
+async fn insert_in_scope(
+    db: &SqliteTxPool,
+    table: &str,
+    propagation: Propagation,
+    id: i64,
+) -> Result<(), TxError> {
+    TransactionTemplate::new(db.clone())
+        .propagation(propagation)
+        .execute(|_| async { Ok::<_, TxError>(insert(db, table, id).await?) })
+        .await
+}
+
 /// What a scope inside a writer transaction that already holds the write lock gets.
 async fn inside_writer<T, F, Fut>(
     db: &SqliteTxPool,
@@ -270,10 +283,7 @@ fn assert_would_block(r: &Result<(), TxError>, elapsed: Duration) {
 async fn single_writer_requires_new_writer_fails_fast() {
     let (db, _dir, table) = setup(3).await;
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::RequiresNew)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
@@ -284,10 +294,7 @@ async fn single_writer_requires_new_writer_fails_fast() {
     let r = TransactionTemplate::new(db.clone())
         .execute(|_| async {
             insert(&db, &table, 3).await?;
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 4).await?) })
-                .await?;
+            insert_in_scope(&db, &table, Propagation::RequiresNew, 4).await?;
             Ok::<_, TxError>(())
         })
         .await;
@@ -307,10 +314,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
             .execute(|_| async {
                 ids(&db, &table).await; // the read-only transaction has begun
                 let start = Instant::now();
-                let r = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-                    .await;
+                let r = insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await;
                 Ok::<_, TxError>((r, start.elapsed()))
             })
             .await
@@ -326,10 +330,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
 async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (db, _dir, table) = setup(3).await;
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::NotSupported)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::NotSupported, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
@@ -376,10 +377,7 @@ async fn single_writer_read_only_requires_new_and_nested_work() {
     // The independent transaction does not see the outer one's uncommitted row.
     assert_eq!(r.unwrap(), 0);
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::Nested)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::Nested, 10).await
     })
     .await;
     r.unwrap();
@@ -392,10 +390,7 @@ async fn requires_new_writer_inside_an_unbegun_writer_works() {
     let (db, _dir, table) = setup(3).await;
     TransactionTemplate::new(db.clone())
         .execute(|_| async {
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 1).await?) })
-                .await?;
+            insert_in_scope(&db, &table, Propagation::RequiresNew, 1).await?;
             insert(&db, &table, 2).await?;
             Ok::<_, TxError>(())
         })

@@ -211,46 +211,56 @@ impl TransactionSynchronization for MarkRollbackOnly {
     }
 }
 
+/// A transaction that writes and registers the before-commit `hook` ends in
+/// `UnexpectedRollback` with nothing written (`what` names the hook in the message).
+async fn assert_before_commit_forces_rollback<B, S>(
+    b: &B,
+    table: &str,
+    hook: impl Fn() -> S,
+    what: &str,
+) where
+    B: Backend,
+    S: TransactionSynchronization,
+{
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(|_| async {
+            b.insert(table, "body").await?;
+            tx_sqlx::register_synchronization(hook())?;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
+        "{}: {what}: {r:?}",
+        b.name()
+    );
+    assert!(b.tags(table).await.is_empty(), "{}", b.name());
+}
+
 async fn marked_in_before_commit<B: Backend>(b: &B) {
     let table = b.create_table("edge_mark").await;
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(|_| async {
-            b.insert(&table, "body").await?;
-            tx_sqlx::register_synchronization(FlushThroughFailingService {
-                b: b.clone(),
-                table: table.clone(),
-            })?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: participant failing in before_commit: {r:?}",
-        b.name()
-    );
-    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
-
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(|_| async {
-            b.insert(&table, "body").await?;
-            tx_sqlx::register_synchronization(MarkRollbackOnly)?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: set_rollback_only in before_commit: {r:?}",
-        b.name()
-    );
-    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+    let failing_participant = || FlushThroughFailingService {
+        b: b.clone(),
+        table: table.clone(),
+    };
+    assert_before_commit_forces_rollback(
+        b,
+        &table,
+        failing_participant,
+        "participant failing in before_commit",
+    )
+    .await;
+    assert_before_commit_forces_rollback(
+        b,
+        &table,
+        || MarkRollbackOnly,
+        "set_rollback_only in before_commit",
+    )
+    .await;
     b.drop_table(&table).await;
 }
 

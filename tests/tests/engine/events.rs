@@ -209,9 +209,19 @@ async fn observed(max: u32, prefix: &str) -> Option<(Db, EventBus)> {
     Some((d, bus))
 }
 
+/// What the observing listeners write down for order `id` committed: not yet committed but
+/// visible in the transaction before the commit, committed after it.
+fn committed_order(id: i64) -> Vec<String> {
+    vec![
+        format!("before_commit {id} committed=false in_tx=true"),
+        format!("after_commit {id} committed=true"),
+        format!("after_completion {id} committed=true"),
+    ]
+}
+
 /// What the observing listeners write down for order `id` rolled back: the row is gone
 /// (`row=free`), nothing committed.
-fn rolled_back(id: i64) -> Vec<String> {
+fn rolled_back_order(id: i64) -> Vec<String> {
     vec![
         format!("after_rollback {id} committed=false row=free"),
         format!("after_completion {id} committed=false"),
@@ -329,7 +339,7 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     // row=free: the transaction no longer holds the row when the listener runs (a still
     // open transaction would make the probe wait for its lock).
-    assert_eq!(d.log.take(), rolled_back(1));
+    assert_eq!(d.log.take(), rolled_back_order(1));
     assert!(d.ids().await.is_empty());
 
     // A failing statement rolls back the same way.
@@ -342,7 +352,7 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(d.log.take(), rolled_back(2));
+    assert_eq!(d.log.take(), rolled_back_order(2));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
@@ -364,7 +374,7 @@ async fn rollback_only_runs_after_rollback() {
         })
         .await;
     assert!(r.is_ok());
-    assert_eq!(d.log.take(), rolled_back(1));
+    assert_eq!(d.log.take(), rolled_back_order(1));
 
     // A participant publishes and marks the transaction: the event follows the owner's
     // transaction, which rolls back with UnexpectedRollback.
@@ -383,11 +393,7 @@ async fn rollback_only_runs_after_rollback() {
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "owner end",
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false",
-        ])
+        [strings(&["owner end"]), rolled_back_order(2)].concat()
     );
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
@@ -410,7 +416,7 @@ async fn timeout_runs_after_rollback() {
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(d.log.take(), rolled_back(1));
+    assert_eq!(d.log.take(), rolled_back_order(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
@@ -435,7 +441,7 @@ async fn cancellation_runs_after_rollback() {
         _ = call => panic!("the call never ends on its own"),
         r = inserted_rx => r.unwrap(),
     }
-    assert_eq!(d.log.wait_for(2).await, rolled_back(1));
+    assert_eq!(d.log.wait_for(2).await, rolled_back_order(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
@@ -569,7 +575,7 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(d.log.take(), rolled_back(2));
+    assert_eq!(d.log.take(), rolled_back_order(2));
     assert_eq!(d.ids().await, vec![1]);
     assert!(
         capture
@@ -611,14 +617,12 @@ async fn requires_new_event_follows_the_inner_transaction() {
     assert!(r.is_err());
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "before_commit 2 committed=false in_tx=true",
-            "after_commit 2 committed=true",
-            "after_completion 2 committed=true",
-            "inner returned, outer order committed=false",
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
+        [
+            committed_order(2),
+            strings(&["inner returned, outer order committed=false"]),
+            rolled_back_order(1)
+        ]
+        .concat()
     );
     assert_eq!(d.ids().await, vec![2]);
 
@@ -640,14 +644,12 @@ async fn requires_new_event_follows_the_inner_transaction() {
     r.unwrap();
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "after_rollback 4 committed=false row=free",
-            "after_completion 4 committed=false",
-            "inner failed",
-            "before_commit 3 committed=false in_tx=true",
-            "after_commit 3 committed=true",
-            "after_completion 3 committed=true",
-        ])
+        [
+            rolled_back_order(4),
+            strings(&["inner failed"]),
+            committed_order(3)
+        ]
+        .concat()
     );
     assert_eq!(d.ids().await, vec![2, 3]);
     d.drop_table().await;

@@ -45,6 +45,12 @@ fn app_name(test: &str) -> String {
     format!("tx_engine_{test}_{}", std::process::id())
 }
 
+/// [`open`], and a fresh table named after `test`.
+async fn open_with_table(max: u32, test: &str) -> Option<(String, PgTxPool, String)> {
+    let (app, db) = open(max, test).await?;
+    Some((app, db, create_table(test).await))
+}
+
 /// [`app_pool`] of `max` connections for test `test`, and its `application_name`.
 async fn open(max: u32, test: &str) -> Option<(String, PgTxPool)> {
     let app = app_name(test);
@@ -312,10 +318,9 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
 /// (SQLSTATE 25006), also from a joined participant, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_write_fails_with_database_error_nothing_written() {
-    let Some((app, db)) = open(2, "read_only").await else {
+    let Some((app, db, table)) = open_with_table(2, "read_only").await else {
         return;
     };
-    let table = create_table("ro").await;
     let (db, t) = (&db, table.as_str());
 
     let read_only: Mutex<Option<String>> = Mutex::new(None);
@@ -370,10 +375,9 @@ async fn read_only_write_fails_with_database_error_nothing_written() {
 /// own, and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_outer_requires_new_writer_commits() {
-    let Some((_, db)) = open(3, "ro_writer").await else {
+    let Some((_, db, table)) = open_with_table(3, "ro_writer").await else {
         return;
     };
-    let table = create_table("ro_rw").await;
     let (db, t) = (&db, table.as_str());
 
     let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
@@ -415,10 +419,9 @@ async fn read_only_outer_requires_new_writer_commits() {
 /// deadline, not when it would have woken, and its writes are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_awaiting_body_and_rolls_back() {
-    let Some((app, db)) = open(2, "deadline").await else {
+    let Some((app, db, table)) = open_with_table(2, "deadline").await else {
         return;
     };
-    let table = create_table("deadline").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -579,10 +582,9 @@ async fn deadline_cancels_long_server_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_body_rolls_back_and_continues() {
     // One connection: the statement after the panic necessarily reuses it.
-    let Some((app, db)) = open(1, "panic").await else {
+    let Some((app, db, table)) = open_with_table(1, "panic").await else {
         return;
     };
-    let table = create_table("panic").await;
     let log: Log = Arc::default();
 
     let handle = tokio::spawn({
@@ -633,10 +635,9 @@ async fn panic_in_body_rolls_back_and_continues() {
 /// `RolledBack` (it runs in a spawned task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_future_rolls_back_and_returns_connection() {
-    let Some((app, db)) = open(3, "cancel").await else {
+    let Some((app, db, table)) = open_with_table(3, "cancel").await else {
         return;
     };
-    let table = create_table("cancel").await;
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Completion>();
     let log: Log = Arc::default();
@@ -697,10 +698,9 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
 /// hooks complete as rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_commit_error_rolls_back_and_is_returned() {
-    let Some((app, db)) = open(2, "hook_veto").await else {
+    let Some((app, db, table)) = open_with_table(2, "hook_veto").await else {
         return;
     };
-    let table = create_table("veto").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -747,10 +747,9 @@ async fn before_commit_error_rolls_back_and_is_returned() {
 /// and the next hook still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_after_commit_hook_leaves_call_ok() {
-    let Some((_, db)) = open(2, "hook_panic").await else {
+    let Some((_, db, table)) = open_with_table(2, "hook_panic").await else {
         return;
     };
-    let table = create_table("hook_panic").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -1083,10 +1082,9 @@ async fn concurrent_tasks_never_share_context() {
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandatory_without_transaction_is_no_transaction() {
-    let Some((_, db)) = open(2, "mandatory").await else {
+    let Some((_, db, table)) = open_with_table(2, "mandatory").await else {
         return;
     };
-    let table = create_table("mandatory").await;
     let (db, t) = (&db, table.as_str());
     let ran = AtomicBool::new(false);
     let ran = &ran;
@@ -1112,10 +1110,9 @@ async fn mandatory_without_transaction_is_no_transaction() {
 /// propagated, it rolls the outer transaction back: nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_inside_transaction_is_existing_transaction() {
-    let Some((app, db)) = open(2, "never").await else {
+    let Some((app, db, table)) = open_with_table(2, "never").await else {
         return;
     };
-    let table = create_table("never").await;
     let (db, t) = (&db, table.as_str());
     let ran = AtomicBool::new(false);
     let ran = &ran;
