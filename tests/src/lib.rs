@@ -64,14 +64,19 @@ pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
     server_pool("MariaDB/MySQL", &mysql_url(), max).await
 }
 
+/// How the tests open a SQLite file database: created if missing, WAL, a 5 s busy timeout.
+pub fn sqlite_options(file: &std::path::Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
 /// A pool on a fresh SQLite file database (WAL) in a temp dir; keep the returned dir alive.
 pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let opts = SqliteConnectOptions::new()
-        .filename(dir.path().join("test.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
+    let opts = sqlite_options(&dir.path().join("test.db"));
     let pool = SqlitePoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
@@ -90,4 +95,28 @@ pub fn unique_table(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime, two workers) per name, each awaiting
+/// `$module::$name::<$ty>()`: a suite of generic async checks instantiated for one database,
+/// so that each shows up under its own name (`postgres::bank`, `mariadb::bank`).
+///
+/// ```ignore
+/// mod postgres {
+///     tx_tests::generic_tests!(crate::reliability for PgBackend: bank, panics_at_every_level);
+/// }
+/// ```
+#[macro_export]
+macro_rules! generic_tests {
+    ($($module:tt)::+ for $ty:ty: $($name:ident),* $(,)?) => {
+        $crate::generic_tests!(@each [$($module)::+] $ty; $($name),*);
+    };
+    (@each [$($module:tt)*] $ty:ty; $name:ident $(, $rest:ident)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $($module)*::$name::<$ty>().await;
+        }
+        $crate::generic_tests!(@each [$($module)*] $ty; $($rest),*);
+    };
+    (@each [$($module:tt)*] $ty:ty;) => {};
 }

@@ -91,6 +91,19 @@ pub async fn assert_pool_settled<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, cont
     );
 }
 
+/// After a call that ran on `session` ended: no transaction is left (see
+/// [`ContractDb::assert_no_transaction_left`]) and every connection is back in the pool.
+async fn assert_call_ended_cleanly<B: ContractDb>(
+    db: &B,
+    session: i64,
+    lock_wait: Duration,
+    context: &str,
+) {
+    db.assert_no_transaction_left(session, lock_wait, context)
+        .await;
+    assert_pool_settled(db.sqlx_pool(), context).await;
+}
+
 /// The database error behind `e` (anywhere in its source chain), if any.
 pub fn database_error(e: &TxError) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -130,9 +143,7 @@ pub async fn deadline_rolls_back_while_body_awaits<B: ContractDb>() {
     );
     assert!(db.ids().await.is_empty());
     let session = *session.lock().unwrap();
-    db.assert_no_transaction_left(session, Duration::from_secs(2), "after the deadline")
-        .await;
-    assert_pool_settled(db.sqlx_pool(), "after the deadline").await;
+    assert_call_ended_cleanly(&db, session, Duration::from_secs(2), "after the deadline").await;
 }
 
 /// Nested scopes on savepoints: one failing by its error, one failing in the database (a
@@ -225,9 +236,7 @@ pub async fn cancelled_call_rolls_back_and_returns_connections<B: ContractDb>() 
         );
         let context = format!("in_statement={in_statement}");
         let session = *sessions.lock().unwrap().last().unwrap();
-        db.assert_no_transaction_left(session, Duration::from_secs(3), &context)
-            .await;
-        assert_pool_settled(db.sqlx_pool(), &context).await;
+        assert_call_ended_cleanly(&db, session, Duration::from_secs(3), &context).await;
         let start = Instant::now();
         while completion.lock().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -278,9 +287,7 @@ pub async fn panic_in_body_rolls_back<B: ContractDb>() {
     assert!(handle.await.unwrap_err().is_panic());
     assert!(db.ids().await.is_empty());
     let session = *session.lock().unwrap();
-    db.assert_no_transaction_left(session, Duration::from_secs(3), "after the panic")
-        .await;
-    assert_pool_settled(db.sqlx_pool(), "after the panic").await;
+    assert_call_ended_cleanly(&db, session, Duration::from_secs(3), "after the panic").await;
 }
 
 /// A write in a read-only transaction is refused by the database (not retryable) and nothing
@@ -421,21 +428,13 @@ pub(crate) use server_methods;
 /// One `#[tokio::test]` per contract check, on database `$db` (a [`ContractDb`]).
 macro_rules! backend_contract {
     ($db:ty) => {
-        backend_contract!(@tests $db,
+        tx_tests::generic_tests!(crate::contract for $db:
             deadline_rolls_back_while_body_awaits,
             nested_savepoint_rollback_keeps_outer_work,
             cancelled_call_rolls_back_and_returns_connections,
             panic_in_body_rolls_back,
             read_only_write_is_rejected_and_nothing_written,
         );
-    };
-    (@tests $db:ty, $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                $crate::contract::$check::<$db>().await;
-            }
-        )*
     };
 }
 pub(crate) use backend_contract;

@@ -391,7 +391,7 @@ async fn reserving_the_whole_pool_is_refused() {
 }
 
 /// The figures of the README's pool sizing section: `TX_SIZING=1 cargo test --release -p
-/// tx-tests --test pool_starvation pool_sizing_figures -- --nocapture` (PostgreSQL; 50
+/// tx-tests --test backends pool_starvation::pool_sizing_figures -- --nocapture` (PostgreSQL; 50
 /// concurrent callers, each a transaction with one insert, 5 ms of other work, and a
 /// RequiresNew scope with one insert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,7 +284,7 @@ pub async fn bank<B: ServerUnderTest>() {
 /// One `#[tokio::test]` per scenario, on server `$server` (a [`ServerUnderTest`]).
 macro_rules! reliability_suite {
     ($server:ty) => {
-        reliability_suite!(@tests $server,
+        tx_tests::generic_tests!(crate::reliability for $server:
             cancellation_sweep,
             panics_at_every_level,
             session_killed_between_statements,
@@ -295,14 +295,6 @@ macro_rules! reliability_suite {
             requires_new_with_pool_exhausted,
             bank,
         );
-    };
-    (@tests $server:ty, $($scenario:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() {
-                super::$scenario::<$server>().await;
-            }
-        )*
     };
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::pool::PoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, Database};
 use tx_sqlx::TransactionManager;
 use tx_sqlx::prelude::*;
@@ -35,11 +35,7 @@ fn rollback_please() -> TxError {
 }
 
 fn sqlite_options(dir: &tempfile::TempDir) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(dir.path().join("test.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5))
+    tx_tests::sqlite_options(&dir.path().join("test.db"))
 }
 
 async fn sqlite_table(db: &SqliteTxPool) -> String {

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqlitePoolOptions, SqliteSynchronous};
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
 
 use generate::Features;
@@ -127,10 +127,7 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let opts = SqliteConnectOptions::new()
-                .filename(dir.path().join("model.db"))
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
+            let opts = tx_tests::sqlite_options(&dir.path().join("model.db"))
                 // Durability is not under test; fsync per commit would dominate the run time.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(2));

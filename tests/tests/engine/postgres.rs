@@ -6,44 +6,20 @@
 //! `application_name` unique to the test). Each test skips (loudly) when PostgreSQL is down,
 //! unless `TX_TEST_REQUIRE_SERVERS=1`.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::AssertSqlSafe;
 use tx_sqlx::{
     BoxError, Completion, Isolation, PgTxPool, Propagation, TransactionSynchronization,
     TransactionTemplate, TxError,
 };
-use tx_tests::reliability::AppError;
+use tx_tests::reliability::{AppError, PgBackend};
 
 // ---------------------------------------------------------------------------------------------
 // Support
 // ---------------------------------------------------------------------------------------------
-
-/// A pool whose sessions carry `application_name = app`, so `pg_stat_activity` can be
-/// filtered to this test's connections. `None` when PostgreSQL is down (test skipped).
-async fn app_pool(max: u32, app: &str) -> Option<PgTxPool> {
-    // The shared "server missing" policy (skip loudly, or fail under TX_TEST_REQUIRE_SERVERS).
-    let probe = tx_tests::pg_pool(1).await?;
-    probe.pool().close().await;
-    let options = PgConnectOptions::from_str(&tx_tests::pg_url())
-        .expect("PostgreSQL URL")
-        .application_name(app);
-    let pool = PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .expect("connect to PostgreSQL");
-    Some(PgTxPool::new(pool))
-}
-
-fn app_name(test: &str) -> String {
-    format!("tx_engine_{test}_{}", std::process::id())
-}
 
 /// [`open`], and a fresh table named after `test`.
 async fn open_with_table(max: u32, test: &str) -> Option<(String, PgTxPool, String)> {
@@ -51,24 +27,18 @@ async fn open_with_table(max: u32, test: &str) -> Option<(String, PgTxPool, Stri
     Some((app, db, create_table(test).await))
 }
 
-/// [`app_pool`] of `max` connections for test `test`, and its `application_name`.
+/// A pool of `max` connections whose sessions carry an `application_name` unique to `test`
+/// (returned), so `pg_stat_activity` can be filtered to this test's connections. `None` when
+/// PostgreSQL is down (test skipped).
 async fn open(max: u32, test: &str) -> Option<(String, PgTxPool)> {
-    let app = app_name(test);
-    let db = app_pool(max, &app).await?;
-    Some((app, db))
-}
-
-/// A brand-new connection, outside every pool: what "from a fresh connection" means here.
-async fn fresh() -> PgConnection {
-    PgConnection::connect(&tx_tests::pg_url())
-        .await
-        .expect("fresh PostgreSQL connection")
+    let b = PgBackend::connect(max, Duration::from_secs(10), test).await?;
+    Some((b.app, b.db))
 }
 
 /// Creates `t(id serial primary key, tag text)` under a unique name.
 async fn create_table(prefix: &str) -> String {
     let table = tx_tests::unique_table(prefix);
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL)"
     )))
@@ -79,7 +49,7 @@ async fn create_table(prefix: &str) -> String {
 }
 
 async fn drop_table(table: &str) {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
         .execute(&mut conn)
         .await;
@@ -87,7 +57,7 @@ async fn drop_table(table: &str) {
 
 /// The table's tags in insertion order, read from a fresh connection.
 async fn tags(table: &str) -> Vec<String> {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT tag FROM {table} ORDER BY id"
     )))
@@ -113,7 +83,7 @@ async fn scalar_string(db: &PgTxPool, sql: &'static str) -> Result<String, sqlx:
 
 /// Sessions of `app` in state `idle in transaction` (or `... (aborted)`).
 async fn idle_in_transaction(app: &str) -> i64 {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity \
          WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
@@ -231,7 +201,7 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
         return;
     };
     let server_default: String = {
-        let mut conn = fresh().await;
+        let mut conn = PgBackend::fresh().await;
         sqlx::query_scalar("SELECT current_setting('default_transaction_isolation')")
             .fetch_one(&mut conn)
             .await
@@ -488,7 +458,7 @@ async fn deadline_cancels_long_server_statement() {
     let watcher = tokio::spawn({
         let (stop, seen_running, marker) = (stop.clone(), seen_running.clone(), marker.clone());
         async move {
-            let mut conn = fresh().await;
+            let mut conn = PgBackend::fresh().await;
             while !stop.load(Ordering::SeqCst) {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
@@ -986,7 +956,7 @@ async fn concurrent_tasks_never_share_context() {
     };
     let table = tx_tests::unique_table("tasks");
     {
-        let mut conn = fresh().await;
+        let mut conn = PgBackend::fresh().await;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL, txid bigint NOT NULL, pid int NOT NULL)"
         )))
@@ -1016,7 +986,7 @@ async fn concurrent_tasks_never_share_context() {
         "only {max_open} outer transactions were ever open at once"
     );
 
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     let rows: Vec<(String, i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT tag, txid, pid FROM {table} ORDER BY id"
     )))
