@@ -7,7 +7,7 @@ use tx_sqlx::{Completion, TxError};
 
 use super::backend::{Server, eventually, settle};
 use super::errors::{AppError, error_chain};
-use super::hooks::{Completions, completions_of, record_completion};
+use super::hooks::{Completions, completions_of, later_transaction, record_completion};
 
 /// The connection dies while COMMIT is in flight (the proxy cuts it in `mode`): the call must
 /// return `TxError::CommitOutcomeUnknown` and after_completion see `Completion::Unknown`,
@@ -86,13 +86,7 @@ pub async fn commit_outcome_unknown<B: Server>(
     }
     // The pool (through the disarmed proxy) recovers.
     b.clear(&table).await;
-    let r = b
-        .template()
-        .execute(|_| async {
-            b.insert(&table, "later").await?;
-            Ok::<_, AppError>(())
-        })
-        .await;
+    let r = later_transaction(b, &table).await;
     if let Err(e) = r {
         violations.push(format!("{case}: a later transaction failed: {e:?}"));
     }

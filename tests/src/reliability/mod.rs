@@ -27,7 +27,7 @@ pub use bank::{Bank, BankConfig, BankReport, Fault, Transfer, TransferEnd, bank}
 pub use cancellation::{SweepReport, cancellation_sweep};
 pub use commit_unknown::commit_outcome_unknown;
 pub use errors::{AppError, INJECTED_PANIC, error_chain, has_sqlx_source, quiet_injected_panics};
-pub use hooks::{Completions, record_completion};
+pub use hooks::{Completions, check_failed_completion, record_completion};
 pub use mariadb::MySqlBackend;
 pub use panics::{
     Ended, Level, PanicAt, PanicOutcome, panic_case, panic_expectation, panic_matrix,

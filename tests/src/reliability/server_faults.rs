@@ -3,11 +3,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tx_sqlx::{Completion, TxError};
+use tx_sqlx::TxError;
 
 use super::backend::{Server, eventually, no_open_transactions, settle};
 use super::errors::{AppError, error_chain};
-use super::hooks::{Completions, completions_of, record_completion};
+use super::hooks::{Completions, check_failed_completion, later_transaction, record_completion};
 
 /// How the killed transaction learns of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,20 +93,8 @@ pub async fn kill_mid_transaction<B: Server>(b: &B, when: KillWhen) -> Vec<Strin
             "{case}: rows of the killed transaction committed: {rows:?}"
         ));
     }
-    eventually(Duration::from_secs(2), || async {
-        !completions.lock().unwrap().is_empty()
-    })
-    .await;
-    let seen = completions_of(&completions);
-    let expected = if unknown {
-        Completion::Unknown
-    } else {
-        Completion::RolledBack
-    };
-    if seen != [expected] {
-        violations.push(format!(
-            "{case}: after_completion saw {seen:?}, expected [{expected:?}]"
-        ));
+    if let Err(e) = check_failed_completion(&completions, unknown).await {
+        violations.push(format!("{case}: {e}"));
     }
     let open = no_open_transactions(b).await;
     let (size, idle) = settle(b).await;
@@ -117,13 +105,7 @@ pub async fn kill_mid_transaction<B: Server>(b: &B, when: KillWhen) -> Vec<Strin
     }
     // The pool recovers: later transactions succeed.
     for i in 0..3 {
-        let r = b
-            .template()
-            .execute(|_| async {
-                b.insert(&table, "later").await?;
-                Ok::<_, AppError>(())
-            })
-            .await;
+        let r = later_transaction(b, &table).await;
         if let Err(e) = r {
             violations.push(format!(
                 "{case}: transaction {i} after the kill failed: {e:?}"

@@ -104,6 +104,17 @@ async fn assert_call_ended_cleanly<B: ContractDb>(
     assert_pool_settled(db.sqlx_pool(), context).await;
 }
 
+/// Asserts that the call started at `start` ended in `TxError::Timeout`, within `within`.
+pub fn assert_timed_out<T: std::fmt::Debug>(
+    r: &Result<T, TxError>,
+    start: Instant,
+    within: Duration,
+) {
+    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
+    let elapsed = start.elapsed();
+    assert!(elapsed < within, "timed out late: {elapsed:?}");
+}
+
 /// The database error behind `e` (anywhere in its source chain), if any.
 pub fn database_error(e: &TxError) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -329,8 +340,25 @@ pub async fn read_only_write_is_rejected_and_nothing_written<B: ContractDb>() {
 
 /// A database module's table functions on its `TxPool` type `$pool`, with `$placeholder` the
 /// database's first bind parameter (`$1` or `?`): `ids` (in order, read outside every
-/// transaction) and `insert` (through the transaction-aware `&TxPool`).
+/// transaction) and `insert` (through the transaction-aware `&TxPool`); for a server, also
+/// `setup` (a pool from `$connect`, a table from `$create` named with `$prefix`).
 macro_rules! table_functions {
+    ($pool:ty, $placeholder:literal, $connect:path, $prefix:literal, $create:literal) => {
+        /// A pool of `max` connections and a fresh table (`$create`, `{table}` its name) named
+        /// after `prefix`; `None` (skipped, loudly) when the server is down.
+        pub(crate) async fn setup(max: u32, prefix: &str) -> Option<($pool, String)> {
+            let db = $connect(max).await?;
+            let table = tx_tests::unique_table(&format!(concat!($prefix, "_{}"), prefix));
+            let sql = $create.replace("{table}", &table);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(db.pool())
+                .await
+                .unwrap();
+            Some((db, table))
+        }
+
+        table_functions!($pool, $placeholder);
+    };
     ($pool:ty, $placeholder:literal) => {
         /// The table's ids in order, read outside every transaction.
         pub(crate) async fn ids(db: &$pool, table: &str) -> Vec<i64> {

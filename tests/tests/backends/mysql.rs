@@ -12,12 +12,19 @@ use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, Operation};
 
 use crate::contract::{
-    BoxFut, ContractDb, backend_contract, database_error, same_on_every_database, server_methods,
-    table_functions,
+    BoxFut, ContractDb, assert_timed_out, backend_contract, database_error, same_on_every_database,
+    server_methods, table_functions,
 };
 
 backend_contract!(MySqlDb);
-table_functions!(MySqlTxPool, "?");
+table_functions!(
+    MySqlTxPool,
+    "?",
+    tx_tests::mysql_pool,
+    "my",
+    "DROP TABLE IF EXISTS {table}; \
+     CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT) ENGINE=InnoDB"
+);
 
 /// The MySQL error number behind `e`, if any.
 fn mysql_number(e: &TxError) -> Option<u16> {
@@ -31,18 +38,6 @@ fn mysql_number(e: &TxError) -> Option<u16> {
 pub struct MySqlDb {
     db: MySqlTxPool,
     table: String,
-}
-
-pub(crate) async fn setup(max: u32, prefix: &str) -> Option<(MySqlTxPool, String)> {
-    let db = tx_tests::mysql_pool(max).await?;
-    let table = tx_tests::unique_table(&format!("my_{prefix}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT) ENGINE=InnoDB"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, table))
 }
 
 /// Waits until InnoDB shows no transaction for connection `id` (information_schema.innodb_trx
@@ -251,12 +246,7 @@ async fn deadline_bounds_server_statements_and_is_reset() {
             Ok::<_, TxError>(())
         })
         .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_timed_out(&r, start, Duration::from_secs(2));
     if mariadb {
         // max_statement_time stops it on the server too.
         let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&tx_tests::mysql_url())

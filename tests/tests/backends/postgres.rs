@@ -11,12 +11,18 @@ use tx_sqlx::prelude::*;
 use tx_sqlx::{Operation, PgTxPool};
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_pool_settled, backend_contract, database_error,
+    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, database_error,
     same_on_every_database, server_methods, table_functions,
 };
 
 backend_contract!(PgDb);
-table_functions!(PgTxPool, "$1");
+table_functions!(
+    PgTxPool,
+    "$1",
+    tx_tests::pg_pool,
+    "pg",
+    "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT)"
+);
 
 /// The SQLSTATE of the database error behind `e`, if any.
 fn sqlstate(e: &TxError) -> Option<String> {
@@ -28,18 +34,6 @@ fn sqlstate(e: &TxError) -> Option<String> {
 pub struct PgDb {
     db: PgTxPool,
     table: String,
-}
-
-pub(crate) async fn setup(max: u32, prefix: &str) -> Option<(PgTxPool, String)> {
-    let db = tx_tests::pg_pool(max).await?;
-    let table = tx_tests::unique_table(&format!("pg_{prefix}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, table))
 }
 
 /// The state of backend `pid` in pg_stat_activity (None: the session is gone).
@@ -230,12 +224,7 @@ async fn deadline_bounds_server_statements() {
             Ok::<_, TxError>(())
         })
         .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_timed_out(&r, start, Duration::from_secs(2));
     // The server is no longer running it (statement_timeout fired), nothing committed.
     let pid = *pid.lock().unwrap();
     assert_ne!(pid, 0);
