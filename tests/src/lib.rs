@@ -77,13 +77,23 @@ pub fn sqlite_options(file: &std::path::Path) -> SqliteConnectOptions {
 pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = sqlite_options(&dir.path().join("test.db"));
+    let pool = sqlite_pool_with(opts, max, Duration::from_secs(10)).await;
+    (pool, dir)
+}
+
+/// A pool of `max` connections opened with `opts`, waiting at most `acquire` for one.
+pub async fn sqlite_pool_with(
+    opts: SqliteConnectOptions,
+    max: u32,
+    acquire: Duration,
+) -> SqliteTxPool {
     let pool = SqlitePoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire)
         .connect_with(opts)
         .await
         .expect("open SQLite");
-    (SqliteTxPool::new(pool), dir)
+    SqliteTxPool::new(pool)
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -104,6 +104,19 @@ async fn assert_call_ended_cleanly<B: ContractDb>(
     assert_pool_settled(db.sqlx_pool(), context).await;
 }
 
+/// After a call that wrote and recorded its `session`, then failed: nothing is written, and
+/// the call ended cleanly (see [`assert_call_ended_cleanly`]).
+async fn assert_rolled_back_and_ended_cleanly<B: ContractDb>(
+    db: &B,
+    session: &Mutex<i64>,
+    lock_wait: Duration,
+    context: &str,
+) {
+    assert!(db.ids().await.is_empty(), "nothing written ({context})");
+    let session = *session.lock().unwrap();
+    assert_call_ended_cleanly(db, session, lock_wait, context).await;
+}
+
 /// Asserts that the call started at `start` ended in `TxError::Timeout`, within `within`.
 pub fn assert_timed_out<T: std::fmt::Debug>(
     r: &Result<T, TxError>,
@@ -146,15 +159,14 @@ pub async fn deadline_rolls_back_while_body_awaits<B: ContractDb>() {
             Ok::<_, TxError>(())
         })
         .await;
-    let elapsed = start.elapsed();
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        elapsed < Duration::from_millis(1500),
-        "timed out late: {elapsed:?}"
-    );
-    assert!(db.ids().await.is_empty());
-    let session = *session.lock().unwrap();
-    assert_call_ended_cleanly(&db, session, Duration::from_secs(2), "after the deadline").await;
+    assert_timed_out(&r, start, Duration::from_millis(1500));
+    assert_rolled_back_and_ended_cleanly(
+        &db,
+        &session,
+        Duration::from_secs(2),
+        "after the deadline",
+    )
+    .await;
 }
 
 /// Nested scopes on savepoints: one failing by its error, one failing in the database (a
@@ -296,9 +308,8 @@ pub async fn panic_in_body_rolls_back<B: ContractDb>() {
         })
     };
     assert!(handle.await.unwrap_err().is_panic());
-    assert!(db.ids().await.is_empty());
-    let session = *session.lock().unwrap();
-    assert_call_ended_cleanly(&db, session, Duration::from_secs(3), "after the panic").await;
+    assert_rolled_back_and_ended_cleanly(&db, &session, Duration::from_secs(3), "after the panic")
+        .await;
 }
 
 /// A write in a read-only transaction is refused by the database (not retryable) and nothing

@@ -13,9 +13,11 @@
 //! its own (it restarts the shared servers, which cargo never does while another test binary
 //! runs).
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tx_sqlx::TxPool;
 use tx_tests::proxy::{CommitCutProxy, CutMode, Protocol};
 use tx_tests::reliability::{self, BankConfig, BankReport, KillWhen, MySqlBackend, PgBackend};
 use tx_tests::reliability::{BoxFut, Server};
@@ -61,12 +63,7 @@ impl ServerUnderTest for PgBackend {
     }
 
     fn probe() -> BoxFut<'static, Option<()>> {
-        async {
-            let probe = tx_tests::pg_pool(1).await?;
-            probe.pool().close().await;
-            Some(())
-        }
-        .boxed()
+        probe_and_close(tx_tests::pg_pool(1)).boxed()
     }
 }
 
@@ -88,13 +85,16 @@ impl ServerUnderTest for MySqlBackend {
     }
 
     fn probe() -> BoxFut<'static, Option<()>> {
-        async {
-            let probe = tx_tests::mysql_pool(1).await?;
-            probe.pool().close().await;
-            Some(())
-        }
-        .boxed()
+        probe_and_close(tx_tests::mysql_pool(1)).boxed()
     }
+}
+
+/// Opens the probe pool `pool` (the shared "server missing" policy applies) and closes it.
+async fn probe_and_close<DB: sqlx::Database>(
+    pool: impl Future<Output = Option<TxPool<DB>>>,
+) -> Option<()> {
+    pool.await?.pool().close().await;
+    Some(())
 }
 
 fn assert_none(what: &str, violations: Vec<String>) {

@@ -410,103 +410,59 @@ async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
     assert_ne!(other.key(), first.key());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_two_txpools_on_one_pool_are_one_manager() {
-    let Some(first) = tx_tests::pg_pool(2).await else {
-        return;
-    };
-    let second = PgTxPool::new(first.pool().clone());
-    let table = tx_tests::unique_table("same");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
-    )))
-    .execute(first.pool())
-    .await
-    .unwrap();
-    let insert = |db: PgTxPool, id: i64| {
-        let table = table.clone();
-        async move {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {table} (id) VALUES ($1)"
-            )))
-            .bind(id)
-            .execute(&db)
-            .await
-            .map(|_| ())
+/// Two `TxPool`s on one sqlx pool of a server database (`$db`: its module, `$pool`: its
+/// `TxPool` type) are one manager: inserts through either run in one transaction, a Required
+/// scope on the second joins it, and the rollback undoes them all.
+macro_rules! two_txpools_on_one_pool_are_one_manager {
+    ($name:ident, $db:ident, $pool:ty) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some((first, table)) = crate::$db::setup(2, "same").await else {
+                return;
+            };
+            let second = <$pool>::new(first.pool().clone());
+            let r = TransactionTemplate::new(first.clone())
+                .execute(|_| {
+                    let (first, second, table) = (first.clone(), second.clone(), table.clone());
+                    async move {
+                        crate::$db::insert(&first, &table, 1).await?;
+                        crate::$db::insert(&second, &table, 2).await?;
+                        // A Required scope on the second handle joins the transaction of the first.
+                        TransactionTemplate::new(second.clone())
+                            .execute(|status| {
+                                let (second, table) = (second.clone(), table.clone());
+                                async move {
+                                    assert!(!status.is_new_transaction());
+                                    crate::$db::insert(&second, &table, 3).await?;
+                                    Ok::<_, TxError>(())
+                                }
+                            })
+                            .await?;
+                        Err::<(), _>(rollback_please())
+                    }
+                })
+                .await;
+            assert!(r.is_err());
+            assert!(
+                crate::$db::ids(&first, &table).await.is_empty(),
+                "every insert ran in the rolled-back transaction"
+            );
+            assert_eq!(first.key(), second.key());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+                .execute(first.pool())
+                .await
+                .unwrap();
         }
     };
-    let r = TransactionTemplate::new(first.clone())
-        .execute(|_| {
-            let (first, second) = (first.clone(), second.clone());
-            async move {
-                insert(first, 1).await?;
-                insert(second.clone(), 2).await?;
-                // A Required scope on the second handle joins the transaction of the first.
-                TransactionTemplate::new(second.clone())
-                    .execute(|status| {
-                        let second = second.clone();
-                        async move {
-                            assert!(!status.is_new_transaction());
-                            insert(second, 3).await?;
-                            Ok::<_, TxError>(())
-                        }
-                    })
-                    .await?;
-                Err::<(), _>(rollback_please())
-            }
-        })
-        .await;
-    assert!(r.is_err());
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(first.pool())
-        .await
-        .unwrap();
-    assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
-    assert_eq!(first.key(), second.key());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-        .execute(first.pool())
-        .await
-        .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_two_txpools_on_one_pool_are_one_manager() {
-    let Some(first) = tx_tests::mysql_pool(2).await else {
-        return;
-    };
-    let second = MySqlTxPool::new(first.pool().clone());
-    let table = tx_tests::unique_table("same");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
-    )))
-    .execute(first.pool())
-    .await
-    .unwrap();
-    let r = TransactionTemplate::new(first.clone())
-        .execute(|_| {
-            let (first, second, table) = (first.clone(), second.clone(), table.clone());
-            async move {
-                for (db, id) in [(&first, 1), (&second, 2)] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO {table} (id) VALUES (?)"
-                    )))
-                    .bind(id)
-                    .execute(db)
-                    .await?;
-                }
-                Err::<(), _>(rollback_please())
-            }
-        })
-        .await;
-    assert!(r.is_err());
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-        .fetch_one(first.pool())
-        .await
-        .unwrap();
-    assert_eq!(n, 0, "every insert ran in the rolled-back transaction");
-    assert_eq!(first.key(), second.key());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-        .execute(first.pool())
-        .await
-        .unwrap();
-}
+two_txpools_on_one_pool_are_one_manager!(
+    pg_two_txpools_on_one_pool_are_one_manager,
+    postgres,
+    PgTxPool
+);
+two_txpools_on_one_pool_are_one_manager!(
+    mysql_two_txpools_on_one_pool_are_one_manager,
+    mysql,
+    MySqlTxPool
+);

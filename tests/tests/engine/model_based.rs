@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqlitePoolOptions, SqliteSynchronous};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+use sqlx::sqlite::SqliteSynchronous;
+use tx_sqlx::{MySqlTxPool, PgTxPool};
 
 use generate::Features;
 use model::Chooser;
@@ -131,13 +131,8 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
                 // Durability is not under test; fsync per commit would dominate the run time.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(2));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(POOL_SIZE)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(opts)
-                .await
-                .expect("open SQLite");
-            (Db::Sqlite(SqliteTxPool::new(pool)), Some(dir))
+            let pool = tx_tests::sqlite_pool_with(opts, POOL_SIZE, Duration::from_secs(5)).await;
+            (Db::Sqlite(pool), Some(dir))
         }
     };
     let ddl = match backend {
