@@ -184,47 +184,34 @@ where
     assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
 }
 
-/// Inserts into a PostgreSQL table (the backend contract's table).
-#[derive(Clone)]
-struct PgInsert(String);
+/// `$name`: the callers' work on a server database, inserting into the backend contract's
+/// table through the database module `$db` (`setup`, `insert`, `ids`).
+macro_rules! insert_work {
+    ($name:ident, $database:ty, $pool:ty, $db:ident) => {
+        #[derive(Clone)]
+        struct $name(String);
 
-impl Work<sqlx::Postgres> for PgInsert {
-    async fn statement(&self, db: &PgTxPool, id: i64) -> Result<(), sqlx::Error> {
-        postgres::insert(db, &self.0, id).await
-    }
+        impl Work<$database> for $name {
+            async fn statement(&self, db: &$pool, id: i64) -> Result<(), sqlx::Error> {
+                $db::insert(db, &self.0, id).await
+            }
+        }
+
+        impl Rows<$database> for $name {
+            async fn setup() -> Option<($pool, Self)> {
+                let (db, table) = $db::setup(POOL, "starve").await?;
+                Some((db, $name(table)))
+            }
+
+            async fn rows(&self, db: &$pool) -> Vec<i64> {
+                $db::ids(db, &self.0).await
+            }
+        }
+    };
 }
 
-impl Rows<sqlx::Postgres> for PgInsert {
-    async fn setup() -> Option<(PgTxPool, Self)> {
-        let (db, table) = postgres::setup(POOL, "starve").await?;
-        Some((db, PgInsert(table)))
-    }
-
-    async fn rows(&self, db: &PgTxPool) -> Vec<i64> {
-        postgres::ids(db, &self.0).await
-    }
-}
-
-/// Inserts into a MariaDB table (the backend contract's table).
-#[derive(Clone)]
-struct MyInsert(String);
-
-impl Work<sqlx::MySql> for MyInsert {
-    async fn statement(&self, db: &MySqlTxPool, id: i64) -> Result<(), sqlx::Error> {
-        mysql::insert(db, &self.0, id).await
-    }
-}
-
-impl Rows<sqlx::MySql> for MyInsert {
-    async fn setup() -> Option<(MySqlTxPool, Self)> {
-        let (db, table) = mysql::setup(POOL, "starve").await?;
-        Some((db, MyInsert(table)))
-    }
-
-    async fn rows(&self, db: &MySqlTxPool) -> Vec<i64> {
-        mysql::ids(db, &self.0).await
-    }
-}
+insert_work!(PgInsert, sqlx::Postgres, PgTxPool, postgres);
+insert_work!(MyInsert, sqlx::MySql, MySqlTxPool, mysql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_starvation_fails_fast_without_a_reservation() {

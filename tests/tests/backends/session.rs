@@ -3,6 +3,7 @@
 //! transaction whatever was dropped inside it, the pool's own liveness checks and hooks run
 //! for every BEGIN, and one manager per sqlx pool however many `TxPool`s wrap it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -290,52 +291,53 @@ where
     calls.load(Ordering::SeqCst) - before
 }
 
+/// Opens a pool with `connect` from options whose `before_acquire` counts its calls, and
+/// asserts that a transaction runs that hook exactly once (`name` says on which database);
+/// when the pool cannot be opened, `missing` gets the error.
+async fn assert_begin_runs_before_acquire_once<DB, C, M, MF>(name: &str, connect: C, missing: M)
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    for<'c> &'c TxPool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
+    C: AsyncFnOnce(PoolOptions<DB>) -> Result<sqlx::Pool<DB>, sqlx::Error>,
+    M: FnOnce(sqlx::Error) -> MF,
+    MF: Future,
+{
+    let (calls, hook) = counting();
+    match connect(counted_options::<DB>(hook)).await {
+        Ok(pool) => assert_eq!(
+            before_acquire_calls_of_a_transaction(&TxPool::new(pool), &calls, "SELECT 1").await,
+            1,
+            "{name}"
+        ),
+        Err(e) => {
+            missing(e).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn begin_runs_the_pools_before_acquire_on_every_backend() {
-    let (calls, hook) = counting();
     let dir = tempfile::tempdir().unwrap();
-    let pool = counted_options::<sqlx::Sqlite>(hook)
-        .connect_with(sqlite_options(&dir))
-        .await
-        .unwrap();
-    let db = SqliteTxPool::new(pool);
-    assert_eq!(
-        before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
-        1,
-        "SQLite"
-    );
-
-    let (calls, hook) = counting();
-    let pg = counted_options::<sqlx::Postgres>(hook)
-        .connect(&tx_tests::pg_url())
-        .await;
-    match pg {
-        Ok(pool) => {
-            let db = PgTxPool::new(pool);
-            assert_eq!(
-                before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
-                1,
-                "PostgreSQL"
-            );
-        }
-        Err(_) => drop(tx_tests::pg_pool(1).await),
-    }
-
-    let (calls, hook) = counting();
-    let my = counted_options::<sqlx::MySql>(hook)
-        .connect(&tx_tests::mysql_url())
-        .await;
-    match my {
-        Ok(pool) => {
-            let db = MySqlTxPool::new(pool);
-            assert_eq!(
-                before_acquire_calls_of_a_transaction(&db, &calls, "SELECT 1").await,
-                1,
-                "MariaDB"
-            );
-        }
-        Err(_) => drop(tx_tests::mysql_pool(1).await),
-    }
+    assert_begin_runs_before_acquire_once::<sqlx::Sqlite, _, _, _>(
+        "SQLite",
+        async |o: PoolOptions<sqlx::Sqlite>| o.connect_with(sqlite_options(&dir)).await,
+        |e| async move { panic!("open SQLite: {e}") },
+    )
+    .await;
+    assert_begin_runs_before_acquire_once::<sqlx::Postgres, _, _, _>(
+        "PostgreSQL",
+        async |o: PoolOptions<sqlx::Postgres>| o.connect(&tx_tests::pg_url()).await,
+        |_| async { drop(tx_tests::pg_pool(1).await) },
+    )
+    .await;
+    assert_begin_runs_before_acquire_once::<sqlx::MySql, _, _, _>(
+        "MariaDB",
+        async |o: PoolOptions<sqlx::MySql>| o.connect(&tx_tests::mysql_url()).await,
+        |_| async { drop(tx_tests::mysql_pool(1).await) },
+    )
+    .await;
 }
 
 /// The server ends the pool's only connection while it is idle in the pool

@@ -233,6 +233,24 @@ async fn insert_in_scope(
         .await
 }
 
+/// `SELECT COUNT(*)` of the table in a scope of `template`.
+async fn count_in_scope(
+    db: &SqliteTxPool,
+    table: &str,
+    template: TransactionTemplate,
+) -> Result<i64, TxError> {
+    template
+        .execute(|_| async {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            Ok::<i64, TxError>(
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(db)
+                    .await?,
+            )
+        })
+        .await
+}
+
 /// What a scope inside a writer transaction that already holds the write lock gets.
 async fn inside_writer<T, F, Fut>(
     db: &SqliteTxPool,
@@ -333,18 +351,9 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
 
     // Reads outside the transaction work (and see only committed data).
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::NotSupported)
-            .execute(|_| async {
-                Ok::<i64, TxError>(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table}"
-                    )))
-                    .fetch_one(&db)
-                    .await?,
-                )
-            })
-            .await
+        let not_supported =
+            TransactionTemplate::new(db.clone()).propagation(Propagation::NotSupported);
+        count_in_scope(&db, &table, not_supported).await
     })
     .await;
     assert_eq!(r.unwrap(), 2);
@@ -354,19 +363,10 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
 async fn single_writer_read_only_requires_new_and_nested_work() {
     let (db, _dir, table) = setup(3).await;
     let (r, _) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
+        let reader = TransactionTemplate::new(db.clone())
             .propagation(Propagation::RequiresNew)
-            .read_only(true)
-            .execute(|_| async {
-                Ok::<i64, TxError>(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table}"
-                    )))
-                    .fetch_one(&db)
-                    .await?,
-                )
-            })
-            .await
+            .read_only(true);
+        count_in_scope(&db, &table, reader).await
     })
     .await;
     // The independent transaction does not see the outer one's uncommitted row.
