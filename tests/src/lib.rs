@@ -7,10 +7,9 @@ pub mod reliability;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
 
 /// PostgreSQL URL for tests (`TX_TEST_PG_URL`).
 pub fn pg_url() -> String {
@@ -40,49 +39,61 @@ fn server_missing(what: &str, err: &dyn std::fmt::Display) -> Option<std::conver
     None
 }
 
-/// A pool on the test PostgreSQL server, or `None` (test skipped) when it is down.
-pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
-    let opts = PgPoolOptions::new()
+/// A pool of `max` connections on the server at `url`, or `None` (test skipped) when it is
+/// down.
+async fn server_pool<DB: sqlx::Database>(what: &str, url: &str, max: u32) -> Option<TxPool<DB>> {
+    let opts = PoolOptions::<DB>::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&pg_url()).await {
-        Ok(pool) => Some(PgTxPool::new(pool)),
+    match opts.connect(url).await {
+        Ok(pool) => Some(TxPool::new(pool)),
         Err(e) => {
-            server_missing("PostgreSQL", &e);
+            server_missing(what, &e);
             None
         }
     }
 }
 
+/// A pool on the test PostgreSQL server, or `None` (test skipped) when it is down.
+pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
+    server_pool("PostgreSQL", &pg_url(), max).await
+}
+
 /// A pool on the test MariaDB/MySQL server, or `None` (test skipped) when it is down.
 pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
-    let opts = MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(&mysql_url()).await {
-        Ok(pool) => Some(MySqlTxPool::new(pool)),
-        Err(e) => {
-            server_missing("MariaDB/MySQL", &e);
-            None
-        }
-    }
+    server_pool("MariaDB/MySQL", &mysql_url(), max).await
+}
+
+/// How the tests open a SQLite file database: created if missing, WAL, a 5 s busy timeout.
+pub fn sqlite_options(file: &std::path::Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
 }
 
 /// A pool on a fresh SQLite file database (WAL) in a temp dir; keep the returned dir alive.
 pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let opts = SqliteConnectOptions::new()
-        .filename(dir.path().join("test.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
+    let opts = sqlite_options(&dir.path().join("test.db"));
+    let pool = sqlite_pool_with(opts, max, Duration::from_secs(10)).await;
+    (pool, dir)
+}
+
+/// A pool of `max` connections opened with `opts`, waiting at most `acquire` for one.
+pub async fn sqlite_pool_with(
+    opts: SqliteConnectOptions,
+    max: u32,
+    acquire: Duration,
+) -> SqliteTxPool {
     let pool = SqlitePoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire)
         .connect_with(opts)
         .await
         .expect("open SQLite");
-    (SqliteTxPool::new(pool), dir)
+    SqliteTxPool::new(pool)
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -94,4 +105,28 @@ pub fn unique_table(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime, two workers) per name, each awaiting
+/// `$module::$name::<$ty>()`: a suite of generic async checks instantiated for one database,
+/// so that each shows up under its own name (`postgres::bank`, `mariadb::bank`).
+///
+/// ```ignore
+/// mod postgres {
+///     tx_tests::generic_tests!(crate::reliability for PgBackend: bank, panics_at_every_level);
+/// }
+/// ```
+#[macro_export]
+macro_rules! generic_tests {
+    ($($module:tt)::+ for $ty:ty: $($name:ident),* $(,)?) => {
+        $crate::generic_tests!(@each [$($module)::+] $ty; $($name),*);
+    };
+    (@each [$($module:tt)*] $ty:ty; $name:ident $(, $rest:ident)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $($module)*::$name::<$ty>().await;
+        }
+        $crate::generic_tests!(@each [$($module)*] $ty; $($rest),*);
+    };
+    (@each [$($module:tt)*] $ty:ty;) => {};
 }

@@ -9,23 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tx_sqlx::{Propagation, TransactionTemplate, TxError};
-
-#[derive(Debug)]
-enum AppError {
-    Tx(TxError),
-}
-
-impl From<TxError> for AppError {
-    fn from(e: TxError) -> Self {
-        AppError::Tx(e)
-    }
-}
-
-impl From<sqlx::Error> for AppError {
-    fn from(e: sqlx::Error) -> Self {
-        AppError::Tx(e.into())
-    }
-}
+use tx_tests::reliability::AppError;
 
 async fn tags(table: &str) -> Vec<String> {
     let mut conn = PgConnection::connect(&tx_tests::pg_url()).await.unwrap();

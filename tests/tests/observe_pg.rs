@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::AssertSqlSafe;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -17,19 +17,14 @@ use tx_sqlx::{
     BoxError, PgTxPool, Propagation, RollbackCause, TransactionExecution, TransactionListener,
     TransactionTemplate, TxError,
 };
-
-async fn fresh() -> PgConnection {
-    PgConnection::connect(&tx_tests::pg_url())
-        .await
-        .expect("fresh PostgreSQL connection")
-}
+use tx_tests::reliability::PgBackend;
 
 async fn create_table(prefix: &str) -> String {
     let table = tx_tests::unique_table(prefix);
     sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL)"
     )))
-    .execute(&mut fresh().await)
+    .execute(&mut PgBackend::fresh().await)
     .await
     .expect("create table");
     table
@@ -37,7 +32,7 @@ async fn create_table(prefix: &str) -> String {
 
 async fn drop_table(table: &str) {
     let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-        .execute(&mut fresh().await)
+        .execute(&mut PgBackend::fresh().await)
         .await;
 }
 
@@ -45,7 +40,7 @@ async fn tags(table: &str) -> Vec<String> {
     sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT tag FROM {table} ORDER BY id"
     )))
-    .fetch_all(&mut fresh().await)
+    .fetch_all(&mut PgBackend::fresh().await)
     .await
     .expect("read table")
 }

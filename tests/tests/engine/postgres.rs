@@ -1,4 +1,4 @@
-//! Issue 2's engine tests on PostgreSQL: isolation and read-only, the deadline, panics,
+//! The engine on PostgreSQL: isolation and read-only, the deadline, panics,
 //! cancellation, hooks, isolation between tasks, misuse and the deferred `BEGIN`.
 //!
 //! Every test checks real outcomes: rows read from a separate connection, error variants,
@@ -6,74 +6,39 @@
 //! `application_name` unique to the test). Each test skips (loudly) when PostgreSQL is down,
 //! unless `TX_TEST_REQUIRE_SERVERS=1`.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::AssertSqlSafe;
 use tx_sqlx::{
     BoxError, Completion, Isolation, PgTxPool, Propagation, TransactionSynchronization,
     TransactionTemplate, TxError,
 };
+use tx_tests::reliability::{AppError, PgBackend};
 
 // ---------------------------------------------------------------------------------------------
 // Support
 // ---------------------------------------------------------------------------------------------
 
-/// The error type of the bodies under test.
-#[derive(Debug)]
-enum AppError {
-    Boom,
-    Tx(TxError),
+/// [`open`], and a fresh table named after `test`.
+async fn open_with_table(max: u32, test: &str) -> Option<(String, PgTxPool, String)> {
+    let (app, db) = open(max, test).await?;
+    Some((app, db, create_table(test).await))
 }
 
-impl From<TxError> for AppError {
-    fn from(e: TxError) -> Self {
-        AppError::Tx(e)
-    }
-}
-
-impl From<sqlx::Error> for AppError {
-    fn from(e: sqlx::Error) -> Self {
-        AppError::Tx(e.into())
-    }
-}
-
-/// A pool whose sessions carry `application_name = app`, so `pg_stat_activity` can be
-/// filtered to this test's connections. `None` when PostgreSQL is down (test skipped).
-async fn app_pool(max: u32, app: &str) -> Option<PgTxPool> {
-    // The shared "server missing" policy (skip loudly, or fail under TX_TEST_REQUIRE_SERVERS).
-    let probe = tx_tests::pg_pool(1).await?;
-    probe.pool().close().await;
-    let options = PgConnectOptions::from_str(&tx_tests::pg_url())
-        .expect("PostgreSQL URL")
-        .application_name(app);
-    let pool = PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .expect("connect to PostgreSQL");
-    Some(PgTxPool::new(pool))
-}
-
-fn app_name(test: &str) -> String {
-    format!("tx_engine_{test}_{}", std::process::id())
-}
-
-/// A brand-new connection, outside every pool: what "from a fresh connection" means here.
-async fn fresh() -> PgConnection {
-    PgConnection::connect(&tx_tests::pg_url())
-        .await
-        .expect("fresh PostgreSQL connection")
+/// A pool of `max` connections whose sessions carry an `application_name` unique to `test`
+/// (returned), so `pg_stat_activity` can be filtered to this test's connections. `None` when
+/// PostgreSQL is down (test skipped).
+async fn open(max: u32, test: &str) -> Option<(String, PgTxPool)> {
+    let b = PgBackend::connect(max, Duration::from_secs(10), test).await?;
+    Some((b.app, b.db))
 }
 
 /// Creates `t(id serial primary key, tag text)` under a unique name.
 async fn create_table(prefix: &str) -> String {
     let table = tx_tests::unique_table(prefix);
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL)"
     )))
@@ -84,7 +49,7 @@ async fn create_table(prefix: &str) -> String {
 }
 
 async fn drop_table(table: &str) {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
         .execute(&mut conn)
         .await;
@@ -92,7 +57,7 @@ async fn drop_table(table: &str) {
 
 /// The table's tags in insertion order, read from a fresh connection.
 async fn tags(table: &str) -> Vec<String> {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT tag FROM {table} ORDER BY id"
     )))
@@ -118,7 +83,7 @@ async fn scalar_string(db: &PgTxPool, sql: &'static str) -> Result<String, sqlx:
 
 /// Sessions of `app` in state `idle in transaction` (or `... (aborted)`).
 async fn idle_in_transaction(app: &str) -> i64 {
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity \
          WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
@@ -232,12 +197,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// own connection; the owner's level is back after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_participant_uses_owner_level_requires_new_its_own() {
-    let app = app_name("isolation");
-    let Some(db) = app_pool(4, &app).await else {
+    let Some((_, db)) = open(4, "isolation").await else {
         return;
     };
     let server_default: String = {
-        let mut conn = fresh().await;
+        let mut conn = PgBackend::fresh().await;
         sqlx::query_scalar("SELECT current_setting('default_transaction_isolation')")
             .fetch_one(&mut conn)
             .await
@@ -324,11 +288,9 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
 /// (SQLSTATE 25006), also from a joined participant, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_write_fails_with_database_error_nothing_written() {
-    let app = app_name("read_only");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db, table)) = open_with_table(2, "read_only").await else {
         return;
     };
-    let table = create_table("ro").await;
     let (db, t) = (&db, table.as_str());
 
     let read_only: Mutex<Option<String>> = Mutex::new(None);
@@ -383,11 +345,9 @@ async fn read_only_write_fails_with_database_error_nothing_written() {
 /// own, and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_outer_requires_new_writer_commits() {
-    let app = app_name("ro_writer");
-    let Some(db) = app_pool(3, &app).await else {
+    let Some((_, db, table)) = open_with_table(3, "ro_writer").await else {
         return;
     };
-    let table = create_table("ro_rw").await;
     let (db, t) = (&db, table.as_str());
 
     let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
@@ -429,11 +389,9 @@ async fn read_only_outer_requires_new_writer_commits() {
 /// deadline, not when it would have woken, and its writes are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_awaiting_body_and_rolls_back() {
-    let app = app_name("deadline");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db, table)) = open_with_table(2, "deadline").await else {
         return;
     };
-    let table = create_table("deadline").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -487,8 +445,7 @@ async fn deadline_interrupts_awaiting_body_and_rolls_back() {
 /// 5 s (watched in `pg_stat_activity`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_cancels_long_server_statement() {
-    let app = app_name("deadline_stmt");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db)) = open(2, "deadline_stmt").await else {
         return;
     };
     let db = &db;
@@ -501,7 +458,7 @@ async fn deadline_cancels_long_server_statement() {
     let watcher = tokio::spawn({
         let (stop, seen_running, marker) = (stop.clone(), seen_running.clone(), marker.clone());
         async move {
-            let mut conn = fresh().await;
+            let mut conn = PgBackend::fresh().await;
             while !stop.load(Ordering::SeqCst) {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
@@ -535,7 +492,7 @@ async fn deadline_cancels_long_server_statement() {
     stop.store(true, Ordering::SeqCst);
     let mut watch_conn = watcher.await.unwrap();
 
-    // SPEC: past the deadline the transaction is rolled back and the call returns
+    // Past the deadline the transaction is rolled back and the call returns
     // TxError::Timeout, whichever fired first: the engine's deadline while the statement was
     // awaited, or the server's statement_timeout (set to the remaining time) cancelling it
     // (SQLSTATE 57014) a moment before.
@@ -594,12 +551,10 @@ async fn deadline_cancels_long_server_statement() {
 /// committed at once (a fresh connection sees it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_body_rolls_back_and_continues() {
-    let app = app_name("panic");
     // One connection: the statement after the panic necessarily reuses it.
-    let Some(db) = app_pool(1, &app).await else {
+    let Some((app, db, table)) = open_with_table(1, "panic").await else {
         return;
     };
-    let table = create_table("panic").await;
     let log: Log = Arc::default();
 
     let handle = tokio::spawn({
@@ -650,11 +605,9 @@ async fn panic_in_body_rolls_back_and_continues() {
 /// `RolledBack` (it runs in a spawned task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_future_rolls_back_and_returns_connection() {
-    let app = app_name("cancel");
-    let Some(db) = app_pool(3, &app).await else {
+    let Some((app, db, table)) = open_with_table(3, "cancel").await else {
         return;
     };
-    let table = create_table("cancel").await;
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Completion>();
     let log: Log = Arc::default();
@@ -715,11 +668,9 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
 /// hooks complete as rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_commit_error_rolls_back_and_is_returned() {
-    let app = app_name("hook_veto");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db, table)) = open_with_table(2, "hook_veto").await else {
         return;
     };
-    let table = create_table("veto").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -766,10 +717,9 @@ async fn before_commit_error_rolls_back_and_is_returned() {
 /// and the next hook still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_after_commit_hook_leaves_call_ok() {
-    let Some(db) = app_pool(2, &app_name("hook_panic")).await else {
+    let Some((_, db, table)) = open_with_table(2, "hook_panic").await else {
         return;
     };
-    let table = create_table("hook_panic").await;
     let (db, t) = (&db, table.as_str());
     let log: Log = Arc::default();
     let log_ref = &log;
@@ -807,7 +757,7 @@ async fn panicking_after_commit_hook_leaves_call_ok() {
 /// `TxError::NoTransaction`, and nothing leaks into a later transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_outside_any_scope_return_no_transaction() {
-    let Some(db) = app_pool(2, &app_name("hook_outside")).await else {
+    let Some((_, db)) = open(2, "hook_outside").await else {
         return;
     };
     let log: Log = Arc::default();
@@ -970,14 +920,14 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
                     pause(3).await;
                     assert_eq!(current_name().as_deref(), Some(ns));
                     if i.is_multiple_of(3) {
-                        return Err(AppError::Boom);
+                        return Err(AppError::Injected("boom"));
                     }
                     Ok(())
                 })
                 .await;
             match nested {
                 Ok(()) => assert!(!i.is_multiple_of(3)),
-                Err(AppError::Boom) => assert!(i.is_multiple_of(3)),
+                Err(AppError::Injected("boom")) => assert!(i.is_multiple_of(3)),
                 Err(e) => return Err(e),
             }
             assert_eq!(current_name().as_deref(), Some(name));
@@ -988,7 +938,7 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
             assert_eq!(mine_in_this_tx().await?, expected, "{name}: own rows only");
             pause(4).await;
             if i % 4 == 3 {
-                return Err(AppError::Boom);
+                return Err(AppError::Injected("boom"));
             }
             Ok(())
         })
@@ -1001,12 +951,12 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
 async fn concurrent_tasks_never_share_context() {
     // Each task may hold two connections at once (outer + RequiresNew); with one more than
     // TASKS connections some RequiresNew can always proceed (no pool starvation).
-    let Some(db) = app_pool(TASKS as u32 + 2, &app_name("tasks")).await else {
+    let Some((_, db)) = open(TASKS as u32 + 2, "tasks").await else {
         return;
     };
     let table = tx_tests::unique_table("tasks");
     {
-        let mut conn = fresh().await;
+        let mut conn = PgBackend::fresh().await;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL, txid bigint NOT NULL, pid int NOT NULL)"
         )))
@@ -1024,7 +974,7 @@ async fn concurrent_tasks_never_share_context() {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         match r {
             Ok(()) => assert!(i % 4 != 3, "task-{i} must fail"),
-            Err(AppError::Boom) => assert!(i % 4 == 3, "task-{i} must succeed"),
+            Err(AppError::Injected("boom")) => assert!(i % 4 == 3, "task-{i} must succeed"),
             Err(e) => panic!("task-{i}: {e:?}"),
         }
     }
@@ -1036,7 +986,7 @@ async fn concurrent_tasks_never_share_context() {
         "only {max_open} outer transactions were ever open at once"
     );
 
-    let mut conn = fresh().await;
+    let mut conn = PgBackend::fresh().await;
     let rows: Vec<(String, i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT tag, txid, pid FROM {table} ORDER BY id"
     )))
@@ -1102,10 +1052,9 @@ async fn concurrent_tasks_never_share_context() {
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandatory_without_transaction_is_no_transaction() {
-    let Some(db) = app_pool(2, &app_name("mandatory")).await else {
+    let Some((_, db, table)) = open_with_table(2, "mandatory").await else {
         return;
     };
-    let table = create_table("mandatory").await;
     let (db, t) = (&db, table.as_str());
     let ran = AtomicBool::new(false);
     let ran = &ran;
@@ -1131,11 +1080,9 @@ async fn mandatory_without_transaction_is_no_transaction() {
 /// propagated, it rolls the outer transaction back: nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_inside_transaction_is_existing_transaction() {
-    let app = app_name("never");
-    let Some(db) = app_pool(2, &app).await else {
+    let Some((app, db, table)) = open_with_table(2, "never").await else {
         return;
     };
-    let table = create_table("never").await;
     let (db, t) = (&db, table.as_str());
     let ran = AtomicBool::new(false);
     let ran = &ran;
@@ -1177,7 +1124,7 @@ async fn never_inside_transaction_is_existing_transaction() {
 /// while the connection is held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_begin_sends_nothing_without_a_statement() {
-    let Some(db) = app_pool(1, &app_name("deferred")).await else {
+    let Some((_, db)) = open(1, "deferred").await else {
         return;
     };
     let db = &db;

@@ -1,4 +1,4 @@
-//! Issue 7, bad input at run time (PostgreSQL and SQLite): each misuse is refused with its
+//! Bad input at run time (PostgreSQL and SQLite): each misuse is refused with its
 //! typed `TxError`, the refused body never runs, and nothing is written (checked from a fresh
 //! connection).
 //!

@@ -211,46 +211,56 @@ impl TransactionSynchronization for MarkRollbackOnly {
     }
 }
 
+/// A transaction that writes and registers the before-commit `hook` ends in
+/// `UnexpectedRollback` with nothing written (`what` names the hook in the message).
+async fn assert_before_commit_forces_rollback<B, S>(
+    b: &B,
+    table: &str,
+    hook: impl Fn() -> S,
+    what: &str,
+) where
+    B: Backend,
+    S: TransactionSynchronization,
+{
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(|_| async {
+            b.insert(table, "body").await?;
+            tx_sqlx::register_synchronization(hook())?;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(
+            r.as_ref().err().and_then(tx_error),
+            Some(TxError::UnexpectedRollback)
+        ),
+        "{}: {what}: {r:?}",
+        b.name()
+    );
+    assert!(b.tags(table).await.is_empty(), "{}", b.name());
+}
+
 async fn marked_in_before_commit<B: Backend>(b: &B) {
     let table = b.create_table("edge_mark").await;
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(|_| async {
-            b.insert(&table, "body").await?;
-            tx_sqlx::register_synchronization(FlushThroughFailingService {
-                b: b.clone(),
-                table: table.clone(),
-            })?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: participant failing in before_commit: {r:?}",
-        b.name()
-    );
-    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
-
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(|_| async {
-            b.insert(&table, "body").await?;
-            tx_sqlx::register_synchronization(MarkRollbackOnly)?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: set_rollback_only in before_commit: {r:?}",
-        b.name()
-    );
-    assert!(b.tags(&table).await.is_empty(), "{}", b.name());
+    let failing_participant = || FlushThroughFailingService {
+        b: b.clone(),
+        table: table.clone(),
+    };
+    assert_before_commit_forces_rollback(
+        b,
+        &table,
+        failing_participant,
+        "participant failing in before_commit",
+    )
+    .await;
+    assert_before_commit_forces_rollback(
+        b,
+        &table,
+        || MarkRollbackOnly,
+        "set_rollback_only in before_commit",
+    )
+    .await;
     b.drop_table(&table).await;
 }
 
@@ -639,166 +649,87 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
-// PostgreSQL
+// Each edge on each database
 
-#[tokio::test]
-async fn pg_join_of_two_nested_calls() {
-    let Some(b) = pg().await else { return };
-    join_of_two_nested_calls(&b).await;
+/// The edges every database runs, as one test each; `$connect` opens the backend (`None`:
+/// the server is missing, the test is skipped).
+macro_rules! edge_suite {
+    ($connect:expr) => {
+        edge_suite!(@generic $connect,
+            join_of_two_nested_calls,
+            participant_beside_failing_nested_call,
+            marked_in_before_commit,
+            deadline_before_commit,
+        );
+        edge_suite!(@macro $connect,
+            statement_inside_fetch_loop,
+            nested_scope_beside_a_guard,
+            guard_returned_out_of_the_body,
+        );
+
+        #[test]
+        fn dropped_outside_a_runtime() {
+            super::dropped_outside_a_runtime(|| Box::pin($connect));
+        }
+    };
+    (@generic $connect:expr, $($edge:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $edge() {
+                let Some(b) = $connect.await else { return };
+                super::$edge(&b).await;
+            }
+        )*
+    };
+    (@macro $connect:expr, $($edge:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $edge() {
+                let Some(b) = $connect.await else { return };
+                $edge!(b);
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn pg_participant_beside_failing_nested_call() {
-    let Some(b) = pg().await else { return };
-    participant_beside_failing_nested_call(&b).await;
+mod postgres {
+    use super::*;
+
+    edge_suite!(super::pg());
+
+    #[tokio::test]
+    async fn retry_only_after_a_retryable_rollback() {
+        let Some(b) = super::pg().await else { return };
+        let failing = failing!(
+            b.db,
+            "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$"
+        );
+        super::retry_only_after_a_retryable_rollback(&b, failing).await;
+    }
 }
 
-#[tokio::test]
-async fn pg_marked_in_before_commit() {
-    let Some(b) = pg().await else { return };
-    marked_in_before_commit(&b).await;
+mod mariadb {
+    use super::*;
+
+    edge_suite!(super::mariadb());
+
+    #[tokio::test]
+    async fn retry_only_after_a_retryable_rollback() {
+        let Some(b) = super::mariadb().await else {
+            return;
+        };
+        let failing = failing!(
+            b.db,
+            "SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'injected serialization failure'"
+        );
+        super::retry_only_after_a_retryable_rollback(&b, failing).await;
+    }
 }
 
-#[tokio::test]
-async fn pg_deadline_before_commit() {
-    let Some(b) = pg().await else { return };
-    deadline_before_commit(&b).await;
-}
+mod sqlite {
+    use super::*;
 
-#[tokio::test]
-async fn pg_retry_only_after_a_retryable_rollback() {
-    let Some(b) = pg().await else { return };
-    let failing = failing!(
-        b.db,
-        "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$"
-    );
-    retry_only_after_a_retryable_rollback(&b, failing).await;
-}
-
-#[tokio::test]
-async fn pg_statement_inside_fetch_loop() {
-    let Some(b) = pg().await else { return };
-    statement_inside_fetch_loop!(b);
-}
-
-#[tokio::test]
-async fn pg_nested_scope_beside_a_guard() {
-    let Some(b) = pg().await else { return };
-    nested_scope_beside_a_guard!(b);
-}
-
-#[tokio::test]
-async fn pg_guard_returned_out_of_the_body() {
-    let Some(b) = pg().await else { return };
-    guard_returned_out_of_the_body!(b);
-}
-
-#[test]
-fn pg_dropped_outside_a_runtime() {
-    dropped_outside_a_runtime(|| Box::pin(pg()));
-}
-
-// ---------------------------------------------------------------------------------------------
-// MariaDB
-
-#[tokio::test]
-async fn mariadb_join_of_two_nested_calls() {
-    let Some(b) = mariadb().await else { return };
-    join_of_two_nested_calls(&b).await;
-}
-
-#[tokio::test]
-async fn mariadb_participant_beside_failing_nested_call() {
-    let Some(b) = mariadb().await else { return };
-    participant_beside_failing_nested_call(&b).await;
-}
-
-#[tokio::test]
-async fn mariadb_marked_in_before_commit() {
-    let Some(b) = mariadb().await else { return };
-    marked_in_before_commit(&b).await;
-}
-
-#[tokio::test]
-async fn mariadb_deadline_before_commit() {
-    let Some(b) = mariadb().await else { return };
-    deadline_before_commit(&b).await;
-}
-
-#[tokio::test]
-async fn mariadb_retry_only_after_a_retryable_rollback() {
-    let Some(b) = mariadb().await else { return };
-    let failing = failing!(
-        b.db,
-        "SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'injected serialization failure'"
-    );
-    retry_only_after_a_retryable_rollback(&b, failing).await;
-}
-
-#[tokio::test]
-async fn mariadb_statement_inside_fetch_loop() {
-    let Some(b) = mariadb().await else { return };
-    statement_inside_fetch_loop!(b);
-}
-
-#[tokio::test]
-async fn mariadb_nested_scope_beside_a_guard() {
-    let Some(b) = mariadb().await else { return };
-    nested_scope_beside_a_guard!(b);
-}
-
-#[tokio::test]
-async fn mariadb_guard_returned_out_of_the_body() {
-    let Some(b) = mariadb().await else { return };
-    guard_returned_out_of_the_body!(b);
-}
-
-#[test]
-fn mariadb_dropped_outside_a_runtime() {
-    dropped_outside_a_runtime(|| Box::pin(mariadb()));
-}
-
-// ---------------------------------------------------------------------------------------------
-// SQLite
-
-#[tokio::test]
-async fn sqlite_join_of_two_nested_calls() {
-    join_of_two_nested_calls(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_participant_beside_failing_nested_call() {
-    participant_beside_failing_nested_call(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_marked_in_before_commit() {
-    marked_in_before_commit(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_deadline_before_commit() {
-    deadline_before_commit(&sqlite().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_statement_inside_fetch_loop() {
-    statement_inside_fetch_loop!(sqlite().await);
-}
-
-#[tokio::test]
-async fn sqlite_nested_scope_beside_a_guard() {
-    nested_scope_beside_a_guard!(sqlite().await);
-}
-
-#[tokio::test]
-async fn sqlite_guard_returned_out_of_the_body() {
-    guard_returned_out_of_the_body!(sqlite().await);
-}
-
-#[test]
-fn sqlite_dropped_outside_a_runtime() {
-    dropped_outside_a_runtime(|| Box::pin(async { Some(sqlite().await) }));
+    edge_suite!(async { Some(super::sqlite().await) });
 }
 
 /// SQLite's single writer: outside the suspended writer transaction a write would wait for

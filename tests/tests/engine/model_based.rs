@@ -28,18 +28,13 @@
 //!   a Nested scope that misses its participant's failure in an already rollback-only
 //!   transaction (see `model.rs`).
 //!
-//! Run one backend: `cargo test -p tx-tests --test model_based -- sqlite` (or `postgres`,
+//! Run one backend: `cargo test -p tx-tests --test engine -- model_based::sqlite` (or `postgres`,
 //! `mysql`); `-- --nocapture` prints what the programs did (results, rows, hook callbacks).
 
-#[path = "model_based/compare.rs"]
 mod compare;
-#[path = "model_based/generate.rs"]
 mod generate;
-#[path = "model_based/model.rs"]
 mod model;
-#[path = "model_based/program.rs"]
 mod program;
-#[path = "model_based/runner.rs"]
 mod runner;
 
 use std::sync::{Arc, Mutex, Once};
@@ -48,8 +43,8 @@ use std::time::{Duration, Instant};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool};
+use sqlx::sqlite::SqliteSynchronous;
+use tx_sqlx::{MySqlTxPool, PgTxPool};
 
 use generate::Features;
 use model::Chooser;
@@ -132,20 +127,12 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let opts = SqliteConnectOptions::new()
-                .filename(dir.path().join("model.db"))
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
+            let opts = tx_tests::sqlite_options(&dir.path().join("model.db"))
                 // Durability is not under test; fsync per commit would dominate the run time.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(2));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(POOL_SIZE)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(opts)
-                .await
-                .expect("open SQLite");
-            (Db::Sqlite(SqliteTxPool::new(pool)), Some(dir))
+            let pool = tx_tests::sqlite_pool_with(opts, POOL_SIZE, Duration::from_secs(5)).await;
+            (Db::Sqlite(pool), Some(dir))
         }
     };
     let ddl = match backend {

@@ -8,10 +8,21 @@
 //!
 //! The cases (`testing_rollback/cases.rs`) are compiled once per backend.
 
-/// The `#[tokio::test]`s of one backend: `$pool(max)` gives its pool (`None`: server missing,
-/// skipped) and a guard to keep alive.
+/// The `#[tokio::test]`s of one backend: the cases every backend runs and `[$extra]`;
+/// `$pool(max)` gives its pool (`None`: server missing, skipped) and a guard to keep alive.
 macro_rules! tests {
-    ($pool:expr, [$($case:ident),* $(,)?]) => {
+    ($pool:expr, [$($extra:ident),* $(,)?]) => {
+        tests!(@cases $pool, [
+            writes_are_visible_then_gone,
+            failures_roll_back_to_their_savepoint,
+            panic_rolls_back,
+            scopes_inside_the_test,
+            cancelled_scopes_are_undone,
+            a_swallowed_failure_ends_as_in_production,
+            $($extra,)*
+        ]);
+    };
+    (@cases $pool:expr, [$($case:ident),* $(,)?]) => {
         mod tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,17 +54,7 @@ mod sqlite {
         Some(tx_tests::sqlite_pool(max).await)
     }
 
-    tests!(
-        super::pool,
-        [
-            writes_are_visible_then_gone,
-            failures_roll_back_to_their_savepoint,
-            panic_rolls_back,
-            scopes_inside_the_test,
-            cancelled_scopes_are_undone,
-            a_swallowed_failure_ends_as_in_production,
-        ]
-    );
+    tests!(super::pool, []);
 }
 
 mod postgres {
@@ -71,18 +72,7 @@ mod postgres {
         Some((tx_tests::pg_pool(max).await?, ()))
     }
 
-    tests!(
-        super::pool,
-        [
-            writes_are_visible_then_gone,
-            failures_roll_back_to_their_savepoint,
-            panic_rolls_back,
-            scopes_inside_the_test,
-            cancelled_scopes_are_undone,
-            a_swallowed_failure_ends_as_in_production,
-            parallel_tests_are_isolated,
-        ]
-    );
+    tests!(super::pool, [parallel_tests_are_isolated]);
 }
 
 mod mysql {
@@ -113,16 +103,5 @@ mod mysql {
         Some((tx_tests::mysql_pool(max).await?, ()))
     }
 
-    tests!(
-        super::pool,
-        [
-            writes_are_visible_then_gone,
-            failures_roll_back_to_their_savepoint,
-            panic_rolls_back,
-            scopes_inside_the_test,
-            cancelled_scopes_are_undone,
-            a_swallowed_failure_ends_as_in_production,
-            parallel_tests_are_isolated,
-        ]
-    );
+    tests!(super::pool, [parallel_tests_are_isolated]);
 }

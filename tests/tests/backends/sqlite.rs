@@ -1,26 +1,37 @@
-//! tx-sqlx on SQLite (file database, WAL): read-only and the write lock really applied, the
-//! deadline (also interrupting a running statement), savepoints, cancellation, panics, and
-//! the single writer failing fast with an explanatory error.
+//! tx-sqlx on SQLite (file database, WAL): the backend contract, and what only SQLite shows:
+//! read-only as `PRAGMA query_only` (and its reset), the write lock taken at BEGIN by writers
+//! only, the deadline interrupting a running statement, and the single writer failing fast
+//! with an explanatory error.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use tx_sqlx::SqliteTxPool;
 use tx_sqlx::prelude::*;
 
+use crate::contract::{
+    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, database_error,
+    same_on_every_database, table_functions,
+};
+
+backend_contract!(SqliteDb);
+table_functions!(SqliteTxPool, "?");
+
 /// The SQLite result code behind `e`, if any.
 fn sqlite_code(e: &TxError) -> Option<u32> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(sqlx::Error::Database(db)) = s.downcast_ref::<sqlx::Error>() {
-            return db.code().and_then(|c| c.parse().ok());
-        }
-        source = s.source();
-    }
-    None
+    database_error(e).and_then(|db| db.code().and_then(|c| c.parse().ok()))
+}
+
+/// A SQLite pool on a fresh file database and its test table.
+#[derive(Clone)]
+pub struct SqliteDb {
+    db: SqliteTxPool,
+    dir: Arc<tempfile::TempDir>,
+    table: String,
 }
 
 async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
@@ -33,36 +44,6 @@ async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
     .await
     .unwrap();
     (db, dir, table)
-}
-
-async fn ids(db: &SqliteTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-async fn insert(db: &SqliteTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES (?)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
-async fn settle(db: &SqliteTxPool) -> (u32, usize) {
-    let start = Instant::now();
-    loop {
-        let (size, idle) = (db.pool().size(), db.pool().num_idle());
-        if size as usize == idle || start.elapsed() > Duration::from_secs(5) {
-            return (size, idle);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A connection outside the pool, with the given busy timeout.
@@ -86,6 +67,59 @@ async fn write_lock_free(dir: &Path, busy: Duration) -> bool {
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => false,
         Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+impl ContractDb for SqliteDb {
+    type Pool = SqliteTxPool;
+    type Database = sqlx::Sqlite;
+
+    same_on_every_database!();
+
+    fn setup(max: u32, _prefix: &'static str) -> BoxFut<'static, Option<Self>> {
+        async move {
+            let (db, dir, table) = setup(max).await;
+            Some(SqliteDb {
+                db,
+                dir: Arc::new(dir),
+                table,
+            })
+        }
+        .boxed()
+    }
+
+    fn session(&self) -> BoxFut<'_, Result<i64, sqlx::Error>> {
+        // An embedded database: no server session to ask about.
+        async { Ok(0) }.boxed()
+    }
+
+    fn slow_statement(&self) -> Option<BoxFut<'_, Result<(), sqlx::Error>>> {
+        None
+    }
+
+    fn assert_no_transaction_left<'a>(
+        &'a self,
+        _session: i64,
+        lock_wait: Duration,
+        context: &'a str,
+    ) -> BoxFut<'a, ()> {
+        async move {
+            assert!(
+                write_lock_free(self.dir.path(), lock_wait).await,
+                "a transaction still holds the write lock ({context})"
+            );
+        }
+        .boxed()
+    }
+
+    fn is_duplicate_key(e: &TxError) -> bool {
+        // SQLITE_CONSTRAINT_PRIMARYKEY
+        sqlite_code(e) == Some(1555)
+    }
+
+    fn is_read_only_violation(e: &TxError) -> bool {
+        // SQLITE_READONLY, whatever its extended code
+        sqlite_code(e).map(|c| c & 0xff) == Some(8)
     }
 }
 
@@ -154,31 +188,6 @@ async fn writers_take_the_write_lock_at_begin_readers_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_rolls_back_while_body_awaits() {
-    let (db, dir, table) = setup(2).await;
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(300))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            insert(&db, &table, 2).await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(ids(&db, &table).await.is_empty());
-    assert!(write_lock_free(dir.path(), Duration::from_secs(2)).await);
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_a_running_statement() {
     let (db, dir, table) = setup(2).await;
     let start = Instant::now();
@@ -196,12 +205,7 @@ async fn deadline_interrupts_a_running_statement() {
             Ok::<_, TxError>(n)
         })
         .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_timed_out(&r, start, Duration::from_secs(2));
     // The statement was stopped: the write lock of the transaction is released promptly.
     assert!(
         write_lock_free(dir.path(), Duration::from_secs(3)).await,
@@ -213,110 +217,38 @@ async fn deadline_interrupts_a_running_statement() {
         start.elapsed()
     );
     assert!(ids(&db, &table).await.is_empty());
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
+    assert_pool_settled(db.pool(), "at the end").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nested_savepoint_rollback_keeps_outer_work() {
-    let (db, _dir, table) = setup(2).await;
-    let (db, table) = (&db, &table);
+/// A scope of `propagation` that inserts `id`.
+async fn insert_in_scope(
+    db: &SqliteTxPool,
+    table: &str,
+    propagation: Propagation,
+    id: i64,
+) -> Result<(), TxError> {
     TransactionTemplate::new(db.clone())
+        .propagation(propagation)
+        .execute(|_| async { Ok::<_, TxError>(insert(db, table, id).await?) })
+        .await
+}
+
+/// `SELECT COUNT(*)` of the table in a scope of `template`.
+async fn count_in_scope(
+    db: &SqliteTxPool,
+    table: &str,
+    template: TransactionTemplate,
+) -> Result<i64, TxError> {
+    template
         .execute(|_| async {
-            insert(db, table, 1).await?;
-            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Nested)
-                .execute(|status| async move {
-                    assert!(status.has_savepoint());
-                    insert(db, table, 2).await?;
-                    insert(db, table, 1).await?; // duplicate key
-                    Ok(())
-                })
-                .await;
-            // SQLITE_CONSTRAINT_PRIMARYKEY
-            assert_eq!(sqlite_code(&inner.unwrap_err()), Some(1555));
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, TxError>(insert(db, table, 3).await?) })
-                .await?;
-            insert(db, table, 4).await?;
-            Ok::<_, TxError>(())
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            Ok::<i64, TxError>(
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(db)
+                    .await?,
+            )
         })
         .await
-        .unwrap();
-    assert_eq!(ids(db, table).await, vec![1, 3, 4]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_call_rolls_back_and_returns_connections() {
-    let (db, dir, table) = setup(3).await;
-    let completion = Arc::new(Mutex::new(None));
-    let fut = {
-        let db = db.clone();
-        let table = table.clone();
-        let completion = completion.clone();
-        async move {
-            TransactionTemplate::new(db.clone())
-                .execute(|_| async {
-                    tx_sqlx::after_completion(move |c| async move {
-                        *completion.lock().unwrap() = Some(c);
-                    })?;
-                    insert(&db, &table, 1).await?;
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                    Ok::<_, TxError>(())
-                })
-                .await
-        }
-    };
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), fut)
-            .await
-            .is_err()
-    );
-    // No transaction left open: the write lock is free, nothing was written.
-    assert!(write_lock_free(dir.path(), Duration::from_secs(3)).await);
-    assert!(ids(&db, &table).await.is_empty());
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
-    let start = Instant::now();
-    while completion.lock().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        completion.lock().unwrap().take(),
-        Some(Completion::RolledBack)
-    );
-    // Every pooled connection is out of any transaction and usable.
-    TransactionTemplate::new(db.clone())
-        .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 5).await?) })
-        .await
-        .unwrap();
-    assert_eq!(ids(&db, &table).await, vec![5]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_in_body_rolls_back() {
-    let (db, dir, table) = setup(2).await;
-    let handle = {
-        let db = db.clone();
-        let table = table.clone();
-        tokio::spawn(async move {
-            TransactionTemplate::new(db.clone())
-                .execute(|_| async {
-                    insert(&db, &table, 1).await?;
-                    if table.len() > 1 {
-                        panic!("boom");
-                    }
-                    Ok::<_, TxError>(())
-                })
-                .await
-        })
-    };
-    assert!(handle.await.unwrap_err().is_panic());
-    assert!(ids(&db, &table).await.is_empty());
-    assert!(write_lock_free(dir.path(), Duration::from_secs(3)).await);
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
 }
 
 /// What a scope inside a writer transaction that already holds the write lock gets.
@@ -364,10 +296,7 @@ fn assert_would_block(r: &Result<(), TxError>, elapsed: Duration) {
 async fn single_writer_requires_new_writer_fails_fast() {
     let (db, _dir, table) = setup(3).await;
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::RequiresNew)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
@@ -378,10 +307,7 @@ async fn single_writer_requires_new_writer_fails_fast() {
     let r = TransactionTemplate::new(db.clone())
         .execute(|_| async {
             insert(&db, &table, 3).await?;
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 4).await?) })
-                .await?;
+            insert_in_scope(&db, &table, Propagation::RequiresNew, 4).await?;
             Ok::<_, TxError>(())
         })
         .await;
@@ -401,10 +327,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
             .execute(|_| async {
                 ids(&db, &table).await; // the read-only transaction has begun
                 let start = Instant::now();
-                let r = TransactionTemplate::new(db.clone())
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-                    .await;
+                let r = insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await;
                 Ok::<_, TxError>((r, start.elapsed()))
             })
             .await
@@ -420,10 +343,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
 async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (db, _dir, table) = setup(3).await;
     let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::NotSupported)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::NotSupported, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
@@ -431,18 +351,9 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
 
     // Reads outside the transaction work (and see only committed data).
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::NotSupported)
-            .execute(|_| async {
-                Ok::<i64, TxError>(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table}"
-                    )))
-                    .fetch_one(&db)
-                    .await?,
-                )
-            })
-            .await
+        let not_supported =
+            TransactionTemplate::new(db.clone()).propagation(Propagation::NotSupported);
+        count_in_scope(&db, &table, not_supported).await
     })
     .await;
     assert_eq!(r.unwrap(), 2);
@@ -452,28 +363,16 @@ async fn single_writer_not_supported_write_fails_fast_reads_work() {
 async fn single_writer_read_only_requires_new_and_nested_work() {
     let (db, _dir, table) = setup(3).await;
     let (r, _) = inside_writer(&db, &table, 1, |db, table| async move {
-        TransactionTemplate::new(db.clone())
+        let reader = TransactionTemplate::new(db.clone())
             .propagation(Propagation::RequiresNew)
-            .read_only(true)
-            .execute(|_| async {
-                Ok::<i64, TxError>(
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table}"
-                    )))
-                    .fetch_one(&db)
-                    .await?,
-                )
-            })
-            .await
+            .read_only(true);
+        count_in_scope(&db, &table, reader).await
     })
     .await;
     // The independent transaction does not see the outer one's uncommitted row.
     assert_eq!(r.unwrap(), 0);
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
-        TransactionTemplate::new(db.clone())
-            .propagation(Propagation::Nested)
-            .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 10).await?) })
-            .await
+        insert_in_scope(&db, &table, Propagation::Nested, 10).await
     })
     .await;
     r.unwrap();
@@ -486,10 +385,7 @@ async fn requires_new_writer_inside_an_unbegun_writer_works() {
     let (db, _dir, table) = setup(3).await;
     TransactionTemplate::new(db.clone())
         .execute(|_| async {
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 1).await?) })
-                .await?;
+            insert_in_scope(&db, &table, Propagation::RequiresNew, 1).await?;
             insert(&db, &table, 2).await?;
             Ok::<_, TxError>(())
         })

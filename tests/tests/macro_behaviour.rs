@@ -1,5 +1,6 @@
-//! The seeds' service-layer cases written with `#[transactional]`, on PostgreSQL, asserting the
-//! rows left behind and what each call returns.
+//! Service-layer cases written with `#[transactional]` (a user service calling a log service,
+//! an audit in REQUIRES_NEW, a risk check, timeouts, retries, spawned futures), on PostgreSQL,
+//! asserting the rows left behind and what each call returns.
 //!
 //! Every service takes its pool as a field (`manager = self.db`), so the tests of this binary,
 //! which run in parallel, never depend on the process-wide default manager. Each test has its
@@ -64,7 +65,7 @@ async fn drop_tables(db: &PgTxPool, tables: &[&str]) {
     }
 }
 
-// ---- seed 004: UserService.add -> LogService.add, the log marks rollback-only ----------------
+// ---- UserService.add -> LogService.add, the log marks rollback-only ----------------
 
 #[derive(Clone, Copy, Debug)]
 enum LogMode {
@@ -140,7 +141,7 @@ impl UserService {
         Ok(added + logged)
     }
 
-    /// Seed 004, "the exception was swallowed by your catch": the failure is caught, so only
+    /// "The exception was swallowed by your catch": the failure is caught, so only
     /// `set_rollback_only()` keeps the user from being committed.
     #[transactional(manager = self.db)]
     async fn add_swallowing(
@@ -173,9 +174,38 @@ fn validate(username: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A pool of `max` connections, a fresh `(name)` table named after `prefix`, and the service
+/// `make` builds on them; `None` when PostgreSQL is down (test skipped).
+async fn service<S>(
+    max: u32,
+    prefix: &str,
+    make: impl FnOnce(PgTxPool, String) -> S,
+) -> Option<(PgTxPool, String, S)> {
+    let db = tx_tests::pg_pool(max).await?;
+    let table = name_table(&db, prefix).await;
+    let svc = make(db.clone(), table.clone());
+    Some((db, table, svc))
+}
+
+/// A pool and a user service on fresh tables; `None` when PostgreSQL is down (skipped).
+async fn user_service_on_server() -> Option<(PgTxPool, UserService)> {
+    let db = tx_tests::pg_pool(4).await?;
+    let svc = user_service(&db).await;
+    Some((db, svc))
+}
+
+/// Asserts that the log service's table is empty (`why` says which transaction rolled it back).
+async fn assert_no_log(db: &PgTxPool, svc: &UserService, why: &str) {
+    assert_eq!(
+        rows(db, &svc.log.table).await,
+        Vec::<String>::new(),
+        "{why}"
+    );
+}
+
 async fn user_service(db: &PgTxPool) -> UserService {
-    let users = name_table(db, "seed004_user").await;
-    let logs = name_table(db, "seed004_log").await;
+    let users = name_table(db, "user").await;
+    let logs = name_table(db, "user_log").await;
     UserService {
         db: db.clone(),
         table: users,
@@ -187,11 +217,10 @@ async fn user_service(db: &PgTxPool) -> UserService {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_required_log_marks_rollback_only_both_rolled_back() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("alice", LogMode::Required).await;
 
@@ -204,58 +233,43 @@ async fn seed004_required_log_marks_rollback_only_both_rolled_back() {
         Vec::<String>::new(),
         "user rolled back"
     );
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log rolled back"
-    );
+    assert_no_log(&db, &svc, "log rolled back").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_requires_new_log_rolled_back_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_requires_new_log_rolled_back_user_kept() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("bob", LogMode::RequiresNew).await;
 
     assert_eq!(result.unwrap(), 2, "both inserts reported one row");
     assert_eq!(rows(&db, &svc.table).await, ["bob"], "user committed");
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log's own transaction rolled back"
-    );
+    assert_no_log(&db, &svc, "log's own transaction rolled back").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_nested_log_rolled_back_to_savepoint_user_kept() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_nested_log_rolled_back_to_savepoint_user_kept() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     let result = svc.add("carol", LogMode::Nested).await;
 
     assert_eq!(result.unwrap(), 2);
     assert_eq!(rows(&db, &svc.table).await, ["carol"], "user committed");
-    assert_eq!(
-        rows(&db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "log rolled back to its savepoint"
-    );
+    assert_no_log(&db, &svc, "log rolled back to its savepoint").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed004_swallowed_error_with_set_rollback_only_rolls_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+async fn user_and_log_swallowed_error_with_set_rollback_only_rolls_back() {
+    let Some((db, svc)) = user_service_on_server().await else {
         return;
     };
-    let svc = user_service(&db).await;
 
     // The trap: the error is swallowed and nothing marks the transaction, so it commits.
     svc.add_swallowing("bad-dave", false).await.unwrap();
@@ -279,7 +293,7 @@ async fn seed004_swallowed_error_with_set_rollback_only_rolls_back() {
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
-// ---- seed 002: audit in REQUIRES_NEW survives the outer failure, called on `self` ------------
+// ---- audit in REQUIRES_NEW survives the outer failure, called on `self` ------------
 
 struct FacadeService {
     db: PgTxPool,
@@ -325,13 +339,13 @@ impl FacadeService {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed002_audit_in_requires_new_survives_outer_failure() {
+async fn audit_in_requires_new_survives_outer_failure() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
-    let accounts = tx_tests::unique_table("seed002_account");
+    let accounts = tx_tests::unique_table("account");
     exec(&db, format!("CREATE TABLE {accounts} (id serial PRIMARY KEY, name text NOT NULL, balance bigint NOT NULL)")).await;
-    let audit = name_table(&db, "seed002_audit").await;
+    let audit = name_table(&db, "audit").await;
     let svc = FacadeService {
         db: db.clone(),
         accounts: accounts.clone(),
@@ -358,7 +372,7 @@ async fn seed002_audit_in_requires_new_survives_outer_failure() {
     drop_tables(&db, &[&accounts, &audit]).await;
 }
 
-// ---- seed 003: the risk check: business failure keeps the order, system failure rolls back ----
+// ---- the risk check: business failure keeps the order, system failure rolls back ----
 
 struct RiskService {
     down: bool,
@@ -425,12 +439,12 @@ impl OrderService {
 }
 
 async fn order_service(db: &PgTxPool, down: bool) -> OrderService {
-    let orders = tx_tests::unique_table("seed003_order");
+    let orders = tx_tests::unique_table("order");
     exec(db, format!(
         "CREATE TABLE {orders} (id serial PRIMARY KEY, name text NOT NULL UNIQUE, amount bigint NOT NULL, status text NOT NULL, note text)"
     ))
     .await;
-    let items = name_table(db, "seed003_item").await;
+    let items = name_table(db, "item").await;
     OrderService {
         db: db.clone(),
         orders,
@@ -449,7 +463,7 @@ async fn order_statuses(db: &PgTxPool, orders: &str) -> Vec<(String, String, Opt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
+async fn risk_rejected_keeps_order_waiting_for_audit() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
@@ -480,7 +494,7 @@ async fn seed003_risk_rejected_keeps_order_waiting_for_audit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed003_risk_service_failure_rolls_back() {
+async fn risk_service_failure_rolls_back() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
@@ -528,13 +542,10 @@ impl SlowService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_300ms_rolls_back_at_the_deadline() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+    let Some((db, table, svc)) =
+        service(4, "macro_timeout", |db, table| SlowService { db, table }).await
+    else {
         return;
-    };
-    let table = name_table(&db, "macro_timeout").await;
-    let svc = SlowService {
-        db: db.clone(),
-        table: table.clone(),
     };
 
     let started = Instant::now();
@@ -772,13 +783,13 @@ impl SqlxErrorService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
+    let Some((db, table, svc)) = service(4, "macro_sqlx_err", |db, table| SqlxErrorService {
+        db,
+        table,
+    })
+    .await
+    else {
         return;
-    };
-    let table = name_table(&db, "macro_sqlx_err").await;
-    let svc = SqlxErrorService {
-        db: db.clone(),
-        table: table.clone(),
     };
 
     // past the deadline: rolled back, and the caller finds the timeout inside the sqlx::Error

@@ -1,68 +1,43 @@
-//! tx-sqlx on MariaDB/MySQL: isolation and read-only really applied, the deadline (client and
-//! server side), savepoints, cancellation, panics, deadlocks.
+//! tx-sqlx on MariaDB/MySQL: the backend contract, and what only MariaDB shows: isolation and
+//! read-only as InnoDB reports them and what each level lets a transaction see, the deadline
+//! as the session's statement time limit (and its reset), deadlocks.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::Row;
 use sqlx::mysql::MySqlDatabaseError;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, Operation};
 
+use crate::contract::{
+    BoxFut, ContractDb, assert_timed_out, backend_contract, database_error, same_on_every_database,
+    server_methods, table_functions,
+};
+
+backend_contract!(MySqlDb);
+table_functions!(
+    MySqlTxPool,
+    "?",
+    tx_tests::mysql_pool,
+    "my",
+    "DROP TABLE IF EXISTS {table}; \
+     CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT) ENGINE=InnoDB"
+);
+
 /// The MySQL error number behind `e`, if any.
 fn mysql_number(e: &TxError) -> Option<u16> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(sqlx::Error::Database(db)) = s.downcast_ref::<sqlx::Error>() {
-            return db
-                .try_downcast_ref::<MySqlDatabaseError>()
-                .map(|m| m.number());
-        }
-        source = s.source();
-    }
-    None
+    database_error(e)
+        .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+        .map(|m| m.number())
 }
 
-async fn setup(max: u32, prefix: &str) -> Option<(MySqlTxPool, String)> {
-    let db = tx_tests::mysql_pool(max).await?;
-    let table = tx_tests::unique_table(prefix);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT) ENGINE=InnoDB"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, table))
-}
-
-async fn ids(db: &MySqlTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
-
-async fn insert(db: &MySqlTxPool, table: &str, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (id) VALUES (?)"
-    )))
-    .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
-async fn settle(db: &MySqlTxPool) -> (u32, usize) {
-    let start = Instant::now();
-    loop {
-        let (size, idle) = (db.pool().size(), db.pool().num_idle());
-        if size as usize == idle || start.elapsed() > Duration::from_secs(5) {
-            return (size, idle);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A MariaDB/MySQL pool and its test table.
+#[derive(Clone)]
+pub struct MySqlDb {
+    db: MySqlTxPool,
+    table: String,
 }
 
 /// Waits until InnoDB shows no transaction for connection `id` (information_schema.innodb_trx
@@ -87,9 +62,43 @@ async fn wait_no_innodb_trx(id: u64) -> i64 {
     }
 }
 
+impl ContractDb for MySqlDb {
+    type Pool = MySqlTxPool;
+    type Database = sqlx::MySql;
+
+    same_on_every_database!();
+    server_methods!("SELECT CONNECTION_ID()" as u64, "DO SLEEP(2)");
+
+    fn assert_no_transaction_left<'a>(
+        &'a self,
+        session: i64,
+        _lock_wait: Duration,
+        context: &'a str,
+    ) -> BoxFut<'a, ()> {
+        async move {
+            let id = u64::try_from(session).expect("a connection id");
+            assert_eq!(
+                wait_no_innodb_trx(id).await,
+                0,
+                "transaction left open ({context})"
+            );
+        }
+        .boxed()
+    }
+
+    fn is_duplicate_key(e: &TxError) -> bool {
+        mysql_number(e) == Some(1062)
+    }
+
+    fn is_read_only_violation(e: &TxError) -> bool {
+        // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+        mysql_number(e) == Some(1792)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_levels_are_applied() {
-    let Some((db, table)) = setup(2, "my_iso").await else {
+    let Some((db, table)) = setup(2, "iso").await else {
         return;
     };
     let cases = [
@@ -140,7 +149,7 @@ async fn isolation_levels_are_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_changes_what_the_transaction_sees() {
-    let Some((db, table)) = setup(3, "my_iso_seen").await else {
+    let Some((db, table)) = setup(3, "iso_seen").await else {
         return;
     };
     insert(&db, &table, 1).await.unwrap();
@@ -183,53 +192,9 @@ async fn isolation_changes_what_the_transaction_sees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_write_is_rejected_and_nothing_written() {
-    let Some((db, table)) = setup(2, "my_ro").await else {
-        return;
-    };
-    let r = TransactionTemplate::new(db.clone())
-        .read_only(true)
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    let e = r.unwrap_err();
-    // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
-    assert_eq!(mysql_number(&e), Some(1792), "{e}");
-    assert!(ids(&db, &table).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_rolls_back_while_body_awaits() {
-    let Some((db, table)) = setup(2, "my_deadline").await else {
-        return;
-    };
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(300))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            insert(&db, &table, 2).await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(ids(&db, &table).await.is_empty());
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_bounds_server_statements_and_is_reset() {
     // One connection, so the autocommit statements below run on the transaction's connection.
-    let Some((db, table)) = setup(1, "my_stmt_timeout").await else {
+    let Some((db, table)) = setup(1, "stmt_timeout").await else {
         return;
     };
     let version: String = sqlx::query_scalar("SELECT VERSION()")
@@ -281,12 +246,7 @@ async fn deadline_bounds_server_statements_and_is_reset() {
             Ok::<_, TxError>(())
         })
         .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_timed_out(&r, start, Duration::from_secs(2));
     if mariadb {
         // max_statement_time stops it on the server too.
         let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&tx_tests::mysql_url())
@@ -322,137 +282,8 @@ async fn deadline_bounds_server_statements_and_is_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nested_savepoint_rollback_keeps_outer_work() {
-    let Some((db, table)) = setup(2, "my_nested").await else {
-        return;
-    };
-    let (db, table) = (&db, &table);
-    TransactionTemplate::new(db.clone())
-        .execute(|_| async {
-            insert(db, table, 1).await?;
-            let inner: Result<(), TxError> = TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Nested)
-                .execute(|status| async move {
-                    assert!(status.has_savepoint());
-                    insert(db, table, 2).await?;
-                    insert(db, table, 1).await?; // duplicate key
-                    Ok(())
-                })
-                .await;
-            assert_eq!(mysql_number(&inner.unwrap_err()), Some(1062));
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, TxError>(insert(db, table, 3).await?) })
-                .await?;
-            insert(db, table, 4).await?;
-            Ok::<_, TxError>(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(ids(db, table).await, vec![1, 3, 4]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_call_rolls_back_and_returns_connections() {
-    let Some((db, table)) = setup(3, "my_cancel").await else {
-        return;
-    };
-    let ids_seen = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let completion = Arc::new(Mutex::new(None));
-    for in_statement in [false, true] {
-        let fut = {
-            let db = db.clone();
-            let table = table.clone();
-            let ids_seen = ids_seen.clone();
-            let completion = completion.clone();
-            async move {
-                TransactionTemplate::new(db.clone())
-                    .execute(|_| async {
-                        tx_sqlx::after_completion(move |c| async move {
-                            *completion.lock().unwrap() = Some(c);
-                        })?;
-                        insert(&db, &table, 1 + in_statement as i64).await?;
-                        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                            .fetch_one(&db)
-                            .await?;
-                        ids_seen.lock().unwrap().push(id);
-                        if in_statement {
-                            sqlx::query("DO SLEEP(2)").execute(&db).await?;
-                        } else {
-                            tokio::time::sleep(Duration::from_secs(10)).await;
-                        }
-                        Ok::<_, TxError>(())
-                    })
-                    .await
-            }
-        };
-        assert!(
-            tokio::time::timeout(Duration::from_millis(400), fut)
-                .await
-                .is_err()
-        );
-        let id = *ids_seen.lock().unwrap().last().unwrap();
-        assert_eq!(
-            wait_no_innodb_trx(id).await,
-            0,
-            "transaction left open (in_statement={in_statement})"
-        );
-        let (size, idle) = settle(&db).await;
-        assert_eq!(size as usize, idle, "in_statement={in_statement}");
-        let start = Instant::now();
-        while completion.lock().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            completion.lock().unwrap().take(),
-            Some(Completion::RolledBack)
-        );
-    }
-    assert!(ids(&db, &table).await.is_empty());
-    // The pool still works.
-    TransactionTemplate::new(db.clone())
-        .execute(|_| async { Ok::<_, TxError>(insert(&db, &table, 9).await?) })
-        .await
-        .unwrap();
-    assert_eq!(ids(&db, &table).await, vec![9]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_in_body_rolls_back() {
-    let Some((db, table)) = setup(2, "my_panic").await else {
-        return;
-    };
-    let conn_id = Arc::new(Mutex::new(0u64));
-    let handle = {
-        let db = db.clone();
-        let table = table.clone();
-        let conn_id = conn_id.clone();
-        tokio::spawn(async move {
-            TransactionTemplate::new(db.clone())
-                .execute(|_| async {
-                    insert(&db, &table, 1).await?;
-                    *conn_id.lock().unwrap() = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                        .fetch_one(&db)
-                        .await?;
-                    if table.len() > 1 {
-                        panic!("boom");
-                    }
-                    Ok::<_, TxError>(())
-                })
-                .await
-        })
-    };
-    assert!(handle.await.unwrap_err().is_panic());
-    assert!(ids(&db, &table).await.is_empty());
-    let id = *conn_id.lock().unwrap();
-    assert_eq!(wait_no_innodb_trx(id).await, 0);
-    let (size, idle) = settle(&db).await;
-    assert_eq!(size as usize, idle);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlock_is_retryable_and_never_half_committed() {
-    let Some((db, table)) = setup(4, "my_deadlock").await else {
+    let Some((db, table)) = setup(4, "deadlock").await else {
         return;
     };
     for id in [1, 2] {

@@ -1,5 +1,5 @@
-//! Transactional events on PostgreSQL (the order-created example): each phase runs exactly when it should for commit, rollback, rollback-only, timeout and
-//! cancellation, with the database state observed by the listener itself at the moment it
+//! Transactional events on PostgreSQL (the order-created example): each phase runs exactly
+//! when it should for commit, rollback, rollback-only, timeout and cancellation, with the database state observed by the listener itself at the moment it
 //! runs (through a fresh connection from the pool); RequiresNew, Nested and no-transaction
 //! rules; ordering; fallback execution; failing listeners.
 
@@ -201,6 +201,33 @@ fn explode(message: &str) {
     panic!("{message}")
 }
 
+/// A test's database with a bus whose observing listeners watch every phase.
+async fn observed(max: u32, prefix: &str) -> Option<(Db, EventBus)> {
+    let d = setup(max, prefix).await?;
+    let bus = EventBus::new();
+    d.observe_all(&bus);
+    Some((d, bus))
+}
+
+/// What the observing listeners write down for order `id` committed: not yet committed but
+/// visible in the transaction before the commit, committed after it.
+fn committed_order(id: i64) -> Vec<String> {
+    vec![
+        format!("before_commit {id} committed=false in_tx=true"),
+        format!("after_commit {id} committed=true"),
+        format!("after_completion {id} committed=true"),
+    ]
+}
+
+/// What the observing listeners write down for order `id` rolled back: the row is gone
+/// (`row=free`), nothing committed.
+fn rolled_back_order(id: i64) -> Vec<String> {
+    vec![
+        format!("after_rollback {id} committed=false row=free"),
+        format!("after_completion {id} committed=false"),
+    ]
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -211,11 +238,9 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_committed_data() {
-    let Some(d) = setup(4, "ev_commit").await else {
+    let Some((d, bus)) = observed(4, "ev_commit").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     // A BeforeCommit listener's statements are part of the transaction (an outbox row).
     let d2 = d.clone();
     bus.listen(
@@ -301,11 +326,9 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_runs_after_rollback_with_the_order_gone() {
-    let Some(d) = setup(4, "ev_rollback").await else {
+    let Some((d, bus)) = observed(4, "ev_rollback").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let r = d
         .template()
         .execute(|_| async {
@@ -316,13 +339,7 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     // row=free: the transaction no longer holds the row when the listener runs (a still
     // open transaction would make the probe wait for its lock).
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back_order(1));
     assert!(d.ids().await.is_empty());
 
     // A failing statement rolls back the same way.
@@ -335,24 +352,16 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back_order(2));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_only_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_rbonly").await else {
+    let Some((d, bus)) = observed(4, "ev_rbonly").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
 
     // The owner marks its own transaction: rolled back, the call returns Ok.
     let (d, bus) = (&d, &bus);
@@ -365,13 +374,7 @@ async fn rollback_only_runs_after_rollback() {
         })
         .await;
     assert!(r.is_ok());
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back_order(1));
 
     // A participant publishes and marks the transaction: the event follows the owner's
     // transaction, which rolls back with UnexpectedRollback.
@@ -390,11 +393,7 @@ async fn rollback_only_runs_after_rollback() {
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "owner end",
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false",
-        ])
+        [strings(&["owner end"]), rolled_back_order(2)].concat()
     );
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
@@ -402,11 +401,9 @@ async fn rollback_only_runs_after_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_timeout").await else {
+    let Some((d, bus)) = observed(4, "ev_timeout").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let started = Instant::now();
     let r = d
         .template()
@@ -419,24 +416,16 @@ async fn timeout_runs_after_rollback() {
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back_order(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_runs_after_rollback() {
-    let Some(d) = setup(4, "ev_cancel").await else {
+    let Some((d, bus)) = observed(4, "ev_cancel").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let t = d.template();
     let (d, bus) = (&d, &bus);
@@ -452,13 +441,7 @@ async fn cancellation_runs_after_rollback() {
         _ = call => panic!("the call never ends on its own"),
         r = inserted_rx => r.unwrap(),
     }
-    assert_eq!(
-        d.log.wait_for(2).await,
-        strings(&[
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
-    );
+    assert_eq!(d.log.wait_for(2).await, rolled_back_order(1));
     assert!(d.ids().await.is_empty());
     d.drop_table().await;
 }
@@ -577,9 +560,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
     assert_eq!(d.ids().await, vec![1]);
     let logged = capture.text();
     for line in [
-        "ERROR tx: AfterCommit listener of events_pg::OrderCreated failed: message broker down",
-        "ERROR tx: AfterCommit listener of events_pg::OrderCreated panicked: bug in a listener",
-        "ERROR tx: AfterCompletion listener of events_pg::OrderCreated failed: completion listener failed",
+        "ERROR tx: AfterCommit listener of engine::events::OrderCreated failed: message broker down",
+        "ERROR tx: AfterCommit listener of engine::events::OrderCreated panicked: bug in a listener",
+        "ERROR tx: AfterCompletion listener of engine::events::OrderCreated failed: completion listener failed",
     ] {
         assert!(logged.contains(line), "{line:?} not logged in:\n{logged}");
     }
@@ -592,18 +575,12 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 2 committed=false row=free",
-            "after_completion 2 committed=false"
-        ])
-    );
+    assert_eq!(d.log.take(), rolled_back_order(2));
     assert_eq!(d.ids().await, vec![1]);
     assert!(
         capture
             .text()
-            .contains("ERROR tx: AfterRollback listener of events_pg::OrderCreated panicked: bug in a rollback listener"),
+            .contains("ERROR tx: AfterRollback listener of engine::events::OrderCreated panicked: bug in a rollback listener"),
         "{}",
         capture.text()
     );
@@ -616,11 +593,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requires_new_event_follows_the_inner_transaction() {
-    let Some(d) = setup(5, "ev_reqnew").await else {
+    let Some((d, bus)) = observed(5, "ev_reqnew").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     let t = d.template();
     let inner = d.template().propagation(Propagation::RequiresNew);
 
@@ -642,14 +617,12 @@ async fn requires_new_event_follows_the_inner_transaction() {
     assert!(r.is_err());
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "before_commit 2 committed=false in_tx=true",
-            "after_commit 2 committed=true",
-            "after_completion 2 committed=true",
-            "inner returned, outer order committed=false",
-            "after_rollback 1 committed=false row=free",
-            "after_completion 1 committed=false",
-        ])
+        [
+            committed_order(2),
+            strings(&["inner returned, outer order committed=false"]),
+            rolled_back_order(1)
+        ]
+        .concat()
     );
     assert_eq!(d.ids().await, vec![2]);
 
@@ -671,14 +644,12 @@ async fn requires_new_event_follows_the_inner_transaction() {
     r.unwrap();
     assert_eq!(
         d.log.take(),
-        strings(&[
-            "after_rollback 4 committed=false row=free",
-            "after_completion 4 committed=false",
-            "inner failed",
-            "before_commit 3 committed=false in_tx=true",
-            "after_commit 3 committed=true",
-            "after_completion 3 committed=true",
-        ])
+        [
+            rolled_back_order(4),
+            strings(&["inner failed"]),
+            committed_order(3)
+        ]
+        .concat()
     );
     assert_eq!(d.ids().await, vec![2, 3]);
     d.drop_table().await;
@@ -749,11 +720,9 @@ async fn nested_savepoint_rollback_never_runs_after_commit_for_its_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
-    let Some(d) = setup(4, "ev_notx").await else {
+    let Some((d, bus)) = observed(4, "ev_notx").await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe_all(&bus);
     d.observe(&bus, TransactionPhase::AfterCommit, "fallback_after_commit")
         .fallback_execution(true);
     d.observe(

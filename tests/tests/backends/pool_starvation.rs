@@ -15,6 +15,8 @@ use tokio::sync::Barrier;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TransactionManager};
 
+use crate::{mysql, postgres};
+
 const POOL: u32 = 4;
 const CALLERS: usize = 32;
 
@@ -146,63 +148,79 @@ fn assert_reservation_served_everyone(outcome: &Outcome, reserved: u32) {
     );
 }
 
-#[derive(Clone)]
-struct PgInsert(String);
+/// A table of ids on a server database, written by the callers.
+trait Rows<DB: Database>: Work<DB> {
+    /// A pool of `POOL` connections and a fresh table; `None` when the server is down.
+    fn setup() -> impl Future<Output = Option<(TxPool<DB>, Self)>> + Send;
 
-impl Work<sqlx::Postgres> for PgInsert {
-    async fn statement(&self, db: &PgTxPool, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (id) VALUES ($1)",
-            self.0
-        )))
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
+    /// The ids in the table, read outside every transaction.
+    fn rows(&self, db: &TxPool<DB>) -> impl Future<Output = Vec<i64>> + Send;
+}
+
+/// `CALLERS` callers on a server pool with `reserved` connections kept for nested scopes:
+/// with none, the first `POOL` callers end up holding every connection while each waits for
+/// another, and starvation is reported at once; with one, every caller completes. Either way
+/// only the completed callers' rows remain (a starved caller's transaction rolled back).
+async fn callers_on_a_server<DB, W>(reserved: u32)
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    W: Rows<DB>,
+{
+    let Some((db, work)) = W::setup().await else {
+        return;
+    };
+    let db = if reserved > 0 {
+        db.reserve_for_nested(reserved)
+    } else {
+        db
+    };
+    let outcome = run_callers(db.clone(), work.clone(), (POOL - reserved) as usize, false).await;
+    if reserved == 0 {
+        assert_starvation_reported(&outcome);
+    } else {
+        assert_reservation_served_everyone(&outcome, reserved);
     }
+    assert_eq!(work.rows(&db).await, rows_of(&outcome.ok));
 }
 
-async fn pg_setup() -> Option<(PgTxPool, PgInsert)> {
-    let db = tx_tests::pg_pool(POOL).await?;
-    let table = tx_tests::unique_table("starve");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, PgInsert(table)))
+/// `$name`: the callers' work on a server database, inserting into the backend contract's
+/// table through the database module `$db` (`setup`, `insert`, `ids`).
+macro_rules! insert_work {
+    ($name:ident, $database:ty, $pool:ty, $db:ident) => {
+        #[derive(Clone)]
+        struct $name(String);
+
+        impl Work<$database> for $name {
+            async fn statement(&self, db: &$pool, id: i64) -> Result<(), sqlx::Error> {
+                $db::insert(db, &self.0, id).await
+            }
+        }
+
+        impl Rows<$database> for $name {
+            async fn setup() -> Option<($pool, Self)> {
+                let (db, table) = $db::setup(POOL, "starve").await?;
+                Some((db, $name(table)))
+            }
+
+            async fn rows(&self, db: &$pool) -> Vec<i64> {
+                $db::ids(db, &self.0).await
+            }
+        }
+    };
 }
 
-async fn pg_rows(db: &PgTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-}
+insert_work!(PgInsert, sqlx::Postgres, PgTxPool, postgres);
+insert_work!(MyInsert, sqlx::MySql, MySqlTxPool, mysql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_starvation_fails_fast_without_a_reservation() {
-    let Some((db, work)) = pg_setup().await else {
-        return;
-    };
-    let outcome = run_callers(db.clone(), work.clone(), POOL as usize, false).await;
-    assert_starvation_reported(&outcome);
-    // A starved caller's outer transaction rolled back; nothing of it remains.
-    assert_eq!(pg_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    callers_on_a_server::<_, PgInsert>(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_reservation_lets_every_requires_new_caller_through() {
-    let Some((db, work)) = pg_setup().await else {
-        return;
-    };
-    let db = db.reserve_for_nested(1);
-    let outcome = run_callers(db.clone(), work.clone(), (POOL - 1) as usize, false).await;
-    assert_reservation_served_everyone(&outcome, 1);
-    assert_eq!(pg_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    callers_on_a_server::<_, PgInsert>(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,65 +287,17 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
         .await;
     r.unwrap();
     other.await.unwrap().unwrap();
-    assert_eq!(pg_rows(&db, &work.0).await, vec![1, 2, 3, 4]);
-}
-
-#[derive(Clone)]
-struct MyInsert(String);
-
-impl Work<sqlx::MySql> for MyInsert {
-    async fn statement(&self, db: &MySqlTxPool, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (id) VALUES (?)",
-            self.0
-        )))
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
-    }
-}
-
-async fn mysql_setup() -> Option<(MySqlTxPool, MyInsert)> {
-    let db = tx_tests::mysql_pool(POOL).await?;
-    let table = tx_tests::unique_table("starve");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY) ENGINE=InnoDB"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some((db, MyInsert(table)))
-}
-
-async fn mysql_rows(db: &MySqlTxPool, table: &str) -> Vec<i64> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM {table} ORDER BY id"
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
+    assert_eq!(postgres::ids(&db, &work.0).await, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_starvation_fails_fast_without_a_reservation() {
-    let Some((db, work)) = mysql_setup().await else {
-        return;
-    };
-    let outcome = run_callers(db.clone(), work.clone(), POOL as usize, false).await;
-    assert_starvation_reported(&outcome);
-    assert_eq!(mysql_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    callers_on_a_server::<_, MyInsert>(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_reservation_lets_every_requires_new_caller_through() {
-    let Some((db, work)) = mysql_setup().await else {
-        return;
-    };
-    let db = db.reserve_for_nested(1);
-    let outcome = run_callers(db.clone(), work.clone(), (POOL - 1) as usize, false).await;
-    assert_reservation_served_everyone(&outcome, 1);
-    assert_eq!(mysql_rows(&db, &work.0).await, rows_of(&outcome.ok));
+    callers_on_a_server::<_, MyInsert>(1).await;
 }
 
 /// SQLite allows one writer, so its callers only read (read-only outer and inner
@@ -408,7 +378,7 @@ async fn reserving_the_whole_pool_is_refused() {
 }
 
 /// The figures of the README's pool sizing section: `TX_SIZING=1 cargo test --release -p
-/// tx-tests --test pool_starvation pool_sizing_figures -- --nocapture` (PostgreSQL; 50
+/// tx-tests --test backends pool_starvation::pool_sizing_figures -- --nocapture` (PostgreSQL; 50
 /// concurrent callers, each a transaction with one insert, 5 ms of other work, and a
 /// RequiresNew scope with one insert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
