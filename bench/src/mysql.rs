@@ -14,6 +14,7 @@ pub const DIALECT: Dialect = Dialect {
     create: "INSERT INTO orders (user_id, product_id, qty) VALUES (?, ?, 1) RETURNING id",
     charge: "UPDATE users SET balance = balance - 100 WHERE id = ? AND balance >= 100",
     audit: "INSERT INTO audit (note) VALUES (?)",
+    audited: "SELECT count(*) FROM audit",
     schema: [
         "CREATE TABLE products (id int PRIMARY KEY, stock bigint NOT NULL CHECK (stock >= 0))",
         "CREATE TABLE users (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))",

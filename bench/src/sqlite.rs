@@ -16,11 +16,14 @@ crate::place_order_workload!(SqlitePool, SqliteTxPool, DIALECT);
 /// The workload's SQL on SQLite. One writer at a time: the audit's transaction runs right
 /// after the order's commits (tx refuses a `RequiresNew` writer inside a writer transaction,
 /// and hand-written sqlx would wait for the write lock its own outer transaction holds).
+/// Hand-written sqlx begins with `BEGIN IMMEDIATE`, as tx does for writers: a deferred
+/// writer fails with `SQLITE_BUSY` when another writer committed since its first read.
 pub const DIALECT: Dialect = Dialect {
     deduct: "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1",
     create: "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
     charge: "UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100",
     audit: "INSERT INTO audit (note) VALUES ($1)",
+    audited: "SELECT count(*) FROM audit",
     schema: [
         "CREATE TABLE products (id INTEGER PRIMARY KEY, stock INTEGER NOT NULL CHECK (stock >= 0))",
         "CREATE TABLE users (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))",

@@ -88,6 +88,8 @@ pub struct Dialect {
     pub charge: &'static str,
     /// Step 4: the audit row (`$1` = its note).
     pub audit: &'static str,
+    /// The read-only report: `SELECT count(*) FROM audit`.
+    pub audited: &'static str,
     /// `CREATE TABLE` statements for `products`, `users`, `orders`, `audit`.
     pub schema: [&'static str; 4],
     /// The statement hand-written sqlx begins its transactions with (`None`: sqlx's own
@@ -275,6 +277,13 @@ macro_rules! place_order_workload {
             #[transactional(manager = self.db)]
             pub async fn empty(&self) -> Result<(), BenchError> {
                 Ok(())
+            }
+
+            /// A read-only, serializable report: the audit rows (what a backend sends to set
+            /// a transaction's isolation and access mode).
+            #[transactional(manager = self.db, isolation = Serializable, read_only)]
+            pub async fn audited(&self) -> Result<i64, BenchError> {
+                Ok(sqlx::query_scalar(SQL.audited).fetch_one(&self.db).await?)
             }
 
             #[transactional(manager = self.db)]
