@@ -169,6 +169,20 @@ macro_rules! place_order_workload {
                 }
             }
 
+            /// A short transaction: deduct stock of product `p`, commit.
+            pub async fn short(&self, p: i32) -> Result<(), BenchError> {
+                let mut tx = self.begin().await?;
+                expect_one(
+                    sqlx::query(SQL.deduct)
+                        .bind(p)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected(),
+                )?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn audit(&self, id: i64) -> Result<(), BenchError> {
                 let mut audit = self.begin().await?;
                 sqlx::query(SQL.audit)
@@ -284,6 +298,73 @@ macro_rules! place_order_workload {
             #[transactional(manager = self.db, isolation = Serializable, read_only)]
             pub async fn audited(&self) -> Result<i64, BenchError> {
                 Ok(sqlx::query_scalar(SQL.audited).fetch_one(&self.db).await?)
+            }
+
+            /// A short transaction: deduct stock of product `p`, commit.
+            #[transactional(manager = self.db)]
+            pub async fn short(&self, p: i32) -> Result<(), BenchError> {
+                self.deduct_inline(p).await
+            }
+
+            /// `depth` nested `Required` calls (each level boxed: async recursion), joining
+            /// the caller's transaction; the innermost runs no statement.
+            #[transactional(manager = self.db)]
+            pub async fn join_chain(&self, depth: u32) -> Result<(), BenchError> {
+                if depth > 1 {
+                    Box::pin(self.join_chain(depth - 1)).await?;
+                }
+                Ok(())
+            }
+
+            /// [`join_chain`](Self::join_chain) without the attribute: the recursion's own
+            /// cost (a box and a poll per level).
+            pub async fn plain_chain(&self, depth: u32) -> Result<(), BenchError> {
+                if depth > 1 {
+                    Box::pin(self.plain_chain(depth - 1)).await?;
+                }
+                Ok(())
+            }
+
+            /// `depth` nested `Nested` calls (a savepoint each); the innermost runs
+            /// [`select_one`](Self::select_one).
+            #[transactional(manager = self.db, propagation = Nested)]
+            pub async fn nest_chain(&self, depth: u32) -> Result<(), BenchError> {
+                if depth > 1 {
+                    Box::pin(self.nest_chain(depth - 1)).await?;
+                } else {
+                    self.select_one().await?;
+                }
+                Ok(())
+            }
+
+            /// `SELECT 1` in the current transaction.
+            pub async fn select_one(&self) -> Result<(), BenchError> {
+                sqlx::query("SELECT 1").execute(&self.db).await?;
+                Ok(())
+            }
+
+            /// Runs `body` `iters` times inside one transaction and returns the time the
+            /// loop took; with `touch`, the transaction first runs a statement (so it has
+            /// begun on the database).
+            #[transactional(manager = self.db)]
+            pub async fn in_transaction<F, Fut>(
+                &self,
+                touch: bool,
+                iters: u64,
+                body: F,
+            ) -> Result<std::time::Duration, BenchError>
+            where
+                F: Fn() -> Fut + Send + Sync,
+                Fut: std::future::Future<Output = Result<(), BenchError>> + Send,
+            {
+                if touch {
+                    self.select_one().await?;
+                }
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    body().await?;
+                }
+                Ok(start.elapsed())
             }
 
             #[transactional(manager = self.db)]
