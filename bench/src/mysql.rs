@@ -1,10 +1,9 @@
 //! The workload on MySQL/MariaDB: each peer in its own database on the bench server.
 
-use sqlx::AssertSqlSafe;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use tx_sqlx::MySqlTxPool;
 
-use crate::workload::{Dialect, seed_sql};
+use crate::workload::{Dialect, run_script};
 
 crate::place_order_workload!(MySqlPool, MySqlTxPool, DIALECT);
 
@@ -31,22 +30,10 @@ pub async fn pool(
     database: &str,
     pool: MySqlPoolOptions,
 ) -> MySqlPool {
-    let admin = MySqlPool::connect_with(options.clone())
-        .await
-        .expect("MariaDB/MySQL reachable");
-    let mut sql = format!(
-        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}; USE {database};\n"
-    );
-    for table in DIALECT.schema {
-        sql.push_str(table);
-        sql.push_str(";\n");
-    }
-    sql.push_str(&seed_sql());
-    sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(&admin)
-        .await
-        .expect("schema");
-    admin.close().await;
+    let prelude =
+        format!("DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}; USE {database};");
+    let admin: MySqlConnection = run_script(&options, DIALECT.setup_sql(&prelude)).await;
+    let _ = sqlx::Connection::close(admin).await;
     pool.connect_with(options.database(database))
         .await
         .expect("pool")

@@ -1,10 +1,10 @@
 //! The workload on PostgreSQL: each peer in its own schema of the bench database.
 
 use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tx_sqlx::PgTxPool;
 
-use crate::workload::{Dialect, seed_sql};
+use crate::workload::{Dialect, run_script};
 
 crate::place_order_workload!(PgPool, PgTxPool, DIALECT);
 
@@ -28,34 +28,23 @@ pub const DIALECT: Dialect = Dialect {
 /// Creates the schema `schema` afresh (tables filled and vacuumed) and returns a pool whose
 /// connections use it (as their `search_path`, a startup parameter: no statement is sent).
 pub async fn pool(options: PgConnectOptions, schema: &str, pool: PgPoolOptions) -> PgPool {
-    let admin = PgPool::connect_with(options.clone())
-        .await
-        .expect("PostgreSQL reachable");
-    let mut sql = format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema};\n"
+    let prelude = format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema};"
     );
-    for table in DIALECT.schema {
-        sql.push_str(table);
-        sql.push_str(";\n");
-    }
-    sql.push_str(&seed_sql());
-    sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(&admin)
-        .await
-        .expect("schema");
+    let mut admin: PgConnection = run_script(&options, DIALECT.setup_sql(&prelude)).await;
     // Settle the freshly loaded tables so the first timed runs don't pay for it (one
     // statement at a time: VACUUM cannot run in a multi-statement query's implicit transaction).
     for sql in [
-        format!("VACUUM ANALYZE {schema}.products"),
-        format!("VACUUM ANALYZE {schema}.users"),
-        "CHECKPOINT".to_owned(),
+        "VACUUM ANALYZE products",
+        "VACUUM ANALYZE users",
+        "CHECKPOINT",
     ] {
         sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&admin)
+            .execute(&mut admin)
             .await
             .expect("vacuum");
     }
-    admin.close().await;
+    let _ = sqlx::Connection::close(admin).await;
     pool.connect_with(options.options([("search_path", schema)]))
         .await
         .expect("pool")

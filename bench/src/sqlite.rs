@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tx_sqlx::SqliteTxPool;
 
-use crate::workload::{Dialect, seed_sql};
+use crate::postgres;
+use crate::workload::{Dialect, run_script};
 
 crate::place_order_workload!(SqlitePool, SqliteTxPool, DIALECT);
 
@@ -19,11 +20,12 @@ crate::place_order_workload!(SqlitePool, SqliteTxPool, DIALECT);
 /// Hand-written sqlx begins with `BEGIN IMMEDIATE`, as tx does for writers: a deferred
 /// writer fails with `SQLITE_BUSY` when another writer committed since its first read.
 pub const DIALECT: Dialect = Dialect {
-    deduct: "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1",
-    create: "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
-    charge: "UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100",
-    audit: "INSERT INTO audit (note) VALUES ($1)",
-    audited: "SELECT count(*) FROM audit",
+    // SQLite takes PostgreSQL's `$N` parameters and `RETURNING`.
+    deduct: postgres::DIALECT.deduct,
+    create: postgres::DIALECT.create,
+    charge: postgres::DIALECT.charge,
+    audit: postgres::DIALECT.audit,
+    audited: postgres::DIALECT.audited,
     schema: [
         "CREATE TABLE products (id INTEGER PRIMARY KEY, stock INTEGER NOT NULL CHECK (stock >= 0))",
         "CREATE TABLE users (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))",
@@ -52,19 +54,7 @@ pub async fn pool(path: &Path, pool: SqlitePoolOptions) -> SqlitePool {
         p.push(suffix);
         let _ = std::fs::remove_file(p);
     }
-    let admin = SqlitePool::connect_with(options(path))
-        .await
-        .expect("open SQLite");
-    let mut sql = String::new();
-    for table in DIALECT.schema {
-        sql.push_str(table);
-        sql.push_str(";\n");
-    }
-    sql.push_str(&seed_sql());
-    sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(&admin)
-        .await
-        .expect("schema");
-    admin.close().await;
+    let admin: SqliteConnection = run_script(&options(path), DIALECT.setup_sql("")).await;
+    let _ = sqlx::Connection::close(admin).await;
     pool.connect_with(options(path)).await.expect("pool")
 }

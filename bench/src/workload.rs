@@ -100,19 +100,42 @@ pub struct Dialect {
     pub audit_inside: bool,
 }
 
-/// The statements that fill `products` and `users` (a `VALUES` list every backend accepts).
-pub fn seed_sql() -> String {
-    let rows = |value: u64| {
-        (1..=ROWS)
-            .map(|i| format!("({i}, {value})"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    format!(
-        "INSERT INTO products (id, stock) VALUES {};\nINSERT INTO users (id, balance) VALUES {};",
-        rows(1_000_000_000_000),
-        rows(1_000_000_000_000_000)
-    )
+impl Dialect {
+    /// `prelude`, then the statements that create the tables and fill `products` and
+    /// `users` (a `VALUES` list every backend accepts).
+    pub fn setup_sql(&self, prelude: &str) -> String {
+        let rows = |value: u64| {
+            (1..=ROWS)
+                .map(|i| format!("({i}, {value})"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut sql = format!("{prelude}\n");
+        for table in self.schema {
+            sql.push_str(table);
+            sql.push_str(";\n");
+        }
+        sql.push_str(&format!(
+            "INSERT INTO products (id, stock) VALUES {};\nINSERT INTO users (id, balance) VALUES {};",
+            rows(1_000_000_000_000),
+            rows(1_000_000_000_000_000)
+        ));
+        sql
+    }
+}
+
+/// Opens a connection with `options` and runs `sql` (several statements) on it.
+pub async fn run_script<C>(options: &C::Options, sql: String) -> C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let mut conn = C::connect_with(options).await.expect("database reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("schema");
+    conn
 }
 
 /// Defines, in the current module, `Hand` (hand-written sqlx) and `Shop` (tx) for one
@@ -131,12 +154,65 @@ macro_rules! place_order_workload {
 
         const SQL: $crate::workload::Dialect = $dialect;
 
-        fn expect_one(rows: u64) -> Result<(), BenchError> {
-            if rows == 1 {
+        type Db = <$pool as $crate::workload::PoolDb>::Db;
+
+        // The unit's statements, shared by both peers (on a transaction's connection, or on
+        // tx's pool, which runs them in the current transaction).
+
+        async fn deduct<'e>(
+            e: impl sqlx::Executor<'e, Database = Db>,
+            p: i32,
+        ) -> Result<(), BenchError> {
+            let n = sqlx::query(SQL.deduct)
+                .bind(p)
+                .execute(e)
+                .await?
+                .rows_affected();
+            if n == 1 {
                 Ok(())
             } else {
                 Err(BenchError::NoRow)
             }
+        }
+
+        async fn create<'e>(
+            e: impl sqlx::Executor<'e, Database = Db>,
+            u: i32,
+            p: i32,
+        ) -> Result<i64, BenchError> {
+            Ok(sqlx::query(SQL.create)
+                .bind(u)
+                .bind(p)
+                .fetch_one(e)
+                .await?
+                .get(0))
+        }
+
+        async fn charge<'e>(
+            e: impl sqlx::Executor<'e, Database = Db>,
+            u: i32,
+        ) -> Result<(), BenchError> {
+            let n = sqlx::query(SQL.charge)
+                .bind(u)
+                .execute(e)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(BenchError::NoRow)
+            }
+        }
+
+        async fn audit_row<'e>(
+            e: impl sqlx::Executor<'e, Database = Db>,
+            id: i64,
+        ) -> Result<(), BenchError> {
+            sqlx::query(SQL.audit)
+                .bind(format!("order {id}"))
+                .execute(e)
+                .await?;
+            Ok(())
         }
 
         /// Hand-written sqlx: `pool.begin()`, `Transaction::begin` for the savepoint, a second
@@ -157,12 +233,7 @@ macro_rules! place_order_workload {
                 }
             }
 
-            async fn begin(
-                &self,
-            ) -> Result<
-                sqlx::Transaction<'static, <$pool as $crate::workload::PoolDb>::Db>,
-                sqlx::Error,
-            > {
+            async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
                 match SQL.hand_begin {
                     Some(statement) => self.pool.begin_with(statement).await,
                     None => self.pool.begin().await,
@@ -172,23 +243,14 @@ macro_rules! place_order_workload {
             /// A short transaction: deduct stock of product `p`, commit.
             pub async fn short(&self, p: i32) -> Result<(), BenchError> {
                 let mut tx = self.begin().await?;
-                expect_one(
-                    sqlx::query(SQL.deduct)
-                        .bind(p)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected(),
-                )?;
+                deduct(&mut *tx, p).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
             async fn audit(&self, id: i64) -> Result<(), BenchError> {
                 let mut audit = self.begin().await?;
-                sqlx::query(SQL.audit)
-                    .bind(format!("order {id}"))
-                    .execute(&mut *audit)
-                    .await?;
+                audit_row(&mut *audit, id).await?;
                 audit.commit().await?;
                 Ok(())
             }
@@ -203,29 +265,15 @@ macro_rules! place_order_workload {
                     self.counter.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                expect_one(
-                    sqlx::query(SQL.deduct)
-                        .bind(p)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected(),
-                )?;
-                let id: i64 = sqlx::query(SQL.create)
-                    .bind(u)
-                    .bind(p)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get(0);
-                let charge = sqlx::query(SQL.charge).bind(u);
-                let n = if variant == Variant::Nested {
+                deduct(&mut *tx, p).await?;
+                let id = create(&mut *tx, u, p).await?;
+                if variant == Variant::Nested {
                     let mut sp = tx.begin().await?;
-                    let n = charge.execute(&mut *sp).await?.rows_affected();
+                    charge(&mut *sp, u).await?;
                     sp.commit().await?;
-                    n
                 } else {
-                    charge.execute(&mut *tx).await?.rows_affected()
-                };
-                expect_one(n)?;
+                    charge(&mut *tx, u).await?;
+                }
                 if SQL.audit_inside {
                     self.audit(id).await?;
                 }
@@ -263,11 +311,7 @@ macro_rules! place_order_workload {
         impl Audit {
             #[transactional(manager = self.db, propagation = RequiresNew)]
             async fn record(&self, id: i64) -> Result<(), BenchError> {
-                sqlx::query(SQL.audit)
-                    .bind(format!("order {id}"))
-                    .execute(&self.db)
-                    .await?;
-                Ok(())
+                audit_row(&self.db, id).await
             }
         }
 
@@ -303,7 +347,7 @@ macro_rules! place_order_workload {
             /// A short transaction: deduct stock of product `p`, commit.
             #[transactional(manager = self.db)]
             pub async fn short(&self, p: i32) -> Result<(), BenchError> {
-                self.deduct_inline(p).await
+                deduct(&self.db, p).await
             }
 
             /// `depth` nested `Required` calls (each level boxed: async recursion), joining
@@ -376,12 +420,12 @@ macro_rules! place_order_workload {
                     self.charge(u).await?;
                     id
                 } else {
-                    self.deduct_inline(p).await?;
-                    let id = self.create_inline(u, p).await?;
+                    deduct(&self.db, p).await?;
+                    let id = create(&self.db, u, p).await?;
                     if variant == Variant::Nested {
                         self.charge_nested(u).await?;
                     } else {
-                        self.charge_inline(u).await?;
+                        charge(&self.db, u).await?;
                     }
                     id
                 };
@@ -395,53 +439,24 @@ macro_rules! place_order_workload {
                 Ok(id)
             }
 
-            async fn deduct_inline(&self, p: i32) -> Result<(), BenchError> {
-                expect_one(
-                    sqlx::query(SQL.deduct)
-                        .bind(p)
-                        .execute(&self.db)
-                        .await?
-                        .rows_affected(),
-                )
-            }
-
-            async fn create_inline(&self, u: i32, p: i32) -> Result<i64, BenchError> {
-                Ok(sqlx::query(SQL.create)
-                    .bind(u)
-                    .bind(p)
-                    .fetch_one(&self.db)
-                    .await?
-                    .get(0))
-            }
-
-            async fn charge_inline(&self, u: i32) -> Result<(), BenchError> {
-                expect_one(
-                    sqlx::query(SQL.charge)
-                        .bind(u)
-                        .execute(&self.db)
-                        .await?
-                        .rows_affected(),
-                )
-            }
-
             #[transactional(manager = self.db, propagation = Nested)]
             async fn charge_nested(&self, u: i32) -> Result<(), BenchError> {
-                self.charge_inline(u).await
+                charge(&self.db, u).await
             }
 
             #[transactional(manager = self.db)]
             async fn deduct(&self, p: i32) -> Result<(), BenchError> {
-                self.deduct_inline(p).await
+                deduct(&self.db, p).await
             }
 
             #[transactional(manager = self.db)]
             async fn create(&self, u: i32, p: i32) -> Result<i64, BenchError> {
-                self.create_inline(u, p).await
+                create(&self.db, u, p).await
             }
 
             #[transactional(manager = self.db)]
             async fn charge(&self, u: i32) -> Result<(), BenchError> {
-                self.charge_inline(u).await
+                charge(&self.db, u).await
             }
         }
 
