@@ -159,20 +159,25 @@ macro_rules! place_order_workload {
         // The unit's statements, shared by both peers (on a transaction's connection, or on
         // tx's pool, which runs them in the current transaction).
 
-        async fn deduct<'e>(
+        /// Runs the `UPDATE` `sql` on row `id`, which must change one row.
+        async fn update_one<'e>(
             e: impl sqlx::Executor<'e, Database = Db>,
-            p: i32,
+            sql: &'static str,
+            id: i32,
         ) -> Result<(), BenchError> {
-            let n = sqlx::query(SQL.deduct)
-                .bind(p)
-                .execute(e)
-                .await?
-                .rows_affected();
+            let n = sqlx::query(sql).bind(id).execute(e).await?.rows_affected();
             if n == 1 {
                 Ok(())
             } else {
                 Err(BenchError::NoRow)
             }
+        }
+
+        async fn deduct<'e>(
+            e: impl sqlx::Executor<'e, Database = Db>,
+            p: i32,
+        ) -> Result<(), BenchError> {
+            update_one(e, SQL.deduct, p).await
         }
 
         async fn create<'e>(
@@ -192,16 +197,7 @@ macro_rules! place_order_workload {
             e: impl sqlx::Executor<'e, Database = Db>,
             u: i32,
         ) -> Result<(), BenchError> {
-            let n = sqlx::query(SQL.charge)
-                .bind(u)
-                .execute(e)
-                .await?
-                .rows_affected();
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(BenchError::NoRow)
-            }
+            update_one(e, SQL.charge, u).await
         }
 
         async fn audit_row<'e>(

@@ -218,32 +218,50 @@ fn ok<T>(r: Result<T, BenchError>) -> Result<(), BenchError> {
     r.map(drop)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_round_trips() {
-    let url = std::env::var("TX_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let options: PgConnectOptions = url.parse().expect("TX_TEST_PG_URL");
-    let Some(proxy) = proxy(
-        Protocol::Postgres,
-        options.get_host(),
-        options.get_port(),
-        "PostgreSQL",
-    )
-    .await
-    else {
-        return;
+/// A test of a server backend, reached through a [`CountingProxy`]: `$backend` is the
+/// workload's module, `$options` its connect options, `$env`/`$default` its URL, `$ssl`
+/// TLS off (the proxy reads the messages), `$cleanup` the statements dropping the peers'
+/// schemas (given their names).
+macro_rules! server_round_trips {
+    (
+        $test:ident, $backend:ident, $options:ty, $protocol:expr, $ssl:expr,
+        $env:literal, $default:literal, $what:literal, $expect:expr, $cleanup:expr
+    ) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let url = std::env::var($env).unwrap_or_else(|_| $default.to_owned());
+            let options: $options = url.parse().expect($env);
+            let (host, port) = (options.get_host().to_owned(), options.get_port());
+            let Some(proxy) = proxy($protocol, &host, port, $what).await else {
+                return;
+            };
+            let options = options.host("127.0.0.1").port(proxy.port()).ssl_mode($ssl);
+            let pid = std::process::id();
+            let (h, t) = (format!("rt_hand_{pid}"), format!("rt_tx_{pid}"));
+            let hand =
+                $backend::Hand::new($backend::pool(options.clone(), &h, pool_options()).await);
+            let shop = $backend::Shop::new($backend::pool(options, &t, pool_options()).await);
+            let read_only = || async { ok(shop.audited().await) };
+            check($expect, &hand, &shop, read_only, || proxy.take()).await;
+            let cleanup: fn(&str, &str) -> String = $cleanup;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup(&h, &t)))
+                .execute(&hand.pool)
+                .await
+                .expect("drop the peers' schemas");
+        }
     };
-    let options = options
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .ssl_mode(PgSslMode::Disable);
-    let pid = std::process::id();
-    let hand = postgres::Hand::new(
-        postgres::pool(options.clone(), &format!("rt_hand_{pid}"), pool_options()).await,
-    );
-    let shop =
-        postgres::Shop::new(postgres::pool(options, &format!("rt_tx_{pid}"), pool_options()).await);
-    let expect = Expect {
+}
+
+server_round_trips!(
+    postgres_round_trips,
+    postgres,
+    PgConnectOptions,
+    Protocol::Postgres,
+    PgSslMode::Disable,
+    "TX_TEST_PG_URL",
+    "postgres://postgres@127.0.0.1:5432/test",
+    "PostgreSQL",
+    Expect {
         dialect: postgres::DIALECT,
         hand_begin: "BEGIN",
         // The access mode is always stated (a session default of read-only does not leak in).
@@ -255,48 +273,20 @@ async fn postgres_round_trips() {
             "SELECT count(*) FROM audit",
             "COMMIT",
         ],
-    };
-    check(
-        expect,
-        &hand,
-        &shop,
-        || async { ok(shop.audited().await) },
-        || proxy.take(),
-    )
-    .await;
-    let cleanup = format!("DROP SCHEMA rt_hand_{pid} CASCADE; DROP SCHEMA rt_tx_{pid} CASCADE");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
-        .execute(&hand.pool)
-        .await
-        .expect("drop schemas");
-}
+    },
+    |h, t| format!("DROP SCHEMA {h} CASCADE; DROP SCHEMA {t} CASCADE")
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_round_trips() {
-    let url = std::env::var("TX_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-    let options: MySqlConnectOptions = url.parse().expect("TX_TEST_MYSQL_URL");
-    let Some(proxy) = proxy(
-        Protocol::MySql,
-        options.get_host(),
-        options.get_port(),
-        "MariaDB/MySQL",
-    )
-    .await
-    else {
-        return;
-    };
-    let options = options
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .ssl_mode(MySqlSslMode::Disabled);
-    let pid = std::process::id();
-    let hand = mysql::Hand::new(
-        mysql::pool(options.clone(), &format!("rt_hand_{pid}"), pool_options()).await,
-    );
-    let shop =
-        mysql::Shop::new(mysql::pool(options, &format!("rt_tx_{pid}"), pool_options()).await);
-    let expect = Expect {
+server_round_trips!(
+    mysql_round_trips,
+    mysql,
+    MySqlConnectOptions,
+    Protocol::MySql,
+    MySqlSslMode::Disabled,
+    "TX_TEST_MYSQL_URL",
+    "mysql://root@127.0.0.1:3306/test",
+    "MariaDB/MySQL",
+    Expect {
         dialect: mysql::DIALECT,
         hand_begin: "BEGIN",
         tx_begin: "START TRANSACTION READ WRITE",
@@ -308,21 +298,10 @@ async fn mysql_round_trips() {
             "SELECT count(*) FROM audit",
             "COMMIT",
         ],
-    };
-    check(
-        expect,
-        &hand,
-        &shop,
-        || async { ok(shop.audited().await) },
-        || proxy.take(),
-    )
-    .await;
-    let cleanup = format!("DROP DATABASE rt_hand_{pid}; DROP DATABASE rt_tx_{pid}");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
-        .execute(&hand.pool)
-        .await
-        .expect("drop databases");
-}
+    },
+    |h, t| format!("DROP DATABASE {h}; DROP DATABASE {t}")
+);
+
 /// Statements SQLite ran, from every connection with the trace on.
 static SQLITE_LOG: Mutex<Vec<Sent>> = Mutex::new(Vec::new());
 
