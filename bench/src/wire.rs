@@ -299,6 +299,17 @@ async fn relay(
 mod tests {
     use super::*;
 
+    /// `"ping"`, `"prepare <sql>"`, or a statement's text.
+    fn expect(spec: &[&str]) -> Vec<Sent> {
+        spec.iter()
+            .map(|s| match (*s, s.strip_prefix("prepare ")) {
+                ("ping", _) => Sent::Ping,
+                (_, Some(sql)) => Sent::Prepare(sql.to_owned()),
+                (sql, None) => Sent::Statement(sql.to_owned()),
+            })
+            .collect()
+    }
+
     fn pg_msg(t: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![t];
         m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -335,16 +346,8 @@ mod tests {
                 c.message(&m, &log);
             }
         }
-        assert_eq!(
-            log.into_inner().unwrap(),
-            [
-                Sent::Statement("BEGIN".into()),
-                Sent::Prepare("SELECT 1".into()),
-                Sent::Statement("SELECT 1".into()),
-                Sent::Ping,
-                Sent::Statement("COMMIT".into()),
-            ]
-        );
+        let expected = expect(&["BEGIN", "prepare SELECT 1", "SELECT 1", "ping", "COMMIT"]);
+        assert_eq!(log.into_inner().unwrap(), expected);
     }
 
     #[test]
@@ -359,14 +362,7 @@ mod tests {
         s.server(&mysql_packet(2, b"column definition"));
         s.client(&mysql_packet(0, b"\x17\x07\x00\x00\x00\x00"), &log);
         s.client(&mysql_packet(0, b"\x0e"), &log);
-        assert_eq!(
-            log.into_inner().unwrap(),
-            [
-                Sent::Statement("START TRANSACTION".into()),
-                Sent::Prepare("SELECT ?".into()),
-                Sent::Statement("SELECT ?".into()),
-                Sent::Ping,
-            ]
-        );
+        let expected = expect(&["START TRANSACTION", "prepare SELECT ?", "SELECT ?", "ping"]);
+        assert_eq!(log.into_inner().unwrap(), expected);
     }
 }

@@ -173,13 +173,6 @@ macro_rules! place_order_workload {
             }
         }
 
-        async fn deduct<'e>(
-            e: impl sqlx::Executor<'e, Database = Db>,
-            p: i32,
-        ) -> Result<(), BenchError> {
-            update_one(e, SQL.deduct, p).await
-        }
-
         async fn create<'e>(
             e: impl sqlx::Executor<'e, Database = Db>,
             u: i32,
@@ -191,13 +184,6 @@ macro_rules! place_order_workload {
                 .fetch_one(e)
                 .await?
                 .get(0))
-        }
-
-        async fn charge<'e>(
-            e: impl sqlx::Executor<'e, Database = Db>,
-            u: i32,
-        ) -> Result<(), BenchError> {
-            update_one(e, SQL.charge, u).await
         }
 
         async fn audit_row<'e>(
@@ -239,7 +225,7 @@ macro_rules! place_order_workload {
             /// A short transaction: deduct stock of product `p`, commit.
             pub async fn short(&self, p: i32) -> Result<(), BenchError> {
                 let mut tx = self.begin().await?;
-                deduct(&mut *tx, p).await?;
+                update_one(&mut *tx, SQL.deduct, p).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -261,14 +247,14 @@ macro_rules! place_order_workload {
                     self.counter.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                deduct(&mut *tx, p).await?;
+                update_one(&mut *tx, SQL.deduct, p).await?;
                 let id = create(&mut *tx, u, p).await?;
                 if variant == Variant::Nested {
                     let mut sp = tx.begin().await?;
-                    charge(&mut *sp, u).await?;
+                    update_one(&mut *sp, SQL.charge, u).await?;
                     sp.commit().await?;
                 } else {
-                    charge(&mut *tx, u).await?;
+                    update_one(&mut *tx, SQL.charge, u).await?;
                 }
                 if SQL.audit_inside {
                     self.audit(id).await?;
@@ -343,7 +329,7 @@ macro_rules! place_order_workload {
             /// A short transaction: deduct stock of product `p`, commit.
             #[transactional(manager = self.db)]
             pub async fn short(&self, p: i32) -> Result<(), BenchError> {
-                deduct(&self.db, p).await
+                update_one(&self.db, SQL.deduct, p).await
             }
 
             /// `depth` nested `Required` calls (each level boxed: async recursion), joining
@@ -416,12 +402,12 @@ macro_rules! place_order_workload {
                     self.charge(u).await?;
                     id
                 } else {
-                    deduct(&self.db, p).await?;
+                    update_one(&self.db, SQL.deduct, p).await?;
                     let id = create(&self.db, u, p).await?;
                     if variant == Variant::Nested {
                         self.charge_nested(u).await?;
                     } else {
-                        charge(&self.db, u).await?;
+                        update_one(&self.db, SQL.charge, u).await?;
                     }
                     id
                 };
@@ -437,12 +423,12 @@ macro_rules! place_order_workload {
 
             #[transactional(manager = self.db, propagation = Nested)]
             async fn charge_nested(&self, u: i32) -> Result<(), BenchError> {
-                charge(&self.db, u).await
+                update_one(&self.db, SQL.charge, u).await
             }
 
             #[transactional(manager = self.db)]
             async fn deduct(&self, p: i32) -> Result<(), BenchError> {
-                deduct(&self.db, p).await
+                update_one(&self.db, SQL.deduct, p).await
             }
 
             #[transactional(manager = self.db)]
@@ -452,7 +438,7 @@ macro_rules! place_order_workload {
 
             #[transactional(manager = self.db)]
             async fn charge(&self, u: i32) -> Result<(), BenchError> {
-                charge(&self.db, u).await
+                update_one(&self.db, SQL.charge, u).await
             }
         }
 
