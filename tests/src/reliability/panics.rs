@@ -179,7 +179,7 @@ pub async fn panic_case<B: Server>(
     }
 }
 
-/// What Spring's semantics (and the SPEC) require of [`panic_case`]: `(outer, inner, rows)`.
+/// What Spring's semantics require of [`panic_case`]: `(outer, inner, rows)`.
 pub fn panic_expectation(
     level: Level,
     at: PanicAt,
