@@ -82,13 +82,8 @@ type ErrorMapper<B> = Arc<dyn Fn(TxError) -> Response<B> + Send + Sync>;
 /// use axum::http::StatusCode;
 /// use axum::response::IntoResponse;
 /// use tx_axum::TxLayer;
-/// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-/// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-/// # impl TransactionManager for Noop {
-/// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-/// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-/// # }
-/// # let db = Noop::default(); // a TxPool in real code
+/// # use tx_core::TxError;
+/// # let db = tx_core::testing::NoopManager::default(); // a TxPool in real code
 ///
 /// let layer = TxLayer::new(db)
 ///     // 409 answers are business outcomes worth keeping, too.
@@ -155,13 +150,7 @@ impl TxLayer<Body> {
     /// [`TransactionManager`]).
     ///
     /// ```
-    /// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-    /// # }
-    /// # let db = Noop::default(); // a TxPool in real code
+    /// # let db = tx_core::testing::NoopManager::default(); // a TxPool in real code
     /// let app: axum::Router = axum::Router::new().layer(tx_axum::TxLayer::new(db));
     /// # let _ = app;
     /// ```
@@ -180,13 +169,7 @@ impl<B> TxLayer<B> {
     /// back (default: success and redirection statuses).
     ///
     /// ```
-    /// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-    /// # }
-    /// # let db = Noop::default();
+    /// # let db = tx_core::testing::NoopManager::default();
     /// // Only 2xx commits; a redirect after a failed form rolls back.
     /// let layer = tx_axum::TxLayer::new(db).commit_when(|status| status.is_success());
     /// # let _ = layer;
@@ -205,13 +188,8 @@ impl<B> TxLayer<B> {
     ///
     /// ```
     /// use axum::{http::StatusCode, response::IntoResponse};
-    /// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-    /// # }
-    /// # let db = Noop::default();
+    /// # use tx_core::TxError;
+    /// # let db = tx_core::testing::NoopManager::default();
     /// let layer = tx_axum::TxLayer::new(db).on_commit_error(|e: TxError| match e {
     ///     TxError::Timeout => StatusCode::GATEWAY_TIMEOUT.into_response(),
     ///     _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -237,13 +215,7 @@ impl<B> TxLayer<B> {
     /// ```
     /// use std::time::Duration;
     /// use tx_core::{Isolation, TransactionDefinition};
-    /// # use tx_core::manager::*; use tx_core::TxError; use std::sync::Arc;
-    /// # #[derive(Clone, Default)] struct Noop(Arc<()>);
-    /// # impl TransactionManager for Noop {
-    /// #     fn key(&self) -> ManagerKey { ManagerKey::of(&self.0) }
-    /// #     fn begin(&self, _: BeginOptions) -> BoxFuture<'static, Result<Box<dyn PhysicalTransaction>, TxError>> { unimplemented!() }
-    /// # }
-    /// # let db = Noop::default();
+    /// # let db = tx_core::testing::NoopManager::default();
     /// // For GET routes: a read-only transaction that may take at most 2 s.
     /// let reads = tx_axum::TxLayer::new(db).definition(
     ///     TransactionDefinition::default()
