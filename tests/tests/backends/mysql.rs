@@ -121,9 +121,12 @@ async fn isolation_levels_are_applied() {
                         .fetch_one(&db)
                         .await?;
                     // information_schema.innodb_trx is a cache refreshed at most every
-                    // 100 ms: poll until it shows this transaction.
-                    let mut tries = 0;
-                    let row = loop {
+                    // 100 ms, and may still show this connection's previous transaction:
+                    // poll until it shows the expected settings, for at most 20 reads. A
+                    // transaction begun with the wrong settings never shows them, and the
+                    // assertions below report what it showed last.
+                    let mut last = None;
+                    for _ in 0..20 {
                         sqlx::query("DO SLEEP(0.12)").execute(&db).await?;
                         let row = sqlx::query(
                             "SELECT trx_isolation_level, CAST(trx_is_read_only AS SIGNED) \
@@ -131,13 +134,16 @@ async fn isolation_levels_are_applied() {
                         )
                         .fetch_optional(&db)
                         .await?;
-                        tries += 1;
-                        match row {
-                            Some(row) => break row,
-                            None => assert!(tries < 20, "transaction never shown in innodb_trx"),
+                        if let Some(row) = row {
+                            let seen: (String, i64) = (row.get(0), row.get(1));
+                            let done = seen.0 == expected && seen.1 == read_only as i64;
+                            last = Some(seen);
+                            if done {
+                                break;
+                            }
                         }
-                    };
-                    Ok::<_, TxError>((row.get(0), row.get(1)))
+                    }
+                    Ok::<_, TxError>(last.expect("transaction never shown in innodb_trx"))
                 })
                 .await
                 .unwrap();
