@@ -49,22 +49,50 @@ impl<S: TransactionSynchronization> DynSynchronization for S {
         Box::pin(TransactionSynchronization::before_commit(self, read_only))
     }
     fn call(self: Arc<Self>, phase: Phase) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let run = async {
-                match phase {
-                    Phase::BeforeCompletion => {
-                        TransactionSynchronization::before_completion(&*self).await
-                    }
-                    Phase::AfterCommit => TransactionSynchronization::after_commit(&*self).await,
-                    Phase::AfterCompletion(c) => {
-                        TransactionSynchronization::after_completion(&*self, c).await
-                    }
+        caught(phase, async move {
+            match phase {
+                Phase::BeforeCompletion => {
+                    TransactionSynchronization::before_completion(&*self).await;
                 }
-            };
-            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
-                log_panic(phase.name(), &*panic);
+                Phase::AfterCommit => TransactionSynchronization::after_commit(&*self).await,
+                Phase::AfterCompletion(c) => {
+                    TransactionSynchronization::after_completion(&*self, c).await;
+                }
             }
         })
+    }
+}
+
+/// `run`, a hook's call in `phase`, boxed with its panic caught and logged.
+pub(crate) fn caught(
+    phase: Phase,
+    run: impl Future<Output = ()> + Send + 'static,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+            log_panic(phase.name(), &*panic);
+        }
+    })
+}
+
+/// The call of a hook that does nothing in a phase: a future of size zero, so that boxing it
+/// allocates nothing.
+pub(crate) struct Skipped;
+
+impl Future for Skipped {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// `before_commit` of a hook that has none: accepts at once, and boxing it allocates nothing.
+pub(crate) struct Accepted;
+
+impl Future for Accepted {
+    type Output = Result<(), BoxError>;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
     }
 }
 

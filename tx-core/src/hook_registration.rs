@@ -3,15 +3,14 @@
 //! and its shortcuts for one closure.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::closure_hooks::{AfterCompletion, CompletionFn, OnCompletion, OnPhase};
 use crate::completion::Completion;
 use crate::context;
 use crate::error::TxError;
-use crate::synchronization::{
-    AfterCommit, AfterCompletion, AfterRollback, CompletionFn, OnCompletion,
-    TransactionSynchronization,
-};
+use crate::hook_list::Phase;
+use crate::synchronization::TransactionSynchronization;
 
 /// Registers `sync` with the current transactional scope.
 ///
@@ -36,7 +35,11 @@ pub fn register_synchronization(sync: impl TransactionSynchronization) -> Result
 /// assert!(matches!(tx_core::after_commit(async {}), Err(TxError::NoTransaction)));
 /// ```
 pub fn after_commit(fut: impl Future<Output = ()> + Send + 'static) -> Result<(), TxError> {
-    register_synchronization(AfterCommit(OnCompletion(Mutex::new(Some(Box::pin(fut))))))
+    context::current_sync()?.push(Arc::new(OnPhase {
+        runs_in: |phase| matches!(phase, Phase::AfterCommit),
+        fut: OnCompletion::new(Box::pin(fut)),
+    }));
+    Ok(())
 }
 
 /// Runs `fut` after the current transaction rolls back (never if it commits).
@@ -45,7 +48,11 @@ pub fn after_commit(fut: impl Future<Output = ()> + Send + 'static) -> Result<()
 /// assert!(tx_core::after_rollback(async {}).is_err());
 /// ```
 pub fn after_rollback(fut: impl Future<Output = ()> + Send + 'static) -> Result<(), TxError> {
-    register_synchronization(AfterRollback(OnCompletion(Mutex::new(Some(Box::pin(fut))))))
+    context::current_sync()?.push(Arc::new(OnPhase {
+        runs_in: |phase| matches!(phase, Phase::AfterCompletion(Completion::RolledBack)),
+        fut: OnCompletion::new(Box::pin(fut)),
+    }));
+    Ok(())
 }
 
 /// Runs `f(completion)` after the current transaction completes, either way.
@@ -60,5 +67,6 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let f: CompletionFn = Box::new(move |c| Box::pin(f(c)));
-    register_synchronization(AfterCompletion(OnCompletion(Mutex::new(Some(f)))))
+    context::current_sync()?.push(Arc::new(AfterCompletion(OnCompletion::new(f))));
+    Ok(())
 }

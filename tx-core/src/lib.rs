@@ -90,11 +90,12 @@ mod retry_cause;
 mod registry;
 
 // Hooks as the user writes them; what observers are told; the hook list with its per-phase
-// runners.
+// runners, and the one-closure hooks built on it.
 mod synchronization;
 
 mod observe;
 
+mod closure_hooks;
 mod hook_list;
 
 // The engine's state: a transaction, its scopes and the binding chain; then a scope's status,

@@ -5,11 +5,9 @@
 //! ([`crate::hook_list`]) and the engine decides when ([`crate::propagation`]).
 
 use std::future::Future;
-use std::sync::Mutex;
 
 use crate::completion::Completion;
 use crate::error::BoxError;
-use crate::manager::BoxFuture;
 
 /// Callbacks around the completion of the current transaction (Spring's
 /// `TransactionSynchronization`). Every method is optional; write them as `async fn`.
@@ -102,48 +100,6 @@ pub trait TransactionSynchronization: Send + Sync + 'static {
     fn after_completion(&self, completion: Completion) -> impl Future<Output = ()> + Send {
         let _ = completion;
         async {}
-    }
-}
-
-pub(crate) struct OnCompletion<F>(pub(crate) Mutex<Option<F>>);
-
-impl<F> OnCompletion<F> {
-    fn take(&self) -> Option<F> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-pub(crate) struct AfterCommit(pub(crate) OnCompletion<BoxFuture<'static, ()>>);
-
-impl TransactionSynchronization for AfterCommit {
-    async fn after_commit(&self) {
-        if let Some(fut) = self.0.take() {
-            fut.await;
-        }
-    }
-}
-
-pub(crate) struct AfterRollback(pub(crate) OnCompletion<BoxFuture<'static, ()>>);
-
-impl TransactionSynchronization for AfterRollback {
-    async fn after_completion(&self, completion: Completion) {
-        if completion == Completion::RolledBack
-            && let Some(fut) = self.0.take()
-        {
-            fut.await;
-        }
-    }
-}
-
-pub(crate) type CompletionFn = Box<dyn FnOnce(Completion) -> BoxFuture<'static, ()> + Send>;
-
-pub(crate) struct AfterCompletion(pub(crate) OnCompletion<CompletionFn>);
-
-impl TransactionSynchronization for AfterCompletion {
-    async fn after_completion(&self, completion: Completion) {
-        if let Some(f) = self.0.take() {
-            f(completion).await;
-        }
     }
 }
 

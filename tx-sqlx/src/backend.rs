@@ -3,6 +3,7 @@
 //! executor, the transaction manager) is written once, generic over it, and dispatched
 //! statically. The trait sees only the driver's connection, never the types built on it.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, OnceLock};
@@ -32,8 +33,9 @@ pub struct ServerFacts {
 /// How a backend begins one transaction.
 #[derive(Debug)]
 pub struct BeginStatement {
-    /// The statement(s) sent as the transaction's `BEGIN`.
-    pub(crate) sql: String,
+    /// The statement(s) sent as the transaction's `BEGIN`: borrowed when fixed (the common
+    /// case), so that beginning allocates no text for it.
+    pub(crate) sql: Cow<'static, str>,
     /// SQL restoring a session setting the begin changed, run after `COMMIT`/`ROLLBACK`.
     pub(crate) reset: Option<&'static str>,
 }

@@ -3,6 +3,7 @@
 //! MariaDB, `max_execution_time` for SELECTs on MySQL) until the transaction ends, when the
 //! session's own value is restored.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -108,7 +109,16 @@ pub(crate) fn begin_sql(
     read_only: bool,
     remaining: Option<Duration>,
     bound: StatementBound,
-) -> String {
+) -> Cow<'static, str> {
+    let start = if read_only {
+        "START TRANSACTION READ ONLY"
+    } else {
+        "START TRANSACTION READ WRITE"
+    };
+    if remaining.is_none() && isolation.sql().is_none() {
+        // The common case: a constant, no text built per transaction.
+        return Cow::Borrowed(start);
+    }
     let mut sql = String::new();
     if let Some(remaining) = remaining {
         // Save the session's bound (restored after the transaction), then bound statements by
@@ -134,12 +144,8 @@ pub(crate) fn begin_sql(
         // Without SESSION/GLOBAL: applies to the next transaction only.
         let _ = write!(sql, "SET TRANSACTION ISOLATION LEVEL {level}; ");
     }
-    sql.push_str(if read_only {
-        "START TRANSACTION READ ONLY"
-    } else {
-        "START TRANSACTION READ WRITE"
-    });
-    sql
+    sql.push_str(start);
+    Cow::Owned(sql)
 }
 
 #[cfg(test)]

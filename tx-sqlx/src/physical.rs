@@ -8,6 +8,7 @@
 //! going back to the pool.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -123,7 +124,7 @@ impl<DB: Backend> SqlxTransaction<DB> {
     }
 
     /// Sends `statement` (which must begin a transaction) through sqlx's transaction manager.
-    pub(crate) async fn begin(&mut self, statement: String) -> Result<(), TxError> {
+    pub(crate) async fn begin(&mut self, statement: Cow<'static, str>) -> Result<(), TxError> {
         let conn = self.conn.as_mut().expect("connection present before begin");
         self.in_flight = true;
         let result = <DB::TransactionManager as SqlxTransactionManager>::begin(

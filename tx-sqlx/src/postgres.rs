@@ -1,6 +1,7 @@
 //! PostgreSQL: `BEGIN ISOLATION LEVEL .. READ ONLY|READ WRITE; SET LOCAL statement_timeout = ..`
 //! in one round trip.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -39,12 +40,20 @@ impl Backend for Postgres {
     }
 }
 
-/// The one statement that begins a transaction with `options`.
+/// The one statement that begins a transaction with `options`; a constant without isolation
+/// level or deadline (no text built per transaction).
 pub(crate) fn begin_sql(
     isolation: Isolation,
     read_only: bool,
     remaining: Option<Duration>,
-) -> String {
+) -> Cow<'static, str> {
+    if remaining.is_none() && isolation.sql().is_none() {
+        return Cow::Borrowed(if read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN READ WRITE"
+        });
+    }
     let mut sql = String::from("BEGIN");
     if let Some(level) = isolation.sql() {
         sql.push_str(" ISOLATION LEVEL ");
@@ -60,7 +69,7 @@ pub(crate) fn begin_sql(
         let ms = remaining.as_millis().clamp(1, i32::MAX as u128);
         let _ = write!(sql, "; SET LOCAL statement_timeout = {ms}");
     }
-    sql
+    Cow::Owned(sql)
 }
 
 #[cfg(test)]

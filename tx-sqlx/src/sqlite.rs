@@ -7,6 +7,7 @@
 //! database would wait for a lock it holds itself: both cases fail fast with
 //! [`TxError::WouldBlock`] instead of waiting out the busy timeout.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -94,7 +95,7 @@ impl Backend for Sqlite {
             "BEGIN IMMEDIATE"
         };
         Ok(BeginStatement {
-            sql: sql.to_owned(),
+            sql: Cow::Borrowed(sql),
             reset,
         })
     }

@@ -19,6 +19,10 @@ use crate::{Isolation, Propagation};
 /// time but for the name, which is read on the first call.
 pub struct LazyDefinition {
     unnamed: TransactionDefinition,
+    /// A name built at run time (`Type::method`), kept here so that the definition can borrow
+    /// it for `'static`: every clone of the definition (one per transaction) then copies a
+    /// reference instead of allocating the string anew.
+    built_name: OnceLock<String>,
     named: OnceLock<TransactionDefinition>,
 }
 
@@ -32,6 +36,7 @@ impl LazyDefinition {
     ) -> Self {
         LazyDefinition {
             unnamed: TransactionDefinition::__const(propagation, isolation, timeout, read_only, ""),
+            built_name: OnceLock::new(),
             named: OnceLock::new(),
         }
     }
@@ -40,15 +45,17 @@ impl LazyDefinition {
     /// `free_name` is `concat!(module_path!(), "::", fn_name)` (the name of a free function),
     /// and `method` is true when the signature shows a method (a `self` receiver or `Self`).
     pub fn get<F>(
-        &self,
+        &'static self,
         marker: F,
         free_name: &'static str,
         method: bool,
-    ) -> &TransactionDefinition {
+    ) -> &'static TransactionDefinition {
         self.named.get_or_init(|| {
-            self.unnamed
-                .clone()
-                .name(default_name(marker, free_name, method))
+            let name: &'static str = match default_name(marker, free_name, method) {
+                Cow::Borrowed(name) => name,
+                Cow::Owned(name) => self.built_name.get_or_init(|| name),
+            };
+            self.unnamed.clone().name(name)
         })
     }
 }
