@@ -1,6 +1,8 @@
 //! Shared support for the integration tests: server URLs, "server missing" policy, unique
 //! table names so parallel tests never share tables.
 
+#![forbid(unsafe_code)]
+
 pub mod proxy;
 pub mod reliability;
 
