@@ -231,6 +231,16 @@ fn begun(name: &str, stmt: &str) -> Vec<String> {
     ]
 }
 
+/// The whole log of transaction `name` that sends one INSERT and commits.
+fn insert_then_committed(name: &str, hooks: Hooks) -> Vec<String> {
+    [begun(name, "INSERT"), committed(name, hooks)].concat()
+}
+
+/// The whole log of transaction `name` that sends one INSERT and rolls back with `cause`.
+fn insert_then_rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
+    [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat()
+}
+
 /// A commit of `name`: the hooks' commit phases run before `before_commit`, their
 /// after-phases before `after_commit`.
 fn committed(name: &str, hooks: Hooks) -> Vec<String> {
@@ -274,10 +284,9 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
         .execute(|_| insert_with_hook(&m, None))
         .await;
     r.unwrap();
-    let name = "commit::order";
     assert_eq!(
         m.take(),
-        [begun(name, "INSERT"), committed(name, Hooks::Logged)].concat()
+        insert_then_committed("commit::order", Hooks::Logged)
     );
     let s = seen("commit::order");
     assert_eq!((s.id, s.backend, s.attempt), (s.scope_id, "custom", 1));
@@ -315,14 +324,9 @@ async fn rollback_on_error_reports_the_cause_after_the_hooks() {
         })
         .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
-    let name = "rollback::order";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "error", Hooks::Logged)
-        ]
-        .concat()
+        insert_then_rolled_back("rollback::order", "error", Hooks::Logged)
     );
 }
 
@@ -339,14 +343,9 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     r.unwrap();
-    let name = "marked::owner";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "rollback_only", Hooks::None)
-        ]
-        .concat()
+        insert_then_rolled_back("marked::owner", "rollback_only", Hooks::None)
     );
 
     // A joined participant gets no callbacks of its own; its failure marks the transaction.
@@ -363,14 +362,9 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    let name = "marked::outer";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "rollback_only", Hooks::None)
-        ]
-        .concat()
+        insert_then_rolled_back("marked::outer", "rollback_only", Hooks::None)
     );
 }
 
@@ -387,14 +381,9 @@ async fn timeout_is_reported_as_timeout() {
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)));
-    let name = "timeout::slow";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "timeout", Hooks::None)
-        ]
-        .concat()
+        insert_then_rolled_back("timeout::slow", "timeout", Hooks::None)
     );
 }
 
@@ -409,14 +398,9 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     });
     cancel_after(10, call).await;
     wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
-    let name = "cancel::dropped";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "cancelled", Hooks::Logged)
-        ]
-        .concat()
+        insert_then_rolled_back("cancel::dropped", "cancelled", Hooks::Logged)
     );
 }
 
@@ -527,10 +511,9 @@ async fn failing_and_panicking_listeners_are_ignored() {
         "after_commit hooks still ran"
     );
     // The listener registered after the faulty one got every callback.
-    let name = "faulty::commit";
     assert_eq!(
         m.take(),
-        [begun(name, "INSERT"), committed(name, Hooks::None)].concat()
+        insert_then_committed("faulty::commit", Hooks::None)
     );
     let r: Result<(), TxError> = t(&m)
         .name("faulty::rollback")
@@ -543,13 +526,8 @@ async fn failing_and_panicking_listeners_are_ignored() {
         matches!(r, Err(TxError::NoTransaction)),
         "the body's error, not a listener's"
     );
-    let name = "faulty::rollback";
     assert_eq!(
         m.take(),
-        [
-            begun(name, "INSERT"),
-            rolled_back(name, "error", Hooks::None)
-        ]
-        .concat()
+        insert_then_rolled_back("faulty::rollback", "error", Hooks::None)
     );
 }
