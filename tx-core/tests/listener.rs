@@ -207,33 +207,86 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// The body most tests run: one INSERT, then a logging hook (vetoing with `veto` if given).
+async fn insert_with_hook(m: &RecordingManager, veto: Option<&'static str>) -> Result<(), TxError> {
+    m.stmt("INSERT").await?;
+    tx_core::register_synchronization(Hook(m.log().clone(), veto))?;
+    Ok(())
+}
+
+/// Whether a hook from [`insert_with_hook`] is registered, so its phases sit in the log.
+#[derive(Clone, Copy)]
+enum Hooks {
+    None,
+    Logged,
+}
+
+/// The listener callbacks around `BEGIN` and the first statement of transaction `name`.
+fn begun(name: &str, stmt: &str) -> Vec<String> {
+    vec![
+        format!("L before_begin {name}"),
+        format!("L after_begin {name}"),
+        "BEGIN Default".into(),
+        format!("STMT {stmt}"),
+    ]
+}
+
+/// The whole log of transaction `name` that sends one INSERT and commits.
+fn insert_then_committed(name: &str, hooks: Hooks) -> Vec<String> {
+    [begun(name, "INSERT"), committed(name, hooks)].concat()
+}
+
+/// The whole log of transaction `name` that sends one INSERT and rolls back with `cause`.
+fn insert_then_rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
+    [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat()
+}
+
+/// A commit of `name`: the hooks' commit phases run before `before_commit`, their
+/// after-phases before `after_commit`.
+fn committed(name: &str, hooks: Hooks) -> Vec<String> {
+    let before = format!("L before_commit {name}");
+    let after = format!("L after_commit {name}");
+    match hooks {
+        Hooks::None => vec![before, "COMMIT".into(), after],
+        Hooks::Logged => vec![
+            "H before_commit".into(),
+            "H before_completion".into(),
+            before,
+            "COMMIT".into(),
+            "H after_commit".into(),
+            "H after_completion Committed".into(),
+            after,
+        ],
+    }
+}
+
+/// A rollback of `name` reported with `cause`, the hooks' phases around the `ROLLBACK`.
+fn rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
+    let before = format!("L before_rollback {name}");
+    let after = format!("L after_rollback {name} {cause}");
+    match hooks {
+        Hooks::None => vec![before, "ROLLBACK".into(), after],
+        Hooks::Logged => vec![
+            "H before_completion".into(),
+            before,
+            "ROLLBACK".into(),
+            "H after_completion RolledBack".into(),
+            after,
+        ],
+    }
+}
+
 #[tokio::test]
 async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them() {
     let m = manager("commit");
-    let r: Result<(), TxError> = t(&m)
+    let r = t(&m)
         .name("commit::order")
-        .execute(|_| async {
-            m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log().clone(), None))?;
-            Ok(())
-        })
+        .execute(|_| insert_with_hook(&m, None))
         .await;
     r.unwrap();
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin commit::order",
-            "L after_begin commit::order",
-            "BEGIN Default",
-            "STMT INSERT",
-            "H before_commit",
-            "H before_completion",
-            "L before_commit commit::order",
-            "COMMIT",
-            "H after_commit",
-            "H after_completion Committed",
-            "L after_commit commit::order",
-        ])
+        insert_then_committed("commit::order", Hooks::Logged)
     );
     let s = seen("commit::order");
     assert_eq!((s.id, s.backend, s.attempt), (s.scope_id, "custom", 1));
@@ -263,28 +316,17 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
 #[tokio::test]
 async fn rollback_on_error_reports_the_cause_after_the_hooks() {
     let m = manager("rollback");
-    let r: Result<(), TxError> = t(&m)
+    let r = t(&m)
         .name("rollback::order")
         .execute(|_| async {
-            m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log().clone(), None))?;
-            Err(TxError::NoTransaction)
+            insert_with_hook(&m, None).await?;
+            Err::<(), _>(TxError::NoTransaction)
         })
         .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin rollback::order",
-            "L after_begin rollback::order",
-            "BEGIN Default",
-            "STMT INSERT",
-            "H before_completion",
-            "L before_rollback rollback::order",
-            "ROLLBACK",
-            "H after_completion RolledBack",
-            "L after_rollback rollback::order error",
-        ])
+        insert_then_rolled_back("rollback::order", "error", Hooks::Logged)
     );
 }
 
@@ -303,15 +345,7 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
     r.unwrap();
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin marked::owner",
-            "L after_begin marked::owner",
-            "BEGIN Default",
-            "STMT INSERT",
-            "L before_rollback marked::owner",
-            "ROLLBACK",
-            "L after_rollback marked::owner rollback_only",
-        ])
+        insert_then_rolled_back("marked::owner", "rollback_only", Hooks::None)
     );
 
     // A joined participant gets no callbacks of its own; its failure marks the transaction.
@@ -330,15 +364,7 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin marked::outer",
-            "L after_begin marked::outer",
-            "BEGIN Default",
-            "STMT INSERT",
-            "L before_rollback marked::outer",
-            "ROLLBACK",
-            "L after_rollback marked::outer rollback_only",
-        ])
+        insert_then_rolled_back("marked::outer", "rollback_only", Hooks::None)
     );
 }
 
@@ -357,15 +383,7 @@ async fn timeout_is_reported_as_timeout() {
     assert!(matches!(r, Err(TxError::Timeout)));
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin timeout::slow",
-            "L after_begin timeout::slow",
-            "BEGIN Default",
-            "STMT INSERT",
-            "L before_rollback timeout::slow",
-            "ROLLBACK",
-            "L after_rollback timeout::slow timeout",
-        ])
+        insert_then_rolled_back("timeout::slow", "timeout", Hooks::None)
     );
 }
 
@@ -374,8 +392,7 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     let m = manager("cancel");
     let template = t(&m).name("cancel::dropped");
     let call = template.execute(|_| async {
-        m.stmt("INSERT").await?;
-        tx_core::register_synchronization(Hook(m.log().clone(), None))?;
+        insert_with_hook(&m, None).await?;
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, TxError>(())
     });
@@ -383,46 +400,27 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin cancel::dropped",
-            "L after_begin cancel::dropped",
-            "BEGIN Default",
-            "STMT INSERT",
-            "H before_completion",
-            "L before_rollback cancel::dropped",
-            "ROLLBACK",
-            "H after_completion RolledBack",
-            "L after_rollback cancel::dropped cancelled",
-        ])
+        insert_then_rolled_back("cancel::dropped", "cancelled", Hooks::Logged)
     );
 }
 
 #[tokio::test]
 async fn before_commit_veto_is_reported_as_before_commit_failed_without_before_commit() {
     let m = manager("veto");
-    let r: Result<(), TxError> = t(&m)
+    let r = t(&m)
         .name("veto::order")
-        .execute(|_| async {
-            m.stmt("INSERT").await?;
-            tx_core::register_synchronization(Hook(m.log().clone(), Some("stock check failed")))?;
-            Ok(())
-        })
+        .execute(|_| insert_with_hook(&m, Some("stock check failed")))
         .await;
     assert!(matches!(r, Err(TxError::BeforeCommit(_))));
+    let name = "veto::order";
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin veto::order",
-            "L after_begin veto::order",
-            "BEGIN Default",
-            "STMT INSERT",
-            "H before_commit",
-            "H before_completion",
-            "L before_rollback veto::order",
-            "ROLLBACK",
-            "H after_completion RolledBack",
-            "L after_rollback veto::order before_commit_failed",
-        ])
+        [
+            begun(name, "INSERT"),
+            strings(&["H before_commit"]),
+            rolled_back(name, "before_commit_failed", Hooks::Logged),
+        ]
+        .concat()
     );
 }
 
@@ -497,8 +495,8 @@ async fn nested_savepoints_get_their_own_callbacks_around_savepoint_commands() {
 #[tokio::test]
 async fn failing_and_panicking_listeners_are_ignored() {
     let m = manager("faulty");
-    let committed = Arc::new(Mutex::new(false));
-    let c = committed.clone();
+    let committed_flag = Arc::new(Mutex::new(false));
+    let c = committed_flag.clone();
     let r: Result<u8, TxError> = t(&m)
         .name("faulty::commit")
         .execute(|_| async {
@@ -508,19 +506,14 @@ async fn failing_and_panicking_listeners_are_ignored() {
         })
         .await;
     assert_eq!(r.unwrap(), 7, "the call's result stands");
-    assert!(*committed.lock().unwrap(), "after_commit hooks still ran");
+    assert!(
+        *committed_flag.lock().unwrap(),
+        "after_commit hooks still ran"
+    );
     // The listener registered after the faulty one got every callback.
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin faulty::commit",
-            "L after_begin faulty::commit",
-            "BEGIN Default",
-            "STMT INSERT",
-            "L before_commit faulty::commit",
-            "COMMIT",
-            "L after_commit faulty::commit",
-        ])
+        insert_then_committed("faulty::commit", Hooks::None)
     );
     let r: Result<(), TxError> = t(&m)
         .name("faulty::rollback")
@@ -535,14 +528,6 @@ async fn failing_and_panicking_listeners_are_ignored() {
     );
     assert_eq!(
         m.take(),
-        strings(&[
-            "L before_begin faulty::rollback",
-            "L after_begin faulty::rollback",
-            "BEGIN Default",
-            "STMT INSERT",
-            "L before_rollback faulty::rollback",
-            "ROLLBACK",
-            "L after_rollback faulty::rollback error",
-        ])
+        insert_then_rolled_back("faulty::rollback", "error", Hooks::None)
     );
 }
