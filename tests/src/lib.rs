@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod reliability;
+pub mod server_control;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

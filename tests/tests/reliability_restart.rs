@@ -12,12 +12,14 @@
 //! Needs root and the server tools on a machine whose test servers are local; otherwise skips
 //! loudly, or fails under `TX_TEST_REQUIRE_SERVERS=1`.
 
-use std::io::{Read, Seek};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tx_tests::server_control::{
+    pg_ready, postgres_restart_tools, restart_postgres, run, start_postgres, url_host, wait_for,
+};
 
 use tokio::sync::{Barrier, Notify};
 use tx_sqlx::TxError;
@@ -40,94 +42,21 @@ fn servers_required() -> bool {
     std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
 }
 
-/// Runs a command with its output in a temporary file (a daemon inheriting a pipe would keep
-/// a reader waiting forever); `Err` carries the status and output.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let mut out = tempfile::tempfile().map_err(|e| format!("temp file: {e}"))?;
-    let err = out.try_clone().map_err(|e| format!("temp file: {e}"))?;
-    let status = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(err))
-        .status()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if status.success() {
-        return Ok(());
-    }
-    let mut text = String::new();
-    let _ = out.rewind();
-    let _ = out.read_to_string(&mut text);
-    Err(format!(
-        "`{program} {}` failed ({status}): {}",
-        args.join(" "),
-        text.trim()
-    ))
-}
-
-fn in_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
-}
-
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    host_port.split(':').next().unwrap_or(host_port)
-}
-
 /// The PostgreSQL version whose `main` cluster serves the tests, when this process can
 /// restart both servers; `Err` says why not.
 fn restart_tools() -> Result<String, String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("`id -u`: {e}"))?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("not running as root".into());
-    }
-    for tool in [
-        "pg_ctlcluster",
-        "pg_isready",
-        "mariadb-admin",
-        "mariadb",
-        "start-stop-daemon",
-    ] {
-        if !in_path(tool) {
-            return Err(format!("`{tool}` not found in PATH"));
-        }
-    }
+    let version = postgres_restart_tools(&["mariadb-admin", "mariadb", "start-stop-daemon"])?;
     if !Path::new(MARIADBD).is_file() {
         return Err(format!("{MARIADBD} not found"));
     }
-    for (what, url) in [
-        ("PostgreSQL", tx_tests::pg_url()),
-        ("MariaDB", tx_tests::mysql_url()),
-    ] {
-        let host = url_host(&url);
-        if host != "127.0.0.1" && host != "localhost" {
-            return Err(format!(
-                "the {what} test server ({host}) is not the local one"
-            ));
-        }
+    let url = tx_tests::mysql_url();
+    let host = url_host(&url);
+    if host != "127.0.0.1" && host != "localhost" {
+        return Err(format!(
+            "the MariaDB test server ({host}) is not the local one"
+        ));
     }
-    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
-        .map_err(|e| format!("/etc/postgresql: {e}"))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("main").is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    match versions.as_slice() {
-        [v] => Ok(v.clone()),
-        other => Err(format!(
-            "expected one PostgreSQL `main` cluster, found {other:?}"
-        )),
-    }
-}
-
-fn pg_ready() -> bool {
-    run("pg_isready", &["-h", "127.0.0.1", "-q", "-t", "2"]).is_ok()
+    Ok(version)
 }
 
 fn mariadb_ready() -> bool {
@@ -155,37 +84,6 @@ fn start_mariadb() -> Result<(), String> {
         "start-stop-daemon",
         &["--start", "--oknodo", "--background", "--exec", MARIADBD],
     )
-}
-
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn restart_postgres(version: &str) -> Result<(), String> {
-    run(
-        "pg_ctlcluster",
-        &[
-            "--skip-systemctl-redirect",
-            version,
-            "main",
-            "restart",
-            "-m",
-            "fast",
-        ],
-    )?;
-    if !wait_for(Duration::from_secs(30), pg_ready) {
-        return Err("PostgreSQL did not answer within 30 s of its restart".into());
-    }
-    Ok(())
 }
 
 fn restart_mariadb() -> Result<(), String> {
@@ -218,12 +116,7 @@ fn ensure_servers(version: &str, limit: Duration) -> Result<(), String> {
     let mut last = String::new();
     let ok = wait_for(limit, || {
         let pg = pg_ready();
-        if !pg
-            && let Err(e) = run(
-                "pg_ctlcluster",
-                &["--skip-systemctl-redirect", version, "main", "start"],
-            )
-        {
+        if !pg && let Err(e) = start_postgres(version) {
             // "already running" while it starts or stops: try again.
             last = e;
         }

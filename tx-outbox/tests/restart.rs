@@ -12,12 +12,12 @@
 
 mod support;
 
-use support::pg_restart::{RestorePostgres, restart_postgres, restart_tools};
 use support::servers_required;
+use tx_tests::server_control::{RestorePostgres, postgres_restart_tools, restart_postgres};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_under_the_relay() {
-    let version = match restart_tools() {
+    let version = match postgres_restart_tools(&[]) {
         Ok(v) => v,
         Err(why) => {
             if servers_required() {

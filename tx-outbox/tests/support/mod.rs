@@ -4,7 +4,6 @@
 
 #[cfg(feature = "nats")]
 pub mod database_fault;
-pub mod pg_restart;
 
 use std::collections::HashMap;
 use std::future::Future;

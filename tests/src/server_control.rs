@@ -1,6 +1,9 @@
-//! Restarting the local PostgreSQL server under a test: whether this process may (root, the
-//! server tools, a local `main` cluster), the restart itself, and a guard that brings the
-//! server back however the test ends.
+//! Restarting the local test servers under a test: whether this process may (root, the
+//! server tools, servers on this machine), running the tools, restarting PostgreSQL's `main`
+//! cluster, and a guard that brings PostgreSQL back however the test ends.
+//!
+//! Used by the test binaries that restart a server (they run alone: cargo runs test binaries
+//! one after another).
 
 use std::io::{Read, Seek};
 use std::process::{Command, Stdio};
@@ -8,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Runs a command with its output in a temporary file (a daemon inheriting a pipe would keep
 /// a reader waiting forever); `Err` carries the status and output.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
     let mut out = tempfile::tempfile().map_err(|e| format!("temp file: {e}"))?;
     let err = out.try_clone().map_err(|e| format!("temp file: {e}"))?;
     let status = Command::new(program)
@@ -31,8 +34,38 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     ))
 }
 
-/// The version of the local `main` cluster, when this process may restart it.
-pub fn restart_tools() -> Result<String, String> {
+/// Whether `name` is an executable file in a directory of `PATH`.
+pub fn in_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
+}
+
+/// The host of a database URL (`scheme://user:pass@host:port/db`).
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port.split(':').next().unwrap_or(host_port)
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `limit` passes (false).
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The version of the local PostgreSQL `main` cluster, when this process may restart it:
+/// root, `pg_ctlcluster`, `pg_isready` and every tool of `more_tools` in `PATH`, the
+/// PostgreSQL test server on this machine, and exactly one `main` cluster. `Err` says why not.
+pub fn postgres_restart_tools(more_tools: &[&str]) -> Result<String, String> {
     let uid = Command::new("id")
         .arg("-u")
         .output()
@@ -40,17 +73,16 @@ pub fn restart_tools() -> Result<String, String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("not running as root".into());
     }
-    for tool in ["pg_ctlcluster", "pg_isready"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-        if !found {
+    for tool in ["pg_ctlcluster", "pg_isready"].iter().chain(more_tools) {
+        if !in_path(tool) {
             return Err(format!("`{tool}` not found in PATH"));
         }
     }
-    let url = super::pg_url();
-    if !url.contains("@127.0.0.1") && !url.contains("@localhost") {
+    let url = crate::pg_url();
+    let host = url_host(&url);
+    if host != "127.0.0.1" && host != "localhost" {
         return Err(format!(
-            "the PostgreSQL test server ({url}) is not the local one"
+            "the PostgreSQL test server ({host}) is not the local one"
         ));
     }
     let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
@@ -67,23 +99,17 @@ pub fn restart_tools() -> Result<String, String> {
     }
 }
 
-/// Whether the local server answers.
+/// Whether the local PostgreSQL server answers.
 pub fn pg_ready() -> bool {
     run("pg_isready", &["-h", "127.0.0.1", "-q", "-t", "2"]).is_ok()
 }
 
-/// Polls `cond` every 100 ms until it holds (true) or `limit` passes (false).
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Starts the local `main` cluster of `version` (fails while it is already running).
+pub fn start_postgres(version: &str) -> Result<(), String> {
+    run(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", version, "main", "start"],
+    )
 }
 
 /// Restarts the local `main` cluster of `version` (fast shutdown) and waits until it answers.
@@ -105,18 +131,15 @@ pub fn restart_postgres(version: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Brings PostgreSQL back, and waits until it answers, however the test ends.
+/// Brings PostgreSQL (the `main` cluster of this version) back, and waits until it answers,
+/// however the test ends.
 pub struct RestorePostgres(pub String);
 
 impl Drop for RestorePostgres {
     fn drop(&mut self) {
-        let version = self.0.clone();
         let ok = wait_for(Duration::from_secs(60), || {
             pg_ready() || {
-                let _ = run(
-                    "pg_ctlcluster",
-                    &["--skip-systemctl-redirect", &version, "main", "start"],
-                );
+                let _ = start_postgres(&self.0);
                 false
             }
         });
