@@ -20,7 +20,6 @@ use crate::transaction::SavepointCompletion;
 ///
 /// `rollback_on(&err)` says whether an `Err` of the body rolls the scope back (the rollback
 /// rules); `Ok` commits unless something marked the scope rollback-only.
-#[allow(dead_code)] // the entry point of callers without retries
 pub(crate) fn execute<'a, T, E, F, Fut, R>(
     manager: ManagerRef<'a>,
     definition: &'a TransactionDefinition,
