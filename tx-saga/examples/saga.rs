@@ -39,6 +39,16 @@ struct Shop {
     hang_once: Arc<AtomicBool>,
 }
 
+/// `qty` books for `customer`, at `price` in all.
+fn order(customer: &str, qty: i64, price: i64) -> PlaceOrder {
+    PlaceOrder {
+        item: "book".into(),
+        qty,
+        customer: customer.into(),
+        price,
+    }
+}
+
 fn short(id: SagaId) -> String {
     id.to_string()[..8].to_owned()
 }
@@ -216,14 +226,7 @@ fn worker(
 ) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let engine = engine.clone();
-    let handle = tokio::spawn(async move {
-        engine
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    (stop, handle)
+    (stop, tokio::spawn(async move { engine.run(stopped).await }))
 }
 
 #[tokio::main]
@@ -264,38 +267,18 @@ async fn main() -> Result<(), TxError> {
     let id = TransactionTemplate::new(shop.orders.clone())
         .execute(|_| {
             let engine = engine.clone();
-            async move {
-                let order = PlaceOrder {
-                    item: "book".into(),
-                    qty: 2,
-                    customer: "alice".into(),
-                    price: 30,
-                };
-                engine.start("place_order", order).await
-            }
+            async move { engine.start("place_order", order("alice", 2, 30)).await }
         })
         .await?;
     println!("   saga {}: {}\n", short(id), wait(&engine, id).await?);
 
     println!("2. bob orders 1 book for 20 but has 5:");
-    let order = PlaceOrder {
-        item: "book".into(),
-        qty: 1,
-        customer: "bob".into(),
-        price: 20,
-    };
-    let id = engine.start("place_order", order).await?;
+    let id = engine.start("place_order", order("bob", 1, 20)).await?;
     println!("   saga {}: {}\n", short(id), wait(&engine, id).await?);
 
     println!("3. alice orders 1 more book; the worker dies in the middle of create_order:");
     shop.hang_once.store(true, Ordering::SeqCst);
-    let order = PlaceOrder {
-        item: "book".into(),
-        qty: 1,
-        customer: "alice".into(),
-        price: 15,
-    };
-    let id = engine.start("place_order", order).await?;
+    let id = engine.start("place_order", order("alice", 1, 15)).await?;
     while shop.hang_once.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

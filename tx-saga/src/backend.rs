@@ -192,19 +192,31 @@ fn columns(text: &str) -> String {
     )
 }
 
-#[cfg(feature = "postgres")]
-driver!(
-    sqlx::Postgres,
-    Dialect {
-        numbered: true,
-        now_ms: "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
-        claim: Claim::UpdateReturning,
-        create_table: |t| vec![
-            format!("CREATE TABLE IF NOT EXISTS {t} ({})", columns("TEXT")),
-            format!("CREATE INDEX IF NOT EXISTS {t}_due ON {t} (status, next_run_at)"),
-        ],
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl Dialect {
+    /// A dialect that claims with one `UPDATE .. RETURNING` and creates the index of due
+    /// sagas apart from the table (PostgreSQL, SQLite): placeholders `$n` when `numbered`,
+    /// the current time as `now_ms`.
+    const fn update_returning(numbered: bool, now_ms: &'static str) -> Dialect {
+        Dialect {
+            numbered,
+            now_ms,
+            claim: Claim::UpdateReturning,
+            create_table: |t| {
+                vec![
+                    format!("CREATE TABLE IF NOT EXISTS {t} ({})", columns("TEXT")),
+                    format!("CREATE INDEX IF NOT EXISTS {t}_due ON {t} (status, next_run_at)"),
+                ]
+            },
+        }
     }
-);
+}
+
+/// PostgreSQL's clock when the statement runs (not the transaction's start), in epoch ms.
+#[cfg(feature = "postgres")]
+const PG_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+#[cfg(feature = "postgres")]
+driver!(sqlx::Postgres, Dialect::update_returning(true, PG_NOW_MS));
 
 #[cfg(feature = "mysql")]
 driver!(
@@ -220,16 +232,11 @@ driver!(
     }
 );
 
+/// SQLite's clock in epoch ms.
+#[cfg(feature = "sqlite")]
+const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 #[cfg(feature = "sqlite")]
 driver!(
     sqlx::Sqlite,
-    Dialect {
-        numbered: false,
-        now_ms: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-        claim: Claim::UpdateReturning,
-        create_table: |t| vec![
-            format!("CREATE TABLE IF NOT EXISTS {t} ({})", columns("TEXT")),
-            format!("CREATE INDEX IF NOT EXISTS {t}_due ON {t} (status, next_run_at)"),
-        ],
-    }
+    Dialect::update_returning(false, SQLITE_NOW_MS)
 );

@@ -68,13 +68,14 @@ impl fmt::Display for Direction {
 /// );
 /// # let _ = saga;
 /// ```
+#[derive(Debug)]
 pub struct StepContext<S> {
-    pub(crate) state: S,
     pub(crate) saga_id: SagaId,
     pub(crate) saga: Arc<str>,
     pub(crate) step: Arc<str>,
     pub(crate) direction: Direction,
     pub(crate) attempt: u32,
+    pub(crate) state: S,
     pub(crate) key: String,
 }
 
@@ -131,19 +132,6 @@ impl<S> StepContext<S> {
     #[must_use]
     pub fn idempotency_key(&self) -> &str {
         &self.key
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for StepContext<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StepContext")
-            .field("saga_id", &self.saga_id)
-            .field("saga", &self.saga)
-            .field("step", &self.step)
-            .field("direction", &self.direction)
-            .field("attempt", &self.attempt)
-            .field("state", &self.state)
-            .finish()
     }
 }
 

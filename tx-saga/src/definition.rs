@@ -54,33 +54,33 @@ impl Default for StepOptions {
 }
 
 impl StepOptions {
+    fn edit(mut self, f: impl FnOnce(&mut StepOptions)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// How long one attempt may run (forward or compensation) before it is cut off and counts
     /// as a failed, retryable attempt. Its transaction is rolled back. While the step runs, its
     /// worker's lease is extended to cover it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.edit(|o| o.timeout = timeout)
     }
 
     /// How many times the forward action is tried (at least 1) before a retryable failure
     /// counts as final and compensation starts.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
-        self
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        self.edit(|o| o.max_attempts = attempts)
     }
 
     /// How many times the compensation is tried (at least 1) before the saga is left `Stuck`.
-    pub fn compensation_max_attempts(mut self, attempts: u32) -> Self {
-        self.compensation_max_attempts = attempts;
-        self
+    pub fn compensation_max_attempts(self, attempts: u32) -> Self {
+        self.edit(|o| o.compensation_max_attempts = attempts)
     }
 
     /// The backoff before attempt n+1: `base * 2^(n-1)`, at most `max`, times a random factor
     /// in [0.5, 1).
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max;
-        self
+    pub fn backoff(self, base: Duration, max: Duration) -> Self {
+        self.edit(|o| (o.backoff_base, o.backoff_max) = (base, max))
     }
 
     /// The timeout of one attempt.
@@ -127,6 +127,27 @@ impl StepOptions {
     }
 }
 
+/// A forward action or compensation of a step: `|ctx: StepContext<S>| async move { .. }`,
+/// returning the saga's next state. Implemented by every closure of that form that is
+/// `Clone + Send + Sync + 'static` and whose future is `Send + 'static`; each call runs on its
+/// own clone of the closure.
+pub trait StepAction<S, Fut>:
+    FnOnce(StepContext<S>) -> Fut + Clone + Send + Sync + 'static
+{
+    /// Runs the action on `ctx`, its future boxed.
+    fn boxed(self, ctx: StepContext<S>) -> BoxFuture<'static, Result<S, StepError>>;
+}
+
+impl<S, Fut, F> StepAction<S, Fut> for F
+where
+    F: FnOnce(StepContext<S>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, StepError>> + Send + 'static,
+{
+    fn boxed(self, ctx: StepContext<S>) -> BoxFuture<'static, Result<S, StepError>> {
+        Box::pin(self(ctx))
+    }
+}
+
 /// A type-erased forward action or compensation.
 type StepFn<S> =
     Arc<dyn Fn(StepContext<S>) -> BoxFuture<'static, Result<S, StepError>> + Send + Sync>;
@@ -142,10 +163,10 @@ struct StepDef<S> {
 /// compensation that undoes it. Register it with
 /// [`SagaEngine::register`](crate::SagaEngine::register).
 ///
-/// Both closures have the form `|ctx: StepContext<S>| async move { ... }` and return the
-/// saga's next state as `Result<S, StepError>`. Each call gets its own clone of the closure
-/// (what it captures must be `Clone`: pools, clients, `Arc`s), so captured values can be moved
-/// into the `async move` block.
+/// Both closures have the form `|ctx: StepContext<S>| async move { ... }` ([`StepAction`]) and
+/// return the saga's next state as `Result<S, StepError>`. Each call gets its own clone of the
+/// closure (what it captures must be `Clone`: pools, clients, `Arc`s), so captured values can be
+/// moved into the `async move` block.
 ///
 /// Each attempt runs in a transaction on the engine's database that also records the step's
 /// completion: what the step writes through that `TxPool` (or `#[transactional]` code on it)
@@ -228,35 +249,23 @@ where
     }
 
     /// Appends a step with the default [`StepOptions`].
-    pub fn step<F, FFut, C, CFut>(
+    pub fn step<FFut, CFut>(
         self,
         name: impl Into<Cow<'static, str>>,
-        forward: F,
-        compensate: C,
-    ) -> Saga<S>
-    where
-        F: FnOnce(StepContext<S>) -> FFut + Clone + Send + Sync + 'static,
-        FFut: Future<Output = Result<S, StepError>> + Send + 'static,
-        C: FnOnce(StepContext<S>) -> CFut + Clone + Send + Sync + 'static,
-        CFut: Future<Output = Result<S, StepError>> + Send + 'static,
-    {
+        forward: impl StepAction<S, FFut>,
+        compensate: impl StepAction<S, CFut>,
+    ) -> Saga<S> {
         self.step_with(name, StepOptions::default(), forward, compensate)
     }
 
     /// Appends a step with its own timeout, attempt limits and backoff.
-    pub fn step_with<F, FFut, C, CFut>(
+    pub fn step_with<FFut, CFut>(
         mut self,
         name: impl Into<Cow<'static, str>>,
         options: StepOptions,
-        forward: F,
-        compensate: C,
-    ) -> Saga<S>
-    where
-        F: FnOnce(StepContext<S>) -> FFut + Clone + Send + Sync + 'static,
-        FFut: Future<Output = Result<S, StepError>> + Send + 'static,
-        C: FnOnce(StepContext<S>) -> CFut + Clone + Send + Sync + 'static,
-        CFut: Future<Output = Result<S, StepError>> + Send + 'static,
-    {
+        forward: impl StepAction<S, FFut>,
+        compensate: impl StepAction<S, CFut>,
+    ) -> Saga<S> {
         let name: Cow<'static, str> = name.into();
         if name.trim().is_empty() || name.len() > 200 {
             self.problems.push(format!(
@@ -301,13 +310,8 @@ where
     }
 }
 
-fn erase<S, F, Fut>(f: F) -> StepFn<S>
-where
-    S: 'static,
-    F: FnOnce(StepContext<S>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<S, StepError>> + Send + 'static,
-{
-    Arc::new(move |ctx| Box::pin((f.clone())(ctx)))
+fn erase<S, Fut>(f: impl StepAction<S, Fut>) -> StepFn<S> {
+    Arc::new(move |ctx| f.clone().boxed(ctx))
 }
 
 /// Why an attempt produced no next state.
@@ -327,15 +331,18 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn options(&self, index: usize) -> &StepOptions;
     fn state_type(&self) -> (TypeId, &'static str);
     fn problems(&self) -> &[String];
-    /// Starts one attempt of step `index` in `direction` on the recorded `state` (JSON).
-    fn attempt(
-        &self,
-        index: usize,
-        direction: Direction,
-        state: &str,
-        saga_id: SagaId,
-        attempt: u32,
-    ) -> BoxFuture<'static, Result<String, AttemptError>>;
+    /// Starts `attempt`; its future yields the next state (JSON).
+    fn attempt(&self, attempt: Attempt<'_>) -> BoxFuture<'static, Result<String, AttemptError>>;
+}
+
+/// One attempt of step `index` in `direction` of saga `saga_id`, on its recorded `state`
+/// (JSON); `number` counts from 1.
+pub(crate) struct Attempt<'a> {
+    pub(crate) index: usize,
+    pub(crate) direction: Direction,
+    pub(crate) state: &'a str,
+    pub(crate) saga_id: SagaId,
+    pub(crate) number: u32,
 }
 
 impl<S> ErasedSaga for Saga<S>
@@ -366,14 +373,14 @@ where
         &self.problems
     }
 
-    fn attempt(
-        &self,
-        index: usize,
-        direction: Direction,
-        state: &str,
-        saga_id: SagaId,
-        attempt: u32,
-    ) -> BoxFuture<'static, Result<String, AttemptError>> {
+    fn attempt(&self, attempt: Attempt<'_>) -> BoxFuture<'static, Result<String, AttemptError>> {
+        let Attempt {
+            index,
+            direction,
+            state,
+            saga_id,
+            number: attempt,
+        } = attempt;
         let def = &self.steps[index];
         let state: S = match serde_json::from_str(state) {
             Ok(s) => s,

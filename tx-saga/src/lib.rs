@@ -147,7 +147,7 @@ mod worker;
 
 pub use backend::SagaBackend;
 pub use context::{Direction, StepContext};
-pub use definition::{Saga, StepOptions};
+pub use definition::{Saga, StepAction, StepOptions};
 pub use engine::SagaEngine;
 pub use error::StepError;
 pub use id::SagaId;

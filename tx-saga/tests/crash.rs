@@ -90,40 +90,26 @@ fn crash_worker_child() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
-        let lease = Duration::from_millis(cfg.lease_ms);
-        let options = StepOptions::default()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .backoff(Duration::from_millis(5), Duration::from_millis(50));
-        let forever = std::future::pending::<()>();
-        match cfg.spec.kind {
-            Kind::Sqlite => {
-                let env = Env::<sqlx::Sqlite>::open_sqlite(cfg.spec.clone(), None).await;
-                child_engine(&env, &cfg, lease, options)
-                    .run(forever)
-                    .await
-                    .unwrap();
-            }
-            Kind::Postgres => {
-                let env = Env::<sqlx::Postgres>::open_pg(cfg.spec.clone(), 8)
-                    .await
-                    .expect("PostgreSQL");
-                child_engine(&env, &cfg, lease, options)
-                    .run(forever)
-                    .await
-                    .unwrap();
-            }
-            Kind::MySql => {
-                let env = Env::<sqlx::MySql>::open_mysql(cfg.spec.clone(), 8)
-                    .await
-                    .expect("MariaDB");
-                child_engine(&env, &cfg, lease, options)
-                    .run(forever)
-                    .await
-                    .unwrap();
-            }
-        }
-    });
+    match cfg.spec.kind {
+        Kind::Sqlite => rt.block_on(run_child::<sqlx::Sqlite>(cfg)),
+        Kind::Postgres => rt.block_on(run_child::<sqlx::Postgres>(cfg)),
+        Kind::MySql => rt.block_on(run_child::<sqlx::MySql>(cfg)),
+    }
+}
+
+/// The child's worker on the services of `cfg.spec`, running until the process is killed.
+async fn run_child<DB: TestDb>(cfg: ChildConfig) {
+    let env = Env::<DB>::open(cfg.spec.clone(), 8)
+        .await
+        .expect("the test's database server");
+    let lease = Duration::from_millis(cfg.lease_ms);
+    let options = StepOptions::default()
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .backoff(Duration::from_millis(5), Duration::from_millis(50));
+    child_engine(&env, &cfg, lease, options)
+        .run(std::future::pending::<()>())
+        .await
+        .unwrap();
 }
 
 fn child_engine<DB: TestDb>(
@@ -216,37 +202,39 @@ async fn run_crashing_children<DB: TestDb>(
     }
 }
 
+/// Every crash point of `steps` in `direction`: in the middle of each and right after it.
+fn crash_points(steps: &[&str], direction: &str) -> Vec<String> {
+    let each = |s: &&str| ["mid", "after"].map(|when| format!("{s}:{direction}:{when}"));
+    steps.iter().flat_map(each).collect()
+}
+
+/// Starts an order saga paid from `account` per crash point in `points`, and one that never
+/// crashes.
+async fn start_orders<DB: TestDb>(
+    engine: &SagaEngine<DB>,
+    account: &str,
+    amount: i64,
+    points: &[String],
+) -> Vec<SagaId> {
+    let mut ids = Vec::new();
+    for p in points.iter().map(Some).chain([None]) {
+        let mut o = order("book", 1, account, amount);
+        o.crash_at = p.cloned();
+        ids.push(engine.start("place_order", o).await.unwrap());
+    }
+    ids
+}
+
 async fn crash_everywhere<DB: TestDb>(env: Env<DB>) {
     env.seed("book", 100, &[("alice", 1000), ("broke", 0)])
         .await;
-    let engine = env.engine().register(env.order_saga(None));
-    engine.install().await.unwrap();
+    let engine = env.installed(env.order_saga(None)).await;
 
     let steps = ["reserve_stock", "create_order", "charge_payment"];
-    let mut points_ok: Vec<String> = Vec::new();
-    for s in steps {
-        for when in ["mid", "after"] {
-            points_ok.push(format!("{s}:forward:{when}"));
-        }
-    }
-    let mut points_fail: Vec<String> = Vec::new();
-    for s in ["create_order", "reserve_stock"] {
-        for when in ["mid", "after"] {
-            points_fail.push(format!("{s}:compensate:{when}"));
-        }
-    }
-    let mut ok_ids = Vec::new();
-    let mut fail_ids = Vec::new();
-    for p in points_ok.iter().map(Some).chain([None]) {
-        let mut o = order("book", 1, "alice", 10);
-        o.crash_at = p.cloned();
-        ok_ids.push(engine.start("place_order", o).await.unwrap());
-    }
-    for p in points_fail.iter().map(Some).chain([None]) {
-        let mut o = order("book", 1, "broke", 50);
-        o.crash_at = p.cloned();
-        fail_ids.push(engine.start("place_order", o).await.unwrap());
-    }
+    let points_ok = crash_points(&steps, "forward");
+    let points_fail = crash_points(&["create_order", "reserve_stock"], "compensate");
+    let ok_ids = start_orders(&engine, "alice", 10, &points_ok).await;
+    let fail_ids = start_orders(&engine, "broke", 50, &points_fail).await;
     let all: Vec<SagaId> = ok_ids.iter().chain(&fail_ids).copied().collect();
 
     let cfg = ChildConfig {
@@ -267,46 +255,11 @@ async fn crash_everywhere<DB: TestDb>(env: Env<DB>) {
 
     for id in &ok_ids {
         assert_eq!(engine.status(*id).await.unwrap(), SagaStatus::Completed);
-        assert_eq!(
-            env.journal(*id).await,
-            vec![
-                "reserve_stock:forward",
-                "create_order:forward",
-                "charge_payment:forward"
-            ],
-            "saga {id}"
-        );
-        assert_eq!(
-            env.stock_moves(*id).await,
-            vec![format!("{id}:reserve_stock:forward")]
-        );
-        assert_eq!(
-            env.payments(*id).await,
-            vec![format!("{id}:charge_payment:forward")]
-        );
-        assert_eq!(env.order_statuses(*id).await, vec!["created"]);
+        env.assert_order_completed(*id).await;
     }
     for id in &fail_ids {
         assert_eq!(engine.status(*id).await.unwrap(), SagaStatus::Compensated);
-        assert_eq!(
-            env.journal(*id).await,
-            vec![
-                "reserve_stock:forward",
-                "create_order:forward",
-                "create_order:compensate",
-                "reserve_stock:compensate"
-            ],
-            "saga {id}"
-        );
-        assert_eq!(
-            env.stock_moves(*id).await,
-            vec![
-                format!("{id}:reserve_stock:compensate"),
-                format!("{id}:reserve_stock:forward")
-            ]
-        );
-        assert!(env.payments(*id).await.is_empty());
-        assert_eq!(env.order_statuses(*id).await, vec!["cancelled"]);
+        env.assert_order_compensated(*id).await;
     }
     let completed = ok_ids.len() as i64;
     assert_eq!(
@@ -320,28 +273,12 @@ async fn crash_everywhere<DB: TestDb>(env: Env<DB>) {
         "charged once per completed saga"
     );
     assert_eq!(env.balance_of("broke").await, 0);
-    env.drop_all().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_workers_resume_every_saga_sqlite() {
-    crash_everywhere(Env::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_workers_resume_every_saga_postgres() {
-    let Some(env) = Env::postgres().await else {
-        return;
-    };
-    crash_everywhere(env).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_workers_resume_every_saga_mysql() {
-    let Some(env) = Env::mysql().await else {
-        return;
-    };
-    crash_everywhere(env).await;
+common::env_tests! {
+    killed_workers_resume_every_saga_sqlite: sqlx::Sqlite => crash_everywhere,
+    killed_workers_resume_every_saga_postgres: sqlx::Postgres => crash_everywhere,
+    killed_workers_resume_every_saga_mysql: sqlx::MySql => crash_everywhere,
 }
 
 // ---- A refund over HTTP, retried after a crash ----
@@ -454,7 +391,7 @@ async fn refund_retried_after_a_crash_happens_once() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let env = Env::sqlite().await;
+    let env = Env::<sqlx::Sqlite>::new().await.expect("SQLite");
     let opts = StepOptions::default().timeout(Duration::from_millis(500));
     let engine = env
         .engine()

@@ -121,7 +121,16 @@ fn chaos_saga<DB: TestDb>(db: TxPool<DB>, effects: String, inflight: Arc<InFligh
     saga
 }
 
-async fn many_sagas<DB: TestDb>(env: Env<DB>, pools: Vec<TxPool<DB>>, n: usize) {
+/// `n` sagas run by four workers, each on its own pool of `pool` connections to the orders
+/// database.
+async fn many_sagas<DB: TestDb>(env: Env<DB>, n: usize, pool: u32) {
+    let mut pools = Vec::new();
+    for _ in 0..4 {
+        let Some(p) = DB::open(&env.spec, "orders", pool).await else {
+            return;
+        };
+        pools.push(p);
+    }
     let effects = env.t("orders", "effects");
     DB::exec(&env.orders, &format!("CREATE TABLE {effects} (saga_id VARCHAR(36) NOT NULL, step BIGINT NOT NULL, dir VARCHAR(1) NOT NULL)"), vec![]).await.unwrap();
     let inflight = Arc::new(InFlight::default());
@@ -243,46 +252,10 @@ async fn many_sagas<DB: TestDb>(env: Env<DB>, pools: Vec<TxPool<DB>>, n: usize) 
         assert_eq!(got, want, "effects of saga {id} (fail_at {fail_at:?})");
     }
     assert!(seen.is_empty(), "effects of unknown sagas: {seen:?}");
-    env.drop_all().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_sagas_four_workers_postgres() {
-    let Some(env) = Env::postgres().await else {
-        return;
-    };
-    let mut pools = Vec::new();
-    for _ in 0..4 {
-        let Some(p) = Env::<sqlx::Postgres>::open_pg(env.spec.clone(), 6).await else {
-            return;
-        };
-        pools.push(p.orders);
-    }
-    many_sagas(env, pools, 1000).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_sagas_four_workers_mysql() {
-    let Some(env) = Env::mysql().await else {
-        return;
-    };
-    let mut pools = Vec::new();
-    for _ in 0..4 {
-        let Some(p) = Env::<sqlx::MySql>::open_mysql(env.spec.clone(), 6).await else {
-            return;
-        };
-        pools.push(p.orders);
-    }
-    many_sagas(env, pools, 300).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_sagas_four_workers_sqlite() {
-    let env = Env::sqlite().await;
-    let dir = std::path::PathBuf::from(env.spec.dir.clone().unwrap());
-    let mut pools = Vec::new();
-    for _ in 0..4 {
-        pools.push(sqlite_file(&dir.join("orders.db"), 4).await);
-    }
-    many_sagas(env, pools, 200).await;
+common::env_tests! {
+    thousand_sagas_four_workers_postgres: sqlx::Postgres => |env| many_sagas(env, 1000, 6),
+    many_sagas_four_workers_mysql: sqlx::MySql => |env| many_sagas(env, 300, 6),
+    many_sagas_four_workers_sqlite: sqlx::Sqlite => |env| many_sagas(env, 200, 4),
 }

@@ -26,75 +26,30 @@ impl Write for Captured {
     }
 }
 
+/// Every metric recorded since the last look: its name, its labels (`key=value`) and its value
+/// (a counter's count, a histogram's number of samples).
 #[cfg(feature = "metrics")]
-mod recorder {
-    //! A minimal in-memory `metrics` recorder: counter values and histogram sample counts by
-    //! metric name and labels.
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use metrics::{
-        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-        SharedString, Unit,
+fn recorded(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, Vec<String>, u64)> {
+    use metrics_util::debugging::DebugValue;
+    let metric = |(key, _, _, value): (metrics_util::CompositeKey, _, _, DebugValue)| {
+        let key = key.key();
+        let labels = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let n = match value {
+            DebugValue::Counter(n) => n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            DebugValue::Gauge(_) => 0,
+        };
+        (key.name().to_owned(), labels, n)
     };
-
-    #[derive(Default)]
-    pub struct Cell(AtomicU64);
-    impl CounterFn for Cell {
-        fn increment(&self, v: u64) {
-            self.0.fetch_add(v, Ordering::SeqCst);
-        }
-        fn absolute(&self, v: u64) {
-            self.0.fetch_max(v, Ordering::SeqCst);
-        }
-    }
-    impl HistogramFn for Cell {
-        fn record(&self, _: f64) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[derive(Default, Clone)]
-    pub struct Memory(pub Arc<Mutex<BTreeMap<String, Arc<Cell>>>>);
-
-    impl Memory {
-        fn cell(&self, key: &Key) -> Arc<Cell> {
-            let mut labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            let name = format!("{}{{{}}}", key.name(), labels.join(","));
-            self.0.lock().unwrap().entry(name).or_default().clone()
-        }
-
-        /// The sum over every label set of metric `name` whose labels include `label`.
-        pub fn total(&self, name: &str, label: &str) -> u64 {
-            self.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
-                .map(|(_, c)| c.0.load(Ordering::SeqCst))
-                .sum()
-        }
-    }
-
-    impl Recorder for Memory {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::from_arc(self.cell(key))
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::from_arc(self.cell(key))
-        }
-    }
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(metric)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,13 +62,16 @@ async fn spans_and_metrics_tell_what_happened() {
         .with_writer(move || writer.clone())
         .init();
     #[cfg(feature = "metrics")]
-    let memory = {
-        let m = recorder::Memory::default();
-        metrics::set_global_recorder(m.clone()).expect("the only recorder of this test binary");
-        m
+    let snapshotter = {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this test binary");
+        snapshotter
     };
 
-    let env = Env::sqlite().await;
+    let env = Env::<sqlx::Sqlite>::new().await.expect("SQLite");
     env.seed("book", 10, &[("alice", 100), ("bob", 0)]).await;
     let stuck_saga = Saga::<u32>::named("doomed")
         .step_with(
@@ -141,9 +99,8 @@ async fn spans_and_metrics_tell_what_happened() {
         .await
         .unwrap();
     let doomed = engine.start("doomed", 0u32).await.unwrap();
-    let worker = spawn_worker(&engine);
-    let statuses = settle(&engine, &[ok, declined, doomed], Duration::from_secs(30)).await;
-    worker.stop().await;
+    let statuses =
+        run_until_settled(&engine, &[ok, declined, doomed], Duration::from_secs(30)).await;
     assert_eq!(statuses[0], SagaStatus::Completed);
     assert_eq!(statuses[1], SagaStatus::Compensated);
     assert!(
@@ -176,24 +133,26 @@ async fn spans_and_metrics_tell_what_happened() {
 
     #[cfg(feature = "metrics")]
     {
-        assert_eq!(memory.total("tx_saga_started_total", "saga=place_order"), 2);
-        assert_eq!(memory.total("tx_saga_started_total", "saga=doomed"), 1);
-        assert_eq!(
-            memory.total("tx_saga_completed_total", "saga=place_order"),
-            1
-        );
-        assert_eq!(
-            memory.total("tx_saga_compensated_total", "saga=place_order"),
-            1
-        );
-        assert_eq!(memory.total("tx_saga_stuck_total", "saga=doomed"), 1);
+        let recorded = recorded(&snapshotter);
+        // The sum over every label set of metric `name` that has `label`.
+        let total = |name: &str, label: &str| -> u64 {
+            let of = |(n, labels, _): &&(String, Vec<String>, u64)| {
+                n == name && labels.iter().any(|l| l == label)
+            };
+            recorded.iter().filter(of).map(|(_, _, v)| v).sum()
+        };
+        assert_eq!(total("tx_saga_started_total", "saga=place_order"), 2);
+        assert_eq!(total("tx_saga_started_total", "saga=doomed"), 1);
+        assert_eq!(total("tx_saga_completed_total", "saga=place_order"), 1);
+        assert_eq!(total("tx_saga_compensated_total", "saga=place_order"), 1);
+        assert_eq!(total("tx_saga_stuck_total", "saga=doomed"), 1);
         // ok: 3 forward steps; declined: 2 ok + 1 failed forward, 2 compensations.
         assert_eq!(
-            memory.total("tx_saga_step_duration_seconds", "saga=place_order"),
+            total("tx_saga_step_duration_seconds", "saga=place_order"),
             8
         );
         assert_eq!(
-            memory.total("tx_saga_step_duration_seconds", "outcome=fail"),
+            total("tx_saga_step_duration_seconds", "outcome=fail"),
             3,
             "charge, give, and the failed compensation of take"
         );

@@ -4,6 +4,4 @@
 
 mod common;
 
-use common::*;
-
-common::scenarios::saga_suite!(Env::mysql().await);
+common::scenarios::saga_suite!(sqlx::MySql);

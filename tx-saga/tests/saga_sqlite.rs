@@ -4,6 +4,4 @@
 
 mod common;
 
-use common::*;
-
-common::scenarios::saga_suite!(Some(Env::sqlite().await));
+common::scenarios::saga_suite!(sqlx::Sqlite);

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tx_sqlx::TxError;
 
-use super::lease::{Record, Shared, Transition};
+use super::lease::{Position, Record, Shared, Transition};
 use crate::backend::SagaBackend;
 use crate::context::Direction;
-use crate::definition::AttemptError;
+use crate::definition::{Attempt, AttemptError};
 use crate::error::StepError;
 use crate::status::{COMPENSATED, COMPENSATING, COMPLETED, RUNNING};
 
@@ -49,9 +49,13 @@ impl<DB: SagaBackend> Shared<DB> {
         budget: Duration,
         timeout: Duration,
     ) -> Result<(Transition, Instant), Run> {
-        let fut = rec
-            .saga
-            .attempt(index, direction, &rec.state, rec.id, attempt);
+        let fut = rec.saga.attempt(Attempt {
+            index,
+            direction,
+            state: &rec.at.state,
+            saga_id: rec.id,
+            number: attempt,
+        });
         let len = rec.saga.len() as i64;
         let mut once = Some(fut);
         DB::saga_template(self.db())
@@ -91,43 +95,33 @@ impl<DB: SagaBackend> Shared<DB> {
                             }
                             Ok(Ok(Ok(state))) => state,
                         };
-                    let next = match direction {
-                        Direction::Forward if rec.step + 1 == len => Transition {
-                            status: COMPLETED,
-                            backward: false,
-                            step: len,
+                    let (backward, step) = match direction {
+                        Direction::Forward => (false, rec.at.step + 1),
+                        Direction::Compensate => (true, rec.at.step - 1),
+                    };
+                    // Final after the last step forward, or once the first step is compensated.
+                    let done = if backward { step == 0 } else { step == len };
+                    let next = Transition {
+                        status: match (backward, done) {
+                            (false, true) => COMPLETED,
+                            (false, false) => RUNNING,
+                            (true, true) => COMPENSATED,
+                            (true, false) => COMPENSATING,
+                        },
+                        to: Position {
+                            backward,
+                            step,
                             state,
                             attempt: 0,
-                            last_error: None,
-                            hold: None,
-                            delay: Duration::ZERO,
-                        },
-                        Direction::Forward => Transition {
-                            status: RUNNING,
-                            backward: false,
-                            step: rec.step + 1,
-                            state,
-                            attempt: 0,
-                            last_error: None,
-                            hold: Some(self.hold_at(&*rec.saga, false, rec.step + 1)),
-                            delay: Duration::ZERO,
-                        },
-                        Direction::Compensate => Transition {
-                            status: if rec.step == 1 {
-                                COMPENSATED
+                            // Going back keeps the failure that started the compensation.
+                            last_error: if backward {
+                                rec.at.last_error.clone()
                             } else {
-                                COMPENSATING
+                                None
                             },
-                            backward: true,
-                            step: rec.step - 1,
-                            state,
-                            attempt: 0,
-                            // Keeps the failure that started the compensation.
-                            last_error: rec.last_error.clone(),
-                            hold: (rec.step != 1)
-                                .then(|| self.hold_at(&*rec.saga, true, rec.step - 1)),
-                            delay: Duration::ZERO,
                         },
+                        hold: (!done).then(|| self.hold_at(&*rec.saga, backward, step)),
+                        delay: Duration::ZERO,
                     };
                     let before = Instant::now();
                     if !self.write(rec, &next).await? {

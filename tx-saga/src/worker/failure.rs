@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::attempt::Failure;
-use super::lease::{Record, Shared, Transition};
+use super::lease::{Position, Record, Shared, Transition, fenced};
 use crate::backend::SagaBackend;
 use crate::context::Direction;
 use crate::observe;
@@ -20,7 +20,7 @@ impl<DB: SagaBackend> Shared<DB> {
         direction: Direction,
         failure: Failure,
     ) -> bool {
-        let failed = rec.attempt + 1;
+        let failed = rec.at.attempt + 1;
         let options = rec.saga.options(index);
         let max = i64::from(options.get_max_attempts(direction));
         let step = rec.saga.step_name(index).clone();
@@ -35,22 +35,28 @@ impl<DB: SagaBackend> Shared<DB> {
                 let error =
                     format!("step `{step}` ({direction}, attempt {failed} of {max}): {msg}");
                 tracing::warn!(target: "tx_saga", error = %error, retry_in = ?delay, "step failed; it will be retried");
-                let status = if rec.backward { COMPENSATING } else { RUNNING };
+                let status = if rec.at.backward {
+                    COMPENSATING
+                } else {
+                    RUNNING
+                };
                 let t = Transition::stay(rec, status, failed, error, delay);
                 self.write_logged(rec, &t).await;
                 false
             }
             (Direction::Forward, Failure::Retry(msg) | Failure::Fail(msg)) => {
                 let error = format!("step `{step}` failed (attempt {failed} of {max}): {msg}");
-                let done = rec.step;
+                let done = rec.at.step;
                 tracing::warn!(target: "tx_saga", error = %error, steps_to_compensate = done, "step failed for good; compensating");
                 let t = Transition {
                     status: if done == 0 { COMPENSATED } else { COMPENSATING },
-                    backward: true,
-                    step: done,
-                    state: rec.state.clone(),
-                    attempt: 0,
-                    last_error: Some(error),
+                    to: Position {
+                        backward: true,
+                        step: done,
+                        state: rec.at.state.clone(),
+                        attempt: 0,
+                        last_error: Some(error),
+                    },
                     hold: (done != 0).then(|| self.hold_at(&*rec.saga, true, done)),
                     delay: Duration::ZERO,
                 };
@@ -62,9 +68,7 @@ impl<DB: SagaBackend> Shared<DB> {
                     tracing::info!(target: "tx_saga", "saga compensated (no step had completed)");
                     return false;
                 }
-                rec.backward = true;
-                rec.attempt = 0;
-                rec.last_error = t.last_error;
+                rec.at = t.to;
                 true
             }
             (Direction::Compensate, Failure::Retry(msg) | Failure::Fail(msg)) => {
@@ -97,16 +101,11 @@ impl<DB: SagaBackend> Shared<DB> {
     }
 
     async fn write_logged(&self, rec: &Record, t: &Transition) -> bool {
-        match self.write(rec, t).await {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!(target: "tx_saga", saga_id = %rec.id, "lease lost before the failure could be recorded");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(target: "tx_saga", saga_id = %rec.id, error = %e, "recording the failure failed; the saga is retried once its lease expires");
-                false
-            }
-        }
+        fenced(
+            rec,
+            self.write(rec, t).await,
+            "lease lost before the failure could be recorded",
+            "recording the failure failed; the saga is retried once its lease expires",
+        )
     }
 }

@@ -35,10 +35,9 @@ pub(super) struct Shared<DB: SagaBackend> {
     pub(super) stopping: AtomicBool,
 }
 
-/// A claimed saga, as this worker knows it.
-pub(super) struct Record {
-    pub(super) id: SagaId,
-    pub(super) saga: Arc<dyn ErasedSaga>,
+/// Where a saga stands, as its row records it.
+#[derive(Clone)]
+pub(super) struct Position {
     pub(super) backward: bool,
     /// Forward: the number of completed steps (the next step to run). Backward: the number of
     /// steps still to compensate (the next compensation is of step `step - 1`).
@@ -47,6 +46,13 @@ pub(super) struct Record {
     /// Failed attempts recorded for the current step and direction.
     pub(super) attempt: i64,
     pub(super) last_error: Option<String>,
+}
+
+/// A claimed saga, as this worker knows it.
+pub(super) struct Record {
+    pub(super) id: SagaId,
+    pub(super) saga: Arc<dyn ErasedSaga>,
+    pub(super) at: Position,
     pub(super) token: Arc<str>,
     /// Our lease surely holds until then (measured from before the statement that set it).
     pub(super) lease_deadline: Instant,
@@ -55,11 +61,8 @@ pub(super) struct Record {
 /// A change of a claimed saga, written fenced by its lease token.
 pub(super) struct Transition {
     pub(super) status: &'static str,
-    pub(super) backward: bool,
-    pub(super) step: i64,
-    pub(super) state: String,
-    pub(super) attempt: i64,
-    pub(super) last_error: Option<String>,
+    /// Where the saga moves.
+    pub(super) to: Position,
     /// Keep the lease for this long (the worker goes on with the saga), or hand the saga back.
     pub(super) hold: Option<Duration>,
     /// When the saga is due again (backoff).
@@ -78,13 +81,34 @@ impl Transition {
     ) -> Transition {
         Transition {
             status,
-            backward: rec.backward,
-            step: rec.step,
-            state: rec.state.clone(),
-            attempt: attempts,
-            last_error: Some(error),
+            to: Position {
+                attempt: attempts,
+                last_error: Some(error),
+                ..rec.at.clone()
+            },
             hold: None,
             delay,
+        }
+    }
+}
+
+/// Whether a write fenced by `rec`'s lease token took; when not, logs `lost` (another worker
+/// holds the saga now) or `failed` (the statement failed).
+pub(super) fn fenced(
+    rec: &Record,
+    written: Result<bool, TxError>,
+    lost: &str,
+    failed: &str,
+) -> bool {
+    match written {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(target: "tx_saga", saga_id = %rec.id, "{lost}");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(target: "tx_saga", saga_id = %rec.id, error = %e, "{failed}");
+            false
         }
     }
 }
@@ -194,11 +218,13 @@ impl<DB: SagaBackend> Shared<DB> {
             out.push(Record {
                 id,
                 saga,
-                backward: row[3].i64() == 1,
-                step: row[4].i64(),
-                state: row[5].text().unwrap_or_default(),
-                attempt: row[6].i64(),
-                last_error: row[7].text(),
+                at: Position {
+                    backward: row[3].i64() == 1,
+                    step: row[4].i64(),
+                    state: row[5].text().unwrap_or_default(),
+                    attempt: row[6].i64(),
+                    last_error: row[7].text(),
+                },
                 token: token.clone(),
                 lease_deadline: before + self.lease(),
             });
@@ -208,13 +234,14 @@ impl<DB: SagaBackend> Shared<DB> {
 
     /// Writes `t` for `rec`, fenced by its lease token; false when the lease was lost.
     pub(super) async fn write(&self, rec: &Record, t: &Transition) -> Result<bool, TxError> {
+        let to = &t.to;
         let args = vec![
             Value::Text(t.status.to_owned()),
-            Value::I64(i64::from(t.backward)),
-            Value::I64(t.step),
-            Value::Text(t.state.clone()),
-            Value::I64(t.attempt),
-            t.last_error.clone().map_or(Value::NullText, Value::Text),
+            Value::I64(i64::from(to.backward)),
+            Value::I64(to.step),
+            Value::Text(to.state.clone()),
+            Value::I64(to.attempt),
+            to.last_error.clone().map_or(Value::NullText, Value::Text),
             if t.hold.is_some() {
                 Value::Text(rec.token.to_string())
             } else {
@@ -237,20 +264,18 @@ impl<DB: SagaBackend> Shared<DB> {
             Value::Text(rec.id.to_string()),
             Value::Text(rec.token.to_string()),
         ];
-        match DB::saga_execute(self.db(), self.sql.renew.clone(), args).await {
-            Ok(1) => {
-                rec.lease_deadline = before + hold;
-                true
-            }
-            Ok(_) => {
-                tracing::warn!(target: "tx_saga", saga_id = %rec.id, "lease lost before the next step");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(target: "tx_saga", saga_id = %rec.id, error = %e, "renewing the lease failed");
-                false
-            }
+        let renewed = DB::saga_execute(self.db(), self.sql.renew.clone(), args).await;
+        let lost = "lease lost before the next step";
+        if !fenced(
+            rec,
+            renewed.map(|n| n == 1),
+            lost,
+            "renewing the lease failed",
+        ) {
+            return false;
         }
+        rec.lease_deadline = before + hold;
+        true
     }
 
     /// Hands a saga back (due at once) when the worker stops.

@@ -113,16 +113,16 @@ impl<DB: SagaBackend> Shared<DB> {
                 return;
             }
             let len = rec.saga.len() as i64;
-            let (index, direction) = if rec.backward {
-                (rec.step - 1, Direction::Compensate)
+            let (index, direction) = if rec.at.backward {
+                (rec.at.step - 1, Direction::Compensate)
             } else {
-                (rec.step, Direction::Forward)
+                (rec.at.step, Direction::Forward)
             };
             if index < 0 || index >= len {
                 let msg = format!(
                     "the recorded position (step {}, {}) does not exist in saga `{}`, which has \
                      {len} steps: was the definition changed while it ran?",
-                    rec.step,
+                    rec.at.step,
                     direction,
                     rec.saga.name()
                 );
@@ -139,7 +139,7 @@ impl<DB: SagaBackend> Shared<DB> {
                 return;
             }
             let step_name = rec.saga.step_name(index).clone();
-            let attempt = u32::try_from(rec.attempt + 1).unwrap_or(u32::MAX);
+            let attempt = u32::try_from(rec.at.attempt + 1).unwrap_or(u32::MAX);
             let span = tracing::info_span!(
                 target: "tx_saga",
                 "saga_step",
@@ -170,11 +170,7 @@ impl<DB: SagaBackend> Shared<DB> {
                     observe::step_finished(rec.saga.name(), &step_name, direction, "ok", elapsed);
                     tracing::debug!(target: "tx_saga", "step recorded");
                     let final_status = next.status;
-                    rec.backward = next.backward;
-                    rec.step = next.step;
-                    rec.state = next.state;
-                    rec.attempt = 0;
-                    rec.last_error = next.last_error;
+                    rec.at = next.to;
                     if let Some(hold) = next.hold {
                         rec.lease_deadline = before + hold;
                     }

@@ -1,10 +1,13 @@
 //! The tests' view of a backend: a statement with integer and text arguments, run through
-//! `&db` so that it joins the task's transaction, and a column of integers or texts read back.
+//! `&db` so that it joins the task's transaction, a column of integers or texts read back, and
+//! where a service's pool comes from.
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tx_saga::{SagaBackend, SagaId};
 use tx_sqlx::{TransactionTemplate, TxError, TxPool};
+
+use super::env::{EnvSpec, sqlite_service};
 
 /// A value bound to a test statement.
 pub enum Arg {
@@ -71,6 +74,13 @@ pub trait TestDb: SagaBackend {
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<String>, TxError>>;
     fn template(db: &TxPool<Self>) -> TransactionTemplate;
+    /// A pool of `max` connections for `service` of `spec`, or `None` (the test is skipped)
+    /// when the server is down.
+    fn open<'a>(
+        spec: &'a EnvSpec,
+        service: &'a str,
+        max: u32,
+    ) -> BoxFuture<'a, Option<TxPool<Self>>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +121,9 @@ macro_rules! scalar_column {
     };
 }
 
+/// `TestDb` for `$db`, whose services' pools `$open` (`spec, service, max`) makes.
 macro_rules! test_db {
-    ($db:ty, $kind:expr) => {
+    ($db:ty, $kind:expr, $open:expr) => {
         impl TestDb for $db {
             const KIND: Kind = $kind;
             fn exec<'a>(
@@ -132,10 +143,22 @@ macro_rules! test_db {
             fn template(db: &TxPool<Self>) -> TransactionTemplate {
                 TransactionTemplate::new(db.clone())
             }
+            fn open<'a>(
+                spec: &'a EnvSpec,
+                service: &'a str,
+                max: u32,
+            ) -> BoxFuture<'a, Option<TxPool<Self>>> {
+                Box::pin(($open)(spec, service, max))
+            }
         }
     };
 }
 
-test_db!(sqlx::Sqlite, Kind::Sqlite);
-test_db!(sqlx::Postgres, Kind::Postgres);
-test_db!(sqlx::MySql, Kind::MySql);
+// SQLite: a file per service; the servers: one database for every service.
+test_db!(sqlx::Sqlite, Kind::Sqlite, sqlite_service);
+test_db!(sqlx::Postgres, Kind::Postgres, |_, _, max| {
+    tx_tests::pg_pool(max)
+});
+test_db!(sqlx::MySql, Kind::MySql, |_, _, max| tx_tests::mysql_pool(
+    max
+));

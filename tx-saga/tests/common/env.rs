@@ -2,18 +2,16 @@
 //! database (SQLite file), schema (PostgreSQL) or table prefix (MySQL), and the reads the
 //! tests assert on.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tx_saga::{SagaEngine, SagaId};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
+use tx_saga::{Saga, SagaEngine, SagaId};
+use tx_sqlx::{SqliteTxPool, TxPool};
 
 use super::db::{Kind, TestDb};
-use super::{mysql_url, pg_url, server_missing, unique};
 
 /// Where a test's three services live; serializable so that a child worker process can open
 /// the same ones.
@@ -47,135 +45,58 @@ impl<DB: TestDb> Clone for Env<DB> {
     }
 }
 
-pub async fn sqlite_file(path: &std::path::Path, max: u32) -> SqliteTxPool {
-    let opts = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(20));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(20))
-        .connect_with(opts)
-        .await
-        .expect("open SQLite");
-    SqliteTxPool::new(pool)
+/// A SQLite pool of `max` connections on the file at `path` (WAL), waiting up to 20 s for a
+/// lock or a connection: several workers' pools may share one file.
+pub async fn sqlite_file(path: &Path, max: u32) -> SqliteTxPool {
+    let wait = Duration::from_secs(20);
+    let options = tx_tests::sqlite_options(path).busy_timeout(wait);
+    tx_tests::sqlite_pool_with(options, max, wait).await
 }
 
-async fn pg(max: u32) -> Option<PgTxPool> {
-    match PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(20))
-        .connect(&pg_url())
-        .await
-    {
-        Ok(p) => Some(PgTxPool::new(p)),
-        Err(e) => {
-            server_missing("PostgreSQL", &e);
-            None
-        }
-    }
-}
-
-async fn mysql(max: u32) -> Option<MySqlTxPool> {
-    match MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(20))
-        .connect(&mysql_url())
-        .await
-    {
-        Ok(p) => Some(MySqlTxPool::new(p)),
-        Err(e) => {
-            server_missing("MariaDB/MySQL", &e);
-            None
-        }
-    }
-}
-
-impl Env<sqlx::Sqlite> {
-    pub async fn sqlite() -> Env<sqlx::Sqlite> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let spec = EnvSpec {
-            kind: Kind::Sqlite,
-            prefix: unique("s"),
-            dir: Some(dir.path().to_string_lossy().into_owned()),
-        };
-        let env = Env::<sqlx::Sqlite>::open_sqlite(spec, Some(Arc::new(dir))).await;
-        env.create().await;
-        env
-    }
-
-    pub async fn open_sqlite(
-        spec: EnvSpec,
-        dir: Option<Arc<tempfile::TempDir>>,
-    ) -> Env<sqlx::Sqlite> {
-        let path = std::path::PathBuf::from(spec.dir.clone().expect("SQLite dir"));
-        Env {
-            orders: sqlite_file(&path.join("orders.db"), 8).await,
-            stock: sqlite_file(&path.join("stock.db"), 4).await,
-            payment: sqlite_file(&path.join("payment.db"), 4).await,
-            spec,
-            _dir: dir,
-        }
-    }
-}
-
-impl Env<sqlx::Postgres> {
-    pub async fn postgres() -> Option<Env<sqlx::Postgres>> {
-        let spec = EnvSpec {
-            kind: Kind::Postgres,
-            prefix: unique("s"),
-            dir: None,
-        };
-        let env = Env::<sqlx::Postgres>::open_pg(spec, 8).await?;
-        for s in ["stock", "payment", "orders"] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS {}_{s}",
-                env.spec.prefix
-            )))
-            .execute(env.orders.pool())
-            .await
-            .unwrap();
-        }
-        env.create().await;
-        Some(env)
-    }
-
-    pub async fn open_pg(spec: EnvSpec, max: u32) -> Option<Env<sqlx::Postgres>> {
-        Some(Env {
-            orders: pg(max).await?,
-            stock: pg(4).await?,
-            payment: pg(4).await?,
-            spec,
-            _dir: None,
-        })
-    }
-}
-
-impl Env<sqlx::MySql> {
-    pub async fn mysql() -> Option<Env<sqlx::MySql>> {
-        let spec = EnvSpec {
-            kind: Kind::MySql,
-            prefix: unique("s"),
-            dir: None,
-        };
-        let env = Env::<sqlx::MySql>::open_mysql(spec, 8).await?;
-        env.create().await;
-        Some(env)
-    }
-
-    pub async fn open_mysql(spec: EnvSpec, max: u32) -> Option<Env<sqlx::MySql>> {
-        Some(Env {
-            orders: mysql(max).await?,
-            stock: mysql(4).await?,
-            payment: mysql(4).await?,
-            spec,
-            _dir: None,
-        })
-    }
+/// SQLite's pool for `service` of `spec`: the service's own file in the environment's
+/// directory.
+pub async fn sqlite_service(spec: &EnvSpec, service: &str, max: u32) -> Option<SqliteTxPool> {
+    let dir = Path::new(spec.dir.as_deref().expect("SQLite dir"));
+    Some(sqlite_file(&dir.join(format!("{service}.db")), max).await)
 }
 
 impl<DB: TestDb> Env<DB> {
+    /// A fresh environment on `DB`: new names, the services' own files (SQLite) or schemas
+    /// (PostgreSQL), and their tables; `None` (the test is skipped) when the server is down.
+    pub async fn new() -> Option<Env<DB>> {
+        let dir =
+            (DB::KIND == Kind::Sqlite).then(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+        let spec = EnvSpec {
+            kind: DB::KIND,
+            prefix: tx_tests::unique_table("s"),
+            dir: dir
+                .as_ref()
+                .map(|d| d.path().to_string_lossy().into_owned()),
+        };
+        let mut env = Env::<DB>::open(spec, 8).await?;
+        env._dir = dir;
+        if DB::KIND == Kind::Postgres {
+            for s in ["stock", "payment", "orders"] {
+                let sql = format!("CREATE SCHEMA IF NOT EXISTS {}_{s}", env.spec.prefix);
+                DB::exec(&env.orders, &sql, vec![]).await.unwrap();
+            }
+        }
+        env.create().await;
+        Some(env)
+    }
+
+    /// The services of `spec` as they are (as a child worker process opens them): the orders
+    /// pool of `max` connections, the others of 4.
+    pub async fn open(spec: EnvSpec, max: u32) -> Option<Env<DB>> {
+        Some(Env {
+            orders: DB::open(&spec, "orders", max).await?,
+            stock: DB::open(&spec, "stock", 4).await?,
+            payment: DB::open(&spec, "payment", 4).await?,
+            spec,
+            _dir: None,
+        })
+    }
+
     /// The qualified name of `table` of `service`.
     pub fn t(&self, service: &str, table: &str) -> String {
         let p = &self.spec.prefix;
@@ -309,6 +230,17 @@ impl<DB: TestDb> Env<DB> {
             .poll_interval(Duration::from_millis(20))
     }
 
+    /// [`engine`](Self::engine) with `saga` registered and its table installed.
+    pub async fn installed<S>(&self, saga: Saga<S>) -> SagaEngine<DB>
+    where
+        S: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let engine = self.engine().register(saga);
+        engine.install().await.unwrap();
+        engine
+    }
+
+    /// The stock of `item`.
     pub async fn stock_of(&self, item: &str) -> i64 {
         let sql = self.on("stock", "items", "SELECT stock FROM {t} WHERE item = ?");
         DB::ints(&self.stock, &sql, vec![item.into()])
@@ -316,6 +248,7 @@ impl<DB: TestDb> Env<DB> {
             .unwrap()[0]
     }
 
+    /// The balance of `account`.
     pub async fn balance_of(&self, account: &str) -> i64 {
         let sql = self.on(
             "payment",
@@ -327,43 +260,51 @@ impl<DB: TestDb> Env<DB> {
             .unwrap()[0]
     }
 
-    /// The stock moves recorded for saga `id`, as `key=delta`, sorted.
+    /// The stock moves recorded for saga `id`: their keys, sorted.
     pub async fn stock_moves(&self, id: SagaId) -> Vec<String> {
-        let sql = self.on(
-            "stock",
-            "moves",
-            "SELECT mkey FROM {t} WHERE mkey LIKE ? ORDER BY mkey",
-        );
-        DB::texts(&self.stock, &sql, vec![format!("{id}:%").into()])
+        self.keys_of(&self.stock, "stock", "moves", "mkey", id)
             .await
-            .unwrap()
     }
 
+    /// The payments recorded for saga `id`: their keys, sorted.
     pub async fn payments(&self, id: SagaId) -> Vec<String> {
-        let sql = self.on(
-            "payment",
-            "payments",
-            "SELECT pkey FROM {t} WHERE pkey LIKE ? ORDER BY pkey",
+        self.keys_of(&self.payment, "payment", "payments", "pkey", id)
+            .await
+    }
+
+    /// The keys in `column` of `table` (of `service`, on `db`) that saga `id` recorded, sorted.
+    async fn keys_of(
+        &self,
+        db: &TxPool<DB>,
+        service: &str,
+        table: &str,
+        column: &str,
+        id: SagaId,
+    ) -> Vec<String> {
+        let sql = format!(
+            "SELECT {column} FROM {} WHERE {column} LIKE ? ORDER BY {column}",
+            self.t(service, table)
         );
-        DB::texts(&self.payment, &sql, vec![format!("{id}:%").into()])
+        DB::texts(db, &sql, vec![format!("{id}:%").into()])
             .await
             .unwrap()
     }
 
+    /// The statuses of the order of saga `id` (one, or none).
     pub async fn order_statuses(&self, id: SagaId) -> Vec<String> {
-        let sql = self.on("orders", "orders", "SELECT status FROM {t} WHERE id = ?");
-        DB::texts(&self.orders, &sql, vec![id.into()])
+        self.of_saga("orders", "SELECT status FROM {t} WHERE id = ?", id)
             .await
-            .unwrap()
     }
 
     /// The journal of saga `id` in order: one line per step or compensation that committed.
     pub async fn journal(&self, id: SagaId) -> Vec<String> {
-        let sql = self.on(
-            "orders",
-            "journal",
-            "SELECT event FROM {t} WHERE saga_id = ? ORDER BY seq",
-        );
+        let sql = "SELECT event FROM {t} WHERE saga_id = ? ORDER BY seq";
+        self.of_saga("journal", sql, id).await
+    }
+
+    /// The texts `sql` reads from `table` of the orders service for saga `id`.
+    async fn of_saga(&self, table: &str, sql: &str, id: SagaId) -> Vec<String> {
+        let sql = self.on("orders", table, sql);
         DB::texts(&self.orders, &sql, vec![id.into()])
             .await
             .unwrap()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tx_saga::{Saga, SagaId, StepContext, StepError};
+use tx_saga::{Direction, Saga, SagaId, StepAction, StepContext, StepError, StepOptions};
 use tx_sqlx::TxPool;
 
 use super::db::TestDb;
@@ -41,158 +41,219 @@ impl<DB: TestDb> Env<DB> {
         Ok(())
     }
 
+    /// Journals `<step>:<direction>` for the attempt of `ctx`, in the step's transaction.
+    pub async fn log_step<S: Sync>(&self, ctx: &StepContext<S>) -> Result<(), StepError> {
+        let event = format!("{}:{}", ctx.step_name(), ctx.direction());
+        self.log(ctx.saga_id(), &event).await
+    }
+
     /// The stock service: moves `delta` of `item`, once per `key` (its own transaction on its
     /// own database).
     pub async fn move_stock(&self, key: &str, item: &str, delta: i64) -> Result<(), StepError> {
-        let ledger = Ledger {
-            balances: self.on(
-                "stock",
-                "items",
-                "UPDATE {t} SET stock = stock + ? WHERE item = ? AND stock + ? >= 0",
-            ),
-            seen: self.on("stock", "moves", "SELECT COUNT(*) FROM {t} WHERE mkey = ?"),
-            record: self.on(
-                "stock",
-                "moves",
-                "INSERT INTO {t} (mkey, item, delta) VALUES (?, ?, ?)",
-            ),
-            refused: format!("out of stock: {item}"),
-        };
-        ledger.apply_once(&self.stock, key, item, delta).await
+        let refused = format!("out of stock: {item}");
+        self.ledger(
+            "stock",
+            ["items", "stock", "item"],
+            ["moves", "mkey"],
+            refused,
+        )
+        .apply_once(&self.stock, key, item, delta)
+        .await
     }
 
     /// The payment service: moves `delta` on `account`, once per `key`; declines an overdraft.
     pub async fn pay(&self, key: &str, account: &str, delta: i64) -> Result<(), StepError> {
-        let ledger = Ledger {
-            balances: self.on(
-                "payment",
-                "accounts",
-                "UPDATE {t} SET balance = balance + ? WHERE account = ? AND balance + ? >= 0",
+        let refused = format!("payment declined: insufficient balance on {account}");
+        let balances = ["accounts", "balance", "account"];
+        self.ledger("payment", balances, ["payments", "pkey"], refused)
+            .apply_once(&self.payment, key, account, delta)
+            .await
+    }
+
+    /// The ledger of `service`: its balances in `[table, balance column, owner column]`, the
+    /// moves it applied in `[table, key column]`.
+    fn ledger(
+        &self,
+        service: &str,
+        [balances, balance, owner]: [&str; 3],
+        [moves, key]: [&str; 2],
+        refused: String,
+    ) -> Ledger {
+        let (balances, moves) = (self.t(service, balances), self.t(service, moves));
+        Ledger {
+            balances: format!(
+                "UPDATE {balances} SET {balance} = {balance} + ? WHERE {owner} = ? AND {balance} + ? >= 0"
             ),
-            seen: self.on(
-                "payment",
-                "payments",
-                "SELECT COUNT(*) FROM {t} WHERE pkey = ?",
-            ),
-            record: self.on(
-                "payment",
-                "payments",
-                "INSERT INTO {t} (pkey, account, delta) VALUES (?, ?, ?)",
-            ),
-            refused: format!("payment declined: insufficient balance on {account}"),
-        };
-        ledger.apply_once(&self.payment, key, account, delta).await
+            seen: format!("SELECT COUNT(*) FROM {moves} WHERE {key} = ?"),
+            record: format!("INSERT INTO {moves} ({key}, {owner}, delta) VALUES (?, ?, ?)"),
+            refused,
+        }
     }
 
     /// The order saga: reserve stock (stock service, keyed), create the order (local: the
     /// orders database is the engine's), charge the account (payment service, keyed). Every
     /// step and compensation also appends to the journal, locally.
     pub fn order_saga(&self, hook: Option<Hook>) -> Saga<Order> {
-        self.order_saga_with(hook, tx_saga::StepOptions::default())
+        self.order_saga_with(hook, StepOptions::default())
     }
 
     /// [`order_saga`](Self::order_saga) with `options` for every step.
-    pub fn order_saga_with(
-        &self,
-        hook: Option<Hook>,
-        options: tx_saga::StepOptions,
-    ) -> Saga<Order> {
-        let point = |hook: &Option<Hook>, id: SagaId, name: &'static str, order: &Order| {
-            let f = hook.as_ref().map(|h| h(id, name.to_owned(), order.clone()));
-            async move {
-                if let Some(f) = f {
-                    f.await;
-                }
-            }
+    pub fn order_saga_with(&self, hook: Option<Hook>, options: StepOptions) -> Saga<Order> {
+        // Forward takes from the stock or the account, the compensation gives it back; both
+        // keyed.
+        let stock: Effect<DB> = |env, ctx| {
+            let o = ctx.state();
+            Box::pin(env.move_stock(ctx.idempotency_key(), &o.item, taken(ctx) * o.qty))
         };
-        let (e1, e2, e3, e4, e5, e6) = (
-            self.clone(),
-            self.clone(),
-            self.clone(),
-            self.clone(),
-            self.clone(),
-            self.clone(),
+        let payment: Effect<DB> = |env, ctx| {
+            let o = ctx.state();
+            Box::pin(env.pay(ctx.idempotency_key(), &o.account, taken(ctx) * o.amount))
+        };
+        let steps: [(&str, Effect<DB>, Effect<DB>); 3] = [
+            ("reserve_stock", stock, stock),
+            ("create_order", Env::create_order, Env::cancel_order),
+            ("charge_payment", payment, payment),
+        ];
+        let mut saga = Saga::<Order>::named("place_order");
+        for (name, forward, compensate) in steps {
+            let (forward, compensate) = (
+                self.order_step(&hook, forward),
+                self.order_step(&hook, compensate),
+            );
+            saga = saga.step_with(name, options.clone(), forward, compensate);
+        }
+        saga
+    }
+
+    /// A step action of the order saga: journals `<step>:<direction>`, applies `effect`, then
+    /// reaches the fault point of that name, all in the step's transaction.
+    fn order_step(
+        &self,
+        hook: &Option<Hook>,
+        effect: Effect<DB>,
+    ) -> impl StepAction<Order, BoxedStep<Order>> {
+        let (env, hook) = (self.clone(), hook.clone());
+        move |ctx: StepContext<Order>| -> BoxedStep<Order> {
+            Box::pin(async move {
+                let point = format!("{}:{}", ctx.step_name(), ctx.direction());
+                env.log(ctx.saga_id(), &point).await?;
+                effect(&env, &ctx).await?;
+                if let Some(hook) = hook {
+                    hook(ctx.saga_id(), point, ctx.state().clone()).await;
+                }
+                Ok(ctx.into_state())
+            })
+        }
+    }
+
+    /// A step action that only journals `<step>:<direction>` (in the step's transaction) and
+    /// keeps the state.
+    pub fn journal_step<S: Send + Sync + 'static>(&self) -> impl StepAction<S, BoxedStep<S>> {
+        let env = self.clone();
+        move |ctx: StepContext<S>| -> BoxedStep<S> {
+            Box::pin(async move {
+                env.log_step(&ctx).await?;
+                Ok(ctx.into_state())
+            })
+        }
+    }
+
+    /// The order's row, created in the step's transaction.
+    fn create_order<'a>(
+        &'a self,
+        ctx: &'a StepContext<Order>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let o = ctx.state();
+        let sql = self.on(
+            "orders",
+            "orders",
+            "INSERT INTO {t} (id, item, qty, status) VALUES (?, ?, ?, 'created')",
         );
-        let (h1, h2, h3, h4, h5, h6) = (
-            hook.clone(),
-            hook.clone(),
-            hook.clone(),
-            hook.clone(),
-            hook.clone(),
-            hook,
+        let args = vec![ctx.saga_id().into(), o.item.clone().into(), o.qty.into()];
+        Box::pin(async move {
+            DB::exec(&self.orders, &sql, args).await?;
+            Ok(())
+        })
+    }
+
+    /// The order stays, cancelled, as a trace.
+    fn cancel_order<'a>(
+        &'a self,
+        ctx: &'a StepContext<Order>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let sql = self.on(
+            "orders",
+            "orders",
+            "UPDATE {t} SET status = 'cancelled' WHERE id = ?",
         );
-        Saga::<Order>::named("place_order")
-            .step_with(
-                "reserve_stock",
-                options.clone(),
-                move |ctx: StepContext<Order>| async move {
-                    e1.log(ctx.saga_id(), "reserve_stock:forward").await?;
-                    let o = ctx.state();
-                    e1.move_stock(ctx.idempotency_key(), &o.item, -o.qty)
-                        .await?;
-                    point(&h1, ctx.saga_id(), "reserve_stock:forward", o).await;
-                    Ok(ctx.into_state())
-                },
-                move |ctx: StepContext<Order>| async move {
-                    e2.log(ctx.saga_id(), "reserve_stock:compensate").await?;
-                    let o = ctx.state();
-                    e2.move_stock(ctx.idempotency_key(), &o.item, o.qty).await?;
-                    point(&h2, ctx.saga_id(), "reserve_stock:compensate", o).await;
-                    Ok(ctx.into_state())
-                },
-            )
-            .step_with(
-                "create_order",
-                options.clone(),
-                move |ctx: StepContext<Order>| async move {
-                    e3.log(ctx.saga_id(), "create_order:forward").await?;
-                    let o = ctx.state();
-                    DB::exec(
-                        &e3.orders,
-                        &format!(
-                            "INSERT INTO {} (id, item, qty, status) VALUES (?, ?, ?, 'created')",
-                            e3.t("orders", "orders")
-                        ),
-                        vec![ctx.saga_id().into(), o.item.clone().into(), o.qty.into()],
-                    )
-                    .await?;
-                    point(&h3, ctx.saga_id(), "create_order:forward", o).await;
-                    Ok(ctx.into_state())
-                },
-                move |ctx: StepContext<Order>| async move {
-                    e4.log(ctx.saga_id(), "create_order:compensate").await?;
-                    // The order stays, cancelled, as a trace.
-                    DB::exec(
-                        &e4.orders,
-                        &format!(
-                            "UPDATE {} SET status = 'cancelled' WHERE id = ?",
-                            e4.t("orders", "orders")
-                        ),
-                        vec![ctx.saga_id().into()],
-                    )
-                    .await?;
-                    point(&h4, ctx.saga_id(), "create_order:compensate", ctx.state()).await;
-                    Ok(ctx.into_state())
-                },
-            )
-            .step_with(
-                "charge_payment",
-                options.clone(),
-                move |ctx: StepContext<Order>| async move {
-                    e5.log(ctx.saga_id(), "charge_payment:forward").await?;
-                    let o = ctx.state();
-                    e5.pay(ctx.idempotency_key(), &o.account, -o.amount).await?;
-                    point(&h5, ctx.saga_id(), "charge_payment:forward", o).await;
-                    Ok(ctx.into_state())
-                },
-                move |ctx: StepContext<Order>| async move {
-                    e6.log(ctx.saga_id(), "charge_payment:compensate").await?;
-                    let o = ctx.state();
-                    e6.pay(ctx.idempotency_key(), &o.account, o.amount).await?;
-                    point(&h6, ctx.saga_id(), "charge_payment:compensate", o).await;
-                    Ok(ctx.into_state())
-                },
-            )
+        let args = vec![ctx.saga_id().into()];
+        Box::pin(async move {
+            DB::exec(&self.orders, &sql, args).await?;
+            Ok(())
+        })
+    }
+
+    /// Asserts what the order saga `id` leaves once completed: every step journaled, the
+    /// stock moved and the account charged once, the order created.
+    pub async fn assert_order_completed(&self, id: SagaId) {
+        assert_eq!(
+            self.journal(id).await,
+            vec![
+                "reserve_stock:forward",
+                "create_order:forward",
+                "charge_payment:forward"
+            ],
+            "saga {id}"
+        );
+        assert_eq!(
+            self.stock_moves(id).await,
+            vec![format!("{id}:reserve_stock:forward")]
+        );
+        assert_eq!(
+            self.payments(id).await,
+            vec![format!("{id}:charge_payment:forward")]
+        );
+        assert_eq!(self.order_statuses(id).await, vec!["created"]);
+    }
+
+    /// Asserts what the order saga `id` leaves once compensated after its payment was
+    /// declined: the order cancelled, then the stock put back (reverse order), nothing
+    /// charged.
+    pub async fn assert_order_compensated(&self, id: SagaId) {
+        assert_eq!(
+            self.journal(id).await,
+            vec![
+                "reserve_stock:forward",
+                "create_order:forward",
+                "create_order:compensate",
+                "reserve_stock:compensate"
+            ],
+            "saga {id}"
+        );
+        assert_eq!(
+            self.stock_moves(id).await,
+            vec![
+                format!("{id}:reserve_stock:compensate"),
+                format!("{id}:reserve_stock:forward")
+            ]
+        );
+        assert!(self.payments(id).await.is_empty());
+        assert_eq!(self.order_statuses(id).await, vec!["cancelled"]);
+    }
+}
+
+/// A step action's future, boxed.
+pub type BoxedStep<S> = BoxFuture<'static, Result<S, StepError>>;
+
+/// What a step of the order saga does to a service, besides journaling.
+type Effect<DB> =
+    for<'a> fn(&'a Env<DB>, &'a StepContext<Order>) -> BoxFuture<'a, Result<(), StepError>>;
+
+/// The sign of a step's move: taken going forward, given back compensating.
+fn taken<S>(ctx: &StepContext<S>) -> i64 {
+    match ctx.direction() {
+        Direction::Forward => -1,
+        Direction::Compensate => 1,
     }
 }
 

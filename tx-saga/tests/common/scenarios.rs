@@ -5,18 +5,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tx_saga::{Saga, SagaStatus, StepContext, StepError, StepOptions};
+use serde::Serialize;
+use tx_saga::{Saga, SagaEngine, SagaId, SagaStatus, StepContext, StepError, StepOptions};
 use tx_sqlx::TxError;
 
 use super::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// Starts saga `name` on `state` and runs a worker until it settled: its id and final status.
+async fn run_one<DB: TestDb, S: Serialize + 'static>(
+    engine: &SagaEngine<DB>,
+    name: &str,
+    state: S,
+) -> (SagaId, SagaStatus) {
+    let id = engine.start(name, state).await.unwrap();
+    let mut statuses = run_until_settled(engine, &[id], SETTLE).await;
+    (id, statuses.remove(0))
+}
+
 /// An order with enough stock and money: every service changed once.
 pub async fn order_completes_across_three_services<DB: TestDb>(env: Env<DB>) {
     env.seed("book", 10, &[("alice", 100)]).await;
-    let engine = env.engine().register(env.order_saga(None));
-    engine.install().await.unwrap();
+    let engine = env.installed(env.order_saga(None)).await;
     engine.install().await.expect("install is idempotent");
 
     let id = DB::template(&env.orders)
@@ -32,81 +43,31 @@ pub async fn order_completes_across_three_services<DB: TestDb>(env: Env<DB>) {
         .unwrap();
     assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
 
-    let worker = spawn_worker(&engine);
     assert_eq!(
-        settle(&engine, &[id], SETTLE).await,
+        run_until_settled(&engine, &[id], SETTLE).await,
         vec![SagaStatus::Completed]
     );
-    worker.stop().await;
-
     assert_eq!(env.stock_of("book").await, 8);
     assert_eq!(env.balance_of("alice").await, 70);
-    assert_eq!(env.order_statuses(id).await, vec!["created"]);
-    assert_eq!(
-        env.journal(id).await,
-        vec![
-            "reserve_stock:forward",
-            "create_order:forward",
-            "charge_payment:forward"
-        ]
-    );
-    assert_eq!(
-        env.stock_moves(id).await,
-        vec![format!("{id}:reserve_stock:forward")]
-    );
-    assert_eq!(
-        env.payments(id).await,
-        vec![format!("{id}:charge_payment:forward")]
-    );
-    env.drop_all().await;
+    env.assert_order_completed(id).await;
 }
 
 /// The payment is declined: the order is cancelled, then the stock is put back (reverse
 /// order), and nothing is charged.
 pub async fn payment_failure_compensates_in_reverse_order<DB: TestDb>(env: Env<DB>) {
     env.seed("book", 10, &[("bob", 10)]).await;
-    let engine = env.engine().register(env.order_saga(None));
-    engine.install().await.unwrap();
-    let id = engine
-        .start("place_order", order("book", 3, "bob", 30))
-        .await
-        .unwrap();
-
-    let worker = spawn_worker(&engine);
-    assert_eq!(
-        settle(&engine, &[id], SETTLE).await,
-        vec![SagaStatus::Compensated]
-    );
-    worker.stop().await;
-
-    assert_eq!(
-        env.journal(id).await,
-        vec![
-            "reserve_stock:forward",
-            "create_order:forward",
-            "create_order:compensate",
-            "reserve_stock:compensate"
-        ]
-    );
+    let engine = env.installed(env.order_saga(None)).await;
+    let (id, status) = run_one(&engine, "place_order", order("book", 3, "bob", 30)).await;
+    assert_eq!(status, SagaStatus::Compensated);
+    env.assert_order_compensated(id).await;
     assert_eq!(env.stock_of("book").await, 10);
-    assert_eq!(
-        env.stock_moves(id).await,
-        vec![
-            format!("{id}:reserve_stock:compensate"),
-            format!("{id}:reserve_stock:forward")
-        ]
-    );
-    assert_eq!(env.order_statuses(id).await, vec!["cancelled"]);
-    assert!(env.payments(id).await.is_empty());
     assert_eq!(env.balance_of("bob").await, 10);
-    env.drop_all().await;
 }
 
 /// `start` writes in the caller's transaction: a rollback leaves no saga at all.
 pub async fn start_joins_the_callers_transaction<DB: TestDb>(env: Env<DB>) {
     env.seed("book", 10, &[("carol", 100)]).await;
-    let engine = env.engine().register(env.order_saga(None));
-    engine.install().await.unwrap();
+    let engine = env.installed(env.order_saga(None)).await;
 
     #[derive(Debug)]
     enum AppError {
@@ -139,16 +100,8 @@ pub async fn start_joins_the_callers_transaction<DB: TestDb>(env: Env<DB>) {
     assert!(matches!(err, TxError::InvalidArgument { .. }), "{err}");
     assert!(err.to_string().contains("no saga"), "{err}");
 
-    let kept = engine
-        .start("place_order", order("book", 1, "carol", 5))
-        .await
-        .unwrap();
-    let worker = spawn_worker(&engine);
-    assert_eq!(
-        settle(&engine, &[kept], SETTLE).await,
-        vec![SagaStatus::Completed]
-    );
-    worker.stop().await;
+    let (_, status) = run_one(&engine, "place_order", order("book", 1, "carol", 5)).await;
+    assert_eq!(status, SagaStatus::Completed);
     let rows = DB::ints(
         &env.orders,
         &format!("SELECT COUNT(*) FROM {}", env.saga_table()),
@@ -163,14 +116,21 @@ pub async fn start_joins_the_callers_transaction<DB: TestDb>(env: Env<DB>) {
         "the rolled-back saga never ran"
     );
     assert!(env.journal(ghost).await.is_empty());
-    env.drop_all().await;
 }
 
 /// A flaky step is retried with the same idempotency key and succeeds; the writes of its
 /// failed attempts were rolled back; a later failure compensates it with another key, and the
 /// compensation is retried after a `Fail` too.
 pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env: Env<DB>) {
-    let seen: Arc<Mutex<Vec<(String, u32, String)>>> = Arc::default();
+    type Seen = Mutex<Vec<(String, u32, String)>>;
+    /// Notes an attempt: its direction, number and idempotency key.
+    fn note(seen: &Seen, ctx: &StepContext<u32>) {
+        let key = ctx.idempotency_key().to_owned();
+        seen.lock()
+            .unwrap()
+            .push((ctx.direction().to_string(), ctx.attempt(), key));
+    }
+    let seen: Arc<Seen> = Arc::default();
     let fast = StepOptions::default()
         .max_attempts(5)
         .backoff(Duration::from_millis(5), Duration::from_millis(20));
@@ -180,24 +140,16 @@ pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env:
             "a",
             fast.clone(),
             move |ctx: StepContext<u32>| async move {
-                e1.log(ctx.saga_id(), "a:forward").await?;
-                s1.lock().unwrap().push((
-                    "forward".into(),
-                    ctx.attempt(),
-                    ctx.idempotency_key().to_owned(),
-                ));
+                e1.log_step(&ctx).await?;
+                note(&s1, &ctx);
                 if ctx.attempt() < 3 {
                     return Err(StepError::Retry(format!("flake {}", ctx.attempt()).into()));
                 }
                 Ok(ctx.into_state() + 1)
             },
             move |ctx: StepContext<u32>| async move {
-                e2.log(ctx.saga_id(), "a:compensate").await?;
-                s2.lock().unwrap().push((
-                    "compensate".into(),
-                    ctx.attempt(),
-                    ctx.idempotency_key().to_owned(),
-                ));
+                e2.log_step(&ctx).await?;
+                note(&s2, &ctx);
                 if ctx.attempt() == 1 {
                     // A compensation is retried even on Fail: it must succeed eventually.
                     return Err(StepError::Fail("refund service hiccup".into()));
@@ -215,15 +167,8 @@ pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env:
             |_ctx: StepContext<u32>| async move { Err(StepError::Fail("no".into())) },
             |ctx: StepContext<u32>| async move { Ok(ctx.into_state()) },
         );
-    let engine = env.engine().register(saga);
-    engine.install().await.unwrap();
-    let id = engine.start("flaky", 0u32).await.unwrap();
-    let worker = spawn_worker(&engine);
-    assert_eq!(
-        settle(&engine, &[id], SETTLE).await,
-        vec![SagaStatus::Compensated]
-    );
-    worker.stop().await;
+    let (id, status) = run_one(&env.installed(saga).await, "flaky", 0u32).await;
+    assert_eq!(status, SagaStatus::Compensated);
 
     let seen = seen.lock().unwrap().clone();
     let fwd_key = format!("{id}:a:forward");
@@ -243,35 +188,24 @@ pub async fn retries_keep_the_key_and_roll_back_failed_attempts<DB: TestDb>(env:
         vec!["a:forward", "a:compensate"],
         "failed attempts left nothing"
     );
-    env.drop_all().await;
 }
 
 /// A panic, a timeout and a retryable error each count as a failed attempt (rolled back,
 /// never a lost saga); at the limit the step counts as failed and compensation runs.
 pub async fn panics_and_timeouts_are_failed_attempts<DB: TestDb>(env: Env<DB>) {
     let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let (e1, e2, e3, a) = (env.clone(), env.clone(), env.clone(), attempts.clone());
+    let (e3, a) = (env.clone(), attempts.clone());
     let opts = StepOptions::default()
         .timeout(Duration::from_millis(300))
         .max_attempts(3)
         .backoff(Duration::from_millis(5), Duration::from_millis(20));
     let saga = Saga::<u32>::named("faulty")
-        .step(
-            "a",
-            move |ctx: StepContext<u32>| async move {
-                e1.log(ctx.saga_id(), "a:forward").await?;
-                Ok(ctx.into_state())
-            },
-            move |ctx: StepContext<u32>| async move {
-                e2.log(ctx.saga_id(), "a:compensate").await?;
-                Ok(ctx.into_state())
-            },
-        )
+        .step("a", env.journal_step(), env.journal_step())
         .step_with(
             "b",
             opts,
             move |ctx: StepContext<u32>| async move {
-                e3.log(ctx.saga_id(), "b:forward").await?;
+                e3.log_step(&ctx).await?;
                 a.lock().unwrap().push(ctx.attempt());
                 match ctx.attempt() {
                     1 => panic!("b exploded"),
@@ -284,25 +218,17 @@ pub async fn panics_and_timeouts_are_failed_attempts<DB: TestDb>(env: Env<DB>) {
             },
             |ctx: StepContext<u32>| async move { Ok(ctx.into_state()) },
         );
-    let engine = env.engine().register(saga);
-    engine.install().await.unwrap();
-    let id = engine.start("faulty", 7u32).await.unwrap();
-    let worker = spawn_worker(&engine);
-    assert_eq!(
-        settle(&engine, &[id], SETTLE).await,
-        vec![SagaStatus::Compensated]
-    );
-    worker.stop().await;
+    let (id, status) = run_one(&env.installed(saga).await, "faulty", 7u32).await;
+    assert_eq!(status, SagaStatus::Compensated);
     assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
     assert_eq!(env.journal(id).await, vec!["a:forward", "a:compensate"]);
-    env.drop_all().await;
 }
 
 /// A compensation that keeps failing leaves the saga stuck with its error, listed for an
 /// operator; once the cause is fixed, `resume` finishes it.
 pub async fn stuck_sagas_are_listed_and_resumed<DB: TestDb>(env: Env<DB>) {
     let broken = Arc::new(AtomicBool::new(true));
-    let (e1, e2, b) = (env.clone(), env.clone(), broken.clone());
+    let (e2, b) = (env.clone(), broken.clone());
     let comp = StepOptions::default()
         .compensation_max_attempts(2)
         .backoff(Duration::from_millis(5), Duration::from_millis(10));
@@ -310,15 +236,12 @@ pub async fn stuck_sagas_are_listed_and_resumed<DB: TestDb>(env: Env<DB>) {
         .step_with(
             "a",
             comp,
-            move |ctx: StepContext<u32>| async move {
-                e1.log(ctx.saga_id(), "a:forward").await?;
-                Ok(ctx.into_state())
-            },
+            env.journal_step(),
             move |ctx: StepContext<u32>| async move {
                 if b.load(Ordering::SeqCst) {
                     return Err(StepError::Retry("refund service down".into()));
                 }
-                e2.log(ctx.saga_id(), "a:compensate").await?;
+                e2.log_step(&ctx).await?;
                 Ok(ctx.into_state())
             },
         )
@@ -327,8 +250,7 @@ pub async fn stuck_sagas_are_listed_and_resumed<DB: TestDb>(env: Env<DB>) {
             |_ctx: StepContext<u32>| async move { Err(StepError::Fail("declined".into())) },
             |ctx: StepContext<u32>| async move { Ok(ctx.into_state()) },
         );
-    let engine = env.engine().register(saga);
-    engine.install().await.unwrap();
+    let engine = env.installed(saga).await;
     let id = engine.start("fragile", 1u32).await.unwrap();
     let worker = spawn_worker(&engine);
     let status = settle(&engine, &[id], SETTLE).await.remove(0);
@@ -367,13 +289,11 @@ pub async fn stuck_sagas_are_listed_and_resumed<DB: TestDb>(env: Env<DB>) {
     let again = engine.resume(id).await.expect_err("not stuck any more");
     assert!(again.to_string().contains("not stuck"), "{again}");
     assert!(engine.stuck(Duration::ZERO).await.unwrap().is_empty());
-    env.drop_all().await;
 }
 
 /// Misuse is a typed error saying what to do, never a hang or a silent no-op.
 pub async fn misuse_is_reported<DB: TestDb>(env: Env<DB>) {
-    let engine = env.engine().register(env.order_saga(None));
-    engine.install().await.unwrap();
+    let engine = env.installed(env.order_saga(None)).await;
     let e = engine.start("no_such_saga", 1u32).await.unwrap_err();
     assert!(
         e.to_string().contains("no saga named `no_such_saga`")
@@ -424,7 +344,6 @@ pub async fn misuse_is_reported<DB: TestDb>(env: Env<DB>) {
             .to_string()
             .contains("table name")
     );
-    env.drop_all().await;
 }
 
 /// A worker told to stop lets the step in flight finish, records it, and hands the saga
@@ -432,35 +351,19 @@ pub async fn misuse_is_reported<DB: TestDb>(env: Env<DB>) {
 pub async fn shutdown_finishes_the_step_and_hands_the_saga_back<DB: TestDb>(env: Env<DB>) {
     let entered = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Notify::new());
-    let (e1, e2, e3, n1, r1) = (
-        env.clone(),
-        env.clone(),
-        env.clone(),
-        entered.clone(),
-        release.clone(),
-    );
+    let (e1, n1, r1) = (env.clone(), entered.clone(), release.clone());
     let saga = Saga::<u32>::named("handover")
         .step(
             "a",
             move |ctx: StepContext<u32>| async move {
-                e1.log(ctx.saga_id(), "a:forward").await?;
+                e1.log_step(&ctx).await?;
                 n1.notify_one();
                 r1.notified().await;
                 Ok(ctx.into_state())
             },
             |ctx: StepContext<u32>| async move { Ok(ctx.into_state()) },
         )
-        .step(
-            "b",
-            move |ctx: StepContext<u32>| async move {
-                e2.log(ctx.saga_id(), "b:forward").await?;
-                Ok(ctx.into_state())
-            },
-            move |ctx: StepContext<u32>| async move {
-                e3.log(ctx.saga_id(), "b:compensate").await?;
-                Ok(ctx.into_state())
-            },
-        );
+        .step("b", env.journal_step(), env.journal_step());
     let engine = env.engine().lease(Duration::from_secs(30)).register(saga);
     engine.install().await.unwrap();
     let id = engine.start("handover", 0u32).await.unwrap();
@@ -481,14 +384,11 @@ pub async fn shutdown_finishes_the_step_and_hands_the_saga_back<DB: TestDb>(env:
     );
     assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
 
-    let second = spawn_worker(&engine);
     assert_eq!(
-        settle(&engine, &[id], Duration::from_secs(10)).await,
+        run_until_settled(&engine, &[id], Duration::from_secs(10)).await,
         vec![SagaStatus::Completed]
     );
-    second.stop().await;
     assert_eq!(env.journal(id).await, vec!["a:forward", "b:forward"]);
-    env.drop_all().await;
 }
 
 /// Installing from several tasks at once (several processes starting together) succeeds
@@ -508,15 +408,14 @@ pub async fn concurrent_installs_succeed<DB: TestDb>(env: Env<DB>) {
         .await
         .unwrap();
     assert_eq!(engine.status(id).await.unwrap(), SagaStatus::Running);
-    env.drop_all().await;
 }
 
-/// One test per scenario above, each on a fresh environment made by `$env` (an
-/// `Option<Env<_>>`; `None` skips the test because its server is missing).
+/// One test per scenario above, each on a fresh environment of database `$db` (skipped when
+/// its server is missing).
 macro_rules! saga_suite {
-    ($env:expr) => {
+    ($db:ty) => {
         $crate::common::scenarios::saga_suite!(
-            @each $env;
+            @each $db;
             order_completes_across_three_services,
             payment_failure_compensates_in_reverse_order,
             start_joins_the_callers_transaction,
@@ -528,16 +427,10 @@ macro_rules! saga_suite {
             concurrent_installs_succeed,
         );
     };
-    (@each $env:expr; $($scenario:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() {
-                let Some(env) = $env else {
-                    return;
-                };
-                $crate::common::scenarios::$scenario(env).await;
-            }
-        )+
+    (@each $db:ty; $($scenario:ident),+ $(,)?) => {
+        $crate::common::env_tests! {
+            $($scenario: $db => $crate::common::scenarios::$scenario),+
+        }
     };
 }
 pub(crate) use saga_suite;

@@ -11,20 +11,27 @@ pub struct Running {
     join: tokio::task::JoinHandle<Result<(), TxError>>,
 }
 
+/// A worker of `engine` on its own task, running until stopped.
 pub fn spawn_worker<DB: SagaBackend>(engine: &SagaEngine<DB>) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let engine = engine.clone();
-    let join = tokio::spawn(async move {
-        engine
-            .run(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let join = tokio::spawn(async move { engine.run(stopped).await });
     Running {
-        stop: Some(tx),
+        stop: Some(stop),
         join,
     }
+}
+
+/// Runs a worker until every saga in `ids` settled (see [`settle`]), then stops it.
+pub async fn run_until_settled<DB: SagaBackend>(
+    engine: &SagaEngine<DB>,
+    ids: &[SagaId],
+    limit: Duration,
+) -> Vec<SagaStatus> {
+    let worker = spawn_worker(engine);
+    let statuses = settle(engine, ids, limit).await;
+    worker.stop().await;
+    statuses
 }
 
 impl Running {
