@@ -59,8 +59,7 @@ impl Target {
 /// placeholder style (`numbered`: `$1` as written; `question_marks`: MySQL's `?`), then each
 /// listed file compiled as a module of the calling module (paths relative to the calling
 /// file, as with `include!`; `pub` before a name makes the module public, with the doc
-/// comments before it): the same service
-/// code, once per backend.
+/// comments before it): the same service code, once per backend.
 ///
 /// ```ignore
 /// tx_examples::backend_module! {

@@ -1,7 +1,7 @@
 // The store both apps sell from, the shop and the orders API: the tables they share (accounts,
 // products, the audit log), the steps of every order (take the stock, charge the buyer) and
-// of a payment, and the audit log's service. Compiled once per backend, like the services; the orders API
-// reaches it as `tx_examples::shop::<backend>::store`.
+// of a payment, and the audit log's service. Compiled once per backend, like the services;
+// the orders API reaches it as `tx_examples::shop::<backend>::store`.
 //
 // The steps are plain statements on `db`: called from a `#[transactional]` method on the same
 // pool, they join its transaction. They fail with the caller's error type, into which their
