@@ -14,20 +14,14 @@
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tracing_subscriber::EnvFilter;
+use tx_examples::demo;
 use tx_examples::observe::{ListenerLog, run_demo};
 
 const BUCKETS: [f64; 6] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5];
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_target(false)
-        .without_time()
-        .init();
+    demo::init_logging();
 
     // Latency buckets in seconds: histograms rather than the exporter's default summaries.
     let builder = PrometheusBuilder::new().set_buckets(&BUCKETS);
@@ -42,12 +36,9 @@ async fn main() -> ExitCode {
     let listener = ListenerLog::default();
     tx_sqlx::add_transaction_listener(listener.clone());
 
-    let dir = match tempfile::tempdir() {
+    let dir = match demo::temp_dir() {
         Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("cannot create a temporary directory: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = match run_demo(dir.path()).await {
         Ok(outcome) => outcome,

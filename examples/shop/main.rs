@@ -14,30 +14,21 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
+use tx_examples::demo;
 use tx_examples::shop::{DEMO_NAMESPACE, Target, run_demo};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_target(false)
-        .without_time()
-        .init();
+    demo::init_logging();
 
     let url = std::env::var("DATABASE_URL").ok();
     let Some(target) = Target::from_url(url.as_deref()) else {
         eprintln!("DATABASE_URL must be postgres://, mysql:// or mariadb:// (or unset for SQLite)");
         return ExitCode::FAILURE;
     };
-    let dir = match tempfile::tempdir() {
+    let dir = match demo::temp_dir() {
         Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("cannot create a temporary directory: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match &target {
         Target::Sqlite => println!(

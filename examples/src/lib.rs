@@ -3,9 +3,12 @@
 //!
 //! * [`shop`]: the shop demo behind `cargo run --example shop`.
 //! * [`observe`]: the bank behind `cargo run --example observe` (listener and metrics).
+//! * [`demo`]: what those two programs share (logging, a temporary directory).
+//! * [`per_backend`]: what the per-database modules of the shop and the orders API share.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod demo;
 pub mod observe;
 pub mod per_backend;
 pub mod shop;

@@ -2,6 +2,8 @@
 //! [`TransactionListener`] and, through the `metrics` facade, to whatever recorder the program
 //! installed (the `observe` example installs a Prometheus one and prints what it scrapes).
 //!
+//! The bank moves money with the shop's store statements (`shop::sqlite::store`).
+//!
 //! [`run_demo`] runs five calls with known outcomes: a transfer that commits, one that rolls
 //! back (insufficient balance), an account opening whose welcome bonus fails inside a
 //! `Nested` savepoint while the opening commits, and a report that runs past its deadline.
@@ -10,9 +12,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tx_sqlx::prelude::*;
 use tx_sqlx::{BoxError, RollbackCause, SqliteTxPool, TransactionExecution, TransactionListener};
+
+use crate::per_backend::sqlite_file_pool;
+use crate::shop::ShopError;
+use crate::shop::sqlite::store;
 
 /// The bank's errors.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,19 @@ pub enum BankError {
 impl From<sqlx::Error> for BankError {
     fn from(e: sqlx::Error) -> Self {
         BankError::Tx(e.into())
+    }
+}
+
+/// The store's refusals: a short balance is the bank's own failure, anything else a surprise.
+impl From<ShopError> for BankError {
+    fn from(e: ShopError) -> Self {
+        match e {
+            ShopError::InsufficientBalance { account, .. } => {
+                BankError::InsufficientBalance(account)
+            }
+            ShopError::Tx(e) => BankError::Tx(e),
+            other => BankError::Unexpected(other.to_string()),
+        }
     }
 }
 
@@ -100,26 +118,11 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// Moves `amount` between two accounts.
+    /// Moves `amount` between two accounts, with the shop's store statements.
     #[transactional(manager = self.db, name = "bank::transfer")]
     pub async fn transfer(&self, from: i64, to: i64, amount: i64) -> Result<(), BankError> {
-        let paid = sqlx::query(
-            "UPDATE account SET balance = balance - $1 WHERE id = $2 AND balance >= $1",
-        )
-        .bind(amount)
-        .bind(from)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        if paid == 0 {
-            return Err(BankError::InsufficientBalance(from));
-        }
-        sqlx::query("UPDATE account SET balance = balance + $1 WHERE id = $2")
-            .bind(amount)
-            .bind(to)
-            .execute(&self.db)
-            .await?;
-        Ok(())
+        store::debit::<BankError>(&self.db, from, amount).await?;
+        store::credit(&self.db, to, amount).await
     }
 
     /// Opens an account; the welcome bonus is tried in a savepoint, and the account is opened
@@ -210,17 +213,8 @@ pub struct DemoOutcome {
 /// Not cancel safe as a whole: dropped mid-way, the demo's database is left part-written (each
 /// call on its own rolls back when dropped).
 pub async fn run_demo(dir: &Path) -> Result<DemoOutcome, BankError> {
-    let options = SqliteConnectOptions::new()
-        .filename(dir.join("bank.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await?;
     let bank = Bank {
-        db: SqliteTxPool::new(pool),
+        db: sqlite_file_pool(&dir.join("bank.db"), 2, Duration::from_secs(5)).await?,
     };
     sqlx::query("CREATE TABLE account (id INTEGER PRIMARY KEY, name TEXT NOT NULL, balance INTEGER NOT NULL)")
         .execute(&bank.db)

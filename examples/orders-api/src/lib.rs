@@ -43,4 +43,5 @@ pub mod sqlite;
 
 pub use error::ApiError;
 pub use model::{Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred};
-pub use setup::Target;
+pub use tx_examples::per_backend::Target;
+pub use tx_examples::shop::ShopError;

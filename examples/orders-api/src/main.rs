@@ -23,7 +23,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => 3000,
     };
     let dir = tempfile::tempdir()?;
-    let (app, on) = match Target::from_url(url.as_deref())? {
+    let target = Target::from_url(url.as_deref()).ok_or_else(|| {
+        format!("DATABASE_URL {url:?}: expected postgres://, mysql://, mariadb:// or sqlite:")
+    })?;
+    let (app, on) = match target {
         Target::Sqlite => (
             sqlite::router(sqlite::connect(dir.path()).await?),
             format!("SQLite in {}", dir.path().display()),

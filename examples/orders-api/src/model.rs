@@ -1,9 +1,11 @@
-//! What the API returns, the same for every backend.
+//! What the API returns, the same for every backend. Products and audit entries are the
+//! shop's rows ([`tx_examples::shop::Product`], [`tx_examples::shop::AuditEntry`]).
 
 use serde::{Deserialize, Serialize};
+pub use tx_examples::shop::{AuditEntry, Product};
 
 /// An order as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Order {
     /// Id.
     pub id: i64,
@@ -27,8 +29,8 @@ pub struct Placed {
     pub points: i64,
 }
 
-/// An account as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An account as the API returns it, with its loyalty points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Account {
     /// Id.
     pub id: i64,
@@ -38,30 +40,6 @@ pub struct Account {
     pub balance: i64,
     /// Loyalty points.
     pub points: i64,
-}
-
-/// A product as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Product {
-    /// Id.
-    pub id: i64,
-    /// Name.
-    pub name: String,
-    /// Units in stock.
-    pub stock: i64,
-    /// Unit price in yuan.
-    pub price: i64,
-}
-
-/// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Id.
-    pub id: i64,
-    /// What was attempted.
-    pub action: String,
-    /// Details.
-    pub detail: String,
 }
 
 /// The balances a transfer left.

@@ -1,23 +1,17 @@
 //! The API on MariaDB/MySQL, in a database of its own; the audit log is in the same database.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use sqlx::MySql;
-use sqlx::mysql::MySqlConnectOptions;
-use tx_examples::per_backend::{on_admin_connection, server_pool};
+use tx_examples::per_backend::{drop_namespace, fresh_namespace};
 use tx_sqlx::{MySqlTxPool, TxError};
 
-use crate::setup::{POOL_SIZE, checked};
+use crate::setup::{ACQUIRE, POOL_SIZE, checked};
 
 crate::setup::api_backend!(
+    mysql,
     MySqlTxPool,
     "id BIGINT AUTO_INCREMENT PRIMARY KEY",
     question_marks
 );
-
-pub use routes::{Api, router};
-pub use services::{AuditService, OrderService, PointsService, TransferService};
 
 /// The API on MariaDB/MySQL at `url`, in the database `database`, dropped and created anew,
 /// with the seed data.
@@ -26,14 +20,8 @@ pub use services::{AuditService, OrderService, PointsService, TransferService};
 ///
 /// The server cannot be reached, or `database` is not a plain lower-case name.
 pub async fn connect(url: &str, database: &str) -> Result<Api, TxError> {
-    drop_database(url, database).await?;
-    let database = checked(database)?;
-    let options = MySqlConnectOptions::from_str(url)?;
-    on_admin_connection::<MySql>(&options, &[format!("CREATE DATABASE {database}")]).await?;
-    let scoped = options.database(database);
-    let db: Db = server_pool(POOL_SIZE, Duration::from_secs(20), scoped).await?;
-    tables::create(&db, &db).await?;
-    Ok(Api::new(db.clone(), db))
+    let db = fresh_namespace(url, checked(database)?, POOL_SIZE, ACQUIRE).await?;
+    Api::create(db.clone(), db).await
 }
 
 /// Drops the database [`connect`] created.
@@ -42,9 +30,5 @@ pub async fn connect(url: &str, database: &str) -> Result<Api, TxError> {
 ///
 /// The server cannot be reached, or `database` is not a plain lower-case name.
 pub async fn drop_database(url: &str, database: &str) -> Result<(), TxError> {
-    let database = checked(database)?;
-    let options = MySqlConnectOptions::from_str(url)?;
-    on_admin_connection::<MySql>(&options, &[format!("DROP DATABASE IF EXISTS {database}")])
-        .await?;
-    Ok(())
+    Ok(drop_namespace::<MySql>(url, checked(database)?).await?)
 }

@@ -1,11 +1,16 @@
-//! Which backend to run on, and what the backends' set-up shares.
+//! What the backends' set-up shares: the modules' shape, the pool size, the name check.
+
+use std::time::Duration;
 
 use tx_sqlx::{Operation, TxError};
 
-/// A backend module of the API: its pool type, auto-increment key and placeholder style,
-/// then the shared services, routes and tables compiled for it.
+/// A backend module of the API: the shop's module of the same backend (whose store it sells
+/// from), its pool type, auto-increment key and placeholder style; then the shared services,
+/// routes and tables compiled for it, and what the module exports.
 macro_rules! api_backend {
-    ($pool:ty, $id_column:literal, $placeholders:ident) => {
+    ($shop:ident, $pool:ty, $id_column:literal, $placeholders:ident) => {
+        use tx_examples::shop::$shop::store;
+
         tx_examples::backend_module! {
             pool: $pool,
             id_column: $id_column,
@@ -16,6 +21,10 @@ macro_rules! api_backend {
                 tables => "app/tables.rs",
             },
         }
+
+        pub use routes::{Api, router};
+        pub use services::{OrderService, PointsService, TransferService};
+        pub use store::AuditService;
     };
 }
 pub(crate) use api_backend;
@@ -23,46 +32,8 @@ pub(crate) use api_backend;
 /// Connections per pool of a server.
 pub(crate) const POOL_SIZE: u32 = 10;
 
-/// Where the API runs, from `DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// SQLite in a directory (no `DATABASE_URL`, or a `sqlite:` one).
-    Sqlite,
-    /// PostgreSQL at this URL.
-    Postgres(String),
-    /// MariaDB/MySQL at this URL.
-    MySql(String),
-}
-
-impl Target {
-    /// The target for an optional `DATABASE_URL`.
-    ///
-    /// # Errors
-    ///
-    /// A URL of another database.
-    ///
-    /// ```
-    /// use orders_api::Target;
-    /// assert_eq!(Target::from_url(None), Ok(Target::Sqlite));
-    /// assert!(matches!(Target::from_url(Some("postgres://h/db")), Ok(Target::Postgres(_))));
-    /// assert!(Target::from_url(Some("oracle://h")).is_err());
-    /// ```
-    pub fn from_url(url: Option<&str>) -> Result<Target, String> {
-        match url.filter(|u| !u.is_empty()) {
-            None => Ok(Target::Sqlite),
-            Some(u) if u.starts_with("sqlite:") => Ok(Target::Sqlite),
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                Ok(Target::Postgres(u.to_owned()))
-            }
-            Some(u) if u.starts_with("mysql://") || u.starts_with("mariadb://") => {
-                Ok(Target::MySql(u.replacen("mariadb://", "mysql://", 1)))
-            }
-            Some(u) => Err(format!(
-                "DATABASE_URL {u:?}: expected postgres://, mysql://, mariadb:// or sqlite:"
-            )),
-        }
-    }
-}
+/// How long a statement may wait for a free connection of a server's pool.
+pub(crate) const ACQUIRE: Duration = Duration::from_secs(20);
 
 /// `name` if it is a plain lower-case identifier, safe to splice into DDL.
 pub(crate) fn checked(name: &str) -> Result<&str, TxError> {

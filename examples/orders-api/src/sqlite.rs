@@ -9,13 +9,11 @@ use tx_examples::per_backend::sqlite_file_pool;
 use tx_sqlx::{SqliteTxPool, TxError};
 
 crate::setup::api_backend!(
+    sqlite,
     SqliteTxPool,
     "id INTEGER PRIMARY KEY AUTOINCREMENT",
     numbered
 );
-
-pub use routes::{Api, router};
-pub use services::{AuditService, OrderService, PointsService, TransferService};
 
 /// Opens (creating) the SQLite database `file` in WAL mode.
 async fn pool(file: &Path) -> Result<Db, TxError> {
@@ -30,6 +28,5 @@ async fn pool(file: &Path) -> Result<Db, TxError> {
 pub async fn connect(dir: &Path) -> Result<Api, TxError> {
     let db = pool(&dir.join("orders.db")).await?;
     let audit_db = pool(&dir.join("audit.db")).await?;
-    tables::create(&db, &audit_db).await?;
-    Ok(Api::new(db, audit_db))
+    Api::create(db, audit_db).await
 }

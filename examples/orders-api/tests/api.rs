@@ -240,30 +240,27 @@ async fn on_sqlite(scenario: impl AsyncFnOnce(Client)) {
     scenario(serve(orders_api::sqlite::router(api)).await).await;
 }
 
-async fn on_postgres(scenario: impl AsyncFnOnce(Client)) {
-    // Fails under TX_TEST_REQUIRE_SERVERS=1 when the server is down, else skips.
-    if tx_tests::pg_pool(1).await.is_none() {
-        return;
-    }
-    let (url, schema) = (tx_tests::pg_url(), namespace());
-    let api = orders_api::postgres::connect(&url, &schema).await.unwrap();
-    scenario(serve(orders_api::postgres::router(api)).await).await;
-    orders_api::postgres::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+/// `on_postgres` and `on_mysql`: the scenario on a namespace of its own on that server
+/// (a schema, a database), dropped afterwards. When the server is down it is skipped, or
+/// fails under `TX_TEST_REQUIRE_SERVERS=1`.
+macro_rules! on_server {
+    ($name:ident, $probe:ident, $url:ident, $backend:ident, $drop:ident) => {
+        async fn $name(scenario: impl AsyncFnOnce(Client)) {
+            if tx_tests::$probe(1).await.is_none() {
+                return;
+            }
+            let (url, namespace) = (tx_tests::$url(), namespace());
+            let api = orders_api::$backend::connect(&url, &namespace)
+                .await
+                .unwrap();
+            scenario(serve(orders_api::$backend::router(api)).await).await;
+            orders_api::$backend::$drop(&url, &namespace).await.unwrap();
+        }
+    };
 }
 
-async fn on_mysql(scenario: impl AsyncFnOnce(Client)) {
-    if tx_tests::mysql_pool(1).await.is_none() {
-        return;
-    }
-    let (url, database) = (tx_tests::mysql_url(), namespace());
-    let api = orders_api::mysql::connect(&url, &database).await.unwrap();
-    scenario(serve(orders_api::mysql::router(api)).await).await;
-    orders_api::mysql::drop_database(&url, &database)
-        .await
-        .unwrap();
-}
+on_server!(on_postgres, pg_pool, pg_url, postgres, drop_schema);
+on_server!(on_mysql, mysql_pool, mysql_url, mysql, drop_database);
 
 #[tokio::test]
 async fn sqlite_orders() {

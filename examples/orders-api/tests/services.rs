@@ -4,8 +4,8 @@
 // The nested test transactions around the service make a deep future type.
 #![recursion_limit = "256"]
 
-use orders_api::ApiError;
 use orders_api::schema::ids::*;
+use orders_api::{ApiError, ShopError};
 use tx_sqlx::testing;
 
 #[tokio::test]
@@ -24,7 +24,7 @@ async fn an_order_in_test_transactions_leaves_nothing_behind() {
 
             let err = api.orders().place(LI_SI, LAPTOP, 1).await.unwrap_err();
             assert!(
-                matches!(err, ApiError::InsufficientBalance { .. }),
+                matches!(err, ApiError::Shop(ShopError::InsufficientBalance { .. })),
                 "{err:?}"
             );
             assert_eq!(api.orders().product(LAPTOP).await?.stock, 9);

@@ -1,5 +1,6 @@
 //! The shop's one error type: business failures, and every database and engine failure as a
-//! `TxError` (the pattern the README teaches).
+//! `TxError` (the pattern the README teaches). The store's failures (stock, balance, unknown
+//! rows) are its variants too, also for the orders API, which answers them as they are.
 
 use tx_sqlx::TxError;
 
@@ -31,6 +32,9 @@ pub enum ShopError {
     /// No such account.
     #[error("account {0} not found")]
     AccountNotFound(i64),
+    /// No such product.
+    #[error("product {0} not found")]
+    ProductNotFound(i64),
     /// The gift product has no stock left.
     #[error("gift product {0} is out of stock")]
     GiftOutOfStock(i64),

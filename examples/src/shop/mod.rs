@@ -11,6 +11,8 @@
 //!   `sqlx::query(..).bind(..).execute(&self.db)`: the code an application writes.
 //! * `app/shop.rs`: [`sqlite::Shop`] (and its twins), the services wired together, one method
 //!   per case, each returning a report (every call's result and the rows that prove it).
+//! * `app/store.rs`: the store the shop shares with the orders API (its tables, taking stock,
+//!   charging an account, the audit log), failing with [`ShopError`]'s variants.
 //! * [`ShopError`]: the error type, with the `From<sqlx::Error>` that keeps a timeout a
 //!   timeout.
 //!
@@ -30,20 +32,32 @@
 //! # Ok(()) }
 //! ```
 
-/// A backend module of the shop: its pool type, auto-increment key and placeholder style,
-/// then the shared services, queries and cases compiled for it.
+/// A backend module of the shop: which backend it is, its pool type, auto-increment key and
+/// placeholder style; then the store, services, queries and cases compiled for it, and what
+/// the module exports.
 macro_rules! shop_backend {
-    ($pool:ty, $id_column:literal, $placeholders:ident) => {
+    ($backend:ident, $pool:ty, $id_column:literal, $placeholders:ident) => {
+        /// The backend the shop runs on in this module.
+        const BACKEND: $crate::shop::Backend = $crate::shop::Backend::$backend;
+
         $crate::backend_module! {
             pool: $pool,
             id_column: $id_column,
             placeholders: $placeholders,
             include: {
+                /// The store the shop shares with the orders API: its tables, taking stock,
+                /// paying, the audit log (`app/store.rs`).
+                pub store => "app/store.rs",
                 services => "app/services.rs",
                 queries => "app/queries.rs",
                 cases => "app/shop.rs",
             },
         }
+
+        pub use cases::Shop;
+        pub use queries::{Queries, create_schema};
+        pub use services::*;
+        pub use store::AuditService;
     };
 }
 use shop_backend;

@@ -1,7 +1,10 @@
 //! The rows the demo reads back and prints, and the seed data. The row types derive
-//! `sqlx::FromRow`, so `sqlx::query_as` reads them on every backend.
+//! `sqlx::FromRow`, so `sqlx::query_as` reads them on every backend; products and audit
+//! entries are also what the orders API answers with (serde).
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// `account`: users and bank accounts (balance in whole yuan).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -15,7 +18,7 @@ pub struct Account {
 }
 
 /// `product`: goods and their stock.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, Deserialize)]
 pub struct Product {
     /// Id.
     pub id: i64,
@@ -45,7 +48,7 @@ pub struct Order {
 }
 
 /// `audit_log`: written in its own transaction (and on SQLite in its own database).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Id.
     pub id: i64,

@@ -9,21 +9,16 @@ use std::time::Duration;
 
 use tx_sqlx::{SqliteTxPool, TxError};
 
-use super::connect::{Backend, POOL_SIZE};
+use super::connect::POOL_SIZE;
 use super::error::ShopError;
 use crate::per_backend::sqlite_file_pool;
 
-const BACKEND: Backend = Backend::Sqlite;
-
 super::shop_backend!(
+    Sqlite,
     SqliteTxPool,
     "id INTEGER PRIMARY KEY AUTOINCREMENT",
     numbered
 );
-
-pub use cases::Shop;
-pub use queries::{Queries, create_schema};
-pub use services::*;
 
 /// Opens (creating) the SQLite database `file` in WAL mode.
 async fn pool(file: &Path) -> Result<Db, ShopError> {
@@ -38,6 +33,5 @@ async fn pool(file: &Path) -> Result<Db, ShopError> {
 pub async fn connect(dir: &Path) -> Result<Shop, ShopError> {
     let db = pool(&dir.join("shop.db")).await?;
     let audit_db = pool(&dir.join("audit.db")).await?;
-    create_schema(&db, &audit_db).await?;
-    Ok(Shop::new(db, audit_db, true))
+    Shop::create(db, audit_db, true).await
 }

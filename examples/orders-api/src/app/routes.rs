@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tx_axum::TxLayer;
-use tx_sqlx::TransactionDefinition;
+use tx_sqlx::{TransactionDefinition, TxError};
 
-use super::services::{AuditService, OrderService, TransferService};
+use super::services::{OrderService, TransferService};
+use super::store::AuditService;
 use crate::error::ApiError;
 use crate::model::{
     Account, AuditEntry, Order, PlaceOrder, Placed, Product, Transfer, Transferred,
@@ -36,6 +37,16 @@ impl Api {
             audit,
             db,
         }
+    }
+
+    /// Creates the tables and the seed data on `db` and `audit_db`, then the API on them.
+    ///
+    /// # Errors
+    ///
+    /// A failed statement.
+    pub async fn create(db: Db, audit_db: Db) -> Result<Self, TxError> {
+        super::tables::create(&db, &audit_db).await?;
+        Ok(Api::new(db, audit_db))
     }
 
     /// The database of orders, accounts and products.
@@ -70,7 +81,7 @@ impl Api {
 pub fn router(api: Api) -> Router {
     let writes = TxLayer::new(api.db.clone()).on_commit_error(|e| {
         use axum::response::IntoResponse;
-        ApiError::Tx(e).into_response()
+        ApiError::from(e).into_response()
     });
     let reads = writes.clone().definition(
         TransactionDefinition::default()

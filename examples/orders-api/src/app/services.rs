@@ -7,51 +7,13 @@
 // Compiled once per backend (`sqlite.rs`, `postgres.rs`, `mysql.rs`), where `Db` is the pool
 // type and `sql(..)` adapts the `$1` placeholders to the backend.
 
+use tx_examples::shop::ShopError;
 use tx_sqlx::prelude::*;
 
+use super::store::{self, AuditService};
 use crate::error::ApiError;
-use crate::model::{Account, AuditEntry, Order, Placed, Product, Transferred};
+use crate::model::{Account, Order, Placed, Product, Transferred};
 use crate::schema::{POINTS_CAP, YUAN_PER_POINT};
-
-/// The audit log: each entry in a transaction of its own (`RequiresNew`), so that it survives
-/// the failure of the request that wrote it. On SQLite it lives in a second database with its
-/// own `TxPool` (SQLite has one writer per database).
-#[derive(Debug, Clone)]
-pub struct AuditService {
-    db: Db,
-}
-
-impl AuditService {
-    /// The service on `db` (the audit database).
-    pub fn new(db: Db) -> Self {
-        AuditService { db }
-    }
-
-    /// Writes one entry and commits it at once, whatever the caller's transaction does.
-    #[transactional(manager = self.db, propagation = RequiresNew)]
-    pub async fn record(&self, action: &str, detail: String) -> Result<(), ApiError> {
-        sqlx::query(sql(
-            "INSERT INTO audit_log (action, detail) VALUES ($1, $2)",
-        ))
-        .bind(action)
-        .bind(detail)
-        .execute(&self.db)
-        .await?;
-        Ok(())
-    }
-
-    /// Every entry, oldest first.
-    pub async fn entries(&self) -> Result<Vec<AuditEntry>, ApiError> {
-        let rows: Vec<(i64, String, String)> =
-            sqlx::query_as(sql("SELECT id, action, detail FROM audit_log ORDER BY id"))
-                .fetch_all(&self.db)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, action, detail)| AuditEntry { id, action, detail })
-            .collect())
-    }
-}
 
 /// Loyalty points, credited in a `Nested` scope: when the account is at its cap, the
 /// savepoint is rolled back (the ledger row with it) and the order goes on without points.
@@ -127,11 +89,8 @@ impl OrderService {
             return Err(ApiError::Invalid("quantity must be positive"));
         }
         let detail = format!("account={account} product={product} quantity={quantity}");
-        if let Err(e) = self.audit.record("ORDER_ATTEMPT", detail).await {
-            // An audit failure must not fail the order.
-            tracing::warn!("audit failed: {e}");
-        }
-        let price = self.take_stock(product, quantity).await?;
+        self.audit.order_attempt(detail).await;
+        let price = store::take_stock::<ApiError>(&self.db, product, quantity).await?;
         let total = price * quantity;
         let id: i64 = sqlx::query_scalar(sql(
             "INSERT INTO orders (account_id, product_id, quantity, total) \
@@ -143,7 +102,7 @@ impl OrderService {
         .bind(total)
         .fetch_one(&self.db)
         .await?;
-        self.debit(account, total).await?;
+        store::debit::<ApiError>(&self.db, account, total).await?;
         let points = match self
             .points
             .credit(account, id, total / YUAN_PER_POINT)
@@ -166,122 +125,33 @@ impl OrderService {
     /// One order.
     #[transactional(manager = self.db, read_only)]
     pub async fn get(&self, id: i64) -> Result<Order, ApiError> {
-        let (id, account, product, quantity, total) = sqlx::query_as(sql(
-            "SELECT id, account_id, product_id, quantity, total FROM orders WHERE id = $1",
+        let order = sqlx::query_as(sql(
+            "SELECT id, account_id AS account, product_id AS product, quantity, total \
+             FROM orders WHERE id = $1",
         ))
         .bind(id)
         .fetch_optional(&self.db)
-        .await?
-        .ok_or(ApiError::NotFound { what: "order", id })?;
-        Ok(Order {
-            id,
-            account,
-            product,
-            quantity,
-            total,
-        })
+        .await?;
+        order.ok_or(ApiError::OrderNotFound(id))
     }
 
     /// One account, with its points.
     #[transactional(manager = self.db, read_only)]
     pub async fn account(&self, id: i64) -> Result<Account, ApiError> {
-        let (id, name, balance, points) = sqlx::query_as(sql(
+        let account = sqlx::query_as(sql(
             "SELECT a.id, a.name, a.balance, l.points FROM account a \
              JOIN loyalty l ON l.account_id = a.id WHERE a.id = $1",
         ))
         .bind(id)
         .fetch_optional(&self.db)
-        .await?
-        .ok_or(ApiError::NotFound {
-            what: "account",
-            id,
-        })?;
-        Ok(Account {
-            id,
-            name,
-            balance,
-            points,
-        })
+        .await?;
+        account.ok_or(ShopError::AccountNotFound(id).into())
     }
 
     /// One product.
     #[transactional(manager = self.db, read_only)]
     pub async fn product(&self, id: i64) -> Result<Product, ApiError> {
-        let (id, name, stock, price) = sqlx::query_as(sql(
-            "SELECT id, name, stock, price FROM product WHERE id = $1",
-        ))
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?
-        .ok_or(ApiError::NotFound {
-            what: "product",
-            id,
-        })?;
-        Ok(Product {
-            id,
-            name,
-            stock,
-            price,
-        })
-    }
-
-    /// Takes `quantity` units from stock; returns the unit price.
-    async fn take_stock(&self, product: i64, quantity: i64) -> Result<i64, ApiError> {
-        let changed = sqlx::query(sql(
-            "UPDATE product SET stock = stock - $1 WHERE id = $2 AND stock >= $3",
-        ))
-        .bind(quantity)
-        .bind(product)
-        .bind(quantity)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        let price: i64 = sqlx::query_scalar(sql("SELECT price FROM product WHERE id = $1"))
-            .bind(product)
-            .fetch_optional(&self.db)
-            .await?
-            .ok_or(ApiError::NotFound {
-                what: "product",
-                id: product,
-            })?;
-        if changed == 0 {
-            return Err(ApiError::OutOfStock {
-                product,
-                requested: quantity,
-            });
-        }
-        Ok(price)
-    }
-
-    /// Charges `amount` to `account`.
-    async fn debit(&self, account: i64, amount: i64) -> Result<(), ApiError> {
-        let changed = sqlx::query(sql(
-            "UPDATE account SET balance = balance - $1 WHERE id = $2 AND balance >= $3",
-        ))
-        .bind(amount)
-        .bind(account)
-        .bind(amount)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        if changed > 0 {
-            return Ok(());
-        }
-        let exists: i64 = sqlx::query_scalar(sql("SELECT COUNT(*) FROM account WHERE id = $1"))
-            .bind(account)
-            .fetch_one(&self.db)
-            .await?;
-        Err(if exists > 0 {
-            ApiError::InsufficientBalance {
-                account,
-                needed: amount,
-            }
-        } else {
-            ApiError::NotFound {
-                what: "account",
-                id: account,
-            }
-        })
+        store::product(&self.db, id).await
     }
 }
 
@@ -313,10 +183,11 @@ impl TransferService {
         let from_balance = self.balance(from).await?;
         let to_balance = self.balance(to).await?;
         if from_balance < amount {
-            return Err(ApiError::InsufficientBalance {
+            return Err(ShopError::InsufficientBalance {
                 account: from,
                 needed: amount,
-            });
+            }
+            .into());
         }
         let (from_balance, to_balance) = (from_balance - amount, to_balance + amount);
         for (id, balance) in [(from, from_balance), (to, to_balance)] {
@@ -337,10 +208,7 @@ impl TransferService {
             .bind(id)
             .fetch_optional(&self.db)
             .await?
-            .ok_or(ApiError::NotFound {
-                what: "account",
-                id,
-            })?;
+            .ok_or(ShopError::AccountNotFound(id))?;
         Ok(balance)
     }
 }

@@ -1,12 +1,15 @@
 // The schema, the seed data, and the read-only queries the reports use. Compiled once per
 // backend, like the services: `ID_COLUMN` is the one piece of DDL that differs.
 
+use super::store;
+use crate::shop::error::ShopError;
 use crate::shop::model::{
     ACCOUNTS, Account, AuditEntry, DeliveryFailure, Gift, Order, PRODUCTS, Product, USED_COUPON,
 };
 
-/// Creates the shop's tables on `db` and `audit_log` on `audit_db` (the same database on
-/// PostgreSQL and MariaDB, a second one on SQLite), and inserts the seed data.
+/// Creates the shop's tables (the store's and its own) on `db` and `audit_log` on `audit_db`
+/// (the same database on PostgreSQL and MariaDB, a second one on SQLite), and inserts the seed
+/// data.
 ///
 /// Expects empty databases (a fresh schema / database / file).
 ///
@@ -14,13 +17,7 @@ use crate::shop::model::{
 ///
 /// The database's, as a `TxError` (a table that already exists, a lost connection, ...).
 pub async fn create_schema(db: &Db, audit_db: &Db) -> Result<(), TxError> {
-    let tables = [
-        "CREATE TABLE account (id BIGINT PRIMARY KEY, name VARCHAR(100) NOT NULL, \
-         balance BIGINT NOT NULL CHECK (balance >= 0))"
-            .to_owned(),
-        "CREATE TABLE product (id BIGINT PRIMARY KEY, name VARCHAR(100) NOT NULL, \
-         stock BIGINT NOT NULL CHECK (stock >= 0), price BIGINT NOT NULL)"
-            .to_owned(),
+    let own_tables = [
         format!(
             "CREATE TABLE orders ({ID_COLUMN}, user_id BIGINT NOT NULL, \
              product_id BIGINT NOT NULL, quantity BIGINT NOT NULL, state VARCHAR(20) NOT NULL, \
@@ -40,38 +37,8 @@ pub async fn create_schema(db: &Db, audit_db: &Db) -> Result<(), TxError> {
         ),
         "CREATE TABLE coupon (code VARCHAR(20) PRIMARY KEY, used BIGINT NOT NULL)".to_owned(),
     ];
-    // DDL is built from constants, never from input.
-    for ddl in tables {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(db).await?;
-    }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE audit_log ({ID_COLUMN}, action VARCHAR(50) NOT NULL, \
-         detail VARCHAR(200) NOT NULL)"
-    )))
-    .execute(audit_db)
-    .await?;
-
-    for (id, name, balance) in ACCOUNTS {
-        sqlx::query(sql(
-            "INSERT INTO account (id, name, balance) VALUES ($1, $2, $3)",
-        ))
-        .bind(id)
-        .bind(name)
-        .bind(balance)
-        .execute(db)
-        .await?;
-    }
-    for (id, name, stock, price) in PRODUCTS {
-        sqlx::query(sql(
-            "INSERT INTO product (id, name, stock, price) VALUES ($1, $2, $3, $4)",
-        ))
-        .bind(id)
-        .bind(name)
-        .bind(stock)
-        .bind(price)
-        .execute(db)
-        .await?;
-    }
+    store::create_tables(db, audit_db, &own_tables).await?;
+    store::seed(db, &ACCOUNTS, &PRODUCTS).await?;
     sqlx::query(sql("INSERT INTO coupon (code, used) VALUES ($1, 1)"))
         .bind(USED_COUPON)
         .execute(db)
@@ -110,15 +77,9 @@ impl Queries {
     ///
     /// # Errors
     ///
-    /// The database's; `RowNotFound` (as a `TxError`) for an unknown id.
-    pub async fn product(&self, id: i64) -> Result<Product, TxError> {
-        let product = sqlx::query_as(sql(
-            "SELECT id, name, stock, price FROM product WHERE id = $1",
-        ))
-        .bind(id)
-        .fetch_one(&self.db)
-        .await?;
-        Ok(product)
+    /// [`ShopError::ProductNotFound`] for an unknown id, else the database's.
+    pub async fn product(&self, id: i64) -> Result<Product, ShopError> {
+        store::product(&self.db, id).await
     }
 
     /// The orders of a user, oldest first.
@@ -132,22 +93,6 @@ impl Queries {
              WHERE user_id = $1 ORDER BY id",
         ))
         .bind(user_id)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(orders)
-    }
-
-    /// The orders of a product, oldest first.
-    ///
-    /// # Errors
-    ///
-    /// The database's.
-    pub async fn orders_of_product(&self, product_id: i64) -> Result<Vec<Order>, TxError> {
-        let orders = sqlx::query_as(sql(
-            "SELECT id, user_id, product_id, quantity, state, note FROM orders \
-             WHERE product_id = $1 ORDER BY id",
-        ))
-        .bind(product_id)
         .fetch_all(&self.db)
         .await?;
         Ok(orders)

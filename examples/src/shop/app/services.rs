@@ -17,6 +17,7 @@ use tokio::sync::Barrier;
 use tx_sqlx::prelude::*;
 use tx_sqlx::{after_commit, register_synchronization};
 
+use super::store::{self, AuditService};
 use crate::shop::collaborators::{
     ADDRESS, MessageQueue, PhaseLogger, RiskClient, RiskVerdict, Timeline,
 };
@@ -48,79 +49,13 @@ impl AccountService {
     /// transaction (a transfer, a payment).
     #[transactional(manager = self.db, propagation = Mandatory)]
     pub async fn debit(&self, account: i64, amount: i64) -> Result<(), ShopError> {
-        let changed = sqlx::query(sql(
-            "UPDATE account SET balance = balance - $1 WHERE id = $2 AND balance >= $3",
-        ))
-        .bind(amount)
-        .bind(account)
-        .bind(amount)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Err(if self.exists(account).await? {
-                ShopError::InsufficientBalance {
-                    account,
-                    needed: amount,
-                }
-            } else {
-                ShopError::AccountNotFound(account)
-            });
-        }
-        Ok(())
+        store::debit(&self.db, account, amount).await
     }
 
     /// Adds `amount` to an account, inside the caller's transaction.
     #[transactional(manager = self.db, propagation = Mandatory)]
     pub async fn credit(&self, account: i64, amount: i64) -> Result<(), ShopError> {
-        let changed = sqlx::query(sql(
-            "UPDATE account SET balance = balance + $1 WHERE id = $2",
-        ))
-        .bind(amount)
-        .bind(account)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Err(ShopError::AccountNotFound(account));
-        }
-        Ok(())
-    }
-
-    async fn exists(&self, account: i64) -> Result<bool, ShopError> {
-        let n: i64 = sqlx::query_scalar(sql("SELECT COUNT(*) FROM account WHERE id = $1"))
-            .bind(account)
-            .fetch_one(&self.db)
-            .await?;
-        Ok(n > 0)
-    }
-}
-
-/// The audit log: each entry in its own transaction, so it survives the failure of the
-/// business transaction that wrote it. On SQLite it lives in a second database with its own
-/// `TxPool` (a second transaction manager).
-#[derive(Debug, Clone)]
-pub struct AuditService {
-    db: Db,
-}
-
-impl AuditService {
-    /// The service on `db` (the audit database).
-    pub fn new(db: Db) -> Self {
-        AuditService { db }
-    }
-
-    /// Writes one entry and commits it at once, whatever the caller's transaction does later.
-    #[transactional(manager = self.db, propagation = RequiresNew)]
-    pub async fn record(&self, action: &str, detail: String) -> Result<(), ShopError> {
-        sqlx::query(sql(
-            "INSERT INTO audit_log (action, detail) VALUES ($1, $2)",
-        ))
-        .bind(action)
-        .bind(detail)
-        .execute(&self.db)
-        .await?;
-        Ok(())
+        store::credit(&self.db, account, amount).await
     }
 }
 
@@ -244,10 +179,7 @@ impl OrderService {
     #[transactional(manager = self.db)]
     pub async fn place_order(&self, user: i64, product: i64, qty: i64) -> Result<i64, ShopError> {
         let detail = format!("user={user} product={product} qty={qty}");
-        if let Err(e) = self.audit.record("ORDER_ATTEMPT", detail).await {
-            // An audit failure must not fail the order.
-            tracing::warn!("audit failed: {e}");
-        }
+        self.audit.order_attempt(detail).await;
         let price = self.take_stock(product, qty).await?;
         let order_id = self
             .insert_order(user, product, qty, "PAID", Some(ADDRESS))
@@ -395,26 +327,7 @@ impl OrderService {
     /// Takes `qty` units of `product` from stock; returns the unit price. Joins the caller's
     /// transaction through `&self.db`.
     async fn take_stock(&self, product: i64, qty: i64) -> Result<i64, ShopError> {
-        let changed = sqlx::query(sql(
-            "UPDATE product SET stock = stock - $1 WHERE id = $2 AND stock >= $3",
-        ))
-        .bind(qty)
-        .bind(product)
-        .bind(qty)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Err(ShopError::OutOfStock {
-                product,
-                requested: qty,
-            });
-        }
-        let price = sqlx::query_scalar(sql("SELECT price FROM product WHERE id = $1"))
-            .bind(product)
-            .fetch_one(&self.db)
-            .await?;
-        Ok(price)
+        store::take_stock(&self.db, product, qty).await
     }
 
     async fn insert_order(

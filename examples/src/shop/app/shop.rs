@@ -10,7 +10,9 @@ use tokio::sync::Barrier;
 use crate::shop::collaborators::{MessageQueue, RiskClient, Timeline};
 use crate::shop::connect::Backend;
 use crate::shop::error::ShopError;
-use crate::shop::model::{BATCH_SIZE, BATCH_WITHOUT_ADDRESS, RISK_LIMIT, USED_COUPON, ids::*};
+use crate::shop::model::{
+    BATCH_SIZE, BATCH_WITHOUT_ADDRESS, Order, RISK_LIMIT, USED_COUPON, ids::*,
+};
 use crate::shop::reports::{
     AuditReport, BatchReport, DemoReport, GiftReport, HooksReport, OrderReport, RetryReport,
     RiskReport, RollbackOnlyReport, Step, TransferReport, order, unit,
@@ -70,6 +72,21 @@ impl Shop {
             timeline,
             audit_in_second_database,
         }
+    }
+
+    /// Creates the tables and the seed data on `db` and `audit_db` ([`create_schema`]), then
+    /// wires the shop on them.
+    ///
+    /// # Errors
+    ///
+    /// The database's (a table that already exists, a lost connection, ...).
+    pub async fn create(
+        db: Db,
+        audit_db: Db,
+        audit_in_second_database: bool,
+    ) -> Result<Self, ShopError> {
+        create_schema(&db, &audit_db).await?;
+        Ok(Shop::new(db, audit_db, audit_in_second_database))
     }
 
     /// Runs every case in order, on a freshly created schema.
@@ -258,7 +275,7 @@ impl Shop {
             .await?;
         let result = self.delivery.deliver_all(&ids).await?;
         let q = &self.queries;
-        let orders = q.orders_of_product(BOOK).await?;
+        let orders = self.orders_of(ZHOU_BA, BOOK).await?;
         let count = |state: &str| orders.iter().filter(|o| o.state == state).count();
         Ok(BatchReport {
             expected_failures: BATCH_WITHOUT_ADDRESS.iter().map(|&i| ids[i]).collect(),
@@ -330,18 +347,22 @@ impl Shop {
             },
         );
         let q = &self.queries;
-        let orders = q
-            .orders_of(ZHOU_BA)
-            .await?
-            .into_iter()
-            .filter(|o| o.product_id == KEYBOARD)
-            .collect();
         Ok(RollbackOnlyReport {
             swallowed,
             programmatic,
-            orders,
+            orders: self.orders_of(ZHOU_BA, KEYBOARD).await?,
             product: q.product(KEYBOARD).await?,
             coupon_used: q.coupon_used(USED_COUPON).await?,
         })
+    }
+
+    /// The orders of `user` for `product`, oldest first (zhou ba buys books in the batch and
+    /// keyboards in the rollback-only case).
+    async fn orders_of(&self, user: i64, product: i64) -> Result<Vec<Order>, ShopError> {
+        let orders = self.queries.orders_of(user).await?;
+        Ok(orders
+            .into_iter()
+            .filter(|o| o.product_id == product)
+            .collect())
     }
 }
