@@ -87,6 +87,12 @@ async fn record(app: &App, name: &str, fail: bool) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// What `/write` and its hooks log for a request whose transaction commits.
+const COMMITTED: &[&str] = &["handler returned", "after_commit", "completed Committed"];
+
+/// What `/write` and its hooks log for a request whose transaction rolls back.
+const ROLLED_BACK: &[&str] = &["handler returned", "completed RolledBack"];
+
 /// Writes `name`, registers hooks, answers `status`.
 async fn write(
     State(app): State<App>,
@@ -235,27 +241,18 @@ impl Fixture {
 #[tokio::test]
 async fn success_commits_before_the_response_and_errors_roll_back() {
     with_app(TxLayer::new, async |f| {
-        // 201: committed, and the hooks ran before the response was returned.
-        let (status, _) = f.write("created", 201).await;
-        assert_eq!(status, StatusCode::CREATED);
-        assert_eq!(
-            f.log.take(),
-            ["handler returned", "after_commit", "completed Committed"]
-        );
-        assert_eq!(f.count("created").await, 1);
-
-        // 303 commits too.
-        let (status, _) = f.write("redirected", 303).await;
-        assert_eq!(status, StatusCode::SEE_OTHER);
-        assert_eq!(f.count("redirected").await, 1);
-        f.log.take();
-
-        // 409 and 500 roll back; the handler's response still goes out.
-        for (name, code) in [("conflict", 409), ("failed", 500)] {
+        // 201 and 303 commit, and the hooks ran before the response was returned; 409 and 500
+        // roll back, and the handler's response still goes out.
+        for (name, code, log, rows) in [
+            ("created", 201, COMMITTED, 1),
+            ("redirected", 303, COMMITTED, 1),
+            ("conflict", 409, ROLLED_BACK, 0),
+            ("failed", 500, ROLLED_BACK, 0),
+        ] {
             let (status, _) = f.write(name, code).await;
             assert_eq!(status.as_u16(), code);
-            assert_eq!(f.log.take(), ["handler returned", "completed RolledBack"]);
-            assert_eq!(f.count(name).await, 0, "{name}");
+            assert_eq!(f.log.take(), log, "{name}");
+            assert_eq!(f.count(name).await, rows, "{name}");
         }
     })
     .await;
@@ -300,7 +297,7 @@ async fn services_join_the_request_transaction() {
 
 #[tokio::test]
 async fn a_request_that_touches_no_table_sends_nothing() {
-    with_app(TxLayer::new, async |f| {
+    with_app(TxLayer::new, async |_| {
         // A pool of its own that opens connections only on demand.
         let lazy = PgTxPool::new(
             sqlx::postgres::PgPoolOptions::new()
@@ -329,12 +326,12 @@ async fn a_failed_commit_is_an_error_response() {
     with_app(TxLayer::new, async |f| {
         let (status, _) = f.write("taken", 201).await;
         assert_eq!(status, StatusCode::CREATED);
-        f.log.take();
+        assert_eq!(f.log.take(), COMMITTED);
         // The duplicate passes every statement; the deferred constraint fails at COMMIT.
         let (status, body) = f.write("taken", 201).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(body.contains("did not commit"), "{body}");
-        assert_eq!(f.log.take(), ["handler returned", "completed RolledBack"]);
+        assert_eq!(f.log.take(), ROLLED_BACK);
         assert_eq!(f.count("taken").await, 1);
     })
     .await;

@@ -393,12 +393,23 @@ impl TransactionSynchronization for SlowBeforeCommit {
 /// What the body does after its statement `a`.
 type Then = fn(&RecordingManager) -> Result<(), TxError>;
 
+/// A case of the checks right before COMMIT: what it shows, the timeout and how long ROLLBACK
+/// takes (ms), what the body does after `a`, what the call must fail with, and what is sent.
+type Case = (
+    &'static str,
+    Option<u64>,
+    u64,
+    Then,
+    fn(&TxError) -> bool,
+    &'static [&'static str],
+);
+
 /// Each body sends `a`, then does one more thing that the checks right before COMMIT (or the
 /// deadline) catch: the call fails as the case says, and the transaction rolls back.
 #[tokio::test]
 async fn failures_caught_right_before_commit_roll_back() {
     let rolled_back: &[&str] = &["BEGIN Default", "STMT a", "ROLLBACK"];
-    let cases: [(&str, Option<u64>, u64, Then, fn(&TxError) -> bool, &[&str]); 5] = [
+    let cases: [Case; 5] = [
         (
             "a participant failing in before_commit: an unexpected rollback",
             None,
@@ -428,7 +439,10 @@ async fn failures_caught_right_before_commit_roll_back() {
             Some(20),
             0,
             // CPU-bound work that never yields to the deadline timer.
-            |_| Ok(std::thread::sleep(Duration::from_millis(60))),
+            |_| {
+                std::thread::sleep(Duration::from_millis(60));
+                Ok(())
+            },
             |e| matches!(e, TxError::Timeout),
             rolled_back,
         ),
