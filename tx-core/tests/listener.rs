@@ -152,14 +152,19 @@ fn begun(name: &str, stmt: &str) -> Vec<String> {
     ]
 }
 
-/// The whole log of transaction `name` that sends one INSERT and commits.
-fn insert_then_committed(name: &str, hooks: Hooks) -> Vec<String> {
-    [begun(name, "INSERT"), committed(name, hooks)].concat()
+/// Asserts that `m`'s log is that of transaction `name` sending one INSERT and committing.
+fn assert_insert_committed(m: &RecordingManager, name: &str, hooks: Hooks) {
+    assert_eq!(
+        m.take(),
+        [begun(name, "INSERT"), committed(name, hooks)].concat()
+    );
 }
 
-/// The whole log of transaction `name` that sends one INSERT and rolls back with `cause`.
-fn insert_then_rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
-    [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat()
+/// Asserts that `m`'s log is that of transaction `name` sending one INSERT and rolling back
+/// with `cause`.
+fn assert_insert_rolled_back(m: &RecordingManager, name: &str, cause: &str, hooks: Hooks) {
+    let expected = [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat();
+    assert_eq!(m.take(), expected);
 }
 
 impl Hooks {
@@ -203,10 +208,7 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
         .execute(|_| insert_with_hook(&m, None))
         .await;
     r.unwrap();
-    assert_eq!(
-        m.take(),
-        insert_then_committed("commit::order", Hooks::Logged)
-    );
+    assert_insert_committed(&m, "commit::order", Hooks::Logged);
     let s = seen("commit::order");
     assert_eq!((s.id, s.backend, s.attempt), (s.scope_id, "custom", 1));
     assert!(!s.savepoint && !s.read_only);
@@ -243,10 +245,7 @@ async fn rollback_on_error_reports_the_cause_after_the_hooks() {
         })
         .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("rollback::order", "error", Hooks::Logged)
-    );
+    assert_insert_rolled_back(&m, "rollback::order", "error", Hooks::Logged);
 }
 
 #[tokio::test]
@@ -262,10 +261,7 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     r.unwrap();
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("marked::owner", "rollback_only", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "marked::owner", "rollback_only", Hooks::None);
 
     // A joined participant gets no callbacks of its own; its failure marks the transaction.
     let r: Result<(), TxError> = t(&m)
@@ -281,25 +277,19 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("marked::outer", "rollback_only", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "marked::outer", "rollback_only", Hooks::None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn timeout_is_reported_as_timeout() {
     let m = manager("timeout");
-    let r: Result<(), TxError> = t(&m)
+    let r = t(&m)
         .name("timeout::slow")
         .timeout(Duration::from_millis(50))
         .execute(|_| stmt_then_wait(&m, "INSERT"))
         .await;
     assert!(matches!(r, Err(TxError::Timeout)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("timeout::slow", "timeout", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "timeout::slow", "timeout", Hooks::None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -313,10 +303,7 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     });
     cancel_after(10, call).await;
     wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("cancel::dropped", "cancelled", Hooks::Logged)
-    );
+    assert_insert_rolled_back(&m, "cancel::dropped", "cancelled", Hooks::Logged);
 }
 
 #[tokio::test]
@@ -426,10 +413,7 @@ async fn failing_and_panicking_listeners_are_ignored() {
         "after_commit hooks still ran"
     );
     // The listener registered after the faulty one got every callback.
-    assert_eq!(
-        m.take(),
-        insert_then_committed("faulty::commit", Hooks::None)
-    );
+    assert_insert_committed(&m, "faulty::commit", Hooks::None);
     let r: Result<(), TxError> = t(&m)
         .name("faulty::rollback")
         .execute(|_| async {
@@ -441,8 +425,5 @@ async fn failing_and_panicking_listeners_are_ignored() {
         matches!(r, Err(TxError::NoTransaction)),
         "the body's error, not a listener's"
     );
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("faulty::rollback", "error", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "faulty::rollback", "error", Hooks::None);
 }

@@ -8,12 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    Phases, RecordingManager, around_commit, blocked_in, phases_of, strings, t, wait_for_entry,
+    Phases, RecordingManager, around_commit, blocked_in, committed, phases_of, strings, t,
+    wait_for_entry,
 };
 use tokio::sync::{Notify, oneshot};
 use tx_core::connection::{LockPurpose, bound_transaction};
 use tx_core::manager::TransactionManager;
-use tx_core::{BoxError, Completion, Propagation, TransactionSynchronization, TxError};
+use tx_core::{
+    BoxError, Completion, Propagation, TransactionStatus, TransactionSynchronization, TxError,
+};
 
 fn is_concurrent(r: &Result<(), TxError>) -> bool {
     matches!(r, Err(TxError::ConcurrentScopes { message }) if message.contains("Nested") && message.contains("one after another"))
@@ -193,29 +196,25 @@ async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
 /// order they were registered.
 #[tokio::test]
 async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
-    let m = RecordingManager::default();
     let (nested_registered, joined_registered) = (Signal::default(), Signal::default());
-    let r: Result<(), TxError> = t(&m)
-        .execute(|_| async {
-            let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
-            let nested = nested.execute(|_| async {
-                tx_core::register_synchronization(Phases::new("nested", &m))?;
-                nested_registered.fire();
-                joined_registered.wait().await;
-                m.stmt("nested").await
-            });
-            let joined = joined.execute(|_| async {
-                nested_registered.wait().await;
-                tx_core::register_synchronization(Phases::new("joined", &m))?;
-                joined_registered.fire();
-                Ok(())
-            });
-            let (a, b) = tokio::join!(nested, joined);
-            a.and(b)
-        })
-        .await;
-    r.unwrap();
-    let sent = m.take();
+    let sent = committed(async |m| {
+        let (nested, joined) = (t(m).propagation(Propagation::Nested), t(m));
+        let nested = nested.execute(|_| async {
+            tx_core::register_synchronization(Phases::new("nested", m))?;
+            nested_registered.fire();
+            joined_registered.wait().await;
+            m.stmt("nested").await
+        });
+        let joined = joined.execute(|_| async {
+            nested_registered.wait().await;
+            tx_core::register_synchronization(Phases::new("joined", m))?;
+            joined_registered.fire();
+            Ok(())
+        });
+        let (a, b) = tokio::join!(nested, joined);
+        a.and(b)
+    })
+    .await;
     assert_eq!(
         sent[..4],
         [
@@ -504,29 +503,41 @@ fn retried_after_the_step() -> Vec<&'static str> {
     .concat()
 }
 
-#[tokio::test]
-async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
-    let (m, runs) = (&RecordingManager::default(), &AtomicU32::new(0));
-    let r: Result<(), TxError> = t(m)
+/// Runs `body` through a template with `retry(3)` on a new recording manager: what the call
+/// returned, how many times the body ran, and what was sent.
+async fn with_retries<T>(
+    body: impl AsyncFn(&RecordingManager, TransactionStatus) -> Result<T, TxError>,
+) -> (Result<T, TxError>, u32, Vec<String>) {
+    let (m, runs) = (RecordingManager::default(), AtomicU32::new(0));
+    let r = t(&m)
         .retry(3)
-        .execute(|_| async move {
+        .execute(|status| {
             runs.fetch_add(1, Ordering::Relaxed);
-            let step = t(m)
-                .propagation(Propagation::Nested)
-                .execute(|_| async { m.serialization_failure("step").await })
-                .await;
-            assert!(step.is_err());
-            // An audit row in its own transaction: committed once per run.
-            t(m).propagation(Propagation::RequiresNew)
-                .execute(|_| async { m.stmt("audit").await })
-                .await?;
-            Err(TxError::NoTransaction)
+            body(&m, status)
         })
         .await;
+    (r, runs.into_inner(), m.take())
+}
+
+#[tokio::test]
+async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
+    let (r, runs, sent) = with_retries(async |m, _| {
+        let step = t(m)
+            .propagation(Propagation::Nested)
+            .execute(|_| async { m.serialization_failure("step").await })
+            .await;
+        assert!(step.is_err());
+        // An audit row in its own transaction: committed once per run.
+        t(m).propagation(Propagation::RequiresNew)
+            .execute(|_| async { m.stmt("audit").await })
+            .await?;
+        Err::<(), _>(TxError::NoTransaction)
+    })
+    .await;
     assert!(matches!(r, Err(TxError::NoTransaction)), "{r:?}");
-    assert_eq!(runs.load(Ordering::Relaxed), 1, "not re-run");
+    assert_eq!(runs, 1, "not re-run");
     assert_eq!(
-        m.take(),
+        sent,
         [
             &["BEGIN Default"][..],
             &FAILED_STEP,
@@ -541,47 +552,39 @@ async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error
 /// a template whose error type is `TxError` itself).
 #[tokio::test]
 async fn retryable_failure_rolled_back_by_a_nested_step_and_returned_is_retried() {
-    let (m, runs) = (&RecordingManager::default(), &AtomicU32::new(0));
-    let r: Result<u32, TxError> = t(m)
-        .retry(3)
-        .execute(|status| async move {
-            runs.fetch_add(1, Ordering::Relaxed);
-            t(m).propagation(Propagation::Nested)
-                .execute(|_| async {
-                    if status.attempt() == 1 {
-                        m.serialization_failure("step").await
-                    } else {
-                        m.stmt("step").await
-                    }
-                })
-                .await?;
-            Ok(status.attempt())
-        })
-        .await;
+    let (r, runs, sent) = with_retries(async |m, status| {
+        t(m).propagation(Propagation::Nested)
+            .execute(|_| async {
+                if status.attempt() == 1 {
+                    m.serialization_failure("step").await
+                } else {
+                    m.stmt("step").await
+                }
+            })
+            .await?;
+        Ok(status.attempt())
+    })
+    .await;
     assert_eq!(r.unwrap(), 2);
-    assert_eq!(runs.load(Ordering::Relaxed), 2, "re-run once");
-    assert_eq!(m.take(), retried_after_the_step());
+    assert_eq!(runs, 2, "re-run once");
+    assert_eq!(sent, retried_after_the_step());
 }
 
 /// A retryable failure of a transaction of its own inside (`RequiresNew`, which has its own
 /// `retry`) is not the call's: returning it does not re-run the call.
 #[tokio::test]
 async fn retryable_failure_of_an_inner_requires_new_call_does_not_retry_the_outer_call() {
-    let (m, runs) = (&RecordingManager::default(), &AtomicU32::new(0));
-    let r: Result<(), TxError> = t(m)
-        .retry(3)
-        .execute(|_| async move {
-            runs.fetch_add(1, Ordering::Relaxed);
-            m.stmt("outer").await?;
-            t(m).propagation(Propagation::RequiresNew)
-                .execute(|_| async { m.serialization_failure("inner").await })
-                .await
-        })
-        .await;
+    let (r, runs, sent) = with_retries(async |m, _| {
+        m.stmt("outer").await?;
+        t(m).propagation(Propagation::RequiresNew)
+            .execute(|_| async { m.serialization_failure("inner").await })
+            .await
+    })
+    .await;
     assert!(r.as_ref().is_err_and(TxError::is_retryable), "{r:?}");
-    assert_eq!(runs.load(Ordering::Relaxed), 1, "not re-run");
+    assert_eq!(runs, 1, "not re-run");
     assert_eq!(
-        m.take(),
+        sent,
         [
             "BEGIN Default",
             "STMT outer",
