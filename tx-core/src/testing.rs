@@ -12,12 +12,15 @@
 //! each.
 //!
 //! For tests of the engine itself, without a database: [`NoopManager`] (transactions that do
-//! nothing) and [`RecordingManager`] (logs every operation the engine sends).
+//! nothing) and [`RecordingManager`] (logs every operation the engine sends). [`Log`] is an
+//! ordered log for the test's own hooks and listeners to write what ran into.
 
+mod log;
 mod noop;
 mod recording;
 mod rollback;
 
+pub use log::{Log, OperationLog};
 pub use noop::NoopManager;
-pub use recording::{OperationLog, RecordingManager};
+pub use recording::RecordingManager;
 pub use rollback::rollback;

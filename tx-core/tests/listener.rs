@@ -13,14 +13,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
-use support::{OperationLog, RecordingManager, cancel_after, t, wait_for_entry};
+use support::{
+    Phases, RecordingManager, cancel_after, phases_of, stmt_then_wait, strings, t, wait_for_entry,
+};
 use tx_core::{
-    BoxError, Completion, Propagation, RollbackCause, TransactionExecution, TransactionListener,
-    TransactionSynchronization, TxError,
+    BoxError, Propagation, RollbackCause, TransactionExecution, TransactionListener, TxError,
 };
 
 /// Test key (first segment of a transaction's name) -> the log its callbacks go to.
-static ROUTES: LazyLock<Mutex<HashMap<String, OperationLog>>> = LazyLock::new(Default::default);
+static ROUTES: LazyLock<Mutex<HashMap<String, RecordingManager>>> = LazyLock::new(Default::default);
 
 /// What `before_begin` was told, per scope name.
 static SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Default::default);
@@ -36,11 +37,6 @@ struct Seen {
     propagation: Propagation,
 }
 
-fn route(tx: &TransactionExecution<'_>) -> Option<OperationLog> {
-    let key = tx.name().split("::").next()?;
-    ROUTES.lock().unwrap().get(key).cloned()
-}
-
 fn label(tx: &TransactionExecution<'_>) -> String {
     if tx.is_savepoint() {
         format!("{} (savepoint)", tx.name())
@@ -49,112 +45,66 @@ fn label(tx: &TransactionExecution<'_>) -> String {
     }
 }
 
-fn record(tx: &TransactionExecution<'_>, entry: String) -> Result<(), BoxError> {
-    if let Some(log) = route(tx) {
-        log.lock().unwrap().push(entry);
+/// A listener that hands every callback to one function, with the callback's name and what
+/// it was told (empty, ` failed: {error}`, or ` {cause}`).
+struct Each(fn(&TransactionExecution<'_>, &str, String) -> Result<(), BoxError>);
+
+/// Implements every callback of `Each` as a call of its function with what the callback was
+/// told.
+macro_rules! each_callback {
+    ($($callback:ident($($arg:ident: $ty:ty)?) => $told:expr;)*) => {
+        impl TransactionListener for Each {
+            $(fn $callback(&self, tx: &TransactionExecution<'_> $(, $arg: $ty)?) -> Result<(), BoxError> {
+                self.0(tx, stringify!($callback), $told)
+            })*
+        }
+    };
+}
+
+each_callback! {
+    before_begin() => String::new();
+    after_begin(failure: Option<&TxError>) => failed(failure);
+    before_commit() => String::new();
+    after_commit(failure: Option<&TxError>) => failed(failure);
+    before_rollback() => String::new();
+    after_rollback(cause: RollbackCause) => format!(" {cause}");
+}
+
+fn failed(failure: Option<&TxError>) -> String {
+    failure.map_or_else(String::new, |e| format!(" failed: {e}"))
+}
+
+/// Records every callback as `L <callback> <name>[ <argument>]`, and what `before_begin` was
+/// told.
+fn recording(tx: &TransactionExecution<'_>, callback: &str, told: String) -> Result<(), BoxError> {
+    if callback == "before_begin" {
+        let seen = Seen {
+            id: tx.id(),
+            scope_id: tx.scope_id(),
+            backend: tx.backend(),
+            attempt: tx.attempt(),
+            savepoint: tx.is_savepoint(),
+            read_only: tx.is_read_only(),
+            propagation: tx.definition().get_propagation(),
+        };
+        SEEN.lock().unwrap().insert(tx.name().to_owned(), seen);
+    }
+    let key = tx.name().split("::").next().unwrap_or_default();
+    if let Some(log) = ROUTES.lock().unwrap().get(key) {
+        log.push(format!("L {callback} {}{told}", label(tx)));
     }
     Ok(())
 }
 
-/// Records every callback as `L <callback> <name>[ <argument>]`.
-struct Recording;
-
-impl TransactionListener for Recording {
-    fn before_begin(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        SEEN.lock().unwrap().insert(
-            tx.name().to_owned(),
-            Seen {
-                id: tx.id(),
-                scope_id: tx.scope_id(),
-                backend: tx.backend(),
-                attempt: tx.attempt(),
-                savepoint: tx.is_savepoint(),
-                read_only: tx.is_read_only(),
-                propagation: tx.definition().get_propagation(),
-            },
-        );
-        record(tx, format!("L before_begin {}", label(tx)))
+/// Fails (in before_begin and after_commit) or panics (in the others) in every callback of the
+/// transactions of the `faulty` test.
+fn faulty(tx: &TransactionExecution<'_>, callback: &str, _: String) -> Result<(), BoxError> {
+    if !tx.name().starts_with("faulty::") {
+        return Ok(());
     }
-    fn after_begin(
-        &self,
-        tx: &TransactionExecution<'_>,
-        failure: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        assert!(failure.is_none());
-        record(tx, format!("L after_begin {}", label(tx)))
-    }
-    fn before_commit(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        record(tx, format!("L before_commit {}", label(tx)))
-    }
-    fn after_commit(
-        &self,
-        tx: &TransactionExecution<'_>,
-        failure: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        match failure {
-            None => record(tx, format!("L after_commit {}", label(tx))),
-            Some(e) => record(tx, format!("L after_commit {} failed: {e}", label(tx))),
-        }
-    }
-    fn before_rollback(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        record(tx, format!("L before_rollback {}", label(tx)))
-    }
-    fn after_rollback(
-        &self,
-        tx: &TransactionExecution<'_>,
-        cause: RollbackCause,
-    ) -> Result<(), BoxError> {
-        record(tx, format!("L after_rollback {} {cause}", label(tx)))
-    }
-}
-
-/// Fails or panics in every callback of the transactions of the `faulty` test.
-struct Faulty;
-
-fn faulty(tx: &TransactionExecution<'_>) -> bool {
-    tx.name().starts_with("faulty::")
-}
-
-impl TransactionListener for Faulty {
-    fn before_begin(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        if faulty(tx) {
-            return Err("listener refuses the begin".into());
-        }
-        Ok(())
-    }
-    fn after_begin(
-        &self,
-        tx: &TransactionExecution<'_>,
-        _: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        assert!(!faulty(tx), "listener panics after begin");
-        Ok(())
-    }
-    fn before_commit(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        assert!(!faulty(tx), "listener panics before commit");
-        Ok(())
-    }
-    fn after_commit(
-        &self,
-        tx: &TransactionExecution<'_>,
-        _: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        if faulty(tx) {
-            return Err("listener fails after commit".into());
-        }
-        Ok(())
-    }
-    fn before_rollback(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        assert!(!faulty(tx), "listener panics before rollback");
-        Ok(())
-    }
-    fn after_rollback(
-        &self,
-        tx: &TransactionExecution<'_>,
-        _: RollbackCause,
-    ) -> Result<(), BoxError> {
-        assert!(!faulty(tx), "listener panics after rollback");
-        Ok(())
+    match callback {
+        "before_begin" | "after_commit" => Err(format!("listener fails in {callback}").into()),
+        _ => panic!("listener panics in {callback}"),
     }
 }
 
@@ -163,14 +113,11 @@ fn manager(key: &str) -> RecordingManager {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The faulty listener runs first: the recording one must still be called after it.
-        tx_core::add_transaction_listener(Faulty);
-        tx_core::add_transaction_listener(Recording);
+        tx_core::add_transaction_listener(Each(faulty));
+        tx_core::add_transaction_listener(Each(recording));
     });
     let m = RecordingManager::default();
-    ROUTES
-        .lock()
-        .unwrap()
-        .insert(key.to_owned(), m.log().clone());
+    ROUTES.lock().unwrap().insert(key.to_owned(), m.clone());
     m
 }
 
@@ -178,39 +125,13 @@ fn seen(name: &str) -> Seen {
     SEEN.lock().unwrap()[name].clone()
 }
 
-/// A synchronization logging its phases as `H <phase>`.
-struct Hook(OperationLog, Option<&'static str>);
-
-impl TransactionSynchronization for Hook {
-    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
-        self.0.lock().unwrap().push("H before_commit".into());
-        match self.1 {
-            Some(veto) => Err(veto.into()),
-            None => Ok(()),
-        }
-    }
-    async fn before_completion(&self) {
-        self.0.lock().unwrap().push("H before_completion".into());
-    }
-    async fn after_commit(&self) {
-        self.0.lock().unwrap().push("H after_commit".into());
-    }
-    async fn after_completion(&self, completion: Completion) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("H after_completion {completion:?}"));
-    }
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// The body most tests run: one INSERT, then a logging hook (vetoing with `veto` if given).
 async fn insert_with_hook(m: &RecordingManager, veto: Option<&'static str>) -> Result<(), TxError> {
     m.stmt("INSERT").await?;
-    tx_core::register_synchronization(Hook(m.log().clone(), veto))?;
+    tx_core::register_synchronization(Phases {
+        veto,
+        ..Phases::new("H", m)
+    })?;
     Ok(())
 }
 
@@ -231,49 +152,52 @@ fn begun(name: &str, stmt: &str) -> Vec<String> {
     ]
 }
 
-/// The whole log of transaction `name` that sends one INSERT and commits.
-fn insert_then_committed(name: &str, hooks: Hooks) -> Vec<String> {
-    [begun(name, "INSERT"), committed(name, hooks)].concat()
+/// Asserts that `m`'s log is that of transaction `name` sending one INSERT and committing.
+fn assert_insert_committed(m: &RecordingManager, name: &str, hooks: Hooks) {
+    assert_eq!(
+        m.take(),
+        [begun(name, "INSERT"), committed(name, hooks)].concat()
+    );
 }
 
-/// The whole log of transaction `name` that sends one INSERT and rolls back with `cause`.
-fn insert_then_rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
-    [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat()
+/// Asserts that `m`'s log is that of transaction `name` sending one INSERT and rolling back
+/// with `cause`.
+fn assert_insert_rolled_back(m: &RecordingManager, name: &str, cause: &str, hooks: Hooks) {
+    let expected = [begun(name, "INSERT"), rolled_back(name, cause, hooks)].concat();
+    assert_eq!(m.take(), expected);
+}
+
+impl Hooks {
+    /// The hook's `phases`, when it is logged.
+    fn logged(self, phases: &[&str]) -> Vec<String> {
+        match self {
+            Hooks::None => Vec::new(),
+            Hooks::Logged => phases_of(&["H"], phases),
+        }
+    }
 }
 
 /// A commit of `name`: the hooks' commit phases run before `before_commit`, their
 /// after-phases before `after_commit`.
 fn committed(name: &str, hooks: Hooks) -> Vec<String> {
-    let before = format!("L before_commit {name}");
-    let after = format!("L after_commit {name}");
-    match hooks {
-        Hooks::None => vec![before, "COMMIT".into(), after],
-        Hooks::Logged => vec![
-            "H before_commit".into(),
-            "H before_completion".into(),
-            before,
-            "COMMIT".into(),
-            "H after_commit".into(),
-            "H after_completion Committed".into(),
-            after,
-        ],
-    }
+    [
+        hooks.logged(&["before_commit", "before_completion"]),
+        vec![format!("L before_commit {name}"), "COMMIT".into()],
+        hooks.logged(&["after_commit", "after_completion(Committed)"]),
+        vec![format!("L after_commit {name}")],
+    ]
+    .concat()
 }
 
 /// A rollback of `name` reported with `cause`, the hooks' phases around the `ROLLBACK`.
 fn rolled_back(name: &str, cause: &str, hooks: Hooks) -> Vec<String> {
-    let before = format!("L before_rollback {name}");
-    let after = format!("L after_rollback {name} {cause}");
-    match hooks {
-        Hooks::None => vec![before, "ROLLBACK".into(), after],
-        Hooks::Logged => vec![
-            "H before_completion".into(),
-            before,
-            "ROLLBACK".into(),
-            "H after_completion RolledBack".into(),
-            after,
-        ],
-    }
+    [
+        hooks.logged(&["before_completion"]),
+        vec![format!("L before_rollback {name}"), "ROLLBACK".into()],
+        hooks.logged(&["after_completion(RolledBack)"]),
+        vec![format!("L after_rollback {name} {cause}")],
+    ]
+    .concat()
 }
 
 #[tokio::test]
@@ -284,10 +208,7 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
         .execute(|_| insert_with_hook(&m, None))
         .await;
     r.unwrap();
-    assert_eq!(
-        m.take(),
-        insert_then_committed("commit::order", Hooks::Logged)
-    );
+    assert_insert_committed(&m, "commit::order", Hooks::Logged);
     let s = seen("commit::order");
     assert_eq!((s.id, s.backend, s.attempt), (s.scope_id, "custom", 1));
     assert!(!s.savepoint && !s.read_only);
@@ -324,10 +245,7 @@ async fn rollback_on_error_reports_the_cause_after_the_hooks() {
         })
         .await;
     assert!(matches!(r, Err(TxError::NoTransaction)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("rollback::order", "error", Hooks::Logged)
-    );
+    assert_insert_rolled_back(&m, "rollback::order", "error", Hooks::Logged);
 }
 
 #[tokio::test]
@@ -343,10 +261,7 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     r.unwrap();
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("marked::owner", "rollback_only", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "marked::owner", "rollback_only", Hooks::None);
 
     // A joined participant gets no callbacks of its own; its failure marks the transaction.
     let r: Result<(), TxError> = t(&m)
@@ -362,29 +277,19 @@ async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_onl
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("marked::outer", "rollback_only", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "marked::outer", "rollback_only", Hooks::None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn timeout_is_reported_as_timeout() {
     let m = manager("timeout");
-    let r: Result<(), TxError> = t(&m)
+    let r = t(&m)
         .name("timeout::slow")
         .timeout(Duration::from_millis(50))
-        .execute(|_| async {
-            m.stmt("INSERT").await?;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok(())
-        })
+        .execute(|_| stmt_then_wait(&m, "INSERT"))
         .await;
     assert!(matches!(r, Err(TxError::Timeout)));
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("timeout::slow", "timeout", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "timeout::slow", "timeout", Hooks::None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -398,10 +303,7 @@ async fn cancelled_call_is_reported_from_the_task_that_rolls_it_back() {
     });
     cancel_after(10, call).await;
     wait_for_entry(&m, "L after_rollback", tokio::task::yield_now).await;
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("cancel::dropped", "cancelled", Hooks::Logged)
-    );
+    assert_insert_rolled_back(&m, "cancel::dropped", "cancelled", Hooks::Logged);
 }
 
 #[tokio::test]
@@ -417,7 +319,7 @@ async fn before_commit_veto_is_reported_as_before_commit_failed_without_before_c
         m.take(),
         [
             begun(name, "INSERT"),
-            strings(&["H before_commit"]),
+            Hooks::Logged.logged(&["before_commit"]),
             rolled_back(name, "before_commit_failed", Hooks::Logged),
         ]
         .concat()
@@ -511,10 +413,7 @@ async fn failing_and_panicking_listeners_are_ignored() {
         "after_commit hooks still ran"
     );
     // The listener registered after the faulty one got every callback.
-    assert_eq!(
-        m.take(),
-        insert_then_committed("faulty::commit", Hooks::None)
-    );
+    assert_insert_committed(&m, "faulty::commit", Hooks::None);
     let r: Result<(), TxError> = t(&m)
         .name("faulty::rollback")
         .execute(|_| async {
@@ -526,8 +425,5 @@ async fn failing_and_panicking_listeners_are_ignored() {
         matches!(r, Err(TxError::NoTransaction)),
         "the body's error, not a listener's"
     );
-    assert_eq!(
-        m.take(),
-        insert_then_rolled_back("faulty::rollback", "error", Hooks::None)
-    );
+    assert_insert_rolled_back(&m, "faulty::rollback", "error", Hooks::None);
 }

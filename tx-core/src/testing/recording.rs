@@ -1,18 +1,17 @@
 //! A manager that logs every physical operation the engine sends, for tests that assert on
 //! exactly what went out (deferred `BEGIN`, savepoints, completion order).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::log::{OperationLog, push, take};
 
 use crate::connection::bound_transaction;
 use crate::error::{Operation, TxError};
 use crate::manager::{
     BeginOptions, BoxFuture, ManagerKey, PhysicalTransaction, TransactionManager,
 };
-
-/// The operations a [`RecordingManager`] saw, in order, shared by its clones.
-pub type OperationLog = Arc<Mutex<Vec<String>>>;
 
 /// A [`TransactionManager`] that records what the engine sends instead of sending it.
 ///
@@ -68,12 +67,6 @@ impl Drop for RecordingTx {
             push(&self.log, "DROPPED");
         }
     }
-}
-
-fn push(log: &OperationLog, entry: impl Into<String>) {
-    log.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(entry.into());
 }
 
 impl PhysicalTransaction for RecordingTx {
@@ -233,6 +226,6 @@ impl RecordingManager {
     /// The log so far, emptying it.
     #[must_use]
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+        take(&self.log)
     }
 }

@@ -3,14 +3,20 @@
 //! a retryable rollback, hook phases finished after a cancelled caller, and futures dropped
 //! outside any runtime. A recording manager logs what the engine sends.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{OperationLog, RecordingManager, once, t, wait_for_entry};
+use crate::support::{
+    Phases, RecordingManager, around_commit, blocked_in, committed, phases_of, strings, t,
+    wait_for_entry,
+};
 use tokio::sync::{Notify, oneshot};
 use tx_core::connection::{LockPurpose, bound_transaction};
 use tx_core::manager::TransactionManager;
-use tx_core::{BoxError, Completion, Propagation, TransactionSynchronization, TxError};
+use tx_core::{
+    BoxError, Completion, Propagation, TransactionStatus, TransactionSynchronization, TxError,
+};
 
 fn is_concurrent(r: &Result<(), TxError>) -> bool {
     matches!(r, Err(TxError::ConcurrentScopes { message }) if message.contains("Nested") && message.contains("one after another"))
@@ -47,37 +53,34 @@ async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_save
     let m = RecordingManager::default();
     let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
     let r: Result<Pair, TxError> = t(&m)
-        .execute(once(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("outer").await?;
-                let nested = t(&m).propagation(Propagation::Nested);
-                let a = async {
-                    let r = nested
-                        .execute(|_| async {
-                            m.stmt("a").await?;
-                            a_ran.fire();
-                            b_tried.wait().await;
-                            Ok(())
-                        })
-                        .await;
-                    a_done.fire();
-                    r
-                };
-                let b = nested.execute(|_| async {
-                    a_ran.wait().await;
-                    let stmt = m.stmt("b").await;
-                    b_tried.fire();
-                    a_done.wait().await;
-                    stmt?;
-                    // B fails after its insert: its work must not survive.
-                    Err(TxError::NoTransaction)
-                });
-                let (ra, rb) = tokio::join!(a, b);
-                m.stmt("after").await?;
-                Ok((ra, rb))
-            }
-        }))
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            let nested = t(&m).propagation(Propagation::Nested);
+            let a = async {
+                let r = nested
+                    .execute(|_| async {
+                        m.stmt("a").await?;
+                        a_ran.fire();
+                        b_tried.wait().await;
+                        Ok(())
+                    })
+                    .await;
+                a_done.fire();
+                r
+            };
+            let b = nested.execute(|_| async {
+                a_ran.wait().await;
+                let stmt = m.stmt("b").await;
+                b_tried.fire();
+                a_done.wait().await;
+                stmt?;
+                // B fails after its insert: its work must not survive.
+                Err(TxError::NoTransaction)
+            });
+            let (ra, rb) = tokio::join!(a, b);
+            m.stmt("after").await?;
+            Ok((ra, rb))
+        })
         .await;
     let (ra, rb) = r.unwrap();
     ra.unwrap();
@@ -103,27 +106,24 @@ async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_o
     let m = RecordingManager::default();
     let b_done = Signal::default();
     let r: Result<Pair, TxError> = t(&m)
-        .execute(once(|_| {
-            let m = m.clone();
-            async move {
-                let nested = t(&m).propagation(Propagation::Nested);
-                let a = nested.execute(|_| async {
-                    b_done.wait().await;
-                    m.stmt("a").await
-                });
-                let b = async {
-                    let r = nested
-                        .execute(|_| async {
-                            m.stmt("b").await?;
-                            Err::<(), _>(TxError::NoTransaction)
-                        })
-                        .await;
-                    b_done.fire();
-                    r
-                };
-                Ok(tokio::join!(a, b))
-            }
-        }))
+        .execute(|_| async {
+            let nested = t(&m).propagation(Propagation::Nested);
+            let a = nested.execute(|_| async {
+                b_done.wait().await;
+                m.stmt("a").await
+            });
+            let b = async {
+                let r = nested
+                    .execute(|_| async {
+                        m.stmt("b").await?;
+                        Err::<(), _>(TxError::NoTransaction)
+                    })
+                    .await;
+                b_done.fire();
+                r
+            };
+            Ok(tokio::join!(a, b))
+        })
         .await;
     let (ra, rb) = r.unwrap();
     ra.unwrap();
@@ -151,33 +151,30 @@ async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_o
 async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
     let m = RecordingManager::default();
     let (a_ran, p_tried) = (Signal::default(), Signal::default());
-    let p_result = Arc::new(Mutex::new(None));
+    let p_result = Mutex::new(None);
     let r: Result<(), TxError> = t(&m)
-        .execute(once(|_| {
-            let (m, p_result) = (m.clone(), p_result.clone());
-            async move {
-                let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
-                let nested = nested.execute(|_| async {
-                    m.stmt("a").await?;
-                    a_ran.fire();
-                    p_tried.wait().await;
-                    Err::<(), _>(TxError::NoTransaction)
-                });
-                let participant = joined.execute(|s| async {
-                    assert!(!tx_core::current_status().unwrap().is_new_transaction());
-                    drop(s);
-                    a_ran.wait().await;
-                    let r = m.stmt("p").await;
-                    p_tried.fire();
-                    r
-                });
-                let (_, rp) = tokio::join!(nested, participant);
-                *p_result.lock().unwrap() = Some(rp);
-                Ok(())
-            }
-        }))
+        .execute(|_| async {
+            let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
+            let nested = nested.execute(|_| async {
+                m.stmt("a").await?;
+                a_ran.fire();
+                p_tried.wait().await;
+                Err::<(), _>(TxError::NoTransaction)
+            });
+            let participant = joined.execute(|s| async {
+                assert!(!tx_core::current_status().unwrap().is_new_transaction());
+                drop(s);
+                a_ran.wait().await;
+                let r = m.stmt("p").await;
+                p_tried.fire();
+                r
+            });
+            let (_, rp) = tokio::join!(nested, participant);
+            *p_result.lock().unwrap() = Some(rp);
+            Ok(())
+        })
         .await;
-    let rp = p_result.lock().unwrap().take().unwrap();
+    let rp = p_result.into_inner().unwrap().unwrap();
     assert!(is_concurrent(&rp), "{rp:?}");
     assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
     assert_eq!(
@@ -193,98 +190,41 @@ async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
     );
 }
 
-/// Logs every phase of its hook, with the outcome.
-struct Phases {
-    name: &'static str,
-    log: OperationLog,
-    /// How long its before_commit takes.
-    slow_before_commit: Option<Duration>,
-}
-
-impl Phases {
-    fn new(name: &'static str, m: &RecordingManager) -> Phases {
-        Phases {
-            name,
-            log: m.log().clone(),
-            slow_before_commit: None,
-        }
-    }
-    fn push(&self, phase: &str) {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{}:{phase}", self.name));
-    }
-}
-
-impl TransactionSynchronization for Phases {
-    async fn before_commit(&self, _: bool) -> Result<(), BoxError> {
-        self.push("before_commit");
-        if let Some(d) = self.slow_before_commit {
-            tokio::time::sleep(d).await;
-        }
-        Ok(())
-    }
-    async fn before_completion(&self) {
-        self.push("before_completion");
-    }
-    async fn after_commit(&self) {
-        self.push("after_commit");
-    }
-    async fn after_completion(&self, c: Completion) {
-        self.push(&format!("after_completion({c:?})"));
-    }
-}
-
 /// `join!` of a Nested call and a joined participant: the Nested scope registers its hook
 /// first, the participant registers into the transaction's list while the savepoint is still
 /// open, and the savepoint is released after that. Every phase still runs the hooks in the
 /// order they were registered.
 #[tokio::test]
 async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
-    let m = RecordingManager::default();
     let (nested_registered, joined_registered) = (Signal::default(), Signal::default());
-    let r: Result<(), TxError> = t(&m)
-        .execute(once(|_| {
-            let m = m.clone();
-            async move {
-                let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
-                let nested = nested.execute(|_| async {
-                    tx_core::register_synchronization(Phases::new("nested", &m))?;
-                    nested_registered.fire();
-                    joined_registered.wait().await;
-                    m.stmt("nested").await
-                });
-                let joined = joined.execute(|_| async {
-                    nested_registered.wait().await;
-                    tx_core::register_synchronization(Phases::new("joined", &m))?;
-                    joined_registered.fire();
-                    Ok(())
-                });
-                let (a, b) = tokio::join!(nested, joined);
-                a.and(b)
-            }
-        }))
-        .await;
-    r.unwrap();
+    let sent = committed(async |m| {
+        let (nested, joined) = (t(m).propagation(Propagation::Nested), t(m));
+        let nested = nested.execute(|_| async {
+            tx_core::register_synchronization(Phases::new("nested", m))?;
+            nested_registered.fire();
+            joined_registered.wait().await;
+            m.stmt("nested").await
+        });
+        let joined = joined.execute(|_| async {
+            nested_registered.wait().await;
+            tx_core::register_synchronization(Phases::new("joined", m))?;
+            joined_registered.fire();
+            Ok(())
+        });
+        let (a, b) = tokio::join!(nested, joined);
+        a.and(b)
+    })
+    .await;
     assert_eq!(
-        m.take(),
+        sent[..4],
         [
             "BEGIN Default",
             "SAVEPOINT tx_sp_1",
             "STMT nested",
-            "RELEASE tx_sp_1",
-            "nested:before_commit",
-            "joined:before_commit",
-            "nested:before_completion",
-            "joined:before_completion",
-            "COMMIT",
-            "nested:after_commit",
-            "joined:after_commit",
-            "nested:after_completion(Committed)",
-            "joined:after_completion(Committed)"
+            "RELEASE tx_sp_1"
         ]
     );
+    assert_eq!(sent[4..], around_commit(&["nested", "joined"]));
 }
 
 /// Plain statements of one scope under `join!` still take turns on the connection.
@@ -293,13 +233,10 @@ async fn plain_statements_of_one_scope_under_join_take_turns() {
     let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_secs(30))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                let (x, y) = tokio::join!(m.slow_stmt("x", 20), m.stmt("y"));
-                x?;
-                y
-            }
+        .execute(|_| async {
+            let (x, y) = tokio::join!(m.slow_stmt("x", 20), m.stmt("y"));
+            x?;
+            y
         })
         .await;
     r.unwrap();
@@ -310,24 +247,21 @@ async fn plain_statements_of_one_scope_under_join_take_turns() {
 #[tokio::test(start_paused = true)]
 async fn waiting_for_the_connection_ends_at_the_deadline() {
     let m = RecordingManager::default();
-    let waited = Arc::new(Mutex::new(None));
+    let waited = Mutex::new(None);
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let (m, waited) = (m.clone(), waited.clone());
-            async move {
-                m.stmt("first").await?;
-                let bt = bound_transaction(m.key()).unwrap();
-                let held = bt.lock().await?;
-                // The body handles the refusal itself (and then outlives the deadline).
-                *waited.lock().unwrap() = Some(m.stmt("second").await);
-                drop(held);
-                Ok(())
-            }
+        .execute(|_| async {
+            m.stmt("first").await?;
+            let bt = bound_transaction(m.key()).unwrap();
+            let held = bt.lock().await?;
+            // The body handles the refusal itself (and then outlives the deadline).
+            *waited.lock().unwrap() = Some(m.stmt("second").await);
+            drop(held);
+            Ok(())
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    let waited = waited.lock().unwrap().take().unwrap();
+    let waited = waited.into_inner().unwrap().unwrap();
     assert!(matches!(waited, Err(TxError::Timeout)), "{waited:?}");
     assert_eq!(m.take(), ["BEGIN Default", "STMT first", "ROLLBACK"]);
 }
@@ -338,26 +272,23 @@ async fn waiting_for_the_connection_ends_at_the_deadline() {
 #[tokio::test]
 async fn statement_or_nested_scope_while_a_connection_guard_lives_fails_at_once() {
     let m = RecordingManager::default();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Mutex::new(Vec::new());
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let (m, seen) = (m.clone(), seen.clone());
-            async move {
-                let bt = bound_transaction(m.key()).unwrap();
-                let guard = bt.lock_for(LockPurpose::Connection).await?;
-                let stmt = m.stmt("x").await;
-                let nested = t(&m)
-                    .propagation(Propagation::Nested)
-                    .execute(|_| async { Ok::<_, TxError>(()) })
-                    .await;
-                seen.lock().unwrap().extend([stmt, nested]);
-                drop(guard);
-                m.stmt("y").await
-            }
+        .execute(|_| async {
+            let bt = bound_transaction(m.key()).unwrap();
+            let guard = bt.lock_for(LockPurpose::Connection).await?;
+            let stmt = m.stmt("x").await;
+            let nested = t(&m)
+                .propagation(Propagation::Nested)
+                .execute(|_| async { Ok::<_, TxError>(()) })
+                .await;
+            seen.lock().unwrap().extend([stmt, nested]);
+            drop(guard);
+            m.stmt("y").await
         })
         .await;
     r.unwrap();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let seen = seen.into_inner().unwrap();
     assert!(
         is_would_block(&seen[0], "TxConnection") && is_would_block(&seen[0], "A statement"),
         "{:?}",
@@ -375,17 +306,14 @@ async fn statement_or_nested_scope_while_a_connection_guard_lives_fails_at_once(
 async fn statement_while_a_stream_of_the_task_is_parked_fails_at_once() {
     let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                let bt = bound_transaction(m.key()).unwrap();
-                let stream = bt.lock_for(LockPurpose::Stream).await?;
-                stream.stream_state().set_parked(true);
-                let inner = m.stmt("inside the loop").await;
-                assert!(is_would_block(&inner, "fetch stream"), "{inner:?}");
-                drop(stream);
-                m.stmt("after the loop").await
-            }
+        .execute(|_| async {
+            let bt = bound_transaction(m.key()).unwrap();
+            let stream = bt.lock_for(LockPurpose::Stream).await?;
+            stream.stream_state().set_parked(true);
+            let inner = m.stmt("inside the loop").await;
+            assert!(is_would_block(&inner, "fetch stream"), "{inner:?}");
+            drop(stream);
+            m.stmt("after the loop").await
         })
         .await;
     r.unwrap();
@@ -400,21 +328,18 @@ async fn connection_guard_returned_out_of_the_body_fails_the_commit_at_once() {
     let m = RecordingManager::default();
     let (tx, rx) = oneshot::channel();
     let tx = Mutex::new(Some(tx));
-    let leaked = Arc::new(Mutex::new(None));
+    let leaked = Mutex::new(None);
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_secs(3600))
-        .execute(once(|_| {
-            let (m, leaked) = (m.clone(), leaked.clone());
-            async move {
-                m.stmt("x").await?;
-                tx_core::after_completion(move |c| async move {
-                    let _ = tx.lock().unwrap().take().unwrap().send(c);
-                })?;
-                let bt = bound_transaction(m.key()).unwrap();
-                *leaked.lock().unwrap() = Some(bt.lock_for(LockPurpose::Connection).await?);
-                Ok(())
-            }
-        }))
+        .execute(|_| async {
+            m.stmt("x").await?;
+            tx_core::after_completion(move |c| async move {
+                let _ = tx.lock().unwrap().take().unwrap().send(c);
+            })?;
+            let bt = bound_transaction(m.key()).unwrap();
+            *leaked.lock().unwrap() = Some(bt.lock_for(LockPurpose::Connection).await?);
+            Ok(())
+        })
         .await;
     assert!(
         matches!(&r, Err(TxError::WouldBlock { message }) if message.contains("after its body returned") && message.contains("Nothing was committed")),
@@ -422,7 +347,7 @@ async fn connection_guard_returned_out_of_the_body_fails_the_commit_at_once() {
     );
     assert_eq!(rx.await.unwrap(), Completion::RolledBack);
     assert_eq!(m.take(), ["BEGIN Default", "STMT x"]);
-    drop(leaked.lock().unwrap().take());
+    drop(leaked);
     assert_eq!(m.take(), ["DROPPED"], "rolled back when the guard went");
 }
 
@@ -455,41 +380,6 @@ impl TransactionSynchronization for MarksRollbackOnly {
     }
 }
 
-#[tokio::test]
-async fn participant_failing_in_before_commit_rolls_back_as_unexpected_rollback() {
-    let m = RecordingManager::default();
-    let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("a").await?;
-                tx_core::register_synchronization(CallsFailingParticipant(m.clone()))
-            }
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
-    assert_eq!(
-        m.take(),
-        ["BEGIN Default", "STMT a", "STMT flush", "ROLLBACK"]
-    );
-}
-
-#[tokio::test]
-async fn set_rollback_only_in_before_commit_rolls_back_as_unexpected_rollback() {
-    let m = RecordingManager::default();
-    let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("a").await?;
-                tx_core::register_synchronization(MarksRollbackOnly)
-            }
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::UnexpectedRollback)), "{r:?}");
-    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
-}
-
 struct SlowBeforeCommit;
 
 impl TransactionSynchronization for SlowBeforeCommit {
@@ -499,104 +389,161 @@ impl TransactionSynchronization for SlowBeforeCommit {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn before_commit_past_the_deadline_times_out_and_rolls_back() {
-    let m = RecordingManager::default();
-    let r: Result<(), TxError> = t(&m)
-        .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("a").await?;
-                tx_core::register_synchronization(SlowBeforeCommit)
-            }
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
-}
+/// What the body does after its statement `a`.
+type Then = fn(&RecordingManager) -> Result<(), TxError>;
 
+/// A case of the checks right before COMMIT: what it shows, the timeout and how long ROLLBACK
+/// takes (ms), what the body does after `a`, what the call must fail with, and what is sent.
+type Case = (
+    &'static str,
+    Option<u64>,
+    u64,
+    Then,
+    fn(&TxError) -> bool,
+    &'static [&'static str],
+);
+
+/// Each body sends `a`, then does one more thing that the checks right before COMMIT (or the
+/// deadline) catch: the call fails as the case says, and the transaction rolls back.
 #[tokio::test]
-async fn body_computing_past_the_deadline_without_awaiting_times_out() {
-    let m = RecordingManager::default();
-    let r: Result<(), TxError> = t(&m)
-        .timeout(Duration::from_millis(20))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("a").await?;
-                // CPU-bound work that never yields to the deadline timer.
+async fn failures_caught_right_before_commit_roll_back() {
+    let rolled_back: &[&str] = &["BEGIN Default", "STMT a", "ROLLBACK"];
+    let cases: [Case; 5] = [
+        (
+            "a participant failing in before_commit: an unexpected rollback",
+            None,
+            0,
+            |m| tx_core::register_synchronization(CallsFailingParticipant(m.clone())),
+            |e| matches!(e, TxError::UnexpectedRollback),
+            &["BEGIN Default", "STMT a", "STMT flush", "ROLLBACK"],
+        ),
+        (
+            "set_rollback_only in before_commit: an unexpected rollback",
+            None,
+            0,
+            |_| tx_core::register_synchronization(MarksRollbackOnly),
+            |e| matches!(e, TxError::UnexpectedRollback),
+            rolled_back,
+        ),
+        (
+            "a before_commit past the deadline times out",
+            Some(300),
+            0,
+            |_| tx_core::register_synchronization(SlowBeforeCommit),
+            |e| matches!(e, TxError::Timeout),
+            rolled_back,
+        ),
+        (
+            "a body computing past the deadline without awaiting times out",
+            Some(20),
+            0,
+            // CPU-bound work that never yields to the deadline timer.
+            |_| {
                 std::thread::sleep(Duration::from_millis(60));
                 Ok(())
-            }
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
-    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
-}
-
-/// The body's own error, returned before the deadline, stays the caller's error even when
-/// the rollback ends after the deadline.
-#[tokio::test(start_paused = true)]
-async fn own_error_returned_in_time_is_not_turned_into_a_timeout() {
-    let m = RecordingManager::default();
-    m.slow_rollback(500);
-    let r: Result<(), TxError> = t(&m)
-        .timeout(Duration::from_millis(100))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
+            },
+            |e| matches!(e, TxError::Timeout),
+            rolled_back,
+        ),
+        (
+            // The body's own error, returned before the deadline, stays the caller's error
+            // even when the rollback ends after the deadline.
+            "an own error returned in time is not turned into a timeout",
+            Some(100),
+            500,
+            |_| Err(TxError::NoTransaction),
+            |e| matches!(e, TxError::NoTransaction),
+            rolled_back,
+        ),
+    ];
+    for (case, timeout_ms, slow_rollback_ms, then, fails_as, log) in cases {
+        let m = RecordingManager::default();
+        m.slow_rollback(slow_rollback_ms);
+        let template = match timeout_ms {
+            Some(ms) => t(&m).timeout(Duration::from_millis(ms)),
+            None => t(&m),
+        };
+        let r = template
+            .execute(|_| async {
                 m.stmt("a").await?;
-                Err(TxError::NoTransaction)
-            }
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::NoTransaction)), "{r:?}");
-    assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);
+                then(&m)
+            })
+            .await;
+        assert!(r.as_ref().is_err_and(fails_as), "{case}: {r:?}");
+        assert_eq!(m.take(), log, "{case}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Retry only after a retryable rollback.
 
-#[tokio::test]
-async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
-    let m = RecordingManager::default();
-    let runs = Arc::new(Mutex::new(0));
-    let r: Result<(), TxError> = t(&m)
+/// A Nested step that failed with a serialization failure, rolled back to its savepoint.
+const FAILED_STEP: [&str; 4] = [
+    "SAVEPOINT tx_sp_1",
+    "FAIL step",
+    "ROLLBACK TO tx_sp_1",
+    "RELEASE tx_sp_1",
+];
+
+/// A call whose Nested step failed with a serialization failure, rolled back and re-run once.
+fn retried_after_the_step() -> Vec<&'static str> {
+    let retried = [
+        "BEGIN Default",
+        "SAVEPOINT tx_sp_1",
+        "STMT step",
+        "RELEASE tx_sp_1",
+    ];
+    [
+        &["BEGIN Default"][..],
+        &FAILED_STEP,
+        &["ROLLBACK"],
+        &retried,
+        &["COMMIT"],
+    ]
+    .concat()
+}
+
+/// Runs `body` through a template with `retry(3)` on a new recording manager: what the call
+/// returned, how many times the body ran, and what was sent.
+async fn with_retries<T>(
+    body: impl AsyncFn(&RecordingManager, TransactionStatus) -> Result<T, TxError>,
+) -> (Result<T, TxError>, u32, Vec<String>) {
+    let (m, runs) = (RecordingManager::default(), AtomicU32::new(0));
+    let r = t(&m)
         .retry(3)
-        .execute(|_| {
-            let (m, runs) = (m.clone(), runs.clone());
-            async move {
-                *runs.lock().unwrap() += 1;
-                let step = t(&m)
-                    .propagation(Propagation::Nested)
-                    .execute(|_| async { m.serialization_failure("step").await })
-                    .await;
-                assert!(step.is_err());
-                // An audit row in its own transaction: committed once per run.
-                t(&m)
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| async { m.stmt("audit").await })
-                    .await?;
-                Err(TxError::NoTransaction)
-            }
+        .execute(|status| {
+            runs.fetch_add(1, Ordering::Relaxed);
+            body(&m, status)
         })
         .await;
+    (r, runs.into_inner(), m.take())
+}
+
+#[tokio::test]
+async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error() {
+    let (r, runs, sent) = with_retries(async |m, _| {
+        let step = t(m)
+            .propagation(Propagation::Nested)
+            .execute(|_| async { m.serialization_failure("step").await })
+            .await;
+        assert!(step.is_err());
+        // An audit row in its own transaction: committed once per run.
+        t(m).propagation(Propagation::RequiresNew)
+            .execute(|_| async { m.stmt("audit").await })
+            .await?;
+        Err::<(), _>(TxError::NoTransaction)
+    })
+    .await;
     assert!(matches!(r, Err(TxError::NoTransaction)), "{r:?}");
-    assert_eq!(*runs.lock().unwrap(), 1, "not re-run");
+    assert_eq!(runs, 1, "not re-run");
     assert_eq!(
-        m.take(),
+        sent,
         [
-            "BEGIN Default",
-            "SAVEPOINT tx_sp_1",
-            "FAIL step",
-            "ROLLBACK TO tx_sp_1",
-            "RELEASE tx_sp_1",
-            "BEGIN Default",
-            "STMT audit",
-            "COMMIT",
-            "ROLLBACK"
+            &["BEGIN Default"][..],
+            &FAILED_STEP,
+            &["BEGIN Default", "STMT audit", "COMMIT", "ROLLBACK"]
         ]
+        .concat()
     );
 }
 
@@ -605,72 +552,39 @@ async fn retryable_failure_handled_in_a_nested_step_does_not_retry_a_later_error
 /// a template whose error type is `TxError` itself).
 #[tokio::test]
 async fn retryable_failure_rolled_back_by_a_nested_step_and_returned_is_retried() {
-    let m = RecordingManager::default();
-    let runs = Arc::new(Mutex::new(0));
-    let r: Result<u32, TxError> = t(&m)
-        .retry(3)
-        .execute(|status| {
-            let (m, runs) = (m.clone(), runs.clone());
-            async move {
-                *runs.lock().unwrap() += 1;
-                t(&m)
-                    .propagation(Propagation::Nested)
-                    .execute(|_| async {
-                        if status.attempt() == 1 {
-                            m.serialization_failure("step").await
-                        } else {
-                            m.stmt("step").await
-                        }
-                    })
-                    .await?;
-                Ok(status.attempt())
-            }
-        })
-        .await;
+    let (r, runs, sent) = with_retries(async |m, status| {
+        t(m).propagation(Propagation::Nested)
+            .execute(|_| async {
+                if status.attempt() == 1 {
+                    m.serialization_failure("step").await
+                } else {
+                    m.stmt("step").await
+                }
+            })
+            .await?;
+        Ok(status.attempt())
+    })
+    .await;
     assert_eq!(r.unwrap(), 2);
-    assert_eq!(*runs.lock().unwrap(), 2, "re-run once");
-    assert_eq!(
-        m.take(),
-        [
-            "BEGIN Default",
-            "SAVEPOINT tx_sp_1",
-            "FAIL step",
-            "ROLLBACK TO tx_sp_1",
-            "RELEASE tx_sp_1",
-            "ROLLBACK",
-            "BEGIN Default",
-            "SAVEPOINT tx_sp_1",
-            "STMT step",
-            "RELEASE tx_sp_1",
-            "COMMIT"
-        ]
-    );
+    assert_eq!(runs, 2, "re-run once");
+    assert_eq!(sent, retried_after_the_step());
 }
 
 /// A retryable failure of a transaction of its own inside (`RequiresNew`, which has its own
 /// `retry`) is not the call's: returning it does not re-run the call.
 #[tokio::test]
 async fn retryable_failure_of_an_inner_requires_new_call_does_not_retry_the_outer_call() {
-    let m = RecordingManager::default();
-    let runs = Arc::new(Mutex::new(0));
-    let r: Result<(), TxError> = t(&m)
-        .retry(3)
-        .execute(|_| {
-            let (m, runs) = (m.clone(), runs.clone());
-            async move {
-                *runs.lock().unwrap() += 1;
-                m.stmt("outer").await?;
-                t(&m)
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| async { m.serialization_failure("inner").await })
-                    .await
-            }
-        })
-        .await;
+    let (r, runs, sent) = with_retries(async |m, _| {
+        m.stmt("outer").await?;
+        t(m).propagation(Propagation::RequiresNew)
+            .execute(|_| async { m.serialization_failure("inner").await })
+            .await
+    })
+    .await;
     assert!(r.as_ref().is_err_and(TxError::is_retryable), "{r:?}");
-    assert_eq!(*runs.lock().unwrap(), 1, "not re-run");
+    assert_eq!(runs, 1, "not re-run");
     assert_eq!(
-        m.take(),
+        sent,
         [
             "BEGIN Default",
             "STMT outer",
@@ -736,19 +650,7 @@ async fn retryable_failure_returned_inside_an_application_error_is_retried() {
             self.step().await
         }
     }
-    let expected = [
-        "BEGIN Default",
-        "SAVEPOINT tx_sp_1",
-        "FAIL step",
-        "ROLLBACK TO tx_sp_1",
-        "RELEASE tx_sp_1",
-        "ROLLBACK",
-        "BEGIN Default",
-        "SAVEPOINT tx_sp_1",
-        "STMT step",
-        "RELEASE tx_sp_1",
-        "COMMIT",
-    ];
+    let expected = retried_after_the_step();
     let s = Service {
         db: RecordingManager::default(),
         runs: Mutex::new(0),
@@ -792,6 +694,13 @@ mod macro_retry {
     }
 
     impl Service {
+        fn new() -> Service {
+            Service {
+                db: RecordingManager::default(),
+                runs: Mutex::new(0),
+            }
+        }
+
         /// Commits although it returns `Err(Soft)`: must never be re-run.
         #[tx_core::transactional(manager = self.db, retry = 3, no_rollback_for = AppError::Soft)]
         pub async fn soft(&self) -> Result<(), AppError> {
@@ -836,10 +745,7 @@ mod macro_retry {
 
     #[tokio::test]
     async fn no_rollback_for_commit_is_never_retried() {
-        let s = Service {
-            db: RecordingManager::default(),
-            runs: Mutex::new(0),
-        };
+        let s = Service::new();
         let r = s.soft().await;
         assert!(matches!(r, Err(AppError::Soft)), "{r:?}");
         assert_eq!(*s.runs.lock().unwrap(), 1);
@@ -851,10 +757,7 @@ mod macro_retry {
 
     #[tokio::test]
     async fn retryable_rollback_is_retried_and_the_scope_knows_its_attempt() {
-        let s = Service {
-            db: RecordingManager::default(),
-            runs: Mutex::new(0),
-        };
+        let s = Service::new();
         assert_eq!(s.flaky().await.unwrap(), 2);
         assert_eq!(*s.runs.lock().unwrap(), 2);
         assert_eq!(
@@ -872,10 +775,7 @@ mod macro_retry {
 
     #[tokio::test]
     async fn retried_call_is_send_with_non_sync_result_types() {
-        let s = Service {
-            db: RecordingManager::default(),
-            runs: Mutex::new(0),
-        };
+        let s = Service::new();
         let v = assert_send(s.not_sync()).await.unwrap();
         assert_eq!(v.get(), 1);
         let template = t(&s.db).retry(2);
@@ -892,148 +792,88 @@ mod macro_retry {
 // ---------------------------------------------------------------------------------------------
 // Hook phases finished after a cancelled caller.
 
-/// The phase a hook blocks in, whom it tells when it started, and what releases it.
-type Blocks = (
-    &'static str,
-    Mutex<Option<oneshot::Sender<()>>>,
-    Arc<Notify>,
-);
-
-struct Hook {
-    name: &'static str,
-    log: OperationLog,
-    /// Signals when this hook's phase call starts, then waits for `release`.
-    blocks_in: Option<Blocks>,
-}
-
-impl Hook {
-    async fn phase(&self, phase: &'static str) {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{}:{phase}", self.name));
-        if let Some((at, started, release)) = &self.blocks_in
-            && *at == phase
-        {
-            let _ = started.lock().unwrap().take().map(|s| s.send(()));
-            release.notified().await;
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("{}:{phase} done", self.name));
-        }
-    }
-}
-
-impl TransactionSynchronization for Hook {
-    async fn after_commit(&self) {
-        self.phase("after_commit").await;
-    }
-    async fn after_completion(&self, c: Completion) {
-        assert_eq!(c, Completion::Committed);
-        self.phase("after_completion").await;
-    }
-}
-
-async fn cancel_while_a_hook_runs(phase: &'static str) -> Vec<String> {
-    cancel_while_a_hook_of_runs(phase, Propagation::Required).await
-}
-
-async fn cancel_while_a_hook_of_runs(phase: &'static str, propagation: Propagation) -> Vec<String> {
+/// Cancels a call of `propagation` while its hook `A` runs `phase`, then lets `A` finish: the
+/// log once hook `B` has completed too (the engine finishes the call in a spawned task).
+async fn cancel_while_a_hook_runs(phase: &'static str, propagation: Propagation) -> Vec<String> {
     let m = RecordingManager::default();
-    let (started_tx, started_rx) = oneshot::channel();
-    let release = Arc::new(Notify::new());
-    let a = Hook {
-        name: "A",
-        log: m.log().clone(),
-        blocks_in: Some((phase, Mutex::new(Some(started_tx)), release.clone())),
+    let (blocked, mut blocker) = blocked_in(phase);
+    let a = Phases {
+        blocks_in: Some(blocked),
+        ..Phases::new("A", &m)
     };
-    let b = Hook {
-        name: "B",
-        log: m.log().clone(),
-        blocks_in: None,
-    };
+    let b = Phases::new("B", &m);
     let template = t(&m).propagation(propagation);
-    let mut call = Box::pin(template.execute(once(|_| {
-        let m = m.clone();
-        async move {
-            m.stmt("a").await?;
-            tx_core::register_synchronization(a)?;
-            tx_core::register_synchronization(b)
-        }
-    })));
+    let mut call = Box::pin(template.execute(|_| async {
+        m.stmt("a").await?;
+        tx_core::register_synchronization(a)?;
+        tx_core::register_synchronization(b)
+    }));
     tokio::select! {
         r = &mut call => panic!("the call must still be running its hooks: {r:?}"),
-        _ = started_rx => {}
+        _ = &mut blocker.started => {}
     }
     drop(call);
-    release.notify_one();
-    // Wait (bounded) until B's after_completion has run.
-    for _ in 0..500 {
-        if m.log()
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e == "B:after_completion")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    blocker.release();
+    wait_for_entry(&m, "B:after_completion", || {
+        tokio::time::sleep(Duration::from_millis(50))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     m.take()
 }
 
+/// A caller cancelled while a hook runs its after_commit or its after_completion: every hook
+/// still runs each phase once. A scope without a transaction completes its hooks as committed
+/// when it ends `Ok`, and its caller going away leaves them the same.
 #[tokio::test]
-async fn caller_cancelled_during_an_after_commit_hook_still_runs_every_after_commit_once() {
-    assert_eq!(
-        cancel_while_a_hook_runs("after_commit").await,
-        [
-            "BEGIN Default",
-            "STMT a",
-            "COMMIT",
-            "A:after_commit",
-            "A:after_commit done",
-            "B:after_commit",
-            "A:after_completion",
-            "B:after_completion"
-        ]
+async fn caller_cancelled_during_a_hook_still_runs_every_phase_of_every_hook_once() {
+    let before = phases_of(&["A", "B"], &["before_commit", "before_completion"]);
+    let (a_commit, b_commit) = ("A:after_commit", "B:after_commit");
+    let (a_done, b_done) = (
+        "A:after_completion(Committed)",
+        "B:after_completion(Committed)",
     );
-}
-
-#[tokio::test]
-async fn caller_cancelled_during_an_after_completion_hook_still_completes_every_hook_once() {
-    assert_eq!(
-        cancel_while_a_hook_runs("after_completion").await,
-        [
-            "BEGIN Default",
-            "STMT a",
-            "COMMIT",
-            "A:after_commit",
-            "B:after_commit",
-            "A:after_completion",
-            "A:after_completion done",
-            "B:after_completion"
-        ]
-    );
-}
-
-/// A scope without a transaction completes its hooks as committed when it ends `Ok`; its
-/// caller going away during an after_commit still leaves every hook its after_commit and its
-/// after_completion, once each.
-#[tokio::test]
-async fn scope_without_a_transaction_cancelled_during_an_after_commit_hook_completes_every_hook() {
-    assert_eq!(
-        cancel_while_a_hook_of_runs("after_commit", Propagation::Never).await,
-        [
-            "AUTO a",
-            "A:after_commit",
-            "A:after_commit done",
-            "B:after_commit",
-            "A:after_completion",
-            "B:after_completion"
-        ]
-    );
+    let cases: [(&str, Propagation, &[&str], &[&str]); 3] = [
+        (
+            "after_commit",
+            Propagation::Required,
+            &["BEGIN Default", "STMT a"],
+            &[
+                "COMMIT",
+                a_commit,
+                "A:after_commit done",
+                b_commit,
+                a_done,
+                b_done,
+            ],
+        ),
+        (
+            "after_completion",
+            Propagation::Required,
+            &["BEGIN Default", "STMT a"],
+            &[
+                "COMMIT",
+                a_commit,
+                b_commit,
+                a_done,
+                "A:after_completion(Committed) done",
+                b_done,
+            ],
+        ),
+        (
+            "after_commit",
+            Propagation::Never,
+            &["AUTO a"],
+            &[a_commit, "A:after_commit done", b_commit, a_done, b_done],
+        ),
+    ];
+    for (phase, propagation, sent, after) in cases {
+        assert_eq!(
+            cancel_while_a_hook_runs(phase, propagation).await,
+            [strings(sent), before.clone(), strings(after)].concat(),
+            "{propagation:?}, cancelled in {phase}"
+        );
+    }
 }
 
 /// A NotSupported scope dropped by the deadline of the transaction it suspends while its
@@ -1044,21 +884,18 @@ async fn scope_without_a_transaction_dropped_in_before_commit_completes_its_hook
     let m = RecordingManager::default();
     let r: Result<(), TxError> = t(&m)
         .timeout(Duration::from_millis(300))
-        .execute(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("outer").await?;
-                t(&m)
-                    .propagation(Propagation::NotSupported)
-                    .execute(|_| async {
-                        m.stmt("inner").await?;
-                        tx_core::register_synchronization(Phases {
-                            slow_before_commit: Some(Duration::from_millis(600)),
-                            ..Phases::new("hook", &m)
-                        })
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            t(&m)
+                .propagation(Propagation::NotSupported)
+                .execute(|_| async {
+                    m.stmt("inner").await?;
+                    tx_core::register_synchronization(Phases {
+                        slow_before_commit: Some(Duration::from_millis(600)),
+                        ..Phases::new("hook", &m)
                     })
-                    .await
-            }
+                })
+                .await
         })
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
@@ -1103,18 +940,15 @@ fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
     let (started_tx, started_rx) = oneshot::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let template = t(&m);
-    let mut call = Box::pin(template.execute(once(|_| {
-        let m = m.clone();
-        async move {
-            m.stmt("a").await?;
-            tx_core::after_completion(move |c| async move {
-                done_tx.send(c).unwrap();
-            })?;
-            started_tx.send(()).unwrap();
-            std::future::pending::<()>().await;
-            Ok::<_, TxError>(())
-        }
-    })));
+    let mut call = Box::pin(template.execute(|_| async {
+        m.stmt("a").await?;
+        tx_core::after_completion(move |c| async move {
+            done_tx.send(c).unwrap();
+        })?;
+        started_tx.send(()).unwrap();
+        std::future::pending::<()>().await;
+        Ok::<_, TxError>(())
+    }));
     rt.block_on(async {
         tokio::select! {
             _ = &mut call => unreachable!(),
@@ -1135,44 +969,30 @@ fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
 async fn after_commit_of_a_requires_new_scope_sees_the_suspended_writer() {
     let m = RecordingManager::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
+    // An after_commit hook that notes whether a suspended transaction holds its connection.
+    let note = || {
+        let (key, seen) = (m.key(), seen.clone());
+        tx_core::after_commit(async move {
+            let holds = tx_core::connection::suspended_holds_connection(key);
+            seen.lock().unwrap().push(holds);
+        })
+    };
     let r: Result<(), TxError> = t(&m)
-        .execute(|_| {
-            let (m, seen) = (m.clone(), seen.clone());
-            async move {
-                m.stmt("outer").await?;
-                t(&m)
-                    .propagation(Propagation::RequiresNew)
-                    .execute(|_| {
-                        let (key, seen) = (m.key(), seen.clone());
-                        async move {
-                            tx_core::after_commit(async move {
-                                seen.lock()
-                                    .unwrap()
-                                    .push(tx_core::connection::suspended_holds_connection(key));
-                            })
-                        }
-                    })
-                    .await
-            }
+        .execute(|_| async {
+            m.stmt("outer").await?;
+            t(&m)
+                .propagation(Propagation::RequiresNew)
+                .execute(|_| async { note() })
+                .await
         })
         .await;
     r.unwrap();
     // After the outer commit there is nothing left to wait for.
-    let key = m.key();
-    let seen2 = seen.clone();
     let r: Result<(), TxError> = t(&m)
-        .execute(once(|_| {
-            let m = m.clone();
-            async move {
-                m.stmt("top").await?;
-                tx_core::after_commit(async move {
-                    seen2
-                        .lock()
-                        .unwrap()
-                        .push(tx_core::connection::suspended_holds_connection(key));
-                })
-            }
-        }))
+        .execute(|_| async {
+            m.stmt("top").await?;
+            note()
+        })
         .await;
     r.unwrap();
     assert_eq!(*seen.lock().unwrap(), [true, false]);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tx_core::manager::BoxFuture;
-use tx_core::testing::NoopManager;
+use tx_core::testing::{Log, NoopManager};
 use tx_core::{
     BoxError, EventBus, ListenerHandle, Propagation, TransactionPhase, TransactionTemplate, TxError,
 };
@@ -15,18 +15,6 @@ use crate::support::cancel_after;
 
 #[derive(Debug)]
 struct Ev(u32);
-
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.lock().unwrap().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 /// Registers a listener of `phase` that logs `"{name} {event}"`.
 fn listen(
@@ -42,16 +30,18 @@ fn listen(
     })
 }
 
-fn all_phases(bus: &EventBus, log: &Log) {
-    listen(bus, log, TransactionPhase::BeforeCommit, "before_commit");
-    listen(bus, log, TransactionPhase::AfterCommit, "after_commit");
-    listen(bus, log, TransactionPhase::AfterRollback, "after_rollback");
-    listen(
-        bus,
-        log,
-        TransactionPhase::AfterCompletion,
-        "after_completion",
-    );
+/// A bus with a listener of every phase, each logging `"{phase} {event}"`, and their log.
+fn all_phases() -> (EventBus, Log) {
+    let (bus, log) = (EventBus::new(), Log::default());
+    for (phase, name) in [
+        (TransactionPhase::BeforeCommit, "before_commit"),
+        (TransactionPhase::AfterCommit, "after_commit"),
+        (TransactionPhase::AfterRollback, "after_rollback"),
+        (TransactionPhase::AfterCompletion, "after_completion"),
+    ] {
+        listen(&bus, &log, phase, name);
+    }
+    (bus, log)
 }
 
 /// A listener body that panics (typed `()`, as a `panic!` alone would be `!`).
@@ -63,20 +53,35 @@ fn template() -> TransactionTemplate {
     TransactionTemplate::new(NoopManager::default())
 }
 
-#[tokio::test]
-async fn phases_on_commit() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
-    let r = template()
+/// A body that publishes `Ev(n)` on `bus`.
+fn publishes(bus: &EventBus, n: u32) -> impl AsyncFnOnce() -> Result<(), TxError> + '_ {
+    async move || bus.publish(Ev(n)).await
+}
+
+/// Runs `body` in a transaction of `template`, logs `end` when the body returned, and gives
+/// the log once the call committed.
+async fn run_logged(
+    template: &TransactionTemplate,
+    log: &Log,
+    end: &str,
+    body: impl AsyncFnOnce() -> Result<(), TxError>,
+) -> Vec<String> {
+    template
         .execute(|_| async {
-            bus.publish(Ev(1)).await?;
-            log.push("body end");
+            body().await?;
+            log.push(end);
             Ok::<_, TxError>(())
         })
-        .await;
-    r.unwrap();
+        .await
+        .unwrap();
+    log.take()
+}
+
+#[tokio::test]
+async fn phases_on_commit() {
+    let (bus, log) = all_phases();
     assert_eq!(
-        log.take(),
+        run_logged(&template(), &log, "body end", publishes(&bus, 1)).await,
         [
             "body end",
             "before_commit 1",
@@ -88,8 +93,7 @@ async fn phases_on_commit() {
 
 #[tokio::test]
 async fn phases_on_rollback_and_rollback_only() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     let r = template()
         .execute(|_| async {
             bus.publish(Ev(1)).await?;
@@ -173,8 +177,7 @@ async fn listeners_return_unit_or_any_error_type() {
 
 #[tokio::test]
 async fn before_commit_error_rolls_back_and_is_returned() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     bus.listen(TransactionPhase::BeforeCommit, |e: Arc<Ev>| async move {
         Err::<(), _>(format!("veto {}", e.0))
     });
@@ -278,8 +281,7 @@ async fn events_run_in_publish_order_and_by_type() {
 
 #[tokio::test]
 async fn without_transaction_only_fallback_listeners_run_at_once() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     listen(&bus, &log, TransactionPhase::AfterCommit, "fallback_commit").fallback_execution(true);
     listen(
         &bus,
@@ -306,17 +308,9 @@ async fn without_transaction_only_fallback_listeners_run_at_once() {
         Propagation::NotSupported,
         Propagation::Never,
     ] {
-        template()
-            .propagation(p)
-            .execute(|_| async {
-                bus.publish(Ev(2)).await?;
-                log.push("body end");
-                Ok::<_, TxError>(())
-            })
-            .await
-            .unwrap();
+        let t = template().propagation(p);
         assert_eq!(
-            log.take(),
+            run_logged(&t, &log, "body end", publishes(&bus, 2)).await,
             [
                 "fallback_commit 2",
                 "fallback_rollback 2",
@@ -329,18 +323,14 @@ async fn without_transaction_only_fallback_listeners_run_at_once() {
 
     // NotSupported inside a transaction suspends it: no transaction to follow.
     let t = template();
-    t.execute(|_| async {
-        t.clone()
-            .propagation(Propagation::NotSupported)
+    let not_supported = t.clone().propagation(Propagation::NotSupported);
+    let suspended = async || {
+        not_supported
             .execute(|_| async { bus.publish(Ev(3)).await })
-            .await?;
-        log.push("outer end");
-        Ok::<_, TxError>(())
-    })
-    .await
-    .unwrap();
+            .await
+    };
     assert_eq!(
-        log.take(),
+        run_logged(&t, &log, "outer end", suspended).await,
         [
             "fallback_commit 3",
             "fallback_rollback 3",
@@ -354,15 +344,10 @@ async fn without_transaction_only_fallback_listeners_run_at_once() {
 async fn fallback_listeners_in_a_transaction_wait_for_it() {
     let (bus, log) = (EventBus::new(), Log::default());
     listen(&bus, &log, TransactionPhase::AfterCommit, "after_commit").fallback_execution(true);
-    template()
-        .execute(|_| async {
-            bus.publish(Ev(1)).await?;
-            log.push("body end");
-            Ok::<_, TxError>(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(log.take(), ["body end", "after_commit 1"]);
+    assert_eq!(
+        run_logged(&template(), &log, "body end", publishes(&bus, 1)).await,
+        ["body end", "after_commit 1"]
+    );
 }
 
 #[tokio::test]
@@ -378,8 +363,7 @@ async fn fallback_before_commit_error_is_returned() {
 
 #[tokio::test]
 async fn plain_listeners_run_at_publish_in_order_and_fail_publish() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     for (name, order) in [("p1", 0), ("p0", -1), ("p2", 0)] {
         let l = log.clone();
         bus.on(move |e: Arc<Ev>| {
@@ -394,16 +378,8 @@ async fn plain_listeners_run_at_publish_in_order_and_fail_publish() {
         })
         .order(order);
     }
-    template()
-        .execute(|_| async {
-            bus.publish(Ev(1)).await?;
-            log.push("published");
-            Ok::<_, TxError>(())
-        })
-        .await
-        .unwrap();
     assert_eq!(
-        log.take(),
+        run_logged(&template(), &log, "published", publishes(&bus, 1)).await,
         [
             "p0 1",
             "p1 1",
@@ -429,8 +405,7 @@ async fn plain_listeners_run_at_publish_in_order_and_fail_publish() {
 
 #[tokio::test]
 async fn requires_new_event_follows_the_inner_transaction() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     let t = template();
     let r = t
         .execute(|_| async {
@@ -459,12 +434,11 @@ async fn requires_new_event_follows_the_inner_transaction() {
 
 #[tokio::test]
 async fn nested_rollback_completes_its_events_then() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     let t = template();
-    t.execute(|_| async {
+    let nested = t.clone().propagation(Propagation::Nested);
+    let body = async || {
         bus.publish(Ev(1)).await?;
-        let nested = t.clone().propagation(Propagation::Nested);
         let r = nested
             .execute(|_| async {
                 bus.publish(Ev(2)).await?;
@@ -473,16 +447,10 @@ async fn nested_rollback_completes_its_events_then() {
             .await;
         assert!(r.is_err());
         log.push("savepoint rolled back");
-        nested
-            .execute(|_| async { bus.publish(Ev(3)).await })
-            .await?;
-        log.push("savepoint released");
-        Ok::<_, TxError>(())
-    })
-    .await
-    .unwrap();
+        nested.execute(|_| async { bus.publish(Ev(3)).await }).await
+    };
     assert_eq!(
-        log.take(),
+        run_logged(&t, &log, "savepoint released", body).await,
         [
             "after_rollback 2",
             "after_completion 2",
@@ -500,8 +468,7 @@ async fn nested_rollback_completes_its_events_then() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_and_cancellation_roll_back() {
-    let (bus, log) = (EventBus::new(), Log::default());
-    all_phases(&bus, &log);
+    let (bus, log) = all_phases();
     let r = template()
         .timeout(Duration::from_millis(50))
         .execute(|_| async {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
+use crate::support::{RecordingManager, cancel_after, drain_until_rollback, stmt_then_wait, t};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tx_core::{Propagation, TxError};
@@ -76,11 +76,7 @@ async fn sequence(m: &RecordingManager) {
     let r: Result<(), TxError> = t(m)
         .name("slow")
         .timeout(Duration::from_millis(20))
-        .execute(|_| async {
-            m.stmt("INSERT").await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok(())
-        })
+        .execute(|_| stmt_then_wait(m, "INSERT"))
         .await;
     assert!(matches!(r, Err(TxError::Timeout)));
 
@@ -98,11 +94,7 @@ async fn sequence(m: &RecordingManager) {
     assert_eq!(r.unwrap(), 2);
 
     let template = t(m).name("cancel");
-    let call = template.execute(|_| async {
-        m.stmt("INSERT").await?;
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        Ok::<_, TxError>(())
-    });
+    let call = template.execute(|_| stmt_then_wait(m, "INSERT"));
     cancel_after(5, call).await;
     // The cancelled call completes in a spawned task.
     drain_until_rollback(m).await;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{OperationLog, RecordingManager, cancel_after, t};
+use crate::support::{Phases, RecordingManager, around_commit, cancel_after, committed, t};
 use tx_core::manager::TransactionManager;
 use tx_core::{Completion, Propagation, TxError};
 
@@ -18,26 +18,22 @@ async fn empty_call_sends_nothing() {
 
 #[tokio::test]
 async fn begin_is_deferred_to_first_statement_and_commit_follows() {
-    let m = RecordingManager::default();
-    let r: Result<(), TxError> = t(&m)
-        .execute(|_| async {
-            m.log().lock().unwrap().push("body".into());
-            m.stmt("a").await?;
-            m.stmt("b").await
-        })
-        .await;
-    r.unwrap();
+    let sent = committed(async |m| {
+        m.push("body");
+        m.stmt("a").await?;
+        m.stmt("b").await
+    })
+    .await;
     assert_eq!(
-        m.take(),
+        sent,
         ["body", "BEGIN Default", "STMT a", "STMT b", "COMMIT"]
     );
 }
 
 #[tokio::test]
 async fn nested_failure_rolls_back_to_its_savepoint_only() {
-    let m = &RecordingManager::default();
-    let r: Result<(), TxError> = t(m)
-        .execute(|_| async {
+    assert_eq!(
+        committed(async |m| {
             m.stmt("outer").await?;
             let inner: Result<(), TxError> = t(m)
                 .propagation(Propagation::Nested)
@@ -54,10 +50,7 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
                 .await?;
             m.stmt("after").await
         })
-        .await;
-    r.unwrap();
-    assert_eq!(
-        m.take(),
+        .await,
         [
             "BEGIN Default",
             "STMT outer",
@@ -73,9 +66,8 @@ async fn nested_failure_rolls_back_to_its_savepoint_only() {
 
 #[tokio::test]
 async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommit() {
-    let m = &RecordingManager::default();
-    let r: Result<(), TxError> = t(m)
-        .execute(|_| async {
+    assert_eq!(
+        committed(async |m| {
             m.stmt("outer").await?;
             t(m).propagation(Propagation::RequiresNew)
                 .read_only(true)
@@ -92,10 +84,7 @@ async fn requires_new_suspends_and_commits_first_not_supported_runs_in_autocommi
                 .await?;
             m.stmt("resumed").await
         })
-        .await;
-    r.unwrap();
-    assert_eq!(
-        m.take(),
+        .await,
         [
             "BEGIN Default",
             "STMT outer",
@@ -190,62 +179,15 @@ async fn panic_rolls_back_and_continues() {
 
 #[tokio::test]
 async fn hooks_run_in_phase_order_around_commit() {
-    let m = RecordingManager::default();
-    let log = m.log().clone();
-    struct H(&'static str, OperationLog);
-    impl tx_core::TransactionSynchronization for H {
-        async fn before_commit(&self, _: bool) -> Result<(), tx_core::BoxError> {
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{}:before_commit", self.0));
-            Ok(())
-        }
-        async fn before_completion(&self) {
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{}:before_completion", self.0));
-        }
-        async fn after_commit(&self) {
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{}:after_commit", self.0));
-        }
-        async fn after_completion(&self, c: Completion) {
-            self.1
-                .lock()
-                .unwrap()
-                .push(format!("{}:after_completion({c:?})", self.0));
-        }
-    }
-    let r: Result<(), TxError> = t(&m)
-        .execute(|_| async {
-            m.stmt("a").await?;
-            tx_core::register_synchronization(H("outer", log.clone()))?;
-            t(&m)
-                .execute(|_| async { tx_core::register_synchronization(H("inner", log)) })
-                .await
-        })
-        .await;
-    r.unwrap();
-    assert_eq!(
-        m.take(),
-        [
-            "BEGIN Default",
-            "STMT a",
-            "outer:before_commit",
-            "inner:before_commit",
-            "outer:before_completion",
-            "inner:before_completion",
-            "COMMIT",
-            "outer:after_commit",
-            "inner:after_commit",
-            "outer:after_completion(Committed)",
-            "inner:after_completion(Committed)"
-        ]
-    );
+    let sent = committed(async |m| {
+        m.stmt("a").await?;
+        tx_core::register_synchronization(Phases::new("outer", m))?;
+        t(m).execute(|_| async { tx_core::register_synchronization(Phases::new("inner", m)) })
+            .await
+    })
+    .await;
+    assert_eq!(sent[..2], ["BEGIN Default", "STMT a"]);
+    assert_eq!(sent[2..], around_commit(&["outer", "inner"]));
 }
 
 #[tokio::test]

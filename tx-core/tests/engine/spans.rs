@@ -4,7 +4,7 @@
 //! and duration recorded at close, and the engine's and the user's events inside them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
@@ -29,6 +29,13 @@ struct SpanRec {
 impl SpanRec {
     fn get(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(String::as_str)
+    }
+
+    /// Asserts the value of each of `fields` (`None`: not recorded).
+    fn assert_fields(&self, fields: &[(&str, Option<&str>)]) {
+        for (field, value) in fields {
+            assert_eq!(self.get(field), *value, "{field} of {self:#?}");
+        }
     }
 }
 
@@ -62,13 +69,11 @@ impl Visit for Fields<'_> {
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut c = self.0.lock().unwrap();
+        let (fields, mut c) = self.visit(|f| attrs.record(f));
         let parent = ctx
             .span(id)
             .and_then(|s| s.parent())
-            .and_then(|p| c.live.get(&p.id().into_u64()).copied());
+            .and_then(|p| c.index_of(&p.id()));
         let index = c.spans.len();
         c.spans.push(SpanRec {
             name: attrs.metadata().name(),
@@ -86,12 +91,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let mut c = self.0.lock().unwrap();
-        let span = ctx
-            .event_span(event)
-            .and_then(|s| c.live.get(&s.id().into_u64()).copied());
+        let (mut fields, mut c) = self.visit(|f| event.record(f));
+        let span = ctx.event_span(event).and_then(|s| c.index_of(&s.id()));
         c.events.push(EventRec {
             target: event.metadata().target().to_owned(),
             message: fields.remove("message").unwrap_or_default(),
@@ -107,7 +108,24 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 }
 
+impl Captured {
+    /// Where the span `id`, still open, is in the capture.
+    fn index_of(&self, id: &Id) -> Option<usize> {
+        self.live.get(&id.into_u64()).copied()
+    }
+}
+
 impl Capture {
+    /// The fields `record` visits, and the capture, locked.
+    fn visit(
+        &self,
+        record: impl FnOnce(&mut Fields<'_>),
+    ) -> (BTreeMap<String, String>, MutexGuard<'_, Captured>) {
+        let mut fields = BTreeMap::new();
+        record(&mut Fields(&mut fields));
+        (fields, self.0.lock().unwrap())
+    }
+
     fn spans(&self) -> Vec<SpanRec> {
         self.0.lock().unwrap().spans.clone()
     }
@@ -234,55 +252,63 @@ fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_
     let mut tx_ids = Vec::new();
     for (attempt, (root_index, root)) in roots.iter().enumerate() {
         let attempt = (attempt + 1).to_string();
-        let f = |k| root.get(k);
-        assert_eq!(f("name"), Some("shop::place_order"));
-        assert_eq!(f("propagation"), Some("Required"));
-        assert_eq!(f("isolation"), Some("Default"));
-        assert_eq!(f("read_only"), Some("false"));
-        assert_eq!(f("db.system"), Some("postgresql"));
-        assert_eq!(f("scope"), Some("new_transaction"));
-        assert_eq!(f("attempt"), Some(attempt.as_str()));
-        let tx_id = f("tx_id").expect("a transaction has an id").to_owned();
-        assert_eq!(f("scope_id"), Some(tx_id.as_str()));
-        assert!(f("duration_ms").is_some_and(|d| d.parse::<f64>().is_ok()));
-        if attempt == "1" {
-            assert_eq!(f("outcome"), Some("rolled_back"));
-            assert_eq!(f("cause"), Some("error"));
+        let tx_id = root
+            .get("tx_id")
+            .expect("a transaction has an id")
+            .to_owned();
+        let tx = Some(tx_id.as_str());
+        let (outcome, cause) = if attempt == "1" {
+            (Some("rolled_back"), Some("error"))
         } else {
-            assert_eq!(f("outcome"), Some("committed"));
-            assert_eq!(f("cause"), None);
-        }
+            (Some("committed"), None)
+        };
+        root.assert_fields(&[
+            ("name", Some("shop::place_order")),
+            ("propagation", Some("Required")),
+            ("isolation", Some("Default")),
+            ("read_only", Some("false")),
+            ("db.system", Some("postgresql")),
+            ("scope", Some("new_transaction")),
+            ("attempt", Some(attempt.as_str())),
+            ("scope_id", tx),
+            ("outcome", outcome),
+            ("cause", cause),
+        ]);
+        assert!(
+            root.get("duration_ms")
+                .is_some_and(|d| d.parse::<f64>().is_ok())
+        );
 
         let kids = children(&spans, *root_index);
         assert_eq!(kids.len(), 3, "audit, reserve, charge: {kids:#?}");
         let (audit_index, audit) = by_name(&kids, "shop::audit");
-        assert_eq!(audit.get("propagation"), Some("RequiresNew"));
-        assert_eq!(audit.get("scope"), Some("new_transaction"));
-        assert_ne!(
-            audit.get("tx_id"),
-            Some(tx_id.as_str()),
-            "its own transaction"
-        );
-        assert_eq!(audit.get("outcome"), Some("committed"));
+        audit.assert_fields(&[
+            ("propagation", Some("RequiresNew")),
+            ("scope", Some("new_transaction")),
+            ("outcome", Some("committed")),
+        ]);
+        assert_ne!(audit.get("tx_id"), tx, "its own transaction");
 
+        // The savepoint runs in the order's transaction; the participant too, and its owner
+        // decides its outcome.
         let (reserve_index, reserve) = by_name(&kids, "shop::reserve");
-        assert_eq!(reserve.get("propagation"), Some("Nested"));
-        assert_eq!(reserve.get("scope"), Some("savepoint"));
-        assert_eq!(
-            reserve.get("tx_id"),
-            Some(tx_id.as_str()),
-            "runs in the order's"
-        );
-        assert_ne!(reserve.get("scope_id"), Some(tx_id.as_str()));
-        assert_eq!(reserve.get("outcome"), Some("rolled_back"));
-        assert_eq!(reserve.get("cause"), Some("error"));
-        assert_eq!(reserve.get("attempt"), Some(attempt.as_str()));
-
+        reserve.assert_fields(&[
+            ("propagation", Some("Nested")),
+            ("scope", Some("savepoint")),
+            ("tx_id", tx),
+            ("outcome", Some("rolled_back")),
+            ("cause", Some("error")),
+            ("attempt", Some(attempt.as_str())),
+        ]);
         let (_, charge) = by_name(&kids, "shop::charge");
-        assert_eq!(charge.get("scope"), Some("participant"));
-        assert_eq!(charge.get("tx_id"), Some(tx_id.as_str()));
-        assert_ne!(charge.get("scope_id"), Some(tx_id.as_str()));
-        assert_eq!(charge.get("outcome"), None, "its owner decides");
+        charge.assert_fields(&[
+            ("scope", Some("participant")),
+            ("tx_id", tx),
+            ("outcome", None),
+        ]);
+        for scope in [reserve, charge] {
+            assert_ne!(scope.get("scope_id"), tx, "{scope:#?}");
+        }
 
         // The user's events and the engine's own lines nest in the scope they happen in.
         let root_events = messages_in(&events, *root_index);

@@ -87,41 +87,46 @@ async fn status_reports_the_transaction_it_runs_in() {
         .execute(|status| async move {
             assert!(status.is_read_only());
             assert_eq!(status.isolation(), Isolation::RepeatableRead);
-            // A participant runs with its owner's settings, whatever it asked for.
-            outer
-                .clone()
-                .isolation(Isolation::Serializable)
-                .read_only(false)
-                .execute(|joined| async move {
-                    assert!(!joined.is_new_transaction());
-                    assert!(joined.is_read_only());
-                    assert_eq!(joined.isolation(), Isolation::RepeatableRead);
-                    Ok::<_, TxError>(())
-                })
-                .await?;
-            // A new transaction has its own.
-            outer
-                .clone()
-                .propagation(Propagation::RequiresNew)
-                .isolation(Isolation::Serializable)
-                .read_only(false)
-                .execute(|inner| async move {
-                    assert!(inner.is_new_transaction());
-                    assert!(!inner.is_read_only());
-                    assert_eq!(inner.isolation(), Isolation::Serializable);
-                    Ok::<_, TxError>(())
-                })
-                .await?;
-            // Without a transaction there is nothing to report.
-            outer
-                .clone()
-                .propagation(Propagation::NotSupported)
-                .execute(|none| async move {
-                    assert!(!none.is_read_only());
-                    assert_eq!(none.isolation(), Isolation::Default);
-                    Ok::<_, TxError>(())
-                })
-                .await
+            // A participant runs with its owner's settings, whatever it asked for; a new
+            // transaction has its own; without a transaction there is nothing to report.
+            let asked = |p| {
+                outer
+                    .clone()
+                    .propagation(p)
+                    .isolation(Isolation::Serializable)
+                    .read_only(false)
+            };
+            for (scope, new, read_only, isolation) in [
+                (
+                    asked(Propagation::Required),
+                    false,
+                    true,
+                    Isolation::RepeatableRead,
+                ),
+                (
+                    asked(Propagation::RequiresNew),
+                    true,
+                    false,
+                    Isolation::Serializable,
+                ),
+                (
+                    outer.clone().propagation(Propagation::NotSupported),
+                    false,
+                    false,
+                    Isolation::Default,
+                ),
+            ] {
+                let p = scope.get_definition().get_propagation();
+                scope
+                    .execute(|status| async move {
+                        assert_eq!(status.is_new_transaction(), new, "{p:?}");
+                        assert_eq!(status.is_read_only(), read_only, "{p:?}");
+                        assert_eq!(status.isolation(), isolation, "{p:?}");
+                        Ok::<_, TxError>(())
+                    })
+                    .await?;
+            }
+            Ok::<_, TxError>(())
         })
         .await
         .unwrap();
