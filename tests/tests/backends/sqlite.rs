@@ -14,8 +14,8 @@ use tx_sqlx::SqliteTxPool;
 use tx_sqlx::prelude::*;
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, database_error,
-    same_on_every_database, table_functions,
+    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, create_table,
+    database_error, same_on_every_database, table_functions,
 };
 
 backend_contract!(SqliteDb);
@@ -34,15 +34,12 @@ pub struct SqliteDb {
     table: String,
 }
 
-async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
+/// A pool of `max` connections on a fresh file database, the database's directory (keep it
+/// alive) and a fresh `(id INTEGER PRIMARY KEY, note TEXT)` table.
+pub(crate) async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
     let (db, dir) = tx_tests::sqlite_pool(max).await;
-    let table = tx_tests::unique_table("sq");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note TEXT)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
+    let create = "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note TEXT)";
+    let table = create_table(db.pool(), "sq", create).await;
     (db, dir, table)
 }
 
@@ -97,17 +94,10 @@ impl ContractDb for SqliteDb {
         None
     }
 
-    fn assert_no_transaction_left<'a>(
-        &'a self,
-        _session: i64,
-        lock_wait: Duration,
-        context: &'a str,
-    ) -> BoxFut<'a, ()> {
+    fn transaction_left(&self, _: i64, lock_wait: Duration) -> BoxFut<'_, Option<String>> {
         async move {
-            assert!(
-                write_lock_free(self.dir.path(), lock_wait).await,
-                "a transaction still holds the write lock ({context})"
-            );
+            let free = write_lock_free(self.dir.path(), lock_wait).await;
+            (!free).then(|| "a transaction still holds the write lock".to_owned())
         }
         .boxed()
     }
@@ -292,16 +282,25 @@ fn assert_would_block(r: &Result<(), TxError>, elapsed: Duration) {
     assert!(elapsed < Duration::from_secs(1), "waited {elapsed:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_writer_requires_new_writer_fails_fast() {
-    let (db, _dir, table) = setup(3).await;
-    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await
+/// A writer scope of `propagation` inside a writer transaction that holds the write lock
+/// fails fast; the outer transaction goes on and commits, nothing of the inner one is written.
+async fn writer_inside_a_writer_fails_fast(
+    db: &SqliteTxPool,
+    table: &str,
+    propagation: Propagation,
+) {
+    let (r, elapsed) = inside_writer(db, table, 1, |db, table| async move {
+        insert_in_scope(&db, &table, propagation, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
-    // The outer transaction went on and committed; nothing of the inner one was written.
-    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+    assert_eq!(ids(db, table).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_requires_new_writer_fails_fast() {
+    let (db, _dir, table) = setup(3).await;
+    writer_inside_a_writer_fails_fast(&db, &table, Propagation::RequiresNew).await;
 
     // When the outer scope propagates the error, nothing at all is written.
     let r = TransactionTemplate::new(db.clone())
@@ -342,12 +341,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (db, _dir, table) = setup(3).await;
-    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        insert_in_scope(&db, &table, Propagation::NotSupported, 10).await
-    })
-    .await;
-    assert_would_block(&r, elapsed);
-    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+    writer_inside_a_writer_fails_fast(&db, &table, Propagation::NotSupported).await;
 
     // Reads outside the transaction work (and see only committed data).
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
