@@ -26,6 +26,21 @@ pub fn mysql_url() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
 }
 
+/// `url` (`scheme://user@host:port/db`), or with `port` the same server reached through
+/// `127.0.0.1:port` (a local proxy) with TLS off: `no_tls` is the URL parameter that says so.
+pub fn via_port(url: String, port: Option<u16>, no_tls: &str) -> String {
+    let Some(port) = port else {
+        return url;
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", &url));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let user = authority
+        .rsplit_once('@')
+        .map_or(String::new(), |(u, _)| format!("{u}@"));
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{scheme}://{user}127.0.0.1:{port}/{path}{sep}{no_tls}")
+}
+
 fn servers_required() -> bool {
     std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlRow, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use tx_sqlx::MySqlTxPool;
 
@@ -36,14 +36,8 @@ impl MySqlBackend {
         port: Option<u16>,
     ) -> Option<MySqlBackend> {
         crate::probe_and_close(crate::mysql_pool(1)).await?;
-        let options = MySqlConnectOptions::from_str(&crate::mysql_url()).expect("MySQL URL");
-        let options = match port {
-            Some(port) => options
-                .host("127.0.0.1")
-                .port(port)
-                .ssl_mode(MySqlSslMode::Disabled),
-            None => options,
-        };
+        let url = crate::via_port(crate::mysql_url(), port, "ssl-mode=disabled");
+        let options = MySqlConnectOptions::from_str(&url).expect("MySQL URL");
         let ids: Arc<Mutex<HashSet<u64>>> = Arc::default();
         let ids2 = ids.clone();
         let pool = crate::pool_options(max, acquire_timeout).after_connect(move |conn, _| {

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, PgConnection};
 use tx_sqlx::PgTxPool;
 
@@ -45,17 +45,11 @@ impl PgBackend {
             std::process::id(),
             APP_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let options = PgConnectOptions::from_str(&crate::pg_url())
+        let url = crate::via_port(crate::pg_url(), port, "sslmode=disable");
+        let options = PgConnectOptions::from_str(&url)
             .expect("PostgreSQL URL")
             .application_name(&app)
             .options([("deadlock_timeout", "50ms")]);
-        let options = match port {
-            Some(port) => options
-                .host("127.0.0.1")
-                .port(port)
-                .ssl_mode(PgSslMode::Disable),
-            None => options,
-        };
         let db = crate::open_pool(crate::pool_options(max, acquire_timeout), options).await;
         Some(PgBackend { db, app })
     }

@@ -169,12 +169,26 @@ pub async fn assert_isolation_applied<M, F, Fut>(
     }
 }
 
+/// Runs `body` in a transaction on `manager` with a `deadline`, and asserts that it ended in
+/// `TxError::Timeout` within 2 s; returns when it started.
+pub async fn assert_deadline_cuts<M, T, F, Fut>(manager: &M, deadline: Duration, body: F) -> Instant
+where
+    M: TransactionManager + Clone + 'static,
+    T: std::fmt::Debug,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, TxError>>,
+{
+    let start = Instant::now();
+    let r = TransactionTemplate::new(manager.clone())
+        .timeout(deadline)
+        .execute(|_| body())
+        .await;
+    assert_timed_out(&r, start, Duration::from_secs(2));
+    start
+}
+
 /// Asserts that the call started at `start` ended in `TxError::Timeout`, within `within`.
-pub fn assert_timed_out<T: std::fmt::Debug>(
-    r: &Result<T, TxError>,
-    start: Instant,
-    within: Duration,
-) {
+fn assert_timed_out<T: std::fmt::Debug>(r: &Result<T, TxError>, start: Instant, within: Duration) {
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     let elapsed = start.elapsed();
     assert!(elapsed < within, "timed out late: {elapsed:?}");

@@ -11,8 +11,8 @@ use tx_sqlx::PgTxPool;
 use tx_sqlx::prelude::*;
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_commit_failed, assert_isolation_applied, assert_pool_settled,
-    assert_timed_out, backend_contract, database_error, same_on_every_database, server_methods,
+    BoxFut, ContractDb, assert_commit_failed, assert_deadline_cuts, assert_isolation_applied,
+    assert_pool_settled, backend_contract, database_error, same_on_every_database, server_methods,
     table_functions,
 };
 
@@ -194,23 +194,16 @@ async fn deadline_bounds_server_statements() {
     // A long server statement is cancelled at the deadline.
     let marker = format!("sleep_marker_{}", table);
     let pid = Arc::new(Mutex::new(0i32));
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(500))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&db)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT pg_sleep(30) /* {marker} */"
-            )))
-            .execute(&db)
+    let start = assert_deadline_cuts(&db, Duration::from_millis(500), || async {
+        insert(&db, &table, 1).await?;
+        *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&db)
             .await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    assert_timed_out(&r, start, Duration::from_secs(2));
+        let sleep = format!("SELECT pg_sleep(30) /* {marker} */");
+        sqlx::query(sqlx::AssertSqlSafe(sleep)).execute(&db).await?;
+        Ok(())
+    })
+    .await;
     // The server is no longer running it (statement_timeout fired), nothing committed.
     let pid = *pid.lock().unwrap();
     assert_ne!(pid, 0);
