@@ -465,11 +465,14 @@ macro_rules! table_functions {
 }
 pub(crate) use table_functions;
 
-/// The [`ContractDb`] methods that are the same on every database: the pools, and the table
-/// through the module's [`table_functions!`] (`self.db`, `self.table`). Expands inside an
-/// `impl ContractDb`.
+/// The [`ContractDb`] items that are the same on every database but for its `TxPool` type
+/// `$pool` and sqlx database `$database`: the pools, and the table through the module's
+/// [`table_functions!`] (`self.db`, `self.table`). Expands inside an `impl ContractDb`.
 macro_rules! same_on_every_database {
-    () => {
+    ($pool:ty, $database:ty) => {
+        type Pool = $pool;
+        type Database = $database;
+
         fn pool(&self) -> &Self::Pool {
             &self.db
         }

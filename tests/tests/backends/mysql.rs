@@ -63,10 +63,7 @@ async fn wait_no_innodb_trx(id: u64) -> i64 {
 }
 
 impl ContractDb for MySqlDb {
-    type Pool = MySqlTxPool;
-    type Database = sqlx::MySql;
-
-    same_on_every_database!();
+    same_on_every_database!(MySqlTxPool, sqlx::MySql);
     server_methods!("SELECT CONNECTION_ID()" as u64, "DO SLEEP(2)");
 
     fn transaction_left(&self, session: i64, _: Duration) -> BoxFut<'_, Option<String>> {

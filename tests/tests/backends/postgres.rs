@@ -80,10 +80,7 @@ async fn assert_nothing_written(db: &PgTxPool, table: &str) {
 }
 
 impl ContractDb for PgDb {
-    type Pool = PgTxPool;
-    type Database = sqlx::Postgres;
-
-    same_on_every_database!();
+    same_on_every_database!(PgTxPool, sqlx::Postgres);
     server_methods!("SELECT pg_backend_pid()" as i32, "SELECT pg_sleep(3)");
 
     fn transaction_left(&self, session: i64, _: Duration) -> BoxFut<'_, Option<String>> {

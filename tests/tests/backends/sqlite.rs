@@ -68,10 +68,7 @@ async fn write_lock_free(dir: &Path, busy: Duration) -> bool {
 }
 
 impl ContractDb for SqliteDb {
-    type Pool = SqliteTxPool;
-    type Database = sqlx::Sqlite;
-
-    same_on_every_database!();
+    same_on_every_database!(SqliteTxPool, sqlx::Sqlite);
 
     fn setup(max: u32, _prefix: &'static str) -> BoxFut<'static, Option<Self>> {
         async move {
