@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
 
 /// PostgreSQL URL for tests (`TX_TEST_PG_URL`).
@@ -24,6 +24,21 @@ pub fn pg_url() -> String {
 pub fn mysql_url() -> String {
     std::env::var("TX_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// `url` (`scheme://user@host:port/db`), or with `port` the same server reached through
+/// `127.0.0.1:port` (a local proxy) with TLS off: `no_tls` is the URL parameter that says so.
+pub fn via_port(url: String, port: Option<u16>, no_tls: &str) -> String {
+    let Some(port) = port else {
+        return url;
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", &url));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let user = authority
+        .rsplit_once('@')
+        .map_or(String::new(), |(u, _)| format!("{u}@"));
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{scheme}://{user}127.0.0.1:{port}/{path}{sep}{no_tls}")
 }
 
 fn servers_required() -> bool {
@@ -42,13 +57,20 @@ fn server_missing(what: &str, err: &dyn std::fmt::Display) -> Option<std::conver
     None
 }
 
+/// Options of a pool of `max` connections that waits at most `acquire` for one.
+pub fn pool_options<DB: sqlx::Database>(max: u32, acquire: Duration) -> PoolOptions<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(max)
+        .acquire_timeout(acquire)
+}
+
 /// A pool of `max` connections on the server at `url`, or `None` (test skipped) when it is
 /// down.
 async fn server_pool<DB: sqlx::Database>(what: &str, url: &str, max: u32) -> Option<TxPool<DB>> {
-    let opts = PoolOptions::<DB>::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10));
-    match opts.connect(url).await {
+    match pool_options(max, Duration::from_secs(10))
+        .connect(url)
+        .await
+    {
         Ok(pool) => Some(TxPool::new(pool)),
         Err(e) => {
             server_missing(what, &e);
@@ -65,6 +87,15 @@ pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
 /// A pool on the test MariaDB/MySQL server, or `None` (test skipped) when it is down.
 pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
     server_pool("MariaDB/MySQL", &mysql_url(), max).await
+}
+
+/// Awaits the probe pool `pool` (one of [`pg_pool`], [`mysql_pool`]: the "server missing"
+/// policy applies) and closes it: `None` when the test must be skipped.
+pub async fn probe_and_close<DB: sqlx::Database>(
+    pool: impl std::future::Future<Output = Option<TxPool<DB>>>,
+) -> Option<()> {
+    pool.await?.pool().close().await;
+    Some(())
 }
 
 /// How the tests open a SQLite file database: created if missing, WAL, a 5 s busy timeout.
@@ -90,13 +121,27 @@ pub async fn sqlite_pool_with(
     max: u32,
     acquire: Duration,
 ) -> SqliteTxPool {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(acquire)
-        .connect_with(opts)
-        .await
-        .expect("open SQLite");
-    SqliteTxPool::new(pool)
+    open_pool(pool_options(max, acquire), opts).await
+}
+
+/// A pool opened with `options` on a server or file known to be there (it panics otherwise).
+pub async fn open_pool<DB: sqlx::Database>(
+    options: PoolOptions<DB>,
+    connect: <DB::Connection as sqlx::Connection>::Options,
+) -> TxPool<DB> {
+    match options.connect_with(connect).await {
+        Ok(pool) => TxPool::new(pool),
+        Err(e) => panic!("open a {} pool: {e}", DB::NAME),
+    }
+}
+
+/// A brand-new connection to the server at `url`, outside every pool (it panics when there is
+/// none).
+pub async fn fresh_connection<C: sqlx::Connection>(url: &str) -> C {
+    match C::connect(url).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("a fresh connection to {url}: {e}"),
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -48,6 +48,16 @@ pub fn url_host(url: &str) -> &str {
     host_port.split(':').next().unwrap_or(host_port)
 }
 
+/// Whether the `what` test server at `url` runs on this machine; `Err` says where it runs.
+pub fn local_server(what: &str, url: &str) -> Result<(), String> {
+    match url_host(url) {
+        "127.0.0.1" | "localhost" => Ok(()),
+        host => Err(format!(
+            "the {what} test server ({host}) is not the local one"
+        )),
+    }
+}
+
 /// Polls `cond` every 100 ms until it holds (true) or `limit` passes (false).
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
@@ -78,13 +88,7 @@ pub fn postgres_restart_tools(more_tools: &[&str]) -> Result<String, String> {
             return Err(format!("`{tool}` not found in PATH"));
         }
     }
-    let url = crate::pg_url();
-    let host = url_host(&url);
-    if host != "127.0.0.1" && host != "localhost" {
-        return Err(format!(
-            "the PostgreSQL test server ({host}) is not the local one"
-        ));
-    }
+    local_server("PostgreSQL", &crate::pg_url())?;
     let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
         .map_err(|e| format!("/etc/postgresql: {e}"))?
         .filter_map(|e| e.ok())

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tx_tests::server_control::{
-    pg_ready, postgres_restart_tools, restart_postgres, run, start_postgres, url_host, wait_for,
+    local_server, pg_ready, postgres_restart_tools, restart_postgres, run, start_postgres, wait_for,
 };
 
 use tokio::sync::{Barrier, Notify};
@@ -49,13 +49,7 @@ fn restart_tools() -> Result<String, String> {
     if !Path::new(MARIADBD).is_file() {
         return Err(format!("{MARIADBD} not found"));
     }
-    let url = tx_tests::mysql_url();
-    let host = url_host(&url);
-    if host != "127.0.0.1" && host != "localhost" {
-        return Err(format!(
-            "the MariaDB test server ({host}) is not the local one"
-        ));
-    }
+    local_server("MariaDB", &tx_tests::mysql_url())?;
     Ok(version)
 }
 

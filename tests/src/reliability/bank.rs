@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use tx_sqlx::TxError;
 
-use super::backend::{Server, no_open_transactions, settle};
+use super::backend::{Books, Entry, Server, no_open_transactions, settle};
 use super::errors::{AppError, INJECTED_PANIC, quiet_injected_panics};
 
 /// A fault injected into a transfer's body.
@@ -50,8 +50,7 @@ pub struct Transfer {
 pub struct Bank<B: Server> {
     db: B::Pool,
     b: B,
-    accounts: String,
-    ledger: String,
+    books: Books,
 }
 
 impl<B: Server> Bank<B> {
@@ -60,8 +59,10 @@ impl<B: Server> Bank<B> {
         Bank {
             db: b.manager().clone(),
             b: b.clone(),
-            accounts: accounts.to_owned(),
-            ledger: ledger.to_owned(),
+            books: Books {
+                accounts: accounts.to_owned(),
+                ledger: ledger.to_owned(),
+            },
         }
     }
 
@@ -91,11 +92,20 @@ impl<B: Server> Bank<B> {
         Ok(())
     }
 
+    /// `delta` on `account` for transfer `t`; the account's new balance.
+    async fn post(&self, t: &Transfer, account: i64, delta: i64) -> Result<i64, sqlx::Error> {
+        let entry = Entry {
+            transfer: t.id,
+            account,
+            delta,
+        };
+        self.b.post(&self.books, entry).await
+    }
+
     async fn move_money(&self, t: &Transfer, attempts: &AtomicU32) -> Result<(), AppError> {
         let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
         // Locks are deliberately not ordered: opposite transfers deadlock.
-        let balance = self.b.add(&self.accounts, t.from, -t.amount).await?;
-        self.b.ledger(&self.ledger, t.id, t.from, -t.amount).await?;
+        let balance = self.post(t, t.from, -t.amount).await?;
         match &t.fault {
             Fault::ErrorAfterDebit => return Err(AppError::Injected("error after the debit")),
             Fault::Panic => panic!("{INJECTED_PANIC} transfer {} after the debit", t.id),
@@ -108,8 +118,7 @@ impl<B: Server> Bank<B> {
         if balance < 0 {
             return Err(AppError::Insufficient);
         }
-        self.b.add(&self.accounts, t.to, t.amount).await?;
-        self.b.ledger(&self.ledger, t.id, t.to, t.amount).await?;
+        self.post(t, t.to, t.amount).await?;
         self.risk_check(matches!(t.fault, Fault::RollbackOnly))
             .await?;
         Ok(())
@@ -292,8 +301,8 @@ async fn run_transfer<B: Server>(
 pub async fn bank<B: Server>(b: &B, cfg: BankConfig) -> BankReport {
     quiet_injected_panics();
     let started = Instant::now();
-    let (accounts, ledger) = b.create_bank(cfg.accounts, cfg.initial).await;
-    let bank = Bank::new(b, &accounts, &ledger);
+    let books = b.create_bank(cfg.accounts, cfg.initial).await;
+    let bank = Bank::new(b, &books.accounts, &books.ledger);
     let plans: Plans = Arc::default();
     let next = Arc::new(AtomicUsize::new(1));
 
@@ -378,8 +387,8 @@ pub async fn bank<B: Server>(b: &B, cfg: BankConfig) -> BankReport {
     }
 
     // The books.
-    let balances = b.balances(&accounts).await;
-    let rows = b.ledger_rows(&ledger).await;
+    let balances = b.balances(&books).await;
+    let rows = b.ledger_rows(&books).await;
     let total: i64 = balances.iter().map(|(_, bal)| bal).sum();
     if total != cfg.accounts * cfg.initial {
         report.violations.push(format!(
@@ -504,8 +513,8 @@ pub async fn bank<B: Server>(b: &B, cfg: BankConfig) -> BankReport {
     if let Err(e) = b.check_clean().await {
         report.violations.push(e);
     }
-    b.drop_table(&accounts).await;
-    b.drop_table(&ledger).await;
+    b.drop_table(&books.accounts).await;
+    b.drop_table(&books.ledger).await;
     report.elapsed = started.elapsed();
     report
 }

@@ -4,41 +4,78 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tx_sqlx::{Completion, Propagation};
+use tx_sqlx::{Completion, Propagation, TxError};
 
 use super::backend::{Backend, Server, eventually, no_open_transactions, settle};
 use super::errors::AppError;
-use super::hooks::{Completions, InsertBeforeCommit, completions_of, record_completion};
+use super::hooks::{
+    Completions, InsertBeforeCommit, completions_of, record_completion, saw_exactly,
+};
 use super::poll::poll_at_most;
+
+/// One scope of the sweep's transaction and its `after_completion` hook.
+#[derive(Default)]
+struct Step {
+    completions: Completions,
+    registered: AtomicBool,
+}
+
+impl Step {
+    /// Registers the hook that records this scope's completion.
+    fn register(&self) -> Result<(), TxError> {
+        record_completion(&self.completions)?;
+        self.registered.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
 
 #[derive(Default)]
 struct SweepProbe {
-    outer: Completions,
-    audit: Completions,
-    nested: Completions,
-    outer_registered: AtomicBool,
-    audit_registered: AtomicBool,
-    nested_registered: AtomicBool,
+    outer: Step,
+    audit: Step,
+    nested: Step,
     failing_nested_ok: AtomicBool,
-    marks: Mutex<Vec<&'static str>>,
+    marks: Mutex<Vec<String>>,
 }
 
 impl SweepProbe {
-    fn mark(&self, m: &'static str) {
-        self.marks.lock().unwrap().push(m);
+    fn mark(&self, m: impl Into<String>) {
+        self.marks.lock().unwrap().push(m.into());
     }
-    fn last_mark(&self) -> &'static str {
-        self.marks
-            .lock()
-            .unwrap()
+    fn last_mark(&self) -> String {
+        let marks = self.marks.lock().unwrap();
+        marks
             .last()
-            .copied()
-            .unwrap_or("(nothing yet)")
+            .cloned()
+            .unwrap_or_else(|| "(nothing yet)".into())
     }
 }
 
 /// The committed contents of the work table after a complete run.
 const SWEEP_WORK: [&str; 4] = ["o1", "n1", "o2", "bc"];
+
+/// A scope `name` of `propagation` inside the sweep's transaction, with the hook of `step`,
+/// that inserts `tag` into `table`.
+async fn inner_step<B: Backend>(
+    b: &B,
+    p: &SweepProbe,
+    step: &Step,
+    name: &'static str,
+    propagation: Propagation,
+    table: &str,
+    tag: &'static str,
+) -> Result<(), AppError> {
+    b.template()
+        .name(name)
+        .propagation(propagation)
+        .execute(|_| async {
+            step.register()?;
+            b.insert(table, tag).await?;
+            p.mark(format!("{tag} inserted"));
+            Ok::<_, AppError>(())
+        })
+        .await
+}
 
 /// One transaction: hooks, an outer row, a RequiresNew audit row, a Nested step that is
 /// released, a Nested step that fails and is rolled back to its savepoint, another outer row,
@@ -52,8 +89,7 @@ async fn sweep_call<B: Backend>(
     b.template()
         .name("sweep.outer")
         .execute(|_| async {
-            record_completion(&p.outer)?;
-            p.outer_registered.store(true, Ordering::SeqCst);
+            p.outer.register()?;
             tx_sqlx::register_synchronization(InsertBeforeCommit {
                 b: b.clone(),
                 table: work.to_owned(),
@@ -61,29 +97,27 @@ async fn sweep_call<B: Backend>(
             })?;
             b.insert(work, "o1").await?;
             p.mark("o1 inserted");
-            b.template()
-                .name("sweep.audit")
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async {
-                    record_completion(&p.audit)?;
-                    p.audit_registered.store(true, Ordering::SeqCst);
-                    b.insert(audit, "a1").await?;
-                    p.mark("a1 inserted");
-                    Ok::<_, AppError>(())
-                })
-                .await?;
+            inner_step(
+                b,
+                p,
+                &p.audit,
+                "sweep.audit",
+                Propagation::RequiresNew,
+                audit,
+                "a1",
+            )
+            .await?;
             p.mark("audit committed");
-            b.template()
-                .name("sweep.nested")
-                .propagation(Propagation::Nested)
-                .execute(|_| async {
-                    record_completion(&p.nested)?;
-                    p.nested_registered.store(true, Ordering::SeqCst);
-                    b.insert(work, "n1").await?;
-                    p.mark("n1 inserted");
-                    Ok::<_, AppError>(())
-                })
-                .await?;
+            inner_step(
+                b,
+                p,
+                &p.nested,
+                "sweep.nested",
+                Propagation::Nested,
+                work,
+                "n1",
+            )
+            .await?;
             p.mark("nested released");
             let failing = b
                 .template()
@@ -171,16 +205,16 @@ pub async fn cancellation_sweep<B: Server>(b: &B) -> SweepReport {
                     .violations
                     .push(format!("{at}: complete run left work={w:?} audit={a:?}"));
             }
-            for (name, c) in [
+            for (name, step) in [
                 ("outer", &p.outer),
                 ("audit", &p.audit),
                 ("nested", &p.nested),
             ] {
-                let seen = completions_of(c);
-                if seen != [Completion::Committed] {
-                    report.violations.push(format!(
-                        "{at}: complete run: {name} after_completion saw {seen:?}"
-                    ));
+                let seen = completions_of(&step.completions);
+                if let Err(e) = saw_exactly(&seen, Completion::Committed) {
+                    report
+                        .violations
+                        .push(format!("{at}: complete run: {name} {e}"));
                 }
             }
             break;
@@ -225,19 +259,20 @@ pub async fn cancellation_sweep<B: Server>(b: &B) -> SweepReport {
         }
         // Hooks run in a spawned task after a cut: give them time.
         let hooks = [
-            ("outer", &p.outer, &p.outer_registered, outer_committed),
-            ("audit", &p.audit, &p.audit_registered, a == ["a1"]),
-            ("nested", &p.nested, &p.nested_registered, outer_committed),
+            ("outer", &p.outer, outer_committed),
+            ("audit", &p.audit, a == ["a1"]),
+            ("nested", &p.nested, outer_committed),
         ];
         eventually(Duration::from_secs(2), || async {
-            hooks
-                .iter()
-                .all(|(_, c, reg, _)| !reg.load(Ordering::SeqCst) || !c.lock().unwrap().is_empty())
+            hooks.iter().all(|(_, step, _)| {
+                !step.registered.load(Ordering::SeqCst)
+                    || !step.completions.lock().unwrap().is_empty()
+            })
         })
         .await;
-        for (name, c, registered, committed) in hooks {
-            let seen = completions_of(c);
-            let registered = registered.load(Ordering::SeqCst);
+        for (name, step, committed) in hooks {
+            let seen = completions_of(&step.completions);
+            let registered = step.registered.load(Ordering::SeqCst);
             if !registered {
                 if !seen.is_empty() {
                     report

@@ -7,7 +7,9 @@ use tx_sqlx::{Completion, TxError};
 
 use super::backend::{Server, eventually, settle};
 use super::errors::{AppError, error_chain};
-use super::hooks::{Completions, completions_of, later_transaction, record_completion};
+use super::hooks::{
+    Completions, completions_of, later_transaction, record_completion, saw_exactly,
+};
 
 /// The connection dies while COMMIT is in flight (the proxy cuts it in `mode`): the call must
 /// return `TxError::CommitOutcomeUnknown` and after_completion see `Completion::Unknown`,
@@ -57,11 +59,8 @@ pub async fn commit_outcome_unknown<B: Server>(
         !completions.lock().unwrap().is_empty()
     })
     .await;
-    let seen = completions_of(&completions);
-    if seen != [Completion::Unknown] {
-        violations.push(format!(
-            "{case}: after_completion saw {seen:?}, expected [Unknown]"
-        ));
+    if let Err(e) = saw_exactly(&completions_of(&completions), Completion::Unknown) {
+        violations.push(format!("{case}: {e}"));
     }
     // What the server really did.
     let expected: Vec<String> = if expect_committed {

@@ -37,6 +37,27 @@ impl<B: Backend> TransactionSynchronization for InsertBeforeCommit<B> {
     }
 }
 
+/// What an `after_completion` hook must see for work that is (`committed`) or is not in the
+/// database.
+pub(crate) fn completion_of(committed: bool) -> Completion {
+    if committed {
+        Completion::Committed
+    } else {
+        Completion::RolledBack
+    }
+}
+
+/// Checks that an `after_completion` hook saw exactly `expected`; `Err` says what it saw
+/// instead.
+pub(crate) fn saw_exactly(seen: &[Completion], expected: Completion) -> Result<(), String> {
+    if seen != [expected] {
+        return Err(format!(
+            "after_completion saw {seen:?}, expected [{expected:?}]"
+        ));
+    }
+    Ok(())
+}
+
 /// Waits (up to 2 s) for the `after_completion` hook of a call that failed, then checks it
 /// saw exactly `Unknown` (when `unknown`: the outcome could not be known) or `RolledBack`;
 /// `Err` says what it saw instead.
@@ -48,18 +69,12 @@ pub async fn check_failed_completion(
         !completions.lock().unwrap().is_empty()
     })
     .await;
-    let seen = completions_of(completions);
     let expected = if unknown {
         Completion::Unknown
     } else {
         Completion::RolledBack
     };
-    if seen != [expected] {
-        return Err(format!(
-            "after_completion saw {seen:?}, expected [{expected:?}]"
-        ));
-    }
-    Ok(())
+    saw_exactly(&completions_of(completions), expected)
 }
 
 /// Runs a transaction that inserts `later` into `table`: after a fault, the pool must have

@@ -22,7 +22,9 @@ mod postgres;
 mod server_faults;
 mod sqlite;
 
-pub use backend::{Backend, BoxFut, Server, eventually, no_open_transactions, settle};
+pub use backend::{
+    Backend, Books, BoxFut, Entry, Server, eventually, no_open_transactions, settle,
+};
 pub use bank::{Bank, BankConfig, BankReport, Fault, Transfer, TransferEnd, bank};
 pub use cancellation::{SweepReport, cancellation_sweep};
 pub use commit_unknown::commit_outcome_unknown;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tx_sqlx::{BoxError, Completion, Propagation, TransactionSynchronization, TxError};
 
-use super::backend::{Server, eventually, no_open_transactions, settle};
+use super::backend::{Server, eventually, nothing_left};
 use super::errors::{AppError, INJECTED_PANIC, quiet_injected_panics};
-use super::hooks::{Completions, completions_of, record_completion};
+use super::hooks::{Completions, completion_of, completions_of, record_completion, saw_exactly};
 
 /// Where a panic is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,16 +247,8 @@ pub async fn panic_matrix<B: Server>(b: &B) -> Vec<String> {
             violations.push(format!("{case}: rows {:?}, expected {rows:?}", got.rows));
         }
         let outer_committed = rows.contains(&"outer");
-        let expected_outer_completion = if outer_committed {
-            Completion::Committed
-        } else {
-            Completion::RolledBack
-        };
-        if got.outer_completion != [expected_outer_completion] {
-            violations.push(format!(
-                "{case}: outer after_completion saw {:?}, expected [{expected_outer_completion:?}]",
-                got.outer_completion
-            ));
+        if let Err(e) = saw_exactly(&got.outer_completion, completion_of(outer_committed)) {
+            violations.push(format!("{case}: outer {e}"));
         }
         if at != PanicAt::Body {
             // The panicking hook still completes, with its transaction's real outcome.
@@ -264,24 +256,12 @@ pub async fn panic_matrix<B: Server>(b: &B) -> Vec<String> {
                 Level::RequiresNew => rows.contains(&"inner"),
                 _ => outer_committed,
             };
-            let expected = if hook_committed {
-                Completion::Committed
-            } else {
-                Completion::RolledBack
-            };
-            if got.hook_completion != [expected] {
-                violations.push(format!(
-                    "{case}: the panicking hook's after_completion saw {:?}, expected [{expected:?}]",
-                    got.hook_completion
-                ));
+            if let Err(e) = saw_exactly(&got.hook_completion, completion_of(hook_committed)) {
+                violations.push(format!("{case}: the panicking hook's {e}"));
             }
         }
-        let open = no_open_transactions(b).await;
-        let (size, idle) = settle(b).await;
-        if open != 0 || size as usize != idle {
-            violations.push(format!(
-                "{case}: left {open} open transaction(s), pool size {size} idle {idle}"
-            ));
+        if let Err(e) = nothing_left(b).await {
+            violations.push(format!("{case}: {e}"));
         }
     }
     if let Err(e) = b.check_clean().await {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tx_sqlx::{Propagation, TxError};
 
-use super::backend::{Server, no_open_transactions, settle};
+use super::backend::{Server, nothing_left};
 use super::errors::{AppError, error_chain};
 
 /// With a pool of one connection held by the outer transaction, a RequiresNew scope cannot get
@@ -86,12 +86,8 @@ pub async fn requires_new_pool_exhausted<B: Server>(
     if rows != expected_rows {
         violations.push(format!("{case}: rows {rows:?}, expected {expected_rows:?}"));
     }
-    let open = no_open_transactions(b).await;
-    let (size, idle) = settle(b).await;
-    if open != 0 || size as usize != idle {
-        violations.push(format!(
-            "{case}: left {open} open transaction(s), pool size {size} idle {idle}"
-        ));
+    if let Err(e) = nothing_left(b).await {
+        violations.push(format!("{case}: {e}"));
     }
     // The pool works again: a RequiresNew when the outer holds no connection yet works too.
     b.clear(&table).await;

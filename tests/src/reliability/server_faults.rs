@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tx_sqlx::TxError;
 
-use super::backend::{Server, eventually, no_open_transactions, settle};
+use super::backend::{Server, eventually, nothing_left};
 use super::errors::{AppError, error_chain};
 use super::hooks::{Completions, check_failed_completion, later_transaction, record_completion};
 
@@ -96,12 +96,8 @@ pub async fn kill_mid_transaction<B: Server>(b: &B, when: KillWhen) -> Vec<Strin
     if let Err(e) = check_failed_completion(&completions, unknown).await {
         violations.push(format!("{case}: {e}"));
     }
-    let open = no_open_transactions(b).await;
-    let (size, idle) = settle(b).await;
-    if open != 0 || size as usize != idle {
-        violations.push(format!(
-            "{case}: left {open} open transaction(s), pool size {size} idle {idle}"
-        ));
+    if let Err(e) = nothing_left(b).await {
+        violations.push(format!("{case}: {e}"));
     }
     // The pool recovers: later transactions succeed.
     for i in 0..3 {

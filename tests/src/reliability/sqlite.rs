@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use tx_sqlx::SqliteTxPool;
 
-use super::backend::{Backend, backend_methods};
+use super::backend::{Backend, backend_methods, script};
 
 /// SQLite on a temporary file database (WAL), from [`crate::sqlite_pool`].
 #[derive(Clone)]
@@ -31,19 +31,15 @@ impl SqliteBackend {
     }
 
     /// A brand-new connection on the same file, outside the pool.
-    pub async fn fresh(&self) -> SqliteConnection {
-        SqliteConnection::connect_with(
-            &SqliteConnectOptions::new()
-                .filename(&self.path)
-                .busy_timeout(Duration::from_secs(5)),
-        )
-        .await
-        .expect("fresh SQLite connection")
-    }
-
-    /// A brand-new connection outside the pool, for [`backend_methods!`].
-    async fn fresh_conn(&self) -> SqliteConnection {
-        self.fresh().await
+    pub fn fresh(&self) -> impl Future<Output = SqliteConnection> + Send + use<> {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .busy_timeout(Duration::from_secs(5));
+        async move {
+            SqliteConnection::connect_with(&options)
+                .await
+                .expect("fresh SQLite connection")
+        }
     }
 }
 
@@ -51,6 +47,7 @@ impl Backend for SqliteBackend {
     type Pool = SqliteTxPool;
 
     backend_methods!(
+        |b: &Self| b.fresh(),
         "SQLite",
         "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL)",
         "?"

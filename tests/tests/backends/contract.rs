@@ -57,15 +57,10 @@ pub trait ContractDb: Clone + Send + Sync + 'static {
     /// database has no such sleep (SQLite).
     fn slow_statement(&self) -> Option<BoxFut<'_, Result<(), sqlx::Error>>>;
 
-    /// Asserts that no transaction is left open after `session`'s call ended: the server
+    /// What is left open after `session`'s call ended, if anything: `None` when the server
     /// shows the session idle or gone (PostgreSQL, MariaDB, each polling its view for up to
     /// 5 s), or another connection gets the write lock within `lock_wait` (SQLite).
-    fn assert_no_transaction_left<'a>(
-        &'a self,
-        session: i64,
-        lock_wait: Duration,
-        context: &'a str,
-    ) -> BoxFut<'a, ()>;
+    fn transaction_left(&self, session: i64, lock_wait: Duration) -> BoxFut<'_, Option<String>>;
 
     /// Whether `e` is this database's duplicate-key error.
     fn is_duplicate_key(e: &TxError) -> bool;
@@ -92,15 +87,15 @@ pub async fn assert_pool_settled<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, cont
 }
 
 /// After a call that ran on `session` ended: no transaction is left (see
-/// [`ContractDb::assert_no_transaction_left`]) and every connection is back in the pool.
+/// [`ContractDb::transaction_left`]) and every connection is back in the pool.
 async fn assert_call_ended_cleanly<B: ContractDb>(
     db: &B,
     session: i64,
     lock_wait: Duration,
     context: &str,
 ) {
-    db.assert_no_transaction_left(session, lock_wait, context)
-        .await;
+    let left = db.transaction_left(session, lock_wait).await;
+    assert_eq!(left, None, "a transaction is left ({context})");
     assert_pool_settled(db.sqlx_pool(), context).await;
 }
 
@@ -117,15 +112,100 @@ async fn assert_rolled_back_and_ended_cleanly<B: ContractDb>(
     assert_call_ended_cleanly(db, session, lock_wait, context).await;
 }
 
+/// Creates a table with `create` (`{table}` is replaced by its name, unique and named after
+/// `prefix`) through `pool`; returns its name.
+pub async fn create_table<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    prefix: &str,
+    create: &str,
+) -> String
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let table = tx_tests::unique_table(prefix);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create.replace("{table}", &table)))
+        .execute(pool)
+        .await
+        .unwrap();
+    table
+}
+
+/// For every isolation level, writing and read-only: a transaction on `manager` begun with
+/// them runs at that level (by its SQL name as the database spells it, `spelling`; the
+/// server's `default` for `Isolation::Default`) with that access mode, as
+/// `settings(expected level, read_only)` reads them back inside it (`(level, read_only)`).
+pub async fn assert_isolation_applied<M, F, Fut>(
+    manager: &M,
+    spelling: fn(&str) -> String,
+    default: Isolation,
+    settings: F,
+) where
+    M: TransactionManager + Clone + 'static,
+    F: Fn(String, bool) -> Fut,
+    Fut: Future<Output = Result<(String, bool), TxError>>,
+{
+    let levels = [
+        (Isolation::ReadUncommitted, "READ UNCOMMITTED"),
+        (Isolation::ReadCommitted, "READ COMMITTED"),
+        (Isolation::RepeatableRead, "REPEATABLE READ"),
+        (Isolation::Serializable, "SERIALIZABLE"),
+    ];
+    let (_, default_name) = levels.into_iter().find(|(i, _)| *i == default).unwrap();
+    for (isolation, name) in levels
+        .into_iter()
+        .chain([(Isolation::Default, default_name)])
+    {
+        for read_only in [false, true] {
+            let expected = spelling(name);
+            let (level, ro) = TransactionTemplate::new(manager.clone())
+                .isolation(isolation)
+                .read_only(read_only)
+                .execute(|_| settings(expected.clone(), read_only))
+                .await
+                .unwrap();
+            assert_eq!(level, expected, "{isolation:?} read_only={read_only}");
+            assert_eq!(ro, read_only, "{isolation:?} read_only={read_only}");
+        }
+    }
+}
+
+/// Runs `body` in a transaction on `manager` with a `deadline`, and asserts that it ended in
+/// `TxError::Timeout` within 2 s; returns when it started.
+pub async fn assert_deadline_cuts<M, T, F, Fut>(manager: &M, deadline: Duration, body: F) -> Instant
+where
+    M: TransactionManager + Clone + 'static,
+    T: std::fmt::Debug,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, TxError>>,
+{
+    let start = Instant::now();
+    let r = TransactionTemplate::new(manager.clone())
+        .timeout(deadline)
+        .execute(|_| body())
+        .await;
+    assert_timed_out(&r, start, Duration::from_secs(2));
+    start
+}
+
 /// Asserts that the call started at `start` ended in `TxError::Timeout`, within `within`.
-pub fn assert_timed_out<T: std::fmt::Debug>(
-    r: &Result<T, TxError>,
-    start: Instant,
-    within: Duration,
-) {
+fn assert_timed_out<T: std::fmt::Debug>(r: &Result<T, TxError>, start: Instant, within: Duration) {
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     let elapsed = start.elapsed();
     assert!(elapsed < within, "timed out late: {elapsed:?}");
+}
+
+/// Asserts that `e` is a failure of the COMMIT.
+pub fn assert_commit_failed(e: &TxError) {
+    assert!(
+        matches!(
+            e,
+            TxError::Database {
+                operation: tx_sqlx::Operation::Commit,
+                ..
+            }
+        ),
+        "expected a commit failure, got {e:?}"
+    );
 }
 
 /// The database error behind `e` (anywhere in its source chain), if any.
@@ -177,35 +257,28 @@ pub async fn nested_savepoint_rollback_keeps_outer_work<B: ContractDb>() {
         return;
     };
     let db = &db;
+    // A Nested scope inserting `ids` on a savepoint of its own, failing with `outcome`.
+    let on_savepoint = |ids: &'static [i64], outcome: Result<(), TxError>| async move {
+        db.template()
+            .propagation(Propagation::Nested)
+            .execute(|status| async move {
+                assert!(status.has_savepoint());
+                for &id in ids {
+                    db.insert(id).await?;
+                }
+                outcome
+            })
+            .await
+    };
     db.template()
         .execute(|_| async {
             db.insert(1).await?;
-            let inner: Result<(), TxError> = db
-                .template()
-                .propagation(Propagation::Nested)
-                .execute(|status| async move {
-                    assert!(status.has_savepoint());
-                    db.insert(2).await?;
-                    Err(TxError::UnexpectedRollback)
-                })
-                .await;
+            let inner = on_savepoint(&[2], Err(TxError::UnexpectedRollback)).await;
             assert!(inner.is_err());
-            let inner: Result<(), TxError> = db
-                .template()
-                .propagation(Propagation::Nested)
-                .execute(|status| async move {
-                    assert!(status.has_savepoint());
-                    db.insert(3).await?;
-                    db.insert(1).await?; // duplicate key
-                    Ok(())
-                })
-                .await;
-            let e = inner.unwrap_err();
+            // 1 again: a duplicate key.
+            let e = on_savepoint(&[3, 1], Ok(())).await.unwrap_err();
             assert!(B::is_duplicate_key(&e), "duplicate key expected, got {e}");
-            db.template()
-                .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, TxError>(db.insert(4).await?) })
-                .await?;
+            on_savepoint(&[4], Ok(())).await?;
             db.insert(5).await?;
             Ok::<_, TxError>(())
         })
@@ -273,8 +346,8 @@ pub async fn cancelled_call_rolls_back_and_returns_connections<B: ContractDb>() 
     // No session of ours is left inside a transaction.
     let sessions = sessions.lock().unwrap().clone();
     for session in sessions {
-        db.assert_no_transaction_left(session, Duration::from_secs(3), "at the end")
-            .await;
+        let left = db.transaction_left(session, Duration::from_secs(3)).await;
+        assert_eq!(left, None, "a transaction is left (at the end)");
     }
     // The pool still works.
     db.template()
@@ -359,12 +432,8 @@ macro_rules! table_functions {
         /// after `prefix`; `None` (skipped, loudly) when the server is down.
         pub(crate) async fn setup(max: u32, prefix: &str) -> Option<($pool, String)> {
             let db = $connect(max).await?;
-            let table = tx_tests::unique_table(&format!(concat!($prefix, "_{}"), prefix));
-            let sql = $create.replace("{table}", &table);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(db.pool())
-                .await
-                .unwrap();
+            let prefix = format!(concat!($prefix, "_{}"), prefix);
+            let table = $crate::contract::create_table(db.pool(), &prefix, $create).await;
             Some((db, table))
         }
 
@@ -396,11 +465,14 @@ macro_rules! table_functions {
 }
 pub(crate) use table_functions;
 
-/// The [`ContractDb`] methods that are the same on every database: the pools, and the table
-/// through the module's [`table_functions!`] (`self.db`, `self.table`). Expands inside an
-/// `impl ContractDb`.
+/// The [`ContractDb`] items that are the same on every database but for its `TxPool` type
+/// `$pool` and sqlx database `$database`: the pools, and the table through the module's
+/// [`table_functions!`] (`self.db`, `self.table`). Expands inside an `impl ContractDb`.
 macro_rules! same_on_every_database {
-    () => {
+    ($pool:ty, $database:ty) => {
+        type Pool = $pool;
+        type Database = $database;
+
         fn pool(&self) -> &Self::Pool {
             &self.db
         }

@@ -73,9 +73,10 @@ impl<B: Backend> Svc<B> {
     }
 }
 
-/// The outer transaction writes "outer", then calls `inner`; the inner error is propagated
-/// (`propagate`) or swallowed.
+/// The outer transaction, on `outer`, writes "outer", then calls `inner`; the inner error is
+/// propagated (`propagate`) or swallowed.
 async fn outer_then<B, F, Fut>(
+    outer: TransactionTemplate,
     svc: &Svc<B>,
     propagate: bool,
     inner: F,
@@ -86,9 +87,7 @@ where
     Fut: Future<Output = Result<(), AppError>>,
 {
     let inner_result = Mutex::new(None);
-    let r = svc
-        .b
-        .template()
+    let r = outer
         .execute(|_| async {
             svc.b.insert(&svc.table, "outer").await?;
             let r = inner().await;
@@ -138,7 +137,7 @@ async fn mandatory_without_transaction<B: Backend>(b: &B) {
 
 async fn never_inside_transaction<B: Backend>(b: &B) {
     let svc = Svc::new(b, "never").await;
-    let (outer, inner) = outer_then(&svc, true, || svc.never()).await;
+    let (outer, inner) = outer_then(svc.b.template(), &svc, true, || svc.never()).await;
     assert!(
         is_tx(&inner, |e| matches!(e, TxError::ExistingTransaction)),
         "{}: {inner:?}",
@@ -148,7 +147,7 @@ async fn never_inside_transaction<B: Backend>(b: &B) {
     assert!(!svc.ran(), "the refused body must not run");
     assert_eq!(svc.rows().await, Vec::<String>::new(), "nothing written");
     // Swallowed: the outer transaction commits its own work, the refused body wrote nothing.
-    let (outer, inner) = outer_then(&svc, false, || async {
+    let (outer, inner) = outer_then(svc.b.template(), &svc, false, || async {
         let r = svc.never().await;
         assert!(!svc.ran(), "the refused body must not run");
         r
@@ -171,7 +170,7 @@ async fn unknown_manager<B: Backend>(b: &B) {
     }
     assert!(!svc.ran(), "the refused body must not run");
     // Also inside a transaction of another manager.
-    let (outer, inner) = outer_then(&svc, true, || svc.unknown_manager()).await;
+    let (outer, inner) = outer_then(svc.b.template(), &svc, true, || svc.unknown_manager()).await;
     assert!(
         is_tx(&inner, |e| matches!(e, TxError::UnknownManager { .. })),
         "{inner:?}"
@@ -228,20 +227,8 @@ async fn nested_without_savepoints<B: Backend>(b: &B) {
     };
     for propagate in [true, false] {
         b.clear(&svc.table).await;
-        let inner_result = Mutex::new(None);
-        let r = TransactionTemplate::new(manager.clone())
-            .execute(|_| async {
-                svc.b.insert(&svc.table, "outer").await?;
-                let r = nested().await;
-                let failed = r.is_err();
-                *inner_result.lock().unwrap() = Some(r);
-                if failed && propagate {
-                    return Err(AppError::Injected("propagated"));
-                }
-                Ok(())
-            })
-            .await;
-        let inner_result = inner_result.into_inner().unwrap();
+        let outer = TransactionTemplate::new(manager.clone());
+        let (r, inner_result) = outer_then(outer, svc, propagate, nested).await;
         assert!(
             is_tx(&inner_result, |e| matches!(e, TxError::NestedNotSupported)),
             "{}: {inner_result:?}",
@@ -378,77 +365,44 @@ async fn pool_closed<B: Backend>(b: &B) {
 
 // ---------------------------------------------------------------------------------------------
 
-async fn pg(tag: &str) -> Option<PgBackend> {
-    PgBackend::connect(2, Duration::from_secs(10), tag).await
-}
+/// One `#[tokio::test]` per misuse check in module `$backend`, each on a backend from `$open`
+/// (called with the check's name; `None`: skipped); `pool_closed` also checks that the closed
+/// pool refuses `acquire()`.
+macro_rules! misuse_tests {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_mandatory_without_transaction() {
-    let Some(b) = pg("mandatory").await else {
-        return;
+            misuse_tests!(@each $open;
+                mandatory_without_transaction,
+                never_inside_transaction,
+                unknown_manager,
+                nested_without_savepoints,
+                hooks_outside_scope,
+            );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pool_closed() {
+                let Some(b) = ($open)("closed").await else { return };
+                super::pool_closed(&b).await;
+                assert!(matches!(b.db.acquire().await, Err(TxError::PoolClosed)));
+            }
+        }
     };
-    mandatory_without_transaction(&b).await;
+    (@each $open:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(b) = ($open)(stringify!($check)).await else { return };
+                super::$check(&b).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_never_inside_transaction() {
-    let Some(b) = pg("never").await else { return };
-    never_inside_transaction(&b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_unknown_manager() {
-    let Some(b) = pg("unknown").await else { return };
-    unknown_manager(&b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_nested_without_savepoints() {
-    let Some(b) = pg("nosp").await else { return };
-    nested_without_savepoints(&b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_hooks_outside_scope() {
-    let Some(b) = pg("hooks").await else { return };
-    hooks_outside_scope(&b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_pool_closed() {
-    let Some(b) = pg("closed").await else { return };
-    pool_closed(&b).await;
-    assert!(matches!(b.db.acquire().await, Err(TxError::PoolClosed)));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_mandatory_without_transaction() {
-    mandatory_without_transaction(&SqliteBackend::connect(2).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_never_inside_transaction() {
-    never_inside_transaction(&SqliteBackend::connect(2).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_unknown_manager() {
-    unknown_manager(&SqliteBackend::connect(2).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_nested_without_savepoints() {
-    nested_without_savepoints(&SqliteBackend::connect(2).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_hooks_outside_scope() {
-    hooks_outside_scope(&SqliteBackend::connect(2).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_pool_closed() {
-    let b = SqliteBackend::connect(2).await;
-    pool_closed(&b).await;
-    assert!(matches!(b.db.acquire().await, Err(TxError::PoolClosed)));
-}
+misuse_tests!(postgres, |tag| PgBackend::connect(
+    2,
+    Duration::from_secs(10),
+    tag
+));
+misuse_tests!(sqlite, |_| async { Some(SqliteBackend::connect(2).await) });

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use sqlx::Row;
 use sqlx::mysql::MySqlDatabaseError;
+use tx_sqlx::MySqlTxPool;
 use tx_sqlx::prelude::*;
-use tx_sqlx::{MySqlTxPool, Operation};
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_timed_out, backend_contract, database_error, same_on_every_database,
-    server_methods, table_functions,
+    BoxFut, ContractDb, assert_commit_failed, assert_deadline_cuts, assert_isolation_applied,
+    backend_contract, database_error, same_on_every_database, server_methods, table_functions,
 };
 
 backend_contract!(MySqlDb);
@@ -63,25 +63,14 @@ async fn wait_no_innodb_trx(id: u64) -> i64 {
 }
 
 impl ContractDb for MySqlDb {
-    type Pool = MySqlTxPool;
-    type Database = sqlx::MySql;
-
-    same_on_every_database!();
+    same_on_every_database!(MySqlTxPool, sqlx::MySql);
     server_methods!("SELECT CONNECTION_ID()" as u64, "DO SLEEP(2)");
 
-    fn assert_no_transaction_left<'a>(
-        &'a self,
-        session: i64,
-        _lock_wait: Duration,
-        context: &'a str,
-    ) -> BoxFut<'a, ()> {
+    fn transaction_left(&self, session: i64, _: Duration) -> BoxFut<'_, Option<String>> {
+        let id = u64::try_from(session).expect("a connection id");
         async move {
-            let id = u64::try_from(session).expect("a connection id");
-            assert_eq!(
-                wait_no_innodb_trx(id).await,
-                0,
-                "transaction left open ({context})"
-            );
+            let n = wait_no_innodb_trx(id).await;
+            (n != 0).then(|| format!("InnoDB shows {n} transaction(s) of connection {id}"))
         }
         .boxed()
     }
@@ -101,56 +90,48 @@ async fn isolation_levels_are_applied() {
     let Some((db, table)) = setup(2, "iso").await else {
         return;
     };
-    let cases = [
-        (Isolation::ReadUncommitted, "READ UNCOMMITTED"),
-        (Isolation::ReadCommitted, "READ COMMITTED"),
-        (Isolation::RepeatableRead, "REPEATABLE READ"),
-        (Isolation::Serializable, "SERIALIZABLE"),
-        // The server default.
-        (Isolation::Default, "REPEATABLE READ"),
-    ];
-    for (isolation, expected) in cases {
-        for read_only in [false, true] {
-            let (level, ro): (String, i64) = TransactionTemplate::new(db.clone())
-                .isolation(isolation)
-                .read_only(read_only)
-                .execute(|_| async {
-                    // Touch InnoDB so the transaction is registered, then read back what
-                    // the server runs it with.
-                    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                        .fetch_one(&db)
-                        .await?;
-                    // information_schema.innodb_trx is a cache refreshed at most every
-                    // 100 ms, and may still show this connection's previous transaction:
-                    // poll until it shows the expected settings, for at most 20 reads. A
-                    // transaction begun with the wrong settings never shows them, and the
-                    // assertions below report what it showed last.
-                    let mut last = None;
-                    for _ in 0..20 {
-                        sqlx::query("DO SLEEP(0.12)").execute(&db).await?;
-                        let row = sqlx::query(
-                            "SELECT trx_isolation_level, CAST(trx_is_read_only AS SIGNED) \
-                             FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()",
-                        )
-                        .fetch_optional(&db)
-                        .await?;
-                        if let Some(row) = row {
-                            let seen: (String, i64) = (row.get(0), row.get(1));
-                            let done = seen.0 == expected && seen.1 == read_only as i64;
-                            last = Some(seen);
-                            if done {
-                                break;
-                            }
-                        }
+    let (db, table) = (&db, &table);
+    let default = Isolation::RepeatableRead;
+    assert_isolation_applied(
+        db,
+        str::to_owned,
+        default,
+        |expected, read_only| async move {
+            // Touch InnoDB so the transaction is registered, then read back what the server runs
+            // it with.
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(db)
+                .await?;
+            // information_schema.innodb_trx is a cache refreshed at most every 100 ms, and may
+            // still show this connection's previous transaction: poll until it shows the expected
+            // settings, for at most 20 reads. A transaction begun with the wrong settings never
+            // shows them, and the assertions report what it showed last.
+            let mut last = None;
+            for _ in 0..20 {
+                sqlx::query("DO SLEEP(0.12)").execute(db).await?;
+                let row = sqlx::query(
+                    "SELECT trx_isolation_level, CAST(trx_is_read_only AS SIGNED) \
+                 FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()",
+                )
+                .fetch_optional(db)
+                .await?;
+                if let Some(row) = row {
+                    let seen: (String, bool) = match row.get::<i64, _>(1) {
+                        0 => (row.get(0), false),
+                        1 => (row.get(0), true),
+                        other => panic!("trx_is_read_only = {other}"),
+                    };
+                    let done = seen.0 == expected && seen.1 == read_only;
+                    last = Some(seen);
+                    if done {
+                        break;
                     }
-                    Ok::<_, TxError>(last.expect("transaction never shown in innodb_trx"))
-                })
-                .await
-                .unwrap();
-            assert_eq!(level, expected, "{isolation:?} read_only={read_only}");
-            assert_eq!(ro, read_only as i64, "{isolation:?} read_only={read_only}");
-        }
-    }
+                }
+            }
+            Ok(last.expect("transaction never shown in innodb_trx"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,20 +220,13 @@ async fn deadline_bounds_server_statements_and_is_reset() {
 
     // A long statement is cut at the deadline, nothing is committed.
     let marker = format!("sleep_marker_{table}");
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(500))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT SLEEP(30) /* {marker} */ FROM {table}"
-            )))
-            .execute(&db)
-            .await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    assert_timed_out(&r, start, Duration::from_secs(2));
+    assert_deadline_cuts(&db, Duration::from_millis(500), || async {
+        insert(&db, &table, 1).await?;
+        let sleep = format!("SELECT SLEEP(30) /* {marker} */ FROM {table}");
+        sqlx::query(sqlx::AssertSqlSafe(sleep)).execute(&db).await?;
+        Ok(())
+    })
+    .await;
     if mariadb {
         // max_statement_time stops it on the server too.
         let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&tx_tests::mysql_url())
@@ -340,16 +314,7 @@ async fn deadlock_is_retryable_and_never_half_committed() {
         other => panic!("expected exactly one deadlock victim, got {other:?}"),
     };
     let e = victim.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TxError::Database {
-                operation: Operation::Commit,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_commit_failed(&e);
     assert!(e.is_retryable(), "{e}");
     // The statement after the deadlock was refused, not run in autocommit.
     assert_eq!(victim_seen, Some(true));

@@ -30,6 +30,31 @@ trait Work<DB: Database>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
+/// `work`'s statement `id` in a `RequiresNew` scope (`read_only` or not) of its own.
+async fn in_requires_new<DB, W>(
+    db: &TxPool<DB>,
+    work: &W,
+    id: i64,
+    read_only: bool,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    TxPool<DB>: TransactionManager,
+    W: Work<DB>,
+{
+    TransactionTemplate::new(db.clone())
+        .propagation(Propagation::RequiresNew)
+        .read_only(read_only)
+        .execute(|_| {
+            let (db, work) = (db.clone(), work.clone());
+            async move {
+                work.statement(&db, id).await?;
+                Ok::<_, TxError>(())
+            }
+        })
+        .await
+}
+
 /// How the callers ended.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -70,17 +95,7 @@ where
                         if ticket.fetch_add(1, Ordering::SeqCst) < together {
                             barrier.wait().await;
                         }
-                        let inner = TransactionTemplate::new(db.clone())
-                            .propagation(Propagation::RequiresNew)
-                            .read_only(read_only)
-                            .execute(|_| {
-                                let (db, work) = (db.clone(), work.clone());
-                                async move {
-                                    work.statement(&db, id + 1000).await?;
-                                    Ok::<_, TxError>(())
-                                }
-                            })
-                            .await;
+                        let inner = in_requires_new(&db, &work, id + 1000, read_only).await;
                         outer_now.fetch_sub(1, Ordering::SeqCst);
                         inner
                     }
@@ -213,14 +228,12 @@ macro_rules! insert_work {
 insert_work!(PgInsert, sqlx::Postgres, PgTxPool, postgres);
 insert_work!(MyInsert, sqlx::MySql, MySqlTxPool, mysql);
 
+/// Without a reservation starvation is reported at once; with one every caller completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_starvation_fails_fast_without_a_reservation() {
-    callers_on_a_server::<_, PgInsert>(0).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_reservation_lets_every_requires_new_caller_through() {
-    callers_on_a_server::<_, PgInsert>(1).await;
+async fn pg_starvation_fails_fast_and_a_reservation_lets_every_caller_through() {
+    for reserved in [0, 1] {
+        callers_on_a_server::<_, PgInsert>(reserved).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,17 +241,10 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
     // Pool of 2: this task's outer transaction holds one connection and two joined
     // RequiresNew scopes wait while another task holds the other. Both scopes see the same
     // suspended connection: it is one connection, so nothing is starved.
-    let Some(db) = tx_tests::pg_pool(2).await else {
+    let Some((db, table)) = postgres::setup(2, "join").await else {
         return;
     };
-    let work = PgInsert(tx_tests::unique_table("join"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {} (id BIGINT PRIMARY KEY)",
-        work.0
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
+    let work = PgInsert(table);
     let holding = Arc::new(Barrier::new(2));
     let other = {
         let (db, work, holding) = (db.clone(), work.clone(), holding.clone());
@@ -263,22 +269,10 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
             async move {
                 work.statement(&db, 2).await?;
                 holding.wait().await;
-                let inner = |id: i64| {
-                    let (db, work) = (db.clone(), work.clone());
-                    async move {
-                        TransactionTemplate::new(db.clone())
-                            .propagation(Propagation::RequiresNew)
-                            .execute(move |_| {
-                                let (db, work) = (db.clone(), work.clone());
-                                async move {
-                                    work.statement(&db, id).await?;
-                                    Ok::<_, TxError>(())
-                                }
-                            })
-                            .await
-                    }
-                };
-                let (a, b) = tokio::join!(inner(3), inner(4));
+                let (a, b) = tokio::join!(
+                    in_requires_new(&db, &work, 3, false),
+                    in_requires_new(&db, &work, 4, false)
+                );
                 a?;
                 b?;
                 Ok::<_, TxError>(())
@@ -291,13 +285,10 @@ async fn pg_concurrent_scopes_of_one_task_are_not_mistaken_for_starvation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_starvation_fails_fast_without_a_reservation() {
-    callers_on_a_server::<_, MyInsert>(0).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_reservation_lets_every_requires_new_caller_through() {
-    callers_on_a_server::<_, MyInsert>(1).await;
+async fn mysql_starvation_fails_fast_and_a_reservation_lets_every_caller_through() {
+    for reserved in [0, 1] {
+        callers_on_a_server::<_, MyInsert>(reserved).await;
+    }
 }
 
 /// SQLite allows one writer, so its callers only read (read-only outer and inner
@@ -401,17 +392,10 @@ async fn pool_sizing_figures() {
         (50, 0),
         (51, 0),
     ] {
-        let Some(db) = tx_tests::pg_pool(pool).await else {
+        let Some((db, table)) = postgres::setup(pool, "sizing").await else {
             return;
         };
-        let work = PgInsert(tx_tests::unique_table("sizing"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {} (id BIGINT PRIMARY KEY)",
-            work.0
-        )))
-        .execute(db.pool())
-        .await
-        .unwrap();
+        let work = PgInsert(table);
         let db = db.reserve_for_nested(reserve);
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -425,16 +409,7 @@ async fn pool_sizing_figures() {
                         async move {
                             work.statement(&db, id).await?;
                             tokio::time::sleep(Duration::from_millis(5)).await;
-                            TransactionTemplate::new(db.clone())
-                                .propagation(Propagation::RequiresNew)
-                                .execute(|_| {
-                                    let (db, work) = (db.clone(), work.clone());
-                                    async move {
-                                        work.statement(&db, id + 1000).await?;
-                                        Ok::<_, TxError>(())
-                                    }
-                                })
-                                .await
+                            in_requires_new(&db, &work, id + 1000, false).await
                         }
                     })
                     .await;

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, TryStreamExt};
 use sqlx::Row;
+use tx_sqlx::PgTxPool;
 use tx_sqlx::prelude::*;
-use tx_sqlx::{Operation, PgTxPool};
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, database_error,
-    same_on_every_database, server_methods, table_functions,
+    BoxFut, ContractDb, assert_commit_failed, assert_deadline_cuts, assert_isolation_applied,
+    assert_pool_settled, backend_contract, database_error, same_on_every_database, server_methods,
+    table_functions,
 };
 
 backend_contract!(PgDb);
@@ -48,16 +49,19 @@ async fn backend_state(pid: i32) -> Option<String> {
         .unwrap()
 }
 
-/// Waits for backend `pid` to be idle or gone; returns its last state.
-async fn wait_not_in_transaction(pid: i32) -> Option<String> {
+/// Waits (up to 5 s) for backend `pid` to be idle or gone; what is left otherwise.
+async fn backend_left(pid: i32) -> Option<String> {
     let start = Instant::now();
     loop {
         let state = backend_state(pid).await;
+        if state.as_deref().is_none_or(|s| s == "idle") {
+            return None;
+        }
         let open = state
             .as_deref()
             .is_some_and(|s| s.starts_with("idle in transaction") || s == "active");
         if !open || start.elapsed() > Duration::from_secs(5) {
-            return state;
+            return Some(format!("backend {pid} left in state {state:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -65,28 +69,22 @@ async fn wait_not_in_transaction(pid: i32) -> Option<String> {
 
 /// Asserts backend `pid` is idle or gone (not inside a transaction, not running anything).
 async fn assert_backend_idle(pid: i32, context: &str) {
-    let state = wait_not_in_transaction(pid).await;
-    assert!(
-        state.as_deref().is_none_or(|s| s == "idle"),
-        "backend {pid} left in state {state:?} ({context})"
-    );
+    let left = backend_left(pid).await;
+    assert_eq!(left, None, "{context}");
+}
+
+/// Asserts that the failed transaction wrote nothing to `table` and gave its connection back.
+async fn assert_nothing_written(db: &PgTxPool, table: &str) {
+    assert!(ids(db, table).await.is_empty());
+    assert_pool_settled(db.pool(), "at the end").await;
 }
 
 impl ContractDb for PgDb {
-    type Pool = PgTxPool;
-    type Database = sqlx::Postgres;
-
-    same_on_every_database!();
+    same_on_every_database!(PgTxPool, sqlx::Postgres);
     server_methods!("SELECT pg_backend_pid()" as i32, "SELECT pg_sleep(3)");
 
-    fn assert_no_transaction_left<'a>(
-        &'a self,
-        session: i64,
-        _lock_wait: Duration,
-        context: &'a str,
-    ) -> BoxFut<'a, ()> {
-        let pid = i32::try_from(session).expect("a PostgreSQL backend pid");
-        assert_backend_idle(pid, context).boxed()
+    fn transaction_left(&self, session: i64, _: Duration) -> BoxFut<'_, Option<String>> {
+        backend_left(i32::try_from(session).expect("a PostgreSQL backend pid")).boxed()
     }
 
     fn is_duplicate_key(e: &TxError) -> bool {
@@ -104,40 +102,25 @@ async fn isolation_levels_are_applied() {
     let Some(db) = tx_tests::pg_pool(2).await else {
         return;
     };
-    let cases = [
-        (Isolation::Default, "read committed"),
-        (Isolation::ReadUncommitted, "read uncommitted"),
-        (Isolation::ReadCommitted, "read committed"),
-        (Isolation::RepeatableRead, "repeatable read"),
-        (Isolation::Serializable, "serializable"),
-    ];
-    for (isolation, expected) in cases {
-        for read_only in [false, true] {
-            let t = TransactionTemplate::new(db.clone())
-                .isolation(isolation)
-                .read_only(read_only);
-            let (level, ro): (String, String) = t
-                .execute(|_| async {
-                    let row = sqlx::query(
-                        "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')",
-                    )
-                    .fetch_one(&db)
-                    .await?;
-                    Ok::<_, TxError>((row.get(0), row.get(1)))
-                })
-                .await
-                .unwrap();
-            assert_eq!(level, expected, "{isolation:?}");
-            assert_eq!(
-                ro,
-                if read_only { "on" } else { "off" },
-                "{isolation:?} read_only={read_only}"
-            );
-        }
-    }
+    let db = &db;
+    let default = Isolation::ReadCommitted;
+    assert_isolation_applied(db, str::to_lowercase, default, |_, _| async move {
+        let row = sqlx::query(
+            "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')",
+        )
+        .fetch_one(db)
+        .await?;
+        let read_only = match row.get::<String, _>(1).as_str() {
+            "on" => true,
+            "off" => false,
+            other => panic!("transaction_read_only = {other}"),
+        };
+        Ok((row.get(0), read_only))
+    })
+    .await;
     // Outside any scope: autocommit on the pool, server defaults.
     let ro: String = sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
-        .fetch_one(&db)
+        .fetch_one(db)
         .await
         .unwrap();
     assert_eq!(ro, "off");
@@ -208,23 +191,16 @@ async fn deadline_bounds_server_statements() {
     // A long server statement is cancelled at the deadline.
     let marker = format!("sleep_marker_{}", table);
     let pid = Arc::new(Mutex::new(0i32));
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(500))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&db)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT pg_sleep(30) /* {marker} */"
-            )))
-            .execute(&db)
+    let start = assert_deadline_cuts(&db, Duration::from_millis(500), || async {
+        insert(&db, &table, 1).await?;
+        *pid.lock().unwrap() = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&db)
             .await?;
-            Ok::<_, TxError>(())
-        })
-        .await;
-    assert_timed_out(&r, start, Duration::from_secs(2));
+        let sleep = format!("SELECT pg_sleep(30) /* {marker} */");
+        sqlx::query(sqlx::AssertSqlSafe(sleep)).execute(&db).await?;
+        Ok(())
+    })
+    .await;
     // The server is no longer running it (statement_timeout fired), nothing committed.
     let pid = *pid.lock().unwrap();
     assert_ne!(pid, 0);
@@ -241,8 +217,7 @@ async fn deadline_bounds_server_statements() {
     .unwrap();
     assert_eq!(running, 0, "pg_sleep still running on the server");
     assert!(start.elapsed() < Duration::from_secs(8));
-    assert!(ids(&db, &table).await.is_empty());
-    assert_pool_settled(db.pool(), "at the end").await;
+    assert_nothing_written(&db, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,19 +235,9 @@ async fn swallowed_statement_failure_does_not_report_a_commit() {
         })
         .await;
     let e = r.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TxError::Database {
-                operation: Operation::Commit,
-                ..
-            }
-        ),
-        "expected a commit failure, got {e:?}"
-    );
+    assert_commit_failed(&e);
     assert!(e.to_string().contains("aborted"), "{e}");
-    assert!(ids(&db, &table).await.is_empty());
-    assert_pool_settled(db.pool(), "at the end").await;
+    assert_nothing_written(&db, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

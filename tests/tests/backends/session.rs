@@ -39,17 +39,6 @@ fn sqlite_options(dir: &tempfile::TempDir) -> SqliteConnectOptions {
     tx_tests::sqlite_options(&dir.path().join("test.db"))
 }
 
-async fn sqlite_table(db: &SqliteTxPool) -> String {
-    let table = tx_tests::unique_table("sess");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id INTEGER PRIMARY KEY)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    table
-}
-
 /// Runs [`HEAVY`] on `db` in autocommit and in a transaction without a timeout: both must
 /// complete (no watchdog left on the connection).
 async fn heavy_statements_run(db: &SqliteTxPool) {
@@ -68,26 +57,22 @@ async fn heavy_statements_run(db: &SqliteTxPool) {
     assert_eq!(n, 200_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
-    // One connection: everything below runs on the connection of the timed transaction.
-    let (db, _dir) = tx_tests::sqlite_pool(1).await;
-    let table = sqlite_table(&db).await;
+/// On a pool of one connection (so everything runs on the connection of the timed
+/// transaction), a transaction with a 30 s deadline inserts 1, then leaves `abandon` (a
+/// statement's work) unfinished and commits: its row is there, and no watchdog outlives it.
+async fn watchdog_ends_with_its_transaction<F, Fut>(abandon: F)
+where
+    F: FnOnce(SqliteTxPool) -> Fut + Send,
+    Fut: Future<Output = Result<(), TxError>> + Send,
+{
+    let (db, _dir, table) = sqlite::setup(1).await;
     TransactionTemplate::new(db.clone())
         .timeout(Duration::from_secs(30))
         .execute(|_| {
             let (db, table) = (db.clone(), table.clone());
             async move {
                 sqlite::insert(&db, &table, 1).await?;
-                let mut rows = sqlx::query_scalar::<_, i64>(
-                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
-                     WHERE x < 100000) SELECT x FROM c",
-                )
-                .fetch(&db);
-                assert_eq!(rows.try_next().await?, Some(1));
-                // Only the first row is wanted.
-                drop(rows);
-                Ok::<_, TxError>(())
+                abandon(db).await
             }
         })
         .await
@@ -97,30 +82,35 @@ async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_watchdog_ends_with_its_transaction_after_a_dropped_stream() {
+    watchdog_ends_with_its_transaction(|db| async move {
+        let mut rows = sqlx::query_scalar::<_, i64>(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+             WHERE x < 100000) SELECT x FROM c",
+        )
+        .fetch(&db);
+        assert_eq!(rows.try_next().await?, Some(1));
+        // Only the first row is wanted.
+        drop(rows);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_watchdog_ends_with_its_transaction_after_an_abandoned_statement() {
-    let (db, _dir) = tx_tests::sqlite_pool(1).await;
-    let table = sqlite_table(&db).await;
-    TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_secs(30))
-        .execute(|_| {
-            let (db, table) = (db.clone(), table.clone());
-            async move {
-                sqlite::insert(&db, &table, 1).await?;
-                // Seconds of work: given up after a moment.
-                let long = sqlx::query_scalar::<_, i64>(
-                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
-                     WHERE x < 100000000) SELECT count(*) FROM c",
-                )
-                .fetch_one(&db);
-                let given_up = tokio::time::timeout(Duration::from_millis(20), long).await;
-                assert!(given_up.is_err(), "{given_up:?}");
-                Ok::<_, TxError>(())
-            }
-        })
-        .await
-        .unwrap();
-    assert_eq!(sqlite::ids(&db, &table).await, vec![1]);
-    heavy_statements_run(&db).await;
+    watchdog_ends_with_its_transaction(|db| async move {
+        // Seconds of work: given up after a moment.
+        let long = sqlx::query_scalar::<_, i64>(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+             WHERE x < 100000000) SELECT count(*) FROM c",
+        )
+        .fetch_one(&db);
+        let given_up = tokio::time::timeout(Duration::from_millis(20), long).await;
+        assert!(given_up.is_err(), "{given_up:?}");
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,9 +374,8 @@ async fn mysql_transaction_survives_a_killed_idle_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_two_txpools_on_one_pool_are_one_manager() {
-    let (first, _dir) = tx_tests::sqlite_pool(2).await;
+    let (first, _dir, table) = sqlite::setup(2).await;
     let second = SqliteTxPool::new(first.pool().clone());
-    let table = sqlite_table(&first).await;
     let r = TransactionTemplate::new(first.clone())
         .execute(|_| {
             let (first, second, table) = (first.clone(), second.clone(), table.clone());

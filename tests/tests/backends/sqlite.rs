@@ -14,8 +14,8 @@ use tx_sqlx::SqliteTxPool;
 use tx_sqlx::prelude::*;
 
 use crate::contract::{
-    BoxFut, ContractDb, assert_pool_settled, assert_timed_out, backend_contract, database_error,
-    same_on_every_database, table_functions,
+    BoxFut, ContractDb, assert_deadline_cuts, assert_pool_settled, backend_contract, create_table,
+    database_error, same_on_every_database, table_functions,
 };
 
 backend_contract!(SqliteDb);
@@ -34,15 +34,12 @@ pub struct SqliteDb {
     table: String,
 }
 
-async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
+/// A pool of `max` connections on a fresh file database, the database's directory (keep it
+/// alive) and a fresh `(id INTEGER PRIMARY KEY, note TEXT)` table.
+pub(crate) async fn setup(max: u32) -> (SqliteTxPool, tempfile::TempDir, String) {
     let (db, dir) = tx_tests::sqlite_pool(max).await;
-    let table = tx_tests::unique_table("sq");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note TEXT)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
+    let create = "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note TEXT)";
+    let table = create_table(db.pool(), "sq", create).await;
     (db, dir, table)
 }
 
@@ -71,10 +68,7 @@ async fn write_lock_free(dir: &Path, busy: Duration) -> bool {
 }
 
 impl ContractDb for SqliteDb {
-    type Pool = SqliteTxPool;
-    type Database = sqlx::Sqlite;
-
-    same_on_every_database!();
+    same_on_every_database!(SqliteTxPool, sqlx::Sqlite);
 
     fn setup(max: u32, _prefix: &'static str) -> BoxFut<'static, Option<Self>> {
         async move {
@@ -97,17 +91,10 @@ impl ContractDb for SqliteDb {
         None
     }
 
-    fn assert_no_transaction_left<'a>(
-        &'a self,
-        _session: i64,
-        lock_wait: Duration,
-        context: &'a str,
-    ) -> BoxFut<'a, ()> {
+    fn transaction_left(&self, _: i64, lock_wait: Duration) -> BoxFut<'_, Option<String>> {
         async move {
-            assert!(
-                write_lock_free(self.dir.path(), lock_wait).await,
-                "a transaction still holds the write lock ({context})"
-            );
+            let free = write_lock_free(self.dir.path(), lock_wait).await;
+            (!free).then(|| "a transaction still holds the write lock".to_owned())
         }
         .boxed()
     }
@@ -190,22 +177,18 @@ async fn writers_take_the_write_lock_at_begin_readers_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_a_running_statement() {
     let (db, dir, table) = setup(2).await;
-    let start = Instant::now();
-    let r = TransactionTemplate::new(db.clone())
-        .timeout(Duration::from_millis(400))
-        .execute(|_| async {
-            insert(&db, &table, 1).await?;
-            // Minutes of work if nothing stops it.
-            let n: i64 = sqlx::query_scalar(
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000000) \
-                 SELECT COUNT(*) FROM c",
-            )
-            .fetch_one(&db)
-            .await?;
-            Ok::<_, TxError>(n)
-        })
-        .await;
-    assert_timed_out(&r, start, Duration::from_secs(2));
+    let start = assert_deadline_cuts(&db, Duration::from_millis(400), || async {
+        insert(&db, &table, 1).await?;
+        // Minutes of work if nothing stops it.
+        let n: i64 = sqlx::query_scalar(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000000) \
+             SELECT COUNT(*) FROM c",
+        )
+        .fetch_one(&db)
+        .await?;
+        Ok(n)
+    })
+    .await;
     // The statement was stopped: the write lock of the transaction is released promptly.
     assert!(
         write_lock_free(dir.path(), Duration::from_secs(3)).await,
@@ -292,16 +275,25 @@ fn assert_would_block(r: &Result<(), TxError>, elapsed: Duration) {
     assert!(elapsed < Duration::from_secs(1), "waited {elapsed:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_writer_requires_new_writer_fails_fast() {
-    let (db, _dir, table) = setup(3).await;
-    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        insert_in_scope(&db, &table, Propagation::RequiresNew, 10).await
+/// A writer scope of `propagation` inside a writer transaction that holds the write lock
+/// fails fast; the outer transaction goes on and commits, nothing of the inner one is written.
+async fn writer_inside_a_writer_fails_fast(
+    db: &SqliteTxPool,
+    table: &str,
+    propagation: Propagation,
+) {
+    let (r, elapsed) = inside_writer(db, table, 1, |db, table| async move {
+        insert_in_scope(&db, &table, propagation, 10).await
     })
     .await;
     assert_would_block(&r, elapsed);
-    // The outer transaction went on and committed; nothing of the inner one was written.
-    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+    assert_eq!(ids(db, table).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_requires_new_writer_fails_fast() {
+    let (db, _dir, table) = setup(3).await;
+    writer_inside_a_writer_fails_fast(&db, &table, Propagation::RequiresNew).await;
 
     // When the outer scope propagates the error, nothing at all is written.
     let r = TransactionTemplate::new(db.clone())
@@ -342,12 +334,7 @@ async fn single_writer_requires_new_writer_two_levels_down_fails_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_writer_not_supported_write_fails_fast_reads_work() {
     let (db, _dir, table) = setup(3).await;
-    let (r, elapsed) = inside_writer(&db, &table, 1, |db, table| async move {
-        insert_in_scope(&db, &table, Propagation::NotSupported, 10).await
-    })
-    .await;
-    assert_would_block(&r, elapsed);
-    assert_eq!(ids(&db, &table).await, vec![1, 2]);
+    writer_inside_a_writer_fails_fast(&db, &table, Propagation::NotSupported).await;
 
     // Reads outside the transaction work (and see only committed data).
     let (r, _) = inside_writer(&db, &table, 20, |db, table| async move {
