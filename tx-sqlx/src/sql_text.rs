@@ -171,7 +171,7 @@ mod tests {
         for (sql, numbered) in cases {
             assert_eq!(numbered_placeholders(sql), numbered, "{sql}");
         }
-        let many = vec!["?"; 12].join(",");
+        let many = ["?"; 12].join(",");
         assert!(numbered_placeholders(&many).ends_with("$11,$12"));
     }
 
