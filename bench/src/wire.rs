@@ -12,9 +12,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The wire protocol the proxy reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,40 +44,28 @@ pub struct CountingProxy {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<Sent>>>,
     accept: JoinHandle<()>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl CountingProxy {
     /// Listens on an ephemeral loopback port, forwarding to `upstream` (`host:port`).
     pub async fn start(protocol: Protocol, upstream: &str) -> io::Result<CountingProxy> {
-        let upstream = tokio::net::lookup_host(upstream)
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "upstream address"))?;
-        // Fail now, not in the first client's connection, when the server is down.
-        drop(TcpStream::connect(upstream).await?);
+        // Fail now, not in the first client's connection, when the server is down; and
+        // resolve the name once.
+        let upstream = TcpStream::connect(upstream).await?.peer_addr()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(Mutex::new(Vec::<JoinHandle<()>>::new()));
-        let (log2, conns2) = (log.clone(), connections.clone());
+        let log2 = log.clone();
         let accept = tokio::spawn(async move {
+            // Dropped with this task when the proxy is: that aborts every connection.
+            let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let log = log2.clone();
-                let handle = tokio::spawn(async move {
-                    let _ = relay(client, upstream, protocol, log).await;
-                });
-                let mut conns = conns2.lock().unwrap();
-                conns.retain(|h| !h.is_finished());
-                conns.push(handle);
+                connections.spawn(relay(client, upstream, protocol, log2.clone()));
+                while connections.try_join_next().is_some() {}
             }
+            connections.join_all().await;
         });
-        Ok(CountingProxy {
-            addr,
-            log,
-            accept,
-            connections,
-        })
+        Ok(CountingProxy { addr, log, accept })
     }
 
     /// The port clients connect to (on 127.0.0.1).
@@ -94,9 +82,6 @@ impl CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.accept.abort();
-        for h in self.connections.lock().unwrap().drain(..) {
-            h.abort();
-        }
     }
 }
 
@@ -243,6 +228,65 @@ impl MySqlSession {
     }
 }
 
+/// What one connection's two byte streams have said so far, in the protocol it speaks.
+struct Session {
+    protocol: Protocol,
+    pg: PgClient,
+    my: MySqlSession,
+    from_client: Buffer,
+    from_server: Buffer,
+    log: Arc<Mutex<Vec<Sent>>>,
+}
+
+impl Session {
+    /// Bytes the client sent, before they are forwarded.
+    fn client(&mut self, bytes: &[u8]) {
+        self.from_client.0.extend_from_slice(bytes);
+        match self.protocol {
+            Protocol::Postgres => {
+                while let Some(msg) = self.from_client.next(pg_len(!self.pg.started)) {
+                    self.pg.message(&msg, &self.log);
+                }
+            }
+            Protocol::MySql => {
+                while let Some(msg) = self.from_client.next(mysql_len) {
+                    self.my.client(&msg, &self.log);
+                }
+            }
+        }
+    }
+
+    /// Bytes the server sent, before they are forwarded: MySQL's replies name prepared
+    /// statements.
+    fn server(&mut self, bytes: &[u8]) {
+        if self.protocol == Protocol::MySql {
+            self.from_server.0.extend_from_slice(bytes);
+            while let Some(msg) = self.from_server.next(mysql_len) {
+                self.my.server(&msg);
+            }
+        }
+    }
+}
+
+/// Forwards `from` to `to` until `from` ends, showing each chunk to `observe` first.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut observe: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        observe(&buf[..n]);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Relays one client connection until either side closes it. A client's bytes are observed
+/// before they are forwarded, so the server's reply to a command is always observed after it.
 async fn relay(
     mut client: TcpStream,
     upstream: SocketAddr,
@@ -252,46 +296,19 @@ async fn relay(
     let mut server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
-    let (mut pg, mut my) = (PgClient::default(), MySqlSession::default());
-    let (mut from_client, mut from_server) = (Buffer::default(), Buffer::default());
-    let mut cbuf = vec![0u8; 64 * 1024];
-    let mut sbuf = vec![0u8; 64 * 1024];
-    loop {
-        tokio::select! {
-            n = client.read(&mut cbuf) => {
-                let n = n?;
-                if n == 0 {
-                    return Ok(());
-                }
-                from_client.0.extend_from_slice(&cbuf[..n]);
-                match protocol {
-                    Protocol::Postgres => {
-                        while let Some(msg) = from_client.next(pg_len(!pg.started)) {
-                            pg.message(&msg, &log);
-                        }
-                    }
-                    Protocol::MySql => {
-                        while let Some(msg) = from_client.next(mysql_len) {
-                            my.client(&msg, &log);
-                        }
-                    }
-                }
-                server.write_all(&cbuf[..n]).await?;
-            }
-            n = server.read(&mut sbuf) => {
-                let n = n?;
-                if n == 0 {
-                    return Ok(());
-                }
-                if protocol == Protocol::MySql {
-                    from_server.0.extend_from_slice(&sbuf[..n]);
-                    while let Some(msg) = from_server.next(mysql_len) {
-                        my.server(&msg);
-                    }
-                }
-                client.write_all(&sbuf[..n]).await?;
-            }
-        }
+    let session = Mutex::new(Session {
+        protocol,
+        pg: PgClient::default(),
+        my: MySqlSession::default(),
+        from_client: Buffer::default(),
+        from_server: Buffer::default(),
+        log,
+    });
+    let (client_rx, client_tx) = client.split();
+    let (server_rx, server_tx) = server.split();
+    tokio::select! {
+        r = pump(client_rx, server_tx, |b| session.lock().unwrap().client(b)) => r,
+        r = pump(server_rx, client_tx, |b| session.lock().unwrap().server(b)) => r,
     }
 }
 

@@ -15,50 +15,29 @@
 //!   saturation (200/s); for each, the time from the return of its `COMMIT` to its broker
 //!   acknowledgement, with `LISTEN`/`NOTIFY` and with polling every 10 ms.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use async_nats::jetstream::stream::StorageType;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tx_outbox::amqp::AmqpSink;
 use tx_outbox::nats::JetStreamSink;
 use tx_outbox::{Envelope, Message, Outbox, Relay, Sink, SinkError};
 use tx_sqlx::{PgTxPool, TransactionTemplate, TxError};
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
+use support::jetstream::Stream;
+use support::{Running, unique};
 
-fn messages() -> usize {
-    env("BENCH_MESSAGES", "10000")
-        .parse()
-        .expect("BENCH_MESSAGES is a number")
-}
-
-fn name(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), fastrand::u32(..))
-}
-
-async fn pool() -> PgTxPool {
-    let url = env("TX_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test");
-    PgTxPool::new(
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .expect("PostgreSQL"),
-    )
-}
-
-async fn fresh_outbox(db: &PgTxPool) -> Outbox<sqlx::Postgres> {
-    let outbox = Outbox::with_table(db.clone(), &name("bench_ob")).unwrap();
-    outbox.install().await.unwrap();
-    outbox
+fn number(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |v| {
+        v.parse().unwrap_or_else(|_| panic!("{name} is a number"))
+    })
 }
 
 async fn drop_outbox(db: &PgTxPool, outbox: &Outbox<sqlx::Postgres>) {
@@ -102,9 +81,7 @@ async fn relay_rate<S: Sink>(
     n: usize,
 ) -> f64 {
     fill(db, outbox, n).await;
-    let batch = env("BENCH_BATCH", "1000")
-        .parse()
-        .expect("BENCH_BATCH is a number");
+    let batch = number("BENCH_BATCH", 1000);
     let relay = Relay::new(outbox.clone(), sink).batch(batch);
     let start = Instant::now();
     while outbox.stats().await.unwrap().pending > 0 {
@@ -135,35 +112,22 @@ impl<S: Sink> Sink for Timed<S> {
 
 /// p50 and p99 of commit-to-ack over 400 messages at 200/s.
 async fn latency<S: Sink>(db: &PgTxPool, sink: S, notify: bool) -> (Duration, Duration) {
-    let outbox = fresh_outbox(db).await;
+    let outbox = support::fresh_outbox(db).await;
     let acked = Arc::new(Mutex::new(HashMap::new()));
-    let relay = Arc::new(
-        Relay::new(
-            outbox.clone(),
-            Timed {
-                inner: sink,
-                acked: acked.clone(),
-            },
-        )
+    let sink = Timed {
+        inner: sink,
+        acked: acked.clone(),
+    };
+    let relay = Relay::new(outbox.clone(), sink)
         .wake_on_notify(notify)
         .poll_interval(if notify {
             Duration::from_secs(1)
         } else {
             Duration::from_millis(10)
-        }),
-    );
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let task = {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            relay
-                .run(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .unwrap();
-        })
-    };
+        });
+    let running = Running::spawn(|stopped| async move {
+        relay.run(stopped).await.unwrap();
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut committed = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -185,8 +149,7 @@ async fn latency<S: Sink>(db: &PgTxPool, sink: S, notify: bool) -> (Duration, Du
     while outbox.stats().await.unwrap().pending > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop_tx.send(true).unwrap();
-    task.await.unwrap();
+    running.stop().await;
     let mut lat: Vec<Duration> = {
         let acked = acked.lock().unwrap();
         committed
@@ -197,6 +160,59 @@ async fn latency<S: Sink>(db: &PgTxPool, sink: S, notify: bool) -> (Duration, Du
     lat.sort();
     drop_outbox(db, &outbox).await;
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
+/// What one broker measured: its own acknowledged-publish rate, the relay's, and the
+/// commit-to-ack latencies (p50, p99) woken by `NOTIFY` and by polling.
+struct Results {
+    limit: f64,
+    rate: f64,
+    notify: (Duration, Duration),
+    polling: (Duration, Duration),
+}
+
+impl Results {
+    /// The relay's measures through sinks that `sink` makes, each run on a fresh outbox.
+    async fn measure<S: Sink, F: Future<Output = S>>(
+        db: &PgTxPool,
+        n: usize,
+        limit: f64,
+        sink: impl Fn() -> F,
+    ) -> Results {
+        let outbox = support::fresh_outbox(db).await;
+        let rate = relay_rate(db, &outbox, sink().await, n).await;
+        drop_outbox(db, &outbox).await;
+        Results {
+            limit,
+            rate,
+            notify: latency(db, sink().await, true).await,
+            polling: latency(db, sink().await, false).await,
+        }
+    }
+
+    /// `limit` and `relay` name the first two lines.
+    fn print(&self, title: &str, limit: &str, relay: &str) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("{title}");
+        println!("  {:<41}{:>8.0} msg/s", format!("{limit}:"), self.limit);
+        println!(
+            "  {:<41}{:>8.0} msg/s ({:.0}% of the broker's rate)",
+            format!("{relay}:"),
+            self.rate,
+            100.0 * self.rate / self.limit
+        );
+        for (how, (p50, p99)) in [
+            ("LISTEN/NOTIFY", self.notify),
+            ("polling 10 ms", self.polling),
+        ] {
+            println!(
+                "  {:<41}p50 {:>6.1} ms, p99 {:>6.1} ms",
+                format!("commit-to-ack latency, {how}:"),
+                ms(p50),
+                ms(p99)
+            );
+        }
+    }
 }
 
 async fn nats_limit(js: &jetstream::Context, subject: &str, n: usize) -> f64 {
@@ -255,128 +271,43 @@ async fn amqp_limit(url: &str, exchange: &str, n: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n = messages();
-    let db = pool().await;
+    let n = number("BENCH_MESSAGES", 10_000);
+    let db = support::pg_pool(8).await.expect("PostgreSQL");
 
     // JetStream (file storage, as a real deployment would use).
-    let client = async_nats::connect(env("TX_TEST_NATS_URL", "127.0.0.1:4222"))
+    let stream = Stream::open("bench", StorageType::File)
         .await
         .expect("NATS");
-    let js = jetstream::new(client);
-    let prefix = name("bench");
-    let stream = prefix.to_uppercase();
-    js.create_stream(jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{prefix}.>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let limit = nats_limit(&js, &format!("{prefix}.limit"), n).await;
-    let outbox = fresh_outbox(&db).await;
+    let limit = nats_limit(&stream.js, &format!("{}.limit", stream.prefix), n).await;
     let sink = || async {
-        JetStreamSink::connect(&env("TX_TEST_NATS_URL", "127.0.0.1:4222"))
+        JetStreamSink::connect(&support::nats_url())
             .await
             .unwrap()
-            .subject_prefix(prefix.clone())
+            .subject_prefix(stream.prefix.clone())
     };
-    let rate = relay_rate(&db, &outbox, sink().await, n).await;
-    drop_outbox(&db, &outbox).await;
-    let (n50, n99) = latency(&db, sink().await, true).await;
-    let (p50, p99) = latency(&db, sink().await, false).await;
-    let _ = js.delete_stream(&stream).await;
-    println!("PostgreSQL + JetStream, {n} messages of 100 bytes");
-    println!("  JetStream acked publish, one process:   {limit:>8.0} msg/s");
-    println!(
-        "  relay, commit to PubAck:                {rate:>8.0} msg/s ({:.0}% of the broker's rate)",
-        100.0 * rate / limit
-    );
-    println!(
-        "  commit-to-ack latency, LISTEN/NOTIFY:   p50 {:>6.1} ms, p99 {:>6.1} ms",
-        ms(n50),
-        ms(n99)
-    );
-    println!(
-        "  commit-to-ack latency, polling 10 ms:   p50 {:>6.1} ms, p99 {:>6.1} ms",
-        ms(p50),
-        ms(p99)
+    let jetstream = Results::measure(&db, n, limit, sink).await;
+    stream.cleanup().await;
+    jetstream.print(
+        &format!("PostgreSQL + JetStream, {n} messages of 100 bytes"),
+        "JetStream acked publish, one process",
+        "relay, commit to PubAck",
     );
 
     // RabbitMQ (durable queue, persistent messages, publisher confirms).
-    let url = env("TX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let url = support::amqp_url();
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .expect("RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
-    let (exchange, queue) = (name("bench_x"), name("bench_q"));
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "ev".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (exchange, queue) = (unique("bench_x"), unique("bench_q"));
+    support::amqp::declare(&ch, &exchange, &queue, true).await;
     let limit = amqp_limit(&url, &exchange, n).await;
-    let outbox = fresh_outbox(&db).await;
-    let rate = relay_rate(
-        &db,
-        &outbox,
-        AmqpSink::connect(&url, &exchange).await.unwrap(),
-        n,
-    )
-    .await;
-    drop_outbox(&db, &outbox).await;
-    let (n50, n99) = latency(&db, AmqpSink::connect(&url, &exchange).await.unwrap(), true).await;
-    let (p50, p99) = latency(
-        &db,
-        AmqpSink::connect(&url, &exchange).await.unwrap(),
-        false,
-    )
-    .await;
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = ch
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
-    println!("PostgreSQL + RabbitMQ, {n} messages of 100 bytes");
-    println!("  RabbitMQ confirmed publish, one process: {limit:>8.0} msg/s");
-    println!(
-        "  relay, commit to confirm:                {rate:>8.0} msg/s ({:.0}% of the broker's rate)",
-        100.0 * rate / limit
+    let sink = || async { AmqpSink::connect(&url, &exchange).await.unwrap() };
+    let rabbitmq = Results::measure(&db, n, limit, sink).await;
+    support::amqp::delete(&ch, &exchange, &queue).await;
+    rabbitmq.print(
+        &format!("PostgreSQL + RabbitMQ, {n} messages of 100 bytes"),
+        "RabbitMQ confirmed publish, one process",
+        "relay, commit to confirm",
     );
-    println!(
-        "  commit-to-ack latency, LISTEN/NOTIFY:    p50 {:>6.1} ms, p99 {:>6.1} ms",
-        ms(n50),
-        ms(n99)
-    );
-    println!(
-        "  commit-to-ack latency, polling 10 ms:    p50 {:>6.1} ms, p99 {:>6.1} ms",
-        ms(p50),
-        ms(p99)
-    );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

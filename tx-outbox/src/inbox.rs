@@ -9,7 +9,7 @@ use std::time::Duration;
 use tx_sqlx::{TransactionManager, TransactionTemplate, TxError, TxPool};
 
 use crate::outbox::{DEFAULT_INBOX_TABLE, DEFAULT_OUTBOX_TABLE, OutboxDatabase, open};
-use crate::store::{Store, check_table_name, invalid};
+use crate::store::{Purge, Store, check_table_name, invalid};
 
 /// The outcome of [`Inbox::receive`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +168,6 @@ impl<DB: OutboxDatabase> Inbox<DB> {
     /// # Cancel safety
     /// One statement: it either ran or not.
     pub async fn purge(&self, older_than: Duration) -> Result<u64, TxError> {
-        self.store.inbox_purge(older_than).await
+        self.store.purge(Purge::Inbox, older_than).await
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tx_sqlx::{TransactionManager, TxError, TxPool};
 
 use crate::message::{Message, MessageId, from_millis};
-use crate::store::{Dialect, Sql, SqlStore, Store, check_table_name, invalid, partition_of};
+use crate::store::{Dialect, Purge, Sql, SqlStore, Store, check_table_name, invalid, partition_of};
 
 /// The default table of an outbox.
 pub const DEFAULT_OUTBOX_TABLE: &str = "tx_outbox";
@@ -252,7 +252,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
     /// # Cancel safety
     /// One statement: it either ran or not.
     pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, TxError> {
-        self.store.purge_delivered(older_than).await
+        self.store.purge(Purge::Delivered, older_than).await
     }
 }
 

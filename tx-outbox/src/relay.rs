@@ -15,7 +15,7 @@ use tx_sqlx::TxError;
 use crate::message::{Envelope, from_millis};
 use crate::outbox::{Outbox, OutboxDatabase};
 use crate::sink::Sink;
-use crate::store::{Dialect, Listener, PendingRow, Store};
+use crate::store::{Dialect, Failure, Listener, PendingRow, Store, Window};
 
 /// Most windows of a batch's size one round reads while looking for sendable messages.
 const WINDOWS: usize = 8;
@@ -324,7 +324,13 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
         let mut held: Vec<String> = Vec::new();
         let mut after = 0;
         for _ in 0..WINDOWS {
-            let rows = store.fetch(token, after, &held, self.batch).await?;
+            let window = Window {
+                token,
+                after,
+                skip: &held,
+                limit: self.batch,
+            };
+            let rows = store.fetch(window).await?;
             let window_full = rows.len() >= self.batch;
             for (row, ready) in rows {
                 after = row.id;
@@ -435,9 +441,13 @@ impl<DB: OutboxDatabase, S: Sink> Relay<DB, S> {
             let attempts = row.attempts.saturating_add(1);
             let park = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.max_attempts;
             let delay = backoff(self.backoff_min, self.backoff_max, attempts.unsigned_abs());
-            store
-                .mark_failed(row.id, attempts, park, delay, &error)
-                .await?;
+            let failure = Failure {
+                attempts,
+                park,
+                retry_in: delay,
+                error: &error,
+            };
+            store.mark_failed(row.id, failure).await?;
             if park {
                 report.parked += 1;
                 tracing::warn!(target: "tx_outbox", message_id = %row.message_id, topic = %row.topic,

@@ -13,8 +13,10 @@ use tx_sqlx::{Propagation, TransactionTemplate, TxError, TxPool};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// One module of tests per backend: `name: database type, pool (and its temp dir), whether
+/// a RequiresNew scope may write beside an open writer, whether transactions may overlap;`.
 macro_rules! backend {
-    ($module:ident, $db:ty, $pool:expr, requires_new = $requires_new:expr, overlapping = $overlap:expr) => {
+    ($($module:ident: $db:ty, $pool:expr, requires_new = $requires_new:expr, overlapping = $overlap:expr;)*) => {$(
         mod $module {
             use super::*;
 
@@ -22,20 +24,11 @@ macro_rules! backend {
 
             /// The test's own SQL with `?` placeholders, in the backend's spelling.
             fn sql(text: &str) -> String {
-                if std::any::TypeId::of::<Db>() != std::any::TypeId::of::<sqlx::Postgres>() {
-                    return text.to_owned();
+                if std::any::TypeId::of::<Db>() == std::any::TypeId::of::<sqlx::Postgres>() {
+                    tx_sqlx::sql_text::numbered_placeholders(text)
+                } else {
+                    text.to_owned()
                 }
-                let mut n = 0;
-                text.chars()
-                    .map(|c| {
-                        if c == '?' {
-                            n += 1;
-                            format!("${n}")
-                        } else {
-                            c.to_string()
-                        }
-                    })
-                    .collect()
             }
 
             async fn pool() -> Option<(TxPool<Db>, Option<tempfile::TempDir>)> {
@@ -45,15 +38,9 @@ macro_rules! backend {
             async fn setup() -> Option<(TxPool<Db>, Outbox<Db>, String, Option<tempfile::TempDir>)>
             {
                 let (db, dir) = pool().await?;
-                let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
-                outbox.install().await.unwrap();
-                let orders = unique("orders");
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "CREATE TABLE {orders} (id INTEGER PRIMARY KEY, note VARCHAR(100))"
-                )))
-                .execute(db.pool())
-                .await
-                .unwrap();
+                let outbox = support::fresh_outbox(&db).await;
+                let columns = "id INTEGER PRIMARY KEY, note VARCHAR(100)";
+                let orders = support::create_table(&db, "orders", columns).await;
                 Some((db, outbox, orders, dir))
             }
 
@@ -88,6 +75,77 @@ macro_rules! backend {
                     })
                     .await
                     .unwrap();
+            }
+
+            /// What a scope's body returns to commit (`true`) or roll back.
+            fn commit_if(commits: bool) -> Result<(), TxError> {
+                if commits {
+                    Ok(())
+                } else {
+                    Err(TxError::UnexpectedRollback)
+                }
+            }
+
+            /// In one transaction: inserts the order `(id, note)` with `insert` and publishes
+            /// `msg`; the transaction then commits when `commits`.
+            async fn order_with_message(
+                db: &TxPool<Db>,
+                outbox: &Outbox<Db>,
+                insert: &str,
+                (id, note): (i32, &'static str),
+                msg: Message,
+                commits: bool,
+            ) -> Result<(), TxError> {
+                let (db2, ob, ins) = (db.clone(), outbox.clone(), insert.to_owned());
+                TransactionTemplate::new(db.clone())
+                    .execute(move |_| {
+                        let (db2, ob, ins, msg) = (db2.clone(), ob.clone(), ins.clone(), msg.clone());
+                        async move {
+                            sqlx::query(sqlx::AssertSqlSafe(ins))
+                                .bind(id)
+                                .bind(note)
+                                .execute(&db2)
+                                .await?;
+                            ob.publish(msg).await?;
+                            commit_if(commits)
+                        }
+                    })
+                    .await
+            }
+
+            /// In one transaction: publishes `outer.0`, then `inner.1` in a scope of
+            /// propagation `inner.0` that commits when `inner.2`; the transaction then commits
+            /// when `outer.1`.
+            async fn publish_around(
+                db: &TxPool<Db>,
+                outbox: &Outbox<Db>,
+                outer: (&'static str, bool),
+                inner: (Propagation, &'static str, bool),
+            ) -> Result<(), TxError> {
+                let (db2, ob) = (db.clone(), outbox.clone());
+                TransactionTemplate::new(db.clone())
+                    .execute(move |_| {
+                        let (db2, ob) = (db2.clone(), ob.clone());
+                        async move {
+                            ob.publish(Message::new("orders", outer.0.as_bytes().to_vec()))
+                                .await?;
+                            let (propagation, payload, commits) = inner;
+                            let r: Result<(), TxError> = TransactionTemplate::new(db2.clone())
+                                .propagation(propagation)
+                                .execute(|_| {
+                                    let ob = ob.clone();
+                                    async move {
+                                        ob.publish(Message::new("orders", payload.as_bytes().to_vec()))
+                                            .await?;
+                                        commit_if(commits)
+                                    }
+                                })
+                                .await;
+                            assert_eq!(r.is_ok(), commits, "the inner scope of {payload:?}");
+                            commit_if(outer.1)
+                        }
+                    })
+                    .await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,102 +205,29 @@ macro_rules! backend {
                 let Some((db, outbox, orders, _dir)) = setup().await else {
                     return;
                 };
-                let t = TransactionTemplate::new(db.clone());
                 let insert = sql(&format!("INSERT INTO {orders} (id, note) VALUES (?, ?)"));
                 // Committed: the order and its message.
-                let (db2, ob, ins) = (db.clone(), outbox.clone(), insert.clone());
-                t.execute(move |_| {
-                    let (db2, ob, ins) = (db2.clone(), ob.clone(), ins.clone());
-                    async move {
-                        sqlx::query(sqlx::AssertSqlSafe(ins))
-                            .bind(1)
-                            .bind("a")
-                            .execute(&db2)
-                            .await?;
-                        ob.publish(
-                            Message::new("orders", b"committed".to_vec())
-                                .key("o1")
-                                .header("h", "v"),
-                        )
-                        .await?;
-                        Ok::<_, TxError>(())
-                    }
-                })
-                .await
-                .unwrap();
+                let msg = Message::new("orders", b"committed".to_vec())
+                    .key("o1")
+                    .header("h", "v");
+                order_with_message(&db, &outbox, &insert, (1, "a"), msg, true)
+                    .await
+                    .unwrap();
                 // Rolled back: neither.
-                let (db2, ob, ins) = (db.clone(), outbox.clone(), insert.clone());
-                let r: Result<(), TxError> = t
-                    .execute(move |_| {
-                        let (db2, ob, ins) = (db2.clone(), ob.clone(), ins.clone());
-                        async move {
-                            sqlx::query(sqlx::AssertSqlSafe(ins))
-                                .bind(2)
-                                .bind("b")
-                                .execute(&db2)
-                                .await?;
-                            ob.publish(Message::new("orders", b"rolled back".to_vec()))
-                                .await?;
-                            Err(TxError::UnexpectedRollback)
-                        }
-                    })
-                    .await;
+                let msg = Message::new("orders", b"rolled back".to_vec());
+                let r = order_with_message(&db, &outbox, &insert, (2, "b"), msg, false).await;
                 assert!(r.is_err());
                 // A Nested scope rolled back to its savepoint takes its message with it; the
                 // outer transaction's message goes out.
-                let (db2, ob) = (db.clone(), outbox.clone());
-                t.execute(move |_| {
-                    let (db2, ob) = (db2.clone(), ob.clone());
-                    async move {
-                        ob.publish(Message::new("orders", b"outer".to_vec()))
-                            .await?;
-                        let inner: Result<(), TxError> = TransactionTemplate::new(db2.clone())
-                            .propagation(Propagation::Nested)
-                            .execute(|_| {
-                                let ob = ob.clone();
-                                async move {
-                                    ob.publish(Message::new(
-                                        "orders",
-                                        b"nested rolled back".to_vec(),
-                                    ))
-                                    .await?;
-                                    Err(TxError::UnexpectedRollback)
-                                }
-                            })
-                            .await;
-                        assert!(inner.is_err());
-                        Ok::<_, TxError>(())
-                    }
-                })
-                .await
-                .unwrap();
+                let nested = (Propagation::Nested, "nested rolled back", false);
+                publish_around(&db, &outbox, ("outer", true), nested)
+                    .await
+                    .unwrap();
                 if $requires_new {
                     // RequiresNew follows the inner transaction: it commits although the
                     // outer one rolls back.
-                    let (db2, ob) = (db.clone(), outbox.clone());
-                    let r: Result<(), TxError> = t
-                        .execute(move |_| {
-                            let (db2, ob) = (db2.clone(), ob.clone());
-                            async move {
-                                ob.publish(Message::new("orders", b"outer rolled back".to_vec()))
-                                    .await?;
-                                TransactionTemplate::new(db2.clone())
-                                    .propagation(Propagation::RequiresNew)
-                                    .execute(|_| {
-                                        let ob = ob.clone();
-                                        async move {
-                                            ob.publish(Message::new(
-                                                "orders",
-                                                b"requires new".to_vec(),
-                                            ))
-                                            .await?;
-                                            Ok::<_, TxError>(())
-                                        }
-                                    })
-                                    .await?;
-                                Err(TxError::UnexpectedRollback)
-                            }
-                        })
+                    let requires_new = (Propagation::RequiresNew, "requires new", true);
+                    let r = publish_around(&db, &outbox, ("outer rolled back", false), requires_new)
                         .await;
                     assert!(r.is_err());
                 }
@@ -537,33 +522,17 @@ macro_rules! backend {
                 assert_eq!(inbox.purge(Duration::from_secs(3600)).await.unwrap(), 0);
             }
         }
-    };
+    )*};
 }
 
-backend!(
-    postgres,
-    sqlx::Postgres,
-    support::pg_pool(8).await.map(|p| (p, None)),
-    requires_new = true,
-    overlapping = true
-);
-backend!(
-    mysql,
-    sqlx::MySql,
-    support::mysql_pool(8).await.map(|p| (p, None)),
-    requires_new = true,
-    overlapping = true
-);
-backend!(
-    sqlite,
-    sqlx::Sqlite,
-    {
+backend! {
+    postgres: sqlx::Postgres, support::pg_pool(8).await.map(|p| (p, None)), requires_new = true, overlapping = true;
+    mysql: sqlx::MySql, support::mysql_pool(8).await.map(|p| (p, None)), requires_new = true, overlapping = true;
+    sqlite: sqlx::Sqlite, {
         let (p, d) = support::sqlite_pool(4).await;
         Some((p, Some(d)))
-    },
-    requires_new = false,
-    overlapping = false
-);
+    }, requires_new = false, overlapping = false;
+}
 
 /// With feature `metrics`: delivered, failed and parked counters and the lag histogram,
 /// labelled with the table.
@@ -696,20 +665,11 @@ mod run_loop {
         let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
         outbox.install().await.unwrap();
         let sink = RecordingSink::new();
-        let relay = Arc::new(
-            Relay::new(outbox.clone(), sink.clone()).poll_interval(Duration::from_secs(3600)),
-        );
-        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-        let task = {
-            let relay = relay.clone();
-            tokio::spawn(async move {
-                relay
-                    .run(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
-        };
+        let relay =
+            Relay::new(outbox.clone(), sink.clone()).poll_interval(Duration::from_secs(3600));
+        let task = support::Running::spawn(|stopped| async move {
+            relay.run(stopped).await.unwrap();
+        });
         // Let the relay finish its first (empty) round and wait on LISTEN.
         tokio::time::sleep(Duration::from_millis(300)).await;
         for n in 0..3 {
@@ -732,8 +692,7 @@ mod run_loop {
             )
             .await;
         }
-        stop_tx.send(true).unwrap();
-        task.await.unwrap().unwrap();
+        task.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

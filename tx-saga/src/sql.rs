@@ -117,36 +117,18 @@ impl Sql {
     }
 }
 
-/// `?` placeholders as `$1, $2, ..` where the dialect numbers them. The statements above hold
-/// no `?` inside literals.
+/// `?` placeholders as `$1, $2, ..` where the dialect numbers them.
 fn render(sql: &str, numbered: bool) -> String {
-    if !numbered {
-        return sql.to_owned();
+    if numbered {
+        tx_sqlx::sql_text::numbered_placeholders(sql)
+    } else {
+        sql.to_owned()
     }
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A table name must be a plain identifier: it is spliced into SQL text.
 pub(crate) fn check_table(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if tx_sqlx::sql_text::is_plain_identifier(name, 48) {
         Ok(())
     } else {
         Err(format!(

@@ -193,6 +193,7 @@ mod error;
 mod executor;
 mod physical;
 mod pool;
+pub mod sql_text;
 mod transaction_manager;
 
 #[cfg(feature = "mysql")]

@@ -10,7 +10,7 @@ use super::contract::{Listener, Store};
 use super::dialect::Dialect;
 use super::lease::Claim;
 use super::listen::listener_for;
-use super::rows::{FAILED, FailedRow, PENDING, PendingRow, StatsRow};
+use super::rows::{FAILED, FailedRow, Failure, PENDING, PendingRow, Purge, StatsRow, Window};
 use super::sql::{Sql, ms, safe};
 use super::sql_store::SqlStore;
 use crate::message::{Message, MessageId};
@@ -132,11 +132,14 @@ macro_rules! impl_store {
 
             fn fetch<'a>(
                 &'a self,
-                token: &'a str,
-                after: i64,
-                skip: &'a [String],
-                limit: usize,
+                window: Window<'a>,
             ) -> BoxFuture<'a, Result<Vec<(PendingRow, bool)>, TxError>> {
+                let Window {
+                    token,
+                    after,
+                    skip,
+                    limit,
+                } = window;
                 Box::pin(async move {
                     let sql = self.sql.fetch_sql(skip.len());
                     let mut q = sqlx::query_as::<
@@ -201,17 +204,14 @@ macro_rules! impl_store {
             fn mark_failed<'a>(
                 &'a self,
                 id: i64,
-                attempts: i32,
-                park: bool,
-                retry_in: Duration,
-                error: &'a str,
+                failure: Failure<'a>,
             ) -> BoxFuture<'a, Result<(), TxError>> {
                 Box::pin(async move {
-                    let error: String = error.chars().take(2000).collect();
+                    let error: String = failure.error.chars().take(2000).collect();
                     sqlx::query(safe(&self.sql.failed_update))
-                        .bind(attempts)
-                        .bind(if park { FAILED } else { PENDING })
-                        .bind(ms(retry_in))
+                        .bind(failure.attempts)
+                        .bind(if failure.park { FAILED } else { PENDING })
+                        .bind(ms(failure.retry_in))
                         .bind(error)
                         .bind(id)
                         .execute(self.db.pool())
@@ -277,9 +277,17 @@ macro_rules! impl_store {
                 })
             }
 
-            fn purge_delivered(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, TxError>> {
+            fn purge(
+                &self,
+                what: Purge,
+                older_than: Duration,
+            ) -> BoxFuture<'_, Result<u64, TxError>> {
+                let sql = match what {
+                    Purge::Delivered => &self.sql.purge,
+                    Purge::Inbox => &self.sql.inbox_purge,
+                };
                 Box::pin(async move {
-                    let done = sqlx::query(safe(&self.sql.purge))
+                    let done = sqlx::query(safe(sql))
                         .bind(ms(older_than))
                         .execute(self.db.pool())
                         .await?;
@@ -314,16 +322,6 @@ macro_rules! impl_store {
                         .execute(&self.db)
                         .await?;
                     Ok(done.rows_affected() > 0)
-                })
-            }
-
-            fn inbox_purge(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, TxError>> {
-                Box::pin(async move {
-                    let done = sqlx::query(safe(&self.sql.inbox_purge))
-                        .bind(ms(older_than))
-                        .execute(self.db.pool())
-                        .await?;
-                    Ok(done.rows_affected())
                 })
             }
         }

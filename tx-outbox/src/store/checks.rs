@@ -4,14 +4,7 @@ use tx_sqlx::{Operation, TxError};
 
 /// A validated table name (letters, digits, `_`; starts with a letter or `_`).
 pub(crate) fn check_table_name(name: &str) -> Result<(), TxError> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if tx_sqlx::sql_text::is_plain_identifier(name, 48) {
         Ok(())
     } else {
         Err(invalid(format!(

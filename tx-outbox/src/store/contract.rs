@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use tx_sqlx::TxError;
 
 use super::dialect::Dialect;
-use super::rows::{FailedRow, PendingRow, StatsRow};
+use super::rows::{FailedRow, Failure, PendingRow, Purge, StatsRow, Window};
 use crate::message::{Message, MessageId};
 
 /// Waits for "new work" notifications (PostgreSQL `LISTEN`).
@@ -40,15 +40,11 @@ pub(crate) trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<i32>, TxError>>;
     fn release<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<(), TxError>>;
-    /// Up to `limit` pending messages of the partitions leased to `token` with an id above
-    /// `after`, leaving out the keys in `skip`, in publication order, each with whether it
-    /// may be sent now (due, and final: no message with a smaller id can still appear).
+    /// The pending messages of `window`, in publication order, each with whether it may be
+    /// sent now (due, and final: no message with a smaller id can still appear).
     fn fetch<'a>(
         &'a self,
-        token: &'a str,
-        after: i64,
-        skip: &'a [String],
-        limit: usize,
+        window: Window<'a>,
     ) -> BoxFuture<'a, Result<Vec<(PendingRow, bool)>, TxError>>;
     fn mark_delivered<'a>(
         &'a self,
@@ -58,16 +54,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn mark_failed<'a>(
         &'a self,
         id: i64,
-        attempts: i32,
-        park: bool,
-        retry_in: Duration,
-        error: &'a str,
+        failure: Failure<'a>,
     ) -> BoxFuture<'a, Result<(), TxError>>;
 
     fn stats(&self) -> BoxFuture<'_, Result<StatsRow, TxError>>;
     fn failed(&self, limit: usize) -> BoxFuture<'_, Result<Vec<FailedRow>, TxError>>;
     fn retry_failed(&self, id: MessageId) -> BoxFuture<'_, Result<bool, TxError>>;
-    fn purge_delivered(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, TxError>>;
+    /// Deletes the records of `what` older than `older_than`; returns how many.
+    fn purge(&self, what: Purge, older_than: Duration) -> BoxFuture<'_, Result<u64, TxError>>;
     /// A notification listener, on backends that have one.
     fn listener(&self) -> BoxFuture<'_, Result<Option<Box<dyn Listener>>, TxError>>;
 
@@ -78,5 +72,4 @@ pub(crate) trait Store: Send + Sync + 'static {
         consumer: &'a str,
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, TxError>>;
-    fn inbox_purge(&self, older_than: Duration) -> BoxFuture<'_, Result<u64, TxError>>;
 }

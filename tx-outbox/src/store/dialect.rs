@@ -20,20 +20,10 @@ impl Dialect {
 
     /// Rewrites `?` placeholders for the dialect (`$1`, `$2`, ... on PostgreSQL).
     pub(super) fn params(self, sql: &str) -> String {
-        if self != Dialect::Postgres {
-            return sql.to_owned();
+        if self == Dialect::Postgres {
+            tx_sqlx::sql_text::numbered_placeholders(sql)
+        } else {
+            sql.to_owned()
         }
-        let mut out = String::with_capacity(sql.len() + 16);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 }

@@ -18,9 +18,9 @@ pub(super) trait Claim {
     ) -> BoxFuture<'a, Result<(), TxError>>;
 }
 
-/// PostgreSQL and SQLite: one `UPDATE` over the partitions that are free.
-macro_rules! impl_claim_many {
-    ($db:ty) => {
+/// `Claim` by the function that leases on that backend.
+macro_rules! impl_claim {
+    ($db:ty, $lease:ident) => {
         impl Claim for SqlStore<$db> {
             fn lease<'a>(
                 &'a self,
@@ -28,32 +28,37 @@ macro_rules! impl_claim_many {
                 parts: &'a [i32],
                 lease: Duration,
             ) -> BoxFuture<'a, Result<(), TxError>> {
-                Box::pin(async move {
-                    sqlx::query(sqlx::AssertSqlSafe(self.sql.claim_many(parts)))
-                        .persistent(false)
-                        .bind(token)
-                        .bind(ms(lease))
-                        .execute(self.db.pool())
-                        .await?;
-                    Ok(())
-                })
+                Box::pin($lease(self, token, parts, lease))
             }
         }
     };
 }
 
-impl_claim_many!(sqlx::Postgres);
-impl_claim_many!(sqlx::Sqlite);
+impl_claim!(sqlx::Postgres, claim_many);
+impl_claim!(sqlx::Sqlite, claim_many);
+impl_claim!(sqlx::MySql, claim_mysql);
 
-impl Claim for SqlStore<sqlx::MySql> {
-    fn lease<'a>(
-        &'a self,
-        token: &'a str,
-        parts: &'a [i32],
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<(), TxError>> {
-        Box::pin(claim_mysql(self, token, parts, lease))
-    }
+/// PostgreSQL and SQLite: one `UPDATE` over the partitions that are free.
+async fn claim_many<DB>(
+    store: &SqlStore<DB>,
+    token: &str,
+    parts: &[i32],
+    lease: Duration,
+) -> Result<(), TxError>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(store.sql.claim_many(parts)))
+        .persistent(false)
+        .bind(token)
+        .bind(ms(lease))
+        .execute(store.db.pool())
+        .await?;
+    Ok(())
 }
 
 /// MySQL: leases partitions one at a time on the relay's own session. Each `UPDATE` waits

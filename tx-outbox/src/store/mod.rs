@@ -25,6 +25,6 @@ pub(crate) use checks::{check_table_name, invalid};
 pub(crate) use contract::{Listener, Store};
 pub(crate) use dialect::Dialect;
 pub(crate) use partition::{hash_key, partition_of};
-pub(crate) use rows::PendingRow;
+pub(crate) use rows::{Failure, PendingRow, Purge, Window};
 pub(crate) use sql::Sql;
 pub(crate) use sql_store::SqlStore;

@@ -8,27 +8,32 @@ use std::time::Duration;
 use tx_outbox::{Delivery, Inbox, Message, Outbox, Relay, Sink};
 use tx_sqlx::{PgTxPool, TransactionTemplate, TxError};
 
-use crate::support::{self, CutProxy, Running, eventually, unique};
+use crate::support::{self, CutProxy, Running, eventually};
 
 pub type Pg = sqlx::Postgres;
 
 pub const LIMIT: Duration = Duration::from_secs(40);
 
-/// A broker connection, or `None` (the test is skipped) when `what` cannot be reached within
-/// 5 s.
-pub async fn within_5s<T, E: std::fmt::Display>(
-    what: &str,
-    connect: impl std::future::Future<Output = Result<T, E>>,
-) -> Option<T> {
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(c)) => Some(c),
-        Ok(Err(e)) => {
-            support::server_missing(what, &e);
-            None
-        }
-        Err(e) => {
-            support::server_missing(what, &e);
-            None
+/// The `(key, seq)` of each message a consumer handled, in handling order.
+pub type Order = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// Which deliveries a consumer's handler fails.
+pub type Fail = Arc<dyn Fn(&Delivery) -> bool + Send + Sync>;
+
+/// What a test publishes: `keys` x `per_key` committed messages, `chunk` per transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub keys: usize,
+    pub per_key: i64,
+    pub chunk: usize,
+}
+
+impl Load {
+    pub fn new(keys: usize, per_key: i64, chunk: usize) -> Load {
+        Load {
+            keys,
+            per_key,
+            chunk,
         }
     }
 }
@@ -47,22 +52,16 @@ impl Shop {
     }
 
     pub async fn on(db: PgTxPool) -> Option<Shop> {
-        let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
-        outbox.install().await.unwrap();
-        let inbox = Inbox::with_table(db.clone(), &unique("ib")).unwrap();
-        inbox.install().await.unwrap();
-        let handled = unique("handled");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {handled} (message_id TEXT NOT NULL, k TEXT NOT NULL, seq BIGINT NOT NULL)"
-        )))
-        .execute(db.pool())
-        .await
-        .unwrap();
         Some(Shop {
+            outbox: support::fresh_outbox(&db).await,
+            inbox: support::fresh_inbox(&db).await,
+            handled: support::create_table(
+                &db,
+                "handled",
+                "message_id TEXT NOT NULL, k TEXT NOT NULL, seq BIGINT NOT NULL",
+            )
+            .await,
             db,
-            outbox,
-            inbox,
-            handled,
         })
     }
 
@@ -98,16 +97,16 @@ impl Shop {
         assert_eq!(r.is_ok(), commit);
     }
 
-    /// Publishes `keys` x `per_key` committed messages (interleaved, `chunk` per transaction)
-    /// and a rolled-back transaction after every fourth one; returns the committed count.
-    pub async fn publish_load(&self, keys: usize, per_key: i64, chunk: usize) -> usize {
+    /// Publishes `load` (keys interleaved) and a rolled-back transaction after every fourth
+    /// one; returns the committed count.
+    pub async fn publish_load(&self, load: Load) -> usize {
         let mut all = Vec::new();
-        for seq in 0..per_key {
-            for k in 0..keys {
+        for seq in 0..load.per_key {
+            for k in 0..load.keys {
                 all.push((format!("k{k}"), seq));
             }
         }
-        for (n, c) in all.chunks(chunk).enumerate() {
+        for (n, c) in all.chunks(load.chunk).enumerate() {
             self.publish(c, true).await;
             if n.is_multiple_of(4) {
                 let ghost: Vec<(String, i64)> = c.iter().map(|(k, _)| (k.clone(), -1)).collect();
@@ -121,8 +120,8 @@ impl Shop {
     /// transaction) and in `order` (in handling order).
     pub fn handler(
         &self,
-        order: Arc<Mutex<Vec<(String, i64)>>>,
-        fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
+        order: Order,
+        fail: Fail,
     ) -> impl Fn(
         Delivery,
     )
@@ -209,13 +208,13 @@ impl Shop {
 }
 
 /// Each key's handled sequence numbers are 0, 1, 2, ... in order.
-pub fn assert_per_key_order(order: &[(String, i64)], keys: usize, per_key: i64) {
-    let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
-    for (k, s) in order {
-        by_key.entry(k).or_default().push(*s);
+pub fn assert_per_key_order(order: &Order, load: Load) {
+    let mut by_key: HashMap<String, Vec<i64>> = HashMap::new();
+    for (k, s) in order.lock().unwrap().iter() {
+        by_key.entry(k.clone()).or_default().push(*s);
     }
-    assert_eq!(by_key.len(), keys);
-    let want: Vec<i64> = (0..per_key).collect();
+    assert_eq!(by_key.len(), load.keys);
+    let want: Vec<i64> = (0..load.per_key).collect();
     for (k, seqs) in by_key {
         assert_eq!(seqs, want, "order of key {k}");
     }
@@ -244,7 +243,7 @@ pub async fn cut_four_times(proxy: &CutProxy, shop: &Shop) {
     assert!(cuts_mid_run > 0, "no cut happened while work was pending");
 }
 
-pub fn never() -> Arc<dyn Fn(&Delivery) -> bool + Send + Sync> {
+pub fn never() -> Fail {
     Arc::new(|_| false)
 }
 
@@ -258,8 +257,15 @@ pub fn relay<S: Sink>(shop: &Shop, sink: S) -> Relay<Pg, S> {
 }
 
 /// Runs `relay.run` as a task.
-pub fn spawn_relay<S: Sink>(relay: Arc<Relay<Pg, S>>) -> Running {
+pub fn spawn_relay<S: Sink>(relay: Relay<Pg, S>) -> Running {
     Running::spawn(|stopped| async move {
         relay.run(stopped).await.unwrap();
     })
+}
+
+/// Stops `tasks` (relays, consumers) one after another.
+pub async fn stop_all(tasks: impl IntoIterator<Item = Running>) {
+    for task in tasks {
+        task.stop().await;
+    }
 }

@@ -1,24 +1,22 @@
 //! The outbox through RabbitMQ: persistent, confirmed messages handled once (also when all
 //! are sent again), a parked unroutable message, a cut connection and a failing consumer.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tx_outbox::amqp::AmqpSink;
-use tx_outbox::{Delivery, Message, Relay};
+use tx_outbox::{Message, Relay};
 use tx_sqlx::TransactionTemplate;
 
 use crate::faults::Slow;
 use crate::fixtures::{
-    LIMIT, Shop, assert_per_key_order, cut_four_times, drain, never, relay, spawn_relay, within_5s,
+    Fail, LIMIT, Load, Order, Shop, assert_per_key_order, cut_four_times, drain, never, relay,
+    spawn_relay, stop_all,
 };
-use crate::support::{self, CutProxy, Running, eventually, unique};
+use crate::support::{self, CutProxy, Running, eventually, unique, within_5s};
 
 /// An exchange and a queue of this test, bound with `#`.
 struct Rabbit {
@@ -41,33 +39,7 @@ impl Rabbit {
         let channel = conn.create_channel().await.unwrap();
         let exchange = unique("ob_x");
         let queue = unique("ob_q");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "ev".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::amqp::declare(&channel, &exchange, &queue, false).await;
         Some(Rabbit {
             conn,
             channel,
@@ -96,13 +68,8 @@ impl Rabbit {
         AmqpSink::connect(&url, &self.exchange).await.unwrap()
     }
 
-    /// An inbox consumer on the queue, as a task.
-    async fn spawn_consumer(
-        &self,
-        shop: &Shop,
-        order: Arc<Mutex<Vec<(String, i64)>>>,
-        fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
-    ) -> Running {
+    /// An inbox consumer on the queue, as a task; and the order it handles messages in.
+    async fn spawn_consumer(&self, shop: &Shop, fail: Fail) -> (Running, Order) {
         let channel = self.conn.create_channel().await.unwrap();
         channel
             .basic_qos(20, BasicQosOptions::default())
@@ -117,28 +84,20 @@ impl Rabbit {
             )
             .await
             .unwrap();
-        let handler = shop.handler(order, fail);
+        let order = Order::default();
+        let handler = shop.handler(order.clone(), fail);
         let inbox = shop.inbox.clone();
-        Running::spawn(|stopped| async move {
+        let consumer = Running::spawn(|stopped| async move {
             let _channel = channel;
             tx_outbox::amqp::consume(&inbox, "inventory", consumer, handler, stopped)
                 .await
                 .unwrap();
-        })
+        });
+        (consumer, order)
     }
 
     async fn cleanup(self) {
-        let _ = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = self
-            .channel
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        support::amqp::delete(&self.channel, &self.exchange, &self.queue).await;
     }
 }
 
@@ -208,18 +167,17 @@ async fn rabbitmq_gets_persistent_confirmed_messages_handled_once() {
     shop.on_outbox("DELETE FROM {t}").await;
     // The rest, through the inbox consumer; then every message is sent again (RabbitMQ does
     // not de-duplicate): the inbox turns the copies into duplicates.
-    let more = shop.publish_load(4, 6, 5).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let consumer = rabbit.spawn_consumer(&shop, order.clone(), never()).await;
-    let relay_task = spawn_relay(Arc::new(relay));
+    let load = Load::new(4, 6, 5);
+    let more = shop.publish_load(load).await;
+    let (consumer, order) = rabbit.spawn_consumer(&shop, never()).await;
+    let relay_task = spawn_relay(relay);
     shop.assert_end_state(more).await;
-    assert_per_key_order(&order.lock().unwrap(), 4, 6);
+    assert_per_key_order(&order, load);
     shop.on_outbox("UPDATE {t} SET state = 0").await;
     shop.assert_end_state(more).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     shop.assert_end_state(more).await;
-    relay_task.stop().await;
-    consumer.stop().await;
+    stop_all([relay_task, consumer]).await;
     rabbit.cleanup().await;
 }
 
@@ -229,25 +187,22 @@ async fn rabbitmq_connection_cut_mid_batch_and_consumer_failing_half() {
         return;
     };
     let proxy = CutProxy::start(&Rabbit::host_port()).await.unwrap();
-    let expected = shop.publish_load(6, 30, 30).await;
+    let expected = shop.publish_load(Load::new(6, 30, 30)).await;
     let sink = Slow(
         rabbit.sink(Some(proxy.port())).await,
         Duration::from_millis(3),
     );
-    let relay_task = spawn_relay(Arc::new(relay(&shop, sink).batch(20)));
+    let relay_task = spawn_relay(relay(&shop, sink).batch(20));
     let deliveries = Arc::new(AtomicUsize::new(0));
     let d = deliveries.clone();
-    let fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync> =
-        Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst).is_multiple_of(2));
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let consumer = rabbit.spawn_consumer(&shop, order.clone(), fail).await;
+    let fail: Fail = Arc::new(move |_| d.fetch_add(1, Ordering::SeqCst).is_multiple_of(2));
+    let (consumer, _) = rabbit.spawn_consumer(&shop, fail).await;
     cut_four_times(&proxy, &shop).await;
     shop.assert_end_state(expected).await;
     assert!(
         deliveries.load(Ordering::SeqCst) >= 2 * expected - 1,
         "half the deliveries failed"
     );
-    relay_task.stop().await;
-    consumer.stop().await;
+    stop_all([relay_task, consumer]).await;
     rabbit.cleanup().await;
 }

@@ -6,11 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::stream::StorageType;
 use tokio::sync::watch;
-use tx_outbox::nats::JetStreamSink;
-use tx_outbox::{Delivery, Inbox, Message, Outbox, Relay};
+use tx_outbox::{Delivery, Message, Relay};
 use tx_sqlx::{PgTxPool, TransactionTemplate, TxError};
+
+use super::Running;
+use super::jetstream::Stream;
 
 /// How a publishing transaction ended, as its caller saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,78 +28,27 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let client = match async_nats::connect(super::nats_url()).await {
-        Ok(c) => c,
-        Err(e) => return super::server_missing("NATS", &e),
+    let Some(stream) = Stream::open("obr", StorageType::Memory).await else {
+        return;
     };
-    let js = jetstream::new(client);
-    let prefix = super::unique("obr");
-    let stream = prefix.to_uppercase();
-    js.create_stream(jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{prefix}.>")],
-        storage: jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let outbox = Outbox::with_table(db.clone(), &super::unique("ob")).unwrap();
-    outbox.install().await.unwrap();
-    let inbox = Inbox::with_table(db.clone(), &super::unique("ib")).unwrap();
-    inbox.install().await.unwrap();
-    let handled = super::unique("handled");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {handled} (n BIGINT NOT NULL)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
+    let outbox = super::fresh_outbox(&db).await;
+    let inbox = super::fresh_inbox(&db).await;
+    let handled = super::create_table(&db, "handled", "n BIGINT NOT NULL").await;
 
     // The relay (woken by NOTIFY; 200 ms polling as fallback).
-    let sink = JetStreamSink::connect(&super::nats_url())
-        .await
-        .unwrap()
-        .ack_timeout(Duration::from_secs(2))
-        .subject_prefix(prefix.clone());
-    let relay = Arc::new(
-        Relay::new(outbox.clone(), sink)
-            .lease(Duration::from_secs(2))
-            .poll_interval(Duration::from_millis(200))
-            .backoff(Duration::from_millis(20), Duration::from_millis(500)),
-    );
-    let (stop_tx, stop) = watch::channel(false);
-    let relay_task = {
-        let (relay, mut stop) = (relay.clone(), stop.clone());
-        tokio::spawn(async move {
-            relay
-                .run(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .unwrap();
-        })
-    };
+    let relay = Relay::new(outbox.clone(), stream.sink(None).await)
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(200))
+        .backoff(Duration::from_millis(20), Duration::from_millis(500));
+    let relay_task = Running::spawn(|stopped| async move {
+        relay.run(stopped).await.unwrap();
+    });
     // The consumer, through the inbox.
     let consumer_task = {
-        let (inbox, db, handled, js, stream, mut stop) = (
-            inbox.clone(),
-            db.clone(),
-            handled.clone(),
-            js.clone(),
-            stream.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let consumer = tx_outbox::nats::durable_pull_consumer(
-                &js,
-                &stream,
-                "c",
-                "",
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-            let insert = format!("INSERT INTO {handled} (n) VALUES ($1)");
+        let (inbox, db, stream) = (inbox.clone(), db.clone(), stream.clone());
+        let insert = format!("INSERT INTO {handled} (n) VALUES ($1)");
+        Running::spawn(|stopped| async move {
+            let consumer = stream.consumer("c", Duration::from_secs(2)).await;
             let handler = move |d: Delivery| {
                 let (db, insert) = (db.clone(), insert.clone());
                 async move {
@@ -109,18 +60,10 @@ where
                     Ok::<_, TxError>(())
                 }
             };
-            tx_outbox::nats::consume(
-                &inbox,
-                "c",
-                &consumer,
-                Duration::from_millis(50),
-                handler,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
-            .await
-            .unwrap();
+            let retry_delay = Duration::from_millis(50);
+            tx_outbox::nats::consume(&inbox, "c", &consumer, retry_delay, handler, stopped)
+                .await
+                .unwrap();
         })
     };
     // A publisher running through the restart, recording how each transaction ended.
@@ -225,9 +168,7 @@ where
             "message {n} of a failed transaction was handled"
         );
     }
-    let _ = stop_tx.send(true);
-    relay_task.await.unwrap();
-    consumer_task.await.unwrap();
-    let _ = js.delete_stream(&stream).await;
-    drop(stop);
+    relay_task.stop().await;
+    consumer_task.stop().await;
+    stream.cleanup().await;
 }

@@ -2,34 +2,30 @@
 //! unique names, a recording sink, and a loopback proxy that can cut connections.
 #![allow(dead_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "nats")]
 pub mod database_fault;
+#[cfg(feature = "nats")]
+pub mod jetstream;
+
+pub use tx_tests::{mysql_url, pg_url};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::pool::PoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tx_outbox::{Envelope, Sink, SinkError};
+use tx_outbox::{Envelope, Inbox, Outbox, OutboxDatabase, Sink, SinkError};
 use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
-
-pub fn pg_url() -> String {
-    std::env::var("TX_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-pub fn mysql_url() -> String {
-    std::env::var("TX_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 pub fn nats_url() -> String {
     std::env::var("TX_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
@@ -122,30 +118,47 @@ pub async fn sqlite_pool(max: u32) -> (SqliteTxPool, tempfile::TempDir) {
 }
 
 pub async fn sqlite_pool_at(path: &std::path::Path, max: u32) -> SqliteTxPool {
-    let opts = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
-        .expect("open SQLite");
-    SqliteTxPool::new(pool)
+    let opts = tx_tests::sqlite_options(path).busy_timeout(Duration::from_secs(10));
+    tx_tests::sqlite_pool_with(opts, max, Duration::from_secs(10)).await
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call (`<prefix>_<pid>_<n>`), for tables, streams,
+/// A name unique to this process and call (`t_<prefix>_<pid>_<n>`), for tables, streams,
 /// subjects and queues.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    tx_tests::unique_table(prefix)
+}
+
+/// An outbox in a table of its own, installed.
+pub async fn fresh_outbox<DB: OutboxDatabase>(db: &TxPool<DB>) -> Outbox<DB> {
+    let outbox = Outbox::with_table(db.clone(), &unique("ob")).unwrap();
+    outbox.install().await.unwrap();
+    outbox
+}
+
+/// An inbox in a table of its own, installed.
+pub async fn fresh_inbox<DB: OutboxDatabase>(db: &TxPool<DB>) -> Inbox<DB> {
+    let inbox = Inbox::with_table(db.clone(), &unique("ib")).unwrap();
+    inbox.install().await.unwrap();
+    inbox
+}
+
+/// Creates a table of the test's own, `CREATE TABLE <name> (<columns>)`; returns its name.
+pub async fn create_table<DB: sqlx::Database>(
+    db: &TxPool<DB>,
+    prefix: &str,
+    columns: &str,
+) -> String
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let name = unique(prefix);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {name} ({columns})"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    name
 }
 
 /// What a [`RecordingSink`] saw.
@@ -231,37 +244,37 @@ impl Sink for RecordingSink {
 /// client sees its broker connection die), new connections go through again.
 pub struct CutProxy {
     addr: SocketAddr,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Each connection ends when this is sent to (or dropped with the proxy).
+    cut: Arc<watch::Sender<()>>,
     accept: JoinHandle<()>,
     pub cuts: AtomicUsize,
 }
 
 impl CutProxy {
     pub async fn start(upstream: &str) -> io::Result<CutProxy> {
-        let upstream = tokio::net::lookup_host(upstream)
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "upstream"))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let c2 = conns.clone();
+        let cut = Arc::new(watch::Sender::new(()));
+        let (upstream, cut2) = (upstream.to_owned(), cut.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let h = tokio::spawn(async move {
+                // Subscribed now: only a later cut ends this connection.
+                let mut cut = cut2.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
                 });
-                let mut v = c2.lock().unwrap();
-                v.retain(|h| !h.is_finished());
-                v.push(h);
             }
         });
         Ok(CutProxy {
             addr,
-            conns,
+            cut,
             accept,
             cuts: AtomicUsize::new(0),
         })
@@ -277,9 +290,7 @@ impl CutProxy {
 
     /// Drops every proxied connection now.
     pub fn cut(&self) {
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
+        self.cut.send_replace(());
         self.cuts.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -330,6 +341,25 @@ impl Running {
         task.abort();
         let _ = task.await;
         drop(stop);
+    }
+}
+
+/// What `connect` gives, or `None` (the caller skips) when `what` cannot be reached within
+/// 5 s.
+pub async fn within_5s<T, E: std::fmt::Display>(
+    what: &str,
+    connect: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            server_missing(what, &e);
+            None
+        }
+        Err(e) => {
+            server_missing(what, &e);
+            None
+        }
     }
 }
 
