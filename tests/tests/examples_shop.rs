@@ -47,29 +47,28 @@ fn product(id: i64, name: &str, stock: i64, price: i64) -> Product {
     }
 }
 
+/// Asserts that `$step` ended as `$pat`, showing the step otherwise.
+macro_rules! assert_step {
+    ($step:expr, $pat:pat) => {
+        assert!(matches!($step.result, $pat), "{:?}", $step)
+    };
+}
+
 /// Asserts every case's outcome and rows. `backend` says which backend ran it.
 fn assert_report(r: &DemoReport, backend: Backend) {
     assert_eq!(r.backend, backend);
 
     // [1] Bank transfer.
     let t = &r.transfer;
-    assert!(matches!(t.steps[0].result, Ok(())), "{:?}", t.steps[0]);
-    assert!(
-        matches!(
-            t.steps[1].result,
-            Err(ShopError::InsufficientBalance {
-                account: ALICE,
-                needed: 500
-            })
-        ),
-        "{:?}",
-        t.steps[1]
+    assert_step!(t.steps[0], Ok(()));
+    assert_step!(
+        t.steps[1],
+        Err(ShopError::InsufficientBalance {
+            account: ALICE,
+            needed: 500
+        })
     );
-    assert!(
-        matches!(t.steps[2].result, Err(ShopError::AccountNotFound(NOBODY))),
-        "{:?}",
-        t.steps[2]
-    );
+    assert_step!(t.steps[2], Err(ShopError::AccountNotFound(NOBODY)));
     assert_eq!(
         t.accounts,
         vec![account(ALICE, "alice", 100), account(BOB, "bob", 100)]
@@ -82,27 +81,19 @@ fn assert_report(r: &DemoReport, backend: Backend) {
         .result
         .as_ref()
         .expect("first laptop order commits");
-    assert!(
-        matches!(
-            o.steps[1].result,
-            Err(ShopError::OutOfStock {
-                product: LAPTOP,
-                requested: 20
-            })
-        ),
-        "{:?}",
-        o.steps[1]
+    assert_step!(
+        o.steps[1],
+        Err(ShopError::OutOfStock {
+            product: LAPTOP,
+            requested: 20
+        })
     );
-    assert!(
-        matches!(
-            o.steps[2].result,
-            Err(ShopError::InsufficientBalance {
-                account: ZHANG_SAN,
-                needed: 5000
-            })
-        ),
-        "{:?}",
-        o.steps[2]
+    assert_step!(
+        o.steps[2],
+        Err(ShopError::InsufficientBalance {
+            account: ZHANG_SAN,
+            needed: 5000
+        })
     );
     assert_eq!(o.product, product(LAPTOP, "laptop", 9, 5000));
     assert_eq!(o.account, account(ZHANG_SAN, "zhang san", 0));
@@ -114,16 +105,12 @@ fn assert_report(r: &DemoReport, backend: Backend) {
     // [3] Audit log: the failed attempt's entry survives, in its own database on SQLite;
     // zhang san's three attempts (two failed) are all audited too.
     let a = &r.audit;
-    assert!(
-        matches!(
-            a.step.result,
-            Err(ShopError::InsufficientBalance {
-                account: LI_SI,
-                needed: 1000
-            })
-        ),
-        "{:?}",
-        a.step
+    assert_step!(
+        a.step,
+        Err(ShopError::InsufficientBalance {
+            account: LI_SI,
+            needed: 1000
+        })
     );
     assert_eq!(a.audit.len(), 1, "{:?}", a.audit);
     assert_eq!(a.audit[0].action, "ORDER_ATTEMPT");
@@ -173,11 +160,7 @@ fn assert_report(r: &DemoReport, backend: Backend) {
         panic!("expected RiskRejected, got {:?}", k.rejected);
     };
     assert_eq!(reason, "amount 30000 over 20000");
-    assert!(
-        matches!(k.down.result, Err(ShopError::RiskServiceDown)),
-        "{:?}",
-        k.down
-    );
+    assert_step!(k.down, Err(ShopError::RiskServiceDown));
     assert_eq!(
         k.orders,
         vec![order(
@@ -209,16 +192,12 @@ fn assert_report(r: &DemoReport, backend: Backend) {
             "after_completion(Committed)".to_owned(),
         ]
     );
-    assert!(
-        matches!(
-            h.rolled_back.result,
-            Err(ShopError::InsufficientBalance {
-                account: SUN_QI,
-                needed: 200
-            })
-        ),
-        "{:?}",
-        h.rolled_back
+    assert_step!(
+        h.rolled_back,
+        Err(ShopError::InsufficientBalance {
+            account: SUN_QI,
+            needed: 200
+        })
     );
     assert_eq!(
         h.rolled_back_timeline.len(),
@@ -297,11 +276,7 @@ fn assert_report(r: &DemoReport, backend: Backend) {
         "{:?}",
         z.swallowed
     );
-    assert!(
-        matches!(z.programmatic.result, Ok(None)),
-        "{:?}",
-        z.programmatic
-    );
+    assert_step!(z.programmatic, Ok(None));
     assert!(z.orders.is_empty(), "{:?}", z.orders);
     assert_eq!(z.product, product(KEYBOARD, "keyboard", 10, 100));
     assert_eq!(z.coupon_used, 1);
@@ -344,51 +319,55 @@ async fn shop_demo_on_sqlite() {
     assert_report(&report, Backend::Sqlite);
 }
 
+/// The demo on a server: skipped when `$probe` finds it down (loudly), else run in a schema
+/// or database of its own (`$connect`), which `$drop` removes afterwards whatever happened.
+macro_rules! demo_on_server {
+    ($probe:path, $url:path, $backend:expr, $server:literal, $connect:path, $drop:path) => {{
+        // Probes the server: None (and a loud SKIPPED) when it is down.
+        let Some(probe) = $probe(1).await else {
+            return;
+        };
+        probe.pool().close().await;
+        let url = $url();
+        let namespace = tx_tests::unique_table("shop");
+        let outcome = AssertUnwindSafe(async {
+            let shop = $connect(&url, &namespace)
+                .await
+                .expect(concat!("set up on ", $server));
+            let report = shop.run_all().await.expect("demo runs");
+            assert_report(&report, $backend);
+        })
+        .catch_unwind()
+        .await;
+        $drop(&url, &namespace).await.unwrap();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }};
+}
+
 #[tokio::test]
 async fn shop_demo_on_postgres() {
-    // Probes the server: None (and a loud SKIPPED) when it is down.
-    let Some(probe) = tx_tests::pg_pool(1).await else {
-        return;
-    };
-    probe.pool().close().await;
-    let url = tx_tests::pg_url();
-    let schema = tx_tests::unique_table("shop");
-    let outcome = AssertUnwindSafe(async {
-        let shop = shop::postgres::connect(&url, &schema)
-            .await
-            .expect("set up on PostgreSQL");
-        let report = shop.run_all().await.expect("demo runs");
-        assert_report(&report, Backend::Postgres);
-    })
-    .catch_unwind()
-    .await;
-    shop::postgres::drop_schema(&url, &schema).await.unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    demo_on_server!(
+        tx_tests::pg_pool,
+        tx_tests::pg_url,
+        Backend::Postgres,
+        "PostgreSQL",
+        shop::postgres::connect,
+        shop::postgres::drop_schema
+    );
 }
 
 #[tokio::test]
 async fn shop_demo_on_mariadb() {
-    let Some(probe) = tx_tests::mysql_pool(1).await else {
-        return;
-    };
-    probe.pool().close().await;
-    let url = tx_tests::mysql_url();
-    let database = tx_tests::unique_table("shop");
-    let outcome = AssertUnwindSafe(async {
-        let shop = shop::mysql::connect(&url, &database)
-            .await
-            .expect("set up on MariaDB");
-        let report = shop.run_all().await.expect("demo runs");
-        assert_report(&report, Backend::MySql);
-    })
-    .catch_unwind()
-    .await;
-    shop::mysql::drop_database(&url, &database).await.unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    demo_on_server!(
+        tx_tests::mysql_pool,
+        tx_tests::mysql_url,
+        Backend::MySql,
+        "MariaDB",
+        shop::mysql::connect,
+        shop::mysql::drop_database
+    );
 }
 
 #[test]

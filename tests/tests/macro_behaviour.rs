@@ -46,6 +46,40 @@ async fn rows(db: &PgTxPool, table: &str) -> Vec<String> {
     .expect("read rows")
 }
 
+/// Inserts `name` into `table` through `&TxPool`: in the current task's transaction, if any.
+async fn insert_name(
+    db: &PgTxPool,
+    table: &str,
+    name: impl AsRef<str>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (name) VALUES ($1)"
+    )))
+    .bind(name.as_ref())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Runs `sql` through `&TxPool` (in the current task's transaction, if any), with `name` as
+/// `$1` and `value` as `$2`.
+async fn exec_with<V>(db: &PgTxPool, sql: String, name: &str, value: V) -> Result<(), sqlx::Error>
+where
+    V: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+{
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(name)
+        .bind(value)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Asserts the committed rows of `table` are `expected` (`why` says what left them).
+async fn assert_rows(db: &PgTxPool, table: &str, expected: &[&str], why: &str) {
+    assert_eq!(rows(db, table).await, expected, "{why}");
+}
+
 /// A table `(id serial, name text unique)`.
 async fn name_table(db: &PgTxPool, prefix: &str) -> String {
     let t = tx_tests::unique_table(prefix);
@@ -81,14 +115,7 @@ struct LogService {
 
 impl LogService {
     async fn insert(&self, message: &str) -> Result<u64, AppError> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(message)
-        .execute(&self.db)
-        .await?;
-        Ok(done.rows_affected())
+        Ok(insert_name(&self.db, &self.table, message).await?)
     }
 
     /// `@Transactional(propagation = REQUIRED)` + `setRollbackOnly()`: rolls back without an
@@ -124,14 +151,7 @@ struct UserService {
 impl UserService {
     #[transactional(propagation = REQUIRED, manager = self.db)]
     async fn add(&self, username: &str, mode: LogMode) -> Result<u64, AppError> {
-        let added = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(username)
-        .execute(&self.db)
-        .await?
-        .rows_affected();
+        let added = insert_name(&self.db, &self.table, username).await?;
         let message = format!("added {username}");
         let logged = match mode {
             LogMode::Required => self.log.add_required(&message).await?,
@@ -149,13 +169,7 @@ impl UserService {
         username: &str,
         mark_rollback_only: bool,
     ) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(username)
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.table, username).await?;
         if let Err(e) = validate(username) {
             // catch (Exception e) { e.printStackTrace(); }
             eprintln!("swallowed: {e}");
@@ -196,11 +210,7 @@ async fn user_service_on_server() -> Option<(PgTxPool, UserService)> {
 
 /// Asserts that the log service's table is empty (`why` says which transaction rolled it back).
 async fn assert_no_log(db: &PgTxPool, svc: &UserService, why: &str) {
-    assert_eq!(
-        rows(db, &svc.log.table).await,
-        Vec::<String>::new(),
-        "{why}"
-    );
+    assert_rows(db, &svc.log.table, &[], why).await;
 }
 
 async fn user_service(db: &PgTxPool) -> UserService {
@@ -216,53 +226,50 @@ async fn user_service(db: &PgTxPool) -> UserService {
     }
 }
 
+/// The log service marks its transaction rollback-only, with each propagation: `REQUIRED`
+/// dooms the user's transaction too (its commit turns into `UnexpectedRollback`);
+/// `REQUIRES_NEW` and `NESTED` roll back the log alone (its own transaction, its savepoint),
+/// and the user is committed. Each case on fresh tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_and_log_required_log_marks_rollback_only_both_rolled_back() {
-    let Some((db, svc)) = user_service_on_server().await else {
+async fn user_and_log_the_log_marks_rollback_only() {
+    let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
-
-    let result = svc.add("alice", LogMode::Required).await;
-
-    assert!(
-        matches!(result, Err(AppError::Tx(TxError::UnexpectedRollback))),
-        "the owner's commit must turn into UnexpectedRollback, got {result:?}"
-    );
-    assert_eq!(
-        rows(&db, &svc.table).await,
-        Vec::<String>::new(),
-        "user rolled back"
-    );
-    assert_no_log(&db, &svc, "log rolled back").await;
-    drop_tables(&db, &[&svc.table, &svc.log.table]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_and_log_requires_new_log_rolled_back_user_kept() {
-    let Some((db, svc)) = user_service_on_server().await else {
-        return;
-    };
-
-    let result = svc.add("bob", LogMode::RequiresNew).await;
-
-    assert_eq!(result.unwrap(), 2, "both inserts reported one row");
-    assert_eq!(rows(&db, &svc.table).await, ["bob"], "user committed");
-    assert_no_log(&db, &svc, "log's own transaction rolled back").await;
-    drop_tables(&db, &[&svc.table, &svc.log.table]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_and_log_nested_log_rolled_back_to_savepoint_user_kept() {
-    let Some((db, svc)) = user_service_on_server().await else {
-        return;
-    };
-
-    let result = svc.add("carol", LogMode::Nested).await;
-
-    assert_eq!(result.unwrap(), 2);
-    assert_eq!(rows(&db, &svc.table).await, ["carol"], "user committed");
-    assert_no_log(&db, &svc, "log rolled back to its savepoint").await;
-    drop_tables(&db, &[&svc.table, &svc.log.table]).await;
+    let cases: [(LogMode, &str, &[&str], &str); 3] = [
+        (LogMode::Required, "alice", &[], "log rolled back"),
+        (
+            LogMode::RequiresNew,
+            "bob",
+            &["bob"],
+            "log's own transaction rolled back",
+        ),
+        (
+            LogMode::Nested,
+            "carol",
+            &["carol"],
+            "log rolled back to its savepoint",
+        ),
+    ];
+    for (mode, user, users, why_no_log) in cases {
+        let svc = user_service(&db).await;
+        let result = svc.add(user, mode).await;
+        if let LogMode::Required = mode {
+            assert!(
+                matches!(result, Err(AppError::Tx(TxError::UnexpectedRollback))),
+                "the owner's commit must turn into UnexpectedRollback, got {result:?}"
+            );
+            assert_rows(&db, &svc.table, users, "user rolled back").await;
+        } else {
+            assert_eq!(
+                result.unwrap(),
+                2,
+                "both inserts reported one row ({mode:?})"
+            );
+            assert_rows(&db, &svc.table, users, "user committed").await;
+        }
+        assert_no_log(&db, &svc, why_no_log).await;
+        drop_tables(&db, &[&svc.table, &svc.log.table]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,11 +280,13 @@ async fn user_and_log_swallowed_error_with_set_rollback_only_rolls_back() {
 
     // The trap: the error is swallowed and nothing marks the transaction, so it commits.
     svc.add_swallowing("bad-dave", false).await.unwrap();
-    assert_eq!(
-        rows(&db, &svc.table).await,
-        ["bad-dave"],
-        "swallowed error alone commits"
-    );
+    assert_rows(
+        &db,
+        &svc.table,
+        &["bad-dave"],
+        "swallowed error alone commits",
+    )
+    .await;
 
     // The fix: set_rollback_only() in the catch. The owner rolls back and returns its own Ok.
     let result = svc.add_swallowing("bad-erin", true).await;
@@ -285,11 +294,7 @@ async fn user_and_log_swallowed_error_with_set_rollback_only_rolls_back() {
         result.is_ok(),
         "the owner that marks itself gets its own result: {result:?}"
     );
-    assert_eq!(
-        rows(&db, &svc.table).await,
-        ["bad-dave"],
-        "bad-erin rolled back"
-    );
+    assert_rows(&db, &svc.table, &["bad-dave"], "bad-erin rolled back").await;
     drop_tables(&db, &[&svc.table, &svc.log.table]).await;
 }
 
@@ -304,26 +309,22 @@ struct FacadeService {
 impl FacadeService {
     #[transactional(manager = self.db)]
     async fn deposit(&self, owner: &str, amount: i64) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name, balance) VALUES ($1, $2)",
-            self.accounts
-        )))
-        .bind(owner)
-        .bind(amount)
-        .execute(&self.db)
+        exec_with(
+            &self.db,
+            format!(
+                "INSERT INTO {} (name, balance) VALUES ($1, $2)",
+                self.accounts
+            ),
+            owner,
+            amount,
+        )
         .await?;
         Ok(())
     }
 
     #[transactional(propagation = REQUIRES_NEW, manager = self.db)]
     async fn write_audit(&self, owner: &str, note: &str) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.audit
-        )))
-        .bind(format!("audit-{owner}-{note}"))
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.audit, format!("audit-{owner}-{note}")).await?;
         Ok(())
     }
 
@@ -355,20 +356,24 @@ async fn audit_in_requires_new_survives_outer_failure() {
     let result = svc.business_with_audit("owner").await;
 
     assert!(matches!(result, Err(AppError::Business(_))), "{result:?}");
-    assert_eq!(
-        rows(&db, &accounts).await,
-        Vec::<String>::new(),
-        "the deposit rolled back with the outer transaction"
-    );
-    assert_eq!(
-        rows(&db, &audit).await,
-        ["audit-owner-deposit-start"],
-        "the REQUIRES_NEW audit stayed committed"
-    );
+    assert_rows(
+        &db,
+        &accounts,
+        &[],
+        "the deposit rolled back with the outer transaction",
+    )
+    .await;
+    assert_rows(
+        &db,
+        &audit,
+        &["audit-owner-deposit-start"],
+        "the REQUIRES_NEW audit stayed committed",
+    )
+    .await;
 
     // and the happy path commits both
     svc.deposit("other", 5).await.unwrap();
-    assert_eq!(rows(&db, &accounts).await, ["other"]);
+    assert_rows(&db, &accounts, &["other"], "the happy path commits").await;
     drop_tables(&db, &[&accounts, &audit]).await;
 }
 
@@ -405,31 +410,29 @@ impl OrderService {
     /// (`no_rollback_for`); a broken risk service is a system failure: everything rolls back.
     #[transactional(manager = self.db, no_rollback_for = AppError::RiskRejected { .. })]
     async fn create_order(&self, order_no: &str, amount: i64) -> Result<String, AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name, amount, status) VALUES ($1, $2, 'CREATED')",
-            self.orders
-        )))
-        .bind(order_no)
-        .bind(amount)
-        .execute(&self.db)
+        exec_with(
+            &self.db,
+            format!(
+                "INSERT INTO {} (name, amount, status) VALUES ($1, $2, 'CREATED')",
+                self.orders
+            ),
+            order_no,
+            amount,
+        )
         .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.items
-        )))
-        .bind(format!("{order_no}-item-1"))
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.items, format!("{order_no}-item-1")).await?;
         match self.risk.check(amount).await {
             Ok(()) => Ok(order_no.to_owned()),
             Err(AppError::RiskRejected { reason }) => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {} SET status = 'WAIT_AUDIT', note = $2 WHERE name = $1",
-                    self.orders
-                )))
-                .bind(order_no)
-                .bind(format!("risk check failed: {reason}"))
-                .execute(&self.db)
+                exec_with(
+                    &self.db,
+                    format!(
+                        "UPDATE {} SET status = 'WAIT_AUDIT', note = $2 WHERE name = $1",
+                        self.orders
+                    ),
+                    order_no,
+                    format!("risk check failed: {reason}"),
+                )
                 .await?;
                 Err(AppError::RiskRejected { reason })
             }
@@ -463,7 +466,7 @@ async fn order_statuses(db: &PgTxPool, orders: &str) -> Vec<(String, String, Opt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn risk_rejected_keeps_order_waiting_for_audit() {
+async fn risk_rejected_keeps_the_order_and_risk_service_failure_rolls_back() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
@@ -489,15 +492,16 @@ async fn risk_rejected_keeps_order_waiting_for_audit() {
         ],
         "the rejected order was committed, waiting for audit"
     );
-    assert_eq!(rows(&db, &svc.items).await, ["NO-1-item-1", "NO-2-item-1"]);
+    assert_rows(
+        &db,
+        &svc.items,
+        &["NO-1-item-1", "NO-2-item-1"],
+        "both items committed",
+    )
+    .await;
     drop_tables(&db, &[&svc.orders, &svc.items]).await;
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn risk_service_failure_rolls_back() {
-    let Some(db) = tx_tests::pg_pool(4).await else {
-        return;
-    };
+    // A broken risk service is a system failure.
     let svc = order_service(&db, true).await;
 
     let result = svc.create_order("NO-3", 100).await;
@@ -510,11 +514,7 @@ async fn risk_service_failure_rolls_back() {
         order_statuses(&db, &svc.orders).await.is_empty(),
         "no order left behind"
     );
-    assert_eq!(
-        rows(&db, &svc.items).await,
-        Vec::<String>::new(),
-        "no item left behind"
-    );
+    assert_rows(&db, &svc.items, &[], "no item left behind").await;
     drop_tables(&db, &[&svc.orders, &svc.items]).await;
 }
 
@@ -528,13 +528,7 @@ struct SlowService {
 impl SlowService {
     #[transactional(manager = self.db, timeout = "300ms")]
     async fn slow_write(&self, name: &str, work: Duration) -> Result<(), AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(name)
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.table, name).await?;
         tokio::time::sleep(work).await;
         Ok(())
     }
@@ -560,17 +554,13 @@ async fn timeout_300ms_rolls_back_at_the_deadline() {
         elapsed < Duration::from_secs(2),
         "the call ended at the deadline, not after the body's 3 s: {elapsed:?}"
     );
-    assert_eq!(
-        rows(&db, &table).await,
-        Vec::<String>::new(),
-        "the write was rolled back"
-    );
+    assert_rows(&db, &table, &[], "the write was rolled back").await;
 
     // within the deadline it commits
     svc.slow_write("quick", Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!(rows(&db, &table).await, ["quick"]);
+    assert_rows(&db, &table, &["quick"], "within the deadline it commits").await;
     drop_tables(&db, &[&table]).await;
 }
 
@@ -597,13 +587,12 @@ impl CounterService {
         .await?;
         // let the other calls read the same value before anyone writes
         tokio::time::sleep(Duration::from_millis(100)).await;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET n = $2 WHERE name = $1",
-            self.table
-        )))
-        .bind(&key)
-        .bind(n + 1)
-        .execute(&self.db)
+        exec_with(
+            &self.db,
+            format!("UPDATE {} SET n = $2 WHERE name = $1", self.table),
+            &key,
+            n + 1,
+        )
         .await?;
         Ok(n + 1)
     }
@@ -675,13 +664,7 @@ struct Registrations {
 impl Registrations {
     #[transactional(manager = self.db)]
     async fn register(self: Arc<Self>, name: String, fail: bool) -> Result<bool, AppError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(&name)
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.table, &name).await?;
         // a task spawned from inside starts outside the transaction (like Spring's @Async)
         let inside = tx_sqlx::is_actual_transaction_active();
         let in_spawned = tokio::spawn(async { tx_sqlx::is_actual_transaction_active() })
@@ -718,11 +701,13 @@ async fn transactional_future_moved_into_tokio_spawn() {
         failed.await.expect("task"),
         Err(AppError::Business(_))
     ));
-    assert_eq!(
-        rows(&db, &table).await,
-        ["kept"],
-        "the failed call rolled back in its task"
-    );
+    assert_rows(
+        &db,
+        &table,
+        &["kept"],
+        "the failed call rolled back in its task",
+    )
+    .await;
     drop_tables(&db, &[&table]).await;
 }
 
@@ -743,13 +728,7 @@ struct SqlxErrorService {
 
 impl SqlxErrorService {
     async fn insert(&self, name: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name) VALUES ($1)",
-            self.table
-        )))
-        .bind(name)
-        .execute(&self.db)
-        .await?;
+        insert_name(&self.db, &self.table, name).await?;
         Ok(())
     }
 
@@ -791,6 +770,11 @@ async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
     else {
         return;
     };
+
+    // within the deadline it commits
+    svc.slow_insert("quick", Duration::from_millis(1))
+        .await
+        .unwrap();
 
     // past the deadline: rolled back, and the caller finds the timeout inside the sqlx::Error
     let err = svc
@@ -835,18 +819,6 @@ async fn sqlx_error_functions_roll_back_and_report_the_engine_error() {
         "{err:?}"
     );
 
-    assert_eq!(
-        rows(&db, &table).await,
-        Vec::<String>::new(),
-        "every call rolled back"
-    );
-    svc.slow_insert("quick", Duration::from_millis(1))
-        .await
-        .unwrap();
-    assert_eq!(
-        rows(&db, &table).await,
-        ["quick"],
-        "within the deadline it commits"
-    );
+    assert_rows(&db, &table, &["quick"], "every other call rolled back").await;
     drop_tables(&db, &[&table]).await;
 }

@@ -4,13 +4,16 @@
 //! any runtime, and SQLite's single writer seen from after-commit hooks. Rows are read from a fresh
 //! connection outside the pool under test.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::AssertSqlSafe;
 use tokio::sync::{Notify, oneshot};
-use tx_sqlx::{BoxError, Propagation, TransactionSynchronization, TransactionTemplate, TxError};
+use tx_sqlx::{
+    BoxError, Propagation, SqliteTxPool, TransactionSynchronization, TransactionTemplate, TxError,
+};
 use tx_tests::reliability::{
     AppError, Backend, BoxFut, MySqlBackend, PgBackend, SqliteBackend, settle,
 };
@@ -56,8 +59,53 @@ fn tx_error(e: &AppError) -> Option<&TxError> {
     }
 }
 
-fn would_block(r: &Result<(), AppError>, says: &str) -> bool {
-    matches!(r.as_ref().err().and_then(tx_error), Some(TxError::WouldBlock { message }) if message.contains(says))
+/// Asserts that `r` failed with `WouldBlock`, its message saying `says` (`who` names the
+/// backend in the panic message).
+fn assert_would_block(r: &Result<(), AppError>, says: &str, who: &str) {
+    assert!(
+        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::WouldBlock { message }) if message.contains(says)),
+        "{who}: {r:?}"
+    );
+}
+
+/// Asserts that `$r` failed with the engine error `$pat`; the message names the backend `$b`,
+/// or says `$who`.
+macro_rules! assert_tx_err {
+    ($b:expr, $r:expr, $pat:pat) => {
+        assert_tx_err!(@who $b.name(), $r, $pat)
+    };
+    (@who $who:expr, $r:expr, $pat:pat) => {{
+        let r = &$r;
+        assert!(
+            matches!(r.as_ref().err().and_then(tx_error), Some($pat)),
+            "{}: {r:?}",
+            $who
+        )
+    }};
+}
+
+/// Asserts that every connection of `b`'s pool went back to it.
+async fn assert_connections_back<B: Backend>(b: &B) {
+    let (size, idle) = settle(b).await;
+    assert_eq!(
+        size as usize,
+        idle,
+        "{}: the connection went back",
+        b.name()
+    );
+}
+
+/// Runs `body` in a transaction of `b` that must commit, failing the test with `hang` if it
+/// hangs instead; returns what `body` returned.
+async fn commit_within_hang<B: Backend, T>(
+    b: &B,
+    hang: &str,
+    body: impl Future<Output = Result<T, AppError>>,
+) -> T {
+    tokio::time::timeout(HANG, b.template().execute(|_| body))
+        .await
+        .expect(hang)
+        .unwrap()
 }
 
 /// A hang on today's code must fail the test, not the suite.
@@ -109,14 +157,7 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
         "{}: the failed scope's row survived",
         b.name()
     );
-    assert!(
-        matches!(
-            rb.as_ref().err().and_then(tx_error),
-            Some(TxError::ConcurrentScopes { .. })
-        ),
-        "{}: {rb:?}",
-        b.name()
-    );
+    assert_tx_err!(b, rb, TxError::ConcurrentScopes { .. });
     b.drop_table(&table).await;
 }
 
@@ -158,22 +199,8 @@ async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
             b.name()
         );
     }
-    assert!(
-        matches!(
-            rp.as_ref().err().and_then(tx_error),
-            Some(TxError::ConcurrentScopes { .. })
-        ),
-        "{}: {rp:?}",
-        b.name()
-    );
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: {r:?}",
-        b.name()
-    );
+    assert_tx_err!(b, rp, TxError::ConcurrentScopes { .. });
+    assert_tx_err!(b, r, TxError::UnexpectedRollback);
     assert!(rows.is_empty(), "{}: {rows:?}", b.name());
     b.drop_table(&table).await;
 }
@@ -230,14 +257,8 @@ async fn assert_before_commit_forces_rollback<B, S>(
             Ok(())
         })
         .await;
-    assert!(
-        matches!(
-            r.as_ref().err().and_then(tx_error),
-            Some(TxError::UnexpectedRollback)
-        ),
-        "{}: {what}: {r:?}",
-        b.name()
-    );
+    let who = format!("{}: {what}", b.name());
+    assert_tx_err!(@who who, r, TxError::UnexpectedRollback);
     assert!(b.tags(table).await.is_empty(), "{}", b.name());
 }
 
@@ -278,30 +299,21 @@ impl TransactionSynchronization for SlowBeforeCommit {
 async fn deadline_before_commit<B: Backend>(b: &B) {
     let table = b.create_table("edge_deadline").await;
     let timed = b.template().timeout(Duration::from_millis(300));
-    let r: Result<(), AppError> = timed
-        .execute(|_| async {
-            b.insert(&table, "slow hook").await?;
-            tx_sqlx::register_synchronization(SlowBeforeCommit)?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::Timeout)),
-        "{}: {r:?}",
-        b.name()
-    );
-    let r: Result<(), AppError> = timed
-        .execute(|_| async {
-            b.insert(&table, "slow body").await?;
-            std::thread::sleep(Duration::from_millis(600));
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(r.as_ref().err().and_then(tx_error), Some(TxError::Timeout)),
-        "{}: {r:?}",
-        b.name()
-    );
+    for slow_hook in [true, false] {
+        let r: Result<(), AppError> = timed
+            .execute(|_| async {
+                let tag = if slow_hook { "slow hook" } else { "slow body" };
+                b.insert(&table, tag).await?;
+                if slow_hook {
+                    tx_sqlx::register_synchronization(SlowBeforeCommit)?;
+                } else {
+                    std::thread::sleep(Duration::from_millis(600));
+                }
+                Ok(())
+            })
+            .await;
+        assert_tx_err!(b, r, TxError::Timeout);
+    }
     assert!(b.tags(&table).await.is_empty(), "{}", b.name());
     b.drop_table(&table).await;
 }
@@ -506,28 +518,16 @@ macro_rules! statement_inside_fetch_loop {
         let table = two_rows!(b, "edge_stream");
         let select = format!("SELECT tag FROM {table}");
         let insert = format!("INSERT INTO {table} (tag) VALUES ('inner')");
-        let inner = Mutex::new(None);
-        let r = tokio::time::timeout(
-            HANG,
-            b.template().execute(once(|_| async {
+        let inner =
+            commit_within_hang(&b, "a statement inside a fetch loop must not hang", async {
                 let mut rows = sqlx::query(AssertSqlSafe(select)).fetch(&db);
-                if let Some(_row) = rows.try_next().await? {
-                    let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
-                    *inner.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
-                }
-                drop(rows);
-                Ok::<_, AppError>(())
-            })),
-        )
-        .await
-        .expect("a statement inside a fetch loop must not hang");
-        r.unwrap();
-        let inner = inner.into_inner().unwrap().unwrap();
-        assert!(
-            would_block(&inner, "fetch stream"),
-            "{}: {inner:?}",
-            b.name()
-        );
+                let row = rows.try_next().await?.expect("a first row");
+                let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
+                drop((row, rows));
+                Ok(r.map(|_| ()).map_err(AppError::from))
+            })
+            .await;
+        assert_would_block(&inner, "fetch stream", b.name());
         assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
         b.drop_table(&table).await;
     }};
@@ -538,10 +538,10 @@ macro_rules! nested_scope_beside_a_guard {
     ($b:expr) => {{
         let b = $b;
         let db = b.db.clone();
-        let nested = Mutex::new(None);
-        let r = tokio::time::timeout(
-            HANG,
-            b.template().execute(once(|_| async {
+        let nested = commit_within_hang(
+            &b,
+            "a Nested scope beginning beside a guard must not hang",
+            async {
                 let conn = db.acquire().await?;
                 let r: Result<(), AppError> = b
                     .template()
@@ -549,19 +549,11 @@ macro_rules! nested_scope_beside_a_guard {
                     .execute(|_| async { Ok(()) })
                     .await;
                 drop(conn);
-                *nested.lock().unwrap() = Some(r);
-                Ok::<_, AppError>(())
-            })),
+                Ok(r)
+            },
         )
-        .await
-        .expect("a Nested scope beginning beside a guard must not hang");
-        r.unwrap();
-        let nested = nested.into_inner().unwrap().unwrap();
-        assert!(
-            would_block(&nested, "Beginning a Nested scope"),
-            "{}: {nested:?}",
-            b.name()
-        );
+        .await;
+        assert_would_block(&nested, "Beginning a Nested scope", b.name());
     }};
 }
 
@@ -584,19 +576,9 @@ macro_rules! guard_returned_out_of_the_body {
         .await
         .expect("a commit behind a leaked guard must not hang");
         let r = r.map(|_| ());
-        assert!(
-            would_block(&r, "after its body returned"),
-            "{}: {r:?}",
-            b.name()
-        );
+        assert_would_block(&r, "after its body returned", b.name());
         assert_eq!(b.tags(&table).await, ["one", "two"], "{}", b.name());
-        let (size, idle) = settle(&b).await;
-        assert_eq!(
-            size as usize,
-            idle,
-            "{}: the connection went back",
-            b.name()
-        );
+        assert_connections_back(&b).await;
         b.drop_table(&table).await;
     }};
 }
@@ -636,13 +618,7 @@ where
     // Dropped on this thread, outside the runtime: must not panic.
     drop(call);
     rt.block_on(async {
-        let (size, idle) = settle(&b).await;
-        assert_eq!(
-            size as usize,
-            idle,
-            "{}: the connection went back",
-            b.name()
-        );
+        assert_connections_back(&b).await;
         assert!(b.tags(&table).await.is_empty(), "{}", b.name());
         b.drop_table(&table).await;
     });
@@ -732,39 +708,54 @@ mod sqlite {
     edge_suite!(async { Some(super::sqlite().await) });
 }
 
-/// SQLite's single writer: outside the suspended writer transaction a write would wait for
-/// the lock this same task holds. `&db` fails fast with WouldBlock; so does `acquire()` in a
+/// The result of a write tried beside a SQLite writer, reported from where it ran.
+type Slot = Arc<Mutex<Option<Result<(), AppError>>>>;
+
+/// SQLite's single writer: a writer transaction writes `writer`, then `beside` tries to write
+/// row `tag` (with `insert`) outside it, and reports how that went in the slot. A write there
+/// would wait for the lock this same task holds: it must fail fast with WouldBlock, leaving
+/// the writer's row alone.
+async fn sqlite_write_beside_a_writer<F, Fut>(prefix: &str, tag: &str, beside: F)
+where
+    F: FnOnce(SqliteTxPool, String, Slot) -> Fut,
+    Fut: Future<Output = Result<(), AppError>>,
+{
+    let b = sqlite().await;
+    let table = b.create_table(prefix).await;
+    let insert = format!("INSERT INTO {table} (tag) VALUES ('{tag}')");
+    let slot = Slot::default();
+    let r: Result<(), AppError> = b
+        .template()
+        .execute(|_| async {
+            b.insert(&table, "writer").await?;
+            beside(b.db.clone(), insert, slot.clone()).await
+        })
+        .await;
+    r.unwrap();
+    let written = slot.lock().unwrap().take().expect("the write was tried");
+    assert_would_block(&written, "write lock", b.name());
+    assert_eq!(b.tags(&table).await, ["writer"]);
+}
+
+/// `&db` fails fast with WouldBlock outside the suspended writer; so does `acquire()` in a
 /// NotSupported scope inside the writer.
 #[tokio::test]
 async fn sqlite_acquire_in_not_supported_scope_inside_a_writer_fails_fast() {
-    let b = sqlite().await;
-    let db = b.db.clone();
-    let table = b.create_table("edge_acquire").await;
-    let insert = format!("INSERT INTO {table} (tag) VALUES ('outside')");
-    let acquired = Mutex::new(None);
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(once(|_| async {
-            b.insert(&table, "writer").await?;
-            let r: Result<(), AppError> = b
-                .template()
-                .propagation(Propagation::NotSupported)
-                .execute(once(|_| async {
-                    let mut conn = db.acquire().await?;
-                    sqlx::query(AssertSqlSafe(insert))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                }))
-                .await;
-            *acquired.lock().unwrap() = Some(r);
-            Ok(())
-        }))
-        .await;
-    r.unwrap();
-    let acquired = acquired.into_inner().unwrap().unwrap();
-    assert!(would_block(&acquired, "write lock"), "{acquired:?}");
-    assert_eq!(b.tags(&table).await, ["writer"]);
+    sqlite_write_beside_a_writer("edge_acquire", "outside", |db, insert, slot| async move {
+        let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+            .propagation(Propagation::NotSupported)
+            .execute(|_| async {
+                let mut conn = db.acquire().await?;
+                sqlx::query(AssertSqlSafe(insert))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+            .await;
+        *slot.lock().unwrap() = Some(r);
+        Ok(())
+    })
+    .await;
 }
 
 /// An after-commit hook of a RequiresNew scope inside a writer runs while the writer is
@@ -772,31 +763,18 @@ async fn sqlite_acquire_in_not_supported_scope_inside_a_writer_fails_fast() {
 /// scope, instead of waiting out the busy timeout.
 #[tokio::test]
 async fn sqlite_write_in_after_commit_hook_of_requires_new_inside_a_writer_fails_fast() {
-    let b = sqlite().await;
-    let db = b.db.clone();
-    let table = b.create_table("edge_hook").await;
-    let insert = format!("INSERT INTO {table} (tag) VALUES ('hook')");
-    let hook = Arc::new(Mutex::new(None));
-    let r: Result<(), AppError> = b
-        .template()
-        .execute(once(|_| async {
-            b.insert(&table, "writer").await?;
-            let (hook, db) = (hook.clone(), db.clone());
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .read_only(true)
-                .execute(once(|_| async move {
-                    tx_sqlx::after_commit(async move {
-                        let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
-                        *hook.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
-                    })?;
-                    Ok::<_, AppError>(())
-                }))
-                .await
-        }))
-        .await;
-    r.unwrap();
-    let hooked = hook.lock().unwrap().take().expect("the hook ran");
-    assert!(would_block(&hooked, "write lock"), "{hooked:?}");
-    assert_eq!(b.tags(&table).await, ["writer"]);
+    sqlite_write_beside_a_writer("edge_hook", "hook", |db, insert, hook| async move {
+        TransactionTemplate::new(db.clone())
+            .propagation(Propagation::RequiresNew)
+            .read_only(true)
+            .execute(|_| async move {
+                tx_sqlx::after_commit(async move {
+                    let r = sqlx::query(AssertSqlSafe(insert)).execute(&db).await;
+                    *hook.lock().unwrap() = Some(r.map(|_| ()).map_err(AppError::from));
+                })?;
+                Ok::<_, AppError>(())
+            })
+            .await
+    })
+    .await;
 }

@@ -82,16 +82,25 @@ impl Stock {
         sqlx::AssertSqlSafe(text.replace("{t}", &self.table))
     }
 
+    /// Runs `text` (`{t}` is the table) through `&TxPool`; the number of rows it changed.
+    async fn exec(&self, text: &str) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(self.sql(text)).execute(&self.db).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Adds a unit, then runs a statement that takes 3 s on the server.
+    async fn bump_then_sleep(&self) -> Result<i64, sqlx::Error> {
+        self.exec("UPDATE {t} SET units = units + 1 WHERE id = 1")
+            .await?;
+        sqlx::query_scalar("SELECT count(*) FROM pg_sleep(3)")
+            .fetch_one(&self.db)
+            .await
+    }
+
     /// A statement still running when the 300 ms deadline passes.
     #[transactional(manager = self.db, timeout = "300ms")]
     async fn slow_count(&self) -> Result<i64, AppError> {
-        sqlx::query(self.sql("UPDATE {t} SET units = units + 1 WHERE id = 1"))
-            .execute(&self.db)
-            .await?;
-        let n = sqlx::query_scalar("SELECT count(*) FROM pg_sleep(3)")
-            .fetch_one(&self.db)
-            .await?;
-        Ok(n)
+        Ok(self.bump_then_sleep().await?)
     }
 
     /// Reads the row, lets another session change it, then writes it: under SERIALIZABLE
@@ -111,27 +120,22 @@ impl Stock {
         sqlx::query(self.sql("UPDATE {t} SET units = units + 1 WHERE id = 1"))
             .execute(self.db.pool())
             .await?;
-        sqlx::query(self.sql("UPDATE {t} SET units = units + 100 WHERE id = 1"))
-            .execute(&self.db)
+        self.exec("UPDATE {t} SET units = units + 100 WHERE id = 1")
             .await?;
         Ok(())
     }
 
     #[transactional(manager = self.db)]
     async fn insert_duplicate(&self) -> Result<(), AppError> {
-        sqlx::query(self.sql("INSERT INTO {t} VALUES (1, 5)"))
-            .execute(&self.db)
-            .await?;
+        self.exec("INSERT INTO {t} VALUES (1, 5)").await?;
         Ok(())
     }
 
     #[transactional(manager = self.db)]
     async fn take_one(&self) -> Result<(), AppError> {
-        let moved =
-            sqlx::query(self.sql("UPDATE {t} SET units = units - 1 WHERE id = 1 AND units >= 1"))
-                .execute(&self.db)
-                .await?
-                .rows_affected();
+        let moved = self
+            .exec("UPDATE {t} SET units = units - 1 WHERE id = 1 AND units >= 1")
+            .await?;
         if moved == 0 {
             return Err(AppError::OutOfStock);
         }
@@ -143,6 +147,12 @@ impl Stock {
             .fetch_one(self.db.pool())
             .await
             .unwrap()
+    }
+
+    /// Asserts the row holds `units`, then drops the table.
+    async fn finish(&self, units: i64) {
+        assert_eq!(self.units().await, units);
+        self.drop_table().await;
     }
 
     async fn drop_table(&self) {
@@ -172,20 +182,12 @@ async fn a_deadline_hit_inside_a_statement_is_the_timeout() {
     // The same call with a `Db(sqlx::Error)` variant: the extension trait still finds it.
     let r: Result<i64, DbAppError> = TransactionTemplate::new(s.db.clone())
         .timeout(Duration::from_millis(300))
-        .execute(|_| async {
-            sqlx::query(s.sql("UPDATE {t} SET units = units + 1 WHERE id = 1"))
-                .execute(&s.db)
-                .await?;
-            Ok(sqlx::query_scalar("SELECT count(*) FROM pg_sleep(3)")
-                .fetch_one(&s.db)
-                .await?)
-        })
+        .execute(|_| async { Ok(s.bump_then_sleep().await?) })
         .await;
     let e = r.expect_err("the deadline passed");
     assert!(e.is_timeout(), "expected a timeout, got {e:?}");
     assert!(!e.is_retryable(), "{e:?}");
-    assert_eq!(s.units().await, 0);
-    s.drop_table().await;
+    s.finish(0).await;
 }
 
 #[tokio::test]
@@ -224,8 +226,7 @@ async fn an_exhausted_serialization_retry_is_retryable_with_its_sqlstate() {
     assert!(e.is_retryable(), "{e:?}");
     assert!(!e.is_timeout(), "{e:?}");
     assert_eq!(e.sqlstate(), Some("40001"));
-    assert_eq!(s.units().await, 5);
-    s.drop_table().await;
+    s.finish(5).await;
 }
 
 #[tokio::test]

@@ -3,11 +3,13 @@
 //! runs (through a fresh connection from the pool); RequiresNew, Nested and no-transaction
 //! rules; ordering; fallback execution; failing listeners.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tx_sqlx::TransactionPhase::{self, AfterCommit, AfterCompletion, AfterRollback, BeforeCommit};
 use tx_sqlx::prelude::*;
-use tx_sqlx::{BoxError, EventBus, ListenerHandle, PgTxPool, TransactionPhase};
+use tx_sqlx::{BoxError, EventBus, ListenerHandle, ListenerResult, PgTxPool};
 
 /// The event: an order was created.
 #[derive(Debug)]
@@ -42,22 +44,6 @@ struct Db {
     db: PgTxPool,
     table: String,
     log: Log,
-}
-
-async fn setup(max: u32, prefix: &str) -> Option<Db> {
-    let db = tx_tests::pg_pool(max).await?;
-    let table = tx_tests::unique_table(prefix);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT)"
-    )))
-    .execute(db.pool())
-    .await
-    .unwrap();
-    Some(Db {
-        db,
-        table,
-        log: Log::default(),
-    })
 }
 
 impl Db {
@@ -142,6 +128,25 @@ impl Db {
         .unwrap()
     }
 
+    /// Registers a listener of `phase` that is handed this database along with the event.
+    fn listen<F, Fut>(&self, bus: &EventBus, phase: TransactionPhase, f: F) -> ListenerHandle
+    where
+        F: Fn(Db, Arc<OrderCreated>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: ListenerResult,
+    {
+        let d = self.clone();
+        bus.listen(phase, move |e: Arc<OrderCreated>| f(d.clone(), e))
+    }
+
+    /// A BeforeCommit listener writing an outbox row (`id + 1000`) for the order, in the
+    /// transaction.
+    fn write_outbox(&self, bus: &EventBus) {
+        self.listen(bus, BeforeCommit, |d, e| async move {
+            d.insert(e.id + 1000, "outbox").await
+        });
+    }
+
     /// A listener of `phase` that writes down what it sees of the order when it runs:
     /// `"{name} {id} committed={..}"`, plus `in_tx={..}` (visible through `&TxPool`) for
     /// `BeforeCommit`, and the probe's `row=..` for `AfterRollback`.
@@ -151,31 +156,19 @@ impl Db {
         phase: TransactionPhase,
         name: &'static str,
     ) -> ListenerHandle {
-        let d = self.clone();
-        bus.listen(phase, move |e: Arc<OrderCreated>| {
-            let d = d.clone();
-            async move {
-                let mut line = format!("{name} {} committed={}", e.id, d.committed(e.id).await);
-                match phase {
-                    TransactionPhase::BeforeCommit => {
-                        line += &format!(" in_tx={}", d.visible_here(e.id).await);
-                    }
-                    TransactionPhase::AfterRollback => {
-                        line += &format!(" row={}", d.row_state(e.id).await);
-                    }
-                    _ => {}
+        self.listen(bus, phase, move |d, e| async move {
+            let mut line = format!("{name} {} committed={}", e.id, d.committed(e.id).await);
+            match phase {
+                BeforeCommit => {
+                    line += &format!(" in_tx={}", d.visible_here(e.id).await);
                 }
-                d.log.push(line);
+                AfterRollback => {
+                    line += &format!(" row={}", d.row_state(e.id).await);
+                }
+                _ => {}
             }
+            d.log.push(line);
         })
-    }
-
-    /// One observing listener per phase.
-    fn observe_all(&self, bus: &EventBus) {
-        self.observe(bus, TransactionPhase::BeforeCommit, "before_commit");
-        self.observe(bus, TransactionPhase::AfterCommit, "after_commit");
-        self.observe(bus, TransactionPhase::AfterRollback, "after_rollback");
-        self.observe(bus, TransactionPhase::AfterCompletion, "after_completion");
     }
 
     /// The order service: inserts order `id` and publishes `OrderCreated`, in the current
@@ -185,7 +178,65 @@ impl Db {
         bus.publish(OrderCreated { id }).await
     }
 
-    async fn drop_table(&self) {
+    /// In a scope of `t`: creates orders `ids`, then writes `then` down, at the end of the
+    /// body.
+    async fn create_in(
+        &self,
+        t: &TransactionTemplate,
+        bus: &EventBus,
+        ids: &[i64],
+        then: Option<&str>,
+    ) -> Result<(), TxError> {
+        t.execute(|_| async {
+            for &id in ids {
+                self.create_order(bus, id).await?;
+            }
+            if let Some(line) = then {
+                self.log.push(line.to_owned());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// In a transaction of its own that commits: creates order `id`, then writes `then`
+    /// down, at the end of the body.
+    async fn commit_order(&self, bus: &EventBus, id: i64, then: &str) {
+        self.create_in(&self.template(), bus, &[id], Some(then))
+            .await
+            .unwrap();
+    }
+
+    /// In a scope of `t`: creates order `id`, then fails, so that the scope rolls back.
+    async fn fail_order(&self, t: &TransactionTemplate, bus: &EventBus, id: i64) -> TxError {
+        t.execute(|_| async {
+            self.create_order(bus, id).await?;
+            Err::<(), _>(TxError::UnexpectedRollback)
+        })
+        .await
+        .unwrap_err()
+    }
+
+    /// Asserts the log is `lines`, and empties it.
+    fn expect(&self, lines: &[&str]) {
+        self.expect_all(&[strings(lines)]);
+    }
+
+    /// Asserts the log is `parts`, one after the other, and empties it.
+    fn expect_all(&self, parts: &[Vec<String>]) {
+        assert_eq!(self.log.take(), parts.concat());
+    }
+
+    /// Asserts the observers wrote down order `id` rolled back (waiting for them, as those of
+    /// a cancelled call run in a spawned task) and that no row is left, then drops the table.
+    async fn finish_rolled_back(&self, id: i64) {
+        assert_eq!(self.log.wait_for(2).await, rolled_back_order(id));
+        self.finish(&[]).await;
+    }
+
+    /// Asserts the rows left are `ids`, then drops the table.
+    async fn finish(&self, ids: &[i64]) {
+        assert_eq!(self.ids().await, ids);
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP TABLE IF EXISTS {}",
             self.table
@@ -201,11 +252,34 @@ fn explode(message: &str) {
     panic!("{message}")
 }
 
-/// A test's database with a bus whose observing listeners watch every phase.
-async fn observed(max: u32, prefix: &str) -> Option<(Db, EventBus)> {
-    let d = setup(max, prefix).await?;
+/// Every phase, each observed under its own name by [`observed`].
+const ALL_PHASES: &[TransactionPhase] =
+    &[BeforeCommit, AfterCommit, AfterRollback, AfterCompletion];
+
+/// A test's database (its own `orders` table) with a bus whose observing listeners watch
+/// `phases`, each named after its phase (`before_commit`, `after_commit`, `after_rollback`,
+/// `after_completion`).
+async fn observed(max: u32, prefix: &str, phases: &[TransactionPhase]) -> Option<(Db, EventBus)> {
+    let db = tx_tests::pg_pool(max).await?;
+    let table = tx_tests::unique_table(prefix);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT)"
+    )))
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let log = Log::default();
+    let d = Db { db, table, log };
     let bus = EventBus::new();
-    d.observe_all(&bus);
+    for &phase in phases {
+        let name = match phase {
+            BeforeCommit => "before_commit",
+            AfterCommit => "after_commit",
+            AfterRollback => "after_rollback",
+            AfterCompletion => "after_completion",
+        };
+        d.observe(&bus, phase, name);
+    }
     Some((d, bus))
 }
 
@@ -238,65 +312,28 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_committed_data() {
-    let Some((d, bus)) = observed(4, "ev_commit").await else {
+    let Some((d, bus)) = observed(4, "ev_commit", ALL_PHASES).await else {
         return;
     };
     // A BeforeCommit listener's statements are part of the transaction (an outbox row).
-    let d2 = d.clone();
-    bus.listen(
-        TransactionPhase::BeforeCommit,
-        move |e: Arc<OrderCreated>| {
-            let d = d2.clone();
-            async move { d.insert(e.id + 1000, "outbox").await }
-        },
-    );
+    d.write_outbox(&bus);
     // An AfterCommit listener writing the business log through `&TxPool` runs outside the
     // transaction: its row is committed at once.
-    let d3 = d.clone();
-    bus.listen(
-        TransactionPhase::AfterCommit,
-        move |e: Arc<OrderCreated>| {
-            let d = d3.clone();
-            async move {
-                d.insert(e.id + 2000, "business log").await?;
-                d.log.push(format!(
-                    "business log {} committed={}",
-                    e.id,
-                    d.committed(e.id + 2000).await
-                ));
-                Ok::<_, TxError>(())
-            }
-        },
-    );
-
+    d.listen(&bus, AfterCommit, |d, e| async move {
+        d.insert(e.id + 2000, "business log").await?;
+        let committed = d.committed(e.id + 2000).await;
+        d.log
+            .push(format!("business log {} committed={committed}", e.id));
+        Ok::<_, TxError>(())
+    });
     // The probe used by the AfterRollback observers tells an open transaction holding the
     // row (before the commit) from a committed row (after it).
-    let d4 = d.clone();
-    bus.listen(
-        TransactionPhase::BeforeCommit,
-        move |e: Arc<OrderCreated>| {
-            let d = d4.clone();
-            async move {
-                d.log.push(format!(
-                    "probe before commit row={}",
-                    d.row_state(e.id).await
-                ));
-            }
-        },
-    );
-    let d5 = d.clone();
-    bus.listen(
-        TransactionPhase::AfterCommit,
-        move |e: Arc<OrderCreated>| {
-            let d = d5.clone();
-            async move {
-                d.log.push(format!(
-                    "probe after commit row={}",
-                    d.row_state(e.id).await
-                ));
-            }
-        },
-    );
+    for (phase, when) in [(BeforeCommit, "before"), (AfterCommit, "after")] {
+        d.listen(&bus, phase, move |d, e| async move {
+            let row = d.row_state(e.id).await;
+            d.log.push(format!("probe {when} commit row={row}"));
+        });
+    }
 
     let r = d
         .template()
@@ -308,38 +345,28 @@ async fn commit_runs_before_commit_in_the_transaction_and_after_commit_on_commit
         })
         .await;
     assert_eq!(r.unwrap(), 1);
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "body end committed=false",
-            "before_commit 1 committed=false in_tx=true",
-            "probe before commit row=locked",
-            "after_commit 1 committed=true",
-            "business log 1 committed=true",
-            "probe after commit row=exists",
-            "after_completion 1 committed=true",
-        ])
-    );
-    assert_eq!(d.ids().await, vec![1, 1001, 2001]);
-    d.drop_table().await;
+    d.expect(&[
+        "body end committed=false",
+        "before_commit 1 committed=false in_tx=true",
+        "probe before commit row=locked",
+        "after_commit 1 committed=true",
+        "business log 1 committed=true",
+        "probe after commit row=exists",
+        "after_completion 1 committed=true",
+    ]);
+    d.finish(&[1, 1001, 2001]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_runs_after_rollback_with_the_order_gone() {
-    let Some((d, bus)) = observed(4, "ev_rollback").await else {
+    let Some((d, bus)) = observed(4, "ev_rollback", ALL_PHASES).await else {
         return;
     };
-    let r = d
-        .template()
-        .execute(|_| async {
-            d.create_order(&bus, 1).await?;
-            Err::<(), _>(TxError::UnexpectedRollback)
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::UnexpectedRollback)));
+    let r = d.fail_order(&d.template(), &bus, 1).await;
+    assert!(matches!(r, TxError::UnexpectedRollback));
     // row=free: the transaction no longer holds the row when the listener runs (a still
     // open transaction would make the probe wait for its lock).
-    assert_eq!(d.log.take(), rolled_back_order(1));
+    d.expect_all(&[rolled_back_order(1)]);
     assert!(d.ids().await.is_empty());
 
     // A failing statement rolls back the same way.
@@ -352,14 +379,12 @@ async fn rollback_runs_after_rollback_with_the_order_gone() {
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(d.log.take(), rolled_back_order(2));
-    assert!(d.ids().await.is_empty());
-    d.drop_table().await;
+    d.finish_rolled_back(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_only_runs_after_rollback() {
-    let Some((d, bus)) = observed(4, "ev_rbonly").await else {
+    let Some((d, bus)) = observed(4, "ev_rbonly", ALL_PHASES).await else {
         return;
     };
 
@@ -374,7 +399,7 @@ async fn rollback_only_runs_after_rollback() {
         })
         .await;
     assert!(r.is_ok());
-    assert_eq!(d.log.take(), rolled_back_order(1));
+    d.expect_all(&[rolled_back_order(1)]);
 
     // A participant publishes and marks the transaction: the event follows the owner's
     // transaction, which rolls back with UnexpectedRollback.
@@ -391,17 +416,13 @@ async fn rollback_only_runs_after_rollback() {
         })
         .await;
     assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(
-        d.log.take(),
-        [strings(&["owner end"]), rolled_back_order(2)].concat()
-    );
-    assert!(d.ids().await.is_empty());
-    d.drop_table().await;
+    d.expect_all(&[strings(&["owner end"]), rolled_back_order(2)]);
+    d.finish(&[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_runs_after_rollback() {
-    let Some((d, bus)) = observed(4, "ev_timeout").await else {
+    let Some((d, bus)) = observed(4, "ev_timeout", ALL_PHASES).await else {
         return;
     };
     let started = Instant::now();
@@ -416,14 +437,12 @@ async fn timeout_runs_after_rollback() {
         .await;
     assert!(matches!(r, Err(TxError::Timeout)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(d.log.take(), rolled_back_order(1));
-    assert!(d.ids().await.is_empty());
-    d.drop_table().await;
+    d.finish_rolled_back(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_runs_after_rollback() {
-    let Some((d, bus)) = observed(4, "ev_cancel").await else {
+    let Some((d, bus)) = observed(4, "ev_cancel", ALL_PHASES).await else {
         return;
     };
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
@@ -441,31 +460,19 @@ async fn cancellation_runs_after_rollback() {
         _ = call => panic!("the call never ends on its own"),
         r = inserted_rx => r.unwrap(),
     }
-    assert_eq!(d.log.wait_for(2).await, rolled_back_order(1));
-    assert!(d.ids().await.is_empty());
-    d.drop_table().await;
+    d.finish_rolled_back(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_commit_listener_error_rolls_back_everything_and_is_returned() {
-    let Some(d) = setup(4, "ev_bcfail").await else {
+    let Some((d, bus)) = observed(4, "ev_bcfail", &[AfterCommit, AfterRollback]).await else {
         return;
     };
-    let bus = EventBus::new();
     // First listener writes to the transaction, the second vetoes the commit.
-    let d2 = d.clone();
-    bus.listen(
-        TransactionPhase::BeforeCommit,
-        move |e: Arc<OrderCreated>| {
-            let d = d2.clone();
-            async move { d.insert(e.id + 1000, "outbox").await }
-        },
-    );
-    bus.listen(TransactionPhase::BeforeCommit, |e: Arc<OrderCreated>| async move {
+    d.write_outbox(&bus);
+    bus.listen(BeforeCommit, |e: Arc<OrderCreated>| async move {
         Err::<(), _>(format!("order {} failed validation", e.id))
     });
-    d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
-    d.observe(&bus, TransactionPhase::AfterRollback, "after_rollback");
     let r = d
         .template()
         .execute(|_| async { d.create_order(&bus, 1).await })
@@ -474,15 +481,9 @@ async fn before_commit_listener_error_rolls_back_everything_and_is_returned() {
         Err(TxError::BeforeCommit(e)) => assert_eq!(e.to_string(), "order 1 failed validation"),
         other => panic!("expected TxError::BeforeCommit, got {other:?}"),
     }
-    assert_eq!(
-        d.log.take(),
-        strings(&["after_rollback 1 committed=false row=free"])
-    );
-    assert!(
-        d.ids().await.is_empty(),
-        "the order and the outbox row are rolled back"
-    );
-    d.drop_table().await;
+    d.expect(&["after_rollback 1 committed=false row=free"]);
+    // The order and the outbox row are rolled back.
+    d.finish(&[]).await;
 }
 
 /// Collects what a `tracing` subscriber writes.
@@ -518,29 +519,25 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let Some(d) = setup(4, "ev_acfail").await else {
+    let Some((d, bus)) = observed(4, "ev_acfail", &[]).await else {
         return;
     };
-    let bus = EventBus::new();
-    bus.listen(
-        TransactionPhase::AfterCommit,
-        |_: Arc<OrderCreated>| async { Err::<(), _>("message broker down") },
-    );
-    bus.listen(
-        TransactionPhase::AfterCommit,
-        |_: Arc<OrderCreated>| async { explode("bug in a listener") },
-    );
-    d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
-    bus.listen(
-        TransactionPhase::AfterRollback,
-        |_: Arc<OrderCreated>| async { explode("bug in a rollback listener") },
-    );
-    d.observe(&bus, TransactionPhase::AfterRollback, "after_rollback");
-    bus.listen(
-        TransactionPhase::AfterCompletion,
-        |_: Arc<OrderCreated>| async { Err::<(), _>("completion listener failed") },
-    );
-    d.observe(&bus, TransactionPhase::AfterCompletion, "after_completion");
+    // Each failing listener is registered before the observer of its phase, which still runs.
+    bus.listen(AfterCommit, |_: Arc<OrderCreated>| async {
+        Err::<(), _>("message broker down")
+    });
+    bus.listen(AfterCommit, |_: Arc<OrderCreated>| async {
+        explode("bug in a listener")
+    });
+    d.observe(&bus, AfterCommit, "after_commit");
+    bus.listen(AfterRollback, |_: Arc<OrderCreated>| async {
+        explode("bug in a rollback listener")
+    });
+    d.observe(&bus, AfterRollback, "after_rollback");
+    bus.listen(AfterCompletion, |_: Arc<OrderCreated>| async {
+        Err::<(), _>("completion listener failed")
+    });
+    d.observe(&bus, AfterCompletion, "after_completion");
 
     let r = d
         .template()
@@ -550,13 +547,10 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         })
         .await;
     assert_eq!(r.unwrap(), "committed");
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_commit 1 committed=true",
-            "after_completion 1 committed=true"
-        ])
-    );
+    d.expect(&[
+        "after_commit 1 committed=true",
+        "after_completion 1 committed=true",
+    ]);
     assert_eq!(d.ids().await, vec![1]);
     let logged = capture.text();
     for line in [
@@ -567,16 +561,9 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         assert!(logged.contains(line), "{line:?} not logged in:\n{logged}");
     }
 
-    let r = d
-        .template()
-        .execute(|_| async {
-            d.create_order(&bus, 2).await?;
-            Err::<(), _>(TxError::UnexpectedRollback)
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_eq!(d.log.take(), rolled_back_order(2));
-    assert_eq!(d.ids().await, vec![1]);
+    let r = d.fail_order(&d.template(), &bus, 2).await;
+    assert!(matches!(r, TxError::UnexpectedRollback));
+    d.expect_all(&[rolled_back_order(2)]);
     assert!(
         capture
             .text()
@@ -584,7 +571,7 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
         "{}",
         capture.text()
     );
-    d.drop_table().await;
+    d.finish(&[1]).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -593,7 +580,7 @@ async fn failing_after_commit_listeners_do_not_affect_the_call_or_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requires_new_event_follows_the_inner_transaction() {
-    let Some((d, bus)) = observed(5, "ev_reqnew").await else {
+    let Some((d, bus)) = observed(5, "ev_reqnew", ALL_PHASES).await else {
         return;
     };
     let t = d.template();
@@ -604,9 +591,7 @@ async fn requires_new_event_follows_the_inner_transaction() {
     let r = t
         .execute(|_| async {
             d.create_order(&bus, 1).await?;
-            inner
-                .execute(|_| async { d.create_order(&bus, 2).await })
-                .await?;
+            d.create_in(&inner, &bus, &[2], None).await?;
             d.log.push(format!(
                 "inner returned, outer order committed={}",
                 d.committed(1).await
@@ -615,135 +600,95 @@ async fn requires_new_event_follows_the_inner_transaction() {
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(
-        d.log.take(),
-        [
-            committed_order(2),
-            strings(&["inner returned, outer order committed=false"]),
-            rolled_back_order(1)
-        ]
-        .concat()
-    );
+    d.expect_all(&[
+        committed_order(2),
+        strings(&["inner returned, outer order committed=false"]),
+        rolled_back_order(1),
+    ]);
     assert_eq!(d.ids().await, vec![2]);
 
     // Inner rolls back, outer commits.
-    let r = t
-        .execute(|_| async {
-            d.create_order(&bus, 3).await?;
-            let r = inner
-                .execute(|_| async {
-                    d.create_order(&bus, 4).await?;
-                    Err::<(), _>(TxError::UnexpectedRollback)
-                })
-                .await;
-            assert!(r.is_err());
-            d.log.push("inner failed".into());
-            Ok::<_, TxError>(())
-        })
-        .await;
-    r.unwrap();
-    assert_eq!(
-        d.log.take(),
-        [
-            rolled_back_order(4),
-            strings(&["inner failed"]),
-            committed_order(3)
-        ]
-        .concat()
-    );
-    assert_eq!(d.ids().await, vec![2, 3]);
-    d.drop_table().await;
+    t.execute(|_| async {
+        d.create_order(&bus, 3).await?;
+        d.fail_order(&inner, &bus, 4).await;
+        d.log.push("inner failed".into());
+        Ok::<_, TxError>(())
+    })
+    .await
+    .unwrap();
+    d.expect_all(&[
+        rolled_back_order(4),
+        strings(&["inner failed"]),
+        committed_order(3),
+    ]);
+    d.finish(&[2, 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_savepoint_rollback_never_runs_after_commit_for_its_events() {
-    let Some(d) = setup(4, "ev_nested").await else {
+    let Some((d, bus)) = observed(4, "ev_nested", &[AfterCommit, AfterCompletion]).await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
-    d.observe(&bus, TransactionPhase::AfterCompletion, "after_completion");
     // Not the probing observer: the savepoint rolls back inside a still open transaction.
-    let d2 = d.clone();
-    bus.listen(
-        TransactionPhase::AfterRollback,
-        move |e: Arc<OrderCreated>| {
-            let d = d2.clone();
-            async move {
-                d.log.push(format!(
-                    "after_rollback {} committed={}",
-                    e.id,
-                    d.committed(e.id).await
-                ));
-            }
-        },
-    );
+    d.listen(&bus, AfterRollback, |d, e| async move {
+        let committed = d.committed(e.id).await;
+        d.log
+            .push(format!("after_rollback {} committed={committed}", e.id));
+    });
     let nested = d.template().propagation(Propagation::Nested);
     d.template()
         .execute(|_| async {
             d.create_order(&bus, 1).await?;
-            let r = nested
-                .execute(|_| async {
-                    d.create_order(&bus, 2).await?;
-                    Err::<(), _>(TxError::UnexpectedRollback)
-                })
-                .await;
-            assert!(r.is_err());
-            d.log.push(format!(
-                "savepoint rolled back, order 2 here={}",
-                d.visible_here(2).await
-            ));
-            nested
-                .execute(|_| async { d.create_order(&bus, 3).await })
-                .await?;
+            d.fail_order(&nested, &bus, 2).await;
+            let here = d.visible_here(2).await;
+            d.log
+                .push(format!("savepoint rolled back, order 2 here={here}"));
+            d.create_in(&nested, &bus, &[3], None).await?;
             d.log.push("savepoint released".into());
             Ok::<_, TxError>(())
         })
         .await
         .unwrap();
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "after_rollback 2 committed=false",
-            "after_completion 2 committed=false",
-            "savepoint rolled back, order 2 here=false",
-            "savepoint released",
-            "after_commit 1 committed=true",
-            "after_commit 3 committed=true",
-            "after_completion 1 committed=true",
-            "after_completion 3 committed=true",
-        ])
-    );
-    assert_eq!(d.ids().await, vec![1, 3]);
-    d.drop_table().await;
+    d.expect(&[
+        "after_rollback 2 committed=false",
+        "after_completion 2 committed=false",
+        "savepoint rolled back, order 2 here=false",
+        "savepoint released",
+        "after_commit 1 committed=true",
+        "after_commit 3 committed=true",
+        "after_completion 1 committed=true",
+        "after_completion 3 committed=true",
+    ]);
+    d.finish(&[1, 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
-    let Some((d, bus)) = observed(4, "ev_notx").await else {
+    let Some((d, bus)) = observed(4, "ev_notx", ALL_PHASES).await else {
         return;
     };
-    d.observe(&bus, TransactionPhase::AfterCommit, "fallback_after_commit")
+    d.observe(&bus, AfterCommit, "fallback_after_commit")
         .fallback_execution(true);
-    d.observe(
-        &bus,
-        TransactionPhase::BeforeCommit,
-        "fallback_before_commit",
-    )
-    .fallback_execution(true);
+    d.observe(&bus, BeforeCommit, "fallback_before_commit")
+        .fallback_execution(true);
+    // What the fallback listeners write down for order `id`, run at once on the autocommitted
+    // row, followed by `then`.
+    let at_once = |id: i64, then: &[&str]| {
+        [
+            vec![
+                format!("fallback_before_commit {id} committed=true in_tx=true"),
+                format!("fallback_after_commit {id} committed=true"),
+            ],
+            strings(then),
+        ]
+        .concat()
+    };
 
     // Outside every scope: the insert autocommitted; only the fallback listeners run, inside
     // publish.
     d.create_order(&bus, 1).await.unwrap();
     d.log.push("published".into());
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "fallback_before_commit 1 committed=true in_tx=true",
-            "fallback_after_commit 1 committed=true",
-            "published",
-        ])
-    );
+    assert_eq!(d.log.take(), at_once(1, &["published"]));
 
     // A scope without an actual transaction (Supports, Never, NotSupported) is the same.
     for (id, p) in [
@@ -751,83 +696,47 @@ async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
         (3, Propagation::Never),
         (4, Propagation::NotSupported),
     ] {
-        d.template()
-            .propagation(p)
-            .execute(|_| async {
-                d.create_order(&bus, id).await?;
-                d.log.push("published".into());
-                Ok::<_, TxError>(())
-            })
+        let t = d.template().propagation(p);
+        d.create_in(&t, &bus, &[id], Some("published"))
             .await
             .unwrap();
-        let expected = [
-            format!("fallback_before_commit {id} committed=true in_tx=true"),
-            format!("fallback_after_commit {id} committed=true"),
-            "published".to_owned(),
-        ];
-        assert_eq!(d.log.take(), expected, "{p:?}");
+        assert_eq!(d.log.take(), at_once(id, &["published"]), "{p:?}");
     }
 
     // NotSupported inside a transaction suspends it: nothing to follow either.
+    let not_supported = d.template().propagation(Propagation::NotSupported);
     d.template()
         .execute(|_| async {
-            d.template()
-                .propagation(Propagation::NotSupported)
-                .execute(|_| async { d.create_order(&bus, 5).await })
-                .await?;
+            d.create_in(&not_supported, &bus, &[5], None).await?;
             d.log.push("outer end".into());
             Ok::<_, TxError>(())
         })
         .await
         .unwrap();
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "fallback_before_commit 5 committed=true in_tx=true",
-            "fallback_after_commit 5 committed=true",
-            "outer end",
-        ])
-    );
+    assert_eq!(d.log.take(), at_once(5, &["outer end"]));
 
     // fallback_execution(false) again: skipped.
     let h = d
-        .observe(&bus, TransactionPhase::AfterCommit, "toggled")
+        .observe(&bus, AfterCommit, "toggled")
         .fallback_execution(true);
     d.create_order(&bus, 6).await.unwrap();
     assert_eq!(d.log.take().len(), 3);
     h.fallback_execution(false);
     d.create_order(&bus, 7).await.unwrap();
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "fallback_before_commit 7 committed=true in_tx=true",
-            "fallback_after_commit 7 committed=true",
-        ])
-    );
+    assert_eq!(d.log.take(), at_once(7, &[]));
 
     // In a transaction, fallback listeners wait for it like the others.
-    d.template()
-        .execute(|_| async {
-            d.create_order(&bus, 8).await?;
-            d.log.push("body end".into());
-            Ok::<_, TxError>(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "body end",
-            "before_commit 8 committed=false in_tx=true",
-            "fallback_before_commit 8 committed=false in_tx=true",
-            "after_commit 8 committed=true",
-            "fallback_after_commit 8 committed=true",
-            "toggled 8 committed=true",
-            "after_completion 8 committed=true",
-        ])
-    );
-    assert_eq!(d.ids().await, (1..=8).collect::<Vec<_>>());
-    d.drop_table().await;
+    d.commit_order(&bus, 8, "body end").await;
+    d.expect(&[
+        "body end",
+        "before_commit 8 committed=false in_tx=true",
+        "fallback_before_commit 8 committed=false in_tx=true",
+        "after_commit 8 committed=true",
+        "fallback_after_commit 8 committed=true",
+        "toggled 8 committed=true",
+        "after_completion 8 committed=true",
+    ]);
+    d.finish(&[1, 2, 3, 4, 5, 6, 7, 8]).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -836,95 +745,52 @@ async fn without_a_transaction_only_fallback_listeners_run_and_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_run_by_order_then_registration_and_events_in_publish_order() {
-    let Some(d) = setup(4, "ev_order").await else {
+    let Some((d, bus)) = observed(4, "ev_order", &[]).await else {
         return;
     };
-    let bus = EventBus::new();
-    let late = d.observe(&bus, TransactionPhase::AfterCommit, "a");
-    d.observe(&bus, TransactionPhase::AfterCommit, "b")
-        .order(10);
-    d.observe(&bus, TransactionPhase::AfterCommit, "c");
-    d.observe(&bus, TransactionPhase::AfterCommit, "d")
-        .order(-10);
-    d.observe(&bus, TransactionPhase::BeforeCommit, "y");
-    d.observe(&bus, TransactionPhase::BeforeCommit, "x")
-        .order(-1);
+    let late = d.observe(&bus, AfterCommit, "a");
+    d.observe(&bus, AfterCommit, "b").order(10);
+    d.observe(&bus, AfterCommit, "c");
+    d.observe(&bus, AfterCommit, "d").order(-10);
+    d.observe(&bus, BeforeCommit, "y");
+    d.observe(&bus, BeforeCommit, "x").order(-1);
 
-    let run = |ids: Vec<i64>| {
+    // Commits orders `ids` in one transaction, then checks what the listeners wrote down:
+    // the BeforeCommit ones per order, then the AfterCommit ones per order, in `after` order.
+    let run = |ids: Vec<i64>, after: &'static [&'static str]| {
         let (d, bus) = (d.clone(), bus.clone());
         async move {
-            d.template()
-                .execute(|_| async {
-                    for id in ids {
-                        d.create_order(&bus, id).await?;
-                    }
-                    Ok::<_, TxError>(())
-                })
-                .await
-                .unwrap();
+            d.create_in(&d.template(), &bus, &ids, None).await.unwrap();
+            let before = ids.iter().flat_map(|id| {
+                ["x", "y"].map(|name| format!("{name} {id} committed=false in_tx=true"))
+            });
+            let after = ids.iter().flat_map(|id| {
+                after
+                    .iter()
+                    .map(move |name| format!("{name} {id} committed=true"))
+            });
+            assert_eq!(d.log.take(), before.chain(after).collect::<Vec<_>>());
         }
     };
-    run(vec![1, 2]).await;
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "x 1 committed=false in_tx=true",
-            "y 1 committed=false in_tx=true",
-            "x 2 committed=false in_tx=true",
-            "y 2 committed=false in_tx=true",
-            "d 1 committed=true",
-            "a 1 committed=true",
-            "c 1 committed=true",
-            "b 1 committed=true",
-            "d 2 committed=true",
-            "a 2 committed=true",
-            "c 2 committed=true",
-            "b 2 committed=true",
-        ])
-    );
-
+    run(vec![1, 2], &["d", "a", "c", "b"]).await;
     // Re-ordering a registered listener through its handle.
     let late = late.order(20);
-    run(vec![3]).await;
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "x 3 committed=false in_tx=true",
-            "y 3 committed=false in_tx=true",
-            "d 3 committed=true",
-            "c 3 committed=true",
-            "b 3 committed=true",
-            "a 3 committed=true",
-        ])
-    );
+    run(vec![3], &["d", "c", "b", "a"]).await;
     assert!(late.remove());
-    run(vec![4]).await;
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "x 4 committed=false in_tx=true",
-            "y 4 committed=false in_tx=true",
-            "d 4 committed=true",
-            "c 4 committed=true",
-            "b 4 committed=true",
-        ])
-    );
-    d.drop_table().await;
+    run(vec![4], &["d", "c", "b"]).await;
+    d.finish(&[1, 2, 3, 4]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_listeners_run_at_publish_inside_the_transaction() {
-    let Some(d) = setup(4, "ev_plain").await else {
+    let Some((d, bus)) = observed(4, "ev_plain", &[AfterCommit, AfterRollback]).await else {
         return;
     };
-    let bus = EventBus::new();
-    d.observe(&bus, TransactionPhase::AfterCommit, "after_commit");
-    d.observe(&bus, TransactionPhase::AfterRollback, "after_rollback");
     // A plain listener: runs in publish, sees the uncommitted order through `&TxPool`, and its
     // own statement joins the transaction.
-    let d2 = d.clone();
+    let plain = d.clone();
     bus.on(move |e: Arc<OrderCreated>| {
-        let d = d2.clone();
+        let d = plain.clone();
         async move {
             d.log.push(format!(
                 "plain {} committed={} in_tx={}",
@@ -938,41 +804,24 @@ async fn plain_listeners_run_at_publish_inside_the_transaction() {
             Ok(d.insert(e.id + 100, "audit").await?)
         }
     });
-    d.template()
-        .execute(|_| async {
-            d.create_order(&bus, 1).await?;
-            d.log.push("published".into());
-            Ok::<_, TxError>(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "plain 1 committed=false in_tx=true",
-            "published",
-            "after_commit 1 committed=true",
-        ])
-    );
+    d.commit_order(&bus, 1, "published").await;
+    d.expect(&[
+        "plain 1 committed=false in_tx=true",
+        "published",
+        "after_commit 1 committed=true",
+    ]);
     assert_eq!(d.ids().await, vec![1, 101]);
 
     // Its error comes out of publish; propagated, it rolls back the transaction, and the
     // event's AfterRollback listener sees it.
-    let r = d
-        .template()
-        .execute(|_| async { d.create_order(&bus, 2).await })
-        .await;
+    let r = d.create_in(&d.template(), &bus, &[2], None).await;
     assert!(
         matches!(&r, Err(TxError::Listener(e)) if e.to_string() == "plain listener refused"),
         "{r:?}"
     );
-    assert_eq!(
-        d.log.take(),
-        strings(&[
-            "plain 2 committed=false in_tx=true",
-            "after_rollback 2 committed=false row=free",
-        ])
-    );
-    assert_eq!(d.ids().await, vec![1, 101]);
-    d.drop_table().await;
+    d.expect(&[
+        "plain 2 committed=false in_tx=true",
+        "after_rollback 2 committed=false row=free",
+    ]);
+    d.finish(&[1, 101]).await;
 }

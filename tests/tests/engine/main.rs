@@ -7,5 +7,6 @@ mod errors;
 mod events;
 mod model_based;
 mod postgres;
+mod recorder;
 mod spring_matrix;
 mod testing_rollback;

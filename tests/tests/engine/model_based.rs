@@ -91,13 +91,10 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(&tx_tests::pg_url())
                 .await;
-            match pool {
-                Ok(p) => (Db::Postgres(PgTxPool::new(p)), None),
-                Err(e) => {
-                    server_missing("PostgreSQL", &e);
-                    return None;
-                }
-            }
+            (
+                Db::Postgres(PgTxPool::new(or_missing(pool, "PostgreSQL")?)),
+                None,
+            )
         }
         Backend::MySql => {
             let pool = MySqlPoolOptions::new()
@@ -117,13 +114,10 @@ async fn open(backend: Backend, worker: usize) -> Option<(Db, String, Option<tem
                 })
                 .connect(&tx_tests::mysql_url())
                 .await;
-            match pool {
-                Ok(p) => (Db::MySql(MySqlTxPool::new(p)), None),
-                Err(e) => {
-                    server_missing("MariaDB", &e);
-                    return None;
-                }
-            }
+            (
+                Db::MySql(MySqlTxPool::new(or_missing(pool, "MariaDB")?)),
+                None,
+            )
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -182,6 +176,11 @@ fn record_stats(backend: Backend, obs: &Observation, worlds: usize, unmodelled: 
 }
 
 /// Fails under `TX_TEST_REQUIRE_SERVERS=1`, else says loudly that the test is skipped.
+/// The connected pool, or `None` (after [`server_missing`]) when the server is down.
+fn or_missing<P>(pool: Result<P, sqlx::Error>, what: &str) -> Option<P> {
+    pool.map_err(|e| server_missing(what, &e)).ok()
+}
+
 fn server_missing(what: &str, err: &dyn std::fmt::Display) {
     if std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true") {
         panic!("{what} is required (TX_TEST_REQUIRE_SERVERS=1) but unreachable: {err}");
@@ -423,6 +422,7 @@ fn fastrand_byte() -> u8 {
 /// written as a program, and the model's outcome, rows and hook log compared with the line's.
 #[test]
 fn model_reproduces_the_spring_matrix() {
+    use super::spring_matrix::propagation;
     use program::{End, Hook, OnErr, Op, Propagation, Rule, Scope};
 
     let text = std::fs::read_to_string(concat!(
@@ -430,16 +430,6 @@ fn model_reproduces_the_spring_matrix() {
         "/spring-matrix/matrix.jsonl"
     ))
     .expect("read the Spring matrix");
-    let propagation = |name: &str| match name {
-        "REQUIRED" => Propagation::Required,
-        "REQUIRES_NEW" => Propagation::RequiresNew,
-        "NESTED" => Propagation::Nested,
-        "SUPPORTS" => Propagation::Supports,
-        "NOT_SUPPORTED" => Propagation::NotSupported,
-        "MANDATORY" => Propagation::Mandatory,
-        "NEVER" => Propagation::Never,
-        other => panic!("unknown propagation {other}"),
-    };
     let scope = |propagation, ops, end| Scope {
         propagation,
         rule: Rule::Default,

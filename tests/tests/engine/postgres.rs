@@ -6,75 +6,96 @@
 //! `application_name` unique to the test). Each test skips (loudly) when PostgreSQL is down,
 //! unless `TX_TEST_REQUIRE_SERVERS=1`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::AssertSqlSafe;
-use tx_sqlx::{
-    BoxError, Completion, Isolation, PgTxPool, Propagation, TransactionSynchronization,
-    TransactionTemplate, TxError,
-};
-use tx_tests::reliability::{AppError, PgBackend};
+use sqlx::{AssertSqlSafe, PgConnection};
+use tx_sqlx::{Completion, Isolation, PgTxPool, Propagation, TransactionTemplate, TxError};
+use tx_tests::reliability::{AppError, Backend, PgBackend, settle};
+
+use crate::recorder::{Log, Recorder};
 
 // ---------------------------------------------------------------------------------------------
 // Support
 // ---------------------------------------------------------------------------------------------
 
-/// [`open`], and a fresh table named after `test`.
-async fn open_with_table(max: u32, test: &str) -> Option<(String, PgTxPool, String)> {
-    let (app, db) = open(max, test).await?;
-    Some((app, db, create_table(test).await))
-}
-
 /// A pool of `max` connections whose sessions carry an `application_name` unique to `test`
-/// (returned), so `pg_stat_activity` can be filtered to this test's connections. `None` when
+/// (`b.app`), so `pg_stat_activity` can be filtered to this test's connections. `None` when
 /// PostgreSQL is down (test skipped).
-async fn open(max: u32, test: &str) -> Option<(String, PgTxPool)> {
-    let b = PgBackend::connect(max, Duration::from_secs(10), test).await?;
-    Some((b.app, b.db))
+async fn open(max: u32, test: &str) -> Option<PgBackend> {
+    PgBackend::connect(max, Duration::from_secs(10), test).await
 }
 
-/// Creates `t(id serial primary key, tag text)` under a unique name.
-async fn create_table(prefix: &str) -> String {
-    let table = tx_tests::unique_table(prefix);
-    let mut conn = PgBackend::fresh().await;
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE {table} (id serial PRIMARY KEY, tag text NOT NULL)"
-    )))
-    .execute(&mut conn)
-    .await
-    .expect("create table");
-    table
+/// A test's backend ([`open`]), a fresh `(id, tag)` table named after the test, and a log
+/// its hooks write to.
+struct Fixture {
+    b: PgBackend,
+    table: String,
+    log: Log,
 }
 
-async fn drop_table(table: &str) {
-    let mut conn = PgBackend::fresh().await;
-    let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-        .execute(&mut conn)
-        .await;
+impl Fixture {
+    async fn open(max: u32, test: &str) -> Option<Fixture> {
+        let b = open(max, test).await?;
+        let table = b.create_table(test).await;
+        Some(Fixture {
+            b,
+            table,
+            log: Log::default(),
+        })
+    }
+
+    fn db(&self) -> &PgTxPool {
+        &self.b.db
+    }
+
+    fn template(&self) -> TransactionTemplate {
+        self.b.template()
+    }
+
+    /// Runs `body` in a new transaction (a `Required` scope with no transaction around it).
+    async fn execute<T, F, Fut>(&self, body: F) -> Result<T, AppError>
+    where
+        F: FnOnce(tx_sqlx::TransactionStatus) -> Fut,
+        Fut: Future<Output = Result<T, AppError>>,
+    {
+        self.template().execute(body).await
+    }
+
+    /// Inserts `tag` through the transaction-aware executor.
+    async fn insert(&self, tag: &str) -> Result<(), sqlx::Error> {
+        self.b.insert(&self.table, tag).await
+    }
+
+    /// A hook recording into this test's log under `label`.
+    fn hook(&self, label: &'static str) -> Recorder {
+        Recorder::new(label, &self.log)
+    }
+
+    /// Asserts the table's tags (read from a fresh connection) are `expected`.
+    async fn assert_tags(&self, expected: &[&str], why: &str) {
+        assert_eq!(self.b.tags(&self.table).await, expected, "{why}");
+    }
+
+    /// Asserts the hooks wrote down `expected`.
+    fn assert_log<S: AsRef<str>>(&self, expected: &[S]) {
+        let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+        assert_eq!(*self.log.lock().unwrap(), expected);
+    }
+
+    async fn drop_table(&self) {
+        self.b.drop_table(&self.table).await;
+    }
 }
 
-/// The table's tags in insertion order, read from a fresh connection.
-async fn tags(table: &str) -> Vec<String> {
-    let mut conn = PgBackend::fresh().await;
-    sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT tag FROM {table} ORDER BY id"
-    )))
-    .fetch_all(&mut conn)
-    .await
-    .expect("read table")
-}
-
-/// `INSERT INTO table (tag) VALUES ($1)` through the transaction-aware executor.
-async fn insert(db: &PgTxPool, table: &str, tag: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {table} (tag) VALUES ($1)"
-    )))
-    .bind(tag.to_owned())
-    .execute(db)
-    .await
-    .map(|_| ())
+/// Asserts every connection of `b`'s pool is back and idle, and no session of it sits idle
+/// in a transaction.
+async fn assert_pool_clean(b: &PgBackend, why: &str) {
+    let (size, idle) = settle(b).await;
+    assert_eq!(size as usize, idle, "{why}");
+    assert_eq!(idle_in_transaction(&b.app).await, 0, "{why}");
 }
 
 async fn scalar_string(db: &PgTxPool, sql: &'static str) -> Result<String, sqlx::Error> {
@@ -94,19 +115,6 @@ async fn idle_in_transaction(app: &str) -> i64 {
     .expect("query pg_stat_activity")
 }
 
-/// Waits (up to 5 s) until every connection of the pool is back and idle; returns
-/// `(size, idle)` as last seen.
-async fn wait_all_idle(db: &PgTxPool) -> (u32, usize) {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (size, idle) = (db.pool().size(), db.pool().num_idle());
-        if size as usize == idle || Instant::now() > until {
-            return (size, idle);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The SQLSTATE of the database error somewhere in `e`'s source chain.
 fn sqlstate(e: &TxError) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -122,70 +130,19 @@ fn sqlstate(e: &TxError) -> Option<String> {
     None
 }
 
-type Log = Arc<Mutex<Vec<String>>>;
+/// What hook `h` writes down for a transaction that rolled back.
+const ROLLED_BACK: [&str; 2] = ["h:before_completion", "h:after_completion(rolled_back)"];
 
-fn log_of(log: &Log) -> Vec<String> {
-    log.lock().unwrap().clone()
-}
-
-/// A synchronization recording each callback as `LABEL:phase`; optionally vetoing the commit
-/// or panicking in `after_commit`.
-struct Recorder {
-    label: &'static str,
-    log: Log,
-    veto: bool,
-    panic_after_commit: bool,
-}
-
-impl Recorder {
-    fn new(label: &'static str, log: &Log) -> Recorder {
-        Recorder {
-            label,
-            log: log.clone(),
-            veto: false,
-            panic_after_commit: false,
-        }
-    }
-
-    fn record(&self, phase: &str) {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{}:{phase}", self.label));
-    }
-}
-
-impl TransactionSynchronization for Recorder {
-    async fn before_commit(&self, _read_only: bool) -> Result<(), BoxError> {
-        self.record("before_commit");
-        if self.veto {
-            return Err("veto from before_commit".into());
-        }
-        Ok(())
-    }
-
-    async fn before_completion(&self) {
-        self.record("before_completion");
-    }
-
-    async fn after_commit(&self) {
-        self.record("after_commit");
-        if self.panic_after_commit {
-            panic!("after_commit hook panics on purpose");
-        }
-    }
-
-    async fn after_completion(&self, completion: Completion) {
-        self.record(match completion {
-            Completion::Committed => "after_completion(committed)",
-            Completion::RolledBack => "after_completion(rolled_back)",
-            Completion::Unknown => "after_completion(unknown)",
-        });
-    }
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
+/// What hook `label` writes down for a transaction that committed.
+fn committed(label: &str) -> Vec<String> {
+    [
+        "before_commit",
+        "before_completion",
+        "after_commit",
+        "after_completion(committed)",
+    ]
+    .map(|phase| format!("{label}:{phase}"))
+    .to_vec()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,9 +154,10 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// own connection; the owner's level is back after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_participant_uses_owner_level_requires_new_its_own() {
-    let Some((_, db)) = open(4, "isolation").await else {
+    let Some(b) = open(4, "isolation").await else {
         return;
     };
+    let db = &b.db;
     let server_default: String = {
         let mut conn = PgBackend::fresh().await;
         sqlx::query_scalar("SELECT current_setting('default_transaction_isolation')")
@@ -212,7 +170,6 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
     const PID: &str = "SELECT pg_backend_pid()::text";
     let seen: Mutex<Vec<(&str, String)>> = Mutex::new(Vec::new());
     let seen = &seen;
-    let db = &db;
     let template = |p: Propagation, i: Isolation| {
         TransactionTemplate::new(db.clone())
             .propagation(p)
@@ -284,101 +241,104 @@ async fn isolation_participant_uses_owner_level_requires_new_its_own() {
     assert_eq!(seen, expected);
 }
 
+/// Asserts `r` failed with PostgreSQL's error `code` (`what` says which write).
+fn assert_sqlstate(r: &Result<(), AppError>, code: &str, what: &str) {
+    match r {
+        Err(AppError::Tx(e)) => assert_eq!(sqlstate(e).as_deref(), Some(code), "{what}: {e:?}"),
+        other => panic!("{what} must fail, got {other:?}"),
+    }
+}
+
 /// A read-only transaction: BEGIN ... READ ONLY; a write fails with PostgreSQL's own error
 /// (SQLSTATE 25006), also from a joined participant, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_write_fails_with_database_error_nothing_written() {
-    let Some((app, db, table)) = open_with_table(2, "read_only").await else {
+    let Some(f) = &Fixture::open(2, "read_only").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
 
     let read_only: Mutex<Option<String>> = Mutex::new(None);
     let read_only = &read_only;
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<(), AppError> = f
+        .template()
         .read_only(true)
         .execute(|_| async move {
-            *read_only.lock().unwrap() =
-                Some(scalar_string(db, "SELECT current_setting('transaction_read_only')").await?);
-            insert(db, t, "must-not-exist").await?;
+            *read_only.lock().unwrap() = Some(scalar_string(f.db(), READ_ONLY).await?);
+            f.insert("must-not-exist").await?;
             Ok(())
         })
         .await;
     assert_eq!(read_only.lock().unwrap().as_deref(), Some("on"));
-    match &r {
-        Err(AppError::Tx(e)) => assert_eq!(
-            sqlstate(e).as_deref(),
-            Some("25006"),
-            "read_only_sql_transaction expected, got {e:?}"
-        ),
-        other => panic!("a write in a read-only transaction must fail, got {other:?}"),
-    }
+    assert_sqlstate(&r, "25006", "a write in a read-only transaction");
 
     // A joined participant writing in the read-only transaction fails the same way.
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<(), AppError> = f
+        .template()
         .read_only(true)
         .execute(|_| async move {
-            TransactionTemplate::new(db.clone())
+            f.template()
                 .execute(|s| async move {
                     assert!(!s.is_new_transaction());
-                    insert(db, t, "participant-must-not-exist").await?;
+                    f.insert("participant-must-not-exist").await?;
                     Ok::<_, AppError>(())
                 })
                 .await
         })
         .await;
-    match &r {
-        Err(AppError::Tx(e)) => assert_eq!(sqlstate(e).as_deref(), Some("25006"), "{e:?}"),
-        other => {
-            panic!("a participant's write in a read-only transaction must fail, got {other:?}")
-        }
-    }
+    assert_sqlstate(
+        &r,
+        "25006",
+        "a participant's write in a read-only transaction",
+    );
 
-    assert_eq!(tags(t).await, Vec::<String>::new(), "nothing written");
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle);
-    assert_eq!(idle_in_transaction(&app).await, 0);
-    drop_table(t).await;
+    f.assert_tags(&[], "nothing written").await;
+    assert_pool_clean(&f.b, "connections back, none in a transaction").await;
+    f.drop_table().await;
 }
+
+/// Whether the current transaction is read-only (`on`/`off`).
+const READ_ONLY: &str = "SELECT current_setting('transaction_read_only')";
 
 /// A RequiresNew writer inside a read-only transaction is a new, writable transaction of its
 /// own, and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_outer_requires_new_writer_commits() {
-    let Some((_, db, table)) = open_with_table(3, "ro_writer").await else {
+    let Some(f) = &Fixture::open(3, "ro_writer").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
 
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<(), AppError> = f
+        .template()
         .read_only(true)
         .execute(|_| async move {
-            assert_eq!(
-                scalar_string(db, "SELECT current_setting('transaction_read_only')").await?,
-                "on"
-            );
-            let inner_ro = TransactionTemplate::new(db.clone())
+            assert_eq!(scalar_string(f.db(), READ_ONLY).await?, "on");
+            let inner_ro = f
+                .template()
                 .propagation(Propagation::RequiresNew)
                 .execute(|s| async move {
                     assert!(s.is_new_transaction());
-                    let ro = scalar_string(db, "SELECT current_setting('transaction_read_only')")
-                        .await?;
-                    insert(db, t, "written-by-requires-new").await?;
+                    let ro = scalar_string(f.db(), READ_ONLY).await?;
+                    f.insert("written-by-requires-new").await?;
                     Ok::<_, AppError>(ro)
                 })
                 .await?;
             assert_eq!(inner_ro, "off");
             // Back in the read-only transaction: it sees the committed row.
-            let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-                .fetch_one(db)
+            let count = format!("SELECT count(*) FROM {}", f.table);
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(count))
+                .fetch_one(f.db())
                 .await?;
             assert_eq!(n, 1);
             Ok(())
         })
         .await;
     r.unwrap();
-    assert_eq!(tags(t).await, strings(&["written-by-requires-new"]));
-    drop_table(t).await;
+    f.assert_tags(
+        &["written-by-requires-new"],
+        "the RequiresNew writer committed",
+    )
+    .await;
+    f.drop_table().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,22 +349,20 @@ async fn read_only_outer_requires_new_writer_commits() {
 /// deadline, not when it would have woken, and its writes are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_interrupts_awaiting_body_and_rolls_back() {
-    let Some((app, db, table)) = open_with_table(2, "deadline").await else {
+    let Some(f) = &Fixture::open(2, "deadline").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
-    let log: Log = Arc::default();
-    let log_ref = &log;
 
     let timeout = Duration::from_millis(300);
     let woke = AtomicBool::new(false);
     let woke = &woke;
     let started = Instant::now();
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<(), AppError> = f
+        .template()
         .timeout(timeout)
         .execute(|_| async move {
-            insert(db, t, "doomed").await?;
-            tx_sqlx::register_synchronization(Recorder::new("h", log_ref))?;
+            f.insert("doomed").await?;
+            tx_sqlx::register_synchronization(f.hook("h"))?;
             tokio::time::sleep(Duration::from_secs(5)).await;
             woke.store(true, Ordering::SeqCst);
             Ok(())
@@ -425,19 +383,22 @@ async fn deadline_interrupts_awaiting_body_and_rolls_back() {
         "must return at the deadline ({timeout:?}), not when the body wakes (5 s): took {elapsed:?}"
     );
     assert!(!woke.load(Ordering::SeqCst));
-    assert_eq!(
-        tags(t).await,
-        Vec::<String>::new(),
-        "the writes were rolled back"
-    );
-    assert_eq!(
-        log_of(&log),
-        strings(&["h:before_completion", "h:after_completion(rolled_back)"])
-    );
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle, "connections back in the pool");
-    assert_eq!(idle_in_transaction(&app).await, 0);
-    drop_table(t).await;
+    f.assert_tags(&[], "the writes were rolled back").await;
+    f.assert_log(&ROLLED_BACK);
+    assert_pool_clean(&f.b, "connections back in the pool").await;
+    f.drop_table().await;
+}
+
+/// Statements running on the server whose text contains `marker`, other than `conn`'s own.
+async fn running_with(conn: &mut PgConnection, marker: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+    )
+    .bind(marker)
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 /// A long server statement (`pg_sleep(5)`) under a 300 ms timeout is cancelled: the call
@@ -445,10 +406,9 @@ async fn deadline_interrupts_awaiting_body_and_rolls_back() {
 /// 5 s (watched in `pg_stat_activity`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_cancels_long_server_statement() {
-    let Some((app, db)) = open(2, "deadline_stmt").await else {
+    let Some(b) = open(2, "deadline_stmt").await else {
         return;
     };
-    let db = &db;
     let marker = format!("tx_sleep_marker_{}", std::process::id());
     let sql = format!("SELECT pg_sleep(5) AS {marker}");
 
@@ -460,15 +420,7 @@ async fn deadline_cancels_long_server_statement() {
         async move {
             let mut conn = PgBackend::fresh().await;
             while !stop.load(Ordering::SeqCst) {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-                     AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
-                )
-                .bind(&marker)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-                if n > 0 {
+                if running_with(&mut conn, &marker).await > 0 {
                     seen_running.store(true, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -478,8 +430,9 @@ async fn deadline_cancels_long_server_statement() {
     });
 
     let started = Instant::now();
-    let sql_ref = &sql;
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let (db, sql_ref) = (&b.db, &sql);
+    let r: Result<(), AppError> = b
+        .template()
         .timeout(Duration::from_millis(300))
         .execute(|_| async move {
             sqlx::query(AssertSqlSafe(sql_ref.clone()))
@@ -518,14 +471,7 @@ async fn deadline_cancels_long_server_statement() {
     // The statement must stop on the server too, long before pg_sleep(5) would end.
     let until = started + Duration::from_millis(2500);
     let running = loop {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-             AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
-        )
-        .bind(&marker)
-        .fetch_one(&mut watch_conn)
-        .await
-        .unwrap();
+        let n = running_with(&mut watch_conn, &marker).await;
         if n == 0 || Instant::now() > until {
             break n;
         }
@@ -537,9 +483,7 @@ async fn deadline_cancels_long_server_statement() {
         "pg_sleep(5) still running on the server {:?} after the call started",
         started.elapsed()
     );
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle);
-    assert_eq!(idle_in_transaction(&app).await, 0);
+    assert_pool_clean(&b, "connections back after the cancelled statement").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,19 +496,19 @@ async fn deadline_cancels_long_server_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_body_rolls_back_and_continues() {
     // One connection: the statement after the panic necessarily reuses it.
-    let Some((app, db, table)) = open_with_table(1, "panic").await else {
+    let Some(f) = Fixture::open(1, "panic").await else {
         return;
     };
-    let log: Log = Arc::default();
+    let f = Arc::new(f);
 
     let handle = tokio::spawn({
-        let (db, t, log) = (db.clone(), table.clone(), log.clone());
+        let f = f.clone();
         async move {
-            TransactionTemplate::new(db.clone())
+            f.template()
                 .execute(|_| async {
-                    insert(&db, &t, "panicked").await?;
-                    tx_sqlx::register_synchronization(Recorder::new("h", &log))?;
-                    if !t.is_empty() {
+                    f.insert("panicked").await?;
+                    tx_sqlx::register_synchronization(f.hook("h"))?;
+                    if !f.table.is_empty() {
                         panic!("boom in the body");
                     }
                     Ok::<_, AppError>(())
@@ -584,20 +528,15 @@ async fn panic_in_body_rolls_back_and_continues() {
         .unwrap_or_default();
     assert_eq!(msg, "boom in the body", "the body's own panic continues");
 
-    assert_eq!(tags(&table).await, Vec::<String>::new(), "rolled back");
-    assert_eq!(
-        log_of(&log),
-        strings(&["h:before_completion", "h:after_completion(rolled_back)"])
-    );
-    let (size, idle) = wait_all_idle(&db).await;
-    assert_eq!(size as usize, idle, "the connection is back in the pool");
-    assert_eq!(idle_in_transaction(&app).await, 0);
+    f.assert_tags(&[], "rolled back").await;
+    f.assert_log(&ROLLED_BACK);
+    assert_pool_clean(&f.b, "the connection is back in the pool").await;
 
     // The same connection, outside any transaction: autocommit, visible at once elsewhere.
     assert!(!tx_sqlx::is_actual_transaction_active());
-    insert(&db, &table, "after-panic").await.unwrap();
-    assert_eq!(tags(&table).await, strings(&["after-panic"]));
-    drop_table(&table).await;
+    f.insert("after-panic").await.unwrap();
+    f.assert_tags(&["after-panic"], "autocommitted").await;
+    f.drop_table().await;
 }
 
 /// A dropped (cancelled) transactional future: rolled back, never committed; no
@@ -605,22 +544,21 @@ async fn panic_in_body_rolls_back_and_continues() {
 /// `RolledBack` (it runs in a spawned task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_future_rolls_back_and_returns_connection() {
-    let Some((app, db, table)) = open_with_table(3, "cancel").await else {
+    let Some(f) = Fixture::open(3, "cancel").await else {
         return;
     };
     let (inserted_tx, inserted_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Completion>();
-    let log: Log = Arc::default();
 
-    let template = TransactionTemplate::new(db.clone());
-    let (db, table, log) = (&db, &table, &log);
+    let template = f.template();
+    let f = &f;
     // The body runs once: the senders move into it.
     let mut fut = Box::pin(template.execute(|_| async move {
         tx_sqlx::after_completion(move |c: Completion| async move {
             let _ = done_tx.send(c);
         })?;
-        tx_sqlx::register_synchronization(Recorder::new("h", log))?;
-        insert(db, table, "cancelled").await?;
+        tx_sqlx::register_synchronization(f.hook("h"))?;
+        f.insert("cancelled").await?;
         let _ = inserted_tx.send(());
         std::future::pending::<()>().await;
         Ok::<_, AppError>(())
@@ -630,7 +568,7 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
         _ = inserted_rx => {}
     }
     // The probe works: right now our transaction sits idle in transaction.
-    assert_eq!(idle_in_transaction(&app).await, 1);
+    assert_eq!(idle_in_transaction(&f.b.app).await, 1);
     drop(fut);
 
     let completion = tokio::time::timeout(Duration::from_secs(5), done_rx)
@@ -640,24 +578,20 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
     assert_eq!(completion, Completion::RolledBack);
 
     let until = Instant::now() + Duration::from_secs(5);
-    let mut left = idle_in_transaction(&app).await;
+    let mut left = idle_in_transaction(&f.b.app).await;
     while left != 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        left = idle_in_transaction(&app).await;
+        left = idle_in_transaction(&f.b.app).await;
     }
     assert_eq!(left, 0, "an `idle in transaction` session was left behind");
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle, "every pool connection back");
-    assert_eq!(tags(table).await, Vec::<String>::new(), "never committed");
-    assert_eq!(
-        log_of(log),
-        strings(&["h:before_completion", "h:after_completion(rolled_back)"])
-    );
+    assert_pool_clean(&f.b, "every pool connection back").await;
+    f.assert_tags(&[], "never committed").await;
+    f.assert_log(&ROLLED_BACK);
 
     // The pool still works and its connections are clean (autocommit visible at once).
-    insert(db, table, "after-cancel").await.unwrap();
-    assert_eq!(tags(table).await, strings(&["after-cancel"]));
-    drop_table(table).await;
+    f.insert("after-cancel").await.unwrap();
+    f.assert_tags(&["after-cancel"], "autocommitted").await;
+    f.drop_table().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,22 +602,20 @@ async fn cancelled_future_rolls_back_and_returns_connection() {
 /// hooks complete as rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_commit_error_rolls_back_and_is_returned() {
-    let Some((app, db, table)) = open_with_table(2, "hook_veto").await else {
+    let Some(f) = &Fixture::open(2, "hook_veto").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
-    let log: Log = Arc::default();
-    let log_ref = &log;
 
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<(), AppError> = f
         .execute(|_| async move {
-            insert(db, t, "vetoed").await?;
-            tx_sqlx::register_synchronization(Recorder::new("a", log_ref))?;
-            tx_sqlx::register_synchronization(Recorder {
+            f.insert("vetoed").await?;
+            tx_sqlx::register_synchronization(f.hook("a"))?;
+            let veto = Recorder {
                 veto: true,
-                ..Recorder::new("veto", log_ref)
-            })?;
-            tx_sqlx::register_synchronization(Recorder::new("b", log_ref))?;
+                ..f.hook("veto")
+            };
+            tx_sqlx::register_synchronization(veto)?;
+            tx_sqlx::register_synchronization(f.hook("b"))?;
             Ok(())
         })
         .await;
@@ -693,101 +625,88 @@ async fn before_commit_error_rolls_back_and_is_returned() {
         }
         other => panic!("expected TxError::BeforeCommit, got {other:?}"),
     }
-    assert_eq!(tags(t).await, Vec::<String>::new(), "rolled back");
-    assert_eq!(
-        log_of(&log),
-        strings(&[
-            "a:before_commit",
-            "veto:before_commit",
-            "a:before_completion",
-            "veto:before_completion",
-            "b:before_completion",
-            "a:after_completion(rolled_back)",
-            "veto:after_completion(rolled_back)",
-            "b:after_completion(rolled_back)",
-        ])
-    );
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle);
-    assert_eq!(idle_in_transaction(&app).await, 0);
-    drop_table(t).await;
+    f.assert_tags(&[], "rolled back").await;
+    f.assert_log(&[
+        "a:before_commit",
+        "veto:before_commit",
+        "a:before_completion",
+        "veto:before_completion",
+        "b:before_completion",
+        "a:after_completion(rolled_back)",
+        "veto:after_completion(rolled_back)",
+        "b:after_completion(rolled_back)",
+    ]);
+    assert_pool_clean(&f.b, "connections back after the veto").await;
+    f.drop_table().await;
 }
 
 /// A panicking after_commit hook cannot undo the commit: the call is `Ok`, the row is there,
 /// and the next hook still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_after_commit_hook_leaves_call_ok() {
-    let Some((_, db, table)) = open_with_table(2, "hook_panic").await else {
+    let Some(f) = &Fixture::open(2, "hook_panic").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
-    let log: Log = Arc::default();
-    let log_ref = &log;
 
-    let r: Result<u32, AppError> = TransactionTemplate::new(db.clone())
+    let r: Result<u32, AppError> = f
         .execute(|_| async move {
-            insert(db, t, "kept").await?;
-            tx_sqlx::register_synchronization(Recorder {
+            f.insert("kept").await?;
+            let panicking = Recorder {
                 panic_after_commit: true,
-                ..Recorder::new("a", log_ref)
-            })?;
-            tx_sqlx::register_synchronization(Recorder::new("b", log_ref))?;
+                ..f.hook("a")
+            };
+            tx_sqlx::register_synchronization(panicking)?;
+            tx_sqlx::register_synchronization(f.hook("b"))?;
             Ok(7)
         })
         .await;
     assert_eq!(r.unwrap(), 7);
-    assert_eq!(tags(t).await, strings(&["kept"]));
-    assert_eq!(
-        log_of(&log),
-        strings(&[
-            "a:before_commit",
-            "b:before_commit",
-            "a:before_completion",
-            "b:before_completion",
-            "a:after_commit",
-            "b:after_commit",
-            "a:after_completion(committed)",
-            "b:after_completion(committed)",
-        ])
-    );
-    drop_table(t).await;
+    f.assert_tags(&["kept"], "committed").await;
+    f.assert_log(&[
+        "a:before_commit",
+        "b:before_commit",
+        "a:before_completion",
+        "b:before_completion",
+        "a:after_commit",
+        "b:after_commit",
+        "a:after_completion(committed)",
+        "b:after_completion(committed)",
+    ]);
+    f.drop_table().await;
 }
 
 /// Outside every scope, registering hooks (and marking rollback-only) fails with
 /// `TxError::NoTransaction`, and nothing leaks into a later transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_outside_any_scope_return_no_transaction() {
-    let Some((_, db)) = open(2, "hook_outside").await else {
+    let Some(b) = open(2, "hook_outside").await else {
         return;
     };
     let log: Log = Arc::default();
 
     assert!(tx_sqlx::current_status().is_none());
     assert!(!tx_sqlx::is_actual_transaction_active());
-    assert!(matches!(
-        tx_sqlx::register_synchronization(Recorder::new("outside", &log)),
-        Err(TxError::NoTransaction)
-    ));
-    assert!(matches!(
-        tx_sqlx::after_commit(async {}),
-        Err(TxError::NoTransaction)
-    ));
-    assert!(matches!(
-        tx_sqlx::after_rollback(async {}),
-        Err(TxError::NoTransaction)
-    ));
-    assert!(matches!(
-        tx_sqlx::after_completion(|_c: Completion| async {}),
-        Err(TxError::NoTransaction)
-    ));
-    assert!(matches!(
-        tx_sqlx::set_rollback_only(),
-        Err(TxError::NoTransaction)
-    ));
+    let outside = [
+        (
+            "register_synchronization",
+            tx_sqlx::register_synchronization(Recorder::new("outside", &log)),
+        ),
+        ("after_commit", tx_sqlx::after_commit(async {})),
+        ("after_rollback", tx_sqlx::after_rollback(async {})),
+        (
+            "after_completion",
+            tx_sqlx::after_completion(|_c: Completion| async {}),
+        ),
+        ("set_rollback_only", tx_sqlx::set_rollback_only()),
+    ];
+    for (what, r) in outside {
+        assert!(matches!(r, Err(TxError::NoTransaction)), "{what}: {r:?}");
+    }
 
     // A transaction afterwards runs only its own hooks, and commits (nothing marked it).
-    let (db, log_ref) = (&db, &log);
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
+    let (db, log_ref) = (&b.db, &log);
+    let r: Result<(), AppError> = b
+        .template()
         .execute(|_| async move {
             sqlx::query("SELECT 1").execute(db).await?;
             tx_sqlx::register_synchronization(Recorder::new("inside", log_ref))?;
@@ -795,15 +714,7 @@ async fn hooks_outside_any_scope_return_no_transaction() {
         })
         .await;
     r.unwrap();
-    assert_eq!(
-        log_of(&log),
-        strings(&[
-            "inside:before_commit",
-            "inside:before_completion",
-            "inside:after_commit",
-            "inside:after_completion(committed)",
-        ])
-    );
+    assert_eq!(*log.lock().unwrap(), committed("inside"));
     // And once it is over, we are outside again.
     assert!(matches!(
         tx_sqlx::after_commit(async {}),
@@ -951,9 +862,10 @@ async fn task_work(db: PgTxPool, t: String, i: usize) -> Result<(), AppError> {
 async fn concurrent_tasks_never_share_context() {
     // Each task may hold two connections at once (outer + RequiresNew); with one more than
     // TASKS connections some RequiresNew can always proceed (no pool starvation).
-    let Some((_, db)) = open(TASKS as u32 + 2, "tasks").await else {
+    let Some(b) = open(TASKS as u32 + 2, "tasks").await else {
         return;
     };
+    let db = &b.db;
     let table = tx_tests::unique_table("tasks");
     {
         let mut conn = PgBackend::fresh().await;
@@ -1041,77 +953,77 @@ async fn concurrent_tasks_never_share_context() {
             .map(|i| 1 + usize::from(i % 4 != 3) * (1 + usize::from(i % 3 != 0)))
             .sum::<usize>()
     });
-    drop_table(&table).await;
+    b.drop_table(&table).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Misuse
 // ---------------------------------------------------------------------------------------------
 
+/// Runs a `p` scope whose body would write `tag` (noting that it ran), within a transaction
+/// that writes before and after it when `inside`. Asserts that the call fails with `refused`
+/// (propagated out of the outer transaction, which rolls back), that the body never ran, and
+/// that nothing was written.
+async fn assert_refused_before_the_body(
+    f: &Fixture,
+    p: Propagation,
+    inside: bool,
+    refused: TxError,
+) {
+    let ran = AtomicBool::new(false);
+    let ran = &ran;
+    let scope = || async move {
+        f.template()
+            .propagation(p)
+            .execute(|_| async move {
+                ran.store(true, Ordering::SeqCst);
+                f.insert(&format!("{p:?}")).await?;
+                Ok::<_, AppError>(())
+            })
+            .await
+    };
+    let r = if inside {
+        f.template()
+            .execute(|_| async move {
+                f.insert("outer").await?;
+                scope().await?;
+                f.insert("outer-after").await?;
+                Ok(())
+            })
+            .await
+    } else {
+        scope().await
+    };
+    assert!(
+        matches!(&r, Err(AppError::Tx(e)) if std::mem::discriminant(e) == std::mem::discriminant(&refused)),
+        "expected {refused:?}, got {r:?}"
+    );
+    assert!(!ran.load(Ordering::SeqCst), "the body must not run");
+    f.assert_tags(&[], "nothing written").await;
+}
+
 /// Mandatory without a transaction fails with `TxError::NoTransaction` before its body runs;
 /// nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandatory_without_transaction_is_no_transaction() {
-    let Some((_, db, table)) = open_with_table(2, "mandatory").await else {
+    let Some(f) = Fixture::open(2, "mandatory").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
-    let ran = AtomicBool::new(false);
-    let ran = &ran;
-
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
-        .propagation(Propagation::Mandatory)
-        .execute(|_| async move {
-            ran.store(true, Ordering::SeqCst);
-            insert(db, t, "mandatory").await?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(r, Err(AppError::Tx(TxError::NoTransaction))),
-        "got {r:?}"
-    );
-    assert!(!ran.load(Ordering::SeqCst), "the body must not run");
-    assert_eq!(tags(t).await, Vec::<String>::new());
-    drop_table(t).await;
+    assert_refused_before_the_body(&f, Propagation::Mandatory, false, TxError::NoTransaction).await;
+    f.drop_table().await;
 }
 
 /// Never inside a transaction fails with `TxError::ExistingTransaction` before its body runs;
 /// propagated, it rolls the outer transaction back: nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_inside_transaction_is_existing_transaction() {
-    let Some((app, db, table)) = open_with_table(2, "never").await else {
+    let Some(f) = Fixture::open(2, "never").await else {
         return;
     };
-    let (db, t) = (&db, table.as_str());
-    let ran = AtomicBool::new(false);
-    let ran = &ran;
-
-    let r: Result<(), AppError> = TransactionTemplate::new(db.clone())
-        .execute(|_| async move {
-            insert(db, t, "outer").await?;
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Never)
-                .execute(|_| async move {
-                    ran.store(true, Ordering::SeqCst);
-                    insert(db, t, "never").await?;
-                    Ok::<_, AppError>(())
-                })
-                .await?;
-            insert(db, t, "outer-after").await?;
-            Ok(())
-        })
-        .await;
-    assert!(
-        matches!(r, Err(AppError::Tx(TxError::ExistingTransaction))),
-        "got {r:?}"
-    );
-    assert!(!ran.load(Ordering::SeqCst), "the body must not run");
-    assert_eq!(tags(t).await, Vec::<String>::new());
-    let (size, idle) = wait_all_idle(db).await;
-    assert_eq!(size as usize, idle);
-    assert_eq!(idle_in_transaction(&app).await, 0);
-    drop_table(t).await;
+    let existing = TxError::ExistingTransaction;
+    assert_refused_before_the_body(&f, Propagation::Never, true, existing).await;
+    assert_pool_clean(&f.b, "connections back after the refusal").await;
+    f.drop_table().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1124,10 +1036,10 @@ async fn never_inside_transaction_is_existing_transaction() {
 /// while the connection is held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_begin_sends_nothing_without_a_statement() {
-    let Some((_, db)) = open(1, "deferred").await else {
+    let Some(b) = &open(1, "deferred").await else {
         return;
     };
-    let db = &db;
+    let db = &b.db;
     let held = db.pool().acquire().await.expect("the only connection");
     assert_eq!(db.pool().num_idle(), 0);
     let log: Log = Arc::default();
@@ -1135,19 +1047,17 @@ async fn deferred_begin_sends_nothing_without_a_statement() {
 
     let r = tokio::time::timeout(
         Duration::from_secs(2),
-        TransactionTemplate::new(db.clone()).execute(|status| async move {
+        b.template().execute(|status| async move {
             assert!(status.is_new_transaction());
             assert!(tx_sqlx::is_actual_transaction_active());
             tx_sqlx::register_synchronization(Recorder::new("h", log_ref))?;
             // Inner scopes without statements send nothing either.
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::RequiresNew)
-                .execute(|_| async { Ok::<_, AppError>(()) })
-                .await?;
-            TransactionTemplate::new(db.clone())
-                .propagation(Propagation::Nested)
-                .execute(|_| async { Ok::<_, AppError>(()) })
-                .await?;
+            for p in [Propagation::RequiresNew, Propagation::Nested] {
+                b.template()
+                    .propagation(p)
+                    .execute(|_| async { Ok::<_, AppError>(()) })
+                    .await?;
+            }
             Ok::<_, AppError>(())
         }),
     )
@@ -1159,36 +1069,24 @@ async fn deferred_begin_sends_nothing_without_a_statement() {
             panic!("the empty transactional call waited for a connection: BEGIN was not deferred")
         }
     }
-    assert_eq!(
-        log_of(&log),
-        strings(&[
-            "h:before_commit",
-            "h:before_completion",
-            "h:after_commit",
-            "h:after_completion(committed)",
-        ])
-    );
+    assert_eq!(*log.lock().unwrap(), committed("h"));
 
     // Control: one statement needs the connection, so the call cannot finish while it is held.
-    let r = tokio::time::timeout(
-        Duration::from_millis(300),
-        TransactionTemplate::new(db.clone()).execute(|_| async move {
-            sqlx::query("SELECT 1").execute(db).await?;
-            Ok::<_, AppError>(())
-        }),
-    )
-    .await;
+    let one_statement = || async move {
+        b.template()
+            .execute(|_| async move {
+                sqlx::query("SELECT 1").execute(db).await?;
+                Ok::<_, AppError>(())
+            })
+            .await
+    };
+    let r = tokio::time::timeout(Duration::from_millis(300), one_statement()).await;
     assert!(
         r.is_err(),
         "a call with a statement must wait for the held connection: {r:?}"
     );
 
     drop(held);
-    let r = TransactionTemplate::new(db.clone())
-        .execute(|_| async move {
-            sqlx::query("SELECT 1").execute(db).await?;
-            Ok::<_, AppError>(())
-        })
-        .await;
+    let r = one_statement().await;
     assert!(r.is_ok(), "{r:?}");
 }

@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sqlx::AssertSqlSafe;
 use tx_sqlx::{
-    BoxError, Completion, MySqlTxPool, PgTxPool, Propagation, SqliteTxPool, TransactionStatus,
-    TransactionSynchronization, TransactionTemplate, TxError,
+    MySqlTxPool, PgTxPool, Propagation, SqliteTxPool, TransactionStatus, TransactionTemplate,
+    TxError,
 };
+
+use crate::recorder::{Log, Recorder, push};
 
 /// The matrix, vendored from the product's `shared/spring-matrix/` so that a clone of this
 /// repository alone runs it.
@@ -115,7 +117,8 @@ struct Scenario {
     outer_act: OuterAct,
 }
 
-fn propagation(name: &str) -> Propagation {
+/// The propagation Spring names `name`.
+pub(super) fn propagation(name: &str) -> Propagation {
     match name {
         "REQUIRED" => Propagation::Required,
         "REQUIRES_NEW" => Propagation::RequiresNew,
@@ -157,54 +160,10 @@ impl Scenario {
 // Hooks
 // ---------------------------------------------------------------------------------------------
 
-type Log = Arc<Mutex<Vec<String>>>;
-
-fn push(log: &Log, entry: String) {
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
-}
-
-/// A synchronization that records each callback as `LABEL:phase`.
-struct Recorder {
-    label: &'static str,
-    log: Log,
-}
-
-impl Recorder {
-    fn record(&self, phase: &str) {
-        push(&self.log, format!("{}:{phase}", self.label));
-    }
-}
-
-impl TransactionSynchronization for Recorder {
-    async fn before_commit(&self, _read_only: bool) -> Result<(), BoxError> {
-        self.record("before_commit");
-        Ok(())
-    }
-
-    async fn before_completion(&self) {
-        self.record("before_completion");
-    }
-
-    async fn after_commit(&self) {
-        self.record("after_commit");
-    }
-
-    async fn after_completion(&self, completion: Completion) {
-        self.record(match completion {
-            Completion::Committed => "after_completion(committed)",
-            Completion::RolledBack => "after_completion(rolled_back)",
-            Completion::Unknown => "after_completion(unknown)",
-        });
-    }
-}
-
 /// "register hook LABEL": outside every scope the registration fails with `NoTransaction`
 /// and the scenario records `LABEL:no_scope`.
 fn register_hook(log: &Log, label: &'static str) {
-    match tx_sqlx::register_synchronization(Recorder {
-        label,
-        log: log.clone(),
-    }) {
+    match tx_sqlx::register_synchronization(Recorder::new(label, log)) {
         Ok(()) => {}
         Err(TxError::NoTransaction) => push(log, format!("{label}:no_scope")),
         Err(e) => push(log, format!("{label}:register_failed({e:?})")),
@@ -642,19 +601,24 @@ async fn run_matrix<D: Db>(db: &D, backend: Backend, table: &str) {
 // One test per backend
 // ---------------------------------------------------------------------------------------------
 
+/// Runs the matrix on `db` in a fresh table `(id, tag)`, made by `create` (the statement,
+/// with `{table}` for the table's name).
+async fn run_matrix_in_table<D: Db>(db: &D, backend: Backend, prefix: &str, create: &str) {
+    let table = tx_tests::unique_table(prefix);
+    db.fresh_exec(create.replace("{table}", &table))
+        .await
+        .expect("create table");
+    run_matrix(db, backend, &table).await;
+    db.fresh_exec(format!("DROP TABLE {table}")).await.ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spring_matrix_postgres() {
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
-    let table = tx_tests::unique_table("matrix_pg");
-    db.fresh_exec(format!(
-        "CREATE TABLE {table} (id serial PRIMARY KEY, tag text)"
-    ))
-    .await
-    .expect("create table");
-    run_matrix(&db, Backend::Postgres, &table).await;
-    db.fresh_exec(format!("DROP TABLE {table}")).await.ok();
+    let create = "CREATE TABLE {table} (id serial PRIMARY KEY, tag text)";
+    run_matrix_in_table(&db, Backend::Postgres, "matrix_pg", create).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,24 +626,14 @@ async fn spring_matrix_mysql() {
     let Some(db) = tx_tests::mysql_pool(4).await else {
         return;
     };
-    let table = tx_tests::unique_table("matrix_my");
-    db.fresh_exec(format!(
-        "CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(64)) ENGINE=InnoDB"
-    ))
-    .await
-    .expect("create table");
-    run_matrix(&db, Backend::MySql, &table).await;
-    db.fresh_exec(format!("DROP TABLE {table}")).await.ok();
+    let create =
+        "CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(64)) ENGINE=InnoDB";
+    run_matrix_in_table(&db, Backend::MySql, "matrix_my", create).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spring_matrix_sqlite() {
     let (db, _dir) = tx_tests::sqlite_pool(4).await;
-    let table = tx_tests::unique_table("matrix_lite");
-    db.fresh_exec(format!(
-        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, tag TEXT)"
-    ))
-    .await
-    .expect("create table");
-    run_matrix(&db, Backend::Sqlite, &table).await;
+    let create = "CREATE TABLE {table} (id INTEGER PRIMARY KEY, tag TEXT)";
+    run_matrix_in_table(&db, Backend::Sqlite, "matrix_lite", create).await;
 }

@@ -82,19 +82,7 @@ mod mysql {
 
     /// `?` placeholders instead of `$1`, `$2`, ... (each used once, in binding order).
     fn sql(statement: &str) -> sqlx::AssertSqlSafe<String> {
-        let mut out = String::with_capacity(statement.len());
-        let mut chars = statement.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                while chars.peek().is_some_and(char::is_ascii_digit) {
-                    chars.next();
-                }
-                out.push('?');
-            } else {
-                out.push(c);
-            }
-        }
-        sqlx::AssertSqlSafe(out)
+        sqlx::AssertSqlSafe(tx_examples::per_backend::question_marks(statement))
     }
 
     include!("testing_rollback/cases.rs");

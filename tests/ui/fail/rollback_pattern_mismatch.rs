@@ -1,14 +1,11 @@
 use tx_sqlx::prelude::*;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    Tx(TxError),
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    #[error("risk check rejected the order: {reason}")]
     RiskRejected { reason: String },
-}
-impl From<TxError> for AppError {
-    fn from(e: TxError) -> Self {
-        AppError::Tx(e)
-    }
 }
 
 #[derive(Debug)]

@@ -23,6 +23,15 @@ impl From<TxError> for AppError {
 /// The default manager.
 static DB: LazyLock<Noop> = LazyLock::new(Noop::default);
 
+/// One function per spelling, `name => (keys)`: `#[transactional(keys)]` on a body that runs
+/// one statement on `DB`.
+macro_rules! spelled {
+    ($($name:ident => ($($key:tt)*);)*) => {$(
+        #[transactional($($key)*)]
+        async fn $name() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+    )*};
+}
+
 // ---- defaults -------------------------------------------------------------------------------
 #[transactional]
 async fn bare() -> Result<u32, TxError> {
@@ -37,82 +46,55 @@ async fn empty_parens() -> Result<u32, TxError> {
 }
 
 // ---- propagation: CamelCase, Spring's SCREAMING_CASE, and the enum path ------------------------
-#[transactional(propagation = Required)]
-async fn p_required() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = REQUIRED)]
-async fn p_required_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = RequiresNew)]
-async fn p_requires_new() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = REQUIRES_NEW)]
-async fn p_requires_new_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = Propagation::RequiresNew)]
-async fn p_requires_new_path() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = Nested)]
-async fn p_nested() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = NESTED)]
-async fn p_nested_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = Supports)]
-async fn p_supports() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = SUPPORTS)]
-async fn p_supports_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = NotSupported)]
-async fn p_not_supported() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = NOT_SUPPORTED)]
-async fn p_not_supported_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = Mandatory)]
-async fn p_mandatory() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = MANDATORY)]
-async fn p_mandatory_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = Never)]
-async fn p_never() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(propagation = NEVER)]
-async fn p_never_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    p_required => (propagation = Required);
+    p_required_s => (propagation = REQUIRED);
+    p_requires_new => (propagation = RequiresNew);
+    p_requires_new_s => (propagation = REQUIRES_NEW);
+    p_requires_new_path => (propagation = Propagation::RequiresNew);
+    p_nested => (propagation = Nested);
+    p_nested_s => (propagation = NESTED);
+    p_supports => (propagation = Supports);
+    p_supports_s => (propagation = SUPPORTS);
+    p_not_supported => (propagation = NotSupported);
+    p_not_supported_s => (propagation = NOT_SUPPORTED);
+    p_mandatory => (propagation = Mandatory);
+    p_mandatory_s => (propagation = MANDATORY);
+    p_never => (propagation = Never);
+    p_never_s => (propagation = NEVER);
+}
 
 // ---- isolation -------------------------------------------------------------------------------
-#[transactional(isolation = Default)]
-async fn i_default() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = DEFAULT)]
-async fn i_default_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = ReadUncommitted)]
-async fn i_ru() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = READ_UNCOMMITTED)]
-async fn i_ru_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = ReadCommitted)]
-async fn i_rc() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = READ_COMMITTED)]
-async fn i_rc_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = RepeatableRead)]
-async fn i_rr() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = REPEATABLE_READ)]
-async fn i_rr_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = Serializable)]
-async fn i_ser() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = SERIALIZABLE)]
-async fn i_ser_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(isolation = Isolation::Serializable)]
-async fn i_ser_path() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    i_default => (isolation = Default);
+    i_default_s => (isolation = DEFAULT);
+    i_ru => (isolation = ReadUncommitted);
+    i_ru_s => (isolation = READ_UNCOMMITTED);
+    i_rc => (isolation = ReadCommitted);
+    i_rc_s => (isolation = READ_COMMITTED);
+    i_rr => (isolation = RepeatableRead);
+    i_rr_s => (isolation = REPEATABLE_READ);
+    i_ser => (isolation = Serializable);
+    i_ser_s => (isolation = SERIALIZABLE);
+    i_ser_path => (isolation = Isolation::Serializable);
+}
 
 // ---- timeout ---------------------------------------------------------------------------------
-#[transactional(timeout = 5)]
-async fn t_secs() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(timeout = "250ms")]
-async fn t_ms() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(timeout = "2s")]
-async fn t_s() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(timeout = "1m")]
-async fn t_m() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(timeout = "1m30s")]
-async fn t_compound() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(timeout = "1h")]
-async fn t_h() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    t_secs => (timeout = 5);
+    t_ms => (timeout = "250ms");
+    t_s => (timeout = "2s");
+    t_m => (timeout = "1m");
+    t_compound => (timeout = "1m30s");
+    t_h => (timeout = "1h");
+}
 
 // ---- read_only -------------------------------------------------------------------------------
-#[transactional(read_only)]
-async fn ro_bare() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(read_only = true)]
-async fn ro_true() -> Result<(), TxError> { DB.statement().await; Ok(()) }
-#[transactional(read_only = false)]
-async fn ro_false() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    ro_bare => (read_only);
+    ro_true => (read_only = true);
+    ro_false => (read_only = false);
+}
 
 // ---- rollback rules --------------------------------------------------------------------------
 #[transactional(no_rollback_for = AppError::RiskRejected { .. })]
@@ -135,8 +117,9 @@ fn other_owned() -> Noop {
     OTHER.clone()
 }
 
-#[transactional(manager = "audit")]
-async fn m_named() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    m_named => (manager = "audit");
+}
 #[transactional(manager = other_ref())]
 async fn m_fn_ref() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
 #[transactional(manager = other_owned())]
@@ -169,8 +152,9 @@ async fn retried(s: String, n: u32) -> Result<usize, TxError> {
     DB.statement().await;
     Ok(s.len() + n as usize)
 }
-#[transactional(retry = 0)]
-async fn retry_zero() -> Result<(), TxError> { DB.statement().await; Ok(()) }
+spelled! {
+    retry_zero => (retry = 0);
+}
 
 // ---- everything at once, trailing comma ------------------------------------------------------
 #[transactional(

@@ -188,6 +188,17 @@ struct Ctx {
     dropping: Option<Cut>,
 }
 
+impl Ctx {
+    /// This context, bound to `unit` of transaction `tx` (its hooks go to the unit).
+    fn in_unit(&self, tx: TxId, unit: UnitId) -> Ctx {
+        Ctx {
+            bound: Some((tx, unit)),
+            hooks: HookTarget::Unit(unit),
+            ..self.clone()
+        }
+    }
+}
+
 enum Flow {
     Normal,
     Err(Res),
@@ -670,8 +681,16 @@ impl Model<'_> {
         *self.out.starts.entry(tag.to_owned()).or_insert(0) += 1;
     }
 
-    /// Runs a body: its ops, then its end.
-    fn body(&mut self, ctx: &Ctx, scope: &Scope, attempt: u32, local_ro: &mut bool) -> BodyEnd {
+    /// Starts scope `tag` and runs its body: its ops, then its end. The flag says whether the
+    /// body marked its own scope rollback-only.
+    fn body(&mut self, ctx: &Ctx, scope: &Scope, tag: &str, attempt: u32) -> (BodyEnd, bool) {
+        self.start(tag);
+        let mut local_ro = false;
+        let end = self.body_end(ctx, scope, attempt, &mut local_ro);
+        (end, local_ro)
+    }
+
+    fn body_end(&mut self, ctx: &Ctx, scope: &Scope, attempt: u32, local_ro: &mut bool) -> BodyEnd {
         match self.ops(ctx, &scope.ops) {
             Flow::Normal => {}
             Flow::Err(r) => return BodyEnd::Returned(Err(r)),
@@ -700,9 +719,15 @@ impl Model<'_> {
     fn scope(&mut self, ctx: &Ctx, call: &Call, tag: &str, attempt: u32) -> (Flow, bool) {
         let scope = &call.scope;
         use Propagation as P;
+        if let (P::Required | P::Supports | P::Mandatory | P::Nested, Some((tx, unit))) =
+            (scope.propagation, ctx.bound)
+            && self.refused_at_entry(ctx, tx, tag, unit)
+        {
+            return (Flow::Err(Res::Refused), false);
+        }
         match (scope.propagation, ctx.bound) {
-            (P::Required | P::Supports | P::Mandatory, Some((tx, unit))) => {
-                (self.participant(ctx, scope, tag, attempt, tx, unit), false)
+            (P::Required | P::Supports | P::Mandatory, Some((_, unit))) => {
+                (self.participant(ctx, scope, tag, attempt, unit), false)
             }
             (P::Nested, Some((tx, unit))) => {
                 (self.savepoint(ctx, scope, tag, attempt, tx, unit), false)
@@ -730,12 +755,17 @@ impl Model<'_> {
         }
     }
 
-    /// The engine may refuse a scope of a transaction a joined sibling is using (the model
-    /// follows the observation there; the refused call never ran its body).
-    fn refused_at_entry(&mut self, ctx: &Ctx, tx: TxId, tag: &str) -> bool {
-        ctx.shared.contains(&tx)
+    /// The engine may refuse a scope joining or nesting into a transaction a joined sibling is
+    /// using (the model follows the observation there; the refused call never ran its body).
+    /// A refusal may mark `unit`, the scope's bound unit, rollback-only.
+    fn refused_at_entry(&mut self, ctx: &Ctx, tx: TxId, tag: &str, unit: UnitId) -> bool {
+        let refused = ctx.shared.contains(&tx)
             && self.obs.results.get(tag) == Some(&Res::Refused)
-            && !self.obs.starts.contains_key(tag)
+            && !self.obs.starts.contains_key(tag);
+        if refused && self.ch.choose(2) == 1 {
+            self.units[unit].marked = true;
+        }
+        refused
     }
 
     fn participant(
@@ -744,18 +774,9 @@ impl Model<'_> {
         scope: &Scope,
         tag: &str,
         attempt: u32,
-        tx: TxId,
         unit: UnitId,
     ) -> Flow {
-        if self.refused_at_entry(ctx, tx, tag) {
-            if self.ch.choose(2) == 1 {
-                self.units[unit].marked = true;
-            }
-            return Flow::Err(Res::Refused);
-        }
-        self.start(tag);
-        let mut local_ro = false;
-        let end = self.body(ctx, scope, attempt, &mut local_ro);
+        let (end, local_ro) = self.body(ctx, scope, tag, attempt);
         match end {
             BodyEnd::Cut(c) => {
                 self.units[unit].marked = true;
@@ -776,10 +797,7 @@ impl Model<'_> {
                         self.units[unit].marked_retryable = true;
                     }
                 }
-                match r {
-                    Ok(()) => Flow::Normal,
-                    Err(e) => Flow::Err(e),
-                }
+                into_flow(r)
             }
         }
     }
@@ -793,12 +811,6 @@ impl Model<'_> {
         tx: TxId,
         parent: UnitId,
     ) -> Flow {
-        if self.refused_at_entry(ctx, tx, tag) {
-            if self.ch.choose(2) == 1 {
-                self.units[parent].marked = true;
-            }
-            return Flow::Err(Res::Refused);
-        }
         if self.backend == Backend::Postgres
             && self.txs[tx].aborted.is_some()
             && self.ch.choose(2) == 0
@@ -819,12 +831,8 @@ impl Model<'_> {
             return Flow::Cut(cut);
         }
         let unit = self.new_unit(tx, Some(parent));
-        let mut inner = ctx.clone();
-        inner.bound = Some((tx, unit));
-        inner.hooks = HookTarget::Unit(unit);
-        self.start(tag);
-        let mut local_ro = false;
-        let end = self.body(&inner, scope, attempt, &mut local_ro);
+        let inner = ctx.in_unit(tx, unit);
+        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
         let (rows, hooks) = self.take_unit(unit);
         let mut marked = self.units[unit].marked;
         if marked && self.lenient_nested_mark && self.marked_above(parent) && self.ch.choose(2) == 1
@@ -881,8 +889,7 @@ impl Model<'_> {
             self.units[parent].rows.extend(rows);
             self.units[parent].hooks.extend(hooks);
             match end {
-                BodyEnd::Returned(Ok(())) => Flow::Normal,
-                BodyEnd::Returned(Err(e)) => Flow::Err(e),
+                BodyEnd::Returned(r) => into_flow(r),
                 _ => unreachable!(),
             }
         }
@@ -907,16 +914,12 @@ impl Model<'_> {
         tx: TxId,
         unit: UnitId,
     ) -> Flow {
-        let mut inner = ctx.clone();
-        inner.bound = Some((tx, unit));
-        inner.hooks = HookTarget::Unit(unit);
+        let mut inner = ctx.in_unit(tx, unit);
         let short = scope.deadline == Some(Deadline::Short);
         if short {
             inner.short = Some(tag.to_owned());
         }
-        self.start(tag);
-        let mut local_ro = false;
-        let end = self.body(&inner, scope, attempt, &mut local_ro);
+        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
         let spun = self.spun.remove(tag);
         let r = match end {
             BodyEnd::Cut(Cut::Deadline(t)) if t == tag => {
@@ -988,9 +991,7 @@ impl Model<'_> {
         };
         let mut inner = ctx.clone();
         inner.hooks = HookTarget::List(list);
-        self.start(tag);
-        let mut local_ro = false;
-        let end = self.body(&inner, scope, attempt, &mut local_ro);
+        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
         if !owner {
             return match end {
                 BodyEnd::Cut(c) => Flow::Cut(c),

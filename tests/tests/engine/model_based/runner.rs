@@ -23,42 +23,23 @@ use super::program::*;
 
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The generated programs' error type.
-#[derive(Debug)]
+/// The generated programs' error type, displayed as its `Debug`. The engine's error is its
+/// source (`#[from]`): `retry` looks there for the retryable failure a call returned.
+#[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// `End::Fail`.
+    #[error("Fail")]
     Fail,
     /// `End::Kept`.
+    #[error("Kept")]
     Kept,
-    Tx(TxError),
-}
-
-impl From<TxError> for ModelError {
-    fn from(e: TxError) -> Self {
-        ModelError::Tx(e)
-    }
+    #[error("Tx({0:?})")]
+    Tx(#[from] TxError),
 }
 
 impl From<sqlx::Error> for ModelError {
     fn from(e: sqlx::Error) -> Self {
         ModelError::Tx(e.into())
-    }
-}
-
-impl std::fmt::Display for ModelError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
-    }
-}
-
-/// Exposes the engine's error as its source, as `#[from]` does: `retry` looks there for the
-/// retryable failure a call returned.
-impl std::error::Error for ModelError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ModelError::Tx(e) => Some(e),
-            _ => None,
-        }
     }
 }
 
@@ -227,46 +208,56 @@ impl Db {
 
 type Body = Arc<dyn Fn() -> BoxFut<Result<(), ModelError>> + Send + Sync>;
 
+/// For each rule, a module of `#[transactional]` functions with that rule (`$attr`), one per
+/// propagation, and the same with `retry = 2` in its module `retried`; each module's `pick`
+/// returns the call of its function for a propagation.
 macro_rules! ruled_fns {
-    ($($name:ident => ($($attr:tt)*);)*) => {
+    ($($rule:ident => ($($attr:tt)*);)*) => {
         $(
-            #[transactional($($attr)*, manager = mgr)]
-            async fn $name(mgr: SharedManager, body: Body) -> Result<(), ModelError> {
-                body().await
+            mod $rule {
+                use super::*;
+
+                ruled_fns!(@per_propagation ($($attr)*));
+
+                pub mod retried {
+                    use super::*;
+
+                    ruled_fns!(@per_propagation ($($attr)*, retry = 2));
+                }
             }
         )*
+    };
+    (@per_propagation $attr:tt) => {
+        ruled_fns!(@fns $attr,
+            required: Required,
+            requires_new: RequiresNew,
+            nested: Nested,
+            supports: Supports,
+            not_supported: NotSupported,
+            mandatory: Mandatory,
+            never: Never,
+        );
+    };
+    (@fns $attr:tt, $($name:ident: $p:ident,)*) => {
+        $(ruled_fns!(@fn $attr, $name, $p);)*
+
+        pub fn pick(p: Propagation, mgr: SharedManager, body: Body) -> BoxFut<Result<(), ModelError>> {
+            match p {
+                $(Propagation::$p => Box::pin($name(mgr, body)),)*
+            }
+        }
+    };
+    (@fn ($($attr:tt)*), $name:ident, $p:ident) => {
+        #[transactional(propagation = $p, $($attr)*, manager = mgr)]
+        async fn $name(mgr: SharedManager, body: Body) -> Result<(), ModelError> {
+            body().await
+        }
     };
 }
 
 ruled_fns! {
-    keep_required => (propagation = Required, no_rollback_for = ModelError::Kept);
-    keep_requires_new => (propagation = RequiresNew, no_rollback_for = ModelError::Kept);
-    keep_nested => (propagation = Nested, no_rollback_for = ModelError::Kept);
-    keep_supports => (propagation = Supports, no_rollback_for = ModelError::Kept);
-    keep_not_supported => (propagation = NotSupported, no_rollback_for = ModelError::Kept);
-    keep_mandatory => (propagation = Mandatory, no_rollback_for = ModelError::Kept);
-    keep_never => (propagation = Never, no_rollback_for = ModelError::Kept);
-    keep_required_r => (propagation = Required, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_requires_new_r => (propagation = RequiresNew, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_nested_r => (propagation = Nested, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_supports_r => (propagation = Supports, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_not_supported_r => (propagation = NotSupported, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_mandatory_r => (propagation = Mandatory, no_rollback_for = ModelError::Kept, retry = 2);
-    keep_never_r => (propagation = Never, no_rollback_for = ModelError::Kept, retry = 2);
-    only_required => (propagation = Required, rollback_for = ModelError::Fail);
-    only_requires_new => (propagation = RequiresNew, rollback_for = ModelError::Fail);
-    only_nested => (propagation = Nested, rollback_for = ModelError::Fail);
-    only_supports => (propagation = Supports, rollback_for = ModelError::Fail);
-    only_not_supported => (propagation = NotSupported, rollback_for = ModelError::Fail);
-    only_mandatory => (propagation = Mandatory, rollback_for = ModelError::Fail);
-    only_never => (propagation = Never, rollback_for = ModelError::Fail);
-    only_required_r => (propagation = Required, rollback_for = ModelError::Fail, retry = 2);
-    only_requires_new_r => (propagation = RequiresNew, rollback_for = ModelError::Fail, retry = 2);
-    only_nested_r => (propagation = Nested, rollback_for = ModelError::Fail, retry = 2);
-    only_supports_r => (propagation = Supports, rollback_for = ModelError::Fail, retry = 2);
-    only_not_supported_r => (propagation = NotSupported, rollback_for = ModelError::Fail, retry = 2);
-    only_mandatory_r => (propagation = Mandatory, rollback_for = ModelError::Fail, retry = 2);
-    only_never_r => (propagation = Never, rollback_for = ModelError::Fail, retry = 2);
+    keep => (no_rollback_for = ModelError::Kept);
+    only => (rollback_for = ModelError::Fail);
 }
 
 fn ruled_call(
@@ -276,28 +267,12 @@ fn ruled_call(
     mgr: SharedManager,
     body: Body,
 ) -> BoxFut<Result<(), ModelError>> {
-    use Propagation as P;
-    macro_rules! pick {
-        ($($prop:ident => $a:ident, $b:ident, $c:ident, $d:ident;)*) => {
-            match (rule, p, retry) {
-                $(
-                    (Rule::NoRollbackForKept, P::$prop, false) => Box::pin($a(mgr, body)),
-                    (Rule::NoRollbackForKept, P::$prop, true) => Box::pin($b(mgr, body)),
-                    (Rule::RollbackForFail, P::$prop, false) => Box::pin($c(mgr, body)),
-                    (Rule::RollbackForFail, P::$prop, true) => Box::pin($d(mgr, body)),
-                )*
-                _ => unreachable!("no #[transactional] function for {rule:?} {p:?}"),
-            }
-        };
-    }
-    pick! {
-        Required => keep_required, keep_required_r, only_required, only_required_r;
-        RequiresNew => keep_requires_new, keep_requires_new_r, only_requires_new, only_requires_new_r;
-        Nested => keep_nested, keep_nested_r, only_nested, only_nested_r;
-        Supports => keep_supports, keep_supports_r, only_supports, only_supports_r;
-        NotSupported => keep_not_supported, keep_not_supported_r, only_not_supported, only_not_supported_r;
-        Mandatory => keep_mandatory, keep_mandatory_r, only_mandatory, only_mandatory_r;
-        Never => keep_never, keep_never_r, only_never, only_never_r;
+    match (rule, retry) {
+        (Rule::NoRollbackForKept, false) => keep::pick(p, mgr, body),
+        (Rule::NoRollbackForKept, true) => keep::retried::pick(p, mgr, body),
+        (Rule::RollbackForFail, false) => only::pick(p, mgr, body),
+        (Rule::RollbackForFail, true) => only::retried::pick(p, mgr, body),
+        (Rule::Default, _) => unreachable!("no #[transactional] function for {rule:?} {p:?}"),
     }
 }
 

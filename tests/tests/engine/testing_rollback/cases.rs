@@ -23,13 +23,16 @@ impl Log {
     }
 }
 
-async fn create_table(db: &Db, t: &str) {
+/// A new table named after `prefix`: `(id, kind, n)`, where `n` may not go below zero.
+async fn create_table(db: &Db, prefix: &str) -> String {
+    let t = tx_tests::unique_table(prefix);
     sqlx::query(sql(&format!(
         "CREATE TABLE {t} ({ID_COLUMN}, kind VARCHAR(20) NOT NULL, n BIGINT NOT NULL CHECK (n >= 0))"
     )))
     .execute(db)
     .await
     .unwrap();
+    t
 }
 
 async fn drop_table(db: &Db, t: &str) {
@@ -117,8 +120,7 @@ async fn place_order_ignoring_debit(db: &Db, t: &str) -> Result<(), TxError> {
 /// Everything the code under test writes is visible in the test and gone after it; hooks run
 /// where the scopes that own them would have committed.
 async fn writes_are_visible_then_gone(db: Db) {
-    let t = tx_tests::unique_table("trb_visible");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_visible").await;
     let log = Log::default();
     testing::rollback(&db, || async {
         insert(&db, &t, "body", 1).await?;
@@ -153,8 +155,7 @@ async fn writes_are_visible_then_gone(db: Db) {
 /// NotSupported scopes inside it) are gone, its after_commit hooks never run, and the test
 /// transaction goes on, also on PostgreSQL after a failed statement.
 async fn failures_roll_back_to_their_savepoint(db: Db) {
-    let t = tx_tests::unique_table("trb_fail");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_fail").await;
     let log = Log::default();
     testing::rollback(&db, || async {
         insert(&db, &t, "body", 1).await?;
@@ -194,8 +195,7 @@ async fn failures_roll_back_to_their_savepoint(db: Db) {
 
 /// A panic (a failed assertion) in the body rolls back, and the panic goes on.
 async fn panic_rolls_back(db: Db) {
-    let t = tx_tests::unique_table("trb_panic");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_panic").await;
     let log = Log::default();
     let caught = AssertUnwindSafe(testing::rollback(&db, || async {
         place_order(&db, &t, &log, false).await?;
@@ -217,8 +217,7 @@ async fn panic_rolls_back(db: Db) {
 
 /// Two test transactions at once do not see each other's rows.
 async fn parallel_tests_are_isolated(db: Db) {
-    let t = Arc::new(tx_tests::unique_table("trb_par"));
-    create_table(&db, &t).await;
+    let t = Arc::new(create_table(&db, "trb_par").await);
     let barrier = Arc::new(Barrier::new(2));
     let one_test = |kind: &'static str, rows: i64| {
         let (db, t, barrier) = (db.clone(), t.clone(), barrier.clone());
@@ -275,8 +274,7 @@ async fn report(db: &Db, t: &str, log: &Log) -> Result<i64, TxError> {
 /// `Nested` inside an emulated transaction, `Supports` in the body, a test transaction inside
 /// another, and a dropped test future.
 async fn scopes_inside_the_test(db: Db) {
-    let t = tx_tests::unique_table("trb_scopes");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_scopes").await;
     let log = Log::default();
     testing::rollback(&db, || async {
         // The failed gift rolls back to its own savepoint; the order stays.
@@ -354,8 +352,7 @@ async fn order_with_cancelled_gift(db: &Db, t: &str) -> Result<(), TxError> {
 /// The work of a scope cancelled inside a savepoint scope is undone when that savepoint is
 /// released: inside a test transaction (an emulated transaction) and in a real one.
 async fn cancelled_scopes_are_undone(db: Db) {
-    let t = tx_tests::unique_table("trb_cancel");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_cancel").await;
     testing::rollback(&db, || async {
         order_with_cancelled_gift(&db, &t).await?;
         assert_eq!(
@@ -392,8 +389,7 @@ async fn order_swallowing_a_failure(db: &Db, t: &str) -> Result<(), TxError> {
 /// PostgreSQL (which aborted the transaction) with an error and nothing kept, elsewhere with
 /// the rows that succeeded; either way the test transaction goes on.
 async fn a_swallowed_failure_ends_as_in_production(db: Db) {
-    let t = tx_tests::unique_table("trb_swallow");
-    create_table(&db, &t).await;
+    let t = create_table(&db, "trb_swallow").await;
     let in_test = testing::rollback(&db, || async {
         let ok = order_swallowing_a_failure(&db, &t).await.is_ok();
         let orders = count(&db, &t, "order").await;
