@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use futures_util::TryFutureExt;
 use sqlx::{Database, Executor, SqlStr};
 use tx_core::TxError;
 use tx_core::manager::{BeginOptions, ManagerKey};
@@ -81,6 +82,11 @@ pub trait Backend: ExecRaw {
         options: &'a BeginOptions,
     ) -> impl Future<Output = Result<BeginStatement, TxError>> + Send + 'a;
 
+    /// Whether savepoint statements with a fixed text go out prepared, kept in the
+    /// connection's statement cache (SQLite would otherwise compile each one anew), rather
+    /// than as simple queries.
+    const PREPARE_SAVEPOINTS: bool = false;
+
     /// Whether the backend interrupts statements at the deadline itself
     /// ([`install_watchdog`](Self::install_watchdog)), the server having no statement bound of
     /// its own.
@@ -128,13 +134,22 @@ pub trait Backend: ExecRaw {
     }
 }
 
-/// A database whose connection is a sqlx executor, running one SQL text on it (simple
-/// protocol, not prepared): savepoints and session resets. Implemented for every such
-/// database, so that code generic over a [`Backend`] needs no bound on its connection.
+/// A database whose connection is a sqlx executor, running one SQL text that returns no rows
+/// on it: savepoints and session resets. Implemented for every such database, so that code
+/// generic over a [`Backend`] needs no bound on its connection.
 pub trait ExecRaw: Database {
-    /// Runs `sql` on `conn`.
-    fn exec_raw(conn: &mut Self::Connection, sql: SqlStr)
-    -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// Runs `sql` on `conn` with the simple protocol (not prepared).
+    fn exec_raw(
+        conn: &mut Self::Connection,
+        sql: SqlStr,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
+
+    /// Runs `sql` on `conn` as a prepared statement, kept in the connection's statement cache
+    /// (only for the few fixed texts sent over and over).
+    fn exec_prepared<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
 }
 
 impl<DB> ExecRaw for DB
@@ -142,7 +157,21 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    fn exec_raw(conn: &mut DB::Connection, sql: SqlStr) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
+    // `fetch_optional` is one boxed future in every driver, where `execute` stacks three
+    // (`execute`, `execute_many`, `fetch_many`); with no rows they do the same.
+    fn exec_raw(
+        conn: &mut DB::Connection,
+        sql: SqlStr,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        conn.fetch_optional(sqlx::raw_sql(sql)).map_ok(|_| ())
+    }
+
+    fn exec_prepared<'c>(
+        conn: &'c mut DB::Connection,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        // Arguments, even none, make the driver prepare and cache the statement.
+        conn.fetch_optional((sql, Some(DB::Arguments::default())))
+            .map_ok(|_| ())
     }
 }

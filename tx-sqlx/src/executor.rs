@@ -90,32 +90,56 @@ impl<DB: Database> Drop for NoWaitConn<DB> {
     }
 }
 
-/// Runs one future-returning statement, `$db.$method($args)`: on the transaction bound to this
-/// pool in the current task (locking it, then recording how the statement ended with
-/// [`conclude`]); with `no_wait: true`, on a pooled connection that fails instead of waiting
-/// when the backend says an autocommit statement must not wait ([`Backend::must_not_wait`]);
-/// else on the pool. A macro rather than a function taking a closure: the statement future borrows
-/// both the connection and the query, which a closure over every connection lifetime could
-/// not express.
+/// Runs one future-returning statement, `$call` with the connection bound to `$conn`: on the
+/// transaction bound to pool `$db` in the current task (locking it, then recording how the
+/// statement ended with [`conclude`]); with `no_wait: true`, on a pooled connection that fails
+/// instead of waiting when the backend says an autocommit statement must not wait
+/// ([`Backend::must_not_wait`]); else `$pooled`, on the pool. A macro rather than a function
+/// taking a closure: the statement future borrows both the connection and the query, which a
+/// closure over every connection lifetime could not express.
 macro_rules! statement {
-    ($db:ident.$method:ident $args:tt, no_wait: $no_wait:expr) => {{
+    ($db:ident, |$conn:ident| $call:expr, pooled: $pooled:expr, no_wait: $no_wait:expr) => {{
         let key = $db.manager_key();
         match bound_transaction(key) {
             Some(bound) => Box::pin(async move {
                 let mut guard = bound.lock().await.map_err(tx_to_sqlx)?;
                 let tx = SqlxTransaction::<DB>::from_guard(&mut guard).map_err(tx_to_sqlx)?;
-                let result = tx.start_statement()?.$method $args.await;
+                let $conn = tx.start_statement()?;
+                let result = $call.await;
                 let end = tx.end_statement(&result);
                 conclude(&mut guard, end, result)
             }),
             None if $no_wait && DB::must_not_wait(key) => Box::pin(async move {
                 let mut conn = NoWaitConn::<DB>::enter($db.pool()).await?;
-                let result = conn.conn().$method $args.await;
+                let $conn = conn.conn();
+                let result = $call.await;
                 conn.exit(result).await
             }),
-            None => $db.pool().$method $args,
+            None => $pooled,
         }
     }};
+}
+
+/// `execute` on a connection, as sqlx's default `Executor::execute` does it (the results of
+/// `fetch_many` summed up), inside the caller's future: sqlx's own stacks three boxed futures.
+async fn execute_on<'c, 'q, DB, E>(
+    conn: &'c mut DB::Connection,
+    query: E,
+) -> Result<DB::QueryResult, sqlx::Error>
+where
+    DB: Database,
+    &'c mut DB::Connection: Executor<'c, Database = DB>,
+    E: 'q + Execute<'q, DB>,
+    'q: 'c,
+{
+    let mut steps = conn.fetch_many(query);
+    let mut done = DB::QueryResult::default();
+    while let Some(step) = steps.try_next().await? {
+        if let Either::Left(result) = step {
+            done.extend(Some(result));
+        }
+    }
+    Ok(done)
 }
 
 /// The next row of a `fetch_many` stream; `None` at its end or at its first error, which is
@@ -192,7 +216,7 @@ where
         E: 'q + Execute<'q, DB>,
     {
         let db = self;
-        statement!(db.execute(query), no_wait: true)
+        statement!(db, |conn| execute_on(conn, query), pooled: db.pool().execute(query), no_wait: true)
     }
 
     fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> RowStream<'e, DB>
@@ -212,7 +236,7 @@ where
         E: 'q + Execute<'q, DB>,
     {
         let db = self;
-        statement!(db.fetch_optional(query), no_wait: true)
+        statement!(db, |conn| conn.fetch_optional(query), pooled: db.pool().fetch_optional(query), no_wait: true)
     }
 
     fn prepare_with<'e>(
@@ -224,7 +248,7 @@ where
         'c: 'e,
     {
         let db = self;
-        statement!(db.prepare_with(sql, parameters), no_wait: false)
+        statement!(db, |conn| conn.prepare_with(sql, parameters), pooled: db.pool().prepare_with(sql, parameters), no_wait: false)
     }
 
     #[doc(hidden)]
@@ -233,6 +257,6 @@ where
         'c: 'e,
     {
         let db = self;
-        statement!(db.describe(sql), no_wait: false)
+        statement!(db, |conn| conn.describe(sql), pooled: db.pool().describe(sql), no_wait: false)
     }
 }

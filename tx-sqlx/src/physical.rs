@@ -24,6 +24,18 @@ use crate::backend::{Backend, WATCHDOG_INTERRUPT, WATCHDOG_OFF};
 use crate::capacity::Admission;
 use crate::error::{TransactionAborted, db_error, is_connection_error, tx_to_sqlx};
 
+/// `[SAVEPOINT, RELEASE SAVEPOINT, ROLLBACK TO SAVEPOINT]` texts of savepoint `tx_sp_N`, one
+/// row per `N`.
+macro_rules! fixed_savepoints {
+    ($($n:literal)*) => {
+        [$([
+            concat!("SAVEPOINT tx_sp_", $n),
+            concat!("RELEASE SAVEPOINT tx_sp_", $n),
+            concat!("ROLLBACK TO SAVEPOINT tx_sp_", $n),
+        ]),*]
+    };
+}
+
 /// How long an explicit `ROLLBACK` (or a session reset) may take before the connection is
 /// closed instead (closing it rolls the transaction back on the server too).
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -317,21 +329,62 @@ impl<DB: Backend> SqlxTransaction<DB> {
         }
     }
 
-    async fn savepoint(&mut self, verb: &str, name: &str) -> Result<(), TxError> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    async fn savepoint(&mut self, op: SavepointOp, name: &str) -> Result<(), TxError> {
+        let fixed = op.fixed_sql(name);
+        if fixed.is_none()
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
             return Err(TxError::database(
                 Operation::Savepoint,
                 false,
                 format!("invalid savepoint name {name:?}"),
             ));
         }
-        let sql = AssertSqlSafe(format!("{verb} {name}")).into_sql_str();
         let conn = self
             .start_statement()
             .map_err(|e| db_error(Operation::Savepoint, e))?;
-        let result = DB::exec_raw(conn, sql).await;
+        let result = match fixed {
+            Some(sql) if DB::PREPARE_SAVEPOINTS => DB::exec_prepared(conn, sql).await,
+            Some(sql) => DB::exec_raw(conn, sql.into_sql_str()).await,
+            None => {
+                let sql = AssertSqlSafe(format!("{} {name}", op.verb())).into_sql_str();
+                DB::exec_raw(conn, sql).await
+            }
+        };
         self.end_statement(&result);
         result.map_err(|e| db_error(Operation::Savepoint, e))
+    }
+}
+
+/// The statements of a savepoint.
+#[derive(Debug, Clone, Copy)]
+enum SavepointOp {
+    Create,
+    Release,
+    RollBackTo,
+}
+
+/// The texts of [`SavepointOp`] (in its order) for the names the engine gives a transaction's
+/// first savepoints (`tx_sp_1` to `tx_sp_9`), so that the usual ones are not formatted per use.
+const FIXED_SAVEPOINTS: [[&str; 3]; 9] = fixed_savepoints!(1 2 3 4 5 6 7 8 9);
+
+impl SavepointOp {
+    fn verb(self) -> &'static str {
+        match self {
+            SavepointOp::Create => "SAVEPOINT",
+            SavepointOp::Release => "RELEASE SAVEPOINT",
+            SavepointOp::RollBackTo => "ROLLBACK TO SAVEPOINT",
+        }
+    }
+
+    /// The statement for savepoint `name` from [`FIXED_SAVEPOINTS`], if it has one.
+    fn fixed_sql(self, name: &str) -> Option<&'static str> {
+        match name.strip_prefix("tx_sp_")?.as_bytes() {
+            &[digit @ b'1'..=b'9'] => {
+                Some(FIXED_SAVEPOINTS[usize::from(digit - b'1')][self as usize])
+            }
+            _ => None,
+        }
     }
 }
 
@@ -383,7 +436,7 @@ impl<DB: Backend> PhysicalTransaction for SqlxTransaction<DB> {
     }
 
     fn create_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
-        Box::pin(self.savepoint("SAVEPOINT", name))
+        Box::pin(self.savepoint(SavepointOp::Create, name))
     }
 
     fn rollback_to_savepoint<'a>(
@@ -391,7 +444,7 @@ impl<DB: Backend> PhysicalTransaction for SqlxTransaction<DB> {
         name: &'a str,
     ) -> BoxFuture<'a, Result<(), TxError>> {
         Box::pin(async move {
-            self.savepoint("ROLLBACK TO SAVEPOINT", name).await?;
+            self.savepoint(SavepointOp::RollBackTo, name).await?;
             // Rolling back to a savepoint that exists undoes the failure that aborted the
             // transaction (any such failure happened after the savepoint was created).
             self.aborted = None;
@@ -400,7 +453,7 @@ impl<DB: Backend> PhysicalTransaction for SqlxTransaction<DB> {
     }
 
     fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), TxError>> {
-        Box::pin(self.savepoint("RELEASE SAVEPOINT", name))
+        Box::pin(self.savepoint(SavepointOp::Release, name))
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -447,5 +500,29 @@ impl<DB: Backend> SqlxTransaction<DB> {
             });
         }
         // Otherwise `conn` drops here and goes back to the pool.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SavepointOp;
+
+    #[test]
+    fn fixed_savepoint_texts() {
+        assert_eq!(
+            SavepointOp::Create.fixed_sql("tx_sp_1"),
+            Some("SAVEPOINT tx_sp_1")
+        );
+        assert_eq!(
+            SavepointOp::Release.fixed_sql("tx_sp_9"),
+            Some("RELEASE SAVEPOINT tx_sp_9")
+        );
+        assert_eq!(
+            SavepointOp::RollBackTo.fixed_sql("tx_sp_4"),
+            Some("ROLLBACK TO SAVEPOINT tx_sp_4")
+        );
+        for other in ["tx_sp_10", "tx_sp_0", "tx_sp_01", "tx_sp_", "sp_1", ""] {
+            assert_eq!(SavepointOp::Create.fixed_sql(other), None, "{other}");
+        }
     }
 }

@@ -38,6 +38,7 @@ impl Backend for Sqlite {
     const REFUSE_AFTER_ABORT: bool = true;
     const CLOSE_ON_FAILED_BEGIN: bool = false;
     const WATCHDOG: bool = true;
+    const PREPARE_SAVEPOINTS: bool = true;
 
     /// SQLITE_BUSY, NOMEM, INTERRUPT, IOERR, FULL inside a transaction may roll the whole
     /// transaction back automatically ("you should rollback the transaction before continuing").
