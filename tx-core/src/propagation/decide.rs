@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::manager_ref::ManagerRef;
 use super::new_transaction::NewTransaction;
 use super::outcome::{BodyEnd, Finish, RunInfo};
+use super::owned::Owned;
 use super::participate::Join;
 use super::savepoint::SavepointScope;
 use super::trace::log_resume;
@@ -14,7 +15,6 @@ use super::without::WithoutScope;
 use crate::context::Context;
 use crate::definition::{Propagation, TransactionDefinition};
 use crate::error::TxError;
-use crate::observe::span::ScopeTrace;
 use crate::status::TransactionStatus;
 use crate::transaction::{SavepointCompletion, Scope};
 
@@ -32,6 +32,18 @@ enum Driver<'a> {
     New(NewTransaction),
     Savepoint(SavepointScope<'a>),
     Without(WithoutScope<'a>),
+}
+
+impl Driver<'_> {
+    /// What a scope that decides an outcome holds (not a participant).
+    fn owned(&self) -> &Owned {
+        match self {
+            Driver::New(s) => s.owned(),
+            Driver::Savepoint(s) => s.owned(),
+            Driver::Without(s) => s.owned(),
+            Driver::Join(_) => unreachable!("a participant decides no outcome"),
+        }
+    }
 }
 
 impl<'a> Entered<'a> {
@@ -112,24 +124,17 @@ impl<'a> Entered<'a> {
     pub(super) fn body(&mut self) -> (Context, TransactionStatus) {
         match &mut self.driver {
             Driver::Join(s) => s.body(),
-            Driver::New(s) => s.body(),
-            Driver::Savepoint(s) => s.body(),
-            Driver::Without(s) => s.body(),
-        }
-    }
-
-    fn trace(&self) -> &ScopeTrace {
-        match &self.driver {
-            Driver::Join(s) => s.trace(),
-            Driver::New(s) => s.trace(),
-            Driver::Savepoint(s) => s.trace(),
-            Driver::Without(s) => s.trace(),
+            owner => owner.owned().body(),
         }
     }
 
     /// The span the body runs in, when a subscriber wants it.
     pub(super) fn span(&self) -> Option<&tracing::Span> {
-        self.trace().enabled_span()
+        match &self.driver {
+            Driver::Join(s) => s.trace(),
+            owner => &owner.owned().trace,
+        }
+        .enabled_span()
     }
 
     /// When the body must have ended (asked once, as it starts).

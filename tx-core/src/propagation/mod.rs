@@ -15,6 +15,7 @@ mod execute;
 mod manager_ref;
 mod new_transaction;
 mod outcome;
+mod owned;
 mod participate;
 mod savepoint;
 #[cfg(feature = "testing")]

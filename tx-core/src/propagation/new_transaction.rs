@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 
 use super::outcome::{BodyEnd, Finish, RunInfo};
+use super::owned::Owned;
 use super::trace::{finish_transaction, log_new, notify_after};
 use crate::completion::Completion;
 use crate::context::Context;
@@ -28,12 +29,8 @@ use crate::transaction::{Scope, ScopeKind};
 /// cannot wait).
 pub(super) struct NewTransaction {
     tx: Arc<Transaction>,
-    scope: Arc<Scope>,
     sync: Arc<SyncScope>,
-    tx_ctx: Context,
-    trace: ScopeTrace,
-    /// Not completed yet: a drop rolls back.
-    armed: bool,
+    owned: Owned,
 }
 
 impl NewTransaction {
@@ -80,24 +77,13 @@ impl NewTransaction {
         });
         NewTransaction {
             tx,
-            scope,
             sync,
-            tx_ctx,
-            trace,
-            armed: true,
+            owned: Owned::new(scope, tx_ctx, trace),
         }
     }
 
-    /// The body's context and status.
-    pub(super) fn body(&self) -> (Context, TransactionStatus) {
-        (
-            self.tx_ctx.clone(),
-            TransactionStatus::owner(self.scope.clone()),
-        )
-    }
-
-    pub(super) fn trace(&self) -> &ScopeTrace {
-        &self.trace
+    pub(super) fn owned(&self) -> &Owned {
+        &self.owned
     }
 
     pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -110,14 +96,14 @@ impl NewTransaction {
         // Decided when the body ended: a body that computed past the deadline without
         // awaiting must not commit, while its own error returned in time stays its error.
         let late = self.tx.past_deadline();
-        let (finish, ending) = match self.trace.enabled_span().cloned() {
+        let (finish, ending) = match self.owned.trace.enabled_span().cloned() {
             None => self.commit_or_roll_back(end, late).await,
             Some(span) => self.commit_or_roll_back(end, late).instrument(span).await,
         };
-        self.armed = false;
-        let _in_span = self.trace.enabled_span().map(tracing::Span::enter);
-        self.scope.set_completed();
-        finish_transaction(&self.tx, &self.trace, ending);
+        self.owned.disarm();
+        let _in_span = self.owned.trace.enabled_span().map(tracing::Span::enter);
+        self.owned.scope.set_completed();
+        finish_transaction(&self.tx, &self.owned.trace, ending);
         let info = RunInfo {
             owned_transaction: true,
             rolled_back: ending.completion == Completion::RolledBack,
@@ -133,7 +119,8 @@ impl NewTransaction {
     /// Commits or rolls back per how the body ended (`late`: past the deadline), and tells
     /// the listeners.
     async fn commit_or_roll_back(&self, end: BodyEnd, late: bool) -> (Finish, Ending) {
-        let (tx, scope, sync, tx_ctx) = (&self.tx, &*self.scope, &*self.sync, &self.tx_ctx);
+        let (tx, sync) = (&self.tx, &*self.sync);
+        let (scope, tx_ctx) = (&*self.owned.scope, &self.owned.ctx);
         let enclosing = tx.enclosing.as_ref();
         let rollback = || async {
             tracing::debug!(target: "tx", "Initiating transaction rollback [{}]", tx.name());
@@ -279,12 +266,11 @@ impl NewTransaction {
 
 impl Drop for NewTransaction {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(span) = self.owned.cancelled() else {
             return;
-        }
-        let span = self.trace.span();
+        };
         let _in_span = span.enter();
-        let (tx, trace) = (self.tx.clone(), std::mem::take(&mut self.trace));
+        let (tx, trace) = (self.tx.clone(), std::mem::take(&mut self.owned.trace));
         tracing::debug!(target: "tx", "Transactional call [{}] cancelled: rolling back", tx.name());
         let physical = tx.try_take_physical();
         let runtime = tx.runtime().cloned();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 
 use super::outcome::{BodyEnd, Finish, name_of};
+use super::owned::Owned;
 use crate::completion::Completion;
 use crate::context::Context;
 use crate::definition::TransactionDefinition;
@@ -30,17 +31,14 @@ pub(super) struct SavepointScope<'a> {
     scope_id: u64,
     definition: &'a TransactionDefinition,
     completion: SavepointCompletion,
-    scope: Arc<Scope>,
     /// The hook list of the scope (the enclosing owner's when it owns none).
     sync: Arc<SyncScope>,
     /// The enclosing owner's hook list.
     parent_sync: Arc<SyncScope>,
     owns_hooks: bool,
     enclosing: Option<Arc<Binding>>,
-    sp_ctx: Context,
-    trace: ScopeTrace,
-    /// Not resolved yet: a drop rolls back.
-    armed: bool,
+    /// Armed until the savepoint is resolved.
+    owned: Owned,
     /// Whether the savepoint is still open (its ROLLBACK TO / RELEASE has not returned).
     open: AtomicBool,
     /// Whether the listeners got `before_commit` or `before_rollback` already.
@@ -134,29 +132,18 @@ impl<'a> SavepointScope<'a> {
             scope_id,
             definition,
             completion,
-            scope,
             sync,
             parent_sync,
             owns_hooks,
             enclosing,
-            sp_ctx,
-            trace,
-            armed: true,
+            owned: Owned::new(scope, sp_ctx, trace),
             open: AtomicBool::new(true),
             resolving: AtomicBool::new(false),
         })
     }
 
-    /// The body's context and status.
-    pub(super) fn body(&self) -> (Context, TransactionStatus) {
-        (
-            self.sp_ctx.clone(),
-            TransactionStatus::owner(self.scope.clone()),
-        )
-    }
-
-    pub(super) fn trace(&self) -> &ScopeTrace {
-        &self.trace
+    pub(super) fn owned(&self) -> &Owned {
+        &self.owned
     }
 
     /// A stand-in of a new transaction keeps its deadline: past it, the scope is marked
@@ -172,13 +159,13 @@ impl<'a> SavepointScope<'a> {
     /// The stand-in's body ran past its deadline.
     #[cfg(feature = "testing")]
     pub(super) fn stand_in_timed_out(&self) -> TxError {
-        TransactionStatus::owner(self.scope.clone()).set_rollback_only();
+        TransactionStatus::owner(self.owned.scope.clone()).set_rollback_only();
         TxError::Timeout
     }
 
     /// Releases or rolls back the savepoint, in the scope's span.
     pub(super) async fn complete(&mut self, end: BodyEnd) -> Finish {
-        match self.trace.enabled_span().cloned() {
+        match self.owned.trace.enabled_span().cloned() {
             None => self.resolve(end).await,
             Some(span) => self.resolve(end).instrument(span).await,
         }
@@ -188,7 +175,7 @@ impl<'a> SavepointScope<'a> {
         use SavepointCompletion::{Nested, NewTransaction, WithoutTransaction};
         let (tx, id, definition, completion) =
             (&self.tx, self.id, self.definition, self.completion);
-        let (scope, sync, sp_ctx) = (&*self.scope, &*self.sync, &self.sp_ctx);
+        let (scope, sync, sp_ctx) = (&*self.owned.scope, &*self.sync, &self.owned.ctx);
         let enclosing = self.enclosing.as_ref();
         let exec = || tx.savepoint_execution(definition, self.scope_id);
         // A participant inside that failed marked this scope; that mark belongs to the
@@ -288,7 +275,8 @@ impl<'a> SavepointScope<'a> {
                 (None, r.err())
             }
         };
-        self.armed = false;
+        self.owned.disarm();
+        let scope = &*self.owned.scope;
         scope.set_completed();
         let ending = match (cause, &unresolved, &refused) {
             (Some(cause), _, _) => Ending::rolled_back(cause),
@@ -300,7 +288,9 @@ impl<'a> SavepointScope<'a> {
             Some(cause) => listener::notify(Callback::AfterRollback(cause), exec),
             None => listener::notify(Callback::AfterCommit(None), exec),
         }
-        self.trace.close(Some(ending.completion), ending.cause);
+        self.owned
+            .trace
+            .close(Some(ending.completion), ending.cause);
         tracing::debug!(
             target: "tx",
             "Completed nested transaction [{}] in [{}]: {}",
@@ -332,10 +322,9 @@ impl<'a> SavepointScope<'a> {
 
 impl Drop for SavepointScope<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(span) = self.owned.cancelled() else {
             return;
-        }
-        let span = self.trace.span();
+        };
         let _in_span = span.enter();
         let tx = &self.tx;
         if self.open.load(Ordering::Relaxed) {
@@ -346,7 +335,8 @@ impl Drop for SavepointScope<'_> {
             listener::notify(Callback::BeforeRollback, exec);
         }
         listener::notify(Callback::AfterRollback(RollbackCause::Cancelled), exec);
-        self.trace
+        self.owned
+            .trace
             .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
         if self.owns_hooks {
             self.sync

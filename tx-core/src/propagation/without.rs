@@ -7,6 +7,7 @@ use tracing::Instrument;
 
 use super::manager_ref::Resolved;
 use super::outcome::{BodyEnd, Finish, completion_of, name_of};
+use super::owned::Owned;
 use crate::completion::Completion;
 use crate::context::Context;
 use crate::definition::{Isolation, TransactionDefinition};
@@ -23,14 +24,10 @@ use crate::transaction::{Scope, ScopeKind};
 /// call), the hooks it owns finish as rolled back.
 pub(super) struct WithoutScope<'a> {
     definition: &'a TransactionDefinition,
-    scope: Arc<Scope>,
     sync: Arc<SyncScope>,
     /// The runtime to finish the hooks on when cancelled (`None` when they are not its own).
     owned_sync: Option<Option<tokio::runtime::Handle>>,
-    ctx: Context,
-    trace: ScopeTrace,
-    /// Not completed yet.
-    armed: bool,
+    owned: Owned,
 }
 
 impl<'a> WithoutScope<'a> {
@@ -70,37 +67,27 @@ impl<'a> WithoutScope<'a> {
         .with_scope(TransactionStatus::owner(scope.clone()), sync.clone());
         WithoutScope {
             definition,
-            scope,
             sync,
             owned_sync: owns_sync.then(|| tokio::runtime::Handle::try_current().ok()),
-            ctx,
-            trace,
-            armed: true,
+            owned: Owned::new(scope, ctx, trace),
         }
     }
 
-    /// The body's context and status.
-    pub(super) fn body(&self) -> (Context, TransactionStatus) {
-        (
-            self.ctx.clone(),
-            TransactionStatus::owner(self.scope.clone()),
-        )
-    }
-
-    pub(super) fn trace(&self) -> &ScopeTrace {
-        &self.trace
+    pub(super) fn owned(&self) -> &Owned {
+        &self.owned
     }
 
     /// Runs the hooks it owns, in the scope's span.
     pub(super) async fn complete(&mut self, end: BodyEnd) -> Finish {
-        match self.trace.enabled_span().cloned() {
+        match self.owned.trace.enabled_span().cloned() {
             None => self.run_hooks(end).await,
             Some(span) => self.run_hooks(end).instrument(span).await,
         }
     }
 
     async fn run_hooks(&mut self, end: BodyEnd) -> Finish {
-        let (scope, sync, ctx, trace) = (&*self.scope, &*self.sync, &self.ctx, &self.trace);
+        let sync = &*self.sync;
+        let (scope, ctx) = (&*self.owned.scope, &self.owned.ctx);
         scope.set_completed();
         let (cause, finish) = match end {
             BodyEnd::Panicked(panic) => (Some(RollbackCause::Panic), Finish::Resume(panic)),
@@ -113,57 +100,51 @@ impl<'a> WithoutScope<'a> {
             ),
             BodyEnd::TimedOut => unreachable!("a scope without a transaction has no deadline"),
         };
-        if self.owned_sync.is_none() {
-            self.armed = false;
-            trace.close(Some(completion_of(cause)), cause);
-            return finish;
-        }
-        // Its hooks run after it, outside it, with the suspended transactions still known.
-        let enclosing = ctx.bindings();
-        let Some(cause) = cause else {
-            let (_, hooks) = sync
-                .commit(
-                    ctx,
-                    enclosing.as_ref(),
-                    self.definition.is_read_only(),
-                    None,
-                    || Ok(()),
-                    async { Ok(()) },
-                    async {},
-                )
-                .await;
-            // Armed until the hooks completed: a caller that goes away in any phase of them
-            // leaves the rest of the sequence to a spawned task (as for a transaction).
-            self.armed = false;
-            return match hooks {
-                Ok(()) => {
-                    trace.close(Some(Completion::Committed), None);
-                    finish
-                }
-                Err(e) => {
-                    trace.close(
-                        Some(Completion::RolledBack),
+        let (completion, cause, finish) = match cause {
+            _ if self.owned_sync.is_none() => (completion_of(cause), cause, finish),
+            // Its hooks run after it, outside it, with the suspended transactions still known.
+            None => {
+                let (_, hooks) = sync
+                    .commit(
+                        ctx,
+                        ctx.bindings().as_ref(),
+                        self.definition.is_read_only(),
+                        None,
+                        || Ok(()),
+                        async { Ok(()) },
+                        async {},
+                    )
+                    .await;
+                match hooks {
+                    Ok(()) => (Completion::Committed, None, finish),
+                    Err(e) => (
+                        Completion::RolledBack,
                         Some(RollbackCause::BeforeCommitFailed),
-                    );
-                    Finish::Fail(e)
+                        Finish::Fail(e),
+                    ),
                 }
-            };
+            }
+            Some(cause) => {
+                sync.rollback(ctx, ctx.bindings().as_ref(), async {}).await;
+                (Completion::RolledBack, Some(cause), finish)
+            }
         };
-        sync.rollback(ctx, enclosing.as_ref(), async {}).await;
-        self.armed = false;
-        trace.close(Some(Completion::RolledBack), Some(cause));
+        // Armed until the hooks completed: a caller that goes away in any phase of them
+        // leaves the rest of the sequence to a spawned task (as for a transaction).
+        self.owned.disarm();
+        self.owned.trace.close(Some(completion), cause);
         finish
     }
 }
 
 impl Drop for WithoutScope<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(span) = self.owned.cancelled() else {
             return;
-        }
-        let span = self.trace.span();
+        };
         let _in_span = span.enter();
-        self.trace
+        self.owned
+            .trace
             .close(Some(Completion::RolledBack), Some(RollbackCause::Cancelled));
         if let Some(runtime) = self.owned_sync.take() {
             self.sync
