@@ -10,7 +10,7 @@ use super::outcome::{BodyEnd, Finish, RunInfo};
 use super::owned::Owned;
 use super::participate::Join;
 use super::savepoint::SavepointScope;
-use super::trace::log_resume;
+use super::trace::{log_resume, log_suspend};
 use super::without::WithoutScope;
 use crate::context::Context;
 use crate::definition::{Propagation, TransactionDefinition};
@@ -82,12 +82,7 @@ impl<'a> Entered<'a> {
                 Entered::new(Driver::Savepoint(scope), None)
             }
             (Propagation::RequiresNew, Some(suspended)) => {
-                tracing::debug!(
-                    target: "tx",
-                    "Suspending current transaction [{}], creating new transaction with name [{}]",
-                    suspended.name(),
-                    definition.get_name()
-                );
+                log_suspend(&suspended, definition, true);
                 let m = manager.share().inspect_err(|_| log_resume(&suspended))?;
                 let scope = NewTransaction::enter(ctx, key, m, definition, attempt);
                 Entered::new(Driver::New(scope), Some(suspended))
@@ -97,12 +92,7 @@ impl<'a> Entered<'a> {
                 Entered::new(Driver::New(scope), None)
             }
             (Propagation::NotSupported, Some(suspended)) => {
-                tracing::debug!(
-                    target: "tx",
-                    "Suspending current transaction [{}] for non-transactional scope [{}]",
-                    suspended.name(),
-                    definition.get_name()
-                );
+                log_suspend(&suspended, definition, false);
                 let scope = WithoutScope::enter(ctx, &manager, Some(key), definition);
                 Entered::new(Driver::Without(scope), Some(suspended))
             }
