@@ -3,8 +3,6 @@
 
 use std::future::Future;
 
-use futures_util::FutureExt;
-
 pub use crate::definition::TransactionDefinition;
 pub use crate::propagation::ManagerRef;
 pub use crate::retry_cause::{Probe, Verdict, ViaEngineError, ViaNothing, ViaSource, opaque};
@@ -38,7 +36,7 @@ where
     F: FnOnce() -> Fut + 'a,
     Fut: Future<Output = Result<T, E>> + 'a,
 {
-    propagation::execute(manager, def, rollback_on, move |_| make_body()).map(|(r, _)| r)
+    propagation::run(manager, def, rollback_on, move |_| make_body(), None)
 }
 
 /// Like [`transactional`], re-running the whole call (a new body from `make_body`) up to

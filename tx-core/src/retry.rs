@@ -120,12 +120,13 @@ where
 {
     let mut retry = Retry::new(retries, definition.get_name());
     loop {
-        let (result, info) = propagation::execute_attempt(
+        let mut info = RunInfo::default();
+        let result = propagation::run(
             manager,
             definition,
             &rollback_on,
             &mut body,
-            retry.attempt(),
+            Some((retry.attempt(), &mut info)),
         )
         .await;
         let verdict = result.as_ref().err().map(&classify);

@@ -151,9 +151,7 @@ impl TransactionTemplate {
         F: FnOnce(TransactionStatus) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let (result, _) =
-            propagation::execute(self.manager(), &self.definition, |_: &E| true, f).await;
-        result
+        propagation::run(self.manager(), &self.definition, |_: &E| true, f, None).await
     }
 }
 

@@ -177,20 +177,20 @@ fn expand_fn(
     let fake_return = fake_return(&typing);
 
     // `E: From<TxError>` is checked once, as `E: TransactionalError` (whose
-    // `#[diagnostic::on_unimplemented]` says what to do), by a pass-through to the runtime; the
-    // call is located at the error type so the message points there, and the error type is
-    // named in a turbofish so the compiler reports the bound once, there.
+    // `#[diagnostic::on_unimplemented]` says what to do), by the runtime's entry point: its
+    // call is located at the error type, which it names in a turbofish, so the compiler
+    // reports the bound once, there.
     let at_check = |name: &str| Ident::new(name, check_span.resolved_at(Span::mixed_site()));
     let (manager_l, def_l, make_l) = (
         at_check("__tx_manager"),
         at_check("__tx_definition"),
         at_check("__tx_make_body"),
     );
-    let run = Ident::new("__tx_run", check_span);
     let turbofish = typing
         .err_type()
         .map(|e| quote_spanned!(check_span=> ::<_, #e, _, _>));
     let make = Ident::new("__tx_make_body", Span::mixed_site());
+    let tp = &typing.private;
     let (outer_attrs, inner_attrs): (Vec<Attribute>, Vec<Attribute>) = f
         .attrs
         .iter()
@@ -198,85 +198,45 @@ fn expand_fn(
         .partition(|a| matches!(a.style, AttrStyle::Outer));
     let mut new_sig = f.sig.clone();
 
-    // items first (the pass-through of this expansion), then the statements
-    let (items, call) = match args.retry.filter(|(n, _)| *n > 0) {
+    let call = match args.retry.filter(|(n, _)| *n > 0) {
         None => {
             let stmts = &f.block.stmts;
-            let items = quote_spanned! {check_span=>
-                #[allow(clippy::future_not_send)] // Send exactly when the body's future is
-                fn #run<'a, T: 'a, E: #p::TransactionalError + 'a, F, Fut>(
-                    manager: #p::ManagerRef<'a>,
-                    definition: &'static #p::TransactionDefinition,
-                    rollback_on: fn(&E) -> bool,
-                    make_body: F,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a
-                where
-                    F: ::core::ops::FnOnce() -> Fut + 'a,
-                    Fut: ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a,
-                {
-                    #p::transactional(manager, definition, rollback_on, make_body)
-                }
-            };
             let call = quote_spanned! {check_span=>
-                #run #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
+                #tp::transactional #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
             };
             let call = wrap_alias(&typing, call);
-            (
-                items,
-                quote! {
-                    let #make = move || async move {
-                        #fake_return
-                        #(#stmts)*
-                    };
-                    #call
-                },
-            )
+            quote! {
+                let #make = move || async move {
+                    #fake_return
+                    #(#stmts)*
+                };
+                #call
+            }
         }
         Some((n, _)) => {
             let (clones, body_block) = retry_clones(f, &mut new_sig, p);
             let classify = classifier(&typing, p);
             let stmts = &body_block.stmts;
-            let items = quote_spanned! {check_span=>
-                #[allow(clippy::future_not_send)] // Send exactly when the body's future is
-                fn #run<'a, T: 'a, E: #p::TransactionalError + 'a, F, Fut>(
-                    manager: #p::ManagerRef<'a>,
-                    definition: &'static #p::TransactionDefinition,
-                    retries: u32,
-                    rollback_on: fn(&E) -> bool,
-                    classify: fn(&E) -> #p::Verdict,
-                    make_body: F,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a
-                where
-                    F: ::core::ops::FnMut() -> Fut + 'a,
-                    Fut: ::core::future::Future<Output = ::core::result::Result<T, E>> + 'a,
-                {
-                    #p::transactional_retry(manager, definition, retries, rollback_on, classify, make_body)
-                }
-            };
             let call = quote_spanned! {check_span=>
-                #run #turbofish(#manager_l, #def_l, #n, #rollback_on, #classify, #make_l).await
+                #tp::transactional_retry #turbofish(#manager_l, #def_l, #n, #rollback_on, #classify, #make_l).await
             };
             let call = wrap_alias(&typing, call);
-            (
-                items,
-                quote! {
-                    let #make = move || {
-                        #clones
-                        async move {
-                            #fake_return
-                            #(#stmts)*
-                        }
-                    };
-                    #call
-                },
-            )
+            quote! {
+                let #make = move || {
+                    #clones
+                    async move {
+                        #fake_return
+                        #(#stmts)*
+                    }
+                };
+                #call
+            }
         }
     };
 
     let new_block: Block = syn::parse2(quote! {
         {
             #(#inner_attrs)*
-            #items
             #def_stmt
             #manager_stmts
             #call

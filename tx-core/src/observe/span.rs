@@ -46,6 +46,7 @@ pub(crate) struct Fields<'a> {
 ///
 /// Without an interested subscriber the span is absent (`None`, nothing allocated, nothing
 /// entered): a joined call then pays a callsite check and a few branches.
+#[derive(Default)]
 pub(crate) struct ScopeTrace {
     /// Only with an interested subscriber: a participant's trace is then one null pointer.
     traced: Option<Box<Traced>>,

@@ -1,133 +1,167 @@
 //! The propagation decision, in one place: per scope, join, begin, suspend, take a savepoint
-//! or refuse, by the scope's propagation and whether its manager has a transaction here.
+//! or refuse, by the scope's propagation and whether its manager has a transaction here; and
+//! the scope that decision entered, which completes itself once told how its body ended.
 
-use std::future::Future;
+use std::sync::Arc;
 
 use super::manager_ref::ManagerRef;
-use super::new_transaction::new_transaction;
-use super::outcome::RunInfo;
-use super::participate::participate;
-use super::savepoint::savepoint;
-use super::trace::log_resume;
-use super::without::without_transaction;
+use super::new_transaction::NewTransaction;
+use super::outcome::{BodyEnd, Finish, RunInfo};
+use super::owned::Owned;
+use super::participate::Join;
+use super::savepoint::SavepointScope;
+use super::trace::{log_resume, log_suspend};
+use super::without::WithoutScope;
 use crate::context::Context;
 use crate::definition::{Propagation, TransactionDefinition};
 use crate::error::TxError;
 use crate::status::TransactionStatus;
-use crate::transaction::SavepointCompletion;
+use crate::transaction::{SavepointCompletion, Scope};
 
-/// Runs `body` in a scope with `definition`'s propagation on `manager`.
-///
-/// `rollback_on(&err)` says whether an `Err` of the body rolls the scope back (the rollback
-/// rules); `Ok` commits unless something marked the scope rollback-only.
-pub(crate) fn execute<'a, T, E, F, Fut, R>(
-    manager: ManagerRef<'a>,
-    definition: &'a TransactionDefinition,
-    rollback_on: R,
-    body: F,
-) -> impl Future<Output = (Result<T, E>, RunInfo)> + 'a
-where
-    E: From<TxError> + 'a,
-    T: 'a,
-    F: FnOnce(TransactionStatus) -> Fut + 'a,
-    Fut: Future<Output = Result<T, E>> + 'a,
-    R: Fn(&E) -> bool + 'a,
-{
-    execute_attempt(manager, definition, rollback_on, body, 1)
+/// A scope whose body is about to run, of the kind the propagation asked for. It knows
+/// nothing of the body's types: [`complete`](Entered::complete) is told how the body ended.
+/// Dropped before it completed (the call was cancelled), it completes as cancelled.
+pub(super) struct Entered<'a> {
+    driver: Driver<'a>,
+    /// The transaction a RequiresNew or NotSupported scope suspended, resumed after it.
+    suspended: Option<Arc<Scope>>,
 }
 
-/// [`execute`], as run number `attempt` (from 1) of a retried call.
-pub(crate) async fn execute_attempt<T, E, F, Fut, R>(
-    manager: ManagerRef<'_>,
-    definition: &TransactionDefinition,
-    rollback_on: R,
-    body: F,
-    attempt: u32,
-) -> (Result<T, E>, RunInfo)
-where
-    E: From<TxError>,
-    F: FnOnce(TransactionStatus) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    R: Fn(&E) -> bool,
-{
-    let manager = match manager.resolve() {
-        Ok(m) => m,
-        Err(e) => return (Err(e.into()), RunInfo::default()),
-    };
-    let key = manager.key;
-    let ctx = Context::current();
-    let existing = ctx.bound_scope(key).cloned();
+enum Driver<'a> {
+    Join(Join),
+    New(NewTransaction),
+    Savepoint(SavepointScope<'a>),
+    Without(WithoutScope<'a>),
+}
 
-    // Inside a test transaction (feature `testing`), scopes that would begin or suspend a
-    // transaction of its manager take savepoints of it instead.
-    #[cfg(feature = "testing")]
-    if let Some(redirect) =
-        crate::test_redirect::redirect(key, definition.get_propagation(), existing.as_ref())
-    {
-        // Boxed, so that this path does not grow the future of every scope.
-        let r = super::test_redirect::execute(redirect, ctx, key, definition, rollback_on, body);
-        return (Box::pin(r).await, RunInfo::default());
+impl Driver<'_> {
+    /// What a scope that decides an outcome holds (not a participant).
+    fn owned(&self) -> &Owned {
+        match self {
+            Driver::New(s) => s.owned(),
+            Driver::Savepoint(s) => s.owned(),
+            Driver::Without(s) => s.owned(),
+            Driver::Join(_) => unreachable!("a participant decides no outcome"),
+        }
+    }
+}
+
+impl<'a> Entered<'a> {
+    /// Enters a scope with `definition`'s propagation on `manager` (`attempt`: which run of a
+    /// retried call, from 1), or refuses to.
+    pub(super) async fn enter(
+        manager: ManagerRef<'_>,
+        definition: &'a TransactionDefinition,
+        attempt: u32,
+    ) -> Result<Entered<'a>, TxError> {
+        let manager = manager.resolve()?;
+        let key = manager.key;
+        let ctx = Context::current();
+        let existing = ctx.bound_scope(key).cloned();
+
+        // Inside a test transaction (feature `testing`), scopes that would begin or suspend a
+        // transaction of its manager take savepoints of it instead.
+        #[cfg(feature = "testing")]
+        if let Some(redirect) =
+            crate::test_redirect::redirect(key, definition.get_propagation(), existing.as_ref())
+        {
+            let scope = super::test_redirect::enter(redirect, ctx, key, definition).await?;
+            return Ok(Entered::new(Driver::Savepoint(scope), None));
+        }
+
+        // The propagation table, in one place: what each propagation does with and without a
+        // transaction of this manager.
+        let entered = match (definition.get_propagation(), existing) {
+            (
+                Propagation::Required | Propagation::Supports | Propagation::Mandatory,
+                Some(owner),
+            ) => Entered::new(Driver::Join(Join::enter(ctx, owner, definition)), None),
+            (Propagation::Nested, Some(owner)) => {
+                let completion = SavepointCompletion::Nested;
+                let scope = SavepointScope::enter(ctx, key, owner, definition, completion).await?;
+                Entered::new(Driver::Savepoint(scope), None)
+            }
+            (Propagation::RequiresNew, Some(suspended)) => {
+                log_suspend(&suspended, definition, true);
+                let m = manager.share().inspect_err(|_| log_resume(&suspended))?;
+                let scope = NewTransaction::enter(ctx, key, m, definition, attempt);
+                Entered::new(Driver::New(scope), Some(suspended))
+            }
+            (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
+                let scope = NewTransaction::enter(ctx, key, manager.share()?, definition, attempt);
+                Entered::new(Driver::New(scope), None)
+            }
+            (Propagation::NotSupported, Some(suspended)) => {
+                log_suspend(&suspended, definition, false);
+                let scope = WithoutScope::enter(ctx, &manager, Some(key), definition);
+                Entered::new(Driver::Without(scope), Some(suspended))
+            }
+            (Propagation::Supports | Propagation::NotSupported | Propagation::Never, None) => {
+                let scope = WithoutScope::enter(ctx, &manager, None, definition);
+                Entered::new(Driver::Without(scope), None)
+            }
+            (Propagation::Mandatory, None) => return Err(TxError::NoTransaction),
+            (Propagation::Never, Some(_)) => return Err(TxError::ExistingTransaction),
+        };
+        Ok(entered)
     }
 
-    // The propagation table, in one place: what each propagation does with and without a
-    // transaction of this manager.
-    match (definition.get_propagation(), existing) {
-        (Propagation::Required | Propagation::Supports | Propagation::Mandatory, Some(owner)) => (
-            participate(ctx, owner, definition, rollback_on, body).await,
-            RunInfo::default(),
-        ),
-        (Propagation::Nested, Some(owner)) => (
-            savepoint(
-                ctx,
-                key,
-                owner,
-                definition,
-                SavepointCompletion::Nested,
-                rollback_on,
-                body,
-            )
-            .await,
-            RunInfo::default(),
-        ),
-        (Propagation::RequiresNew, Some(suspended)) => {
-            tracing::debug!(
-                target: "tx",
-                "Suspending current transaction [{}], creating new transaction with name [{}]",
-                suspended.name(),
-                definition.get_name()
-            );
-            let run = match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body, attempt).await,
-                Err(e) => (Err(e.into()), RunInfo::default()),
-            };
-            log_resume(&suspended);
-            run
+    fn new(driver: Driver<'a>, suspended: Option<Arc<Scope>>) -> Self {
+        Entered { driver, suspended }
+    }
+
+    /// The context the body runs in, and the status it is given.
+    pub(super) fn body(&mut self) -> (Context, TransactionStatus) {
+        match &mut self.driver {
+            Driver::Join(s) => s.body(),
+            owner => owner.owned().body(),
         }
-        (Propagation::Required | Propagation::RequiresNew | Propagation::Nested, None) => {
-            match manager.share() {
-                Ok(m) => new_transaction(ctx, key, m, definition, rollback_on, body, attempt).await,
-                Err(e) => (Err(e.into()), RunInfo::default()),
-            }
+    }
+
+    /// The span the body runs in, when a subscriber wants it.
+    pub(super) fn span(&self) -> Option<&tracing::Span> {
+        match &self.driver {
+            Driver::Join(s) => s.trace(),
+            owner => &owner.owned().trace,
         }
-        (Propagation::NotSupported, Some(suspended)) => {
-            tracing::debug!(
-                target: "tx",
-                "Suspending current transaction [{}] for non-transactional scope [{}]",
-                suspended.name(),
-                definition.get_name()
-            );
-            let result =
-                without_transaction(ctx, &manager, Some(key), definition, rollback_on, body).await;
-            log_resume(&suspended);
-            (result, RunInfo::default())
+        .enabled_span()
+    }
+
+    /// When the body must have ended (asked once, as it starts).
+    pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
+        match &self.driver {
+            Driver::New(s) => s.deadline(),
+            #[cfg(feature = "testing")]
+            Driver::Savepoint(s) => s
+                .stand_in_timeout()
+                .map(|t| tokio::time::Instant::now() + t),
+            _ => None,
         }
-        (Propagation::Supports | Propagation::NotSupported | Propagation::Never, None) => (
-            without_transaction(ctx, &manager, None, definition, rollback_on, body).await,
-            RunInfo::default(),
-        ),
-        (Propagation::Mandatory, None) => (Err(TxError::NoTransaction.into()), RunInfo::default()),
-        (Propagation::Never, Some(_)) => {
-            (Err(TxError::ExistingTransaction.into()), RunInfo::default())
+    }
+
+    /// The body ran past [`deadline`](Self::deadline): `None` when it is dropped there
+    /// ([`BodyEnd::TimedOut`]), else the error it is taken to have returned.
+    pub(super) fn timed_out(&self) -> Option<TxError> {
+        match &self.driver {
+            #[cfg(feature = "testing")]
+            Driver::Savepoint(s) => Some(s.stand_in_timed_out()),
+            _ => None,
         }
+    }
+
+    /// Completes the scope as its body ended; a new transaction reports to `report`.
+    pub(super) async fn complete(&mut self, end: BodyEnd, report: Option<&mut RunInfo>) -> Finish {
+        let finish = match &mut self.driver {
+            Driver::Join(s) => s.complete(end),
+            Driver::New(s) => s.complete(end, report).await,
+            Driver::Savepoint(s) => s.complete(end).await,
+            Driver::Without(s) => s.complete(end).await,
+        };
+        if let Some(suspended) = &self.suspended
+            && !matches!(finish, Finish::Resume(_))
+        {
+            log_resume(suspended);
+        }
+        finish
     }
 }

@@ -1,9 +1,13 @@
-//! What one run of a scope reports: how its body ended, and what the retry loop needs to know.
+//! What a scope is told about its body, and what it reports back: how the body ended (the
+//! body's value stays with the caller), what the call returns instead, and what the retry loop
+//! needs to know.
 
+use std::any::Any;
 use std::borrow::Cow;
 
 use crate::completion::Completion;
 use crate::definition::TransactionDefinition;
+use crate::error::TxError;
 use crate::observe::RollbackCause;
 use crate::transaction::Retryable;
 
@@ -21,20 +25,27 @@ pub(crate) struct RunInfo {
     pub(crate) seen_retryable: Option<Retryable>,
 }
 
-/// How a scope's body ended.
-pub(super) enum BodyEnd<T, E> {
-    Returned(Result<T, E>),
-    Panicked(Box<dyn std::any::Any + Send>),
+/// How a scope's body ended, as the engine sees it: the body's value is not needed to
+/// complete the scope, only whether it was an `Err` that rolls back.
+pub(crate) enum BodyEnd {
+    /// Returned `Ok`.
+    Ok,
+    /// Returned `Err`; `rolls_back`: the rollback rules select it.
+    Err { rolls_back: bool },
+    /// Panicked, with this payload.
+    Panicked(Box<dyn Any + Send>),
+    /// Ran past its transaction's deadline (and was dropped there).
     TimedOut,
 }
 
-impl<T, E> BodyEnd<T, E> {
-    pub(super) fn from_caught(r: std::thread::Result<Result<T, E>>) -> Self {
-        match r {
-            Ok(r) => BodyEnd::Returned(r),
-            Err(panic) => BodyEnd::Panicked(panic),
-        }
-    }
+/// What a completed scope's call returns.
+pub(crate) enum Finish {
+    /// What the body returned.
+    Keep,
+    /// This error instead.
+    Fail(TxError),
+    /// The body's panic, resumed once the scope is completed.
+    Resume(Box<dyn Any + Send>),
 }
 
 pub(super) fn completion_of(cause: Option<RollbackCause>) -> Completion {

@@ -10,6 +10,16 @@ use crate::observe::span::ScopeTrace;
 use crate::transaction::Scope;
 use crate::transaction::Transaction;
 
+/// `suspended` makes way for a new transaction, or (`!new`) for a scope without one.
+pub(super) fn log_suspend(suspended: &Scope, definition: &TransactionDefinition, new: bool) {
+    let (current, inner) = (suspended.name(), definition.get_name());
+    if new {
+        tracing::debug!(target: "tx", "Suspending current transaction [{current}], creating new transaction with name [{inner}]");
+    } else {
+        tracing::debug!(target: "tx", "Suspending current transaction [{current}] for non-transactional scope [{inner}]");
+    }
+}
+
 pub(super) fn log_resume(suspended: &Scope) {
     tracing::debug!(
         target: "tx",

@@ -22,19 +22,19 @@ const CASES: &[(&str, &str, &str, usize)] = &[
         "plain free fn",
         "",
         "async fn f(x: u32) -> Result<u32, AppError> { Ok(x) }",
-        450,
+        240,
     ),
     (
         "&self, manager = self.db",
         "manager = self.db",
         "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
-        480,
+        270,
     ),
     (
         "every key",
         "propagation = RequiresNew, isolation = Serializable, timeout = \"2s\", read_only, no_rollback_for = AppError::Warn, manager = self.db, name = \"n\"",
         "async fn f(&self, x: u32) -> Result<u32, AppError> { Ok(x) }",
-        480,
+        270,
     ),
     (
         "retry = 3, two by-value parameters",
@@ -43,7 +43,7 @@ const CASES: &[(&str, &str, &str, usize)] = &[
         // includes the retry classifier (~50 tokens), which decides at the call site whether
         // the returned error carries a retryable failure; the per-attempt clone helper is
         // defined once in `__private`
-        600,
+        390,
     ),
 ];
 
