@@ -13,11 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt};
+
 use support::{
     Phases, RecordingManager, cancel_after, phases_of, stmt_then_wait, strings, t, wait_for_entry,
 };
 use tx_core::{
-    BoxError, Propagation, RollbackCause, TransactionExecution, TransactionListener, TxError,
+    BoxError, Propagation, RollbackCause, TransactionExecution, TransactionListener,
+    TransactionStatus, TxError,
 };
 
 /// Test key (first segment of a transaction's name) -> the log its callbacks go to.
@@ -234,62 +237,90 @@ async fn commit_calls_before_commit_after_the_hooks_and_after_commit_after_them(
     assert!(seen("commit::empty").id > s.id, "ids grow per transaction");
 }
 
-#[tokio::test]
-async fn rollback_on_error_reports_the_cause_after_the_hooks() {
-    let m = manager("rollback");
-    let r = t(&m)
-        .name("rollback::order")
-        .execute(|_| async {
-            insert_with_hook(&m, None).await?;
-            Err::<(), _>(TxError::NoTransaction)
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::NoTransaction)));
-    assert_insert_rolled_back(&m, "rollback::order", "error", Hooks::Logged);
-}
-
-#[tokio::test]
-async fn rollback_only_by_the_owner_or_a_participant_is_reported_as_rollback_only() {
-    let m = manager("marked");
-    let r: Result<(), TxError> = t(&m)
-        .name("marked::owner")
-        .execute(|status| async {
-            let status = status;
-            m.stmt("INSERT").await?;
-            status.set_rollback_only();
-            Ok(())
-        })
-        .await;
-    r.unwrap();
-    assert_insert_rolled_back(&m, "marked::owner", "rollback_only", Hooks::None);
-
-    // A joined participant gets no callbacks of its own; its failure marks the transaction.
-    let r: Result<(), TxError> = t(&m)
-        .name("marked::outer")
-        .execute(|_| async {
-            m.stmt("INSERT").await?;
-            let inner: Result<(), TxError> = t(&m)
-                .name("marked::participant")
-                .execute(|_| async { Err(TxError::NoTransaction) })
-                .await;
-            assert!(inner.is_err());
-            Ok(())
-        })
-        .await;
-    assert!(matches!(r, Err(TxError::UnexpectedRollback)));
-    assert_insert_rolled_back(&m, "marked::outer", "rollback_only", Hooks::None);
+/// A transaction that sends one INSERT and rolls back: its name, deadline and body, whether
+/// the call's result is the expected one, and the cause and hooks the listeners see.
+struct RollbackCase {
+    name: &'static str,
+    timeout: Option<Duration>,
+    body: fn(TransactionStatus, RecordingManager) -> BoxFuture<'static, Result<(), TxError>>,
+    returns: fn(&Result<(), TxError>) -> bool,
+    cause: &'static str,
+    hooks: Hooks,
 }
 
 #[tokio::test(start_paused = true)]
-async fn timeout_is_reported_as_timeout() {
-    let m = manager("timeout");
-    let r = t(&m)
-        .name("timeout::slow")
-        .timeout(Duration::from_millis(50))
-        .execute(|_| stmt_then_wait(&m, "INSERT"))
-        .await;
-    assert!(matches!(r, Err(TxError::Timeout)));
-    assert_insert_rolled_back(&m, "timeout::slow", "timeout", Hooks::None);
+async fn each_rollback_is_reported_with_its_cause_after_the_hooks() {
+    let cases = [
+        RollbackCase {
+            name: "rollback::order",
+            timeout: None,
+            body: |_, m| {
+                async move {
+                    insert_with_hook(&m, None).await?;
+                    Err(TxError::NoTransaction)
+                }
+                .boxed()
+            },
+            returns: |r| matches!(r, Err(TxError::NoTransaction)),
+            cause: "error",
+            hooks: Hooks::Logged,
+        },
+        RollbackCase {
+            name: "marked::owner",
+            timeout: None,
+            body: |status, m| {
+                async move {
+                    m.stmt("INSERT").await?;
+                    status.set_rollback_only();
+                    Ok(())
+                }
+                .boxed()
+            },
+            returns: Result::is_ok,
+            cause: "rollback_only",
+            hooks: Hooks::None,
+        },
+        // A joined participant gets no callbacks of its own; its failure marks the transaction.
+        RollbackCase {
+            name: "marked::outer",
+            timeout: None,
+            body: |_, m| {
+                async move {
+                    m.stmt("INSERT").await?;
+                    let inner: Result<(), TxError> = t(&m)
+                        .name("marked::participant")
+                        .execute(|_| async { Err(TxError::NoTransaction) })
+                        .await;
+                    assert!(inner.is_err());
+                    Ok(())
+                }
+                .boxed()
+            },
+            returns: |r| matches!(r, Err(TxError::UnexpectedRollback)),
+            cause: "rollback_only",
+            hooks: Hooks::None,
+        },
+        RollbackCase {
+            name: "timeout::slow",
+            timeout: Some(Duration::from_millis(50)),
+            body: |_, m| async move { stmt_then_wait(&m, "INSERT").await }.boxed(),
+            returns: |r| matches!(r, Err(TxError::Timeout)),
+            cause: "timeout",
+            hooks: Hooks::None,
+        },
+    ];
+    for case in cases {
+        let m = manager(case.name.split("::").next().unwrap_or_default());
+        let mut template = t(&m).name(case.name);
+        if let Some(deadline) = case.timeout {
+            template = template.timeout(deadline);
+        }
+        let r = template
+            .execute(|status| (case.body)(status, m.clone()))
+            .await;
+        assert!((case.returns)(&r), "{}: {r:?}", case.name);
+        assert_insert_rolled_back(&m, case.name, case.cause, case.hooks);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -54,15 +54,56 @@ pub(crate) fn order(id: &i64) -> String {
     format!("order #{id}")
 }
 
-fn rows<T: fmt::Display>(f: &mut fmt::Formatter<'_>, label: &str, rows: &[T]) -> fmt::Result {
-    if rows.is_empty() {
-        return writeln!(f, "    {label:<8} none");
+/// Writes one case's block: its title, then steps, rows and indented lines, in the demo's
+/// columns. Like `fmt::DebugStruct`, it keeps the first error and [`Section::finish`] returns it.
+struct Section<'a, 'b> {
+    f: &'a mut fmt::Formatter<'b>,
+    result: fmt::Result,
+}
+
+impl<'a, 'b> Section<'a, 'b> {
+    fn new(f: &'a mut fmt::Formatter<'b>, title: impl fmt::Display) -> Self {
+        let result = writeln!(f, "{title}");
+        Section { f, result }
     }
-    for (i, row) in rows.iter().enumerate() {
-        let label = if i == 0 { label } else { "" };
-        writeln!(f, "    {label:<8} {row}")?;
+
+    /// One line as it is: a step, or a line in words.
+    fn line(&mut self, line: impl fmt::Display) -> &mut Self {
+        if self.result.is_ok() {
+            self.result = writeln!(self.f, "{line}");
+        }
+        self
     }
-    Ok(())
+
+    fn steps<T>(&mut self, steps: &[Step<T>]) -> &mut Self {
+        steps.iter().fold(self, |s, step| s.line(step))
+    }
+
+    /// A value under a label in the rows' column; an empty label continues the rows above.
+    fn field(&mut self, label: &str, value: impl fmt::Display) -> &mut Self {
+        self.line(format_args!("    {label:<8} {value}"))
+    }
+
+    /// A list of rows, the label on the first one, or `none`.
+    fn rows<T: fmt::Display>(&mut self, label: &str, rows: &[T]) -> &mut Self {
+        if rows.is_empty() {
+            return self.field(label, "none");
+        }
+        rows.iter().enumerate().fold(self, |s, (i, row)| {
+            s.field(if i == 0 { label } else { "" }, row)
+        })
+    }
+
+    /// What happened around a step, one event a line.
+    fn timeline(&mut self, events: &[String]) -> &mut Self {
+        events
+            .iter()
+            .fold(self, |s, e| s.line(format_args!("      . {e}")))
+    }
+
+    fn finish(&mut self) -> fmt::Result {
+        self.result
+    }
 }
 
 /// Bank transfers.
@@ -80,19 +121,17 @@ pub struct TransferReport {
 
 impl fmt::Display for TransferReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        Section::new(
             f,
-            "[1] Bank transfer: debit and credit in one REQUIRED transaction"
-        )?;
-        for s in &self.steps {
-            writeln!(f, "{s}")?;
-        }
-        rows(f, "rows:", &self.accounts)?;
-        writeln!(
-            f,
+            "[1] Bank transfer: debit and credit in one REQUIRED transaction",
+        )
+        .steps(&self.steps)
+        .rows("rows:", &self.accounts)
+        .line(format_args!(
             "    total {} before, {} after: no money lost",
             self.total_before, self.total_after
-        )
+        ))
+        .finish()
     }
 }
 
@@ -113,17 +152,16 @@ pub struct OrderReport {
 
 impl fmt::Display for OrderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        Section::new(
             f,
-            "[2] Order placement: stock, order and payment, all or nothing"
-        )?;
-        for s in &self.steps {
-            writeln!(f, "{s}")?;
-        }
-        writeln!(f, "    rows:    {}", self.product)?;
-        writeln!(f, "             {}", self.account)?;
-        rows(f, "", &self.orders)?;
-        rows(f, "audit:", &self.audit)
+            "[2] Order placement: stock, order and payment, all or nothing",
+        )
+        .steps(&self.steps)
+        .field("rows:", &self.product)
+        .field("", &self.account)
+        .rows("", &self.orders)
+        .rows("audit:", &self.audit)
+        .finish()
     }
 }
 
@@ -149,11 +187,12 @@ impl fmt::Display for AuditReport {
         } else {
             "on another connection of the same pool"
         };
-        writeln!(f, "[3] Audit log: REQUIRES_NEW, {place}")?;
-        writeln!(f, "{}", self.step)?;
-        rows(f, "audit:", &self.audit)?;
-        rows(f, "orders:", &self.orders)?;
-        writeln!(f, "    account: {}", self.account)
+        Section::new(f, format_args!("[3] Audit log: REQUIRES_NEW, {place}"))
+            .line(&self.step)
+            .rows("audit:", &self.audit)
+            .rows("orders:", &self.orders)
+            .field("account:", &self.account)
+            .finish()
     }
 }
 
@@ -176,13 +215,14 @@ pub struct GiftReport {
 
 impl fmt::Display for GiftReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "[4] Gift: NESTED, the gift rolls back to its savepoint")?;
-        writeln!(f, "{}", self.step)?;
-        rows(f, "rows:", &self.orders)?;
-        writeln!(f, "             gifts: {}", self.gifts.len())?;
-        writeln!(f, "             {}", self.product)?;
-        writeln!(f, "             {}", self.gift_product)?;
-        writeln!(f, "             {}", self.account)
+        Section::new(f, "[4] Gift: NESTED, the gift rolls back to its savepoint")
+            .line(&self.step)
+            .rows("rows:", &self.orders)
+            .field("", format_args!("gifts: {}", self.gifts.len()))
+            .field("", &self.product)
+            .field("", &self.gift_product)
+            .field("", &self.account)
+            .finish()
     }
 }
 
@@ -201,14 +241,15 @@ pub struct RiskReport {
 
 impl fmt::Display for RiskReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        Section::new(
             f,
-            "[5] Risk check: no_rollback_for = ShopError::RiskRejected {{ .. }}"
-        )?;
-        writeln!(f, "{}", self.rejected)?;
-        writeln!(f, "{}", self.down)?;
-        rows(f, "rows:", &self.orders)?;
-        writeln!(f, "             {}", self.product)
+            "[5] Risk check: no_rollback_for = ShopError::RiskRejected { .. }",
+        )
+        .line(&self.rejected)
+        .line(&self.down)
+        .rows("rows:", &self.orders)
+        .field("", &self.product)
+        .finish()
     }
 }
 
@@ -233,21 +274,18 @@ pub struct HooksReport {
 
 impl fmt::Display for HooksReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        Section::new(
             f,
-            "[6] MQ after commit: register_synchronization + after_commit"
-        )?;
-        writeln!(f, "{}", self.committed)?;
-        for e in &self.committed_timeline {
-            writeln!(f, "      . {e}")?;
-        }
-        writeln!(f, "{}", self.rolled_back)?;
-        for e in &self.rolled_back_timeline {
-            writeln!(f, "      . {e}")?;
-        }
-        rows(f, "MQ:", &self.sent)?;
-        rows(f, "rows:", &self.orders)?;
-        writeln!(f, "             {}", self.account)
+            "[6] MQ after commit: register_synchronization + after_commit",
+        )
+        .line(&self.committed)
+        .timeline(&self.committed_timeline)
+        .line(&self.rolled_back)
+        .timeline(&self.rolled_back_timeline)
+        .rows("MQ:", &self.sent)
+        .rows("rows:", &self.orders)
+        .field("", &self.account)
+        .finish()
     }
 }
 
@@ -270,25 +308,27 @@ pub struct BatchReport {
 
 impl fmt::Display for BatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        let mut section = Section::new(
             f,
-            "[7] Batch delivery: {BATCH_SIZE} orders, one transaction each"
-        )?;
-        writeln!(
-            f,
-            "  deliver_all -> {} delivered, {} failed",
-            self.result.delivered.len(),
-            self.result.failed.len()
-        )?;
-        writeln!(
-            f,
-            "    rows:    {} orders DELIVERED, {} still PAID, {} shipments",
-            self.delivered_rows, self.paid_rows, self.shipments
-        )?;
+            format_args!("[7] Batch delivery: {BATCH_SIZE} orders, one transaction each"),
+        );
+        section
+            .line(format_args!(
+                "  deliver_all -> {} delivered, {} failed",
+                self.result.delivered.len(),
+                self.result.failed.len()
+            ))
+            .field(
+                "rows:",
+                format_args!(
+                    "{} orders DELIVERED, {} still PAID, {} shipments",
+                    self.delivered_rows, self.paid_rows, self.shipments
+                ),
+            );
         for failure in &self.failure_rows {
-            writeln!(f, "             delivery_failure: {}", failure.reason)?;
+            section.field("", format_args!("delivery_failure: {}", failure.reason));
         }
-        Ok(())
+        section.finish()
     }
 }
 
@@ -312,28 +352,25 @@ pub enum RetryReport {
 
 impl fmt::Display for RetryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "[8] Serialization conflict: SERIALIZABLE + retry = 5")?;
+        let mut section = Section::new(f, "[8] Serialization conflict: SERIALIZABLE + retry = 5");
         match self {
-            RetryReport::Skipped(why) => writeln!(f, "  skipped: {why}"),
+            RetryReport::Skipped(why) => section.line(format_args!("  skipped: {why}")),
             RetryReport::Ran {
                 results,
                 attempts,
                 stock_before,
                 product,
-            } => {
-                for s in results {
-                    writeln!(f, "{s}")?;
-                }
-                writeln!(
-                    f,
+            } => section
+                .steps(results)
+                .line(format_args!(
                     "    runs per call: {attempts:?} (the aborted one was retried)"
-                )?;
-                writeln!(
-                    f,
-                    "    rows:    {product} (was {stock_before}: no lost update)"
-                )
-            }
+                ))
+                .field(
+                    "rows:",
+                    format_args!("{product} (was {stock_before}: no lost update)"),
+                ),
         }
+        .finish()
     }
 }
 
@@ -354,15 +391,16 @@ pub struct RollbackOnlyReport {
 
 impl fmt::Display for RollbackOnlyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        Section::new(
             f,
-            "[9] Rollback-only: a failed participant dooms the transaction"
-        )?;
-        writeln!(f, "{}", self.swallowed)?;
-        writeln!(f, "{}", self.programmatic)?;
-        rows(f, "orders:", &self.orders)?;
-        writeln!(f, "             {}", self.product)?;
-        writeln!(f, "             coupon used: {}", self.coupon_used)
+            "[9] Rollback-only: a failed participant dooms the transaction",
+        )
+        .line(&self.swallowed)
+        .line(&self.programmatic)
+        .rows("orders:", &self.orders)
+        .field("", &self.product)
+        .field("", format_args!("coupon used: {}", self.coupon_used))
+        .finish()
     }
 }
 
@@ -393,14 +431,23 @@ pub struct DemoReport {
 
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.transfer)?;
-        write!(f, "\n{}", self.orders)?;
-        write!(f, "\n{}", self.audit)?;
-        write!(f, "\n{}", self.gift)?;
-        write!(f, "\n{}", self.risk)?;
-        write!(f, "\n{}", self.hooks)?;
-        write!(f, "\n{}", self.batch)?;
-        write!(f, "\n{}", self.retry)?;
-        write!(f, "\n{}", self.rollback_only)
+        let cases: [&dyn fmt::Display; 9] = [
+            &self.transfer,
+            &self.orders,
+            &self.audit,
+            &self.gift,
+            &self.risk,
+            &self.hooks,
+            &self.batch,
+            &self.retry,
+            &self.rollback_only,
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{case}")?;
+        }
+        Ok(())
     }
 }

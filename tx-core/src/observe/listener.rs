@@ -126,6 +126,17 @@ impl<'a> TransactionExecution<'a> {
     }
 }
 
+/// Declares each callback with its docs, the transaction and its own arguments, and the
+/// default that does nothing: every callback is optional and they all return the same.
+macro_rules! optional_callbacks {
+    ($($(#[$doc:meta])* fn $callback:ident($($arg:ident: $ty:ty)?);)*) => {
+        $($(#[$doc])*
+        fn $callback(&self, tx: &TransactionExecution<'_> $(, $arg: $ty)?) -> Result<(), BoxError> {
+            Ok(())
+        })*
+    };
+}
+
 /// Process-wide callbacks around the begin, commit and rollback of every transaction and
 /// savepoint (Spring 6.1's `TransactionExecutionListener`), registered with
 /// [`add_transaction_listener`]. Every method is optional.
@@ -164,73 +175,51 @@ impl<'a> TransactionExecution<'a> {
 /// ```
 #[allow(unused_variables)] // the defaults ignore their arguments
 pub trait TransactionListener: Send + Sync + 'static {
-    /// Before a transaction or savepoint begins.
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored.
-    fn before_begin(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        Ok(())
-    }
+    optional_callbacks! {
+        /// Before a transaction or savepoint begins.
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored.
+        fn before_begin();
 
-    /// After it began; `failure` when a savepoint could not be opened (the call then fails
-    /// with that error and gets no further callback).
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored.
-    fn after_begin(
-        &self,
-        tx: &TransactionExecution<'_>,
-        failure: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        Ok(())
-    }
+        /// After it began; `failure` when a savepoint could not be opened (the call then fails
+        /// with that error and gets no further callback).
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored.
+        fn after_begin(failure: Option<&TxError>);
 
-    /// Right before `COMMIT` (or a savepoint's `RELEASE`).
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored: it does not veto the commit (a synchronization's
-    /// `before_commit` does).
-    fn before_commit(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        Ok(())
-    }
+        /// Right before `COMMIT` (or a savepoint's `RELEASE`).
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored: it does not veto the commit (a synchronization's
+        /// `before_commit` does).
+        fn before_commit();
 
-    /// After the commit and its hooks: `failure` is `None` when it committed, the error
-    /// (`TxError::CommitOutcomeUnknown`) when the outcome is unknown.
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored.
-    fn after_commit(
-        &self,
-        tx: &TransactionExecution<'_>,
-        failure: Option<&TxError>,
-    ) -> Result<(), BoxError> {
-        Ok(())
-    }
+        /// After the commit and its hooks: `failure` is `None` when it committed, the error
+        /// (`TxError::CommitOutcomeUnknown`) when the outcome is unknown.
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored.
+        fn after_commit(failure: Option<&TxError>);
 
-    /// Right before `ROLLBACK` (or `ROLLBACK TO SAVEPOINT`).
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored.
-    fn before_rollback(&self, tx: &TransactionExecution<'_>) -> Result<(), BoxError> {
-        Ok(())
-    }
+        /// Right before `ROLLBACK` (or `ROLLBACK TO SAVEPOINT`).
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored.
+        fn before_rollback();
 
-    /// After the rollback and its hooks, with why it rolled back.
-    ///
-    /// # Errors
-    ///
-    /// An `Err` is logged and ignored.
-    fn after_rollback(
-        &self,
-        tx: &TransactionExecution<'_>,
-        cause: RollbackCause,
-    ) -> Result<(), BoxError> {
-        Ok(())
+        /// After the rollback and its hooks, with why it rolled back.
+        ///
+        /// # Errors
+        ///
+        /// An `Err` is logged and ignored.
+        fn after_rollback(cause: RollbackCause);
     }
 }
 
