@@ -126,6 +126,7 @@ impl<'a> Entered<'a> {
     }
 
     /// The context the body runs in, and the status it is given.
+    #[inline]
     pub(super) fn body(&mut self) -> (Context, TransactionStatus) {
         match &mut self.driver {
             Driver::Join(s) => s.body(),
@@ -134,6 +135,7 @@ impl<'a> Entered<'a> {
     }
 
     /// The span the body runs in, when a subscriber wants it.
+    #[inline]
     pub(super) fn span(&self) -> Option<&tracing::Span> {
         match &self.driver {
             Driver::Join(s) => s.trace(),
@@ -143,6 +145,7 @@ impl<'a> Entered<'a> {
     }
 
     /// When the body must have ended (asked once, as it starts).
+    #[inline]
     pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
         match &self.driver {
             Driver::New(s) => s.deadline(),
@@ -166,6 +169,7 @@ impl<'a> Entered<'a> {
 
     /// Completes a participant, which has nothing to await, at once; hands `end` back to
     /// any other scope, to [`complete`](Self::complete).
+    #[inline]
     pub(super) fn complete_joined(&mut self, end: BodyEnd) -> Result<Finish, BodyEnd> {
         match &mut self.driver {
             Driver::Join(s) => Ok(s.complete(end)),

@@ -37,13 +37,12 @@ where
         Some((number, report)) => (number, Some(report)),
         None => (1, None),
     };
-    let entered = match Entered::enter(manager, definition, number) {
-        Ok(Entry::Entered(scope)) => Ok(scope),
-        Ok(Entry::Savepoint(entry)) => Entered::savepoint(entry).await,
-        Err(e) => Err(e),
-    };
-    let mut scope = match entered {
-        Ok(scope) => scope,
+    let mut scope = match Entered::enter(manager, definition, number) {
+        Ok(Entry::Entered(scope)) => scope,
+        Ok(Entry::Savepoint(entry)) => match Entered::savepoint(entry).await {
+            Ok(scope) => scope,
+            Err(e) => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     let (ctx, status) = scope.body();
