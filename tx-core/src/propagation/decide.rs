@@ -9,7 +9,7 @@ use super::new_transaction::NewTransaction;
 use super::outcome::{BodyEnd, Finish, RunInfo};
 use super::owned::Owned;
 use super::participate::Join;
-use super::savepoint::SavepointScope;
+use super::savepoint::{SavepointEntry, SavepointScope};
 use super::trace::{log_resume, log_suspend};
 use super::without::WithoutScope;
 use crate::context::Context;
@@ -25,6 +25,13 @@ pub(super) struct Entered<'a> {
     driver: Driver<'a>,
     /// The transaction a RequiresNew or NotSupported scope suspended, resumed after it.
     suspended: Option<Arc<Scope>>,
+}
+
+/// What deciding on a scope entered: the scope, or a savepoint scope that is entered once
+/// its savepoint is taken ([`Entered::savepoint`], the one entry that awaits).
+pub(super) enum Entry<'a> {
+    Entered(Entered<'a>),
+    Savepoint(SavepointEntry<'a>),
 }
 
 enum Driver<'a> {
@@ -48,12 +55,13 @@ impl Driver<'_> {
 
 impl<'a> Entered<'a> {
     /// Enters a scope with `definition`'s propagation on `manager` (`attempt`: which run of a
-    /// retried call, from 1), or refuses to.
-    pub(super) async fn enter(
+    /// retried call, from 1), or refuses to. Synchronous: only a savepoint must await, and
+    /// it is handed back to be entered by [`savepoint`](Self::savepoint).
+    pub(super) fn enter(
         manager: ManagerRef<'_>,
         definition: &'a TransactionDefinition,
         attempt: u32,
-    ) -> Result<Entered<'a>, TxError> {
+    ) -> Result<Entry<'a>, TxError> {
         let manager = manager.resolve()?;
         let key = manager.key;
         let ctx = Context::current();
@@ -65,8 +73,8 @@ impl<'a> Entered<'a> {
         if let Some(redirect) =
             crate::test_redirect::redirect(key, definition.get_propagation(), existing.as_ref())
         {
-            let scope = super::test_redirect::enter(redirect, ctx, key, definition).await?;
-            return Ok(Entered::new(Driver::Savepoint(scope), None));
+            let entry = super::test_redirect::enter(redirect, ctx, key, definition)?;
+            return Ok(Entry::Savepoint(entry));
         }
 
         // The propagation table, in one place: what each propagation does with and without a
@@ -78,8 +86,9 @@ impl<'a> Entered<'a> {
             ) => Entered::new(Driver::Join(Join::enter(ctx, owner, definition)), None),
             (Propagation::Nested, Some(owner)) => {
                 let completion = SavepointCompletion::Nested;
-                let scope = SavepointScope::enter(ctx, key, owner, definition, completion).await?;
-                Entered::new(Driver::Savepoint(scope), None)
+                return Ok(Entry::Savepoint(SavepointEntry::new(
+                    ctx, key, owner, definition, completion,
+                )));
             }
             (Propagation::RequiresNew, Some(suspended)) => {
                 log_suspend(&suspended, definition, true);
@@ -103,7 +112,13 @@ impl<'a> Entered<'a> {
             (Propagation::Mandatory, None) => return Err(TxError::NoTransaction),
             (Propagation::Never, Some(_)) => return Err(TxError::ExistingTransaction),
         };
-        Ok(entered)
+        Ok(Entry::Entered(entered))
+    }
+
+    /// Enters a savepoint scope [`enter`](Self::enter) decided on: takes the savepoint.
+    pub(super) async fn savepoint(entry: SavepointEntry<'a>) -> Result<Entered<'a>, TxError> {
+        let scope: SavepointScope<'a> = entry.enter().await?;
+        Ok(Entered::new(Driver::Savepoint(scope), None))
     }
 
     fn new(driver: Driver<'a>, suspended: Option<Arc<Scope>>) -> Self {
@@ -111,6 +126,7 @@ impl<'a> Entered<'a> {
     }
 
     /// The context the body runs in, and the status it is given.
+    #[inline]
     pub(super) fn body(&mut self) -> (Context, TransactionStatus) {
         match &mut self.driver {
             Driver::Join(s) => s.body(),
@@ -119,6 +135,7 @@ impl<'a> Entered<'a> {
     }
 
     /// The span the body runs in, when a subscriber wants it.
+    #[inline]
     pub(super) fn span(&self) -> Option<&tracing::Span> {
         match &self.driver {
             Driver::Join(s) => s.trace(),
@@ -128,6 +145,7 @@ impl<'a> Entered<'a> {
     }
 
     /// When the body must have ended (asked once, as it starts).
+    #[inline]
     pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
         match &self.driver {
             Driver::New(s) => s.deadline(),
@@ -146,6 +164,16 @@ impl<'a> Entered<'a> {
             #[cfg(feature = "testing")]
             Driver::Savepoint(s) => Some(s.stand_in_timed_out()),
             _ => None,
+        }
+    }
+
+    /// Completes a participant, which has nothing to await, at once; hands `end` back to
+    /// any other scope, to [`complete`](Self::complete).
+    #[inline]
+    pub(super) fn complete_joined(&mut self, end: BodyEnd) -> Result<Finish, BodyEnd> {
+        match &mut self.driver {
+            Driver::Join(s) => Ok(s.complete(end)),
+            _ => Err(end),
         }
     }
 

@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, resume_unwind};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::decide::Entered;
+use super::decide::{Entered, Entry};
 use super::manager_ref::ManagerRef;
 use super::outcome::{BodyEnd, Finish, RunInfo};
 use crate::definition::TransactionDefinition;
@@ -37,8 +37,12 @@ where
         Some((number, report)) => (number, Some(report)),
         None => (1, None),
     };
-    let mut scope = match Entered::enter(manager, definition, number).await {
-        Ok(scope) => scope,
+    let mut scope = match Entered::enter(manager, definition, number) {
+        Ok(Entry::Entered(scope)) => scope,
+        Ok(Entry::Savepoint(entry)) => match Entered::savepoint(entry).await {
+            Ok(scope) => scope,
+            Err(e) => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     let (ctx, status) = scope.body();
@@ -68,7 +72,12 @@ where
         ),
         Err(end) => (end, None),
     };
-    match (scope.complete(end, report).await, value) {
+    // A participant completes without a future of its own.
+    let finish = match scope.complete_joined(end) {
+        Ok(finish) => finish,
+        Err(end) => scope.complete(end, report).await,
+    };
+    match (finish, value) {
         (Finish::Keep, Some(value)) => value,
         (Finish::Fail(e), _) => Err(e.into()),
         (Finish::Resume(panic), _) => resume_unwind(panic),

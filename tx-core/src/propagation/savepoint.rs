@@ -45,15 +45,42 @@ pub(super) struct SavepointScope<'a> {
     resolving: AtomicBool,
 }
 
-impl<'a> SavepointScope<'a> {
-    /// Takes a savepoint of `owner`'s transaction, in the scope's span.
-    pub(super) async fn enter(
+/// A savepoint scope about to be entered: the one entry that awaits (its SAVEPOINT is taken
+/// before the body runs), so deciding on it needs no await.
+pub(super) struct SavepointEntry<'a> {
+    ctx: Context,
+    key: ManagerKey,
+    owner: Arc<Scope>,
+    definition: &'a TransactionDefinition,
+    completion: SavepointCompletion,
+}
+
+impl<'a> SavepointEntry<'a> {
+    pub(super) fn new(
         ctx: Context,
         key: ManagerKey,
         owner: Arc<Scope>,
         definition: &'a TransactionDefinition,
         completion: SavepointCompletion,
-    ) -> Result<SavepointScope<'a>, TxError> {
+    ) -> SavepointEntry<'a> {
+        SavepointEntry {
+            ctx,
+            key,
+            owner,
+            definition,
+            completion,
+        }
+    }
+
+    /// Takes a savepoint of the owner's transaction, in the scope's span.
+    pub(super) async fn enter(self) -> Result<SavepointScope<'a>, TxError> {
+        let SavepointEntry {
+            ctx,
+            key,
+            owner,
+            definition,
+            completion,
+        } = self;
         let tx = owner.tx.clone().expect("a bound scope has a transaction");
         let scope_id = observe::next_id();
         let trace = ScopeTrace::open(false, || Fields {
@@ -68,13 +95,15 @@ impl<'a> SavepointScope<'a> {
             attempt: tx.attempt(),
         });
         let span = trace.enabled_span().cloned();
-        let begin = Self::begin(ctx, key, tx, scope_id, definition, completion, trace);
+        let begin = SavepointScope::begin(ctx, key, tx, scope_id, definition, completion, trace);
         match span {
             None => begin.await,
             Some(span) => begin.instrument(span).await,
         }
     }
+}
 
+impl<'a> SavepointScope<'a> {
     async fn begin(
         ctx: Context,
         key: ManagerKey,

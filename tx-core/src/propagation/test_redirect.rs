@@ -1,7 +1,7 @@
 //! Entering a scope the way a test transaction redirected it: on a savepoint of the test
 //! transaction, which keeps a stand-in transaction's deadline.
 
-use super::savepoint::SavepointScope;
+use super::savepoint::SavepointEntry;
 use crate::context::Context;
 use crate::definition::TransactionDefinition;
 use crate::error::TxError;
@@ -10,12 +10,12 @@ use crate::test_redirect::Redirect;
 use crate::transaction::SavepointCompletion;
 
 /// Enters a scope the way [`redirect`](crate::test_redirect::redirect) decided.
-pub(super) async fn enter<'a>(
+pub(super) fn enter<'a>(
     redirect: Redirect,
     ctx: Context,
     key: ManagerKey,
     definition: &'a TransactionDefinition,
-) -> Result<SavepointScope<'a>, TxError> {
+) -> Result<SavepointEntry<'a>, TxError> {
     match redirect {
         Redirect::Savepoint { owner, completion } => {
             tracing::debug!(
@@ -28,7 +28,7 @@ pub(super) async fn enter<'a>(
                 },
                 definition.get_name()
             );
-            SavepointScope::enter(ctx, key, owner, definition, completion).await
+            Ok(SavepointEntry::new(ctx, key, owner, definition, completion))
         }
         Redirect::Fail => Err(TxError::NoTransaction),
     }
