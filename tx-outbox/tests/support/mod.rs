@@ -9,7 +9,9 @@ pub mod database_fault;
 #[cfg(feature = "nats")]
 pub mod jetstream;
 
-pub use tx_tests::{mysql_url, pg_url};
+// Pools on the test servers as the tests crate opens them; not every test binary uses each.
+#[allow(unused_imports)]
+pub use tx_tests::{mysql_pool, pg_pool, pg_url};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,12 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::pool::PoolOptions;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tx_outbox::{Envelope, Inbox, Outbox, OutboxDatabase, Sink, SinkError};
-use tx_sqlx::{MySqlTxPool, PgTxPool, SqliteTxPool, TxPool};
+use tx_sqlx::{PgTxPool, SqliteTxPool, TxPool};
 
 pub fn nats_url() -> String {
     std::env::var("TX_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
@@ -51,63 +52,19 @@ pub fn server_missing(what: &str, err: &dyn std::fmt::Display) {
     );
 }
 
-/// A pool of `max` connections on `url`, or `None` (the test is
-/// skipped) when `what` is unreachable.
-async fn pool_at<DB: sqlx::Database>(what: &str, max: u32, url: &str) -> Option<TxPool<DB>> {
-    let options = match url.parse::<<DB::Connection as sqlx::Connection>::Options>() {
-        Ok(o) => o,
-        Err(e) => {
-            server_missing(what, &e);
-            return None;
-        }
-    };
-    pool_with(what, max, options).await
-}
-
-/// [`pool_at`] with parsed connect options.
-async fn pool_with<DB: sqlx::Database>(
-    what: &str,
-    max: u32,
-    options: <DB::Connection as sqlx::Connection>::Options,
-) -> Option<TxPool<DB>> {
-    match PoolOptions::<DB>::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-    {
-        Ok(p) => Some(TxPool::new(p)),
-        Err(e) => {
-            server_missing(what, &e);
-            None
-        }
-    }
-}
-
-pub async fn pg_pool(max: u32) -> Option<PgTxPool> {
-    pool_at("PostgreSQL", max, &pg_url()).await
-}
-
 /// A PostgreSQL pool whose commits do not wait for the WAL flush (`synchronous_commit=off`):
 /// for load tests whose server is not crashed, where fsync per commit is all the time.
 pub async fn pg_pool_async_commit(max: u32) -> Option<PgTxPool> {
-    let opts: sqlx::postgres::PgConnectOptions = match pg_url().parse() {
-        Ok(o) => o,
-        Err(e) => {
-            server_missing("PostgreSQL", &e);
-            return None;
-        }
-    };
-    pool_with(
-        "PostgreSQL",
-        max,
-        opts.options([("synchronous_commit", "off")]),
-    )
-    .await
-}
-
-pub async fn mysql_pool(max: u32) -> Option<MySqlTxPool> {
-    pool_at("MariaDB/MySQL", max, &mysql_url()).await
+    let opts: sqlx::postgres::PgConnectOptions = pg_url()
+        .parse()
+        .map_err(|e| server_missing("PostgreSQL", &e))
+        .ok()?;
+    tx_tests::pool_options(max, Duration::from_secs(10))
+        .connect_with(opts.options([("synchronous_commit", "off")]))
+        .await
+        .map(TxPool::new)
+        .map_err(|e| server_missing("PostgreSQL", &e))
+        .ok()
 }
 
 /// A pool on a fresh SQLite file (WAL) in a temp dir; keep the dir alive.

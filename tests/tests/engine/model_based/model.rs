@@ -188,6 +188,16 @@ struct Ctx {
     dropping: Option<Cut>,
 }
 
+/// One attempt of a call's scope: what each propagation's driver runs.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    scope: &'a Scope,
+    /// The call instance's tag.
+    tag: &'a str,
+    /// 0 for the first run, then one more per retry.
+    n: u32,
+}
+
 impl Ctx {
     /// This context, bound to `unit` of transaction `tx` (its hooks go to the unit).
     fn in_unit(&self, tx: TxId, unit: UnitId) -> Ctx {
@@ -683,10 +693,10 @@ impl Model<'_> {
 
     /// Starts scope `tag` and runs its body: its ops, then its end. The flag says whether the
     /// body marked its own scope rollback-only.
-    fn body(&mut self, ctx: &Ctx, scope: &Scope, tag: &str, attempt: u32) -> (BodyEnd, bool) {
-        self.start(tag);
+    fn body(&mut self, ctx: &Ctx, at: Attempt) -> (BodyEnd, bool) {
+        self.start(at.tag);
         let mut local_ro = false;
-        let end = self.body_end(ctx, scope, attempt, &mut local_ro);
+        let end = self.body_end(ctx, at.scope, at.n, &mut local_ro);
         (end, local_ro)
     }
 
@@ -718,6 +728,11 @@ impl Model<'_> {
     /// scope began its own transaction.
     fn scope(&mut self, ctx: &Ctx, call: &Call, tag: &str, attempt: u32) -> (Flow, bool) {
         let scope = &call.scope;
+        let at = Attempt {
+            scope,
+            tag,
+            n: attempt,
+        };
         use Propagation as P;
         if let (P::Required | P::Supports | P::Mandatory | P::Nested, Some((tx, unit))) =
             (scope.propagation, ctx.bound)
@@ -727,28 +742,26 @@ impl Model<'_> {
         }
         match (scope.propagation, ctx.bound) {
             (P::Required | P::Supports | P::Mandatory, Some((_, unit))) => {
-                (self.participant(ctx, scope, tag, attempt, unit), false)
+                (self.participant(ctx, at, unit), false)
             }
-            (P::Nested, Some((tx, unit))) => {
-                (self.savepoint(ctx, scope, tag, attempt, tx, unit), false)
-            }
+            (P::Nested, Some((tx, unit))) => (self.savepoint(ctx, at, tx, unit), false),
             (P::RequiresNew, Some((tx, _))) => {
                 let mut inner = ctx.clone();
                 inner.suspended.push(tx);
-                (self.new_transaction(&inner, scope, tag, attempt), true)
+                (self.new_transaction(&inner, at), true)
             }
             (P::Required | P::RequiresNew | P::Nested, None) => {
-                (self.new_transaction(ctx, scope, tag, attempt), true)
+                (self.new_transaction(ctx, at), true)
             }
             (P::NotSupported, Some((tx, _))) => {
                 let mut inner = ctx.clone();
                 inner.suspended.push(tx);
                 inner.bound = None;
                 inner.hooks = HookTarget::None;
-                (self.without_transaction(&inner, scope, tag, attempt), false)
+                (self.without_transaction(&inner, at), false)
             }
             (P::Supports | P::NotSupported | P::Never, None) => {
-                (self.without_transaction(ctx, scope, tag, attempt), false)
+                (self.without_transaction(ctx, at), false)
             }
             (P::Mandatory, None) => (Flow::Err(Res::NoTransaction), false),
             (P::Never, Some(_)) => (Flow::Err(Res::ExistingTransaction), false),
@@ -768,15 +781,8 @@ impl Model<'_> {
         refused
     }
 
-    fn participant(
-        &mut self,
-        ctx: &Ctx,
-        scope: &Scope,
-        tag: &str,
-        attempt: u32,
-        unit: UnitId,
-    ) -> Flow {
-        let (end, local_ro) = self.body(ctx, scope, tag, attempt);
+    fn participant(&mut self, ctx: &Ctx, at: Attempt, unit: UnitId) -> Flow {
+        let (end, local_ro) = self.body(ctx, at);
         match end {
             BodyEnd::Cut(c) => {
                 self.units[unit].marked = true;
@@ -789,7 +795,7 @@ impl Model<'_> {
             BodyEnd::Returned(r) => {
                 let fails = match &r {
                     Ok(()) => local_ro,
-                    Err(e) => local_ro || rolls_back(scope.rule, e),
+                    Err(e) => local_ro || rolls_back(at.scope.rule, e),
                 };
                 if fails {
                     self.units[unit].marked = true;
@@ -802,15 +808,7 @@ impl Model<'_> {
         }
     }
 
-    fn savepoint(
-        &mut self,
-        ctx: &Ctx,
-        scope: &Scope,
-        tag: &str,
-        attempt: u32,
-        tx: TxId,
-        parent: UnitId,
-    ) -> Flow {
+    fn savepoint(&mut self, ctx: &Ctx, at: Attempt, tx: TxId, parent: UnitId) -> Flow {
         if self.backend == Backend::Postgres
             && self.txs[tx].aborted.is_some()
             && self.ch.choose(2) == 0
@@ -832,7 +830,7 @@ impl Model<'_> {
         }
         let unit = self.new_unit(tx, Some(parent));
         let inner = ctx.in_unit(tx, unit);
-        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
+        let (end, local_ro) = self.body(&inner, at);
         let (rows, hooks) = self.take_unit(unit);
         let mut marked = self.units[unit].marked;
         if marked && self.lenient_nested_mark && self.marked_above(parent) && self.ch.choose(2) == 1
@@ -856,7 +854,7 @@ impl Model<'_> {
             }
             BodyEnd::Panic => true,
             BodyEnd::Returned(Ok(())) => local_ro || marked,
-            BodyEnd::Returned(Err(e)) => local_ro || marked || rolls_back(scope.rule, e),
+            BodyEnd::Returned(Err(e)) => local_ro || marked || rolls_back(at.scope.rule, e),
         };
         if rollback {
             let hooks = self.sorted(hooks);
@@ -895,9 +893,9 @@ impl Model<'_> {
         }
     }
 
-    fn new_transaction(&mut self, ctx: &Ctx, scope: &Scope, tag: &str, attempt: u32) -> Flow {
+    fn new_transaction(&mut self, ctx: &Ctx, at: Attempt) -> Flow {
         let (tx, unit) = self.new_tx();
-        let flow = self.new_transaction_in(ctx, scope, tag, attempt, tx, unit);
+        let flow = self.new_transaction_in(ctx, at, tx, unit);
         self.last_tx = Some(tx);
         // Rolled back after a participant's retryable failure made it rollback-only.
         self.doomed_by_retryable =
@@ -905,21 +903,14 @@ impl Model<'_> {
         flow
     }
 
-    fn new_transaction_in(
-        &mut self,
-        ctx: &Ctx,
-        scope: &Scope,
-        tag: &str,
-        attempt: u32,
-        tx: TxId,
-        unit: UnitId,
-    ) -> Flow {
+    fn new_transaction_in(&mut self, ctx: &Ctx, at: Attempt, tx: TxId, unit: UnitId) -> Flow {
+        let Attempt { scope, tag, .. } = at;
         let mut inner = ctx.in_unit(tx, unit);
         let short = scope.deadline == Some(Deadline::Short);
         if short {
             inner.short = Some(tag.to_owned());
         }
-        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
+        let (end, local_ro) = self.body(&inner, at);
         let spun = self.spun.remove(tag);
         let r = match end {
             BodyEnd::Cut(Cut::Deadline(t)) if t == tag => {
@@ -981,7 +972,7 @@ impl Model<'_> {
         self.commit_phase(&inner, &after, hooks, owner, rows, r)
     }
 
-    fn without_transaction(&mut self, ctx: &Ctx, scope: &Scope, tag: &str, attempt: u32) -> Flow {
+    fn without_transaction(&mut self, ctx: &Ctx, at: Attempt) -> Flow {
         let (list, owner) = match ctx.hooks {
             HookTarget::List(l) => (l, false),
             _ => {
@@ -991,7 +982,7 @@ impl Model<'_> {
         };
         let mut inner = ctx.clone();
         inner.hooks = HookTarget::List(list);
-        let (end, local_ro) = self.body(&inner, scope, tag, attempt);
+        let (end, local_ro) = self.body(&inner, at);
         if !owner {
             return match end {
                 BodyEnd::Cut(c) => Flow::Cut(c),
@@ -1016,7 +1007,7 @@ impl Model<'_> {
         };
         let failed = match &r {
             Ok(()) => local_ro,
-            Err(e) => local_ro || rolls_back(scope.rule, e),
+            Err(e) => local_ro || rolls_back(at.scope.rule, e),
         };
         if failed {
             if let Some(cut) = self.rollback_hooks(&inner, &hooks) {
