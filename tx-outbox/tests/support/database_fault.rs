@@ -22,6 +22,16 @@ enum Outcome {
     Unknown,
 }
 
+impl Outcome {
+    fn of(r: Result<(), TxError>) -> Outcome {
+        match r {
+            Ok(()) => Outcome::Committed,
+            Err(TxError::CommitOutcomeUnknown(_)) => Outcome::Unknown,
+            Err(_) => Outcome::Failed,
+        }
+    }
+}
+
 /// Runs the scenario on `db`, with `fault` injected half a second in.
 pub async fn relay_through<F, Fut>(db: PgTxPool, fault: F)
 where
@@ -94,18 +104,34 @@ where
                         }
                     })
                     .await;
-                let outcome = match r {
-                    Ok(()) => Outcome::Committed,
-                    Err(TxError::CommitOutcomeUnknown(_)) => Outcome::Unknown,
-                    Err(_) => Outcome::Failed,
-                };
-                outcomes.lock().unwrap().push((n, outcome));
+                outcomes.lock().unwrap().push((n, Outcome::of(r)));
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
+    // One more transaction, held open across the fault, so that the fault surely lands inside
+    // one: the publisher's are open most of the time, not always, and a fault between two of
+    // them fails nothing (the pool waits for the server to come back).
+    let (held_open, opened) = tokio::sync::oneshot::channel();
+    let held = {
+        let (db, outbox, outcomes) = (db.clone(), outbox.clone(), outcomes.clone());
+        tokio::spawn(async move {
+            let r: Result<(), TxError> = TransactionTemplate::new(db.clone())
+                .execute(|_| async move {
+                    outbox
+                        .publish(Message::new("n", b"-1".to_vec()).key("held"))
+                        .await?;
+                    let _ = held_open.send(());
+                    sqlx::query("SELECT pg_sleep(30)").execute(&db).await?;
+                    Ok(())
+                })
+                .await;
+            outcomes.lock().unwrap().push((-1, Outcome::of(r)));
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    opened.await.expect("the held transaction opened");
     fault().await;
     // Run on past the restart, until some transactions committed after it.
     let before = outcomes.lock().unwrap().len();
@@ -126,6 +152,7 @@ where
     .await;
     let _ = stop_publisher.send(true);
     publisher.await.unwrap();
+    held.await.unwrap();
     let outcomes = outcomes.lock().unwrap().clone();
     let committed: Vec<i64> = outcomes
         .iter()
