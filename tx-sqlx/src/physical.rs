@@ -331,9 +331,8 @@ impl<DB: Backend> SqlxTransaction<DB> {
 
     async fn savepoint(&mut self, op: SavepointOp, name: &str) -> Result<(), TxError> {
         let fixed = op.fixed_sql(name);
-        if fixed.is_none()
-            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        {
+        // 63: PostgreSQL's identifier limit, the shortest of the three databases'.
+        if fixed.is_none() && !crate::sql_text::is_plain_identifier(name, 63) {
             return Err(TxError::database(
                 Operation::Savepoint,
                 false,
