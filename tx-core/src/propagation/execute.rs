@@ -84,23 +84,3 @@ where
         (Finish::Keep, None) => unreachable!("a body that returned nothing is never kept"),
     }
 }
-
-/// [`run`], in the shape test transactions call it.
-#[cfg(feature = "testing")]
-pub(crate) async fn execute<T, E, F, Fut, R>(
-    manager: ManagerRef<'_>,
-    definition: &TransactionDefinition,
-    rollback_on: R,
-    body: F,
-) -> (Result<T, E>, RunInfo)
-where
-    E: From<TxError>,
-    F: FnOnce(TransactionStatus) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    R: Fn(&E) -> bool,
-{
-    (
-        run(manager, definition, rollback_on, body, None).await,
-        RunInfo::default(),
-    )
-}

@@ -23,8 +23,6 @@ mod test_redirect;
 mod trace;
 mod without;
 
-#[cfg(feature = "testing")]
-pub(crate) use execute::execute;
 pub(crate) use execute::run;
 pub use manager_ref::ManagerRef;
 pub(crate) use outcome::RunInfo;

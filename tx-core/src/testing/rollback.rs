@@ -99,7 +99,12 @@ where
         status.set_rollback_only();
         in_test_transaction(key, root, body()).await
     };
-    let (result, _) =
-        propagation::execute(ManagerRef::Borrowed(manager), &definition, |_| true, scoped).await;
-    result
+    propagation::run(
+        ManagerRef::Borrowed(manager),
+        &definition,
+        |_| true,
+        scoped,
+        None,
+    )
+    .await
 }
