@@ -38,20 +38,11 @@ impl From<SagaId> for Arg {
 
 /// `?` as `$1, $2, ..` for PostgreSQL.
 fn render(sql: &str, numbered: bool) -> String {
-    if !numbered {
-        return sql.to_owned();
+    if numbered {
+        tx_sqlx::sql_text::numbered_placeholders(sql)
+    } else {
+        sql.to_owned()
     }
-    let mut n = 0;
-    let mut out = String::new();
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The test's view of a backend: run a statement through `&db` (joining the task's
