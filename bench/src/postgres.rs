@@ -4,26 +4,15 @@ use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tx_sqlx::PgTxPool;
 
-use crate::workload::{Dialect, run_script};
+use crate::workload::{Dialect, Statements, Writers, run_script, schema};
 
 crate::place_order_workload!(PgPool, PgTxPool, DIALECT);
 
 /// The workload's SQL on PostgreSQL.
-pub const DIALECT: Dialect = Dialect {
-    deduct: "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1",
-    create: "INSERT INTO orders (user_id, product_id, qty) VALUES ($1, $2, 1) RETURNING id",
-    charge: "UPDATE users SET balance = balance - 100 WHERE id = $1 AND balance >= 100",
-    audit: "INSERT INTO audit (note) VALUES ($1)",
-    audited: "SELECT count(*) FROM audit",
-    schema: [
-        "CREATE TABLE products (id int PRIMARY KEY, stock bigint NOT NULL CHECK (stock >= 0))",
-        "CREATE TABLE users (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))",
-        "CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, product_id int NOT NULL, qty int NOT NULL)",
-        "CREATE TABLE audit (id bigserial PRIMARY KEY, note text NOT NULL)",
-    ],
-    hand_begin: None,
-    audit_inside: true,
-};
+pub const DIALECT: Dialect = Dialect::new(Statements::NUMBERED, SCHEMA, Writers::Many);
+
+/// The tables in its types.
+const SCHEMA: [&str; 4] = schema!("int", "bigint", "bigserial PRIMARY KEY", "text");
 
 /// Creates the schema `schema` afresh (tables filled and vacuumed) and returns a pool whose
 /// connections use it (as their `search_path`, a startup parameter: no statement is sent).

@@ -9,32 +9,15 @@ use sqlx::sqlite::{
 };
 use tx_sqlx::SqliteTxPool;
 
-use crate::postgres;
-use crate::workload::{Dialect, run_script};
+use crate::workload::{Dialect, Statements, Writers, run_script, schema};
 
 crate::place_order_workload!(SqlitePool, SqliteTxPool, DIALECT);
 
-/// The workload's SQL on SQLite. One writer at a time: the audit's transaction runs right
-/// after the order's commits (tx refuses a `RequiresNew` writer inside a writer transaction,
-/// and hand-written sqlx would wait for the write lock its own outer transaction holds).
-/// Hand-written sqlx begins with `BEGIN IMMEDIATE`, as tx does for writers: a deferred
-/// writer fails with `SQLITE_BUSY` when another writer committed since its first read.
-pub const DIALECT: Dialect = Dialect {
-    // SQLite takes PostgreSQL's `$N` parameters and `RETURNING`.
-    deduct: postgres::DIALECT.deduct,
-    create: postgres::DIALECT.create,
-    charge: postgres::DIALECT.charge,
-    audit: postgres::DIALECT.audit,
-    audited: postgres::DIALECT.audited,
-    schema: [
-        "CREATE TABLE products (id INTEGER PRIMARY KEY, stock INTEGER NOT NULL CHECK (stock >= 0))",
-        "CREATE TABLE users (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))",
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, product_id INTEGER NOT NULL, qty INTEGER NOT NULL)",
-        "CREATE TABLE audit (id INTEGER PRIMARY KEY, note TEXT NOT NULL)",
-    ],
-    hand_begin: Some("BEGIN IMMEDIATE"),
-    audit_inside: false,
-};
+/// The workload's SQL on SQLite (which takes PostgreSQL's `$N` parameters and `RETURNING`).
+pub const DIALECT: Dialect = Dialect::new(Statements::NUMBERED, SCHEMA, Writers::One);
+
+/// The tables in its types.
+const SCHEMA: [&str; 4] = schema!("INTEGER", "INTEGER", "INTEGER PRIMARY KEY", "TEXT");
 
 /// The connect options of the bench's database file `path` (WAL, `synchronous = NORMAL`, a
 /// busy timeout so writers queue for the write lock).

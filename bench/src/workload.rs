@@ -78,29 +78,148 @@ pub trait Peer: Clone + Send + Sync + 'static {
     fn committed(&self) -> u64;
 }
 
-/// The SQL a backend runs: the four statements of a unit, the schema and its seed data.
-pub struct Dialect {
-    /// Step 1: deduct stock of product `$1`.
+/// The statements of a unit, in one backend's parameter syntax.
+#[derive(Clone, Copy)]
+pub struct Statements {
+    /// Step 1: take one from the stock of the product given as the first parameter.
     pub deduct: &'static str,
-    /// Step 2: create the order of user `$1` for product `$2`, returning its id.
+    /// Step 2: create the order of the user (first parameter) for the product (second),
+    /// returning its id.
     pub create: &'static str,
-    /// Step 3: charge user `$1`.
+    /// Step 3: charge the user given as the first parameter.
     pub charge: &'static str,
-    /// Step 4: the audit row (`$1` = its note).
+    /// Step 4: the audit row (the first parameter is its note).
     pub audit: &'static str,
     /// The read-only report: `SELECT count(*) FROM audit`.
     pub audited: &'static str,
+}
+
+/// The statements written once, spelled with parameter markers `$p1` and `$p2`.
+macro_rules! statements {
+    ($p1:literal, $p2:literal) => {
+        Statements {
+            deduct: concat!(
+                "UPDATE products SET stock = stock - 1 WHERE id = ",
+                $p1,
+                " AND stock >= 1"
+            ),
+            create: concat!(
+                "INSERT INTO orders (user_id, product_id, qty) VALUES (",
+                $p1,
+                ", ",
+                $p2,
+                ", 1) ",
+                "RETURNING id"
+            ),
+            charge: concat!(
+                "UPDATE users SET balance = balance - 100 WHERE id = ",
+                $p1,
+                " AND balance >= 100"
+            ),
+            audit: concat!("INSERT INTO audit (note) VALUES (", $p1, ")"),
+            audited: "SELECT count(*) FROM audit",
+        }
+    };
+}
+
+impl Statements {
+    /// With numbered parameters (`$1`, `$2`): PostgreSQL and SQLite.
+    pub const NUMBERED: Statements = statements!("$1", "$2");
+    /// With `?` parameters: MySQL/MariaDB (`INSERT .. RETURNING` is MariaDB's, from 10.5).
+    pub const QUESTION_MARKS: Statements = statements!("?", "?");
+}
+
+/// The `CREATE TABLE` statements of `products`, `users`, `orders` and `audit`, written once:
+/// `$int` and `$big` are a backend's 32- and 64-bit integer types, `$key` its auto-numbered
+/// primary key, `$text` its text type.
+macro_rules! schema {
+    ($int:literal, $big:literal, $key:literal, $text:literal) => {
+        [
+            concat!(
+                "CREATE TABLE products (id ",
+                $int,
+                " PRIMARY KEY, stock ",
+                $big,
+                " NOT NULL CHECK (stock >= 0))"
+            ),
+            concat!(
+                "CREATE TABLE users (id ",
+                $int,
+                " PRIMARY KEY, balance ",
+                $big,
+                " NOT NULL CHECK (balance >= 0))"
+            ),
+            concat!(
+                "CREATE TABLE orders (id ",
+                $key,
+                ", user_id ",
+                $int,
+                " NOT NULL, product_id ",
+                $int,
+                " NOT NULL, qty ",
+                $int,
+                " NOT NULL)"
+            ),
+            concat!(
+                "CREATE TABLE audit (id ",
+                $key,
+                ", note ",
+                $text,
+                " NOT NULL)"
+            ),
+        ]
+    };
+}
+pub(crate) use schema;
+
+/// How many transactions may write at once on a backend.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Writers {
+    /// Any number (row locks): the audit's own transaction runs while the order's is open, and
+    /// hand-written sqlx begins with sqlx's own `BEGIN`.
+    Many,
+    /// One at a time (SQLite's database lock). The audit's transaction runs right after the
+    /// order's commits: tx refuses a `RequiresNew` writer inside a writer transaction, and
+    /// hand-written sqlx would wait for the write lock its own outer transaction holds.
+    /// Hand-written sqlx begins with `BEGIN IMMEDIATE`, as tx does for writers: a deferred
+    /// writer fails with `SQLITE_BUSY` when another writer committed since its first read.
+    One,
+}
+
+/// The SQL a backend runs: the four statements of a unit, the schema and its seed data.
+pub struct Dialect {
+    /// The unit's statements.
+    pub statements: Statements,
     /// `CREATE TABLE` statements for `products`, `users`, `orders`, `audit`.
     pub schema: [&'static str; 4],
-    /// The statement hand-written sqlx begins its transactions with (`None`: sqlx's own
-    /// `BEGIN`); tx picks its own per backend.
-    pub hand_begin: Option<&'static str>,
-    /// Whether the audit's own transaction may run while the order's is open (SQLite has one
-    /// writer at a time: there the audit transaction runs right after the order commits).
-    pub audit_inside: bool,
+    /// Whether writers queue for one lock.
+    pub writers: Writers,
 }
 
 impl Dialect {
+    /// The dialect of a backend with these statements, tables and writers.
+    pub const fn new(statements: Statements, schema: [&'static str; 4], writers: Writers) -> Self {
+        Dialect {
+            statements,
+            schema,
+            writers,
+        }
+    }
+
+    /// The statement hand-written sqlx begins its transactions with (`None`: sqlx's own
+    /// `BEGIN`); tx picks its own per backend.
+    pub const fn hand_begin(&self) -> Option<&'static str> {
+        match self.writers {
+            Writers::Many => None,
+            Writers::One => Some("BEGIN IMMEDIATE"),
+        }
+    }
+
+    /// Whether the audit's own transaction runs while the order's is open.
+    pub const fn audit_inside(&self) -> bool {
+        matches!(self.writers, Writers::Many)
+    }
+
     /// `prelude`, then the statements that create the tables and fill `products` and
     /// `users` (a `VALUES` list every backend accepts).
     pub fn setup_sql(&self, prelude: &str) -> String {
@@ -152,7 +271,9 @@ macro_rules! place_order_workload {
 
         use $crate::workload::{BenchError, Peer, Variant, pick};
 
-        const SQL: $crate::workload::Dialect = $dialect;
+        const SQL: $crate::workload::Statements = $dialect.statements;
+        const HAND_BEGIN: Option<&str> = $dialect.hand_begin();
+        const AUDIT_INSIDE: bool = $dialect.audit_inside();
 
         type Db = <$pool as $crate::workload::PoolDb>::Db;
 
@@ -216,7 +337,7 @@ macro_rules! place_order_workload {
             }
 
             async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
-                match SQL.hand_begin {
+                match HAND_BEGIN {
                     Some(statement) => self.pool.begin_with(statement).await,
                     None => self.pool.begin().await,
                 }
@@ -256,12 +377,12 @@ macro_rules! place_order_workload {
                 } else {
                     update_one(&mut *tx, SQL.charge, u).await?;
                 }
-                if SQL.audit_inside {
+                if AUDIT_INSIDE {
                     self.audit(id).await?;
                 }
                 tx.commit().await?;
                 self.counter.fetch_add(1, Ordering::Relaxed);
-                if !SQL.audit_inside {
+                if !AUDIT_INSIDE {
                     self.audit(id).await?;
                 }
                 Ok(())
@@ -411,7 +532,7 @@ macro_rules! place_order_workload {
                     }
                     id
                 };
-                if SQL.audit_inside {
+                if AUDIT_INSIDE {
                     self.audit.record(id).await?;
                 }
                 let counter = self.counter.clone();
@@ -450,7 +571,7 @@ macro_rules! place_order_workload {
                     return Ok(());
                 }
                 let id = self.place_order(variant).await?;
-                if !SQL.audit_inside {
+                if !AUDIT_INSIDE {
                     self.audit.record(id).await?;
                 }
                 Ok(())

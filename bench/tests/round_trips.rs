@@ -124,7 +124,7 @@ fn statements(e: &Expect, variant: Variant, tx: bool) -> Vec<String> {
     } else {
         (e.hand_begin, "_sqlx_savepoint_1")
     };
-    let sql = &e.dialect;
+    let sql = &e.dialect.statements;
     let mut s: Vec<String> = Vec::new();
     let mut push = |t: &str| s.push(t.to_owned());
     if variant == Variant::Empty {
@@ -145,7 +145,7 @@ fn statements(e: &Expect, variant: Variant, tx: bool) -> Vec<String> {
         push(sql.charge);
     }
     let audit = [begin, sql.audit, "COMMIT"];
-    if sql.audit_inside {
+    if e.dialect.audit_inside() {
         audit.iter().for_each(|t| push(t));
         push("COMMIT");
     } else {
