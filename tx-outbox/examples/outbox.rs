@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tx_outbox::nats::JetStreamSink;
+use tx_outbox::nats::{ConsumeOptions, JetStreamSink};
 use tx_outbox::{Delivery, Inbox, Message, Outbox, Relay};
 use tx_sqlx::{TxError, TxPool, transactional};
 
@@ -193,7 +193,8 @@ macro_rules! shop {
                 let inventory = {
                     let (inbox, handler, mut stop) = (inbox.clone(), shop.reserve(), stop.clone());
                     tokio::spawn(async move {
-                        tx_outbox::nats::consume(&inbox, "inventory", &consumer, Duration::from_millis(100), handler, async move {
+                        let options = ConsumeOptions::default().retry_delay(Duration::from_millis(100));
+                        tx_outbox::nats::consume(&inbox, "inventory", &consumer, options, handler, async move {
                             let _ = stop.wait_for(|s| *s).await;
                         })
                         .await

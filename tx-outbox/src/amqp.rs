@@ -20,11 +20,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
+use crate::handler::Handler;
 use crate::inbox::Inbox;
 use crate::message::{Delivery, Envelope, KEY_HEADER};
 use crate::outbox::OutboxDatabase;
 use crate::sink::{Sink, SinkError};
-use tx_sqlx::TxError;
 
 /// Publishes to an exchange with the message's topic as routing key, `mandatory` (a message
 /// no queue takes is a failed send, not a silent loss), persistent (delivery mode 2).
@@ -216,19 +216,13 @@ pub fn delivery(d: &lapin::message::Delivery) -> Option<Delivery> {
 /// # Cancel safety
 /// Dropping the future mid-message rolls its transaction back and leaves it unacked: the
 /// broker redelivers it when the channel closes.
-pub async fn consume<DB, T, E, F, Fut>(
+pub async fn consume<DB: OutboxDatabase, H: Handler>(
     inbox: &Inbox<DB>,
     name: &str,
     mut consumer: lapin::Consumer,
-    handler: F,
+    handler: H,
     shutdown: impl Future,
-) -> Result<(), lapin::Error>
-where
-    DB: OutboxDatabase,
-    F: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: From<TxError> + std::fmt::Display,
-{
+) -> Result<(), lapin::Error> {
     let mut shutdown = pin!(shutdown);
     loop {
         let next = tokio::select! {
@@ -243,29 +237,21 @@ where
         let Some(d) = delivery(&delivery_msg) else {
             tracing::error!(target: "tx_outbox", routing_key = %delivery_msg.routing_key,
                 "delivery without message_id: cannot de-duplicate it, rejecting it");
-            delivery_msg
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: false,
-                })
-                .await?;
+            delivery_msg.nack(nack(/* requeue: */ false)).await?;
             continue;
         };
-        let id = d.message_id.clone();
-        match inbox.receive(name, &id, || handler(d)).await {
-            Ok(_) => {
-                delivery_msg.ack(BasicAckOptions::default()).await?;
-            }
-            Err(e) => {
-                tracing::debug!(target: "tx_outbox", message_id = %id, error = %e,
-                    "handler failed; nack and requeue");
-                delivery_msg
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await?;
-            }
+        if inbox.handle(name, &handler, d).await {
+            delivery_msg.ack(BasicAckOptions::default()).await?;
+        } else {
+            delivery_msg.nack(nack(/* requeue: */ true)).await?;
         }
+    }
+}
+
+/// A nack of one delivery (not of every unacked one before it).
+fn nack(requeue: bool) -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue,
     }
 }

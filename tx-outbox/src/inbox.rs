@@ -159,6 +159,30 @@ impl<DB: OutboxDatabase> Inbox<DB> {
             .await
     }
 
+    /// Handles `delivery` as `consumer` (see [`receive`](Self::receive)); true when its
+    /// transaction committed or it was a duplicate, i.e. when the broker may be told it is
+    /// done. A failure is logged: the consumer hands the message back for redelivery.
+    #[cfg(any(feature = "nats", feature = "amqp"))]
+    pub(crate) async fn handle<H: crate::Handler>(
+        &self,
+        consumer: &str,
+        handler: &H,
+        delivery: crate::Delivery,
+    ) -> bool {
+        let id = delivery.message_id.clone();
+        match self
+            .receive(consumer, &id, || handler.handle(delivery))
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(target: "tx_outbox", message_id = %id, error = %e,
+                    "handler failed; the broker redelivers the message");
+                false
+            }
+        }
+    }
+
     /// Forgets records older than `older_than` (keep them longer than any redelivery can
     /// take); returns how many.
     ///

@@ -129,11 +129,14 @@
 //!
 //! ## Features
 //!
-//! * `nats`: `nats::JetStreamSink` and `nats::consume` / `nats::consume_in_lanes` (a durable
-//!   pull consumer through the inbox, one key at a time or several), on `async-nats`; and the
+//! * `nats`: `nats::JetStreamSink` and `nats::consume` (a durable pull consumer through the
+//!   inbox, one key at a time or several: `nats::ConsumeOptions`), on `async-nats`; and the
 //!   `tx-outbox-relay` binary, a standalone relay process configured by environment variables.
 //! * `amqp`: `amqp::AmqpSink` (publisher confirms, persistent messages) and
 //!   `amqp::consume`, on `lapin`.
+//!
+//! Both consumers run a [`Handler`] for each message: any `Fn(Delivery) -> impl Future`
+//! whose error is `From<TxError>` and `Display`.
 //! * `metrics`: relay counters and the publish-to-acknowledgement lag through the `metrics`
 //!   facade (`tx_outbox_delivered_total`, `tx_outbox_send_failures_total`,
 //!   `tx_outbox_parked_total`, `tx_outbox_lag_seconds`).
@@ -143,6 +146,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod handler;
 mod inbox;
 mod message;
 #[cfg(feature = "metrics")]
@@ -157,6 +161,7 @@ pub mod amqp;
 #[cfg(feature = "nats")]
 pub mod nats;
 
+pub use handler::Handler;
 pub use inbox::{Inbox, Received};
 pub use message::{
     Delivery, Envelope, InvalidMessageId, KEY_HEADER, MAX_NAME_LEN, Message, MessageId,

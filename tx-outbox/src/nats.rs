@@ -16,11 +16,11 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 
+use crate::handler::Handler;
 use crate::inbox::Inbox;
 use crate::message::{Delivery, Envelope, KEY_HEADER};
 use crate::outbox::OutboxDatabase;
 use crate::sink::{Sink, SinkError};
-use tx_sqlx::TxError;
 
 /// The header JetStream de-duplicates on.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -185,15 +185,98 @@ pub fn delivery(msg: &jetstream::Message) -> Option<Delivery> {
     })
 }
 
+/// How [`consume`] handles messages: how soon a failed message comes back, and how many
+/// keys are handled at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use tx_outbox::nats::ConsumeOptions;
+///
+/// let options = ConsumeOptions::default().retry_delay(Duration::from_millis(200)).lanes(4);
+/// assert_eq!(options.get_lanes(), 4);
+/// assert_eq!(ConsumeOptions::default().get_lanes(), 1);
+/// assert_eq!(ConsumeOptions::default().get_retry_delay(), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    retry_delay: Duration,
+    lanes: usize,
+}
+
+impl Default for ConsumeOptions {
+    /// A failed message comes back after 1 s; one message at a time.
+    fn default() -> Self {
+        ConsumeOptions {
+            retry_delay: Duration::from_secs(1),
+            lanes: 1,
+        }
+    }
+}
+
+impl ConsumeOptions {
+    /// A failed handler's message is nak'ed and redelivered after `delay`.
+    #[must_use]
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Spreads messages over `lanes` concurrent lanes by key (0 counts as 1): messages of one
+    /// key go to one lane and are handled one after another, in stream order, so per-key
+    /// order is kept while different keys are handled at once (each lane holds a database
+    /// connection while it handles a message). Messages without a key go round-robin.
+    #[must_use]
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
+    /// The delay set by [`retry_delay`](Self::retry_delay).
+    #[must_use]
+    pub fn get_retry_delay(&self) -> Duration {
+        self.retry_delay
+    }
+
+    /// The lanes set by [`lanes`](Self::lanes).
+    #[must_use]
+    pub fn get_lanes(&self) -> usize {
+        self.lanes
+    }
+}
+
 /// Consumes `consumer` until `shutdown` completes: each message is handled through
 /// `inbox.receive(name, id, ..)` and acked only after that transaction committed (a
 /// duplicate is acked without running `handler`); a failed handler's message is nak'ed and
-/// redelivered after `retry_delay`. A message without `Nats-Msg-Id` cannot be de-duplicated:
-/// it is terminated (never redelivered) and logged. One message at a time: see
-/// [`consume_in_lanes`] to handle several keys at once.
+/// redelivered after the options' [`retry_delay`](ConsumeOptions::retry_delay). A message
+/// without `Nats-Msg-Id` cannot be de-duplicated: it is terminated (never redelivered) and
+/// logged. One message at a time, or one per [lane](ConsumeOptions::lanes) with messages of
+/// one key kept in one lane.
 ///
 /// Order: JetStream delivers in stream order; a nak'ed message comes back after later ones
 /// unless the consumer has `max_ack_pending = 1`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tx_outbox::nats::{ConsumeOptions, consume, durable_pull_consumer};
+/// use tx_outbox::{Delivery, Inbox};
+/// use tx_sqlx::{PgTxPool, TxError};
+///
+/// # async fn run(db: PgTxPool, js: async_nats::jetstream::Context) -> Result<(), async_nats::Error> {
+/// let consumer = durable_pull_consumer(&js, "ORDERS", "inventory", "", Duration::from_secs(30)).await?;
+/// let handler = |d: Delivery| {
+///     let db = db.clone();
+///     async move {
+///         sqlx::query("insert into reservations (message_id) values ($1)")
+///             .bind(d.message_id)
+///             .execute(&db)
+///             .await?;
+///         Ok::<_, TxError>(())
+///     }
+/// };
+/// let options = ConsumeOptions::default().lanes(4);
+/// consume(&Inbox::new(db.clone()), "inventory", &consumer, options, handler, tokio::signal::ctrl_c()).await?;
+/// # Ok(()) }
+/// ```
 ///
 /// # Errors
 /// The consumer's message stream cannot be opened. Later stream errors (a reconnect) are
@@ -202,49 +285,15 @@ pub fn delivery(msg: &jetstream::Message) -> Option<Delivery> {
 /// # Cancel safety
 /// Dropping the future mid-message rolls its transaction back and leaves it unacked: it is
 /// redelivered after `ack_wait`.
-pub async fn consume<DB, T, E, F, Fut>(
+pub async fn consume<DB: OutboxDatabase, H: Handler>(
     inbox: &Inbox<DB>,
     name: &str,
     consumer: &PullConsumer,
-    retry_delay: Duration,
-    handler: F,
+    options: ConsumeOptions,
+    handler: H,
     shutdown: impl Future,
-) -> Result<(), async_nats::Error>
-where
-    DB: OutboxDatabase,
-    F: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: From<TxError> + std::fmt::Display,
-{
-    consume_in_lanes(inbox, name, consumer, retry_delay, 1, handler, shutdown).await
-}
-
-/// [`consume`], with messages spread over `lanes` concurrent lanes by key: messages of one
-/// key go to one lane and are handled one after another, in stream order, so per-key order
-/// is kept while different keys are handled at once (each lane holds a database connection
-/// while it handles a message). Messages without a key go round-robin.
-///
-/// # Errors
-/// As [`consume`].
-///
-/// # Cancel safety
-/// As [`consume`]: unacked messages are redelivered.
-pub async fn consume_in_lanes<DB, T, E, F, Fut>(
-    inbox: &Inbox<DB>,
-    name: &str,
-    consumer: &PullConsumer,
-    retry_delay: Duration,
-    lanes: usize,
-    handler: F,
-    shutdown: impl Future,
-) -> Result<(), async_nats::Error>
-where
-    DB: OutboxDatabase,
-    F: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: From<TxError> + std::fmt::Display,
-{
-    let lanes = lanes.max(1);
+) -> Result<(), async_nats::Error> {
+    let ConsumeOptions { retry_delay, lanes } = options;
     let mut shutdown = pin!(shutdown);
     let mut messages = consumer.messages().await?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
@@ -302,30 +351,20 @@ where
     result
 }
 
-async fn handle_one<DB, T, E, F, Fut>(
+async fn handle_one<DB: OutboxDatabase, H: Handler>(
     inbox: &Inbox<DB>,
     name: &str,
     retry_delay: Duration,
-    handler: &F,
+    handler: &H,
     msg: jetstream::Message,
     d: Delivery,
-) where
-    DB: OutboxDatabase,
-    F: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: From<TxError> + std::fmt::Display,
-{
-    let id = d.message_id.clone();
-    match inbox.receive(name, &id, || handler(d)).await {
-        Ok(_) => {
-            if let Err(e) = msg.ack().await {
-                // The transaction committed: a redelivery is a duplicate.
-                tracing::debug!(target: "tx_outbox", error = %e, "ack failed");
-            }
+) {
+    if inbox.handle(name, handler, d).await {
+        if let Err(e) = msg.ack().await {
+            // The transaction committed: a redelivery is a duplicate.
+            tracing::debug!(target: "tx_outbox", error = %e, "ack failed");
         }
-        Err(e) => {
-            tracing::debug!(target: "tx_outbox", message_id = %id, error = %e, "handler failed; nak");
-            let _ = msg.ack_with(AckKind::Nak(Some(retry_delay))).await;
-        }
+    } else {
+        let _ = msg.ack_with(AckKind::Nak(Some(retry_delay))).await;
     }
 }

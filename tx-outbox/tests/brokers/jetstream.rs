@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::StorageType;
 use tx_outbox::Delivery;
+use tx_outbox::nats::ConsumeOptions;
 
 use crate::faults::{Flaky, Slow};
 use crate::fixtures::{
@@ -50,17 +51,12 @@ impl Js {
         let stream = self.stream.clone();
         let consumer = Running::spawn(|stopped| async move {
             let consumer = stream.consumer("inventory", Duration::from_secs(5)).await;
-            tx_outbox::nats::consume_in_lanes(
-                &inbox,
-                "inventory",
-                &consumer,
-                Duration::from_millis(10),
-                lanes,
-                handler,
-                stopped,
-            )
-            .await
-            .unwrap();
+            let options = ConsumeOptions::default()
+                .retry_delay(Duration::from_millis(10))
+                .lanes(lanes);
+            tx_outbox::nats::consume(&inbox, "inventory", &consumer, options, handler, stopped)
+                .await
+                .unwrap();
         });
         (consumer, order)
     }

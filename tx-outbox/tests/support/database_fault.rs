@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::StorageType;
 use tokio::sync::watch;
+use tx_outbox::nats::ConsumeOptions;
 use tx_outbox::{Delivery, Message, Relay};
 use tx_sqlx::{PgTxPool, TransactionTemplate, TxError};
 
@@ -70,8 +71,8 @@ where
                     Ok::<_, TxError>(())
                 }
             };
-            let retry_delay = Duration::from_millis(50);
-            tx_outbox::nats::consume(&inbox, "c", &consumer, retry_delay, handler, stopped)
+            let options = ConsumeOptions::default().retry_delay(Duration::from_millis(50));
+            tx_outbox::nats::consume(&inbox, "c", &consumer, options, handler, stopped)
                 .await
                 .unwrap();
         })
