@@ -36,11 +36,7 @@ pub enum BankError {
     Unexpected(String),
 }
 
-impl From<sqlx::Error> for BankError {
-    fn from(e: sqlx::Error) -> Self {
-        BankError::Tx(e.into())
-    }
-}
+crate::from_sqlx_through_tx!(BankError);
 
 /// The store's refusals: a short balance is the bank's own failure, anything else a surprise.
 impl From<ShopError> for BankError {

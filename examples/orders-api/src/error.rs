@@ -34,12 +34,8 @@ impl From<TxError> for ApiError {
     }
 }
 
-/// The database's errors, through `TxError` as the shop's: a timeout stays a timeout.
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::Shop(e.into())
-    }
-}
+// The database's errors, through `TxError` as the shop's: a timeout stays a timeout.
+tx_examples::from_sqlx_through_tx!(ApiError);
 
 impl ApiError {
     /// The status this error is answered with.

@@ -8,9 +8,10 @@ use tx_sqlx::TxError;
 ///
 /// Business failures are variants of their own, so rollback rules can name them
 /// (`no_rollback_for = ShopError::RiskRejected { .. }`). The engine's and the database's
-/// errors arrive as [`ShopError::Tx`], also when `?` is used on a sqlx call: the
-/// `From<sqlx::Error>` below goes through `TxError`, so a statement cut by the deadline is
-/// `TxError::Timeout` and a serialization failure stays `is_retryable()`.
+/// errors arrive as [`ShopError::Tx`], also when `?` is used on a sqlx call: its
+/// `From<sqlx::Error>` ([`from_sqlx_through_tx!`](crate::from_sqlx_through_tx)) goes through
+/// `TxError`, so a statement cut by the deadline is `TxError::Timeout` and a serialization
+/// failure stays `is_retryable()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     /// Not enough stock for the quantity asked.
@@ -64,11 +65,33 @@ pub enum ShopError {
     Tx(#[from] TxError),
 }
 
-impl From<sqlx::Error> for ShopError {
-    fn from(e: sqlx::Error) -> Self {
-        ShopError::Tx(e.into())
-    }
+/// `impl From<sqlx::Error> for $error`, through `TxError`'s conversion: the README's error
+/// pattern, for an error type that converts from `TxError` (a `Tx(#[from] TxError)` variant,
+/// or its own `From<TxError>`). A statement cut by the deadline then arrives as
+/// `TxError::Timeout`, a serialization failure stays `is_retryable()`. Every error type of the
+/// examples converts this way; an application writes the impl out:
+///
+/// ```
+/// # #[derive(Debug, thiserror::Error)]
+/// # enum AppError { #[error(transparent)] Tx(#[from] tx_sqlx::TxError) }
+/// impl From<sqlx::Error> for AppError {
+///     fn from(e: sqlx::Error) -> Self {
+///         AppError::Tx(e.into())
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! from_sqlx_through_tx {
+    ($error:ty) => {
+        impl From<::sqlx::Error> for $error {
+            fn from(e: ::sqlx::Error) -> Self {
+                ::tx_sqlx::TxError::from(e).into()
+            }
+        }
+    };
 }
+
+crate::from_sqlx_through_tx!(ShopError);
 
 impl ShopError {
     /// True for [`TxError::UnexpectedRollback`].

@@ -32,16 +32,20 @@
 //! # Ok(()) }
 //! ```
 
-/// A backend module of the shop: which backend it is, its pool type, auto-increment key and
-/// placeholder style; then the store, services, queries and cases compiled for it, and what
-/// the module exports.
+/// A backend module of the shop: which backend it is (a [`Backend`] variant, named as sqlx
+/// names the database), its auto-increment key and placeholder style; then the store,
+/// services, queries and cases compiled for it, and what the module exports. On a server,
+/// also `connect` and the function that drops the shop's namespace.
 macro_rules! shop_backend {
-    ($backend:ident, $pool:ty, $id_column:literal, $placeholders:ident) => {
+    ($backend:ident, $id_column:literal, $placeholders:ident) => {
         /// The backend the shop runs on in this module.
         const BACKEND: $crate::shop::Backend = $crate::shop::Backend::$backend;
 
+        /// The database of this module's pool, as sqlx names it.
+        type Database = sqlx::$backend;
+
         $crate::backend_module! {
-            pool: $pool,
+            pool: tx_sqlx::TxPool<Database>,
             id_column: $id_column,
             placeholders: $placeholders,
             include: {
@@ -58,6 +62,42 @@ macro_rules! shop_backend {
         pub use queries::{Queries, create_schema};
         pub use services::*;
         pub use store::AuditService;
+    };
+    // A server backend: the shop in a namespace of its own (`$namespace`: a PostgreSQL schema,
+    // a MariaDB database), and `$drop`, which removes it.
+    (
+        $backend:ident, $id_column:literal, $placeholders:ident,
+        server: $namespace:literal, $drop:ident
+    ) => {
+        $crate::shop::shop_backend!($backend, $id_column, $placeholders);
+
+        #[doc = concat!("The shop at `url`, in the ", $namespace, " `name`, dropped and created anew;")]
+        /// the audit log is another connection of the same pool.
+        ///
+        /// # Errors
+        ///
+        #[doc = concat!("[`ShopError::InvalidNamespace`] for a ", $namespace, " name that is not a plain")]
+        /// identifier; the database's (an unreachable server, a bad URL, ...).
+        pub async fn connect(url: &str, name: &str) -> Result<Shop, ShopError> {
+            let db = $crate::per_backend::fresh_namespace(
+                url,
+                $crate::shop::connect::check_name(name)?,
+                $crate::shop::connect::POOL_SIZE,
+                $crate::shop::connect::ACQUIRE,
+            )
+            .await?;
+            Shop::create(db.clone(), db, false).await
+        }
+
+        #[doc = concat!("Drops the ", $namespace, " [`connect`] created.")]
+        ///
+        /// # Errors
+        ///
+        /// As [`connect`].
+        pub async fn $drop(url: &str, name: &str) -> Result<(), ShopError> {
+            let name = $crate::shop::connect::check_name(name)?;
+            Ok($crate::per_backend::drop_namespace::<Database>(url, name).await?)
+        }
     };
 }
 use shop_backend;

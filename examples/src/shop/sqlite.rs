@@ -7,18 +7,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tx_sqlx::{SqliteTxPool, TxError};
+use tx_sqlx::TxError;
 
 use super::connect::POOL_SIZE;
 use super::error::ShopError;
 use crate::per_backend::sqlite_file_pool;
 
-super::shop_backend!(
-    Sqlite,
-    SqliteTxPool,
-    "id INTEGER PRIMARY KEY AUTOINCREMENT",
-    numbered
-);
+super::shop_backend!(Sqlite, "id INTEGER PRIMARY KEY AUTOINCREMENT", numbered);
 
 /// Opens (creating) the SQLite database `file` in WAL mode.
 async fn pool(file: &Path) -> Result<Db, ShopError> {

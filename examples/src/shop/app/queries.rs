@@ -88,14 +88,9 @@ impl Queries {
     ///
     /// The database's.
     pub async fn orders_of(&self, user_id: i64) -> Result<Vec<Order>, TxError> {
-        let orders = sqlx::query_as(sql(
-            "SELECT id, user_id, product_id, quantity, state, note FROM orders \
-             WHERE user_id = $1 ORDER BY id",
-        ))
-        .bind(user_id)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(orders)
+        let statement = "SELECT id, user_id, product_id, quantity, state, note FROM orders \
+                         WHERE user_id = $1 ORDER BY id";
+        rows(&self.db, statement, user_id).await
     }
 
     /// The audit entries of a user's order attempts (their detail starts with
@@ -105,13 +100,8 @@ impl Queries {
     ///
     /// The database's.
     pub async fn audit_of(&self, user_id: i64) -> Result<Vec<AuditEntry>, TxError> {
-        let entries = sqlx::query_as(sql(
-            "SELECT id, action, detail FROM audit_log WHERE detail LIKE $1 ORDER BY id",
-        ))
-        .bind(format!("user={user_id} %"))
-        .fetch_all(&self.audit_db)
-        .await?;
-        Ok(entries)
+        let statement = "SELECT id, action, detail FROM audit_log WHERE detail LIKE $1 ORDER BY id";
+        rows(&self.audit_db, statement, format!("user={user_id} %")).await
     }
 
     /// The gifts attached to an order.
@@ -120,13 +110,8 @@ impl Queries {
     ///
     /// The database's.
     pub async fn gifts_of(&self, order_id: i64) -> Result<Vec<Gift>, TxError> {
-        let gifts = sqlx::query_as(sql(
-            "SELECT order_id, product_id FROM gift WHERE order_id = $1 ORDER BY id",
-        ))
-        .bind(order_id)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(gifts)
+        let statement = "SELECT order_id, product_id FROM gift WHERE order_id = $1 ORDER BY id";
+        rows(&self.db, statement, order_id).await
     }
 
     /// How many shipments exist for the orders of a product.
@@ -169,4 +154,18 @@ impl Queries {
             .await?;
         Ok(used)
     }
+}
+
+/// The rows `statement` selects with its one parameter `key`, oldest first, in autocommit on
+/// `db`: what the reports' lists read.
+async fn rows<T, K>(db: &Db, statement: &'static str, key: K) -> Result<Vec<T>, TxError>
+where
+    T: for<'r> sqlx::FromRow<'r, <Database as sqlx::Database>::Row> + Send + Unpin,
+    K: for<'q> sqlx::Encode<'q, Database> + sqlx::Type<Database> + Send + 'static,
+{
+    let rows = sqlx::query_as(sql(statement))
+        .bind(key)
+        .fetch_all(db)
+        .await?;
+    Ok(rows)
 }
