@@ -61,9 +61,22 @@ pub(crate) struct Savepoint {
     pub(super) retryable: Option<Retryable>,
 }
 
+/// The names of a transaction's first savepoints, which nearly every transaction stays within:
+/// borrowed, so that a `SAVEPOINT` and its `RELEASE` format no text.
+const FIRST_NAMES: [&str; 9] = [
+    "tx_sp_1", "tx_sp_2", "tx_sp_3", "tx_sp_4", "tx_sp_5", "tx_sp_6", "tx_sp_7", "tx_sp_8",
+    "tx_sp_9",
+];
+
 impl Savepoint {
-    pub(crate) fn name(&self) -> String {
-        format!("tx_sp_{}", self.id)
+    pub(crate) fn name(&self) -> Cow<'static, str> {
+        let first = usize::try_from(self.id)
+            .ok()
+            .and_then(|id| FIRST_NAMES.get(id.checked_sub(1)?));
+        match first {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(format!("tx_sp_{}", self.id)),
+        }
     }
 }
 
@@ -155,4 +168,27 @@ pub(super) fn remove_with_inner(savepoints: &mut Vec<Savepoint>, id: u64) -> boo
     }
     savepoints.retain(|sp| !removed.contains(&sp.id));
     live_inner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Savepoint;
+
+    #[test]
+    fn savepoint_names() {
+        let name = |id| {
+            Savepoint {
+                id,
+                parent: None,
+                scope_name: "s".into(),
+                created: false,
+                abandoned: false,
+                retryable: None,
+            }
+            .name()
+        };
+        for id in [1, 2, 9, 10, 11, 12_345] {
+            assert_eq!(name(id), format!("tx_sp_{id}"));
+        }
+    }
 }
