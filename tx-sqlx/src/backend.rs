@@ -57,8 +57,9 @@ pub trait Backend: ExecRaw {
     const REFUSE_AFTER_ABORT: bool;
 
     /// Whether a failed `BEGIN` statement may leave session state behind (multi-statement
-    /// begins), so the connection must be closed rather than reused.
-    const CLOSE_ON_FAILED_BEGIN: bool;
+    /// begins), so the connection must be closed rather than reused. Closing is the safe
+    /// answer; a backend whose begin is always one statement says `false`.
+    const CLOSE_ON_FAILED_BEGIN: bool = true;
 
     /// Whether a statement failing with this error leaves the whole transaction aborted on
     /// the server (PostgreSQL: any error; MySQL: a deadlock; SQLite: busy, I/O, full, ...).

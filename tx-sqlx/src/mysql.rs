@@ -31,7 +31,6 @@ impl Backend for MySql {
     // After a deadlock the session is no longer in a transaction: further statements would
     // autocommit one by one, so refuse them.
     const REFUSE_AFTER_ABORT: bool = true;
-    const CLOSE_ON_FAILED_BEGIN: bool = true;
 
     fn aborts(err: &sqlx::Error) -> bool {
         error_number(err) == Some(ER_LOCK_DEADLOCK)

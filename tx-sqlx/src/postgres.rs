@@ -16,7 +16,6 @@ impl Backend for Postgres {
     const BACKEND_NAME: &'static str = "postgres";
     // The server itself rejects further statements (SQLSTATE 25P02).
     const REFUSE_AFTER_ABORT: bool = false;
-    const CLOSE_ON_FAILED_BEGIN: bool = true;
 
     /// Any error aborts a PostgreSQL transaction until ROLLBACK (TO SAVEPOINT).
     fn aborts(err: &sqlx::Error) -> bool {
