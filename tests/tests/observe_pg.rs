@@ -10,7 +10,9 @@ use sqlx::AssertSqlSafe;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tx_sqlx::testing::{CapturedEvent, EachCallback, Log, SpanCapture};
-use tx_sqlx::{BoxError, PgTxPool, Propagation, TransactionExecution, TransactionTemplate, TxError};
+use tx_sqlx::{
+    BoxError, PgTxPool, Propagation, TransactionExecution, TransactionTemplate, TxError,
+};
 use tx_tests::reliability::PgBackend;
 
 async fn create_table(prefix: &str) -> String {
@@ -63,7 +65,11 @@ fn record(tx: &TransactionExecution<'_>, callback: &str, told: String) -> Result
         } else {
             ""
         };
-        CALLBACKS.push(format!("{callback} {}{sp} {}{told}", tx.name(), tx.backend()));
+        CALLBACKS.push(format!(
+            "{callback} {}{sp} {}{told}",
+            tx.name(),
+            tx.backend()
+        ));
     }
     Ok(())
 }
@@ -199,7 +205,10 @@ async fn sqlx_statement_events_nest_under_the_span_of_the_scope_that_ran_them() 
     let (order, audit) = (find("observe_pg::place_order"), find("observe_pg::audit"));
     assert_eq!(spans[audit].parent, Some(order));
     for i in [order, audit] {
-        spans[i].assert_fields(&[("db.system", Some("postgresql")), ("outcome", Some("committed"))]);
+        spans[i].assert_fields(&[
+            ("db.system", Some("postgresql")),
+            ("outcome", Some("committed")),
+        ]);
         assert_ne!(spans[i].get("tx_id"), None);
     }
     assert_ne!(spans[order].get("tx_id"), spans[audit].get("tx_id"));

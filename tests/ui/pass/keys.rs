@@ -261,7 +261,7 @@ async fn main() {
     retry_zero().await.unwrap();
     assert_eq!(all_keys(4).await.unwrap(), 4);
     assert_eq!(OTHER.take(), ["BEGIN RepeatableRead", "COMMIT"]);
-    db.take();
+    let _ = db.take();
 
     assert_eq!(generic::<_, TxError>(5u8).await.unwrap(), 5);
     assert_eq!(generic_retry(vec![1, 2]).await.unwrap(), "[1, 2]");
