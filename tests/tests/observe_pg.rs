@@ -80,7 +80,7 @@ async fn listener_sees_a_transaction_with_a_failing_nested_step_then_a_rollback_
     let Some(db) = tx_tests::pg_pool(4).await else {
         return;
     };
-    tx_sqlx::add_transaction_listener(EachCallback(record));
+    tx_sqlx::add_transaction_listener(EachCallback::new(record));
     let table = create_table("observe_listener").await;
 
     let r: Result<(), TxError> = TransactionTemplate::new(db.clone())

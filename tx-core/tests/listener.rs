@@ -85,8 +85,8 @@ fn manager(key: &str) -> RecordingManager {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The faulty listener runs first: the recording one must still be called after it.
-        tx_core::add_transaction_listener(EachCallback(faulty));
-        tx_core::add_transaction_listener(EachCallback(recording));
+        tx_core::add_transaction_listener(EachCallback::new(faulty));
+        tx_core::add_transaction_listener(EachCallback::new(recording));
     });
     let m = RecordingManager::default();
     ROUTES.lock().unwrap().insert(key.to_owned(), m.clone());

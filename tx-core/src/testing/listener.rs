@@ -17,7 +17,7 @@ use crate::observe::{RollbackCause, TransactionExecution, TransactionListener};
 /// use tx_core::{TransactionTemplate, TxError};
 ///
 /// static CALLBACKS: LazyLock<Log> = LazyLock::new(Log::default);
-/// tx_core::add_transaction_listener(EachCallback(|tx, callback, told| {
+/// tx_core::add_transaction_listener(EachCallback::new(|tx, callback, told| {
 ///     if tx.name().starts_with("doc::") {
 ///         CALLBACKS.push(format!("{callback} {}{told}", tx.name()));
 ///     }
@@ -41,7 +41,17 @@ use crate::observe::{RollbackCause, TransactionExecution, TransactionListener};
 /// # }
 /// ```
 #[derive(Clone, Copy, Debug)]
-pub struct EachCallback<F>(pub F);
+pub struct EachCallback<F>(F);
+
+impl<F> EachCallback<F>
+where
+    F: Fn(&TransactionExecution<'_>, &str, String) -> Result<(), BoxError> + Send + Sync + 'static,
+{
+    /// A listener that calls `f` with every callback.
+    pub fn new(f: F) -> EachCallback<F> {
+        EachCallback(f)
+    }
+}
 
 /// Implements every callback as a call of the function with what the callback was told.
 macro_rules! each_callback {
