@@ -41,7 +41,9 @@ pub fn via_port(url: String, port: Option<u16>, no_tls: &str) -> String {
     format!("{scheme}://{user}127.0.0.1:{port}/{path}{sep}{no_tls}")
 }
 
-fn servers_required() -> bool {
+/// Whether the servers the tests need are required (`TX_TEST_REQUIRE_SERVERS=1`): a test that
+/// cannot reach one then fails instead of skipping.
+pub fn servers_required() -> bool {
     std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
 }
 

@@ -38,10 +38,6 @@ const PROMPT: Duration = Duration::from_secs(5);
 // Server control (blocking; run through spawn_blocking, or from the drop guard)
 // ---------------------------------------------------------------------------------------------
 
-fn servers_required() -> bool {
-    std::env::var("TX_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true")
-}
-
 /// The PostgreSQL version whose `main` cluster serves the tests, when this process can
 /// restart both servers; `Err` says why not.
 fn restart_tools() -> Result<String, String> {
@@ -468,7 +464,7 @@ async fn server_restart_during_a_run() {
     let pg_version = match restart_tools() {
         Ok(v) => v,
         Err(why) => {
-            if servers_required() {
+            if tx_tests::servers_required() {
                 panic!(
                     "restarting the test servers is required (TX_TEST_REQUIRE_SERVERS=1) but impossible: {why}"
                 );

@@ -14,13 +14,23 @@
 //! For tests of the engine itself, without a database: [`NoopManager`] (transactions that do
 //! nothing) and [`RecordingManager`] (logs every operation the engine sends). [`Log`] is an
 //! ordered log for the test's own hooks and listeners to write what ran into.
+//!
+//! For tests of what the engine reports: [`EachCallback`] (a listener made of one function),
+//! [`SpanCapture`] (a tracing layer that keeps every span and event) and
+//! [`drop_outside_runtime`] (a call dropped where no runtime is).
 
+mod listener;
 mod log;
 mod noop;
 mod recording;
 mod rollback;
+mod runtime;
+mod spans;
 
+pub use listener::EachCallback;
 pub use log::{Log, OperationLog};
 pub use noop::NoopManager;
 pub use recording::RecordingManager;
 pub use rollback::rollback;
+pub use runtime::{Started, drop_outside_runtime};
+pub use spans::{CapturedEvent, CapturedSpan, SpanCapture};

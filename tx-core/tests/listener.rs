@@ -18,10 +18,8 @@ use futures_util::future::{BoxFuture, FutureExt};
 use support::{
     Phases, RecordingManager, cancel_after, phases_of, stmt_then_wait, strings, t, wait_for_entry,
 };
-use tx_core::{
-    BoxError, Propagation, RollbackCause, TransactionExecution, TransactionListener,
-    TransactionStatus, TxError,
-};
+use tx_core::testing::EachCallback;
+use tx_core::{BoxError, Propagation, TransactionExecution, TransactionStatus, TxError};
 
 /// Test key (first segment of a transaction's name) -> the log its callbacks go to.
 static ROUTES: LazyLock<Mutex<HashMap<String, RecordingManager>>> = LazyLock::new(Default::default);
@@ -46,35 +44,6 @@ fn label(tx: &TransactionExecution<'_>) -> String {
     } else {
         tx.name().to_owned()
     }
-}
-
-/// A listener that hands every callback to one function, with the callback's name and what
-/// it was told (empty, ` failed: {error}`, or ` {cause}`).
-struct Each(fn(&TransactionExecution<'_>, &str, String) -> Result<(), BoxError>);
-
-/// Implements every callback of `Each` as a call of its function with what the callback was
-/// told.
-macro_rules! each_callback {
-    ($($callback:ident($($arg:ident: $ty:ty)?) => $told:expr;)*) => {
-        impl TransactionListener for Each {
-            $(fn $callback(&self, tx: &TransactionExecution<'_> $(, $arg: $ty)?) -> Result<(), BoxError> {
-                self.0(tx, stringify!($callback), $told)
-            })*
-        }
-    };
-}
-
-each_callback! {
-    before_begin() => String::new();
-    after_begin(failure: Option<&TxError>) => failed(failure);
-    before_commit() => String::new();
-    after_commit(failure: Option<&TxError>) => failed(failure);
-    before_rollback() => String::new();
-    after_rollback(cause: RollbackCause) => format!(" {cause}");
-}
-
-fn failed(failure: Option<&TxError>) -> String {
-    failure.map_or_else(String::new, |e| format!(" failed: {e}"))
 }
 
 /// Records every callback as `L <callback> <name>[ <argument>]`, and what `before_begin` was
@@ -116,8 +85,8 @@ fn manager(key: &str) -> RecordingManager {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The faulty listener runs first: the recording one must still be called after it.
-        tx_core::add_transaction_listener(Each(faulty));
-        tx_core::add_transaction_listener(Each(recording));
+        tx_core::add_transaction_listener(EachCallback::new(faulty));
+        tx_core::add_transaction_listener(EachCallback::new(recording));
     });
     let m = RecordingManager::default();
     ROUTES.lock().unwrap().insert(key.to_owned(), m.clone());

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::AssertSqlSafe;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
+use tx_sqlx::testing::drop_outside_runtime;
 use tx_sqlx::{
     BoxError, Propagation, SqliteTxPool, TransactionSynchronization, TransactionTemplate, TxError,
 };
@@ -28,12 +29,6 @@ async fn mariadb() -> Option<MySqlBackend> {
 
 async fn sqlite() -> SqliteBackend {
     SqliteBackend::connect(4).await
-}
-
-/// An `FnOnce` body as the `FnMut` a template accepts (called once: no retries).
-fn once<A, R>(f: impl FnOnce(A) -> R) -> impl FnMut(A) -> R {
-    let mut f = Some(f);
-    move |a| f.take().expect("called once")(a)
 }
 
 /// The results of two concurrent scopes.
@@ -123,7 +118,7 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
     let nested = b.template().propagation(Propagation::Nested);
     let r: Result<Pair, AppError> = b
         .template()
-        .execute(once(|_| async {
+        .execute(|_| async {
             b.insert(&table, "outer").await?;
             let first = async {
                 let r = nested
@@ -146,7 +141,7 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
                 Err(AppError::Injected("B fails after its insert"))
             });
             Ok(tokio::join!(first, second))
-        }))
+        })
         .await;
     let (ra, rb) = r.unwrap();
     ra.unwrap();
@@ -171,7 +166,7 @@ async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
     let participant = Mutex::new(None);
     let r: Result<(), AppError> = b
         .template()
-        .execute(once(|_| async {
+        .execute(|_| async {
             b.insert(&table, "outer").await?;
             let failing = nested.execute(|_| async {
                 b.insert(&table, "nested").await?;
@@ -188,7 +183,7 @@ async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
             let (_, rp) = tokio::join!(failing, joins);
             *participant.lock().unwrap() = Some(rp);
             Ok(())
-        }))
+        })
         .await;
     let rp = participant.into_inner().unwrap().unwrap();
     let rows = b.tags(&table).await;
@@ -568,10 +563,10 @@ macro_rules! guard_returned_out_of_the_body {
             HANG,
             b.template()
                 .timeout(Duration::from_secs(1))
-                .execute(once(|_| async {
+                .execute(|_| async {
                     b.insert(&table, "leaked").await?;
                     Ok::<_, AppError>(db.acquire().await?)
-                })),
+                }),
         )
         .await
         .expect("a commit behind a leaked guard must not hang");
@@ -600,23 +595,15 @@ where
         return;
     };
     let table = rt.block_on(b.create_table("edge_drop"));
-    let (started_tx, started_rx) = oneshot::channel();
     let template = b.template();
-    let mut call = Box::pin(template.execute(once(|_| async {
-        b.insert(&table, "never committed").await?;
-        started_tx.send(()).unwrap();
-        std::future::pending::<()>().await;
-        Ok::<_, AppError>(())
-    })));
-    rt.block_on(async {
-        tokio::select! {
-            _ = &mut call => unreachable!(),
-            _ = started_rx => {}
-        }
+    // Its Drop runs on this thread, outside the runtime: it must not panic.
+    drop_outside_runtime(&rt, |started| {
+        template.execute(|_| async {
+            b.insert(&table, "never committed").await?;
+            started.park().await;
+            Ok::<_, AppError>(())
+        })
     });
-    assert!(tokio::runtime::Handle::try_current().is_err());
-    // Dropped on this thread, outside the runtime: must not panic.
-    drop(call);
     rt.block_on(async {
         assert_connections_back(&b).await;
         assert!(b.tags(&table).await.is_empty(), "{}", b.name());

@@ -166,7 +166,7 @@ fn record_stats(backend: Backend, obs: &Observation, worlds: usize, unmodelled: 
     s.programs += 1;
     s.rows += obs.rows.len() as u64;
     s.hook_entries += obs.log.iter().filter(|e| !e.starts_with("reg ")).count() as u64;
-    for r in obs.results.values() {
+    for r in obs.calls.results.values() {
         let name = format!("{r:?}");
         let name = name.split([' ', '(']).next().unwrap_or("").to_owned();
         *s.results.entry(name).or_insert(0) += 1;
@@ -206,6 +206,7 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     // Hooks of dropped scopes may complete in the background.
     let background = obs.hung
         || obs
+            .calls
             .results
             .values()
             .any(|r| matches!(r, runner::Res::Cancelled | runner::Res::Timeout));
@@ -254,12 +255,12 @@ async fn check(db: &Db, table: &str, program: &Program) -> Result<(), String> {
     Err(format!(
         "{program:?}\n  differences from the closest world of the model:\n    {}\n  observed:\n    results {:?}\n    starts {:?}\n    rows {:?}\n    log {:?}\n  expected (closest world):\n    results {:?}\n    starts {:?}\n    rows {:?} maybe {:?}\n    log {:?}\n    completed after a cut {:?}",
         diffs.join("\n    "),
-        obs.results,
-        obs.starts,
+        obs.calls.results,
+        obs.calls.starts,
         obs.rows,
         obs.log,
-        expected.results,
-        expected.starts,
+        expected.calls.results,
+        expected.calls.starts,
         expected.rows,
         expected.maybe_rows,
         expected.log,
@@ -520,7 +521,7 @@ fn model_reproduces_the_spring_matrix() {
         };
         let mut chooser = Chooser::default();
         let e = model::expect(&p, Backend::Postgres, &Observation::default(), &mut chooser);
-        let outcome = match e.root.clone().unwrap() {
+        let outcome = match e.calls.root.clone().unwrap() {
             runner::Res::Ok => "ok".to_owned(),
             runner::Res::Fail if outer_act == "err" && !matches!(inner_act, "err_propagate") => {
                 "OuterError".to_owned()
@@ -534,7 +535,7 @@ fn model_reproduces_the_spring_matrix() {
         rows.sort_by_key(|r| order.iter().position(|o| o == r));
         let mut log = Vec::new();
         for (tag, label) in hooks {
-            if e.results.get(tag) == Some(&runner::Res::NoTransaction) {
+            if e.calls.results.get(tag) == Some(&runner::Res::NoTransaction) {
                 log.push(format!("{label}:no_scope"));
             }
         }

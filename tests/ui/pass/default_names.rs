@@ -3,10 +3,10 @@
 //! free functions.
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::RecordingManager;
 
-static DB: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static DB: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 fn current_name() -> String {
     tx_sqlx::current_status().expect("in a transactional scope").name().to_owned()

@@ -2,13 +2,13 @@
 //! method's own attribute replaces it entirely; other methods are left alone.
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
-static DB: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static DB: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 struct UserQueries {
-    db: Noop,
+    db: RecordingManager,
 }
 
 #[transactional(read_only, isolation = RepeatableRead, manager = self.db)]
@@ -84,11 +84,11 @@ async fn main() {
     let mut q = UserQueries { db: db.clone() };
 
     assert_eq!(q.count().await.unwrap(), 1);
-    assert_eq!(db.take(), ["begin RepeatableRead read only", "commit"]);
+    assert_eq!(db.take(), ["BEGIN RepeatableRead READ ONLY", "COMMIT"]);
     assert_eq!(q.count_mut().await.unwrap(), 2);
-    assert_eq!(db.take(), ["begin RepeatableRead read only", "commit"]);
+    assert_eq!(db.take(), ["BEGIN RepeatableRead READ ONLY", "COMMIT"]);
     q.rename().await.unwrap();
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     q.outside().await.unwrap();
     assert_eq!(db.take(), Vec::<String>::new());
     assert_eq!(q.table(), "users");
@@ -97,7 +97,7 @@ async fn main() {
 
     assert_eq!(Pg.bump(1).await.unwrap(), 2);
     assert_eq!(Pg.name(), "pg");
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     let _pg = Pg::create(1).await.unwrap();
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
 }

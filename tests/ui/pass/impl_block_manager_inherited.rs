@@ -3,12 +3,12 @@
 //! annotation keeps the class's transaction manager).
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
 struct Orders {
-    db: Noop,
-    other: Noop,
+    db: RecordingManager,
+    other: RecordingManager,
 }
 
 #[transactional(manager = self.db, read_only, timeout = 5)]
@@ -60,29 +60,29 @@ impl Named {
     }
 }
 
-static ORDERS: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static ORDERS: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // the default manager must not be used by any of these
-    let default = Noop::default();
+    let default = RecordingManager::default();
     tx_sqlx::set_default_manager(default.clone());
     tx_sqlx::register_manager("orders", ORDERS.clone());
 
-    let mut o = Orders { db: Noop::default(), other: Noop::default() };
+    let mut o = Orders { db: RecordingManager::default(), other: RecordingManager::default() };
     assert_eq!(o.list().await.unwrap(), 1);
-    assert_eq!(o.db.take(), ["begin Default read only", "commit"]);
+    assert_eq!(o.db.take(), ["BEGIN Default READ ONLY", "COMMIT"]);
     assert_eq!(o.place().await.unwrap(), 2);
-    assert_eq!(o.db.take(), ["begin Serializable", "commit"]);
+    assert_eq!(o.db.take(), ["BEGIN Serializable", "COMMIT"]);
     assert_eq!(o.plain().await.unwrap(), 3);
-    assert_eq!(o.db.take(), ["begin Default", "commit"]);
+    assert_eq!(o.db.take(), ["BEGIN Default", "COMMIT"]);
     assert_eq!(o.elsewhere().await.unwrap(), 4);
-    assert_eq!(o.other.take(), ["begin Default", "commit"]);
+    assert_eq!(o.other.take(), ["BEGIN Default", "COMMIT"]);
     assert_eq!(o.db.take(), Vec::<String>::new());
     assert_eq!(o.retried("abc".into()).await.unwrap(), 3);
-    assert_eq!(o.db.take(), ["begin Default", "commit"]);
+    assert_eq!(o.db.take(), ["BEGIN Default", "COMMIT"]);
 
     assert!(Named::fresh().await.unwrap());
-    assert_eq!(ORDERS.take(), ["begin Default", "commit"]);
+    assert_eq!(ORDERS.take(), ["BEGIN Default", "COMMIT"]);
     assert_eq!(default.take(), Vec::<String>::new());
 }

@@ -4,8 +4,8 @@
 use sqlx::postgres::PgQueryResult;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
 #[derive(Debug, PartialEq)]
 struct ImportResult {
@@ -15,7 +15,7 @@ struct ImportResult {
 type AppResult<T> = std::result::Result<T, TxError>;
 
 struct Repo {
-    db: Noop,
+    db: RecordingManager,
 }
 
 #[transactional(manager = self.db)]
@@ -46,12 +46,12 @@ impl Repo {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let db = Noop::default();
+    let db = RecordingManager::default();
     let repo = Repo { db: db.clone() };
     assert_eq!(repo.execute().await.rows_affected(), 0);
     assert_eq!(repo.import().await, ImportResult { rows: 3 });
     assert_eq!(db.take(), Vec::<String>::new());
     assert_eq!(repo.qualified().await.unwrap(), 1);
     assert_eq!(repo.aliased().await.unwrap(), 2);
-    assert_eq!(db.take(), ["begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT"]);
 }

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
 #[derive(Debug)]
 pub enum AppError {
@@ -21,7 +21,7 @@ impl From<TxError> for AppError {
 }
 
 /// The default manager.
-static DB: LazyLock<Noop> = LazyLock::new(Noop::default);
+static DB: LazyLock<RecordingManager> = LazyLock::new(RecordingManager::default);
 
 /// One function per spelling, `name => (keys)`: `#[transactional(keys)]` on a body that runs
 /// one statement on `DB`.
@@ -109,11 +109,11 @@ async fn rf_leading_vert(e: AppError) -> Result<(), AppError> { DB.statement().a
 async fn both(e: AppError) -> Result<(), AppError> { DB.statement().await; Err(e) }
 
 // ---- manager ---------------------------------------------------------------------------------
-static OTHER: LazyLock<Noop> = LazyLock::new(Noop::default);
-fn other_ref() -> &'static Noop {
+static OTHER: LazyLock<RecordingManager> = LazyLock::new(RecordingManager::default);
+fn other_ref() -> &'static RecordingManager {
     &OTHER
 }
-fn other_owned() -> Noop {
+fn other_owned() -> RecordingManager {
     OTHER.clone()
 }
 
@@ -127,13 +127,13 @@ async fn m_fn_owned() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
 #[transactional(manager = *OTHER)]
 async fn m_static() -> Result<(), TxError> { OTHER.statement().await; Ok(()) }
 #[transactional(manager = pool)]
-async fn m_param(pool: Noop, n: u32) -> Result<u32, TxError> {
+async fn m_param(pool: RecordingManager, n: u32) -> Result<u32, TxError> {
     pool.statement().await;
     drop(pool); // the manager handle was taken before the body ran
     Ok(n)
 }
 #[transactional(manager = pool)]
-async fn m_param_ref(pool: &Noop) -> Result<(), TxError> {
+async fn m_param_ref(pool: &RecordingManager) -> Result<(), TxError> {
     pool.statement().await;
     Ok(())
 }
@@ -194,9 +194,9 @@ async fn main() {
     tx_sqlx::register_manager("audit", db.clone());
 
     assert_eq!(bare().await.unwrap(), 1);
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     assert_eq!(empty_parens().await.unwrap(), 2);
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
 
     // each function is its own future type, so a macro instead of a loop over them
     macro_rules! expect_log {
@@ -206,62 +206,62 @@ async fn main() {
         )*};
     }
     let none = Vec::<String>::new();
-    expect_log!([p_required, p_required_s, p_requires_new, p_requires_new_s, p_requires_new_path, p_nested, p_nested_s], ["begin Default", "commit"]);
+    expect_log!([p_required, p_required_s, p_requires_new, p_requires_new_s, p_requires_new_path, p_nested, p_nested_s], ["BEGIN Default", "COMMIT"]);
     expect_log!([p_supports, p_supports_s, p_not_supported, p_not_supported_s, p_never, p_never_s], none);
     assert!(matches!(p_mandatory().await, Err(TxError::NoTransaction)));
     assert!(matches!(p_mandatory_s().await, Err(TxError::NoTransaction)));
 
-    expect_log!([i_default, i_default_s], ["begin Default", "commit"]);
-    expect_log!([i_ru, i_ru_s], ["begin ReadUncommitted", "commit"]);
-    expect_log!([i_rc, i_rc_s], ["begin ReadCommitted", "commit"]);
-    expect_log!([i_rr, i_rr_s], ["begin RepeatableRead", "commit"]);
-    expect_log!([i_ser, i_ser_s, i_ser_path], ["begin Serializable", "commit"]);
+    expect_log!([i_default, i_default_s], ["BEGIN Default", "COMMIT"]);
+    expect_log!([i_ru, i_ru_s], ["BEGIN ReadUncommitted", "COMMIT"]);
+    expect_log!([i_rc, i_rc_s], ["BEGIN ReadCommitted", "COMMIT"]);
+    expect_log!([i_rr, i_rr_s], ["BEGIN RepeatableRead", "COMMIT"]);
+    expect_log!([i_ser, i_ser_s, i_ser_path], ["BEGIN Serializable", "COMMIT"]);
 
-    expect_log!([t_secs, t_ms, t_s, t_m, t_compound, t_h], ["begin Default", "commit"]);
+    expect_log!([t_secs, t_ms, t_s, t_m, t_compound, t_h], ["BEGIN Default", "COMMIT"]);
 
-    expect_log!([ro_bare, ro_true], ["begin Default read only", "commit"]);
-    expect_log!([ro_false], ["begin Default", "commit"]);
+    expect_log!([ro_bare, ro_true], ["BEGIN Default READ ONLY", "COMMIT"]);
+    expect_log!([ro_false], ["BEGIN Default", "COMMIT"]);
 
     // no_rollback_for: a matching error commits, any other rolls back
     let risk = || AppError::RiskRejected { reason: "amount".into() };
     assert!(matches!(nrf_one(risk()).await, Err(AppError::RiskRejected { .. })));
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     assert!(nrf_one(AppError::Db("x".into())).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert_eq!(db.take(), ["BEGIN Default", "ROLLBACK"]);
     assert!(nrf_or(AppError::OutOfStock(3)).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     // rollback_for: only matching errors roll back
     assert!(rf_one(AppError::Db("x".into())).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert_eq!(db.take(), ["BEGIN Default", "ROLLBACK"]);
     assert!(rf_one(risk()).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     assert!(rf_leading_vert(AppError::Tx(TxError::Timeout)).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert_eq!(db.take(), ["BEGIN Default", "ROLLBACK"]);
     // both: matches!(e, R) && !matches!(e, N)
     assert!(both(AppError::OutOfStock(1)).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "rollback"]);
+    assert_eq!(db.take(), ["BEGIN Default", "ROLLBACK"]);
     assert!(both(AppError::OutOfStock(0)).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     assert!(both(risk()).await.is_err());
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
 
     m_named().await.unwrap();
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     // the other manager was used, not the default one
     expect_log!([m_fn_ref, m_fn_owned, m_static], none);
-    assert_eq!(OTHER.take(), ["begin Default", "commit", "begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(OTHER.take(), ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT"]);
     assert_eq!(m_param(OTHER.clone(), 7).await.unwrap(), 7);
-    assert_eq!(OTHER.take(), ["begin Default", "commit"]);
+    assert_eq!(OTHER.take(), ["BEGIN Default", "COMMIT"]);
     m_param_ref(&OTHER).await.unwrap();
-    assert_eq!(OTHER.take(), ["begin Default", "commit"]);
+    assert_eq!(OTHER.take(), ["BEGIN Default", "COMMIT"]);
 
     assert_eq!(named().await.unwrap().as_deref(), Some("custom.name"));
     assert_eq!(default_name().await.unwrap().as_deref(), Some(concat!(module_path!(), "::default_name")));
     assert_eq!(retried("abc".into(), 2).await.unwrap(), 5);
     retry_zero().await.unwrap();
     assert_eq!(all_keys(4).await.unwrap(), 4);
-    assert_eq!(OTHER.take(), ["begin RepeatableRead", "commit"]);
-    db.take();
+    assert_eq!(OTHER.take(), ["BEGIN RepeatableRead", "COMMIT"]);
+    let _ = db.take();
 
     assert_eq!(generic::<_, TxError>(5u8).await.unwrap(), 5);
     assert_eq!(generic_retry(vec![1, 2]).await.unwrap(), "[1, 2]");

@@ -1,19 +1,19 @@
-//! `manager = self.db` where the field is a reference to the manager (`db: &'a Noop`), a
+//! `manager = self.db` where the field is a reference to the manager (`db: &'a RecordingManager`), a
 //! `Box` or an `Arc` of it, on `&self`, `&mut self` and by-value receivers, with `retry` and on an
 //! `impl` block.
 use std::sync::Arc;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
 struct Borrowing<'a> {
-    db: &'a Noop,
+    db: &'a RecordingManager,
     nested: Inner<'a>,
 }
 
 struct Inner<'a> {
-    db: &'a Noop,
+    db: &'a RecordingManager,
 }
 
 impl<'a> Borrowing<'a> {
@@ -49,8 +49,8 @@ impl<'a> Borrowing<'a> {
 }
 
 struct Boxed {
-    db: Box<Noop>,
-    shared: Arc<Noop>,
+    db: Box<RecordingManager>,
+    shared: Arc<RecordingManager>,
 }
 
 #[transactional(manager = self.db)]
@@ -68,7 +68,7 @@ impl Boxed {
 }
 
 struct Block<'a> {
-    db: &'a Noop,
+    db: &'a RecordingManager,
 }
 
 #[transactional(manager = self.db, read_only)]
@@ -85,22 +85,22 @@ fn assert_send<T: Send>(t: T) -> T {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let db = Noop::default();
+    let db = RecordingManager::default();
     let mut b = Borrowing { db: &db, nested: Inner { db: &db } };
     assert_eq!(assert_send(b.by_ref()).await.unwrap(), 1);
     assert_eq!(b.by_nested_ref().await.unwrap(), 2);
     assert_eq!(b.by_mut().await.unwrap(), 3);
     assert_eq!(b.retried("ab".into()).await.unwrap(), 2);
     assert_eq!(b.by_value().await.unwrap(), 4);
-    assert_eq!(db.take(), ["begin Default", "commit", "begin Default", "commit", "begin Default", "commit", "begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT"]);
 
-    let shared = Noop::default();
+    let shared = RecordingManager::default();
     let boxed = Boxed { db: Box::new(db.clone()), shared: Arc::new(shared.clone()) };
     assert_eq!(boxed.boxed().await.unwrap(), 5);
-    assert_eq!(db.take(), ["begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT"]);
     assert_eq!(boxed.arc().await.unwrap(), 6);
-    assert_eq!(shared.take(), ["begin Default read only", "commit"]);
+    assert_eq!(shared.take(), ["BEGIN Default READ ONLY", "COMMIT"]);
 
     assert_eq!(Block { db: &db }.count().await.unwrap(), 7);
-    assert_eq!(db.take(), ["begin Default read only", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default READ ONLY", "COMMIT"]);
 }

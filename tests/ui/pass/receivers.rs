@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
-static DB: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static DB: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 #[derive(Clone)]
 struct Service {
-    db: Noop,
+    db: RecordingManager,
     calls: u32,
 }
 
@@ -135,7 +135,7 @@ impl Repo for Service {
 async fn main() {
     let db = DB.clone();
     tx_sqlx::set_default_manager(db.clone());
-    let one = ["begin Default", "commit"];
+    let one = ["BEGIN Default", "COMMIT"];
 
     let mut svc = Service { db: db.clone(), calls: 0 };
     assert_eq!(svc.by_ref(1).await.unwrap(), 1);
@@ -163,5 +163,5 @@ async fn main() {
     assert_eq!(db.take().len(), 8);
 
     assert!(svc.exists(2).await.unwrap());
-    assert_eq!(db.take(), ["begin Default read only", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default READ ONLY", "COMMIT"]);
 }

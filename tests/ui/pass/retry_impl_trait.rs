@@ -3,10 +3,10 @@
 use std::fmt::Display;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
-static DB: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static DB: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 #[transactional(retry = 2)]
 async fn label(prefix: impl Display + Clone, suffix: &impl Display) -> Result<String, TxError> {
@@ -22,7 +22,7 @@ async fn many(items: impl IntoIterator<Item = u32> + Clone, (a, b): (impl Displa
 }
 
 struct Svc {
-    db: Noop,
+    db: RecordingManager,
 }
 
 impl Svc {
@@ -42,5 +42,5 @@ async fn main() {
     assert_eq!(label(String::from("b"), &"c").await.unwrap(), "b-c");
     assert_eq!(many(vec![1, 2, 3], ("x", 1)).await.unwrap(), 6);
     assert_eq!(Svc { db: db.clone() }.method(41u32).await.unwrap(), 42);
-    assert_eq!(db.take(), ["begin Default", "commit", "begin Default", "commit", "begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT"]);
 }

@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::error::Error;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
 /// Send, not Sync: a boxed `dyn Error + Send`.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ impl From<TxError> for Failure {
 }
 
 struct Svc {
-    db: Noop,
+    db: RecordingManager,
 }
 
 impl Svc {
@@ -65,7 +65,7 @@ async fn free_retried(fail: bool) -> Result<Cell<u8>, BoxError> {
 }
 
 /// The same shapes without the attribute, for comparison: `Send` too.
-async fn undecorated(db: &Noop) -> Result<Body, BoxError> {
+async fn undecorated(db: &RecordingManager) -> Result<Body, BoxError> {
     db.statement().await;
     tokio::task::yield_now().await;
     Ok(Body(Box::new(std::io::empty()), Cell::new(0)))
@@ -77,7 +77,7 @@ fn assert_send<T: Send>(t: T) -> T {
 
 #[tokio::main]
 async fn main() {
-    let db = Noop::default();
+    let db = RecordingManager::default();
     tx_sqlx::set_default_manager(db.clone());
     let svc = std::sync::Arc::new(Svc { db: db.clone() });
 
@@ -100,6 +100,6 @@ async fn main() {
 
     assert_eq!(
         db.take(),
-        ["begin Default", "commit", "begin Default", "commit", "begin Default", "rollback"]
+        ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "ROLLBACK"]
     );
 }

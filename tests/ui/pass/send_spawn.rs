@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use tx_sqlx::prelude::*;
 
-include!("../support/noop.rs");
-use noop::Noop;
+include!("../support/manager.rs");
+use manager::{RecordingManager, Statement};
 
-static DB: std::sync::LazyLock<Noop> = std::sync::LazyLock::new(Noop::default);
+static DB: std::sync::LazyLock<RecordingManager> = std::sync::LazyLock::new(RecordingManager::default);
 
 #[derive(Debug)]
 enum AppError {
@@ -22,7 +22,7 @@ impl From<TxError> for AppError {
 type AppResult<T> = std::result::Result<T, AppError>;
 
 struct Svc {
-    db: Noop,
+    db: RecordingManager,
 }
 
 impl Svc {
@@ -82,5 +82,5 @@ async fn main() {
     assert_eq!(tokio::spawn(generated()).await.unwrap().unwrap(), 7);
     assert_eq!(svc.alias(false).await.unwrap(), 1);
     // the no_rollback_for error committed
-    assert_eq!(db.take(), ["begin Default", "commit", "begin Default", "commit", "begin Default", "commit", "begin Default", "commit", "begin Default", "commit"]);
+    assert_eq!(db.take(), ["BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT", "BEGIN Default", "COMMIT"]);
 }

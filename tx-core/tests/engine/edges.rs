@@ -14,6 +14,7 @@ use crate::support::{
 use tokio::sync::{Notify, oneshot};
 use tx_core::connection::{LockPurpose, bound_transaction};
 use tx_core::manager::TransactionManager;
+use tx_core::testing::drop_outside_runtime;
 use tx_core::{
     BoxError, Completion, Propagation, TransactionStatus, TransactionSynchronization, TxError,
 };
@@ -937,26 +938,18 @@ fn call_dropped_outside_a_runtime_rolls_back_on_the_runtime_it_began_on() {
         .build()
         .unwrap();
     let m = RecordingManager::default();
-    let (started_tx, started_rx) = oneshot::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let template = t(&m);
-    let mut call = Box::pin(template.execute(|_| async {
-        m.stmt("a").await?;
-        tx_core::after_completion(move |c| async move {
-            done_tx.send(c).unwrap();
-        })?;
-        started_tx.send(()).unwrap();
-        std::future::pending::<()>().await;
-        Ok::<_, TxError>(())
-    }));
-    rt.block_on(async {
-        tokio::select! {
-            _ = &mut call => unreachable!(),
-            _ = started_rx => {}
-        }
+    drop_outside_runtime(&rt, |started| {
+        template.execute(|_| async {
+            m.stmt("a").await?;
+            tx_core::after_completion(move |c| async move {
+                done_tx.send(c).unwrap();
+            })?;
+            started.park().await;
+            Ok::<_, TxError>(())
+        })
     });
-    assert!(tokio::runtime::Handle::try_current().is_err());
-    drop(call);
     let c = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(c, Completion::RolledBack);
     assert_eq!(m.take(), ["BEGIN Default", "STMT a", "ROLLBACK"]);

@@ -3,139 +3,16 @@
 //! transaction that runs them, one root per attempt of a retried call), the outcome, cause
 //! and duration recorded at close, and the engine's and the user's events inside them.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::support::{RecordingManager, cancel_after, drain_until_rollback, t};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
 use tracing_subscriber::Registry;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tx_core::testing::{CapturedEvent, CapturedSpan, SpanCapture};
 use tx_core::{Propagation, TxError};
 
-/// A span as the subscriber saw it.
-#[derive(Debug, Clone)]
-struct SpanRec {
-    name: &'static str,
-    /// Index of the parent in the capture (ids are reused after close; indexes are not).
-    parent: Option<usize>,
-    fields: BTreeMap<String, String>,
-    closed: bool,
-}
-
-impl SpanRec {
-    fn get(&self, field: &str) -> Option<&str> {
-        self.fields.get(field).map(String::as_str)
-    }
-
-    /// Asserts the value of each of `fields` (`None`: not recorded).
-    fn assert_fields(&self, fields: &[(&str, Option<&str>)]) {
-        for (field, value) in fields {
-            assert_eq!(self.get(field), *value, "{field} of {self:#?}");
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct EventRec {
-    target: String,
-    message: String,
-    span: Option<usize>,
-}
-
-#[derive(Default)]
-struct Captured {
-    spans: Vec<SpanRec>,
-    events: Vec<EventRec>,
-    live: HashMap<u64, usize>,
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Captured>>);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let (fields, mut c) = self.visit(|f| attrs.record(f));
-        let parent = ctx
-            .span(id)
-            .and_then(|s| s.parent())
-            .and_then(|p| c.index_of(&p.id()));
-        let index = c.spans.len();
-        c.spans.push(SpanRec {
-            name: attrs.metadata().name(),
-            parent,
-            fields,
-            closed: false,
-        });
-        c.live.insert(id.into_u64(), index);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        let mut c = self.0.lock().unwrap();
-        let index = c.live[&id.into_u64()];
-        values.record(&mut Fields(&mut c.spans[index].fields));
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let (mut fields, mut c) = self.visit(|f| event.record(f));
-        let span = ctx.event_span(event).and_then(|s| c.index_of(&s.id()));
-        c.events.push(EventRec {
-            target: event.metadata().target().to_owned(),
-            message: fields.remove("message").unwrap_or_default(),
-            span,
-        });
-    }
-
-    fn on_close(&self, id: Id, _: Context<'_, S>) {
-        let mut c = self.0.lock().unwrap();
-        if let Some(index) = c.live.remove(&id.into_u64()) {
-            c.spans[index].closed = true;
-        }
-    }
-}
-
-impl Captured {
-    /// Where the span `id`, still open, is in the capture.
-    fn index_of(&self, id: &Id) -> Option<usize> {
-        self.live.get(&id.into_u64()).copied()
-    }
-}
-
-impl Capture {
-    /// The fields `record` visits, and the capture, locked.
-    fn visit(
-        &self,
-        record: impl FnOnce(&mut Fields<'_>),
-    ) -> (BTreeMap<String, String>, MutexGuard<'_, Captured>) {
-        let mut fields = BTreeMap::new();
-        record(&mut Fields(&mut fields));
-        (fields, self.0.lock().unwrap())
-    }
-
-    fn spans(&self) -> Vec<SpanRec> {
-        self.0.lock().unwrap().spans.clone()
-    }
-    fn events(&self) -> Vec<EventRec> {
-        self.0.lock().unwrap().events.clone()
-    }
-}
-
 /// Runs `f` on a current-thread runtime with `capture` as the thread's subscriber.
-fn capturing<R>(capture: &Capture, f: impl std::future::Future<Output = R>) -> R {
+fn capturing<R>(capture: &SpanCapture, f: impl std::future::Future<Output = R>) -> R {
     let subscriber = Registry::default().with(capture.clone());
     tracing::subscriber::with_default(subscriber, || {
         tokio::runtime::Builder::new_current_thread()
@@ -159,7 +36,7 @@ impl From<TxError> for AppError {
     }
 }
 
-fn children(spans: &[SpanRec], parent: usize) -> Vec<(usize, &SpanRec)> {
+fn children(spans: &[CapturedSpan], parent: usize) -> Vec<(usize, &CapturedSpan)> {
     spans
         .iter()
         .enumerate()
@@ -167,7 +44,7 @@ fn children(spans: &[SpanRec], parent: usize) -> Vec<(usize, &SpanRec)> {
         .collect()
 }
 
-fn by_name<'a>(spans: &[(usize, &'a SpanRec)], name: &str) -> (usize, &'a SpanRec) {
+fn by_name<'a>(spans: &[(usize, &'a CapturedSpan)], name: &str) -> (usize, &'a CapturedSpan) {
     let found: Vec<_> = spans
         .iter()
         .filter(|(_, s)| s.get("name") == Some(name))
@@ -176,11 +53,11 @@ fn by_name<'a>(spans: &[(usize, &'a SpanRec)], name: &str) -> (usize, &'a SpanRe
     *found[0]
 }
 
-fn messages_in(events: &[EventRec], span: usize) -> Vec<&str> {
+fn messages_in(events: &[CapturedEvent], span: usize) -> Vec<&str> {
     events
         .iter()
         .filter(|e| e.span == Some(span))
-        .map(|e| e.message.as_str())
+        .map(CapturedEvent::message)
         .collect()
 }
 
@@ -189,7 +66,7 @@ fn messages_in(events: &[EventRec], span: usize) -> Vec<&str> {
 /// hits a serialization failure, the second commits.
 #[test]
 fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_participant() {
-    let capture = Capture::default();
+    let capture = SpanCapture::default();
     let m = RecordingManager::with_backend("postgres");
     let result: Result<u32, AppError> = capturing(&capture, async {
         t(&m)
@@ -242,7 +119,7 @@ fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_
         spans.iter().all(|s| s.name == "tx" && s.closed),
         "{spans:#?}"
     );
-    let roots: Vec<(usize, &SpanRec)> = spans
+    let roots: Vec<(usize, &CapturedSpan)> = spans
         .iter()
         .enumerate()
         .filter(|(_, s)| s.parent.is_none())
@@ -347,7 +224,7 @@ fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_
     assert!(
         events
             .iter()
-            .any(|e| e.span.is_none() && e.target == "tx" && e.message.contains("retry 1/2"))
+            .any(|e| e.span.is_none() && e.target == "tx" && e.message().contains("retry 1/2"))
     );
 }
 
@@ -356,7 +233,7 @@ fn span_tree_of_a_retried_transaction_with_an_audit_a_failing_nested_step_and_a_
 /// transaction; the cancelled line is inside the span.
 #[test]
 fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
-    let capture = Capture::default();
+    let capture = SpanCapture::default();
     let m = RecordingManager::default();
     capturing(&capture, async {
         let template = t(&m).name("obs::cancelled");
@@ -405,7 +282,7 @@ fn cancelled_transaction_closes_its_span_as_rolled_back_cancelled() {
 #[test]
 fn a_subscriber_that_filters_tx_out_sees_no_tx_span() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
-    let capture = Capture::default();
+    let capture = SpanCapture::default();
     let subscriber = Registry::default().with(
         capture
             .clone()

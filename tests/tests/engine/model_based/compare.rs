@@ -1,7 +1,7 @@
 //! Compares an observed run with one world of the model.
 
 use super::model::{Expected, Item, Pattern};
-use super::runner::Observation;
+use super::runner::{Calls, Observation};
 
 /// The differences (empty: the world matches).
 pub fn compare(e: &Expected, o: &Observation) -> Vec<String> {
@@ -9,25 +9,8 @@ pub fn compare(e: &Expected, o: &Observation) -> Vec<String> {
     if o.hung {
         d.push("the program did not finish (hang)".to_owned());
     }
-    if e.root != o.root {
-        d.push(format!(
-            "root: expected {:?}, observed {:?}",
-            e.root, o.root
-        ));
-    }
-    let keys: std::collections::BTreeSet<&String> =
-        e.results.keys().chain(o.results.keys()).collect();
-    for k in keys {
-        let (x, y) = (e.results.get(k), o.results.get(k));
-        if x != y {
-            d.push(format!("result of {k}: expected {x:?}, observed {y:?}"));
-        }
-    }
-    if e.starts != o.starts {
-        d.push(format!(
-            "body starts: expected {:?}, observed {:?}",
-            e.starts, o.starts
-        ));
+    if e.calls != o.calls {
+        calls(&e.calls, &o.calls, &mut d);
     }
     let missing: Vec<&String> = e.rows.difference(&o.rows).collect();
     let extra: Vec<&String> = o
@@ -69,6 +52,30 @@ pub fn compare(e: &Expected, o: &Observation) -> Vec<String> {
         }
     }
     d
+}
+
+/// Where the calls ended differently, one line per root, result or body-starts mismatch.
+fn calls(e: &Calls, o: &Calls, d: &mut Vec<String>) {
+    if e.root != o.root {
+        d.push(format!(
+            "root: expected {:?}, observed {:?}",
+            e.root, o.root
+        ));
+    }
+    let keys: std::collections::BTreeSet<&String> =
+        e.results.keys().chain(o.results.keys()).collect();
+    for k in keys {
+        let (x, y) = (e.results.get(k), o.results.get(k));
+        if x != y {
+            d.push(format!("result of {k}: expected {x:?}, observed {y:?}"));
+        }
+    }
+    if e.starts != o.starts {
+        d.push(format!(
+            "body starts: expected {:?}, observed {:?}",
+            e.starts, o.starts
+        ));
+    }
 }
 
 fn matches_pattern(phases: &[&str], pattern: Pattern) -> bool {

@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::program::*;
-use super::runner::{Observation, Res};
+use super::runner::{Calls, Observation, Res};
 
 /// Enumerates choice sequences depth-first.
 ///
@@ -114,9 +114,8 @@ pub enum Item {
 /// What the model expects of one world.
 #[derive(Debug, Default, Clone)]
 pub struct Expected {
-    pub results: BTreeMap<String, Res>,
-    pub starts: BTreeMap<String, u32>,
-    pub root: Option<Res>,
+    /// What each call and the root must get, and how often each body must start.
+    pub calls: Calls,
     pub rows: BTreeSet<String>,
     /// Rows that may or may not be there (a statement in flight when its future was dropped).
     pub maybe_rows: BTreeSet<String>,
@@ -271,7 +270,7 @@ pub fn expect(
         backend,
         obs,
         reg_index,
-        any_refusal: obs.results.values().any(|r| *r == Res::Refused),
+        any_refusal: obs.calls.results.values().any(|r| *r == Res::Refused),
         ch,
         counters: HashMap::new(),
         txs: Vec::new(),
@@ -302,17 +301,17 @@ pub fn expect(
             Res::Ok
         }
     };
-    m.out.root = Some(root);
+    m.out.calls.root = Some(root);
     m.out
 }
 
 impl Model<'_> {
     /// Records what a call or a hook registration returned in this world.
     fn result(&mut self, tag: String, res: Res) {
-        if self.obs.results.get(&tag) != Some(&res) {
+        if self.obs.calls.results.get(&tag) != Some(&res) {
             self.ch.dead = true;
         }
-        self.out.results.insert(tag, res);
+        self.out.calls.results.insert(tag, res);
     }
 
     fn unmodelled(&mut self, why: &str) {
@@ -395,7 +394,7 @@ impl Model<'_> {
         let mut candidates: Vec<Cut> = ctx
             .cancel
             .iter()
-            .filter(|t| self.obs.results.get(*t) == Some(&Res::Cancelled))
+            .filter(|t| self.obs.calls.results.get(*t) == Some(&Res::Cancelled))
             .map(|t| Cut::Cancel(t.clone()))
             .collect();
         if let Some(c) = &ctx.dropping {
@@ -688,7 +687,7 @@ impl Model<'_> {
     }
 
     fn start(&mut self, tag: &str) {
-        *self.out.starts.entry(tag.to_owned()).or_insert(0) += 1;
+        *self.out.calls.starts.entry(tag.to_owned()).or_insert(0) += 1;
     }
 
     /// Starts scope `tag` and runs its body: its ops, then its end. The flag says whether the
@@ -773,8 +772,8 @@ impl Model<'_> {
     /// A refusal may mark `unit`, the scope's bound unit, rollback-only.
     fn refused_at_entry(&mut self, ctx: &Ctx, tx: TxId, tag: &str, unit: UnitId) -> bool {
         let refused = ctx.shared.contains(&tx)
-            && self.obs.results.get(tag) == Some(&Res::Refused)
-            && !self.obs.starts.contains_key(tag);
+            && self.obs.calls.results.get(tag) == Some(&Res::Refused)
+            && !self.obs.calls.starts.contains_key(tag);
         if refused && self.ch.choose(2) == 1 {
             self.units[unit].marked = true;
         }

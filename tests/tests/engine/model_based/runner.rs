@@ -121,9 +121,10 @@ fn is_concurrency_refusal(message: &str) -> bool {
     .any(|k| m.contains(k))
 }
 
-/// Everything a run observed.
-#[derive(Debug, Default, Clone)]
-pub struct Observation {
+/// What the calls of a program ended with: the part of a run that the model predicts
+/// exactly, the same type on both sides so that they compare with `==`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Calls {
     /// Per call instance (`c<id>.<n>`): what the caller got; per failed hook registration
     /// (`h<id>.<n>`): the error.
     pub results: BTreeMap<String, Res>,
@@ -131,6 +132,13 @@ pub struct Observation {
     pub starts: BTreeMap<String, u32>,
     /// What the plain code at the root ended with (`Ok`, the error it propagated, `Panic`).
     pub root: Option<Res>,
+}
+
+/// Everything a run observed.
+#[derive(Debug, Default, Clone)]
+pub struct Observation {
+    /// What each call and the root got, and how often each body started.
+    pub calls: Calls,
     /// Tags in the table afterwards, read from a fresh connection.
     pub rows: BTreeSet<String>,
     /// Hook callbacks (`h<id>.<n>:<phase>`) and registrations (`reg h<id>.<n>`), in order.
@@ -320,7 +328,7 @@ impl Run {
     }
 
     fn result(&self, key: String, res: Res) {
-        self.obs.lock().unwrap().results.insert(key, res);
+        self.obs.lock().unwrap().calls.results.insert(key, res);
     }
 
     async fn insert(&self, tag: &str) -> Result<(), TxError> {
@@ -377,7 +385,7 @@ impl Run {
             Err(_) => Res::Panic,
         };
         let mut obs = self.obs.lock().unwrap();
-        obs.root = Some(root);
+        obs.calls.root = Some(root);
         obs.clone()
     }
 
@@ -519,6 +527,7 @@ impl Run {
                 .obs
                 .lock()
                 .unwrap()
+                .calls
                 .starts
                 .entry(tag.clone())
                 .or_insert(0) += 1;
