@@ -103,20 +103,17 @@ impl<'a> Retry<'a> {
 /// transaction it began rolls back because of a retryable failure (`classify` says what the
 /// returned error carries). Each run's scope reports its attempt number
 /// ([`TransactionStatus::attempt`]).
-pub(crate) async fn run<T, E, F, Fut, R, C>(
+pub(crate) async fn run<T, E, Fut>(
     manager: ManagerRef<'_>,
     definition: &TransactionDefinition,
     retries: u32,
-    rollback_on: R,
-    classify: C,
-    mut body: F,
+    rollback_on: impl Fn(&E) -> bool,
+    classify: impl Fn(&E) -> Verdict,
+    mut body: impl FnMut(TransactionStatus) -> Fut,
 ) -> Result<T, E>
 where
     E: From<TxError>,
-    F: FnMut(TransactionStatus) -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    R: Fn(&E) -> bool,
-    C: Fn(&E) -> Verdict,
 {
     let mut retry = Retry::new(retries, definition.get_name());
     loop {

@@ -20,18 +20,16 @@ use crate::status::TransactionStatus;
 /// `rollback_on(&err)` says whether an `Err` of the body rolls the scope back (the rollback
 /// rules); `Ok` commits unless something marked the scope rollback-only. `attempt`: for a
 /// retried call, the run's number (from 1) and where it reports what the retry loop needs.
-pub(crate) async fn run<T, E, F, Fut, R>(
+pub(crate) async fn run<T, E, Fut>(
     manager: ManagerRef<'_>,
     definition: &TransactionDefinition,
-    rollback_on: R,
-    body: F,
+    rollback_on: impl Fn(&E) -> bool,
+    body: impl FnOnce(TransactionStatus) -> Fut,
     attempt: Option<(u32, &mut RunInfo)>,
 ) -> Result<T, E>
 where
     E: From<TxError>,
-    F: FnOnce(TransactionStatus) -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    R: Fn(&E) -> bool,
 {
     let (number, report) = match attempt {
         Some((number, report)) => (number, Some(report)),
