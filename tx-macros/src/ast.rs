@@ -2,10 +2,12 @@
 //! on ([`Function`]: receiver, return type, error type). Built without judging anything; the
 //! rules are in `valid`, the code in `expand`.
 
-use proc_macro2::Span;
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{Parse, ParseStream};
 use syn::{
-    Attribute, Block, Expr, FnArg, GenericArgument, Ident, LitStr, Pat, PathArguments, ReturnType,
-    Signature, Type,
+    AttrStyle, Attribute, Block, Expr, FnArg, GenericArgument, Ident, LitStr, Pat, PathArguments,
+    ReturnType, Signature, Type, Visibility,
 };
 
 use crate::helpers::{tokens_mention, unwrap_type};
@@ -77,32 +79,120 @@ impl Receiver {
     }
 }
 
+/// A free function or a method given to the attribute alone: its signature is parsed, its
+/// body is kept as tokens. The body is handed to the compiler as written, so parsing it here
+/// would only be done twice (and the macro runs unoptimized in a dev build).
+pub(crate) struct FnItem {
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) sig: Signature,
+    /// What is inside the braces.
+    pub(crate) body: TokenStream,
+}
+
+impl Parse for FnItem {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis = input.parse()?;
+        let sig = input.parse()?;
+        let body = match input.parse::<Group>()? {
+            g if g.delimiter() == Delimiter::Brace => g.stream(),
+            g => return Err(syn::Error::new(g.span(), "expected a function body")),
+        };
+        Ok(FnItem {
+            attrs,
+            vis,
+            sig,
+            body,
+        })
+    }
+}
+
 /// One function the attribute applies to, as written.
 pub(crate) struct Function<'a> {
-    /// Its attributes, outer and inner.
-    pub(crate) attrs: &'a [Attribute],
+    /// Its outer attributes.
+    pub(crate) attrs: Vec<Attribute>,
+    /// The inner attributes at the start of its body (`#![allow(..)]`).
+    pub(crate) inner_attrs: TokenStream,
     pub(crate) sig: &'a Signature,
-    pub(crate) block: &'a Block,
+    /// The statements of its body.
+    pub(crate) body: TokenStream,
     /// It is a method of an annotated `impl` block (so it is named `Type::method`).
     pub(crate) in_impl: bool,
     pub(crate) receiver: Receiver,
 }
 
 impl<'a> Function<'a> {
-    pub(crate) fn new(
-        attrs: &'a [Attribute],
+    /// A function whose body is still tokens (see [`FnItem`]).
+    pub(crate) fn from_tokens(item: &'a FnItem) -> Self {
+        let (inner_attrs, body) = split_inner_attrs(&item.body);
+        Function::new(item.attrs.clone(), inner_attrs, &item.sig, body, false)
+    }
+
+    /// A function parsed with its body (a method of an annotated `impl` block), whose
+    /// `attrs` hold the outer and the inner attributes.
+    pub(crate) fn parsed(
+        attrs: &[Attribute],
         sig: &'a Signature,
-        block: &'a Block,
+        block: &Block,
+        in_impl: bool,
+    ) -> Self {
+        let (outer, inner): (Vec<&Attribute>, Vec<&Attribute>) = attrs
+            .iter()
+            .partition(|a| matches!(a.style, AttrStyle::Outer));
+        let mut inner_attrs = TokenStream::new();
+        inner_attrs.extend(inner.into_iter().map(ToTokens::to_token_stream));
+        let mut body = TokenStream::new();
+        body.extend(block.stmts.iter().map(ToTokens::to_token_stream));
+        Function::new(
+            outer.into_iter().cloned().collect(),
+            inner_attrs,
+            sig,
+            body,
+            in_impl,
+        )
+    }
+
+    fn new(
+        attrs: Vec<Attribute>,
+        inner_attrs: TokenStream,
+        sig: &'a Signature,
+        body: TokenStream,
         in_impl: bool,
     ) -> Self {
         Function {
             attrs,
+            inner_attrs,
             sig,
-            block,
+            body,
             in_impl,
             receiver: Receiver::of(sig),
         }
     }
+}
+
+/// Splits the inner attributes (`#![..]`, each three token trees) off the start of a body.
+fn split_inner_attrs(body: &TokenStream) -> (TokenStream, TokenStream) {
+    let trees: Vec<TokenTree> = body.clone().into_iter().collect();
+    let mut at = 0;
+    while let [
+        TokenTree::Punct(hash),
+        TokenTree::Punct(bang),
+        TokenTree::Group(g),
+        ..,
+    ] = &trees[at..]
+        && hash.as_char() == '#'
+        && bang.as_char() == '!'
+        && g.delimiter() == Delimiter::Bracket
+    {
+        at += 3;
+    }
+    if at == 0 {
+        return (TokenStream::new(), body.clone());
+    }
+    let mut trees = trees.into_iter();
+    let inner = trees.by_ref().take(at).collect();
+    (inner, trees.collect())
 }
 
 /// The return type of a function accepted by `valid`: `Result<T, E>` or an alias of one.

@@ -10,9 +10,9 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{AttrStyle, Attribute, Block, FnArg, ImplItem, Item, Pat, Signature, Type};
+use syn::{Attribute, Block, FnArg, ImplItem, Item, Pat, Signature, Stmt, Type};
 
-use crate::ast::{Args, Function, Manager, Receiver, ResultType, returns_result_in_impl};
+use crate::ast::{Args, FnItem, Function, Manager, Receiver, ResultType, returns_result_in_impl};
 use crate::attr::method_args;
 use crate::helpers::{
     ReplaceSelf, StripMut, body_mentions, collect_bindings, combine, contains_impl_trait,
@@ -27,18 +27,22 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream, private: &TokenStream
         Ok(args) => args,
         Err(e) => return with_item(e, item),
     };
+    // A function: its body stays tokens. Anything else is parsed whole, to be expanded (an
+    // `impl` block) or rejected.
+    if let Ok(f) = syn::parse2::<FnItem>(item.clone()) {
+        return match expand_fn(&args, &Function::from_tokens(&f), private) {
+            Ok((attrs, sig, body)) => {
+                let vis = &f.vis;
+                quote!(#(#attrs)* #vis #sig #body)
+            }
+            Err(e) => with_item(e, item),
+        };
+    }
     let parsed = match syn::parse2::<Item>(item.clone()) {
         Ok(parsed) => parsed,
         Err(e) => return with_item(valid::unparseable(&item, &e), item),
     };
     let result = match parsed {
-        Item::Fn(f) => {
-            let function = Function::new(&f.attrs, &f.sig, &f.block, false);
-            expand_fn(&args, &function, private).map(|(attrs, sig, block)| {
-                let vis = &f.vis;
-                quote!(#(#attrs)* #vis #sig #block)
-            })
-        }
         Item::Impl(imp) => Ok(expand_impl(&args, imp, private)),
         other => Err(valid::not_a_fn(&other)),
     };
@@ -90,15 +94,16 @@ fn expand_impl(args: &Args, mut imp: syn::ItemImpl, private: &TokenStream) -> To
         let res = valid::method_manager(&f.sig, args, own).and_then(|()| {
             expand_fn(
                 args,
-                &Function::new(&f.attrs, &f.sig, &f.block, true),
+                &Function::parsed(&f.attrs, &f.sig, &f.block, true),
                 private,
             )
         });
         match res {
-            Ok((attrs, sig, block)) => {
+            Ok((attrs, sig, body)) => {
                 f.attrs = attrs;
                 f.sig = sig;
-                f.block = block;
+                // the new body, printed as it is
+                f.block.stmts = vec![Stmt::Item(Item::Verbatim(body.stream()))];
             }
             Err(e) => combine(&mut errors, e),
         }
@@ -162,12 +167,13 @@ impl<'a> Typing<'a> {
 }
 
 /// Expands one function. Returns its outer attributes, its signature (unchanged except that
-/// `retry` drops `mut` from parameters it clones per attempt) and the new body.
+/// `retry` drops `mut` from parameters it clones per attempt) and the new body, braces
+/// included.
 fn expand_fn(
     args: &Args,
     f: &Function<'_>,
     private: &TokenStream,
-) -> syn::Result<(Vec<Attribute>, Signature, Block)> {
+) -> syn::Result<(Vec<Attribute>, Signature, Group)> {
     let typing = Typing::new(valid::function(f, args)?, private);
     let p = private;
     let check_span = typing.check_span;
@@ -191,16 +197,11 @@ fn expand_fn(
         .map(|e| quote_spanned!(check_span=> ::<_, #e, _, _>));
     let make = Ident::new("__tx_make_body", Span::mixed_site());
     let tp = &typing.private;
-    let (outer_attrs, inner_attrs): (Vec<Attribute>, Vec<Attribute>) = f
-        .attrs
-        .iter()
-        .cloned()
-        .partition(|a| matches!(a.style, AttrStyle::Outer));
     let mut new_sig = f.sig.clone();
 
     let call = match args.retry.filter(|(n, _)| *n > 0) {
         None => {
-            let stmts = &f.block.stmts;
+            let stmts = &f.body;
             let call = quote_spanned! {check_span=>
                 #tp::transactional #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
             };
@@ -208,15 +209,14 @@ fn expand_fn(
             quote! {
                 let #make = move || async move {
                     #fake_return
-                    #(#stmts)*
+                    #stmts
                 };
                 #call
             }
         }
         Some((n, _)) => {
-            let (clones, body_block) = retry_clones(f, &mut new_sig, p);
+            let (clones, stmts) = retry_clones(f, &mut new_sig, p)?;
             let classify = classifier(&typing, p);
-            let stmts = &body_block.stmts;
             let call = quote_spanned! {check_span=>
                 #tp::transactional_retry #turbofish(#manager_l, #def_l, #n, #rollback_on, #classify, #make_l).await
             };
@@ -226,7 +226,7 @@ fn expand_fn(
                     #clones
                     async move {
                         #fake_return
-                        #(#stmts)*
+                        #stmts
                     }
                 };
                 #call
@@ -234,15 +234,14 @@ fn expand_fn(
         }
     };
 
-    let new_block: Block = syn::parse2(quote! {
-        {
-            #(#inner_attrs)*
-            #def_stmt
-            #manager_stmts
-            #call
-        }
-    })?;
-    Ok((outer_attrs, new_sig, new_block))
+    let inner_attrs = &f.inner_attrs;
+    let body = quote! {
+        #inner_attrs
+        #def_stmt
+        #manager_stmts
+        #call
+    };
+    Ok((f.attrs.clone(), new_sig, Group::new(Delimiter::Brace, body)))
 }
 
 /// With an alias return type, the call's `Result` is handed back as the declared type.
@@ -429,18 +428,26 @@ fn fake_return(typing: &Typing<'_>) -> TokenStream {
 }
 
 /// With `retry`: the statements cloning, for each attempt, what the body uses by value (a
-/// by-value `self` becomes `__tx_self` in the body), and the body to run. Parameters cloned
-/// that way lose `mut` in `sig` (the per-attempt clone is the mutable one).
-fn retry_clones(f: &Function<'_>, sig: &mut Signature, p: &TokenStream) -> (TokenStream, Block) {
+/// by-value `self` becomes `__tx_self` in the body), and the statements to run. Parameters
+/// cloned that way lose `mut` in `sig` (the per-attempt clone is the mutable one).
+fn retry_clones(
+    f: &Function<'_>,
+    sig: &mut Signature,
+    p: &TokenStream,
+) -> syn::Result<(TokenStream, TokenStream)> {
     let mut clones = TokenStream::new();
-    let mut body_block = f.block.clone();
-    let body_tokens = f.block.to_token_stream();
+    let mut stmts = f.body.clone();
+    let body_tokens = &f.body;
     if f.receiver == Receiver::Value
         && let Some(FnArg::Receiver(r)) = f.sig.inputs.first()
         && tokens_mention(body_tokens.clone(), &mut |i| i == "self")
     {
         let mutable = r.mutability.is_some() && r.reference.is_none();
+        // parsed only here, to tell `self` the receiver from `self` in paths and macros
+        let mut body_block: Block = syn::parse2(quote!({ #stmts }))?;
         ReplaceSelf.visit_block_mut(&mut body_block);
+        stmts = TokenStream::new();
+        stmts.extend(body_block.stmts.iter().map(ToTokens::to_token_stream));
         let self_ident = Ident::new("__tx_self", Span::call_site());
         let span = r.ty.span();
         let clone = respan(p, span);
@@ -495,5 +502,5 @@ fn retry_clones(f: &Function<'_>, sig: &mut Signature, p: &TokenStream) -> (Toke
             StripMut(&strip_here).visit_pat_mut(&mut npt.pat);
         }
     }
-    (clones, body_block)
+    Ok((clones, stmts))
 }
