@@ -24,16 +24,14 @@ pub fn by_expr<M: ShareManager>(m: &M) -> ManagerRef<'_> {
 /// Takes a closure rather than the body future so that the body future exists once, inside
 /// the innermost engine future: every layer that held it by value would add a copy, and
 /// nested `#[transactional]` calls would multiply those copies level by level.
-pub fn transactional<'a, T, E, F, Fut>(
+pub fn transactional<'a, T: 'a, E, Fut>(
     manager: ManagerRef<'a>,
     def: &'static TransactionDefinition,
     rollback_on: fn(&E) -> bool,
-    make_body: F,
+    make_body: impl FnOnce() -> Fut + 'a,
 ) -> impl Future<Output = Result<T, E>> + 'a
 where
     E: TransactionalError + 'a,
-    T: 'a,
-    F: FnOnce() -> Fut + 'a,
     Fut: Future<Output = Result<T, E>> + 'a,
 {
     propagation::run(manager, def, rollback_on, move |_| make_body(), None)
@@ -46,18 +44,16 @@ where
 ///
 /// The future is `Send` whenever the body's is: no reference to the result is held across the
 /// backoff, so `T` and `E` need not be `Sync`.
-pub fn transactional_retry<'a, T, E, F, Fut>(
+pub fn transactional_retry<'a, T: 'a, E, Fut>(
     manager: ManagerRef<'a>,
     def: &'static TransactionDefinition,
     retries: u32,
     rollback_on: fn(&E) -> bool,
     classify: fn(&E) -> Verdict,
-    mut make_body: F,
+    mut make_body: impl FnMut() -> Fut + 'a,
 ) -> impl Future<Output = Result<T, E>> + 'a
 where
     E: TransactionalError + 'a,
-    T: 'a,
-    F: FnMut() -> Fut + 'a,
     Fut: Future<Output = Result<T, E>> + 'a,
 {
     retry::run(manager, def, retries, rollback_on, classify, move |_| {

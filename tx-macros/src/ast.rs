@@ -112,21 +112,31 @@ impl Parse for FnItem {
 pub(crate) struct Function<'a> {
     /// Its outer attributes.
     pub(crate) attrs: Vec<Attribute>,
-    /// The inner attributes at the start of its body (`#![allow(..)]`).
-    pub(crate) inner_attrs: TokenStream,
+    /// Its signature, as parsed.
     pub(crate) sig: &'a Signature,
-    /// The statements of its body.
-    pub(crate) body: TokenStream,
+    /// Its body, as tokens.
+    pub(crate) body: Body,
     /// It is a method of an annotated `impl` block (so it is named `Type::method`).
     pub(crate) in_impl: bool,
-    pub(crate) receiver: Receiver,
+}
+
+/// A function's body as tokens: what the expansion puts back around the engine call.
+pub(crate) struct Body {
+    /// The inner attributes at its start (`#![allow(..)]`).
+    pub(crate) inner_attrs: TokenStream,
+    /// Its statements.
+    pub(crate) stmts: TokenStream,
 }
 
 impl<'a> Function<'a> {
     /// A function whose body is still tokens (see [`FnItem`]).
     pub(crate) fn from_tokens(item: &'a FnItem) -> Self {
-        let (inner_attrs, body) = split_inner_attrs(&item.body);
-        Function::new(item.attrs.clone(), inner_attrs, &item.sig, body, false)
+        Function {
+            attrs: item.attrs.clone(),
+            sig: &item.sig,
+            body: split_inner_attrs(&item.body),
+            in_impl: false,
+        }
     }
 
     /// A function parsed with its body (a method of an annotated `impl` block), whose
@@ -142,37 +152,24 @@ impl<'a> Function<'a> {
             .partition(|a| matches!(a.style, AttrStyle::Outer));
         let mut inner_attrs = TokenStream::new();
         inner_attrs.extend(inner.into_iter().map(ToTokens::to_token_stream));
-        let mut body = TokenStream::new();
-        body.extend(block.stmts.iter().map(ToTokens::to_token_stream));
-        Function::new(
-            outer.into_iter().cloned().collect(),
-            inner_attrs,
+        let mut stmts = TokenStream::new();
+        stmts.extend(block.stmts.iter().map(ToTokens::to_token_stream));
+        Function {
+            attrs: outer.into_iter().cloned().collect(),
             sig,
-            body,
+            body: Body { inner_attrs, stmts },
             in_impl,
-        )
+        }
     }
 
-    fn new(
-        attrs: Vec<Attribute>,
-        inner_attrs: TokenStream,
-        sig: &'a Signature,
-        body: TokenStream,
-        in_impl: bool,
-    ) -> Self {
-        Function {
-            attrs,
-            inner_attrs,
-            sig,
-            body,
-            in_impl,
-            receiver: Receiver::of(sig),
-        }
+    /// How it takes `self`.
+    pub(crate) fn receiver(&self) -> Receiver {
+        Receiver::of(self.sig)
     }
 }
 
 /// Splits the inner attributes (`#![..]`, each three token trees) off the start of a body.
-fn split_inner_attrs(body: &TokenStream) -> (TokenStream, TokenStream) {
+fn split_inner_attrs(body: &TokenStream) -> Body {
     let trees: Vec<TokenTree> = body.clone().into_iter().collect();
     let mut at = 0;
     while let [
@@ -188,11 +185,16 @@ fn split_inner_attrs(body: &TokenStream) -> (TokenStream, TokenStream) {
         at += 3;
     }
     if at == 0 {
-        return (TokenStream::new(), body.clone());
+        return Body {
+            inner_attrs: TokenStream::new(),
+            stmts: body.clone(),
+        };
     }
     let mut trees = trees.into_iter();
-    let inner = trees.by_ref().take(at).collect();
-    (inner, trees.collect())
+    Body {
+        inner_attrs: trees.by_ref().take(at).collect(),
+        stmts: trees.collect(),
+    }
 }
 
 /// The return type of a function accepted by `valid`: `Result<T, E>` or an alias of one.

@@ -178,7 +178,7 @@ fn expand_fn(
     let p = private;
     let check_span = typing.check_span;
     let def_stmt = definition(args, f, p);
-    let manager_stmts = manager(args, f.receiver, p);
+    let manager_stmts = manager(args, f.receiver(), p);
     let rollback_on = rollback_rule(args, &typing);
     let fake_return = fake_return(&typing);
 
@@ -194,14 +194,14 @@ fn expand_fn(
     );
     let turbofish = typing
         .err_type()
-        .map(|e| quote_spanned!(check_span=> ::<_, #e, _, _>));
+        .map(|e| quote_spanned!(check_span=> ::<_, #e, _>));
     let make = Ident::new("__tx_make_body", Span::mixed_site());
     let tp = &typing.private;
     let mut new_sig = f.sig.clone();
 
     let call = match args.retry.filter(|(n, _)| *n > 0) {
         None => {
-            let stmts = &f.body;
+            let stmts = &f.body.stmts;
             let call = quote_spanned! {check_span=>
                 #tp::transactional #turbofish(#manager_l, #def_l, #rollback_on, #make_l).await
             };
@@ -234,7 +234,7 @@ fn expand_fn(
         }
     };
 
-    let inner_attrs = &f.inner_attrs;
+    let inner_attrs = &f.body.inner_attrs;
     let body = quote! {
         #inner_attrs
         #def_stmt
@@ -286,7 +286,7 @@ fn definition(args: &Args, f: &Function<'_>, p: &TokenStream) -> TokenStream {
             let sig = f.sig;
             let fn_name = sig.ident.unraw().to_string();
             let method = f.in_impl
-                || f.receiver != Receiver::None
+                || f.receiver() != Receiver::None
                 || tokens_mention(sig.to_token_stream(), &mut |i| i == "Self");
             let here = Ident::new("__tx_here", Span::mixed_site());
             let free_name = format!("::{fn_name}");
@@ -436,9 +436,9 @@ fn retry_clones(
     p: &TokenStream,
 ) -> syn::Result<(TokenStream, TokenStream)> {
     let mut clones = TokenStream::new();
-    let mut stmts = f.body.clone();
-    let body_tokens = &f.body;
-    if f.receiver == Receiver::Value
+    let mut stmts = f.body.stmts.clone();
+    let body_tokens = &f.body.stmts;
+    if f.receiver() == Receiver::Value
         && let Some(FnArg::Receiver(r)) = f.sig.inputs.first()
         && tokens_mention(body_tokens.clone(), &mut |i| i == "self")
     {

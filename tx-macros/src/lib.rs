@@ -355,7 +355,7 @@ mod tests;
 ///         // `return` inside BODY convert exactly as in the original function
 ///         BODY
 ///     };
-///     run::<_, AppError, _, _>(manager, def, |e: &AppError| !matches!(e, AppError::Warn), make_body).await
+///     run::<_, AppError, _>(manager, def, |e: &AppError| !matches!(e, AppError::Warn), make_body).await
 /// }
 /// ```
 ///

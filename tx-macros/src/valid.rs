@@ -126,7 +126,7 @@ pub(crate) fn function<'a>(f: &Function<'a>, args: &Args) -> syn::Result<ResultT
 /// several attempts.
 fn retry_borrows(f: &Function<'_>, retry_span: Span) -> syn::Result<()> {
     let requested = || syn::Error::new(retry_span, "`retry` is requested here");
-    if f.receiver == Receiver::RefMut {
+    if f.receiver() == Receiver::RefMut {
         let receiver_tokens = match f.sig.inputs.first() {
             Some(FnArg::Receiver(r)) => quote::ToTokens::to_token_stream(r),
             _ => quote::ToTokens::to_token_stream(&f.sig.ident),

@@ -52,7 +52,7 @@ fn free_fn_defaults() {
         ":: core :: option :: Option :: None , false",
         "ManagerRef :: Default",
         "\"::f\") , false",
-        ":: tx_core :: __private :: transactional :: < _ , AppError , _ , _ > (",
+        ":: tx_core :: __private :: transactional :: < _ , AppError , _ > (",
         "| _ : & AppError | true",
     ])
     .lacks(&["compile_error"]);
