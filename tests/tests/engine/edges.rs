@@ -34,19 +34,6 @@ async fn sqlite() -> SqliteBackend {
 /// The results of two concurrent scopes.
 type Pair = (Result<(), AppError>, Result<(), AppError>);
 
-/// A one-shot signal between two concurrent scopes.
-#[derive(Clone, Default)]
-struct Signal(Arc<Notify>);
-
-impl Signal {
-    fn fire(&self) {
-        self.0.notify_one();
-    }
-    async fn wait(&self) {
-        self.0.notified().await;
-    }
-}
-
 fn tx_error(e: &AppError) -> Option<&TxError> {
     match e {
         AppError::Tx(e) => Some(e),
@@ -114,7 +101,7 @@ const HANG: Duration = Duration::from_secs(20);
 /// savepoint and been released with A).
 async fn join_of_two_nested_calls<B: Backend>(b: &B) {
     let table = b.create_table("edge_join").await;
-    let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
+    let (a_ran, b_tried, a_done) = (Notify::new(), Notify::new(), Notify::new());
     let nested = b.template().propagation(Propagation::Nested);
     let r: Result<Pair, AppError> = b
         .template()
@@ -124,19 +111,19 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
                 let r = nested
                     .execute(|_| async {
                         b.insert(&table, "a").await?;
-                        a_ran.fire();
-                        b_tried.wait().await;
+                        a_ran.notify_one();
+                        b_tried.notified().await;
                         Ok(())
                     })
                     .await;
-                a_done.fire();
+                a_done.notify_one();
                 r
             };
             let second = nested.execute(|_| async {
-                a_ran.wait().await;
+                a_ran.notified().await;
                 let insert = b.insert(&table, "b").await;
-                b_tried.fire();
-                a_done.wait().await;
+                b_tried.notify_one();
+                a_done.notified().await;
                 insert?;
                 Err(AppError::Injected("B fails after its insert"))
             });
@@ -161,7 +148,7 @@ async fn join_of_two_nested_calls<B: Backend>(b: &B) {
 /// refused, the participant fails, and the owner rolls back as an unexpected rollback.
 async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
     let table = b.create_table("edge_part").await;
-    let (a_ran, p_tried) = (Signal::default(), Signal::default());
+    let (a_ran, p_tried) = (Notify::new(), Notify::new());
     let (nested, joined) = (b.template().propagation(Propagation::Nested), b.template());
     let participant = Mutex::new(None);
     let r: Result<(), AppError> = b
@@ -170,14 +157,14 @@ async fn participant_beside_failing_nested_call<B: Backend>(b: &B) {
             b.insert(&table, "outer").await?;
             let failing = nested.execute(|_| async {
                 b.insert(&table, "nested").await?;
-                a_ran.fire();
-                p_tried.wait().await;
+                a_ran.notify_one();
+                p_tried.notified().await;
                 Err::<(), _>(AppError::Injected("nested fails"))
             });
             let joins = joined.execute(|_| async {
-                a_ran.wait().await;
+                a_ran.notified().await;
                 let r = b.insert(&table, "participant").await;
-                p_tried.fire();
+                p_tried.notify_one();
                 Ok(r?)
             });
             let (_, rp) = tokio::join!(failing, joins);

@@ -30,19 +30,6 @@ fn is_would_block(r: &Result<(), TxError>, what: &str) -> bool {
 /// The results of two concurrent scopes.
 type Pair = (Result<(), TxError>, Result<(), TxError>);
 
-/// A one-shot signal between two concurrent scopes.
-#[derive(Clone, Default)]
-struct Signal(Arc<Notify>);
-
-impl Signal {
-    fn fire(&self) {
-        self.0.notify_one();
-    }
-    async fn wait(&self) {
-        self.0.notified().await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Concurrent scopes inside one transaction.
 
@@ -52,7 +39,7 @@ impl Signal {
 #[tokio::test]
 async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_savepoint() {
     let m = RecordingManager::default();
-    let (a_ran, b_tried, a_done) = (Signal::default(), Signal::default(), Signal::default());
+    let (a_ran, b_tried, a_done) = (Notify::new(), Notify::new(), Notify::new());
     let r: Result<Pair, TxError> = t(&m)
         .execute(|_| async {
             m.stmt("outer").await?;
@@ -61,19 +48,19 @@ async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_save
                 let r = nested
                     .execute(|_| async {
                         m.stmt("a").await?;
-                        a_ran.fire();
-                        b_tried.wait().await;
+                        a_ran.notify_one();
+                        b_tried.notified().await;
                         Ok(())
                     })
                     .await;
-                a_done.fire();
+                a_done.notify_one();
                 r
             };
             let b = nested.execute(|_| async {
-                a_ran.wait().await;
+                a_ran.notified().await;
                 let stmt = m.stmt("b").await;
-                b_tried.fire();
-                a_done.wait().await;
+                b_tried.notify_one();
+                a_done.notified().await;
                 stmt?;
                 // B fails after its insert: its work must not survive.
                 Err(TxError::NoTransaction)
@@ -105,12 +92,12 @@ async fn join_of_two_nested_scopes_refuses_the_statement_inside_the_sibling_save
 #[tokio::test]
 async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_own() {
     let m = RecordingManager::default();
-    let b_done = Signal::default();
+    let b_done = Notify::new();
     let r: Result<Pair, TxError> = t(&m)
         .execute(|_| async {
             let nested = t(&m).propagation(Propagation::Nested);
             let a = nested.execute(|_| async {
-                b_done.wait().await;
+                b_done.notified().await;
                 m.stmt("a").await
             });
             let b = async {
@@ -120,7 +107,7 @@ async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_o
                         Err::<(), _>(TxError::NoTransaction)
                     })
                     .await;
-                b_done.fire();
+                b_done.notify_one();
                 r
             };
             Ok(tokio::join!(a, b))
@@ -151,23 +138,23 @@ async fn concurrent_nested_scopes_that_do_not_interleave_both_resolve_on_their_o
 #[tokio::test]
 async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
     let m = RecordingManager::default();
-    let (a_ran, p_tried) = (Signal::default(), Signal::default());
+    let (a_ran, p_tried) = (Notify::new(), Notify::new());
     let p_result = Mutex::new(None);
     let r: Result<(), TxError> = t(&m)
         .execute(|_| async {
             let (nested, joined) = (t(&m).propagation(Propagation::Nested), t(&m));
             let nested = nested.execute(|_| async {
                 m.stmt("a").await?;
-                a_ran.fire();
-                p_tried.wait().await;
+                a_ran.notify_one();
+                p_tried.notified().await;
                 Err::<(), _>(TxError::NoTransaction)
             });
             let participant = joined.execute(|s| async {
                 assert!(!tx_core::current_status().unwrap().is_new_transaction());
                 drop(s);
-                a_ran.wait().await;
+                a_ran.notified().await;
                 let r = m.stmt("p").await;
-                p_tried.fire();
+                p_tried.notify_one();
                 r
             });
             let (_, rp) = tokio::join!(nested, participant);
@@ -197,19 +184,19 @@ async fn participant_beside_a_failing_nested_call_never_loses_its_rows() {
 /// order they were registered.
 #[tokio::test]
 async fn hooks_of_a_released_savepoint_keep_their_registration_order() {
-    let (nested_registered, joined_registered) = (Signal::default(), Signal::default());
+    let (nested_registered, joined_registered) = (Notify::new(), Notify::new());
     let sent = committed(async |m| {
         let (nested, joined) = (t(m).propagation(Propagation::Nested), t(m));
         let nested = nested.execute(|_| async {
             tx_core::register_synchronization(Phases::new("nested", m))?;
-            nested_registered.fire();
-            joined_registered.wait().await;
+            nested_registered.notify_one();
+            joined_registered.notified().await;
             m.stmt("nested").await
         });
         let joined = joined.execute(|_| async {
-            nested_registered.wait().await;
+            nested_registered.notified().await;
             tx_core::register_synchronization(Phases::new("joined", m))?;
-            joined_registered.fire();
+            joined_registered.notify_one();
             Ok(())
         });
         let (a, b) = tokio::join!(nested, joined);
