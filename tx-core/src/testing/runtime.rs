@@ -46,12 +46,14 @@ impl Started {
 ///         Ok::<_, TxError>(())
 ///     })
 /// });
-/// // The rollback runs on `rt`, in the background.
-/// rt.block_on(async {
+/// // The rollback runs on `rt`, in the background: wait for it, but not forever.
+/// let rolled_back = async {
 ///     while db.log().lock().unwrap().last().map(String::as_str) != Some("ROLLBACK") {
 ///         tokio::task::yield_now().await;
 ///     }
-/// });
+/// };
+/// rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), rolled_back).await })
+///     .expect("the rollback ran within 10 s");
 /// assert_eq!(db.take(), ["BEGIN Default", "STMT INSERT", "ROLLBACK"]);
 /// ```
 pub fn drop_outside_runtime<F, Fut>(rt: &Runtime, start: F)
